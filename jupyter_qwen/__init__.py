@@ -1,0 +1,30 @@
+"""jupyter_qwen: serve Qwen3 models from a Jupyter notebook.
+
+Importing this package is light: torch, transformers and the server load only
+when one of the names below is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "LLM": "jupyter_qwen.llm",
+    "SamplingParams": "jupyter_qwen.sampling_params",
+    "EngineConfig": "jupyter_qwen.config",
+}
+
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'jupyter_qwen' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -1,0 +1,122 @@
+"""Paged attention: the per-step metadata and the torch reference backend.
+
+The KV cache of one layer is a pair of tensors shaped
+`[num_blocks, block_size, num_kv_heads, head_dim]`. A step is one flat batch of
+tokens from several sequences; sequence `i` owns query rows
+`query_start_loc[i]:query_start_loc[i + 1]`, and after this step its context
+holds `seq_lens[i]` tokens, the last of which are the new ones. Token `t` writes
+its key and value to cache slot `slot_mapping[t]` (block * block_size + offset;
+-1 for padding rows that must not be written).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    slot_mapping: torch.Tensor
+    query_start_loc: torch.Tensor
+    seq_lens: torch.Tensor
+    block_tables: torch.Tensor
+    max_query_len: int
+    max_seq_len: int
+    query_start_loc_cpu: list[int]
+    seq_lens_cpu: list[int]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens_cpu)
+
+    @property
+    def is_decode(self) -> bool:
+        return self.max_query_len == 1
+
+
+class AttentionBackend(Protocol):
+    name: str
+
+    def store_kv(self, key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
+                 v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None: ...
+
+    def attend(self, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+               meta: AttentionMetadata, scale: float) -> torch.Tensor: ...
+
+
+class TorchAttention:
+    """Reference backend: plain torch, one sequence at a time. Runs on CPU and GPU."""
+
+    name = "torch"
+
+    def store_kv(self, key, value, k_cache, v_cache, slot_mapping) -> None:
+        store_kv_reference(key, value, k_cache, v_cache, slot_mapping)
+
+    def attend(self, query, k_cache, v_cache, meta, scale) -> torch.Tensor:
+        return paged_attention_reference(query, k_cache, v_cache, meta, scale)
+
+
+def store_kv_reference(key, value, k_cache, v_cache, slot_mapping) -> None:
+    written = slot_mapping >= 0
+    slots = slot_mapping[written]
+    k_cache.view(-1, *k_cache.shape[2:])[slots] = key[written]
+    v_cache.view(-1, *v_cache.shape[2:])[slots] = value[written]
+
+
+def gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+    block_size = cache.shape[1]
+    num_blocks = -(-length // block_size)
+    return cache[block_table[:num_blocks].long()].flatten(0, 1)[:length]
+
+
+def paged_attention_reference(query, k_cache, v_cache, meta: AttentionMetadata, scale):
+    out = torch.empty_like(query)
+    starts = meta.query_start_loc_cpu
+    for i, seq_len in enumerate(meta.seq_lens_cpu):
+        rows = slice(starts[i], starts[i + 1])
+        key = gather_context(k_cache, meta.block_tables[i], seq_len)
+        value = gather_context(v_cache, meta.block_tables[i], seq_len)
+        out[rows] = causal_attention(query[rows], key, value, scale)
+    return out
+
+
+def causal_attention(query, key, value, scale) -> torch.Tensor:
+    """Attention of the last `len(query)` positions of a context over all of it."""
+    q_len, k_len = query.shape[0], key.shape[0]
+    q, k, v = (t.transpose(0, 1) for t in (query, key, value))
+    group = q.shape[0] // k.shape[0]
+    k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)
+    if q_len == 1:
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    elif q_len == k_len:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    else:
+        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(k_len - q_len)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return out.transpose(0, 1)
+
+
+def make_backend(name: str, device: torch.device) -> AttentionBackend:
+    if name == "auto":
+        name = "triton" if device.type == "cuda" and _triton_available() else "torch"
+    if name == "torch":
+        return TorchAttention()
+    if name == "triton":
+        if device.type != "cuda":
+            raise ValueError("attention_backend='triton' needs a CUDA device")
+        from jupyter_qwen.model.kernels.backend import TritonAttention
+
+        return TritonAttention()
+    raise ValueError(f"unknown attention backend {name!r}; use auto, torch or triton")
+
+
+def _triton_available() -> bool:
+    try:
+        from jupyter_qwen.model.kernels import backend  # noqa: F401
+    except ImportError:
+        return False
+    return True
