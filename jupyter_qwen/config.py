@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -37,6 +38,8 @@ class EngineConfig:
     num_kv_blocks: int | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.model, os.PathLike):
+            self.model = os.fspath(self.model)
         self.validate()
 
     def validate(self) -> None:

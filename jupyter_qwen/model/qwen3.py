@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -149,7 +150,7 @@ class Qwen3DecoderLayer(nn.Module):
 
 
 class Qwen3ForCausalLM(nn.Module):
-    packed_modules = {
+    packed_modules: ClassVar[dict[str, tuple[str, int]]] = {
         "q_proj": ("qkv_proj", 0),
         "k_proj": ("qkv_proj", 1),
         "v_proj": ("qkv_proj", 2),

@@ -1,0 +1,215 @@
+"""Runs one scheduled step: flattens it into a varlen batch, runs the model, samples."""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from jupyter_qwen.config import CPU_KV_CACHE_BYTES, EngineConfig
+from jupyter_qwen.engine.sampler import SamplerOutput, build_sampling_batch, sample
+from jupyter_qwen.engine.scheduler import ScheduledSeq
+from jupyter_qwen.engine.sequence import Sequence
+from jupyter_qwen.model.attention import AttentionMetadata, make_backend
+from jupyter_qwen.model.loader import load_model, resolve_dtype
+from jupyter_qwen.model.qwen3 import Qwen3Config
+
+GPU_HEADROOM_BYTES = 512 << 20
+
+
+class OutOfKVCacheMemoryError(ValueError):
+    """The KV cache cannot hold even one sequence of `max_model_len` tokens."""
+
+
+@dataclass(slots=True)
+class StepInputs:
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    meta: AttentionMetadata
+    logits_rows: torch.Tensor
+    sampled_seqs: list[Sequence]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, model_path: Path):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model_config = Qwen3Config.from_folder(model_path)
+        self.max_model_len = self._resolve_max_model_len()
+        self.dtype = resolve_dtype(config.dtype, self.model_config, self.device)
+        torch.manual_seed(config.seed)
+        self.model = load_model(model_path, self.dtype, self.device)
+        self.backend = make_backend(config.attention_backend, self.device)
+        self.block_size = config.block_size
+        self.kv_cache = self._allocate_kv_cache(self._count_kv_blocks())
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return self.kv_cache.shape[2]
+
+    @property
+    def kv_block_bytes(self) -> int:
+        return (self.model_config.kv_bytes_per_token * self.block_size
+                * torch.finfo(self.dtype).bits // 8)
+
+    def _resolve_max_model_len(self) -> int:
+        limit = self.model_config.max_position_embeddings
+        max_model_len = self.config.max_model_len or limit
+        if max_model_len > limit:
+            raise ValueError(f"max_model_len={max_model_len} exceeds the model's "
+                             f"max_position_embeddings={limit}")
+        return max_model_len
+
+    def _count_kv_blocks(self) -> int:
+        if self.config.num_kv_blocks is not None:
+            num_blocks = self.config.num_kv_blocks
+        elif self.device.type == "cuda":
+            num_blocks = self._kv_budget_on_gpu() // self.kv_block_bytes
+        else:
+            num_blocks = CPU_KV_CACHE_BYTES // self.kv_block_bytes
+        needed = -(-self.max_model_len // self.block_size)
+        if num_blocks < needed:
+            raise OutOfKVCacheMemoryError(
+                f"the KV cache holds {num_blocks * self.block_size} tokens "
+                f"({num_blocks} blocks of {self.block_size}), fewer than one sequence of "
+                f"max_model_len={self.max_model_len}; lower max_model_len or give the cache "
+                "more memory (gpu_memory_utilization, num_kv_blocks)")
+        return num_blocks
+
+    def _kv_budget_on_gpu(self) -> int:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self._warm_up()
+        peak = torch.cuda.max_memory_allocated(self.device)
+        free, total = torch.cuda.mem_get_info(self.device)
+        budget = int(self.config.gpu_memory_utilization * total) - peak
+        return max(0, min(budget, free + torch.cuda.memory_reserved(self.device)
+                          - torch.cuda.memory_allocated(self.device) - GPU_HEADROOM_BYTES))
+
+    def _warm_up(self) -> None:
+        """Run the largest step the scheduler can produce, to measure peak activation memory."""
+        cfg = self.model_config
+        num_seqs = self.config.max_num_seqs
+        num_tokens = min(self.max_num_batched_tokens, num_seqs * self.max_model_len)
+        shape = (1, self.block_size, cfg.num_key_value_heads, cfg.head_dim)
+        for attn in self.model.attention_layers():
+            attn.backend = self.backend
+            attn.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            attn.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        lengths = _split_evenly(num_tokens, num_seqs)
+        starts = [0]
+        for length in lengths:
+            starts.append(starts[-1] + length)
+        max_blocks = -(-max(lengths) // self.block_size)
+        meta = AttentionMetadata(
+            slot_mapping=torch.full((num_tokens,), -1, dtype=torch.int64, device=self.device),
+            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=self.device),
+            seq_lens=torch.tensor(lengths, dtype=torch.int32, device=self.device),
+            block_tables=torch.zeros(num_seqs, max_blocks, dtype=torch.int32, device=self.device),
+            max_query_len=max(lengths), max_seq_len=max(lengths),
+            query_start_loc_cpu=starts, seq_lens_cpu=lengths)
+        with torch.inference_mode():
+            ids = torch.randint(0, cfg.vocab_size, (num_tokens,), device=self.device)
+            positions = torch.cat([torch.arange(n, device=self.device) for n in lengths])
+            hidden = self.model(ids, positions, meta)
+            logits = self.model.compute_logits(hidden[torch.tensor(starts[1:]) - 1])
+            logits.softmax(-1).sort(dim=-1, descending=True)
+        del hidden, logits, meta
+        self._detach_kv_cache()
+        torch.cuda.synchronize(self.device)
+
+    @property
+    def max_num_batched_tokens(self) -> int:
+        return self.config.max_num_batched_tokens or max(8192, self.config.max_num_seqs)
+
+    def _allocate_kv_cache(self, num_blocks: int) -> torch.Tensor:
+        cfg = self.model_config
+        shape = (2, cfg.num_hidden_layers, num_blocks, self.block_size,
+                 cfg.num_key_value_heads, cfg.head_dim)
+        kv_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
+        for index, attn in enumerate(self.model.attention_layers()):
+            attn.backend = self.backend
+            attn.k_cache, attn.v_cache = kv_cache[0, index], kv_cache[1, index]
+        return kv_cache
+
+    def _detach_kv_cache(self) -> None:
+        for attn in self.model.attention_layers():
+            attn.k_cache = attn.v_cache = None
+
+    @torch.inference_mode()
+    def execute(self, scheduled: list[ScheduledSeq]) -> tuple[list[Sequence], SamplerOutput]:
+        inputs = self.prepare(scheduled)
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
+        if not inputs.sampled_seqs:
+            return [], SamplerOutput([], [])
+        logits = self.model.compute_logits(hidden[inputs.logits_rows])
+        for seq in inputs.sampled_seqs:
+            self._ensure_generator(seq)
+        batch = build_sampling_batch(inputs.sampled_seqs, logits.shape[-1], self.device)
+        return inputs.sampled_seqs, sample(logits, batch)
+
+    def prepare(self, scheduled: list[ScheduledSeq]) -> StepInputs:
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        starts, seq_lens, logits_rows, sampled = [0], [], [], []
+        for item in scheduled:
+            seq, begin = item.seq, item.seq.num_computed_tokens
+            end = begin + item.num_new_tokens
+            input_ids += seq.token_ids[begin:end]
+            positions += range(begin, end)
+            slots += self._slots(seq.block_table, begin, end)
+            starts.append(starts[-1] + item.num_new_tokens)
+            seq_lens.append(end)
+            if item.completes_context:
+                logits_rows.append(starts[-1] - 1)
+                sampled.append(seq)
+        width = max(len(item.seq.block_table) for item in scheduled)
+        tables = [item.seq.block_table + [-1] * (width - len(item.seq.block_table))
+                  for item in scheduled]
+        to_device = lambda values, dtype: torch.tensor(values, dtype=dtype).to(  # noqa: E731
+            self.device, non_blocking=True)
+        meta = AttentionMetadata(
+            slot_mapping=to_device(slots, torch.int64),
+            query_start_loc=to_device(starts, torch.int32),
+            seq_lens=to_device(seq_lens, torch.int32),
+            block_tables=to_device(tables, torch.int32),
+            max_query_len=max(item.num_new_tokens for item in scheduled),
+            max_seq_len=max(seq_lens), query_start_loc_cpu=starts, seq_lens_cpu=seq_lens)
+        return StepInputs(to_device(input_ids, torch.int64), to_device(positions, torch.int64),
+                          meta, to_device(logits_rows, torch.int64), sampled)
+
+    def _slots(self, block_table: list[int], begin: int, end: int) -> list[int]:
+        size = self.block_size
+        return [block_table[pos // size] * size + pos % size for pos in range(begin, end)]
+
+    def _ensure_generator(self, seq: Sequence) -> None:
+        if seq.params.seed is not None and seq.generator is None:
+            seq.generator = torch.Generator(self.device).manual_seed(seq.params.seed)
+
+    def close(self) -> None:
+        self._detach_kv_cache()
+        for attn in self.model.attention_layers():
+            attn.backend = None
+        self.kv_cache = None
+        self.model = None
+        self.backend = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+
+
+def _split_evenly(total: int, parts: int) -> list[int]:
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
