@@ -15,6 +15,8 @@ _LAZY = {
     "LLM": "jupyter_qwen.llm",
     "SamplingParams": "jupyter_qwen.sampling_params",
     "EngineConfig": "jupyter_qwen.config",
+    "serve": "jupyter_qwen.server.server",
+    "QwenServer": "jupyter_qwen.server.server",
 }
 
 __all__ = [*_LAZY, "__version__"]
@@ -28,3 +30,13 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """The prebuilt JupyterLab extension (the "Qwen" sidebar) shipped in the wheel."""
+    return [{"src": "labextension", "dest": "jupyter-qwen"}]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """The Jupyter server extension behind the sidebar (torch-free)."""
+    return [{"module": "jupyter_qwen.labserver"}]

@@ -11,7 +11,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Serve Qwen3 models from Jupyter.")
     commands = parser.add_subparsers(dest="command", required=True)
     from jupyter_qwen import testing
+    from jupyter_qwen.server import cli
 
+    cli.add_serve_command(commands)
     testing.add_make_tiny_model_command(commands)
     return parser
 

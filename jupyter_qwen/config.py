@@ -21,6 +21,8 @@ class EngineConfig:
     `max_position_embeddings`, capped at 8192 tokens for the per-step budget).
     `num_kv_blocks` overrides the KV-cache size; otherwise it comes from
     `gpu_memory_utilization` on CUDA and from a 1 GiB budget on CPU.
+    `session_ttl` is how long, in seconds, a session's KV blocks stay pinned
+    after its latest turn.
     """
 
     model: str
@@ -36,6 +38,7 @@ class EngineConfig:
     device: str = "auto"
     attention_backend: str = "auto"
     num_kv_blocks: int | None = None
+    session_ttl: float = 600.0
 
     def __post_init__(self) -> None:
         if isinstance(self.model, os.PathLike):
@@ -62,6 +65,9 @@ class EngineConfig:
         util = self.gpu_memory_utilization
         if isinstance(util, bool) or not isinstance(util, int | float) or not 0 < util <= 1:
             raise ValueError(f"gpu_memory_utilization must be a number in (0, 1], got {util!r}")
+        ttl = self.session_ttl
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= 86400:
+            raise ValueError(f"session_ttl must be a number of seconds in (0, 86400], got {ttl!r}")
         for name in ("enable_prefix_caching", "enforce_eager"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")

@@ -13,7 +13,8 @@ from jupyter_qwen.engine.detokenizer import OutputDetokenizer
 from jupyter_qwen.engine.model_runner import ModelRunner
 from jupyter_qwen.engine.scheduler import Scheduler
 from jupyter_qwen.engine.sequence import Sequence, SequenceStatus, TokenLogprobs
-from jupyter_qwen.model.loader import resolve_model_path
+from jupyter_qwen.engine.sessions import SessionStore
+from jupyter_qwen.model.loader import Progress, resolve_model_path
 from jupyter_qwen.sampling_params import SamplingParams
 
 
@@ -50,13 +51,13 @@ class EngineStats:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, progress: Progress | None = None):
         from transformers import AutoTokenizer
 
         self.config = config
         self.model_path = resolve_model_path(config.model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.runner = ModelRunner(config, self.model_path)
+        self.runner = ModelRunner(config, self.model_path, progress)
         self.max_model_len = self.runner.max_model_len
         self.vocab_size = self.runner.model_config.vocab_size
         self.eos_token_ids = load_eos_token_ids(self.model_path, self.tokenizer)
@@ -64,6 +65,8 @@ class LLMEngine:
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    self.runner.max_num_batched_tokens)
+        self.sessions = SessionStore(self.block_manager, config.session_ttl)
+        self.scheduler.reclaim_memory = self.sessions.release_oldest
         self.requests: dict[str, Sequence] = {}
         self._ids = itertools.count()
         self.prompt_tokens_total = 0
@@ -109,6 +112,8 @@ class LLMEngine:
         return self.scheduler.num_unfinished > 0
 
     def step(self) -> list[RequestOutput]:
+        if self.sessions.sessions:
+            self.sessions.expire()
         scheduled = self.scheduler.schedule()
         if not scheduled:
             return []
@@ -150,6 +155,8 @@ class LLMEngine:
     def _finish(self, seq: Sequence, reason: str) -> None:
         if seq.detokenizer is not None:
             seq.detokenizer.finish()
+        if seq.session_id is not None and reason != "abort":
+            self.sessions.keep(seq)
         self.scheduler.remove(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
@@ -190,6 +197,7 @@ class LLMEngine:
     def close(self) -> None:
         if self.runner is not None:
             self.abort_all()
+            self.sessions.clear()
             self.runner.close()
             self.runner = None
 

@@ -13,7 +13,7 @@ from jupyter_qwen.engine.sampler import SamplerOutput, build_sampling_batch, sam
 from jupyter_qwen.engine.scheduler import ScheduledSeq
 from jupyter_qwen.engine.sequence import Sequence
 from jupyter_qwen.model.attention import AttentionMetadata, make_backend
-from jupyter_qwen.model.loader import load_model, resolve_dtype
+from jupyter_qwen.model.loader import Progress, load_model, resolve_dtype
 from jupyter_qwen.model.qwen3 import Qwen3Config
 
 GPU_HEADROOM_BYTES = 512 << 20
@@ -41,17 +41,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, model_path: Path):
+    def __init__(self, config: EngineConfig, model_path: Path, progress: Progress | None = None):
         self.config = config
+        self.progress = progress or (lambda phase, fraction: None)
         self.device = resolve_device(config.device)
         self.model_config = Qwen3Config.from_folder(model_path)
         self.max_model_len = self._resolve_max_model_len()
         self.dtype = resolve_dtype(config.dtype, self.model_config, self.device)
         torch.manual_seed(config.seed)
-        self.model = load_model(model_path, self.dtype, self.device)
+        self.model = load_model(model_path, self.dtype, self.device, self.progress)
         self.backend = make_backend(config.attention_backend, self.device)
         self.block_size = config.block_size
-        self.kv_cache = self._allocate_kv_cache(self._count_kv_blocks())
+        self.progress("measuring memory", None)
+        num_blocks = self._count_kv_blocks()
+        self.progress("allocating the KV cache", None)
+        self.kv_cache = self._allocate_kv_cache(num_blocks)
 
     @property
     def num_kv_blocks(self) -> int:

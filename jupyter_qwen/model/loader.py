@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from safetensors import safe_open
 from jupyter_qwen.model.qwen3 import Qwen3Config, Qwen3ForCausalLM
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+Progress = Callable[[str, float | None], None]
 CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*"]
 
 
@@ -66,7 +68,8 @@ def weight_files(folder: Path) -> list[Path]:
     return files
 
 
-def load_model(folder: Path, dtype: torch.dtype, device: torch.device) -> Qwen3ForCausalLM:
+def load_model(folder: Path, dtype: torch.dtype, device: torch.device,
+               progress: Progress | None = None) -> Qwen3ForCausalLM:
     config = Qwen3Config.from_folder(folder)
     with torch.device("meta"):
         model = Qwen3ForCausalLM(config)
@@ -74,17 +77,24 @@ def load_model(folder: Path, dtype: torch.dtype, device: torch.device) -> Qwen3F
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     model.rotary.build(device)
-    load_weights(model, folder)
+    load_weights(model, folder, progress)
     return model.eval().requires_grad_(False)
 
 
-def load_weights(model: Qwen3ForCausalLM, folder: Path) -> None:
+def load_weights(model: Qwen3ForCausalLM, folder: Path, progress: Progress | None = None) -> None:
     params = dict(model.named_parameters())
     loaded: set[str] = set()
-    for file in weight_files(folder):
+    files = weight_files(folder)
+    total = sum(file.stat().st_size for file in files)
+    done = 0
+    for file in files:
         with safe_open(file, framework="pt", device="cpu") as reader:
             for name in reader.keys():  # noqa: SIM118
-                loaded.add(_copy_weight(model, params, name, reader.get_tensor(name)))
+                tensor = reader.get_tensor(name)
+                loaded.add(_copy_weight(model, params, name, tensor))
+                done += tensor.numel() * tensor.element_size()
+                if progress:
+                    progress("loading weights", min(1.0, done / total))
     missing = _expected_weights(model, params) - loaded
     if missing:
         raise ValueError(f"checkpoint in {folder} lacks weights: {', '.join(sorted(missing))}")

@@ -1,0 +1,118 @@
+"""Random paged-attention inputs: a KV cache with shuffled blocks and its metadata."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from jupyter_qwen.model.attention import AttentionMetadata
+
+
+@dataclass
+class PagedCase:
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    meta: AttentionMetadata
+
+    @property
+    def padding_rows(self) -> list[int]:
+        starts = self.meta.query_start_loc_cpu
+        return [starts[i] for i, n in enumerate(self.meta.seq_lens_cpu) if n == 0]
+
+
+def random_paged_case(q_lens: list[int], seq_lens: list[int], num_heads: int, num_kv_heads: int,
+                      head_dim: int, block_size: int, dtype: torch.dtype,
+                      device: str | torch.device, spare_blocks: int = 3, spare_columns: int = 2,
+                      generator: torch.Generator | None = None) -> PagedCase:
+    """Sequence i has q_lens[i] new tokens at the end of a seq_lens[i]-token context.
+
+    A row with seq_len 0 is a padding row (one query token, no context, slot -1).
+    """
+    blocks_per_seq = [-(-n // block_size) for n in seq_lens]
+    num_blocks = sum(blocks_per_seq) + spare_blocks
+    width = max(blocks_per_seq, default=0) + spare_columns
+    order = torch.randperm(num_blocks, generator=generator).tolist()
+    block_tables = torch.full((len(seq_lens), width), -1, dtype=torch.int32)
+    slots: list[int] = []
+    for i, (q_len, seq_len) in enumerate(zip(q_lens, seq_lens, strict=True)):
+        table = [order.pop() for _ in range(blocks_per_seq[i])]
+        block_tables[i, :len(table)] = torch.tensor(table, dtype=torch.int32)
+        if seq_len == 0:
+            slots.extend([-1] * q_len)
+            continue
+        positions = range(seq_len - q_len, seq_len)
+        slots.extend(table[p // block_size] * block_size + p % block_size for p in positions)
+    num_tokens = sum(q_lens)
+    starts = [0]
+    for q_len in q_lens:
+        starts.append(starts[-1] + q_len)
+
+    device = torch.device(device)
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    device_generator = torch.Generator(device).manual_seed(seed)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=device_generator, device=device).to(dtype)
+
+    meta = AttentionMetadata(
+        slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+        query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
+        block_tables=block_tables.to(device),
+        max_query_len=max(q_lens),
+        max_seq_len=max(seq_lens),
+        query_start_loc_cpu=starts,
+        seq_lens_cpu=list(seq_lens),
+    )
+    cache_shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    return PagedCase(
+        query=rand(num_tokens, num_heads, head_dim),
+        key=rand(num_tokens, num_kv_heads, head_dim),
+        value=rand(num_tokens, num_kv_heads, head_dim),
+        k_cache=rand(*cache_shape),
+        v_cache=rand(*cache_shape),
+        meta=meta,
+    )
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out64, ref64 = out.double(), ref.double()
+    return float((out64 - ref64).norm() / ref64.norm().clamp_min(1e-30))
+
+
+
+def fix_interpreter() -> None:
+    """Work around two gaps of Triton 3.6's CPU interpreter (use only under TRITON_INTERPRET=1).
+
+    It keeps scalars as 1-element arrays and calls int() on them (loop bounds), which
+    NumPy >= 2.4 refuses; and its dot multiplies bfloat16 operands as raw uint16 bits.
+    """
+    import numpy as np
+    from triton.runtime import interpreter
+
+    if getattr(interpreter, "jupyter_qwen_fixed", False):
+        return
+    patch_tensor = interpreter._patch_lang_tensor
+    builder = interpreter.InterpreterBuilder
+    create_dot = builder.create_dot
+
+    def patch_lang_tensor(tensor, scope) -> None:
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    def widen(handle):
+        if handle.dtype.scalar.name != "bf16":
+            return handle
+        data = (handle.data.astype(np.uint32) << 16).view(np.float32)
+        return interpreter.TensorHandle(data, interpreter.tl.float32)
+
+    def dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        return create_dot(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
+
+    interpreter._patch_lang_tensor = patch_lang_tensor
+    builder.create_dot = dot
+    interpreter.jupyter_qwen_fixed = True

@@ -1,0 +1,176 @@
+"""Fused elementwise kernels for the Qwen3 layer, each beside its torch reference.
+
+- `rms_norm(x, weight, eps)` and `add_rms_norm(x, residual, weight, eps)` (the sum
+  x + residual is returned too, as the next residual);
+- `apply_rope_(positions, q, k, cos_cache, sin_cache)`: rotates q and k in place
+  (caches as in `RotaryEmbedding`: [max_positions, head_dim], halves repeated);
+- `silu_and_mul(gate_up)`: silu(gate) * up for gate_up = [gate | up].
+All arithmetic is fp32 inside, rounded once to the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+ELEMENTS_PER_PROGRAM = 4096
+
+
+@triton.jit
+def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, sum_ptr, num_rows, eps,
+                     x_stride, residual_stride, out_stride, sum_stride,
+                     N: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr,
+                     ADD: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK)
+    mask = (rows[:, None] < num_rows) & (cols[None, :] < N)
+    rows = rows.to(tl.int64)
+    x = tl.load(x_ptr + rows[:, None] * x_stride + cols[None, :], mask=mask, other=0.0)
+    if ADD:
+        residual = tl.load(residual_ptr + rows[:, None] * residual_stride + cols[None, :],
+                           mask=mask, other=0.0)
+        x = (x.to(tl.float32) + residual.to(tl.float32)).to(x_ptr.dtype.element_ty)
+        tl.store(sum_ptr + rows[:, None] * sum_stride + cols[None, :], x, mask=mask)
+    x = x.to(tl.float32)
+    inverse_rms = tl.rsqrt(tl.sum(x * x, 1) / N + eps)
+    weight = tl.load(weight_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
+    out = x * inverse_rms[:, None] * weight[None, :]
+    tl.store(out_ptr + rows[:, None] * out_stride + cols[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return _launch_rms_norm(x, None, weight, eps)[0]
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + residual), x + residual)."""
+    return _launch_rms_norm(x, residual, weight, eps)
+
+
+def _launch_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    size = x.shape[-1]
+    rows_in = x.reshape(-1, size)
+    if rows_in.stride(-1) != 1:
+        rows_in = rows_in.contiguous()
+    num_rows = rows_in.shape[0]
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    summed = torch.empty_like(out) if residual is not None else out
+    if num_rows == 0:
+        return out, summed
+    residual_rows = rows_in if residual is None else residual.reshape(-1, size)
+    if residual_rows.stride(-1) != 1:
+        residual_rows = residual_rows.contiguous()
+    block = triton.next_power_of_2(size)
+    rows = max(1, min(64, ELEMENTS_PER_PROGRAM // block))
+    _rms_norm_kernel[(triton.cdiv(num_rows, rows),)](
+        rows_in, residual_rows, weight, out, summed, num_rows, eps,
+        rows_in.stride(0), residual_rows.stride(0), size, size,
+        N=size, BLOCK=block, ROWS=rows, ADD=residual is not None,
+        num_warps=4 if rows * block <= 4096 else 8,
+    )
+    return out, summed
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def add_rms_norm_reference(x, residual, weight, eps) -> tuple[torch.Tensor, torch.Tensor]:
+    summed = x + residual
+    return rms_norm_reference(summed, weight, eps), summed
+
+
+@triton.jit
+def _rope_heads(x_ptr, token, cos, sin, stride_t, stride_h, num_heads,
+                HALF: tl.constexpr, BLOCK_H: tl.constexpr):
+    heads = tl.arange(0, BLOCK_H)[:, None]
+    dims = tl.arange(0, HALF)[None, :]
+    mask = heads < num_heads
+    first = x_ptr + token * stride_t + heads * stride_h + dims
+    x1 = tl.load(first, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(first + HALF, mask=mask, other=0.0).to(tl.float32)
+    tl.store(first, (x1 * cos - x2 * sin).to(x_ptr.dtype.element_ty), mask=mask)
+    tl.store(first + HALF, (x2 * cos + x1 * sin).to(x_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rope_kernel(positions_ptr, q_ptr, k_ptr, cos_ptr, sin_ptr, q_stride_t, q_stride_h,
+                 k_stride_t, k_stride_h, cache_stride, num_q_heads, num_k_heads,
+                 HALF: tl.constexpr, BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr):
+    token = tl.program_id(0).to(tl.int64)
+    position = tl.load(positions_ptr + token).to(tl.int64)
+    dims = tl.arange(0, HALF)[None, :]
+    cos = tl.load(cos_ptr + position * cache_stride + dims).to(tl.float32)
+    sin = tl.load(sin_ptr + position * cache_stride + dims).to(tl.float32)
+    _rope_heads(q_ptr, token, cos, sin, q_stride_t, q_stride_h, num_q_heads, HALF, BLOCK_QH)
+    _rope_heads(k_ptr, token, cos, sin, k_stride_t, k_stride_h, num_k_heads, HALF, BLOCK_KH)
+
+
+def apply_rope_(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                cos_cache: torch.Tensor, sin_cache: torch.Tensor) -> None:
+    """Rotate q [T, q_heads, head_dim] and k [T, k_heads, head_dim] in place."""
+    num_tokens, num_q_heads, head_dim = q.shape
+    if q.stride(-1) != 1 or k.stride(-1) != 1:
+        raise ValueError("apply_rope_ needs q and k with a contiguous head_dim axis")
+    if num_tokens == 0:
+        return
+    half = head_dim // 2
+    cos_cache, sin_cache = cos_cache.contiguous(), sin_cache.contiguous()
+    _rope_kernel[(num_tokens,)](
+        positions, q, k, cos_cache, sin_cache, q.stride(0), q.stride(1), k.stride(0),
+        k.stride(1), cos_cache.stride(0), num_q_heads, k.shape[1],
+        HALF=half, BLOCK_QH=triton.next_power_of_2(num_q_heads),
+        BLOCK_KH=triton.next_power_of_2(k.shape[1]), num_warps=4,
+    )
+
+
+def rope_reference(positions, q, k, cos_cache, sin_cache) -> tuple[torch.Tensor, torch.Tensor]:
+    cos = cos_cache[positions].to(q.dtype).unsqueeze(1)
+    sin = sin_cache[positions].to(q.dtype).unsqueeze(1)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+@triton.jit
+def _silu_and_mul_kernel(gate_up_ptr, out_ptr, width, in_stride, out_stride,
+                         BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < width
+    gate = tl.load(gate_up_ptr + row * in_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(gate_up_ptr + row * in_stride + width + cols, mask=mask,
+                 other=0.0).to(tl.float32)
+    out = gate / (1.0 + tl.exp(-gate)) * up
+    tl.store(out_ptr + row * out_stride + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up [..., 2 * width] -> silu(gate) * up, [..., width]."""
+    width = gate_up.shape[-1] // 2
+    rows_in = gate_up.reshape(-1, 2 * width)
+    if rows_in.stride(-1) != 1:
+        rows_in = rows_in.contiguous()
+    out = torch.empty((*gate_up.shape[:-1], width), dtype=gate_up.dtype, device=gate_up.device)
+    if rows_in.shape[0] == 0:
+        return out
+    block = min(2048, triton.next_power_of_2(width))
+    _silu_and_mul_kernel[(rows_in.shape[0], triton.cdiv(width, block))](
+        rows_in, out, width, rows_in.stride(0), width, BLOCK=block, num_warps=4,
+    )
+    return out
+
+
+def silu_and_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up

@@ -1,0 +1,194 @@
+"""Chat prompts in, and Qwen3 output split into reasoning, content and tool calls."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+
+from jupyter_qwen.server.protocol import ChatMessage, Tool
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
+
+
+def template_messages(messages: list[ChatMessage]) -> list[dict]:
+    """OpenAI messages as the chat template expects them."""
+    rendered = []
+    for message in messages:
+        role = "system" if message.role == "developer" else message.role
+        item: dict = {"role": role, "content": message.text()}
+        if message.tool_calls:
+            item["tool_calls"] = [{"type": "function", "id": call.id, "function": {
+                "name": call.function.name, "arguments": _as_object(call.function.arguments)}}
+                for call in message.tool_calls]
+        if message.reasoning_content:
+            item["reasoning_content"] = message.reasoning_content
+        if message.tool_call_id:
+            item["tool_call_id"] = message.tool_call_id
+        if message.name:
+            item["name"] = message.name
+        rendered.append(item)
+    return rendered
+
+
+def template_tools(tools: list[Tool] | None) -> list[dict] | None:
+    if not tools:
+        return None
+    return [tool.model_dump(exclude_none=True) for tool in tools]
+
+
+def _as_object(arguments):
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except json.JSONDecodeError:
+            return arguments
+    return arguments
+
+
+@dataclass(slots=True)
+class ParsedDelta:
+    reasoning: str = ""
+    content: str = ""
+    tool_calls: list[dict] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.reasoning or self.content or self.tool_calls)
+
+
+@dataclass(slots=True)
+class OutputParser:
+    """Splits streamed model text into reasoning, content and tool calls.
+
+    Output that opens with `<think>` is reasoning until `</think>`. In content,
+    `<tool_call>{json}</tool_call>` becomes a tool call when tools are enabled
+    and the JSON names a function; anything malformed stays plain content.
+    A piece that might be the start of a tag is held back until it is not.
+    White space around the content is trimmed, as a whole response would be.
+    """
+
+    parse_tools: bool = False
+    state: str = "start"
+    pending: str = ""
+    held_space: str = ""
+    content_started: bool = False
+    reasoning_started: bool = False
+    num_tool_calls: int = 0
+
+    def feed(self, text: str) -> ParsedDelta:
+        self.pending += text
+        out = ParsedDelta()
+        while self._advance(out, final=False):
+            pass
+        return out
+
+    def finish(self) -> ParsedDelta:
+        out = ParsedDelta()
+        while self._advance(out, final=True):
+            pass
+        if self.state == "tool":
+            self._emit_content(out, self.pending)
+        elif self.state == "reasoning":
+            out.reasoning += self.pending
+        elif self.pending.strip():
+            self._emit_content(out, self.pending)
+        self.pending = ""
+        return out
+
+    def _advance(self, out: ParsedDelta, final: bool) -> bool:
+        return getattr(self, f"_in_{self.state}")(out, final)
+
+    def _in_start(self, out: ParsedDelta, final: bool) -> bool:
+        stripped = self.pending.lstrip()
+        if stripped.startswith(THINK_OPEN):
+            self.pending, self.state = stripped[len(THINK_OPEN):], "reasoning"
+            return True
+        if not final and THINK_OPEN.startswith(stripped):
+            return False
+        self.state = "content"
+        return True
+
+    def _in_reasoning(self, out: ParsedDelta, final: bool) -> bool:
+        if not self.reasoning_started:
+            self.pending = self.pending.lstrip("\n")
+            self.reasoning_started = bool(self.pending)
+        index = self.pending.find(THINK_CLOSE)
+        if index >= 0:
+            out.reasoning += self.pending[:index].rstrip("\n")
+            self.pending, self.state = self.pending[index + len(THINK_CLOSE):], "content"
+            return True
+        safe = len(self.pending) - _partial_tag_length(self.pending, THINK_CLOSE)
+        safe = len(self.pending[:safe].rstrip("\n")) if not final else safe
+        out.reasoning += self.pending[:safe]
+        self.pending = self.pending[safe:]
+        return False
+
+    def _in_content(self, out: ParsedDelta, final: bool) -> bool:
+        index = self.pending.find(TOOL_OPEN) if self.parse_tools else -1
+        if index >= 0:
+            self._emit_content(out, self.pending[:index], hold_trailing=True)
+            self.pending, self.state = self.pending[index:], "tool"
+            return True
+        held = _partial_tag_length(self.pending, TOOL_OPEN) if self.parse_tools else 0
+        safe = len(self.pending) - held
+        self._emit_content(out, self.pending[:safe], hold_trailing=True)
+        self.pending = self.pending[safe:]
+        return False
+
+    def _in_tool(self, out: ParsedDelta, final: bool) -> bool:
+        index = self.pending.find(TOOL_CLOSE)
+        if index < 0:
+            return False
+        block = self.pending[:index + len(TOOL_CLOSE)]
+        self.pending, self.state = self.pending[index + len(TOOL_CLOSE):], "content"
+        call = parse_tool_call(block[len(TOOL_OPEN):-len(TOOL_CLOSE)])
+        if call is None:
+            self._emit_content(out, block, hold_trailing=True)
+        else:
+            self.held_space = ""
+            call["index"] = self.num_tool_calls
+            self.num_tool_calls += 1
+            out.tool_calls.append(call)
+        return True
+
+    def _emit_content(self, out: ParsedDelta, text: str, hold_trailing: bool = False) -> None:
+        if not self.content_started:
+            text = text.lstrip()
+            self.content_started = bool(text)
+        if not text:
+            return
+        body = text.rstrip() if hold_trailing else text
+        if body:
+            out.content += self.held_space + body
+            self.held_space = ""
+        self.held_space += text[len(body):]
+
+
+def _partial_tag_length(text: str, tag: str) -> int:
+    """Length of the longest end of `text` that is a proper start of `tag`."""
+    for length in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-length:]):
+            return length
+    return 0
+
+
+def parse_tool_call(body: str) -> dict | None:
+    try:
+        payload = json.loads(body.strip())
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
+        return None
+    arguments = payload.get("arguments", payload.get("parameters", {}))
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    return {"id": f"call_{secrets.token_hex(12)}", "type": "function",
+            "function": {"name": payload["name"], "arguments": arguments}}
+
+
+def parse_whole(text: str, parse_tools: bool) -> ParsedDelta:
+    parser = OutputParser(parse_tools=parse_tools)
+    first, last = parser.feed(text), parser.finish()
+    return ParsedDelta(first.reasoning + last.reasoning, first.content + last.content,
+                       first.tool_calls + last.tool_calls)

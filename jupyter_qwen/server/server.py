@@ -1,0 +1,317 @@
+"""QwenServer: the engine and an OpenAI-compatible HTTP server, both in this process.
+
+The HTTP server (uvicorn) runs in a daemon thread with its own event loop, so it
+works inside a Jupyter kernel whose loop is already running; the engine runs in
+a thread of its own. The model loads in the background while /health answers
+"loading".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import logging
+import secrets
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+import weakref
+from typing import Any
+
+from jupyter_qwen.config import EngineConfig
+from jupyter_qwen.server.app import ServerContext, create_app, engine_figures
+
+log = logging.getLogger("jupyter_qwen.server")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+_live_servers: weakref.WeakSet[QwenServer] = weakref.WeakSet()
+
+
+class ServerStartError(RuntimeError):
+    """The server could not start: its HTTP side or its model failed."""
+
+
+class QwenServer:
+    """A running (or starting) model server; see `jupyter_qwen.serve()`."""
+
+    def __init__(self, model: str, host: str = "127.0.0.1", port: int | None = None,
+                 api_key: str | None = None, served_model_name: str | None = None,
+                 enable_thinking: bool = True, max_waiting_requests: int = 1024,
+                 **engine_config: Any):
+        self.config = EngineConfig.from_kwargs(model, **engine_config)
+        self.host = host
+        self.api_key = api_key
+        self.max_waiting_requests = max_waiting_requests
+        name = served_model_name or str(model).rstrip("/").rsplit("/", 1)[-1]
+        self.ctx = ServerContext(model=str(model), served_model_name=name, api_key=api_key,
+                                 admin_token=secrets.token_urlsafe(32),
+                                 default_enable_thinking=enable_thinking)
+        self.ctx.on_stop = lambda: threading.Thread(target=self.stop, daemon=True).start()
+        self.ctx.on_clean = self._clean
+        self._socket = _bind(host, port)
+        self.port = self._socket.getsockname()[1]
+        self.record = None
+        self._uvicorn = None
+        self._http_thread: threading.Thread | None = None
+        self._load_thread: threading.Thread | None = None
+        self.load_error: BaseException | None = None
+        self._stop_lock = threading.Lock()
+        if host not in LOOPBACK_HOSTS and api_key is None:
+            log.warning("serving on %s without an api_key: anyone who can reach this address "
+                        "can use the model", host)
+
+    @property
+    def url(self) -> str:
+        return f"{self.root_url}/v1"
+
+    @property
+    def root_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def state(self) -> str:
+        return self.ctx.status
+
+    @property
+    def served_model_name(self) -> str:
+        return self.ctx.served_model_name
+
+    @property
+    def model(self) -> str:
+        return self.ctx.model
+
+    @property
+    def admin_token(self) -> str:
+        return self.ctx.admin_token
+
+    def start(self, wait: bool = True, timeout: float | None = None,
+              progress: bool = True) -> QwenServer:
+        self._start_http()
+        self._register()
+        _live_servers.add(self)
+        self._load_thread = threading.Thread(target=self._load, name="jupyter-qwen-loader",
+                                             daemon=True)
+        self._load_thread.start()
+        if wait:
+            self.wait_ready(timeout, progress)
+        return self
+
+    def wait_ready(self, timeout: float | None = None, progress: bool = True) -> QwenServer:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with _ProgressBar(progress) as bar:
+            while self.ctx.state == "loading":
+                bar.update(self.ctx.loading_phase, self.ctx.loading_fraction)
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"the model did not load within {timeout} s")
+                time.sleep(0.05)
+            bar.update("ready" if self.ctx.state == "ok" else self.ctx.state, 1.0)
+        if self.load_error is not None:
+            raise self.load_error
+        if self.ctx.state != "ok":
+            raise ServerStartError(f"the server is {self.ctx.state}: {self.ctx.error}")
+        status, body = self._get("/health")
+        if status != 200:
+            raise ServerStartError(f"/health answered {status}: {body}")
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the engine's memory. Safe to call more than once."""
+        with self._stop_lock:
+            if self.ctx.state in ("stopped", "stopping"):
+                return
+            self.ctx.state = "stopping"
+            if self._load_thread is not None:
+                self._load_thread.join()
+            engine, self.ctx.engine = self.ctx.engine, None
+            if engine is not None:
+                engine.stop()
+            self._stop_http()
+            self._unregister()
+            self.ctx.state = "stopped"
+            del engine
+            from jupyter_qwen.memory import collect
+
+            collect()
+
+    def stats(self) -> dict[str, Any]:
+        figures = engine_figures(self.ctx)
+        return {"model": self.served_model_name, "url": self.url, "state": self.state,
+                "uptime": time.time() - self.ctx.started_at, **figures}
+
+    def openai_client(self, **kwargs):
+        import openai
+
+        return openai.OpenAI(base_url=self.url, api_key=self.api_key or "EMPTY", **kwargs)
+
+    def async_openai_client(self, **kwargs):
+        import openai
+
+        return openai.AsyncOpenAI(base_url=self.url, api_key=self.api_key or "EMPTY", **kwargs)
+
+    def chat_model(self, **kwargs):
+        """A LangChain ChatOpenAI bound to this server that keeps the model's reasoning."""
+        from jupyter_qwen.server.langchain import ReasoningChatOpenAI
+
+        options = {"base_url": self.url, "api_key": self.api_key or "EMPTY",
+                   "model": self.served_model_name} | kwargs
+        return ReasoningChatOpenAI(**options)
+
+    def __repr__(self) -> str:
+        return f"QwenServer({self.served_model_name!r}, url={self.url!r}, state={self.state!r})"
+
+    def _start_http(self) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(create_app(self.ctx), log_level="warning", access_log=False,
+                                lifespan="off", timeout_graceful_shutdown=2,
+                                timeout_keep_alive=30)
+        self._uvicorn = uvicorn.Server(config)
+        self._http_thread = threading.Thread(
+            target=lambda: asyncio.run(self._uvicorn.serve(sockets=[self._socket])),
+            name=f"jupyter-qwen-http-{self.port}", daemon=True)
+        self._http_thread.start()
+        deadline = time.monotonic() + 30
+        while not self._uvicorn.started:
+            if not self._http_thread.is_alive() or time.monotonic() > deadline:
+                raise ServerStartError(f"the HTTP server did not start on {self.root_url}")
+            time.sleep(0.01)
+
+    def _stop_http(self) -> None:
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._http_thread is not None:
+            self._http_thread.join(timeout=10)
+        self._socket.close()
+
+    def _load(self) -> None:
+        from jupyter_qwen.engine.async_engine import AsyncEngine
+        from jupyter_qwen.engine.llm_engine import LLMEngine
+
+        try:
+            engine = LLMEngine(self.config, progress=self._on_progress)
+        except BaseException as error:
+            self.load_error = error
+            self.ctx.state, self.ctx.error = "failed", f"{type(error).__name__}: {error}"
+            return
+        self.ctx.default_sampling = default_sampling(engine.model_path)
+        if self.ctx.state == "stopping":
+            engine.close()
+            return
+        self.ctx.engine = AsyncEngine(engine, self.max_waiting_requests)
+        self.ctx.state = "ok"
+
+    def _on_progress(self, phase: str, fraction: float | None) -> None:
+        self.ctx.loading_phase, self.ctx.loading_fraction = phase, fraction
+
+    def _clean(self) -> dict:
+        from jupyter_qwen.memory import collect
+
+        return collect().to_dict()
+
+    def _register(self) -> None:
+        from jupyter_qwen.server import registry
+
+        self.record = registry.new_record(
+            host=self.host, port=self.port, url=self.url, model=self.model,
+            served_model_name=self.served_model_name, admin_token=self.admin_token,
+            api_key_required=self.api_key is not None)
+        try:
+            registry.register(self.record)
+        except OSError as error:
+            log.warning("could not write the server registry record: %s", error)
+
+    def _unregister(self) -> None:
+        from jupyter_qwen.server import registry
+
+        if self.record is not None:
+            registry.unregister(self.record.id)
+
+    def _get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.root_url + path, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+
+def serve(model: str, host: str = "127.0.0.1", port: int | None = None,
+          api_key: str | None = None, progress: bool = True,
+          **engine_config: Any) -> QwenServer:
+    """Start a server for `model` and return once it answers /health.
+
+    `engine_config` takes EngineConfig's fields (max_num_seqs, max_model_len,
+    gpu_memory_utilization, ...) and the server's own: served_model_name,
+    enable_thinking (the default for requests that do not say), and
+    max_waiting_requests (beyond which requests get HTTP 429).
+    """
+    server = QwenServer(model, host=host, port=port, api_key=api_key, **engine_config)
+    try:
+        return server.start(wait=True, progress=progress)
+    except BaseException:
+        server.stop()
+        raise
+
+
+def default_sampling(model_path) -> dict:
+    """Sampling defaults from the checkpoint's generation_config.json."""
+    path = model_path / "generation_config.json"
+    if not path.is_file():
+        return {}
+    config = json.loads(path.read_text())
+    if not config.get("do_sample", False):
+        return {"temperature": 0.0}
+    names = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+    return {name: config[name] for name in names if config.get(name) is not None}
+
+
+def _bind(host: str, port: int | None) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port or 0))
+    except OSError as error:
+        sock.close()
+        raise ServerStartError(f"cannot listen on {host}:{port}: {error.strerror or error}"
+                               ) from None
+    return sock
+
+
+class _ProgressBar:
+    """A tqdm bar for the loading phases (a widget in notebooks), or nothing."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+
+    def __enter__(self) -> _ProgressBar:
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=100, desc="starting", bar_format="{desc}: {percentage:3.0f}%|"
+                            "{bar}| [{elapsed}]")
+        return self
+
+    def update(self, phase: str, fraction: float | None) -> None:
+        if self.bar is None:
+            return
+        self.bar.set_description_str(phase, refresh=False)
+        if fraction is not None:
+            self.bar.n = round(100 * fraction)
+        self.bar.refresh()
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    for server in list(_live_servers):
+        try:
+            server.stop()
+        except Exception:
+            log.exception("stopping %r at exit failed", server)
