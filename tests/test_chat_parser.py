@@ -81,7 +81,7 @@ def test_unterminated_tool_call_and_reasoning_are_not_lost():
 
 
 def test_several_tool_calls_are_numbered():
-    text = "\n".join('<tool_call>\n{"name": "f%d", "arguments": {}}\n</tool_call>' % i
+    text = "\n".join(f'<tool_call>\n{{"name": "f{i}", "arguments": {{}}}}\n</tool_call>'
                      for i in range(3))
     calls = joined(streamed(text, True))[2]
     assert [c["index"] for c in calls] == [0, 1, 2]
