@@ -6,9 +6,11 @@ import gc
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from jupyter_qwen.config import CPU_KV_CACHE_BYTES, EngineConfig
+from jupyter_qwen.engine.cuda_graphs import DecodeGraphs
 from jupyter_qwen.engine.sampler import SamplerOutput, build_sampling_batch, sample
 from jupyter_qwen.engine.scheduler import ScheduledSeq
 from jupyter_qwen.engine.sequence import Sequence
@@ -56,6 +58,18 @@ class ModelRunner:
         num_blocks = self._count_kv_blocks()
         self.progress("allocating the KV cache", None)
         self.kv_cache = self._allocate_kv_cache(num_blocks)
+        self.graphs = self._capture_graphs() if self._uses_graphs() else None
+
+    def _uses_graphs(self) -> bool:
+        return (self.device.type == "cuda" and not self.config.enforce_eager
+                and self.backend.name == "triton")
+
+    def _capture_graphs(self) -> DecodeGraphs:
+        self.progress("capturing CUDA graphs", None)
+        max_blocks = -(-self.max_model_len // self.block_size)
+        graphs = DecodeGraphs(self.model, self.config.max_num_seqs, max_blocks, self.device)
+        graphs.capture()
+        return graphs
 
     @property
     def num_kv_blocks(self) -> int:
@@ -152,15 +166,40 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSeq]) -> tuple[list[Sequence], SamplerOutput]:
-        inputs = self.prepare(scheduled)
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
-        if not inputs.sampled_seqs:
-            return [], SamplerOutput([], [])
-        logits = self.model.compute_logits(hidden[inputs.logits_rows])
-        for seq in inputs.sampled_seqs:
+        if self._can_replay(scheduled):
+            sampled = [item.seq for item in scheduled]
+            logits = self._replay_decode(sampled)
+        else:
+            inputs = self.prepare(scheduled)
+            hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
+            sampled = inputs.sampled_seqs
+            if not sampled:
+                return [], SamplerOutput([], [])
+            logits = self.model.compute_logits(hidden[inputs.logits_rows])
+        for seq in sampled:
             self._ensure_generator(seq)
-        batch = build_sampling_batch(inputs.sampled_seqs, logits.shape[-1], self.device)
-        return inputs.sampled_seqs, sample(logits, batch)
+        batch = build_sampling_batch(sampled, logits.shape[-1], self.device)
+        return sampled, sample(logits, batch)
+
+    def _can_replay(self, scheduled: list[ScheduledSeq]) -> bool:
+        return (self.graphs is not None and len(scheduled) <= self.graphs.max_batch_size
+                and all(item.num_new_tokens == 1 and item.completes_context
+                        for item in scheduled))
+
+    def _replay_decode(self, seqs: list[Sequence]) -> torch.Tensor:
+        positions = [seq.num_computed_tokens for seq in seqs]
+        input_ids = [seq.token_ids[pos] for seq, pos in zip(seqs, positions, strict=True)]
+        size = self.block_size
+        slots = [seq.block_table[pos // size] * size + pos % size
+                 for seq, pos in zip(seqs, positions, strict=True)]
+        return self.graphs.run(input_ids, positions, slots, self._block_tables(seqs))
+
+    def _block_tables(self, seqs: list[Sequence]) -> np.ndarray:
+        width = max(len(seq.block_table) for seq in seqs)
+        tables = np.full((len(seqs), width), -1, dtype=np.int32)
+        for row, seq in enumerate(seqs):
+            tables[row, :len(seq.block_table)] = seq.block_table
+        return tables
 
     def prepare(self, scheduled: list[ScheduledSeq]) -> StepInputs:
         input_ids: list[int] = []
@@ -178,16 +217,14 @@ class ModelRunner:
             if item.completes_context:
                 logits_rows.append(starts[-1] - 1)
                 sampled.append(seq)
-        width = max(len(item.seq.block_table) for item in scheduled)
-        tables = [item.seq.block_table + [-1] * (width - len(item.seq.block_table))
-                  for item in scheduled]
+        tables = self._block_tables([item.seq for item in scheduled])
         to_device = lambda values, dtype: torch.tensor(values, dtype=dtype).to(  # noqa: E731
             self.device, non_blocking=True)
         meta = AttentionMetadata(
             slot_mapping=to_device(slots, torch.int64),
             query_start_loc=to_device(starts, torch.int32),
             seq_lens=to_device(seq_lens, torch.int32),
-            block_tables=to_device(tables, torch.int32),
+            block_tables=torch.from_numpy(tables).to(self.device, non_blocking=True),
             max_query_len=max(item.num_new_tokens for item in scheduled),
             max_seq_len=max(seq_lens), query_start_loc_cpu=starts, seq_lens_cpu=seq_lens)
         return StepInputs(to_device(input_ids, torch.int64), to_device(positions, torch.int64),
@@ -195,13 +232,20 @@ class ModelRunner:
 
     def _slots(self, block_table: list[int], begin: int, end: int) -> list[int]:
         size = self.block_size
-        return [block_table[pos // size] * size + pos % size for pos in range(begin, end)]
+        if end - begin < 64:
+            return [block_table[pos // size] * size + pos % size for pos in range(begin, end)]
+        positions = np.arange(begin, end)
+        table = np.asarray(block_table, dtype=np.int64)
+        return (table[positions // size] * size + positions % size).tolist()
 
     def _ensure_generator(self, seq: Sequence) -> None:
         if seq.params.seed is not None and seq.generator is None:
             seq.generator = torch.Generator(self.device).manual_seed(seq.params.seed)
 
     def close(self) -> None:
+        if self.graphs is not None:
+            self.graphs.close()
+            self.graphs = None
         self._detach_kv_cache()
         for attn in self.model.attention_layers():
             attn.backend = None

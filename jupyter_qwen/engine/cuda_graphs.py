@@ -1,0 +1,86 @@
+"""Decode steps replayed from CUDA graphs captured once per padded batch size."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from jupyter_qwen.model.attention import AttentionMetadata
+from jupyter_qwen.model.qwen3 import Qwen3ForCausalLM
+
+
+def graph_batch_sizes(max_num_seqs: int) -> list[int]:
+    sizes = [1, 2, 4, 8, *range(16, max_num_seqs + 16, 16)]
+    return sorted({size for size in sizes if size < max_num_seqs} | {max_num_seqs})
+
+
+class DecodeGraphs:
+    """Static input buffers, one captured graph per batch size, inputs padded up to it.
+
+    Padding rows have sequence length 0 and slot -1, so they neither read nor
+    write the KV cache.
+    """
+
+    def __init__(self, model: Qwen3ForCausalLM, max_num_seqs: int, max_blocks_per_seq: int,
+                 device: torch.device):
+        self.model = model
+        self.batch_sizes = graph_batch_sizes(max_num_seqs)
+        size = self.batch_sizes[-1]
+        self.input_ids = torch.zeros(size, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(size, dtype=torch.int64, device=device)
+        self.slot_mapping = torch.full((size,), -1, dtype=torch.int64, device=device)
+        self.seq_lens = torch.zeros(size, dtype=torch.int32, device=device)
+        self.block_tables = torch.zeros(size, max_blocks_per_seq, dtype=torch.int32,
+                                        device=device)
+        self.query_start_loc = torch.arange(size + 1, dtype=torch.int32, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.logits: dict[int, torch.Tensor] = {}
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.batch_sizes[-1]
+
+    def _meta(self, size: int) -> AttentionMetadata:
+        return AttentionMetadata(
+            slot_mapping=self.slot_mapping[:size], query_start_loc=self.query_start_loc[:size + 1],
+            seq_lens=self.seq_lens[:size], block_tables=self.block_tables[:size],
+            max_query_len=1, max_seq_len=self.block_tables.shape[1],
+            query_start_loc_cpu=list(range(size + 1)), seq_lens_cpu=[0] * size)
+
+    def _forward(self, size: int) -> torch.Tensor:
+        hidden = self.model(self.input_ids[:size], self.positions[:size], self._meta(size))
+        return self.model.compute_logits(hidden)
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        pool = None
+        for size in reversed(self.batch_sizes):
+            self._forward(size)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.logits[size] = self._forward(size)
+            pool = graph.pool()
+            self.graphs[size] = graph
+        torch.cuda.synchronize()
+
+    def run(self, input_ids: list[int], positions: list[int], slots: list[int],
+            block_tables: np.ndarray) -> torch.Tensor:
+        count = len(input_ids)
+        size = next(s for s in self.batch_sizes if s >= count)
+        self.input_ids[:count].copy_(torch.tensor(input_ids), non_blocking=True)
+        self.positions[:count].copy_(torch.tensor(positions), non_blocking=True)
+        self.slot_mapping[:count].copy_(torch.tensor(slots), non_blocking=True)
+        self.seq_lens[:count].copy_(torch.tensor(positions, dtype=torch.int32) + 1,
+                                    non_blocking=True)
+        self.block_tables[:count, :block_tables.shape[1]].copy_(
+            torch.from_numpy(block_tables), non_blocking=True)
+        if size > count:
+            self.slot_mapping[count:size].fill_(-1)
+            self.seq_lens[count:size].fill_(0)
+        self.graphs[size].replay()
+        return self.logits[size][:count]
+
+    def close(self) -> None:
+        self.graphs.clear()
+        self.logits.clear()
+        self.model = None

@@ -1,0 +1,194 @@
+"""REST handlers for the sidebar: GPUs, model servers, and stop/clean forwarding."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import psutil
+import tornado.web
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+
+from jupyter_qwen.nvml import gpu_snapshot
+from jupyter_qwen.server.registry import ServerRecord, get_record, list_records
+
+HEALTH_TIMEOUT_S = 2.0  # each /health probe; probes run concurrently
+ADMIN_TIMEOUT_S = 120.0  # stop/clean may free a lot of GPU memory first
+STOP_WAIT_S = 3.0  # after a stop, how long to wait for the record to go away
+
+
+class _Base(APIHandler):
+    async def kernel_notebooks(self) -> dict[str, str | None]:
+        """Kernel id -> notebook (session) path for every kernel of this server."""
+        paths: dict[str, str | None] = dict.fromkeys(self.kernel_manager.list_kernel_ids())
+        for session in await self.session_manager.list_sessions():
+            kernel = session.get("kernel") or {}
+            if kernel.get("id"):
+                paths[kernel["id"]] = session.get("path")
+        return paths
+
+    def kernel_pids(self) -> dict[int, str]:
+        """Process id -> kernel id for the local kernels of this server."""
+        pids = {}
+        for kid in self.kernel_manager.list_kernel_ids():
+            try:
+                kernel = self.kernel_manager.get_kernel(kid)
+            except KeyError:
+                continue
+            provisioner = getattr(kernel, "provisioner", None)
+            process = getattr(provisioner, "process", None)
+            pid = getattr(process, "pid", None) or getattr(provisioner, "pid", None)
+            if isinstance(pid, int):
+                pids[pid] = kid
+        return pids
+
+
+def _owning_kernel(pid: int, kernel_pids: dict[int, str]) -> str | None:
+    """The kernel that is this process or one of its ancestors (a kernel's subprocess)."""
+    if pid in kernel_pids:
+        return kernel_pids[pid]
+    try:
+        for parent in psutil.Process(pid).parents():
+            if parent.pid in kernel_pids:
+                return kernel_pids[parent.pid]
+    except (psutil.Error, OSError):
+        pass
+    return None
+
+
+class GpusHandler(_Base):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        snapshot = await asyncio.get_running_loop().run_in_executor(None, gpu_snapshot)
+        kernel_pids = self.kernel_pids()
+        notebooks = await self.kernel_notebooks()
+        gpus = []
+        for gpu in snapshot.gpus:
+            data = gpu.to_dict()
+            del data["uuid"]
+            for proc in data["processes"]:
+                kid = _owning_kernel(proc["pid"], kernel_pids)
+                proc["kernel_id"] = kid
+                proc["notebook_path"] = notebooks.get(kid) if kid else None
+            gpus.append(data)
+        self.finish(
+            json.dumps({"available": snapshot.available, "reason": snapshot.reason, "gpus": gpus})
+        )
+
+
+async def _fetch(url: str, **kwargs: Any) -> HTTPResponse | Exception:
+    """The reply, whatever its status; or the exception when there is none (refused, timeout)."""
+    try:
+        return await AsyncHTTPClient().fetch(url, raise_error=False, **kwargs)
+    except Exception as err:
+        return err
+
+
+def _health_view(reply: HTTPResponse | Exception) -> dict[str, Any]:
+    """status / engine / health_error from a /health reply (or from its failure)."""
+    if isinstance(reply, Exception) or reply.code == 599 or not reply.body:
+        error = reply if isinstance(reply, Exception) else reply.error
+        return {"status": "unreachable", "engine": None, "health_error": str(error)}
+    try:
+        body = json.loads(reply.body)
+    except ValueError:
+        return {"status": "unreachable", "engine": None, "health_error": "bad /health reply"}
+    status = body.get("status") or ("ok" if reply.code == 200 else "dead")
+    return {"status": status, "engine": body.get("engine"), "health_error": None}
+
+
+class ServersHandler(_Base):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        records = list_records(prune=True)
+        replies = await asyncio.gather(
+            *(
+                _fetch(
+                    f"{rec.root_url}/health",
+                    connect_timeout=HEALTH_TIMEOUT_S,
+                    request_timeout=HEALTH_TIMEOUT_S,
+                )
+                for rec in records
+            )
+        )
+        notebooks = await self.kernel_notebooks()
+        servers = []
+        for rec, reply in zip(records, replies, strict=True):
+            item = rec.to_dict(public=True)  # the admin token never leaves the server
+            item["root_url"] = rec.root_url
+            item["notebook_path"] = notebooks.get(rec.kernel_id) if rec.kernel_id else None
+            item.update(_health_view(reply))
+            servers.append(item)
+        self.finish(json.dumps({"servers": servers}))
+
+
+class AdminHandler(_Base):
+    """``POST servers/{id}/stop|clean``: forwarded to the model server with its admin token."""
+
+    @tornado.web.authenticated
+    async def post(self, server_id: str, action: str) -> None:
+        rec = get_record(server_id)
+        if rec is None:
+            msg = f"no running jupyter_qwen server with id {server_id!r}"
+            raise tornado.web.HTTPError(404, msg)
+        reply = _check_upstream(
+            rec,
+            action,
+            await _fetch(
+                f"{rec.root_url}/admin/{action}",
+                method="POST",
+                body=b"{}",
+                headers={"X-Admin-Token": rec.admin_token, "Content-Type": "application/json"},
+                connect_timeout=HEALTH_TIMEOUT_S,
+                request_timeout=ADMIN_TIMEOUT_S,
+            ),
+        )
+        try:
+            result = json.loads(reply.body or b"{}")
+        except ValueError:
+            result = {"reply": reply.body.decode(errors="replace")}
+        if action == "stop":
+            await _wait_unregistered(rec.id)
+        self.finish(json.dumps(result))
+
+
+def _check_upstream(
+    rec: ServerRecord, action: str, reply: HTTPResponse | Exception
+) -> HTTPResponse:
+    """The reply when it succeeded; else an HTTPError that says what the model server did."""
+    where = f"model server {rec.served_model_name} ({rec.id}) at {rec.root_url}"
+    if isinstance(reply, Exception) or reply.code == 599:
+        error = reply if isinstance(reply, Exception) else reply.error
+        timed_out = "timeout" in f"{type(error).__name__} {error}".lower()
+        raise tornado.web.HTTPError(
+            504 if timed_out else 502, f"{where} did not answer {action}: {error}"
+        )
+    if reply.code >= 400:
+        detail = (reply.body or b"").decode(errors="replace")[:300]
+        raise tornado.web.HTTPError(
+            reply.code, f"{where} refused {action} (HTTP {reply.code}): {detail}"
+        )
+    return reply
+
+
+async def _wait_unregistered(server_id: str) -> None:
+    """A stopped server removes its record; give it a moment so a refresh no longer lists it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STOP_WAIT_S
+    while get_record(server_id) is not None and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+
+
+def setup_handlers(web_app: tornado.web.Application) -> None:
+    base = url_path_join(web_app.settings["base_url"], "jupyter-qwen")
+    web_app.add_handlers(
+        ".*$",
+        [
+            (url_path_join(base, "gpus"), GpusHandler),
+            (url_path_join(base, "servers"), ServersHandler),
+            (url_path_join(base, "servers", "([^/]+)", "(stop|clean)"), AdminHandler),
+        ],
+    )
