@@ -131,3 +131,13 @@ def test_stop_token_ids_end_the_sequence_there(tiny_model_path, mixed_prompts):
         cut = want.index(stop_at[i]) + 1
         assert output.token_ids == want[:cut]
         assert output.finish_reason == "stop"
+
+
+def test_prompts_submitted_together_share_their_prefix_in_the_same_step(
+        tiny_model_path, shared_prefix_prompts):
+    prompts, expected = shared_prefix_prompts
+    with LLM(tiny_model_path) as llm:
+        outputs = llm.generate(prompts, GREEDY)
+    assert [o.token_ids for o in outputs] == expected
+    assert outputs[0].num_cached_tokens == 0
+    assert all(o.num_cached_tokens >= 144 for o in outputs[1:])

@@ -50,9 +50,6 @@ class Scheduler:
         scheduled = self._continue_running(budget)
         budget -= sum(item.num_new_tokens for item in scheduled)
         scheduled += self._admit_waiting(budget)
-        for item in scheduled:
-            self.block_manager.cache_full_blocks(
-                item.seq, item.seq.num_computed_tokens + item.num_new_tokens)
         return scheduled
 
     def remove(self, seq: Sequence) -> None:
@@ -70,11 +67,20 @@ class Scheduler:
             seq = queue.popleft()
             num_new = min(seq.num_uncomputed_tokens, budget)
             if self._make_room(seq, num_new, queue):
-                scheduled.append(ScheduledSeq(seq, num_new))
+                scheduled.append(self._scheduled(seq, num_new))
                 self.running.append(seq)
                 budget -= num_new
         self.running.extend(queue)
         return scheduled
+
+    def _scheduled(self, seq: Sequence, num_new: int) -> ScheduledSeq:
+        """Publish the blocks this step fills, so later admissions in the same step share them.
+
+        Sharing within a step is sound because every layer stores the whole
+        step's keys and values before any of its attention reads them.
+        """
+        self.block_manager.cache_full_blocks(seq, seq.num_computed_tokens + num_new)
+        return ScheduledSeq(seq, num_new)
 
     def _make_room(self, seq: Sequence, num_new: int, queue: deque[Sequence]) -> bool:
         target = seq.num_computed_tokens + num_new
@@ -108,7 +114,7 @@ class Scheduler:
             assert self.block_manager.allocate(seq, target)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            scheduled.append(ScheduledSeq(seq, num_new))
+            scheduled.append(self._scheduled(seq, num_new))
             budget -= num_new
         return scheduled
 
