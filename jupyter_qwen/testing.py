@@ -2,6 +2,9 @@
 
 `make_tiny_qwen3(path)` writes config.json, safetensors weights, a byte-level BPE tokenizer
 trained on a generated corpus, generation_config.json and our own ChatML chat template.
+With `script=DEMO_SCRIPT` the random weights are then taught a few conversations (thinking,
+a tool-call round trip, a longer answer) that greedy decoding replays token for token; that
+is the demo model `demo_model_path()` caches. The script lives in `jupyter_qwen.demo_script`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +27,9 @@ if TYPE_CHECKING:
     import torch
     from tokenizers import Tokenizer
 
-GENERATOR_VERSION = 1
+    from jupyter_qwen.demo_script import ScriptedTurn
+
+GENERATOR_VERSION = 2
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 EMBEDDING_LOGIT_STD = 2.0
 RESIDUAL_GAIN = 8.0
@@ -201,15 +207,25 @@ def added_token_ids(shape: str = "tiny") -> dict[str, int]:
 
 def make_tiny_qwen3(path: str | os.PathLike, shape: str = "tiny", seed: int = 0,
                     num_hidden_layers: int | None = None,
-                    max_shard_bytes: int | None = None) -> Path:
+                    max_shard_bytes: int | None = None,
+                    script: Sequence[ScriptedTurn] | None = None) -> Path:
+    """Write a random Qwen3 checkpoint; with `script` (a list of ScriptedTurn, for example
+    DEMO_SCRIPT), also teach it those turns: see `jupyter_qwen.demo_script.teach`. Both are
+    deterministic: the same arguments give byte-identical files on the same machine."""
     chosen = get_shape(shape, num_hidden_layers)
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     token_ids = added_token_ids(shape)
+    max_shard_bytes = max_shard_bytes or DEFAULT_MAX_SHARD_BYTES
     _write_config(folder, chosen, token_ids)
     _write_generation_config(folder, token_ids)
     _write_tokenizer(folder, chosen)
-    _write_weights(folder, chosen, seed, max_shard_bytes or DEFAULT_MAX_SHARD_BYTES)
+    _write_weights(folder, chosen, seed, max_shard_bytes)
+    if script is not None:
+        from jupyter_qwen.demo_script import teach
+
+        weights, _ = teach(folder, script, seed=seed)
+        _write_weights(folder, chosen, seed, max_shard_bytes, weights)
     return folder
 
 
@@ -424,7 +440,9 @@ def _plan_shards(specs: list[_WeightSpec], item_size: int,
     return shards
 
 
-def _write_weights(folder: Path, shape: Shape, seed: int, max_shard_bytes: int) -> None:
+def _write_weights(folder: Path, shape: Shape, seed: int, max_shard_bytes: int,
+                   weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Random weights, or the given ones (by HF name) cast to the shape's dtype."""
     import torch
     from safetensors.torch import save_file
 
@@ -438,7 +456,8 @@ def _write_weights(folder: Path, shape: Shape, seed: int, max_shard_bytes: int) 
     names = (["model.safetensors"] if count == 1 else
              [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)])
     for file_name, shard in zip(names, shards, strict=True):
-        tensors = {spec.name: _random_tensor(spec, seed, dtype) for spec in shard}
+        tensors = {spec.name: _random_tensor(spec, seed, dtype) if weights is None
+                   else weights[spec.name].to(dtype).contiguous() for spec in shard}
         save_file(tensors, str(folder / file_name), metadata={"format": "pt"})
         (folder / file_name).chmod(0o644)
         del tensors
@@ -451,16 +470,37 @@ def _write_weights(folder: Path, shape: Shape, seed: int, max_shard_bytes: int) 
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
+_DEMO_LOCK = threading.Lock()
+
+
+def demo_model_name() -> str:
+    """The cache folder's name: generator version and a digest of the script it was taught
+    (which holds the tool schema, so a LangChain that renders tools anew gets a new model)."""
+    from jupyter_qwen.demo_script import DEMO_SCRIPT, script_digest
+
+    return f"demo-tiny-v{GENERATOR_VERSION}-{script_digest(DEMO_SCRIPT)[:12]}"
+
+
 def demo_model_path() -> Path:
-    """The tiny demo checkpoint, built once per generator version and cached."""
+    """The tiny demo checkpoint, taught DEMO_SCRIPT, built once (per process at a time) and
+    cached under $JUPYTER_QWEN_CACHE or ~/.cache/jupyter_qwen."""
+    from jupyter_qwen.demo_script import DEMO_SCRIPT
+
     root = Path(os.environ.get("JUPYTER_QWEN_CACHE") or Path.home() / ".cache" / "jupyter_qwen")
-    folder = root / f"demo-tiny-v{GENERATOR_VERSION}"
-    if folder.is_dir():
-        return folder
+    folder = root / demo_model_name()
+    with _DEMO_LOCK:
+        if not folder.is_dir():
+            _build_into(folder, DEMO_SCRIPT)
+    return folder
+
+
+def _build_into(folder: Path, script: Sequence[ScriptedTurn]) -> None:
+    """Build in a temporary sibling and rename, so that racing processes never see half."""
+    root = folder.parent
     root.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=root))
     try:
-        make_tiny_qwen3(building)
+        make_tiny_qwen3(building, script=script)
         building.chmod(0o755)
         os.rename(building, folder)
     except OSError:
@@ -468,7 +508,6 @@ def demo_model_path() -> Path:
             raise
     finally:
         shutil.rmtree(building, ignore_errors=True)
-    return folder
 
 
 def describe(shape: str, num_hidden_layers: int | None = None) -> str:
@@ -487,12 +526,29 @@ def add_make_tiny_model_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-hidden-layers", type=int, default=None,
                         help="override the number of decoder layers")
+    parser.add_argument("--demo-script", action="store_true",
+                        help="teach it the demo conversations (what demo_model_path() builds)")
     parser.set_defaults(run=_run_make_tiny_model)
 
 
 def _run_make_tiny_model(args: argparse.Namespace) -> int:
+    script = None
+    if args.demo_script:
+        from jupyter_qwen.demo_script import DEMO_SCRIPT as script
     folder = make_tiny_qwen3(args.dir, shape=args.shape, seed=args.seed,
-                             num_hidden_layers=args.num_hidden_layers)
+                             num_hidden_layers=args.num_hidden_layers, script=script)
     print(folder.resolve())
     print(describe(args.shape, args.num_hidden_layers))
     return 0
+
+
+_DEMO_EXPORTS = ("DEMO_PROMPTS", "DEMO_SCRIPT", "DEMO_TOOLS", "ScriptedTurn", "get_weather")
+
+
+def __getattr__(name: str):
+    """The demo script's names, imported on first use (it imports langchain_core)."""
+    if name in _DEMO_EXPORTS:
+        from jupyter_qwen import demo_script
+
+        return getattr(demo_script, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,14 +3,30 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen3Config
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    Qwen3Config,
+)
 
-from jupyter_qwen import testing
+from jupyter_qwen import demo_script, testing
+from jupyter_qwen.demo_script import (
+    DEMO_PROMPTS,
+    DEMO_SCRIPT,
+    DEMO_TOOLS,
+    GET_WEATHER_TOOL,
+    ScriptedTurn,
+    get_weather,
+    teach,
+)
 from jupyter_qwen.testing import (
     CHAT_TEMPLATE,
     SHAPES,
@@ -71,6 +87,16 @@ def safetensors_of(folder: Path) -> dict[str, torch.Tensor]:
         with safe_open(file, framework="pt") as reader:
             tensors |= {name: reader.get_tensor(name) for name in reader.keys()}  # noqa: SIM118
     return tensors
+
+
+@contextmanager
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def assert_every_id_decodes(tokenizer, vocab_size: int) -> None:
@@ -383,11 +409,148 @@ def test_command_line_writes_a_checkpoint(tmp_path):
 
 def test_demo_model_is_built_once_even_when_callers_race(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_QWEN_CACHE", str(tmp_path))
+    monkeypatch.setattr(demo_script, "DEMO_SCRIPT", [DEMO_PROMPTS["arithmetic_no_thinking"]])
+    name = testing.demo_model_name()
+    assert name.startswith(f"demo-tiny-v{testing.GENERATOR_VERSION}-")
     with ThreadPoolExecutor(2) as pool:
         paths = list(pool.map(lambda _: demo_model_path(), range(2)))
-    assert paths[0] == paths[1] == tmp_path / f"demo-tiny-v{testing.GENERATOR_VERSION}"
+    assert paths[0] == paths[1] == tmp_path / name
     assert [p.name for p in tmp_path.iterdir()] == [paths[0].name]
     built_at = (paths[0] / "model.safetensors").stat().st_mtime_ns
     assert demo_model_path() == paths[0]
     assert (paths[0] / "model.safetensors").stat().st_mtime_ns == built_at
     assert len(AutoTokenizer.from_pretrained(paths[0])) == 2048
+
+
+# --- demo model: taught a script ---------------------------------------------------------------
+
+def test_demo_model_replays_every_scripted_turn_with_greedy_generate(demo_model):
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    model = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32).eval()
+    generation = GenerationConfig.from_pretrained(demo_model)
+    with one_thread():  # many tiny ops: extra threads only wait for each other
+        for turn in DEMO_SCRIPT:
+            prompt, answer = turn.prompt_ids(tokenizer), turn.answer_ids(tokenizer)
+            input_ids = torch.tensor([prompt])
+            out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                                 max_new_tokens=len(answer) + 8, do_sample=False,
+                                 eos_token_id=generation.eos_token_id,
+                                 pad_token_id=generation.pad_token_id)
+            assert tokenizer.decode(out[0, len(prompt):]) == turn.answer + "<|im_end|>", turn
+
+
+def test_demo_model_keeps_the_random_models_files_and_tensor_layout(demo_model, tiny_model_path):
+    for name in ["config.json", "generation_config.json", "tokenizer.json",
+                 "tokenizer_config.json", "chat_template.jinja"]:
+        assert (demo_model / name).read_bytes() == (tiny_model_path / name).read_bytes(), name
+    assert sorted(p.name for p in demo_model.iterdir()) == \
+        sorted(p.name for p in tiny_model_path.iterdir())
+    taught, random = safetensors_of(demo_model), safetensors_of(tiny_model_path)
+    assert list(taught) == list(random)
+    assert all(taught[n].shape == random[n].shape and taught[n].dtype == random[n].dtype
+               for n in taught)
+    assert not torch.equal(taught["model.embed_tokens.weight"],
+                           random["model.embed_tokens.weight"])
+
+
+def test_demo_build_is_deterministic_and_restores_torch_settings(demo_model, tmp_path):
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    again = make_tiny_qwen3(tmp_path / "again", script=DEMO_SCRIPT)
+    assert (again / "model.safetensors").read_bytes() == \
+        (demo_model / "model.safetensors").read_bytes()
+    assert torch.get_num_threads() == threads
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
+
+
+def test_sharded_demo_model_has_the_same_weights(tmp_path):
+    script = [DEMO_PROMPTS["hello_no_thinking"]]
+    single = make_tiny_qwen3(tmp_path / "single", script=script)
+    sharded = make_tiny_qwen3(tmp_path / "sharded", script=script, max_shard_bytes=300_000)
+    assert len(list(sharded.glob("*.safetensors"))) >= 3
+    first, second = safetensors_of(single), safetensors_of(sharded)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_demo_tools_are_what_langchain_binds_for_get_weather():
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    assert DEMO_TOOLS == [convert_to_openai_tool(get_weather)] == [GET_WEATHER_TOOL]
+    assert json.dumps(DEMO_TOOLS) == json.dumps([GET_WEATHER_TOOL])
+    assert get_weather("Paris") == "sunny, 21 °C"
+    assert testing.get_weather is get_weather and testing.DEMO_TOOLS is DEMO_TOOLS
+
+
+def test_scripted_prompts_are_what_the_server_renders_for_langchain(tokenizer):
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+    from langchain_openai import ChatOpenAI
+
+    from jupyter_qwen.server.chat import template_messages, template_tools
+    from jupyter_qwen.server.protocol import ChatCompletionRequest
+
+    bound = ChatOpenAI(base_url="http://127.0.0.1:9/v1", api_key="EMPTY",
+                       model="demo").bind_tools([get_weather])
+    question = HumanMessage("What is the weather in Paris?")
+    call = AIMessage("", tool_calls=[{"name": "get_weather", "args": {"city": "Paris"},
+                                      "id": "call_0123"}],
+                     additional_kwargs={"reasoning_content": "not sent back"})
+    result = ToolMessage(get_weather("Paris"), tool_call_id="call_0123")
+    system = SystemMessage("You are a helpful assistant.")
+    cases = [("weather_call", [question], 1), ("weather_answer", [question, call, result], 1),
+             ("weather_call", [system, question], 0),
+             ("weather_answer_no_thinking", [system, question, call, result], 0)]
+    for name, messages, plain in cases:
+        payload = bound.bound._get_request_payload(messages, **bound.kwargs)
+        assert payload["tools"] == DEMO_TOOLS
+        body = ChatCompletionRequest(**payload)
+        turn = DEMO_PROMPTS[name]
+        ids = tokenizer.apply_chat_template(
+            template_messages(body.messages), tools=template_tools(body.tools),
+            add_generation_prompt=True, tokenize=True, return_dict=False,
+            enable_thinking=turn.enable_thinking)
+        expected = turn if plain else turn._replace(
+            messages=[{"role": "system", "content": "You are a helpful assistant."},
+                      *turn.messages])
+        assert list(ids) == expected.prompt_ids(tokenizer), name
+        assert expected in DEMO_SCRIPT
+
+
+def test_demo_prompts_cover_thinking_tools_and_a_long_answer(tokenizer):
+    assert set(DEMO_PROMPTS) == {f"{name}{suffix}" for suffix in ("", "_no_thinking")
+                                 for name in ("hello", "arithmetic", "about", "weather_call",
+                                              "weather_answer")}
+    for name, turn in DEMO_PROMPTS.items():
+        assert isinstance(turn, ScriptedTurn) and turn in DEMO_SCRIPT
+        messages, tools, thinking, answer = turn
+        assert thinking == (not name.endswith("_no_thinking"))
+        assert (tools is DEMO_TOOLS) == name.startswith("weather")
+        prompt = render(tokenizer, messages, tools=tools, add_generation_prompt=True,
+                        enable_thinking=thinking)
+        assert prompt.endswith("<think>\n\n</think>\n\n" if not thinking
+                               else "<|im_start|>assistant\n")
+        assert answer.startswith("<think>\n") == thinking and "<|im_end|>" not in answer
+        assert tokenizer.decode(turn.answer_ids(tokenizer)) == answer + "<|im_end|>"
+        twin = DEMO_PROMPTS[name.removesuffix("_no_thinking")]
+        assert (turn.content, turn.tool_calls) == (twin.content, twin.tool_calls)
+    assert DEMO_PROMPTS["hello"].messages == [{"role": "user", "content": "Hello!"}]
+    assert DEMO_PROMPTS["arithmetic"].content == "2 + 2 = 4."
+    assert DEMO_PROMPTS["weather_call"].content == ""
+    assert DEMO_PROMPTS["weather_call"].tool_calls == \
+        [{"name": "get_weather", "arguments": {"city": "Paris"}}]
+    assert DEMO_PROMPTS["weather_call"].reasoning.startswith("The user wants the weather")
+    answer = DEMO_PROMPTS["weather_answer"]
+    assert [m["role"] for m in answer.messages] == ["user", "assistant", "tool"]
+    assert answer.messages[2]["content"] == "sunny, 21 °C"
+    assert answer.content == "It is sunny in Paris, 21 °C."
+    assert 60 <= len(tokenizer.encode(DEMO_PROMPTS["about"].content)) <= 100
+    assert len(DEMO_SCRIPT) == 22 and len(set(map(repr, DEMO_SCRIPT))) == 22
+
+
+def test_teach_refuses_contradictions_and_reports_failure(tiny_model_path):
+    hello = DEMO_PROMPTS["hello"]
+    with pytest.raises(ValueError, match="two answers"):
+        teach(tiny_model_path, [hello, hello._replace(answer="Bye.")])
+    with pytest.raises(ValueError, match="empty"):
+        teach(tiny_model_path, [])
+    with pytest.raises(RuntimeError, match="not learnt in 0 steps"):
+        teach(tiny_model_path, [hello], max_steps=0)
