@@ -106,3 +106,73 @@ def test_server_inside_a_running_kernel_restarts_on_the_same_port(tiny_model_pat
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def demo_server(demo_model):
+    instance = serve(demo_model, progress=False)
+    yield instance
+    instance.stop()
+
+
+def test_chat_model_keeps_reasoning_that_plain_chatopenai_drops(demo_server):
+    from jupyter_qwen.testing import DEMO_PROMPTS
+
+    hello = DEMO_PROMPTS["hello"]
+    chat = demo_server.chat_model(temperature=0)
+    reply = chat.invoke("Hello!")
+    assert reply.content == hello.content
+    assert reply.additional_kwargs["reasoning_content"] == hello.reasoning
+    streamed = None
+    for chunk in chat.stream("Hello!"):
+        streamed = chunk if streamed is None else streamed + chunk
+    assert streamed.content == hello.content
+    assert streamed.additional_kwargs["reasoning_content"] == hello.reasoning
+    plain = ChatOpenAI(base_url=demo_server.url, api_key="EMPTY", temperature=0,
+                       model=demo_server.served_model_name).invoke("Hello!")
+    assert plain.content == hello.content
+    assert "reasoning_content" not in plain.additional_kwargs
+
+
+def test_thinking_switches(demo_server):
+    from jupyter_qwen.testing import DEMO_PROMPTS
+
+    client = demo_server.openai_client()
+    ask = lambda **extra: client.chat.completions.create(  # noqa: E731
+        model=demo_server.served_model_name, temperature=0,
+        messages=[{"role": "user", "content": "What is 2 + 2?"}], extra_body=extra
+    ).choices[0].message
+    thinking = ask()
+    assert thinking.content == DEMO_PROMPTS["arithmetic"].content
+    assert thinking.reasoning_content == thinking.reasoning == DEMO_PROMPTS["arithmetic"].reasoning
+    quiet = ask(enable_thinking=False)
+    assert quiet.content == DEMO_PROMPTS["arithmetic_no_thinking"].content
+    assert getattr(quiet, "reasoning_content", None) is None
+    hidden = ask(chat_template_kwargs={"return_reasoning": False})
+    assert hidden.content == thinking.content
+    assert getattr(hidden, "reasoning_content", None) is None
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["invoke", "stream"])
+def test_bind_tools_round_trip(demo_server, streamed):
+    from langchain_core.messages import HumanMessage, ToolMessage
+
+    from jupyter_qwen.testing import DEMO_PROMPTS, get_weather
+
+    chat = demo_server.chat_model(temperature=0).bind_tools([get_weather])
+    messages = [HumanMessage("What is the weather in Paris?")]
+    if streamed:
+        call = None
+        for chunk in chat.stream(messages):
+            call = chunk if call is None else call + chunk
+    else:
+        call = chat.invoke(messages)
+    [tool_call] = call.tool_calls
+    assert tool_call["name"] == "get_weather" and tool_call["args"] == {"city": "Paris"}
+    assert call.response_metadata["finish_reason"] == "tool_calls"
+    assert call.additional_kwargs["reasoning_content"]
+    result = get_weather(**tool_call["args"])
+    messages += [call, ToolMessage(result, tool_call_id=tool_call["id"])]
+    answer = chat.invoke(messages)
+    assert answer.content == DEMO_PROMPTS["weather_answer"].content
+    assert not answer.tool_calls
