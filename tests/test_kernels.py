@@ -1,0 +1,350 @@
+"""Triton kernels against the torch reference.
+
+Two modes run the same bodies: `cuda` (marked gpu; larger shapes) and `interpreter`
+(small shapes on CPU; only when TRITON_INTERPRET=1 was set before triton was imported).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from jupyter_qwen.model.attention import (
+    TorchAttention,
+    paged_attention_reference,
+    store_kv_reference,
+)
+from jupyter_qwen.model.kernels.cases import PagedCase, random_paged_case, relative_error
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def triton_imports() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+HAVE_TRITON = triton_imports()
+HAVE_CUDA = torch.cuda.is_available()
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+SCALE = 0.125
+
+
+@dataclass(frozen=True)
+class Mode:
+    device: str
+    large: bool
+
+    def pick(self, small, large):
+        return large if self.large else small
+
+
+MODES = [
+    pytest.param(Mode("cuda", large=True), id="cuda", marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA GPU"),
+        pytest.mark.skipif(not HAVE_TRITON, reason="needs triton"),
+        pytest.mark.skipif(INTERPRET, reason="TRITON_INTERPRET=1 runs kernels on the CPU"),
+    ]),
+    pytest.param(Mode("cpu", large=False), id="interpreter", marks=[
+        pytest.mark.skipif(not INTERPRET, reason="set TRITON_INTERPRET=1 to run kernels on CPU"),
+        pytest.mark.skipif(not HAVE_TRITON, reason="needs triton"),
+    ]),
+]
+
+
+@pytest.fixture(params=MODES)
+def mode(request) -> Mode:
+    if request.param.device == "cpu":
+        from jupyter_qwen.model.kernels.cases import fix_interpreter
+
+        fix_interpreter()
+    return request.param
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    seed = random.randrange(2**31)
+    print(f"seed {seed}")
+    return torch.Generator().manual_seed(seed)
+
+
+def reference(case: PagedCase) -> torch.Tensor:
+    wide = torch.float64 if case.query.device.type == "cpu" else torch.float32
+    ref = paged_attention_reference(case.query.to(wide), case.k_cache.to(wide),
+                                    case.v_cache.to(wide), case.meta, SCALE)
+    ref[case.padding_rows] = 0
+    return ref
+
+
+def poisoned(like: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(like, float("nan"))
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    assert not out.isnan().any(), "output holds NaN (unwritten or broken rows)"
+    error = relative_error(out, ref)
+    assert error < TOLERANCE[dtype], f"relative error {error:.2e}"
+
+
+STORE_SHAPES = [  # num_kv_heads, head_dim, block_size, dtype, slot dtype
+    (2, 32, 16, torch.bfloat16, torch.int64),
+    (8, 128, 16, torch.bfloat16, torch.int32),
+    (1, 64, 8, torch.float32, torch.int64),
+    (4, 64, 128, torch.float16, torch.int64),
+]
+
+
+@pytest.mark.parametrize("shape", STORE_SHAPES)
+def test_store_kv_writes_only_live_slots(mode, generator, shape):
+    from jupyter_qwen.model.kernels.store_kv import store_kv
+
+    num_kv_heads, head_dim, block_size, dtype, slot_dtype = shape
+    num_tokens = mode.pick(40, 3000)
+    num_blocks = -(-2 * num_tokens // block_size)
+    slots = torch.randperm(num_blocks * block_size, generator=generator)[:num_tokens]
+    slots[torch.rand(num_tokens, generator=generator) < 0.2] = -1
+    key, value = (torch.randn(num_tokens, num_kv_heads, head_dim, generator=generator)
+                  .to(device=mode.device, dtype=dtype) for _ in range(2))
+    k_cache, v_cache = (torch.randn(num_blocks, block_size, num_kv_heads, head_dim,
+                                    generator=generator).to(device=mode.device, dtype=dtype)
+                        for _ in range(2))
+    slot_mapping = slots.to(device=mode.device, dtype=slot_dtype)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    store_kv_reference(key, value, k_ref, v_ref, slot_mapping)
+    store_kv(key, value, k_cache, v_cache, slot_mapping)
+    assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
+
+
+def test_store_kv_reads_strided_rows(mode, generator):
+    from jupyter_qwen.model.kernels.store_kv import store_kv
+
+    qkv = torch.randn(30, 4 + 2 + 2, 32, generator=generator).to(mode.device)
+    key, value = qkv[:, 4:6], qkv[:, 6:]
+    k_cache, v_cache = (torch.randn(4, 16, 2, 32, generator=generator).to(mode.device)
+                        for _ in range(2))
+    slot_mapping = torch.randperm(64, generator=generator)[:30].to(mode.device)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    store_kv_reference(key, value, k_ref, v_ref, slot_mapping)
+    store_kv(key, value, k_cache, v_cache, slot_mapping)
+    assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
+
+
+PREFILL_SMALL = [  # heads, kv_heads, head_dim, block_size, dtype, q_lens, seq_lens
+    (4, 2, 32, 16, torch.bfloat16, [37, 1, 5, 64], [37, 90, 200, 214]),
+    (2, 2, 64, 8, torch.float32, [20, 1, 33], [20, 51, 133]),
+    (8, 2, 32, 32, torch.float16, [1, 70], [300, 100]),
+    (4, 2, 128, 128, torch.bfloat16, [3, 50], [130, 300]),
+    (3, 1, 32, 16, torch.float32, [17, 2], [17, 40]),
+]
+PREFILL_LARGE = [
+    (16, 8, 128, 16, torch.bfloat16, [512, 1, 1, 2048, 7, 300],
+     [512, 3000, 17, 4096, 4000, 300]),
+    (32, 8, 128, 32, torch.bfloat16, [1000, 1, 129], [3000, 2500, 129]),
+    (8, 8, 64, 128, torch.float16, [777, 1, 64], [777, 1500, 2000]),
+    (8, 2, 32, 8, torch.float32, [200, 1, 513], [1200, 33, 513]),
+    (40, 8, 128, 16, torch.bfloat16, [300, 1], [900, 2000]),
+]
+PREFILL_TILINGS = [{}, {"block_m": 32, "block_n": 16, "num_warps": 4}]
+
+
+@pytest.mark.parametrize("tiling", PREFILL_TILINGS, ids=["default", "small-tiles"])
+@pytest.mark.parametrize("index", range(len(PREFILL_SMALL)))
+def test_prefill_matches_reference(mode, generator, index, tiling):
+    from jupyter_qwen.model.kernels.prefill_attention import prefill_attention
+
+    shapes = mode.pick(PREFILL_SMALL, PREFILL_LARGE)
+    heads, kv_heads, head_dim, block_size, dtype, q_lens, seq_lens = shapes[index]
+    case = random_paged_case(q_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype,
+                             mode.device, generator=generator)
+    meta = case.meta
+    out = prefill_attention(case.query, case.k_cache, case.v_cache, meta.block_tables,
+                            meta.seq_lens, meta.query_start_loc, SCALE,
+                            out=poisoned(case.query), **tiling)
+    assert_close(out, reference(case), dtype)
+
+
+DECODE_SMALL = [  # heads, kv_heads, head_dim, block_size, dtype, seq_lens
+    (4, 2, 32, 16, torch.bfloat16, [1, 0, 77, 300, 16]),
+    (2, 2, 64, 8, torch.float32, [130, 0, 0, 5]),
+    (8, 2, 32, 32, torch.float16, [64, 200]),
+    (4, 1, 128, 128, torch.bfloat16, [129, 0, 3]),
+]
+DECODE_LARGE = [
+    (16, 8, 128, 16, torch.bfloat16, "mixed"),
+    (32, 8, 128, 32, torch.bfloat16, "mixed"),
+    (8, 8, 64, 8, torch.float16, "mixed"),
+    (8, 2, 32, 128, torch.float32, "mixed"),
+    (16, 8, 128, 256, torch.bfloat16, "mixed"),
+]
+
+
+def mixed_seq_lens(count: int, longest: int) -> list[int]:
+    lens = [random.randrange(1, longest) for _ in range(count)]
+    lens[0], lens[1], lens[-1] = longest, 1, 0
+    print(f"seq_lens {lens}")
+    return lens
+
+
+@pytest.mark.parametrize("num_splits", [None, 1, 3, 16])
+@pytest.mark.parametrize("index", range(len(DECODE_SMALL)))
+def test_decode_matches_reference(mode, generator, index, num_splits):
+    from jupyter_qwen.model.kernels.decode_attention import decode_attention
+
+    heads, kv_heads, head_dim, block_size, dtype, seq_lens = mode.pick(
+        DECODE_SMALL, DECODE_LARGE)[index]
+    if seq_lens == "mixed":
+        seq_lens = mixed_seq_lens(64, 4000)
+    case = random_paged_case([1] * len(seq_lens), seq_lens, heads, kv_heads, head_dim,
+                             block_size, dtype, mode.device, generator=generator)
+    meta = case.meta
+    out = decode_attention(case.query, case.k_cache, case.v_cache, meta.block_tables,
+                           meta.seq_lens, SCALE, num_splits=num_splits,
+                           out=poisoned(case.query))
+    assert_close(out, reference(case), dtype)
+    assert torch.equal(out[case.padding_rows], torch.zeros_like(out[case.padding_rows]))
+
+
+@pytest.mark.parametrize("num_splits", [None, 1, 4])
+def test_mixed_batch_splits_rows_between_decode_and_varlen(mode, generator, num_splits):
+    from jupyter_qwen.model.kernels.decode_attention import decode_attention
+    from jupyter_qwen.model.kernels.prefill_attention import prefill_attention
+
+    q_lens = mode.pick([1, 6, 1, 1, 30], [1, 700, 1, 1, 33, 1])
+    seq_lens = mode.pick([90, 40, 1, 0, 200], [3000, 2000, 1, 0, 900, 4000])
+    case = random_paged_case(q_lens, seq_lens, 8, 2, mode.pick(32, 128), 16, torch.bfloat16,
+                             mode.device, generator=generator)
+    meta = case.meta
+    single = torch.repeat_interleave(torch.tensor([q == 1 for q in q_lens]),
+                                     torch.tensor(q_lens)).to(mode.device)
+    decoded = decode_attention(case.query, case.k_cache, case.v_cache, meta.block_tables,
+                               meta.seq_lens, SCALE, num_splits=num_splits,
+                               out=poisoned(case.query), query_start_loc=meta.query_start_loc)
+    assert decoded[~single].isnan().all(), "decode wrote rows of multi-token sequences"
+    prefilled = prefill_attention(case.query, case.k_cache, case.v_cache, meta.block_tables,
+                                  meta.seq_lens, meta.query_start_loc, SCALE,
+                                  out=poisoned(case.query), skip_single=True)
+    assert prefilled[single].isnan().all(), "varlen wrote rows of one-token sequences"
+    assert_close(torch.where(single[:, None, None], decoded, prefilled), reference(case),
+                 torch.bfloat16)
+
+
+def test_backend_store_then_attend_matches_torch_backend(mode, generator):
+    from jupyter_qwen.model.kernels.backend import TritonAttention
+
+    q_lens = mode.pick([9, 1, 1, 40], [1024, 1, 1, 300, 1])
+    seq_lens = mode.pick([9, 50, 170, 140], [3072, 2000, 5, 300, 4095])
+    for lens in (q_lens, [1] * len(seq_lens)):
+        case = random_paged_case(lens, seq_lens, 16, 8, mode.pick(32, 128), 16,
+                                 torch.bfloat16, mode.device, generator=generator)
+        caches = (case.k_cache.clone(), case.v_cache.clone())
+        backend, torch_backend = TritonAttention(), TorchAttention()
+        backend.store_kv(case.key, case.value, case.k_cache, case.v_cache,
+                         case.meta.slot_mapping)
+        torch_backend.store_kv(case.key, case.value, *caches, case.meta.slot_mapping)
+        assert torch.equal(case.k_cache, caches[0]) and torch.equal(case.v_cache, caches[1])
+        out = backend.attend(case.query, case.k_cache, case.v_cache, case.meta, SCALE)
+        assert_close(out, reference(case), torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAVE_CUDA or not HAVE_TRITON or INTERPRET,
+                    reason="needs a CUDA GPU and compiled triton")
+def test_decode_replays_in_cuda_graph_with_new_lengths():
+    from jupyter_qwen.model.kernels.backend import TritonAttention
+
+    generator = torch.Generator().manual_seed(1)
+    first = random_paged_case([1] * 8, [4000, 1, 300, 0, 17, 2048, 5, 999], 16, 8, 128, 16,
+                              torch.bfloat16, "cuda", generator=generator)
+    backend = TritonAttention()
+    meta = first.meta
+    backend.attend(first.query, first.k_cache, first.v_cache, meta, SCALE)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = backend.attend(first.query, first.k_cache, first.v_cache, meta, SCALE)
+    second = random_paged_case([1] * 8, [3, 0, 3900, 1, 0, 100, 2500, 64], 16, 8, 128, 16,
+                               torch.bfloat16, "cuda", generator=generator)
+    assert second.k_cache.shape[0] <= first.k_cache.shape[0]
+    first.query.copy_(second.query)
+    first.k_cache[:second.k_cache.shape[0]].copy_(second.k_cache)
+    first.v_cache[:second.v_cache.shape[0]].copy_(second.v_cache)
+    meta.seq_lens.copy_(second.meta.seq_lens)
+    meta.block_tables.fill_(-1)
+    width = second.meta.block_tables.shape[1]
+    meta.block_tables[:, :width].copy_(second.meta.block_tables)
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    second.k_cache, second.v_cache = first.k_cache[:second.k_cache.shape[0]], first.v_cache[
+        :second.v_cache.shape[0]]
+    assert_close(out, reference(second), torch.bfloat16)
+
+
+FUSED_DTYPES = [torch.bfloat16, torch.float32]
+
+
+def random_tensor(mode: Mode, generator: torch.Generator, *shape: int,
+                  dtype: torch.dtype) -> torch.Tensor:
+    return torch.randn(*shape, generator=generator).to(device=mode.device, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", FUSED_DTYPES)
+@pytest.mark.parametrize("size", [128, 1024, 2560])
+def test_rms_norm_and_add_rms_norm(mode, generator, dtype, size):
+    from jupyter_qwen.model.kernels import fused_ops
+
+    rows = mode.pick(5, 300)
+    x, residual = (random_tensor(mode, generator, rows, size, dtype=dtype) for _ in range(2))
+    weight = random_tensor(mode, generator, size, dtype=dtype)
+    assert_close(fused_ops.rms_norm(x, weight, 1e-6),
+                 fused_ops.rms_norm_reference(x, weight, 1e-6), dtype)
+    normed, summed = fused_ops.add_rms_norm(x, residual, weight, 1e-6)
+    ref_normed, ref_summed = fused_ops.add_rms_norm_reference(x, residual, weight, 1e-6)
+    assert_close(summed, ref_summed, dtype)
+    assert_close(normed, ref_normed, dtype)
+
+
+def test_rms_norm_of_strided_heads(mode, generator):
+    from jupyter_qwen.model.kernels import fused_ops
+
+    qkv = random_tensor(mode, generator, 7, 4 * 64 + 2 * 2 * 64, dtype=torch.bfloat16)
+    q = qkv[:, :4 * 64].view(7, 4, 64)
+    weight = random_tensor(mode, generator, 64, dtype=torch.bfloat16)
+    assert_close(fused_ops.rms_norm(q, weight, 1e-6),
+                 fused_ops.rms_norm_reference(q, weight, 1e-6), torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", FUSED_DTYPES)
+@pytest.mark.parametrize("heads", [(16, 8, 128), (4, 4, 64), (5, 1, 32)])
+def test_apply_rope_in_place(mode, generator, dtype, heads):
+    from jupyter_qwen.model.kernels import fused_ops
+    from jupyter_qwen.model.qwen3 import RotaryEmbedding
+
+    num_q_heads, num_k_heads, head_dim = heads
+    tokens = mode.pick(6, 500)
+    rotary = RotaryEmbedding(head_dim, 4096, 1_000_000.0)
+    rotary.build(torch.device(mode.device))
+    positions = torch.randint(0, 4096, (tokens,), generator=generator).to(mode.device)
+    q = random_tensor(mode, generator, tokens, num_q_heads, head_dim, dtype=dtype)
+    k = random_tensor(mode, generator, tokens, num_k_heads, head_dim, dtype=dtype)
+    ref_q, ref_k = fused_ops.rope_reference(positions, q, k, rotary.cos_cache, rotary.sin_cache)
+    fused_ops.apply_rope_(positions, q, k, rotary.cos_cache, rotary.sin_cache)
+    assert_close(q, ref_q, dtype)
+    assert_close(k, ref_k, dtype)
+
+
+@pytest.mark.parametrize("dtype", FUSED_DTYPES)
+@pytest.mark.parametrize("width", [96, 3072])
+def test_silu_and_mul(mode, generator, dtype, width):
+    from jupyter_qwen.model.kernels import fused_ops
+
+    gate_up = random_tensor(mode, generator, mode.pick(3, 256), 2 * width, dtype=dtype)
+    assert_close(fused_ops.silu_and_mul(gate_up), fused_ops.silu_and_mul_reference(gate_up),
+                 dtype)
