@@ -3,6 +3,8 @@ and memory that comes back after close(). Skipped without CUDA."""
 
 import gc
 import random
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,10 +17,14 @@ NUM_NEW = 32
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint():
+    """A Qwen3-0.6B-shaped random checkpoint, shared with benchmarks/throughput.py."""
     from jupyter_qwen.testing import make_tiny_qwen3
 
-    return make_tiny_qwen3(tmp_path_factory.mktemp("qwen3-0.6b"), shape="qwen3-0.6b")
+    folder = Path(tempfile.gettempdir()) / "jupyter_qwen_bench_qwen3-0.6b"
+    if (folder / "config.json").is_file():
+        return folder
+    return make_tiny_qwen3(folder, shape="qwen3-0.6b")
 
 
 @pytest.fixture(scope="module")

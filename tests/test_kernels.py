@@ -348,3 +348,32 @@ def test_silu_and_mul(mode, generator, dtype, width):
     gate_up = random_tensor(mode, generator, mode.pick(3, 256), 2 * width, dtype=dtype)
     assert_close(fused_ops.silu_and_mul(gate_up), fused_ops.silu_and_mul_reference(gate_up),
                  dtype)
+
+
+@pytest.mark.parametrize("dtype", FUSED_DTYPES)
+@pytest.mark.parametrize("heads", [(16, 8, 128), (4, 4, 64), (5, 1, 32)])
+def test_qk_norm_rope_store(mode, generator, dtype, heads):
+    from jupyter_qwen.model.kernels import fused_ops
+    from jupyter_qwen.model.qwen3 import RotaryEmbedding
+
+    num_q_heads, num_kv_heads, head_dim = heads
+    tokens, num_blocks, block_size = mode.pick(6, 300), mode.pick(4, 64), 16
+    rotary = RotaryEmbedding(head_dim, 4096, 1_000_000.0)
+    rotary.build(torch.device(mode.device))
+    positions = torch.randint(0, 4096, (tokens,), generator=generator).to(mode.device)
+    slots = torch.randperm(num_blocks * block_size, generator=generator)[:tokens]
+    slots[::3] = -1
+    slots = slots.to(mode.device)
+    width = (num_q_heads + 2 * num_kv_heads) * head_dim
+    qkv = random_tensor(mode, generator, tokens, width, dtype=dtype)
+    q_weight, k_weight = (1 + random_tensor(mode, generator, head_dim, dtype=dtype)
+                          for _ in range(2))
+    caches = [random_tensor(mode, generator, num_blocks, block_size, num_kv_heads, head_dim,
+                            dtype=dtype) for _ in range(2)]
+    expected = [cache.clone() for cache in caches]
+    args = (q_weight, k_weight, 1e-6, rotary.cos_cache, rotary.sin_cache)
+    ref_q = fused_ops.qk_norm_rope_store_reference(qkv, positions, slots, *args, *expected)
+    q = fused_ops.qk_norm_rope_store(qkv, positions, slots, *args, *caches)
+    assert_close(q, ref_q, dtype)
+    for cache, want in zip(caches, expected, strict=True):
+        assert_close(cache, want, dtype)

@@ -33,6 +33,9 @@ class DecodeGraphs:
         self.block_tables = torch.zeros(size, max_blocks_per_seq, dtype=torch.int32,
                                         device=device)
         self.query_start_loc = torch.arange(size + 1, dtype=torch.int32, device=device)
+        self.host_inputs = torch.zeros(size, 3, dtype=torch.int64, pin_memory=True)
+        self.host_tables = torch.zeros(size, max_blocks_per_seq, dtype=torch.int32,
+                                       pin_memory=True)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
 
@@ -65,15 +68,23 @@ class DecodeGraphs:
 
     def run(self, input_ids: list[int], positions: list[int], slots: list[int],
             block_tables: np.ndarray) -> torch.Tensor:
-        count = len(input_ids)
+        """Replay the graph for the smallest captured batch that holds these sequences.
+
+        The inputs travel in two copies from pinned host buffers; the previous step's
+        copies are complete, since its sampled tokens were read back before this step.
+        """
+        count, width = len(input_ids), block_tables.shape[1]
         size = next(s for s in self.batch_sizes if s >= count)
-        self.input_ids[:count].copy_(torch.tensor(input_ids), non_blocking=True)
-        self.positions[:count].copy_(torch.tensor(positions), non_blocking=True)
-        self.slot_mapping[:count].copy_(torch.tensor(slots), non_blocking=True)
-        self.seq_lens[:count].copy_(torch.tensor(positions, dtype=torch.int32) + 1,
-                                    non_blocking=True)
-        self.block_tables[:count, :block_tables.shape[1]].copy_(
-            torch.from_numpy(block_tables), non_blocking=True)
+        host = self.host_inputs.numpy()
+        host[:count, 0], host[:count, 1], host[:count, 2] = input_ids, positions, slots
+        self.host_tables.numpy()[:count, :width] = block_tables
+        staged = self.host_inputs[:count].to(self.input_ids.device, non_blocking=True)
+        self.input_ids[:count].copy_(staged[:, 0])
+        self.positions[:count].copy_(staged[:, 1])
+        self.slot_mapping[:count].copy_(staged[:, 2])
+        self.seq_lens[:count].copy_(staged[:, 1] + 1)
+        self.block_tables[:count, :width].copy_(self.host_tables[:count, :width],
+                                                non_blocking=True)
         if size > count:
             self.slot_mapping[count:size].fill_(-1)
             self.seq_lens[count:size].fill_(0)

@@ -53,11 +53,15 @@ class ModelRunner:
         torch.manual_seed(config.seed)
         self.model = load_model(model_path, self.dtype, self.device, self.progress)
         self.backend = make_backend(config.attention_backend, self.device)
+        self.model.use_fused_ops(self.backend.name == "triton")
         self.block_size = config.block_size
         self.progress("measuring memory", None)
         num_blocks = self._count_kv_blocks()
         self.progress("allocating the KV cache", None)
         self.kv_cache = self._allocate_kv_cache(num_blocks)
+        if self.backend.name == "triton":
+            self.progress("compiling kernels", None)
+            self._compile_kernels()
         self.graphs = self._capture_graphs() if self._uses_graphs() else None
 
     def _uses_graphs(self) -> bool:
@@ -124,26 +128,40 @@ class ModelRunner:
             attn.backend = self.backend
             attn.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
             attn.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        lengths = _split_evenly(num_tokens, num_seqs)
-        starts = [0]
-        for length in lengths:
-            starts.append(starts[-1] + length)
-        max_blocks = -(-max(lengths) // self.block_size)
-        meta = AttentionMetadata(
-            slot_mapping=torch.full((num_tokens,), -1, dtype=torch.int64, device=self.device),
-            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=self.device),
-            seq_lens=torch.tensor(lengths, dtype=torch.int32, device=self.device),
-            block_tables=torch.zeros(num_seqs, max_blocks, dtype=torch.int32, device=self.device),
-            max_query_len=max(lengths), max_seq_len=max(lengths),
-            query_start_loc_cpu=starts, seq_lens_cpu=lengths)
-        with torch.inference_mode():
-            ids = torch.randint(0, cfg.vocab_size, (num_tokens,), device=self.device)
-            positions = torch.cat([torch.arange(n, device=self.device) for n in lengths])
-            hidden = self.model(ids, positions, meta)
-            logits = self.model.compute_logits(hidden[torch.tensor(starts[1:]) - 1])
-            logits.softmax(-1).sort(dim=-1, descending=True)
-        del hidden, logits, meta
+        logits = self._dummy_step(_split_evenly(num_tokens, num_seqs))
+        logits.softmax(-1).sort(dim=-1, descending=True)
+        del logits
         self._detach_kv_cache()
+        torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def _dummy_step(self, query_lens: list[int], context_lens: list[int] | None = None):
+        """A forward pass that writes no KV slot (all -1) and reads block 0 only."""
+        context_lens = context_lens or query_lens
+        starts = [0]
+        for length in query_lens:
+            starts.append(starts[-1] + length)
+        width = -(-max(context_lens) // self.block_size)
+        device = self.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.full((starts[-1],), -1, dtype=torch.int64, device=device),
+            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
+            seq_lens=torch.tensor(context_lens, dtype=torch.int32, device=device),
+            block_tables=torch.zeros(len(query_lens), width, dtype=torch.int32, device=device),
+            max_query_len=max(query_lens), max_seq_len=max(context_lens),
+            query_start_loc_cpu=starts, seq_lens_cpu=list(context_lens))
+        ids = torch.randint(0, self.model_config.vocab_size, (starts[-1],), device=device)
+        positions = torch.cat([torch.arange(c - q, c, device=device)
+                               for q, c in zip(query_lens, context_lens, strict=True)])
+        hidden = self.model(ids, positions, meta)
+        return self.model.compute_logits(hidden[torch.tensor(starts[1:], device=device) - 1])
+
+    def _compile_kernels(self) -> None:
+        """Steps of a few shapes, so that no request waits for a kernel to compile."""
+        for query_lens, context_lens in (([37], [37]), ([1, 1], [40, 300]),
+                                         ([16, 1, 1], [48, 17, 64]), ([5] * 17, [90] * 17),
+                                         ([128, 1], [128, 2000])):
+            self._dummy_step(query_lens, context_lens)
         torch.cuda.synchronize(self.device)
 
     @property

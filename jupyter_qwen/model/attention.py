@@ -87,17 +87,18 @@ def paged_attention_reference(query, k_cache, v_cache, meta: AttentionMetadata, 
 def causal_attention(query, key, value, scale) -> torch.Tensor:
     """Attention of the last `len(query)` positions of a context over all of it."""
     q_len, k_len = query.shape[0], key.shape[0]
-    q, k, v = (t.transpose(0, 1) for t in (query, key, value))
-    group = q.shape[0] // k.shape[0]
-    k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)
+    q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (query, key, value))
+    gqa = q.shape[1] != k.shape[1]
     if q_len == 1:
-        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
     elif q_len == k_len:
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
     else:
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
         mask = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(k_len - q_len)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    return out.transpose(0, 1)
+    return out[0].transpose(0, 1)
 
 
 def make_backend(name: str, device: torch.device) -> AttentionBackend:

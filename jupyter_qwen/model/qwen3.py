@@ -57,12 +57,25 @@ class Qwen3Config:
 
 
 class RMSNorm(nn.Module):
+    """RMS normalisation; given a residual, adds it first and returns the sum as well."""
+
     def __init__(self, size: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(size))
+        self.fused = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        if self.fused is not None:
+            if residual is None:
+                return self.fused.rms_norm(x, self.weight, self.eps)
+            return self.fused.add_rms_norm(x, residual, self.weight, self.eps)
+        if residual is not None:
+            x = x + residual
+            return self._normalise(x), x
+        return self._normalise(x)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
@@ -112,16 +125,28 @@ class Qwen3Attention(nn.Module):
         self.backend: AttentionBackend | None = None
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
+        self.fused = None
 
     def forward(self, positions, hidden, meta: AttentionMetadata) -> torch.Tensor:
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], -1)
+        if self.fused is not None:
+            q = self.fused.qk_norm_rope_store(
+                self.qkv_proj(hidden), positions, meta.slot_mapping, self.q_norm.weight,
+                self.k_norm.weight, self.q_norm.eps, self.rotary.cos_cache,
+                self.rotary.sin_cache, self.k_cache, self.v_cache)
+        else:
+            q = self._store_and_rotate(positions, hidden, meta)
+        out = self.backend.attend(q, self.k_cache, self.v_cache, meta, self.scale)
+        return self.o_proj(out.reshape(-1, self.q_size))
+
+    def _store_and_rotate(self, positions, hidden, meta: AttentionMetadata) -> torch.Tensor:
+        """The reference path: q, k and v projected one by one, exactly as transformers does."""
+        q, k, v = split_linear(hidden, self.qkv_proj, [self.q_size, self.kv_size, self.kv_size])
         q = self.q_norm(q.view(-1, self.num_heads, self.head_dim))
         k = self.k_norm(k.view(-1, self.num_kv_heads, self.head_dim))
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         q, k = self.rotary(positions, q, k)
         self.backend.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
-        out = self.backend.attend(q, self.k_cache, self.v_cache, meta, self.scale)
-        return self.o_proj(out.reshape(-1, self.q_size))
+        return q
 
 
 class Qwen3MLP(nn.Module):
@@ -130,10 +155,20 @@ class Qwen3MLP(nn.Module):
         self.intermediate_size = config.intermediate_size
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.fused = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        if self.fused is not None:
+            return self.down_proj(self.fused.silu_and_mul(self.gate_up_proj(x)))
+        gate, up = split_linear(x, self.gate_up_proj, [self.intermediate_size] * 2)
         return self.down_proj(F.silu(gate) * up)
+
+
+def split_linear(x: torch.Tensor, packed: nn.Linear, sizes: list[int]) -> list[torch.Tensor]:
+    """A packed projection computed part by part: the same matrix products as unpacked layers."""
+    weights = packed.weight.split(sizes)
+    biases = packed.bias.split(sizes) if packed.bias is not None else [None] * len(sizes)
+    return [F.linear(x, weight, bias) for weight, bias in zip(weights, biases, strict=True)]
 
 
 class Qwen3DecoderLayer(nn.Module):
@@ -144,9 +179,14 @@ class Qwen3DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, positions, hidden, meta) -> torch.Tensor:
-        hidden = hidden + self.self_attn(positions, self.input_layernorm(hidden), meta)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+    def forward(self, positions, hidden, residual, meta) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            hidden, residual = self.input_layernorm(hidden), hidden
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, meta)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 class Qwen3ForCausalLM(nn.Module):
@@ -173,13 +213,22 @@ class Qwen3ForCausalLM(nn.Module):
         self.rotary = rotary
 
     def forward(self, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
-        hidden = self.embed_tokens(input_ids)
+        hidden, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
-            hidden = layer(positions, hidden, meta)
-        return self.norm(hidden)
+            hidden, residual = layer(positions, hidden, residual, meta)
+        return self.norm(hidden, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
 
     def attention_layers(self) -> list[Qwen3Attention]:
         return [layer.self_attn for layer in self.layers]
+
+    def use_fused_ops(self, enabled: bool) -> None:
+        """Triton kernels for norms, RoPE with the KV store, and SiLU·mul (CUDA only)."""
+        fused = None
+        if enabled:
+            from jupyter_qwen.model.kernels import fused_ops as fused
+        for module in self.modules():
+            if isinstance(module, RMSNorm | Qwen3Attention | Qwen3MLP):
+                module.fused = fused

@@ -174,3 +174,90 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 def silu_and_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+@triton.jit
+def _norm_rope_heads(base_ptr, weight_ptr, cos, sin, num_heads, eps,
+                     HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr):
+    heads = tl.arange(0, BLOCK_H)[:, None]
+    dims = tl.arange(0, HALF)[None, :]
+    mask = heads < num_heads
+    first = base_ptr + heads * HEAD_DIM + dims
+    x1 = tl.load(first, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(first + HALF, mask=mask, other=0.0).to(tl.float32)
+    inverse_rms = tl.rsqrt((tl.sum(x1 * x1, 1) + tl.sum(x2 * x2, 1)) / HEAD_DIM + eps)
+    w1 = tl.load(weight_ptr + dims).to(tl.float32)
+    w2 = tl.load(weight_ptr + HALF + dims).to(tl.float32)
+    x1 = x1 * inverse_rms[:, None] * w1
+    x2 = x2 * inverse_rms[:, None] * w2
+    return x1 * cos - x2 * sin, x2 * cos + x1 * sin, heads, dims, mask
+
+
+@triton.jit
+def _qk_norm_rope_store_kernel(qkv_ptr, positions_ptr, slots_ptr, q_weight_ptr, k_weight_ptr,
+                               cos_ptr, sin_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr,
+                               qkv_stride, cache_stride, num_q_heads, num_kv_heads, eps,
+                               HEAD_DIM: tl.constexpr, HALF: tl.constexpr,
+                               BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr):
+    token = tl.program_id(0).to(tl.int64)
+    position = tl.load(positions_ptr + token).to(tl.int64)
+    slot = tl.load(slots_ptr + token).to(tl.int64)
+    dims = tl.arange(0, HALF)[None, :]
+    cos = tl.load(cos_ptr + position * cache_stride + dims).to(tl.float32)
+    sin = tl.load(sin_ptr + position * cache_stride + dims).to(tl.float32)
+    row = qkv_ptr + token * qkv_stride
+    q1, q2, heads, q_dims, q_mask = _norm_rope_heads(row, q_weight_ptr, cos, sin, num_q_heads,
+                                                     eps, HEAD_DIM, HALF, BLOCK_QH)
+    out = q_out_ptr + token * num_q_heads * HEAD_DIM + heads * HEAD_DIM + q_dims
+    tl.store(out, q1.to(q_out_ptr.dtype.element_ty), mask=q_mask)
+    tl.store(out + HALF, q2.to(q_out_ptr.dtype.element_ty), mask=q_mask)
+    if slot >= 0:
+        k_row = row + num_q_heads * HEAD_DIM
+        k1, k2, kv_heads, k_dims, k_mask = _norm_rope_heads(
+            k_row, k_weight_ptr, cos, sin, num_kv_heads, eps, HEAD_DIM, HALF, BLOCK_KH)
+        at = slot * num_kv_heads * HEAD_DIM + kv_heads * HEAD_DIM + k_dims
+        tl.store(k_cache_ptr + at, k1.to(k_cache_ptr.dtype.element_ty), mask=k_mask)
+        tl.store(k_cache_ptr + at + HALF, k2.to(k_cache_ptr.dtype.element_ty), mask=k_mask)
+        v_row = k_row + num_kv_heads * HEAD_DIM + kv_heads * HEAD_DIM + k_dims
+        v1 = tl.load(v_row, mask=k_mask, other=0.0)
+        v2 = tl.load(v_row + HALF, mask=k_mask, other=0.0)
+        tl.store(v_cache_ptr + at, v1.to(v_cache_ptr.dtype.element_ty), mask=k_mask)
+        tl.store(v_cache_ptr + at + HALF, v2.to(v_cache_ptr.dtype.element_ty), mask=k_mask)
+
+
+def qk_norm_rope_store(qkv: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
+                       q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float,
+                       cos_cache: torch.Tensor, sin_cache: torch.Tensor,
+                       k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+    """One pass over a qkv projection [T, (Hq + 2 Hkv) * D]: RMS-normalise q and k per head,
+    rotate them, write k and v to their cache slots (-1: not written); return q [T, Hq, D]."""
+    num_tokens = qkv.shape[0]
+    _, _, num_kv_heads, head_dim = k_cache.shape
+    num_q_heads = qkv.shape[1] // head_dim - 2 * num_kv_heads
+    if qkv.stride(-1) != 1:
+        raise ValueError("qk_norm_rope_store needs a qkv projection with contiguous rows")
+    q = torch.empty(num_tokens, num_q_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    if num_tokens == 0:
+        return q
+    _qk_norm_rope_store_kernel[(num_tokens,)](
+        qkv, positions, slot_mapping, q_weight, k_weight, cos_cache, sin_cache, q, k_cache,
+        v_cache, qkv.stride(0), cos_cache.stride(0), num_q_heads, num_kv_heads, eps,
+        HEAD_DIM=head_dim, HALF=head_dim // 2, BLOCK_QH=triton.next_power_of_2(num_q_heads),
+        BLOCK_KH=triton.next_power_of_2(num_kv_heads), num_warps=4,
+    )
+    return q
+
+
+def qk_norm_rope_store_reference(qkv, positions, slot_mapping, q_weight, k_weight, eps,
+                                 cos_cache, sin_cache, k_cache, v_cache) -> torch.Tensor:
+    from jupyter_qwen.model.attention import store_kv_reference
+
+    _, _, num_kv_heads, head_dim = k_cache.shape
+    num_q_heads = qkv.shape[1] // head_dim - 2 * num_kv_heads
+    q, k, v = qkv.split([num_q_heads * head_dim, num_kv_heads * head_dim,
+                         num_kv_heads * head_dim], dim=-1)
+    q = rms_norm_reference(q.reshape(-1, num_q_heads, head_dim), q_weight, eps)
+    k = rms_norm_reference(k.reshape(-1, num_kv_heads, head_dim), k_weight, eps)
+    q, k = rope_reference(positions, q, k, cos_cache, sin_cache)
+    store_kv_reference(k, v.reshape(-1, num_kv_heads, head_dim), k_cache, v_cache, slot_mapping)
+    return q
