@@ -18,7 +18,7 @@ import triton.language as tl
 from jupyter_qwen.model.kernels.decode_attention import LOG2_E, dot_precision
 from jupyter_qwen.model.kernels.store_kv import check_cache_pair
 
-BLOCK_M = 128
+BLOCK_M = 64
 BLOCK_N = 64
 SEQ_SCAN = 128
 
@@ -127,7 +127,7 @@ def prefill_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
                       block_tables: torch.Tensor, seq_lens: torch.Tensor,
                       query_start_loc: torch.Tensor, scale: float,
                       out: torch.Tensor | None = None, skip_single: bool = False,
-                      block_m: int = BLOCK_M, block_n: int = BLOCK_N, num_warps: int = 8,
+                      block_m: int = BLOCK_M, block_n: int = BLOCK_N, num_warps: int = 4,
                       num_stages: int = 2) -> torch.Tensor:
     """query [T, heads, head_dim] of several sequences -> out like query (or into `out`).
 
