@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jupyter_qwen import LLM, SamplingParams  # noqa: E402
-from jupyter_qwen.engine import model_runner as runner_module  # noqa: E402
+from jupyter_qwen import LLM, SamplingParams
+from jupyter_qwen.engine import model_runner as runner_module
 
 
 def median_ms(samples: list[float]) -> float:
@@ -111,12 +111,30 @@ def phases(model_dir: str, batch: int, context: int, opts: dict) -> dict:
     return per_step
 
 
+def kernel_table(model_dir: str, batch: int, context: int) -> None:
+    """The CUDA kernels of eager decode steps, by total GPU time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with LLM(model_dir, max_num_seqs=max(batch, 1), enforce_eager=True,
+             gpu_memory_utilization=0.8) as llm:
+        fill(llm, batch, context)
+        step_times(llm, 3)
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step_times(llm, 5)
+        llm.engine.abort_all()
+    print(f"kernels of 5 eager decode steps at batch {batch} (GPU time):")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18,
+                                    max_name_column_width=70))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model-dir", default=str(Path(tempfile.gettempdir())
                                                    / "jupyter_qwen_bench_qwen3-0.6b"))
     parser.add_argument("--batch", default="1,64,256")
     parser.add_argument("--context", type=int, default=600)
+    parser.add_argument("--kernels", action="store_true", help="also list kernel times")
     args = parser.parse_args()
     if not (Path(args.model_dir) / "config.json").is_file():
         from jupyter_qwen.testing import make_tiny_qwen3
@@ -136,6 +154,9 @@ def main() -> None:
         print(f"phases per step at batch {batch} (each synchronized):")
         for label, ms in phases(args.model_dir, batch, args.context, opts).items():
             print(f"    {label:<24}{ms:8.3f} ms")
+    if args.kernels:
+        for batch in (batches[0], batches[-1]):
+            kernel_table(args.model_dir, batch, args.context)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ _LAZY = {
     "EngineConfig": "jupyter_qwen.config",
     "serve": "jupyter_qwen.server.server",
     "QwenServer": "jupyter_qwen.server.server",
+    "qwen3_inference": "jupyter_qwen.notebook.lifecycle",
+    "clean": "jupyter_qwen.notebook.lifecycle",
 }
 
 __all__ = [*_LAZY, "__version__"]
@@ -30,6 +32,13 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
+
+
+def load_ipython_extension(ipython) -> None:
+    """`%load_ext jupyter_qwen`: register the magics (torch is not imported yet)."""
+    from jupyter_qwen.notebook.magics import QwenMagics
+
+    ipython.register_magics(QwenMagics)
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:

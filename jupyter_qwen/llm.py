@@ -51,12 +51,15 @@ class LLM:
         try:
             for prompt, param in zip(prompts, params, strict=True):
                 outputs.append(self._submit(prompt, param, running))
+            self.engine.emit_outputs = False
             while self.engine.has_unfinished_requests():
                 self.engine.step()
         except BaseException:
             for _, seq in running:
                 self.engine.abort(seq.request_id)
             raise
+        finally:
+            self.engine.emit_outputs = True
         for output, seq in running:
             self._collect(output, seq)
         return outputs

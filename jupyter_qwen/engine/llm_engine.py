@@ -68,6 +68,7 @@ class LLMEngine:
         self.sessions = SessionStore(self.block_manager, config.session_ttl)
         self.scheduler.reclaim_memory = self.sessions.release_oldest
         self.requests: dict[str, Sequence] = {}
+        self.emit_outputs = True
         self._ids = itertools.count()
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
@@ -121,13 +122,18 @@ class LLMEngine:
         for item in scheduled:
             item.seq.num_computed_tokens += item.num_new_tokens
             self.computed_tokens_total += item.num_new_tokens
-        return [self._append_token(seq, token_id, logprobs) for seq, token_id, logprobs
-                in zip(sampled_seqs, sampled.token_ids, sampled.logprobs, strict=True)]
+        self.generation_tokens_total += len(sampled_seqs)
+        outputs = []
+        for seq, token_id, logprobs in zip(sampled_seqs, sampled.token_ids, sampled.logprobs,
+                                           strict=True):
+            new_logprobs = self._append_token(seq, token_id, logprobs)
+            if self.emit_outputs or seq.is_finished:
+                outputs.append(self._output(seq, [token_id], new_logprobs))
+        return outputs
 
     def _append_token(self, seq: Sequence, token_id: int,
-                      logprobs: TokenLogprobs | None) -> RequestOutput:
+                      logprobs: TokenLogprobs | None) -> list[TokenLogprobs]:
         seq.token_ids.append(token_id)
-        self.generation_tokens_total += 1
         new_logprobs = []
         if logprobs is not None and seq.params.logprobs is not None:
             logprobs.top = logprobs.top[:seq.params.logprobs]
@@ -136,19 +142,21 @@ class LLMEngine:
         reason = self._stop_reason(seq, token_id)
         if reason:
             self._finish(seq, reason)
-        return self._output(seq, [token_id], new_logprobs)
+        return new_logprobs
 
     def _stop_reason(self, seq: Sequence, token_id: int) -> str | None:
         params = seq.params
         if token_id in self.eos_token_ids and not params.ignore_eos:
             return "stop"
-        if token_id in params.stop_token_ids:
+        if params.stop_token_ids and token_id in params.stop_token_ids:
             return "stop"
         if seq.detokenizer is not None and seq.detokenizer.push([token_id]):
             return "stop"
-        if params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
+        num_tokens = len(seq.token_ids)
+        if params.max_tokens is not None and num_tokens - seq.num_prompt_tokens >= \
+                params.max_tokens:
             return "length"
-        if seq.num_tokens >= self.max_model_len:
+        if num_tokens >= self.max_model_len:
             return "length"
         return None
 

@@ -79,11 +79,15 @@ class Scheduler:
         Sharing within a step is sound because every layer stores the whole
         step's keys and values before any of its attention reads them.
         """
-        self.block_manager.cache_full_blocks(seq, seq.num_computed_tokens + num_new)
+        target = seq.num_computed_tokens + num_new
+        if target // self.block_manager.block_size > seq.num_hashed_blocks:
+            self.block_manager.cache_full_blocks(seq, target)
         return ScheduledSeq(seq, num_new)
 
     def _make_room(self, seq: Sequence, num_new: int, queue: deque[Sequence]) -> bool:
         target = seq.num_computed_tokens + num_new
+        if target <= len(seq.block_table) * self.block_manager.block_size:
+            return True
         while not self.block_manager.allocate(seq, target):
             if self.reclaim_memory(self.block_manager.blocks_needed(seq, target)):
                 continue

@@ -90,8 +90,9 @@ class RotaryEmbedding(nn.Module):
         self.build(torch.get_default_device())
 
     def build(self, device: torch.device) -> None:
-        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float()
-        inv_freq = 1.0 / self.theta ** (exponents / self.head_dim)
+        """Angles as transformers computes them: frequencies on the CPU, the rest on `device`."""
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64).float()
+        inv_freq = (1.0 / self.theta ** (exponents / self.head_dim)).to(device)
         positions = torch.arange(self.max_positions, dtype=torch.float32, device=device)
         angles = (positions[:, None] * inv_freq[None, :]).repeat(1, 2)
         self.cos_cache, self.sin_cache = angles.cos(), angles.sin()

@@ -14,6 +14,7 @@ import json
 import logging
 import secrets
 import socket
+import sys
 import threading
 import time
 import urllib.error
@@ -74,6 +75,11 @@ class QwenServer:
     @property
     def state(self) -> str:
         return self.ctx.status
+
+    @property
+    def loading(self) -> tuple[str, float | None]:
+        """The loading phase and its progress (0 to 1, or None when unknown)."""
+        return self.ctx.loading_phase, self.ctx.loading_fraction
 
     @property
     def served_model_name(self) -> str:
@@ -139,7 +145,8 @@ class QwenServer:
     def stats(self) -> dict[str, Any]:
         figures = engine_figures(self.ctx)
         return {"model": self.served_model_name, "url": self.url, "state": self.state,
-                "uptime": time.time() - self.ctx.started_at, **figures}
+                "uptime": time.time() - self.ctx.started_at, "gpu_memory": _torch_reserved(),
+                **figures}
 
     def openai_client(self, **kwargs):
         import openai
@@ -235,6 +242,19 @@ class QwenServer:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
+
+
+def _torch_reserved() -> int | None:
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return torch.cuda.memory_reserved()
+
+
+def running_servers() -> list[QwenServer]:
+    """Servers of this process that are loading or serving, oldest first."""
+    alive = [s for s in _live_servers if s.state not in ("stopping", "stopped")]
+    return sorted(alive, key=lambda server: server.ctx.started_at)
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int | None = None,

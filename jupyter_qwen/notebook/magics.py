@@ -1,0 +1,302 @@
+"""IPython magics: %qwen_serve, %qwen_status, %qwen_stop, %qwen_clean, %qwen_gpu, %%qwen."""
+
+from __future__ import annotations
+
+import argparse
+import html
+import shlex
+import time
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.display import HTML, Markdown, display
+
+DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
+DEMO_NAME = "qwen3-demo"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports bad flags as a one-line UsageError instead of exiting."""
+
+    def error(self, message: str) -> None:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:
+        if message:
+            print(message)
+        raise _HelpShown
+
+
+class _HelpShown(Exception):
+    pass
+
+
+def parse(parser: ArgumentParser, line: str) -> argparse.Namespace | None:
+    try:
+        return parser.parse_args(shlex.split(line))
+    except _HelpShown:
+        return None
+    except ValueError as error:
+        raise UsageError(f"{parser.prog}: {error}") from None
+
+
+def serve_parser() -> ArgumentParser:
+    from jupyter_qwen.server.cli import add_engine_arguments, add_server_arguments
+
+    parser = ArgumentParser(prog="%qwen_serve", description=(
+        "Start an in-kernel Qwen3 server speaking the OpenAI API and show its dashboard. "
+        f"Without MODEL it serves {DEFAULT_MODEL} from the Hugging Face cache or hub."))
+    parser.add_argument("model", nargs="?", help="Hugging Face id or checkpoint folder")
+    parser.add_argument("--demo", action="store_true",
+                        help="serve the tiny demo model (random weights taught a few "
+                             "scripted conversations; runs on CPU)")
+    parser.add_argument("--replace", action="store_true",
+                        help="stop the server this kernel runs and start this one")
+    add_server_arguments(parser)
+    add_engine_arguments(parser)
+    return parser
+
+
+@magics_class
+class QwenMagics(Magics):
+    """The jupyter_qwen magics; `%load_ext jupyter_qwen` registers them."""
+
+    def __init__(self, shell):
+        super().__init__(shell)
+        self.conversations: dict[str, list[dict]] = {}
+
+    @line_magic
+    def qwen_serve(self, line: str) -> None:
+        """Start a model server in this kernel: %qwen_serve [MODEL] [flags] (--help)."""
+        args = parse(serve_parser(), line)
+        if args is None:
+            return
+        from jupyter_qwen.server.cli import server_kwargs
+        from jupyter_qwen.server.server import QwenServer, running_servers
+
+        if args.demo and args.model:
+            raise UsageError("%qwen_serve: give a MODEL or --demo, not both")
+        running = running_servers()
+        if running and not args.replace:
+            names = ", ".join(f"{s.served_model_name} at {s.url}" for s in running)
+            raise UsageError(f"already serving {names}; use %qwen_stop first, or "
+                             "%qwen_serve --replace")
+        model, options = self._model_and_options(args, server_kwargs(args))
+        for server in running:
+            server.stop()
+        try:
+            server = QwenServer(model, host=args.host, port=args.port, **options)
+        except (ValueError, TypeError, RuntimeError) as error:
+            raise UsageError(f"%qwen_serve: {error}") from None
+        server.start(wait=False)
+        self.shell.user_ns["qwen_server"] = server
+        self._display_panel(server, demo=args.demo)
+
+    def _model_and_options(self, args, options: dict) -> tuple[str, dict]:
+        if args.demo:
+            from jupyter_qwen.testing import demo_model_path
+
+            options.setdefault("served_model_name", DEMO_NAME)
+            return str(demo_model_path()), options
+        model = args.model or DEFAULT_MODEL
+        from jupyter_qwen.model.loader import ModelNotFoundError, resolve_model_path
+
+        try:
+            resolve_model_path(model)
+        except ModelNotFoundError as error:
+            raise UsageError(f"%qwen_serve: {error}\nServe a local checkpoint folder with "
+                             "%qwen_serve /path/to/model, or the tiny demo model with "
+                             "%qwen_serve --demo.") from None
+        return model, options
+
+    def _display_panel(self, server, demo: bool) -> None:
+        try:
+            from jupyter_qwen.notebook.widgets import ServerPanel
+        except ImportError:
+            display(HTML(f"<p>serving <code>{html.escape(server.served_model_name)}</code> at "
+                         f"<code>{html.escape(server.url)}</code> (loading)</p>"))
+            return
+        display(ServerPanel(server, demo=demo))
+
+    @line_magic
+    def qwen_status(self, line: str) -> None:
+        """A table of the running jupyter_qwen servers: %qwen_status (--help)."""
+        if parse(ArgumentParser(prog="%qwen_status", description=self.qwen_status.__doc__),
+                 line) is None:
+            return
+        rows = status_rows()
+        if not rows:
+            print("no jupyter_qwen server is running")
+            return
+        display(HTML(status_table(rows)))
+
+    @line_magic
+    def qwen_stop(self, line: str) -> None:
+        """Stop this kernel's server (or all with --all) and say how much memory came back."""
+        parser = ArgumentParser(prog="%qwen_stop", description=self.qwen_stop.__doc__)
+        parser.add_argument("--all", action="store_true", help="stop every server of this kernel")
+        args = parse(parser, line)
+        if args is None:
+            return
+        from jupyter_qwen.memory import collect, snapshot
+        from jupyter_qwen.server.server import running_servers
+
+        servers = running_servers()
+        if not servers:
+            print("no jupyter_qwen server is running in this kernel")
+            return
+        targets = servers if args.all else servers[-1:]
+        before = snapshot()
+        for server in targets:
+            server.stop()
+            print(f"stopped {server.served_model_name} at {server.url}")
+        report = collect()
+        report.before = before
+        display(report)
+
+    @line_magic
+    def qwen_clean(self, line: str) -> None:
+        """gc, empty the CUDA cache, reset torch.compile; report memory before and after."""
+        parser = ArgumentParser(prog="%qwen_clean", description=self.qwen_clean.__doc__)
+        parser.add_argument("--history", action="store_true",
+                            help="also drop IPython's Out cache and the last traceback")
+        args = parse(parser, line)
+        if args is None:
+            return
+        from jupyter_qwen.notebook.lifecycle import clean
+
+        display(clean(history=args.history))
+
+    @line_magic
+    def qwen_gpu(self, line: str) -> None:
+        """Show the live GPU dashboard: memory, utilization, this kernel's servers."""
+        if parse(ArgumentParser(prog="%qwen_gpu", description=self.qwen_gpu.__doc__),
+                 line) is None:
+            return
+        from jupyter_qwen.notebook.widgets import GpuDashboard
+
+        display(GpuDashboard())
+
+    @cell_magic
+    def qwen(self, line: str, cell: str) -> None:
+        """Send the cell to the running server as a user message; stream the reply."""
+        parser = ArgumentParser(prog="%%qwen", description=self.qwen.__doc__)
+        parser.add_argument("--no-think", action="store_true", help="answer without reasoning")
+        parser.add_argument("--session", help="keep a conversation under this id across cells")
+        parser.add_argument("--system", help="a system message for this turn")
+        parser.add_argument("--max-tokens", type=int,
+                            help="at most this many tokens (default: up to the context limit)")
+        args = parse(parser, line)
+        if args is None:
+            return
+        server = self._current_server()
+        messages = self._conversation(args, cell.strip())
+        import openai
+
+        try:
+            reply = stream_reply(server, messages, args)
+        except openai.APIError as error:
+            messages.pop()
+            raise UsageError(f"%%qwen: the server answered: {error}") from None
+        if args.session:
+            messages.append({"role": "assistant", "content": reply})
+
+    def _current_server(self):
+        from jupyter_qwen.server.server import running_servers
+
+        servers = running_servers()
+        if not servers:
+            raise UsageError("%%qwen: no server is running; start one with %qwen_serve")
+        server = servers[-1]
+        if server.state == "loading":
+            server.wait_ready(progress=False)
+        return server
+
+    def _conversation(self, args, text: str) -> list[dict]:
+        messages = self.conversations.setdefault(args.session, []) if args.session else []
+        if args.system and not messages:
+            messages.append({"role": "system", "content": args.system})
+        messages.append({"role": "user", "content": text})
+        return messages
+
+
+def stream_reply(server, messages: list[dict], args) -> str:
+    extra: dict[str, Any] = {"enable_thinking": not args.no_think}
+    if args.session:
+        extra["session_id"] = args.session
+    limit = {"max_tokens": args.max_tokens} if args.max_tokens else {}
+    stream = server.openai_client().chat.completions.create(
+        model=server.served_model_name, messages=messages, stream=True, extra_body=extra,
+        **limit)
+    reasoning, content = "", ""
+    handle = display(Markdown(""), display_id=True)
+    shown = 0.0
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        reasoning += getattr(delta, "reasoning_content", None) or ""
+        content += delta.content or ""
+        if time.monotonic() - shown > 0.1:
+            handle.update(Markdown(reply_markdown(reasoning, content)))
+            shown = time.monotonic()
+    handle.update(Markdown(reply_markdown(reasoning, content)))
+    return content
+
+
+def reply_markdown(reasoning: str, content: str) -> str:
+    if not reasoning:
+        return content
+    return (f"<details><summary>Reasoning</summary>\n\n{html.escape(reasoning)}\n\n</details>"
+            f"\n\n{content}")
+
+
+def status_rows() -> list[dict]:
+    """This kernel's servers with live figures, then other processes' from the registry."""
+    from jupyter_qwen.server.registry import list_records
+    from jupyter_qwen.server.server import running_servers
+
+    rows = [server.stats() for server in running_servers()]
+    local = {row["url"] for row in rows}
+    for record in list_records():
+        if record.url not in local:
+            rows.append(remote_status(record))
+    return rows
+
+
+def remote_status(record) -> dict:
+    import httpx
+
+    row = {"model": record.served_model_name, "url": record.url,
+           "uptime": time.time() - record.started_at, "state": "unreachable"}
+    try:
+        health = httpx.get(f"{record.root_url}/health", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return row
+    return row | {"state": health.get("status", "unknown")} | health.get("engine", {})
+
+
+def status_table(rows: list[dict]) -> str:
+    columns = [("model", "model", str), ("URL", "url", str), ("state", "state", str),
+               ("uptime", "uptime", _duration), ("running", "requests_running", str),
+               ("waiting", "requests_waiting", str),
+               ("tokens/s", "generation_tokens_per_s", lambda v: f"{v:,.1f}"),
+               ("KV cache", "kv_cache_usage", lambda v: f"{100 * v:.1f}%"),
+               ("prefix hits", "prefix_cache_hit_rate", lambda v: f"{100 * v:.1f}%"),
+               ("GPU memory", "gpu_memory", _bytes)]
+    head = "".join(f"<th>{name}</th>" for name, _, _ in columns)
+    body = "".join("<tr>" + "".join(
+        f"<td>{html.escape(fmt(row[key])) if row.get(key) is not None else '-'}</td>"
+        for _, key, fmt in columns) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def _bytes(value: float) -> str:
+    return f"{value / 2**30:,.2f} GiB"

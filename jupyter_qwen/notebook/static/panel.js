@@ -1,0 +1,467 @@
+// jupyter_qwen notebook widgets: ServerPanel (kind "server") and GpuDashboard (kind "gpu").
+// Charts are inline SVG; colours come from JupyterLab's theme variables (panel.css).
+
+const SVG = 'http://www.w3.org/2000/svg';
+const W = 300;
+const H = 80;
+
+function h(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function svg(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  return node;
+}
+
+function bytes(n) {
+  if (n === null || n === undefined) return '–';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = Math.abs(n);
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  const digits = i >= 3 ? 1 : 0;
+  return `${n < 0 ? '−' : ''}${v.toFixed(digits)} ${units[i]}`;
+}
+
+function num(v, digits = 1) {
+  if (v === null || v === undefined) return '–';
+  return Number(v).toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: 0 });
+}
+
+function percent(v) {
+  return v === null || v === undefined ? '–' : `${num(100 * v, 1)} %`;
+}
+
+function niceMax(v) {
+  if (!(v > 0)) return 1;
+  const p = Math.pow(10, Math.floor(Math.log10(v)));
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+  return 10 * p;
+}
+
+function niceBytes(v) {
+  if (!(v > 0)) return 1024;
+  const unit = Math.pow(1024, Math.floor(Math.log(v) / Math.log(1024)));
+  return niceMax(v / unit) * unit;
+}
+
+function spanLabel(seconds) {
+  return seconds < 120 ? `−${Math.round(seconds)} s` : `−${Math.round(seconds / 60)} min`;
+}
+
+/** One chart: a few line series over the last `windowS` seconds at most. */
+class Chart {
+  constructor(title, series, format, nice = niceMax) {
+    this.series = series; // [{key, label}]
+    this.format = format;
+    this.nice = nice;
+    this.el = h('div', 'jqw-chart');
+    this.el.dataset.chart = title;
+    const head = h('div', 'jqw-chart-head');
+    head.append(h('span', 'jqw-chart-title', title), (this.maxLabel = h('span', 'jqw-chart-max')));
+    this.svg = svg('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', class: 'jqw-svg' });
+    for (const y of [0.25, 0.5, 0.75]) {
+      this.svg.append(svg('line', { x1: 0, x2: W, y1: H * y, y2: H * y, class: 'jqw-grid' }));
+    }
+    this.paths = series.map((_, i) => {
+      const path = svg('path', { class: `jqw-line jqw-s${i}`, d: '' });
+      this.svg.append(path);
+      return path;
+    });
+    const axis = h('div', 'jqw-chart-axis');
+    axis.append((this.startLabel = h('span', '', '')), h('span', '', 'now'));
+    this.legend = h('div', 'jqw-legend');
+    this.values = series.map((s, i) => {
+      const item = h('span', 'jqw-legend-item');
+      const value = h('span', 'jqw-legend-value', '–');
+      item.append(h('span', `jqw-swatch jqw-s${i}`), h('span', '', s.label), value);
+      this.legend.append(item);
+      return value;
+    });
+    this.el.append(head, this.svg, axis, this.legend);
+  }
+
+  update(history, windowS, fixedMax) {
+    const t = history.t || [];
+    const columns = this.series.map(s => history[s.key] || []);
+    const seen = columns.flat().filter(v => v !== null && v !== undefined);
+    const max = fixedMax || this.nice(Math.max(0, ...seen) * 1.1);
+    const span = Math.min(windowS, Math.max(60, t.length ? -t[0] : 0));
+    this.maxLabel.textContent = this.format(max);
+    this.startLabel.textContent = spanLabel(span);
+    columns.forEach((values, i) => {
+      this.paths[i].setAttribute('d', linePath(t, values, span, max));
+      const last = values.length ? values[values.length - 1] : null;
+      this.values[i].textContent = this.format(last);
+    });
+  }
+}
+
+function linePath(t, values, span, max) {
+  let d = '';
+  let pen = 'M';
+  for (let i = 0; i < t.length; i++) {
+    const v = values[i];
+    if (v === null || v === undefined) {
+      pen = 'M';
+      continue;
+    }
+    if (t[i] < -span) continue;
+    const x = W * (1 + t[i] / span);
+    const y = H - (H * Math.min(v, max)) / max;
+    d += `${pen}${x.toFixed(1)},${y.toFixed(1)}`;
+    pen = 'L';
+  }
+  return d;
+}
+
+function stat(label, key) {
+  const el = h('div', `jqw-stat jqw-stat-${key}`);
+  const value = h('div', 'jqw-stat-value', '–');
+  el.append(value, h('div', 'jqw-stat-label', label));
+  return { el, set: text => (value.textContent = text) };
+}
+
+// ---- talking to the Jupyter server extension, or to the kernel as a fallback ----
+
+function pageConfig() {
+  const el = document.getElementById('jupyter-config-data');
+  try {
+    return el ? JSON.parse(el.textContent) : {};
+  } catch {
+    return {};
+  }
+}
+
+function baseUrl() {
+  const base = pageConfig().baseUrl || document.body.dataset.baseUrl || '/';
+  return base.endsWith('/') ? base : `${base}/`;
+}
+
+function cookie(name) {
+  const match = document.cookie.match(new RegExp(`(?:^|;\\s*)${name}=([^;]*)`));
+  return match ? decodeURIComponent(match[1]) : '';
+}
+
+/** POST to the server extension; null when the route is not there (not JupyterLab). */
+async function viaServerExtension(serverId, action) {
+  const headers = { 'Content-Type': 'application/json', 'X-XSRFToken': cookie('_xsrf') };
+  const token = pageConfig().token;
+  if (token) headers.Authorization = `token ${token}`;
+  const url = `${baseUrl()}jupyter-qwen/servers/${encodeURIComponent(serverId)}/${action}`;
+  let response;
+  try {
+    response = await fetch(url, { method: 'POST', headers, body: '{}', credentials: 'same-origin' });
+  } catch {
+    return null;
+  }
+  if (response.status === 404 || response.status === 405) return null;
+  const text = await response.text();
+  let body;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    body = { message: text };
+  }
+  if (!response.ok) throw new Error(body.message || `HTTP ${response.status}`);
+  return body;
+}
+
+let nextRequest = 1;
+
+function viaKernel(model, action) {
+  const id = `${Date.now()}-${nextRequest++}`;
+  return new Promise((resolve, reject) => {
+    const onMsg = msg => {
+      if (!msg || msg.kind !== 'action' || msg.id !== id) return;
+      model.off('msg:custom', onMsg);
+      msg.ok ? resolve(msg.result) : reject(new Error(msg.error));
+    };
+    model.on('msg:custom', onMsg);
+    model.send({ action, id });
+  });
+}
+
+function cleanSummary(report) {
+  const rows = [['RSS', report.before.rss, report.after.rss]];
+  if (report.has_gpu) {
+    rows.push(['torch reserved', report.before.torch_reserved, report.after.torch_reserved]);
+    (report.before.gpu_used || []).forEach((used, i) =>
+      rows.push([`GPU ${i}`, used, (report.after.gpu_used || [])[i]])
+    );
+  }
+  const parts = rows.map(([name, before, after]) => `${name} ${bytes(before)} → ${bytes(after)}`);
+  return `cleaned: ${parts.join('; ')}${report.has_gpu ? '' : ' (no GPU)'}`;
+}
+
+// ---- the views ----
+
+function header(model) {
+  const el = h('div', 'jqw-header');
+  const title = h('div', 'jqw-title');
+  const name = h('span', 'jqw-model');
+  const state = h('span', 'jqw-state');
+  title.append(name, state);
+  const demo = h('div', 'jqw-demo');
+  const url = h('a', 'jqw-url');
+  url.target = '_blank';
+  const path = h('div', 'jqw-path');
+  el.append(title, demo, url, path);
+  const update = () => {
+    name.textContent = model.get('model_name');
+    state.textContent = model.get('state');
+    state.dataset.state = model.get('state');
+    demo.textContent = model.get('demo') ? model.get('demo_label') : '';
+    demo.hidden = !model.get('demo');
+    url.textContent = model.get('url');
+    url.href = model.get('url').replace(/\/v1$/, '/v1/models');
+    path.textContent = model.get('model_path');
+  };
+  return { el, update };
+}
+
+function loadingView(model) {
+  const el = h('div', 'jqw-loading');
+  const phase = h('div', 'jqw-phase');
+  const bar = h('div', 'jqw-bar');
+  const fill = h('div', 'jqw-bar-fill');
+  bar.append(fill);
+  el.append(phase, bar);
+  const update = () => {
+    const fraction = model.get('loading_fraction');
+    phase.textContent = `loading: ${model.get('loading_phase') || 'starting'}` +
+      (fraction === null ? '' : ` (${Math.round(100 * fraction)} %)`);
+    bar.classList.toggle('jqw-indeterminate', fraction === null);
+    fill.style.width = fraction === null ? '30%' : `${Math.round(100 * fraction)}%`;
+  };
+  return { el, update };
+}
+
+function memoryChart(model) {
+  const gpu = model.get('has_gpu');
+  const kind = model.get('kind');
+  const series = gpu ? [{ key: 'memory', label: 'GPU used (NVML)' }, { key: 'torch_reserved', label: 'torch reserved' }]
+    : [{ key: 'memory', label: 'process RSS' }];
+  if (kind === 'server') series.push({ key: 'kv_cache_bytes', label: 'KV cache' });
+  return new Chart(gpu ? 'GPU memory' : 'memory (no GPU)', series, bytes, niceBytes);
+}
+
+function serverDashboard(model) {
+  const el = h('div', 'jqw-dashboard');
+  const stats = {
+    kv: stat('KV cache used', 'kv'),
+    hits: stat('prefix hits', 'hits'),
+    gen: stat('generated tok/s', 'gen'),
+    prompt: stat('prompt tok/s', 'prompt'),
+    total: stat('tokens generated', 'total'),
+    requests: stat('running · waiting', 'requests'),
+    memory: stat('memory', 'memory')
+  };
+  const row = h('div', 'jqw-stats');
+  row.append(...Object.values(stats).map(s => s.el));
+  const charts = h('div', 'jqw-charts');
+  let memory = null;
+  const tokens = new Chart('tokens/s', [
+    { key: 'generation_tokens_per_s', label: 'generation' },
+    { key: 'prompt_tokens_per_s', label: 'prompt' }
+  ], v => num(v, 1));
+  const requests = new Chart('requests', [
+    { key: 'requests_running', label: 'running' },
+    { key: 'requests_waiting', label: 'waiting' }
+  ], v => num(v, 0));
+  el.append(row, charts);
+  const update = () => {
+    if (!memory || memory.gpu !== model.get('has_gpu')) {
+      memory = memoryChart(model);
+      memory.gpu = model.get('has_gpu');
+      charts.replaceChildren(memory.el, tokens.el, requests.el);
+    }
+    const c = model.get('current');
+    const history = model.get('history');
+    const windowS = model.get('window_s');
+    stats.kv.set(percent(c.kv_cache_usage));
+    stats.hits.set(percent(c.prefix_cache_hit_rate));
+    stats.gen.set(num(c.generation_tokens_per_s));
+    stats.prompt.set(num(c.prompt_tokens_per_s));
+    stats.total.set(num(c.generation_tokens_total, 0));
+    stats.requests.set(`${num(c.requests_running, 0)} · ${num(c.requests_waiting, 0)}`);
+    stats.memory.set(c.memory_total ? `${bytes(c.memory)} / ${bytes(c.memory_total)}` : bytes(c.memory));
+    memory.update(history, windowS, c.memory_total);
+    tokens.update(history, windowS);
+    requests.update(history, windowS);
+  };
+  return { el, update };
+}
+
+function gpuList(model) {
+  const el = h('div', 'jqw-gpus');
+  const update = () => {
+    const gpus = model.get('gpus');
+    el.replaceChildren(...gpus.map(g => {
+      const row = h('div', 'jqw-gpu');
+      const util = g.utilization === null ? '' : `, ${g.utilization} % busy`;
+      row.textContent = `GPU ${g.index} ${g.name}: ${bytes(g.used)} / ${bytes(g.total)}${util}`;
+      return row;
+    }));
+    if (!model.get('has_gpu')) {
+      el.replaceChildren(h('div', 'jqw-note', `No GPU (${model.get('gpu_reason')}): showing this process's memory.`));
+    }
+  };
+  return { el, update };
+}
+
+function gpuDashboard(model) {
+  const el = h('div', 'jqw-dashboard');
+  const list = gpuList(model);
+  const charts = h('div', 'jqw-charts');
+  const util = new Chart('GPU utilisation', [{ key: 'utilization', label: 'mean' }], v => percentOf(v));
+  let memory = null;
+  el.append(list.el, charts);
+  const update = () => {
+    list.update();
+    if (!memory || memory.gpu !== model.get('has_gpu')) {
+      memory = memoryChart(model);
+      memory.gpu = model.get('has_gpu');
+      charts.replaceChildren(...(memory.gpu ? [memory.el, util.el] : [memory.el]));
+    }
+    const c = model.get('current');
+    memory.update(model.get('history'), model.get('window_s'), c.memory_total);
+    util.update(model.get('history'), model.get('window_s'), 100);
+  };
+  return { el, update };
+}
+
+function percentOf(v) {
+  return v === null || v === undefined ? '–' : `${num(v, 0)} %`;
+}
+
+function actions(model, setResult) {
+  const el = h('div', 'jqw-actions');
+  const stop = h('button', 'jqw-button jqw-stop', 'Stop');
+  const clean = h('button', 'jqw-button jqw-clean', 'Clean');
+  stop.title = 'Stop this server and give its memory back';
+  clean.title = 'gc, empty the CUDA cache, reset torch.compile: with a before/after report';
+  const result = h('span', 'jqw-result');
+  el.append(stop, clean, result);
+  const run = async (action, button) => {
+    button.disabled = true;
+    result.dataset.action = action;
+    delete result.dataset.done;
+    result.dataset.route = 'server';
+    result.classList.remove('jqw-error');
+    result.textContent = action === 'stop' ? 'stopping…' : 'cleaning…';
+    try {
+      let reply = await viaServerExtension(model.get('server_id'), action);
+      if (reply === null) {
+        result.dataset.route = 'kernel';
+        result.textContent += ' (through the kernel: waits for the running cell)';
+        reply = await viaKernel(model, action);
+      }
+      result.textContent = action === 'stop' ? 'stopped' : cleanSummary(reply);
+      result.dataset.done = action;
+    } catch (err) {
+      result.classList.add('jqw-error');
+      result.textContent = `${action} failed: ${err.message || err}`;
+    } finally {
+      button.disabled = action === 'stop' || model.get('state') === 'stopped';
+      setResult(action);
+    }
+  };
+  stop.onclick = () => run('stop', stop);
+  clean.onclick = () => run('clean', clean);
+  const update = () => {
+    const state = model.get('state');
+    stop.disabled = stop.disabled || state === 'stopped' || state === 'stopping';
+    if (state === 'stopped' && result.dataset.action !== 'clean') {
+      result.textContent = model.get('stop_report') || 'stopped';
+    }
+  };
+  return { el, update };
+}
+
+function snippet(model) {
+  const el = h('div', 'jqw-snippet');
+  const code = h('code', 'jqw-code');
+  const copy = h('button', 'jqw-button jqw-copy', 'Copy');
+  copy.onclick = async () => {
+    try {
+      await navigator.clipboard.writeText(code.textContent);
+      copy.textContent = 'Copied';
+    } catch {
+      const range = document.createRange();
+      range.selectNodeContents(code);
+      const selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+      copy.textContent = 'Selected: Ctrl+C';
+    }
+    setTimeout(() => (copy.textContent = 'Copy'), 2000);
+  };
+  el.append(code, copy);
+  return { el, update: () => (code.textContent = model.get('snippet')) };
+}
+
+function renderServer(model, root) {
+  const parts = [header(model), loadingView(model)];
+  const error = h('pre', 'jqw-error-text');
+  const dashboard = serverDashboard(model);
+  const buttons = actions(model, () => undefined);
+  const code = snippet(model);
+  root.append(...parts.map(p => p.el), error, dashboard.el, buttons.el, code.el);
+  return () => {
+    const state = model.get('state');
+    root.dataset.state = state;
+    parts.forEach(p => p.update());
+    parts[1].el.hidden = state !== 'loading';
+    error.hidden = !model.get('error');
+    error.textContent = model.get('error');
+    dashboard.el.hidden = state === 'loading' || state === 'failed';
+    if (!dashboard.el.hidden) dashboard.update();
+    buttons.update();
+    code.update();
+  };
+}
+
+function renderGpu(model, root) {
+  const title = h('div', 'jqw-title');
+  title.append(h('span', 'jqw-model', 'GPU monitor'));
+  const dashboard = gpuDashboard(model);
+  root.append(title, dashboard.el);
+  return () => dashboard.update();
+}
+
+function render({ model, el }) {
+  const root = h('div', 'jqw-root');
+  root.dataset.kind = model.get('kind');
+  el.append(root);
+  const draw = model.get('kind') === 'server' ? renderServer(model, root) : renderGpu(model, root);
+  let frame = 0;
+  const schedule = () => {
+    if (!frame) {
+      frame = requestAnimationFrame(() => {
+        frame = 0;
+        root.dataset.updatedAt = String(model.get('updated_at'));
+        draw();
+      });
+    }
+  };
+  const names = ['state', 'loading_phase', 'loading_fraction', 'error', 'history', 'current', 'gpus',
+    'has_gpu', 'stop_report', 'updated_at', 'demo', 'snippet', 'url'];
+  names.forEach(n => model.on(`change:${n}`, schedule));
+  root.dataset.updatedAt = String(model.get('updated_at'));
+  draw();
+  return () => {
+    names.forEach(n => model.off(`change:${n}`, schedule));
+    if (frame) cancelAnimationFrame(frame);
+  };
+}
+
+export default { render };
