@@ -131,12 +131,10 @@ class ServerPanel(_MonitorWidget):
                  **kwargs: Any):
         super().__init__(monitor, kind="server", **kwargs)
         self.server = server
-        self.key = server_key(server)
         self.demo = demo
         self.model_name = server.served_model_name
         self.model_path = str(server.model)
         self.url = server.url
-        self.server_id = self.key
         self.snippet = (f'ChatOpenAI(base_url="{server.url}", api_key="EMPTY", '
                         f'model="{server.served_model_name}")')
         self.finished = False
@@ -148,6 +146,10 @@ class ServerPanel(_MonitorWidget):
             self.monitor.watch(server)
             self.monitor.subscribe(self._on_sample)
 
+    @property
+    def key(self) -> str:
+        return server_key(self.server)
+
     def run_action(self, action: str) -> dict:
         """Stop or clean from the kernel (the fallback of the browser's buttons)."""
         if action == "stop":
@@ -158,9 +160,9 @@ class ServerPanel(_MonitorWidget):
         raise ValueError(f"unknown action {action!r}")
 
     def _on_sample(self, sample: Sample) -> None:
-        state = self.server.state
         if self.finished:
             return
+        state = self.server.state
         changed = state in ("stopped", "failed") and state != self.state
         settled = state == "stopped" and sample.time - (self._stopped_at or 0) >= STOP_SETTLE_S
         if changed or settled:
@@ -171,7 +173,7 @@ class ServerPanel(_MonitorWidget):
     def _update(self, sample: Sample) -> None:
         super()._update(sample)
         state = self.server.state
-        self.state = state
+        self.state, self.server_id = state, self.key
         self.loading_phase, fraction = self.server.loading
         self.loading_fraction = None if fraction is None else float(fraction)
         self.error = _error_text(self.server) if state in ("failed", "dead") else ""
