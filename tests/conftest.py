@@ -4,6 +4,7 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("JUPYTER_RUNTIME_DIR", tempfile.mkdtemp(prefix="jupyter-qwen-runtime-"))
+os.environ.setdefault("JUPYTER_QWEN_CACHE", tempfile.mkdtemp(prefix="jupyter-qwen-cache-"))
 
 import pytest
 import torch
@@ -19,8 +20,9 @@ def tiny_model_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def demo_model(tmp_path_factory):
-    """The demo checkpoint (random tiny weights taught DEMO_SCRIPT), built once per session."""
-    from jupyter_qwen.testing import DEMO_SCRIPT, make_tiny_qwen3
+def demo_model():
+    """The demo checkpoint (random tiny weights taught DEMO_SCRIPT), built once per session
+    into this run's JUPYTER_QWEN_CACHE, where `%qwen_serve --demo` finds it too."""
+    from jupyter_qwen.testing import demo_model_path
 
-    return make_tiny_qwen3(tmp_path_factory.mktemp("demo-qwen3"), script=DEMO_SCRIPT)
+    return demo_model_path()
