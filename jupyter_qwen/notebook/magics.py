@@ -129,7 +129,7 @@ class QwenMagics(Magics):
         if not rows:
             print("no jupyter_qwen server is running")
             return
-        display(HTML(status_table(rows)))
+        display(StatusTable(rows))
 
     @line_magic
     def qwen_stop(self, line: str) -> None:
@@ -277,21 +277,6 @@ def remote_status(record) -> dict:
     return row | {"state": health.get("status", "unknown")} | health.get("engine", {})
 
 
-def status_table(rows: list[dict]) -> str:
-    columns = [("model", "model", str), ("URL", "url", str), ("state", "state", str),
-               ("uptime", "uptime", _duration), ("running", "requests_running", str),
-               ("waiting", "requests_waiting", str),
-               ("tokens/s", "generation_tokens_per_s", lambda v: f"{v:,.1f}"),
-               ("KV cache", "kv_cache_usage", lambda v: f"{100 * v:.1f}%"),
-               ("prefix hits", "prefix_cache_hit_rate", lambda v: f"{100 * v:.1f}%"),
-               ("GPU memory", "gpu_memory", _bytes)]
-    head = "".join(f"<th>{name}</th>" for name, _, _ in columns)
-    body = "".join("<tr>" + "".join(
-        f"<td>{html.escape(fmt(row[key])) if row.get(key) is not None else '-'}</td>"
-        for _, key, fmt in columns) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -300,3 +285,36 @@ def _duration(seconds: float) -> str:
 
 def _bytes(value: float) -> str:
     return f"{value / 2**30:,.2f} GiB"
+
+
+STATUS_COLUMNS = [
+    ("model", "model", str), ("URL", "url", str), ("state", "state", str),
+    ("uptime", "uptime", _duration), ("running", "requests_running", str),
+    ("waiting", "requests_waiting", str),
+    ("tokens/s", "generation_tokens_per_s", lambda v: f"{v:,.1f}"),
+    ("KV cache", "kv_cache_usage", lambda v: f"{100 * v:.1f}%"),
+    ("prefix hits", "prefix_cache_hit_rate", lambda v: f"{100 * v:.1f}%"),
+    ("GPU memory", "gpu_memory", _bytes)]
+
+
+class StatusTable:
+    """The %qwen_status table: HTML in notebooks, aligned text elsewhere."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{name}</th>" for name, _, _ in STATUS_COLUMNS)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in line)
+                       + "</tr>" for line in self._cells())
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def __repr__(self) -> str:
+        lines = [[name for name, _, _ in STATUS_COLUMNS], *self._cells()]
+        widths = [max(len(line[i]) for line in lines) for i in range(len(STATUS_COLUMNS))]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
+                         for line in lines)
+
+    def _cells(self) -> list[list[str]]:
+        return [[fmt(row[key]) if row.get(key) is not None else "-"
+                 for _, key, fmt in STATUS_COLUMNS] for row in self.rows]

@@ -26,15 +26,13 @@ NOTEBOOK = "panel.ipynb"
 
 
 def panel_cell_source(model_path: Path) -> str:
-    """The cell that starts a server and shows its panel (``%qwen_serve`` will do this)."""
+    """The cell that starts a server and shows its panel: `%qwen_serve`, as a user types it."""
     return "\n".join([
         "import sys",
-        "from jupyter_qwen.server.server import QwenServer",
-        "from jupyter_qwen.notebook.widgets import ServerPanel",
         'print("kernel python:", sys.executable)',
-        f"server = QwenServer({str(model_path)!r}, max_model_len=256)",
-        "server.start(wait=False, progress=False)",
-        "ServerPanel(server)",
+        "%load_ext jupyter_qwen",
+        f"%qwen_serve {model_path} --max-model-len 256",
+        "server = qwen_server",
     ])
 
 
