@@ -145,7 +145,7 @@ def test_qwen3_inference_stops_what_it_started(tiny_model_path):
 def test_qwen3_inference_cleans_up_after_an_exception(tiny_model_path):
     with pytest.raises(ZeroDivisionError), jupyter_qwen.qwen3_inference(
             tiny_model_path, max_model_len=256, progress=False):
-        1 / 0
+        raise ZeroDivisionError("raised inside the block")
     assert not running_servers()
 
 
