@@ -87,6 +87,7 @@ async function checkServer(page, panel) {
   result.snippet = await card.locator('.jp-QwenServer-snippet').textContent();
   result.stats = await card.locator('.jp-QwenServer-stats').textContent();
   result.status = await card.locator('.jp-QwenStatus').textContent();
+  result.serverNotebook = await card.locator('.jp-QwenServer-notebook').textContent();
   result.steps.push('server listed');
   await shot(page, 'light');
   await shot(page, 'panel-light', panel);

@@ -131,3 +131,45 @@ def test_sidebar_gpu_cards_with_a_fake_nvml(start_lab, tmp_path, capsys):
     assert "/ 141.0 GiB" in result["gpuMemoryLine"]
     assert result["gpuOwners"] == ["work/gpu-demo.ipynb"]
     assert result["failedRequests"] == []
+
+
+def test_sidebar_lists_the_server_a_notebook_started(start_lab, tmp_path, capsys, demo_model):
+    """A notebook of this lab runs `%qwen_serve --demo`; the sidebar shows that server with
+    the notebook's path, and its Stop button really stops the server in that kernel."""
+    from jupyter_client import BlockingKernelClient
+
+    lab = start_lab()
+    with api(lab, "api/sessions", {"path": "serving.ipynb", "name": "serving.ipynb",
+                                   "type": "notebook", "kernel": {"name": "python3"}}) as reply:
+        kernel_id = json.loads(reply.read())["kernel"]["id"]
+    client = BlockingKernelClient(
+        connection_file=str(Path(lab.env["JUPYTER_RUNTIME_DIR"]) / f"kernel-{kernel_id}.json"))
+    client.load_connection_file()
+    client.start_channels()
+    try:
+        code = ("import os\nos.environ['JUPYTER_QWEN_CACHE'] = "
+                f"{str(demo_model.parent)!r}\n%load_ext jupyter_qwen\n%qwen_serve --demo\n"
+                "qwen_server.wait_ready(progress=False)")
+        reply = client.execute_interactive(code, timeout=180)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        result = run_browser(lab, out_dir(tmp_path), MODEL_NAME="qwen3-demo",
+                             SHOT_PREFIX="notebook")
+        _report(result, lab, capsys)
+        assert result["serverNotebook"].strip() == "serving.ipynb"
+        assert result["status"] == "ok" and "Cleaned qwen3-demo" in result["cleanToast"]
+        assert result["serversAfterStop"] == 0
+        printed = _Capture()
+        state = client.execute_interactive("print(qwen_server.state)", timeout=30,
+                                           output_hook=printed)
+        assert state["content"]["status"] == "ok" and printed.text.strip() == "stopped"
+    finally:
+        client.stop_channels()
+
+
+class _Capture:
+    def __init__(self) -> None:
+        self.text = ""
+
+    def __call__(self, message: dict) -> None:
+        if message["msg_type"] == "stream":
+            self.text += message["content"]["text"]
