@@ -113,3 +113,69 @@ def test_quick_run_on_cpu(tiny_model_path, tmp_path, monkeypatch):
     checks = {(c["workload"], c["request"]): c["status"] for c in saved["token_checks"]
               if c["system"] == "hf_generate"}
     assert checks[("w256", 0)] == checks[("w256", 1)] == checks[("batch1", 0)] == "MATCH"
+
+
+def load_serving():
+    name = "benchmarks_serving_under_test"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "serving.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_serving_workload_and_arrivals():
+    bench = load_serving()
+    prompts = bench.make_prompts(500, 512, 10000, seed=0)
+    assert len(prompts) == 500 and {len(p) for p in prompts} == {512}
+    assert min(min(p) for p in prompts) >= 0 and max(max(p) for p in prompts) < 10000
+    assert prompts == bench.make_prompts(500, 512, 10000, seed=0)
+    assert bench.arrival_offsets(5, math.inf, 0) == [0.0] * 5
+    offsets = bench.arrival_offsets(2000, 20.0, 0)
+    assert offsets[0] == 0.0 and offsets == sorted(offsets)
+    assert offsets == bench.arrival_offsets(2000, 20.0, 0)
+    assert 18 < len(offsets) / offsets[-1] < 22
+
+
+def test_serving_quick_run_on_cpu(tiny_model_path, tmp_path):
+    """The whole benchmark as a process: it must finish (no thread left hanging), every
+    request must stream back exactly the requested tokens, and the JSON must hold the figures."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "serving.py"), "--quick",
+         "--model-dir", str(tiny_model_path), "--out", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    saved = json.loads((tmp_path / "serving.json").read_text())
+    assert (tmp_path / "serving.md").read_text().startswith("# Serving")
+    assert saved["failures"] == [] and saved["failed_requests"] == 0
+    assert saved["threads_left"] == []
+    runs = {r["name"]: r for r in saved["runs"]}
+    assert set(runs) == {"rate-inf", "rate-20", "inf-openai-inproc", "inf-openai-1proc",
+                         "inf-httpx", "inf-aiohttp", "engine-direct"}
+    assert runs["rate-inf"]["where"] == "process x2" and runs["rate-inf"]["client_procs"] == 2
+    for name, run in runs.items():
+        assert run["requests"] == run["completed"] == 16, name
+        assert run["failed"] == 0 and run["all_exact"], (name, run["error_samples"])
+        assert run["expected_tokens_each"] == 8
+        assert run["completion_tokens"] == 16 * 8, name
+        assert run["output_tok_per_s"] > 0 and run["req_per_s"] > 0 and run["wall_s"] > 0
+        for metric in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
+            for q in ("p50", "p99"):
+                assert math.isfinite(run[metric][q]) and run[metric][q] > 0, (name, metric, q)
+        assert run["ttft_ms"]["n"] == 16
+        assert run["engine"]["prefix_cache_hits"] == 0, name  # emptied before every run
+        if name != "engine-direct":
+            assert run["prompt_tokens"] == 16 * 32, name
+    assert runs["rate-20"]["arrival_span_s"] > 0.2  # Poisson arrivals, not all at once
+    assert saved["headline"]["run"] == "rate-inf"
+    assert saved["headline"]["output_tok_per_s"] == runs["rate-inf"]["output_tok_per_s"]
+    assert saved["headline"]["comparable"] is False
+    assert saved["env"]["versions"]["openai"] and saved["server"]["load_s"] > 0
+    assert "headline (rate-inf)" in done.stdout
