@@ -31,6 +31,13 @@ class EngineStepError(RuntimeError):
     """A model step failed; the requests in flight were ended."""
 
 
+def merge_outputs(first: RequestOutput, second: RequestOutput) -> RequestOutput:
+    second.new_token_ids = first.new_token_ids + second.new_token_ids
+    second.new_text = first.new_text + second.new_text
+    second.new_logprobs = first.new_logprobs + second.new_logprobs
+    return second
+
+
 class RequestStream:
     """The outputs of one request, as an async iterator; `abort()` ends it early."""
 
@@ -39,15 +46,23 @@ class RequestStream:
         self.request_id = request_id
         self.loop = loop
         self.queue: asyncio.Queue = asyncio.Queue()
+        self.held: BaseException | None = None
         self.finished = False
 
     def __aiter__(self) -> RequestStream:
         return self
 
     async def __anext__(self) -> RequestOutput:
+        """The next output; outputs that piled up meanwhile come merged into one."""
         if self.finished:
             raise StopAsyncIteration
-        item = await self.queue.get()
+        item, self.held = self.held or await self.queue.get(), None
+        while isinstance(item, RequestOutput) and not item.finished and not self.queue.empty():
+            following = self.queue.get_nowait()
+            if isinstance(following, BaseException):
+                self.held = following
+                break
+            item = merge_outputs(item, following)
         if isinstance(item, BaseException):
             self.finished = True
             raise item

@@ -89,8 +89,8 @@ class LLMEngine:
         self.check_prompt(token_ids)
         seq = Sequence(request_id, token_ids, params, session_id=session_id)
         if params.detokenize or params.stop:
-            seq.detokenizer = OutputDetokenizer.for_prompt(
-                self.tokenizer, token_ids, params.stop, params.include_stop_str_in_output,
+            seq.detokenizer = OutputDetokenizer.for_output(
+                self.tokenizer, params.stop, params.include_stop_str_in_output,
                 params.skip_special_tokens)
         self.requests[request_id] = seq
         self.scheduler.add(seq)
@@ -161,8 +161,6 @@ class LLMEngine:
         return None
 
     def _finish(self, seq: Sequence, reason: str) -> None:
-        if seq.detokenizer is not None:
-            seq.detokenizer.finish()
         if seq.session_id is not None and reason != "abort":
             self.sessions.keep(seq)
         self.scheduler.remove(seq)

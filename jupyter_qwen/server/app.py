@@ -245,12 +245,15 @@ def engine_error(error: Exception) -> APIError:
     return APIError(500, f"internal error: {error!r}", "internal_error")
 
 
-async def sse(events: AsyncIterator[dict]) -> AsyncIterator[str]:
+async def sse(events: AsyncIterator[dict | str]) -> AsyncIterator[str]:
+    """Server-sent events; an event is a dict, or a string of JSON already serialised."""
     async for event in events:
-        yield f"data: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n"
+        if not isinstance(event, str):
+            event = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+        yield f"data: {event}\n\n"
     yield "data: [DONE]\n\n"
 
 
-def streaming_response(events: AsyncIterator[dict]) -> StreamingResponse:
+def streaming_response(events: AsyncIterator[dict | str]) -> StreamingResponse:
     return StreamingResponse(sse(events), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

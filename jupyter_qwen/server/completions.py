@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -194,11 +195,12 @@ class CompletionHandler:
                 "choices": out, "usage": _usage(choices, body.n)}
 
     async def _chat_events(self, body: ChatCompletionRequest, choices: list[Choice],
-                           keep_reasoning: bool) -> AsyncIterator[dict]:
+                           keep_reasoning: bool) -> AsyncIterator[dict | str]:
         base = {"id": _new_id("chatcmpl"), "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": self.ctx.served_model_name}
         chunk = lambda index, delta, **extra: {**base, "choices": [  # noqa: E731
             {"index": index, "delta": delta, "logprobs": None, "finish_reason": None} | extra]}
+        content_chunk = ChunkTemplate(base, '"delta":{"content":', "}")
         tool_calls_seen = [0] * len(choices)
         try:
             for choice in choices:
@@ -213,6 +215,10 @@ class CompletionHandler:
                                          parsed.tool_calls + tail.tool_calls)
                 tool_calls_seen[choice.index] += len(parsed.tool_calls)
                 logprobs = self._chat_logprobs(output.new_logprobs) if body.logprobs else None
+                if logprobs is None and parsed.content and not (parsed.reasoning
+                                                                or parsed.tool_calls):
+                    yield content_chunk(choice.index, parsed.content)
+                    parsed.content = ""
                 for delta in _chat_deltas(parsed, keep_reasoning):
                     yield chunk(choice.index, delta, logprobs=logprobs)
                     logprobs = None
@@ -243,10 +249,11 @@ class CompletionHandler:
                 "usage": _usage(choices, body.n)}
 
     async def _completion_events(self, body: CompletionRequest, prompts: list[list[int]],
-                                 choices: list[Choice]) -> AsyncIterator[dict]:
+                                 choices: list[Choice]) -> AsyncIterator[dict | str]:
         base = {"id": _new_id("cmpl"), "object": "text_completion",
                 "created": int(time.time()), "model": self.ctx.served_model_name}
         offsets = [0] * len(choices)
+        text_chunk = ChunkTemplate(base, '"text":', "")
         try:
             if body.echo:
                 for choice in choices:
@@ -261,7 +268,9 @@ class CompletionHandler:
                     logprobs = self._completion_logprobs(output.new_logprobs,
                                                          offsets[choice.index])
                 offsets[choice.index] += len(output.new_text)
-                if output.new_text or logprobs or output.finished:
+                if output.new_text and not (logprobs or output.finished):
+                    yield text_chunk(choice.index, output.new_text)
+                elif output.new_text or logprobs or output.finished:
                     yield {**base, "choices": [{
                         "index": choice.index, "text": output.new_text, "logprobs": logprobs,
                         "finish_reason": choice.finish_reason if output.finished else None}]}
@@ -299,6 +308,20 @@ class CompletionHandler:
         return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
                 "top_logprobs": [{self._token_text(t): lp for t, lp in e.top} for e in entries],
                 "text_offset": offsets}
+
+
+class ChunkTemplate:
+    """A stream chunk with one text field, serialised around the text only (the hot path)."""
+
+    def __init__(self, base: dict, text_key: str, text_end: str):
+        head = json.dumps(base, separators=(",", ":"))[:-1]
+        self.head = f'{head},"choices":[{{"index":'
+        self.middle = f",{text_key}"
+        self.tail = f'{text_end},"logprobs":null,"finish_reason":null}}]}}'
+
+    def __call__(self, index: int, text: str) -> str:
+        return (f"{self.head}{index}{self.middle}"
+                f"{json.dumps(text, ensure_ascii=False)}{self.tail}")
 
 
 def body_value(body: SamplingFields, name: str):

@@ -58,23 +58,30 @@ class RequestMetrics:
 
 @dataclass(slots=True)
 class RequestTimer:
+    """One request's latencies, handed to the shared histograms when it ends."""
+
     metrics: RequestMetrics
     start: float = field(default_factory=time.perf_counter)
+    first: float | None = None
     last: float | None = None
+    gaps: list[float] = field(default_factory=list)
 
     def tokens(self, count: int) -> None:
         if count <= 0:
             return
         now = time.perf_counter()
-        with self.metrics.lock:
-            if self.last is None:
-                self.metrics.ttft.observe(now - self.start)
-            else:
-                self.metrics.inter_token.observe((now - self.last) / count)
+        if self.last is None:
+            self.first = now - self.start
+        else:
+            self.gaps.append((now - self.last) / count)
         self.last = now
 
     def done(self, finish_reason: str | None) -> None:
         with self.metrics.lock:
+            if self.first is not None:
+                self.metrics.ttft.observe(self.first)
+            for gap in self.gaps:
+                self.metrics.inter_token.observe(gap)
             self.metrics.e2e.observe(time.perf_counter() - self.start)
             self.metrics.finished[finish_reason or "abort"] += 1
 

@@ -47,6 +47,9 @@ def _missing() -> str | None:
 
 
 MISSING = _missing()
+if MISSING and os.environ.get("JUPYTER_QWEN_REQUIRE_BROWSER") == "1":
+    raise RuntimeError(f"the browser tests must run here (JUPYTER_QWEN_REQUIRE_BROWSER=1): "
+                       f"{MISSING}")
 needs_browser = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
 

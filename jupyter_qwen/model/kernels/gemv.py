@@ -18,13 +18,17 @@ the host, so launches are CUDA-graph safe.
 
 Two inner products (`Tiling.dot`):
 - dot: acc[BLOCK_N, BLOCK_M] += W_tile @ a_tile.T on the tensor cores (mma.sync; Triton
-  pads BLOCK_N and BLOCK_M up to the instruction shape); W tiles arrive by cp.async into
-  shared memory, `num_stages` deep;
-- fma (M == 1 only): acc[BLOCK_N, BLOCK_K] += W_tile * a (fp32 FMAs on 16-byte loads
-  straight into registers), reduced over K once at the end; the next W tile is loaded
-  before the current one is used, so two tiles are in flight per program.
+  pads BLOCK_N and BLOCK_M up to the instruction shape);
+- fma (M == 1 only): acc[BLOCK_N] += sum_k W_tile * a (fp32 FMAs on W loaded straight into
+  registers, reduced across the K threads once per K step).
+W tiles [BLOCK_N, BLOCK_K] are read with 16-byte loads. With `num_stages` 1 the next tile is
+loaded into registers by hand while the current one is used (two tiles in flight, the first
+requested before the norm pass); with num_stages s > 1 (dot only) Triton pipelines them by
+cp.async into shared memory, s - 1 tiles ahead. The operand tile (x, or the prologue's
+result) is always computed one K step ahead, so the L2 latency of x is hidden too.
 With the norm prologue, every program first recomputes the sum of squares of each row of
-h (x is tiny), then normalises each K tile of the operand as it goes.
+h (x is tiny; NORM_BLOCK columns at a time, one step for M = 1 and K <= 8192), then
+normalises each K tile of the operand as it goes; program 0 also writes new_residual.
 """
 
 from __future__ import annotations
@@ -92,27 +96,26 @@ def _small_m_kernel(x_ptr, res_ptr, norm_w_ptr, w_ptr, bias_ptr, y_ptr, res_out_
                     M, N, K, eps, x_stride, res_stride, w_stride, y_stride, res_out_stride,
                     PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
-                    EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr):
+                    EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
+                    REG_PREFETCH: tl.constexpr, NORM_BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     ns = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    if EVEN_N:
-        w_rows = ns
-    else:  # the tail program re-reads row N - 1 instead of masking its loads
-        w_rows = tl.minimum(ns, N - 1)
+    # (the tail program re-reads row N - 1 rather than masking its loads)
+    w_rows = ns if EVEN_N else tl.minimum(ns, N - 1)
     w_base = w_ptr + w_rows[:, None] * w_stride
     rows = tl.arange(0, BLOCK_M)
     row_ok = rows < M
     x_at = rows[:, None] * x_stride
     res_at = rows[:, None] * res_stride
 
-    if not USE_DOT:  # issue the first W tile before the norm pass below
+    if REG_PREFETCH:  # the first W tile is requested before the norm pass below
         w_next = _load_w(w_base, tl.arange(0, BLOCK_K), K, EVEN_K)
 
     inv_rms = tl.zeros([BLOCK_M], tl.float32)
-    if PROLOGUE == 1 or PROLOGUE == 2:
+    if PROLOGUE == 1 or PROLOGUE == 2:  # each row's sum of squares, NORM_BLOCK at a time
         squares = tl.zeros([BLOCK_M], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
+        for k0 in range(0, K, NORM_BLOCK):
+            ks = k0 + tl.arange(0, NORM_BLOCK)
             mask = row_ok[:, None] & (ks < K)[None, :]
             h = _load_h(x_ptr, res_ptr, x_at, res_at, ks[None, :], mask, PROLOGUE)
             if PROLOGUE == 2:
@@ -123,16 +126,13 @@ def _small_m_kernel(x_ptr, res_ptr, norm_w_ptr, w_ptr, bias_ptr, y_ptr, res_out_
         inv_rms = tl.rsqrt(squares / K + eps)
 
     # The operand tile for step k0 + BLOCK_K loads while step k0 computes (x is read from L2,
-    # whose latency would otherwise stall every step); W tiles are pipelined by Triton
-    # (cp.async, num_stages deep) on the dot path and loaded one step ahead by hand on the
-    # fma path.
+    # whose latency would otherwise stall every step). W tiles are loaded one step ahead by
+    # hand into registers (REG_PREFETCH), or else pipelined by Triton (cp.async into shared
+    # memory, num_stages deep).
     ks = tl.arange(0, BLOCK_K)
     a_next = _operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ks[None, :],
                       row_ok[:, None] & (ks < K)[None, :], inv_rms[:, None], K, PROLOGUE)
-    if USE_DOT:
-        acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-    else:
-        acc = tl.zeros([BLOCK_N], tl.float32)
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         a = a_next
         ks = k0 + tl.arange(0, BLOCK_K)
@@ -140,15 +140,15 @@ def _small_m_kernel(x_ptr, res_ptr, norm_w_ptr, w_ptr, bias_ptr, y_ptr, res_out_
         a_next = _operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ahead[None, :],
                           row_ok[:, None] & (ahead < K)[None, :], inv_rms[:, None], K,
                           PROLOGUE)
-        if USE_DOT:
-            w = _load_w(w_base, ks, K, EVEN_K)
-            acc = tl.dot(w, tl.trans(a), acc, input_precision=PRECISION)
-        else:  # BLOCK_M == 1
+        if REG_PREFETCH:
             w = w_next
             w_next = _load_w(w_base, ahead, K, False)
-            acc += tl.sum(w.to(tl.float32) * a.to(tl.float32), 1)
-    if not USE_DOT:
-        acc = acc[:, None]
+        else:
+            w = _load_w(w_base, ks, K, EVEN_K)
+        if USE_DOT:
+            acc = tl.dot(w, tl.trans(a), acc, input_precision=PRECISION)
+        else:  # BLOCK_M == 1
+            acc += tl.sum(w.to(tl.float32) * a.to(tl.float32), 1)[:, None]
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + w_rows).to(tl.float32)[:, None]
@@ -159,6 +159,10 @@ def _small_m_kernel(x_ptr, res_ptr, norm_w_ptr, w_ptr, bias_ptr, y_ptr, res_out_
 
 # Tilings measured on the H200 (benchmarks/gemv.py prints this table): key (M bucket, N, K).
 TUNED: dict[tuple[int, int, int], Tiling] = {}
+# Largest M for which use_small_m says yes: per (N, K) where measured, else SMALL_M_CUTOFF
+# (benchmarks/gemv.py prints both from an H200 run).
+SMALL_M_CUTOFFS: dict[tuple[int, int], int] = {}
+SMALL_M_CUTOFF = 8
 
 
 def m_bucket(m: int) -> int:
@@ -166,27 +170,24 @@ def m_bucket(m: int) -> int:
 
 
 def default_tiling(m: int, n: int, k: int) -> Tiling:
-    """The tiling used when none is given: TUNED if it holds the shape, else a heuristic
-    that aims at >= ~128 programs (one per SM of an H200) with 16-32 KB of W in flight each."""
+    """TUNED's tiling for the shape, else a guess: >= ~128 programs (an H200 has 132 SMs),
+    each with 16-32 KB of W in flight."""
     tuned = TUNED.get((m_bucket(m), n, k))
     if tuned is not None:
         return tuned
-    block_k = min(1024, max(16, triton.next_power_of_2(k)))
     if m <= 1:
-        block_n = 8 if n >= 8 * 128 else 4
-        return Tiling(block_n, block_k, num_warps=4 if block_n * block_k <= 8192 else 8,
-                      dot=False)
-    block_n = 16 if n >= 16 * 192 else 8
-    return Tiling(block_n, min(block_k, 256), num_warps=4, num_stages=4, dot=True)
+        return Tiling(8 if n >= 8 * 128 else 4, 1024, num_warps=4, dot=False)
+    if n >= 16 * 192:
+        return Tiling(16, 256, num_warps=4, num_stages=4)
+    return Tiling(8, 512, num_warps=4, num_stages=3)
 
 
 def use_small_m(m: int, n: int, k: int) -> bool:
-    """Whether the kernels here beat cuBLAS for an [m, k] x [n, k]^T product (decode steps
-    with small batches); set from benchmarks/gemv.py on the H200."""
-    return 1 <= m <= SMALL_M_CUTOFF and k <= 16384
-
-
-SMALL_M_CUTOFF = 8
+    """Whether these kernels beat cuBLAS for an [m, k] x [n, k]^T product (with its fused
+    prologue, where the model uses one): decode steps with small batches. Shapes only, so
+    the answer is fixed for each captured batch size."""
+    cutoff = SMALL_M_CUTOFFS.get((n, k), SMALL_M_CUTOFF)
+    return 1 <= m <= min(cutoff, MAX_M) and n * k < 2**31
 
 
 def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -194,13 +195,21 @@ def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
-def _launch(prologue: int, x: torch.Tensor, weight: torch.Tensor, k: int,
+def _output(out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    if out is None:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    if out.shape != shape or out.dtype != like.dtype or out.stride(-1) != 1:
+        raise ValueError(f"out must be a {like.dtype} tensor of shape {shape} "
+                         "with contiguous rows")
+    return out
+
+
+def _launch(prologue: int, x: torch.Tensor, weight: torch.Tensor, k: int, y: torch.Tensor,
             bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-            norm_weight: torch.Tensor | None = None, eps: float = 0.0,
-            tiling: Tiling | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """x: [M, K] (or [M, 2K] for SILU_MUL) with contiguous rows. Returns (y, new_residual)."""
-    m = x.shape[0]
-    n = weight.shape[0]
+            res_out: torch.Tensor | None = None, norm_weight: torch.Tensor | None = None,
+            eps: float = 0.0, tiling: Tiling | None = None) -> None:
+    """x: [M, K] ([M, 2K] for SILU_MUL) with contiguous rows; y: [M, N]."""
+    m, n = x.shape[0], weight.shape[0]
     if weight.dim() != 2 or weight.shape[1] != k:
         raise ValueError(f"weight {tuple(weight.shape)} does not fit an operand of width {k}")
     if weight.dtype != x.dtype:
@@ -209,65 +218,71 @@ def _launch(prologue: int, x: torch.Tensor, weight: torch.Tensor, k: int,
         raise ValueError(f"{m} rows: the small-M kernels take at most {MAX_M} (see use_small_m)")
     if weight.stride(1) != 1:
         weight = weight.contiguous()
-    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    res_out = torch.empty_like(x) if prologue == ADD_RMS_NORM else None
-    if m == 0 or n == 0:
-        return y, res_out
-    if k == 0:
-        y.zero_()
-        if bias is not None:
-            y += bias
-        return y, res_out
     if n * weight.stride(0) >= 2**31:
         raise ValueError("weight too large for 32-bit offsets")
+    if m == 0 or n == 0 or k == 0:
+        if m and n:
+            y.copy_(bias.expand_as(y) if bias is not None else torch.zeros_like(y))
+        return
     tiling = tiling or default_tiling(m, n, k)
     use_dot = tiling.dot or m > 1
-    block_m = max(1, triton.next_power_of_2(m)) if use_dot else 1
+    block_m = triton.next_power_of_2(m) if use_dot else 1
     block_k = min(tiling.block_k, max(16, triton.next_power_of_2(k)))
+    stages = tiling.num_stages if use_dot else 1
     residual = residual if residual is not None else x
     _small_m_kernel[(triton.cdiv(n, tiling.block_n),)](
         x, residual, norm_weight if norm_weight is not None else x, weight,
         bias if bias is not None else x, y, res_out if res_out is not None else y,
         m, n, k, eps, x.stride(0), residual.stride(0), weight.stride(0), y.stride(0),
         res_out.stride(0) if res_out is not None else 0,
-        PROLOGUE=prologue, HAS_BIAS=bias is not None, BLOCK_M=block_m,
-        BLOCK_N=tiling.block_n, BLOCK_K=block_k, USE_DOT=use_dot,
+        PROLOGUE=prologue, HAS_BIAS=bias is not None,
+        BLOCK_M=block_m, BLOCK_N=tiling.block_n, BLOCK_K=block_k, USE_DOT=use_dot,
         EVEN_N=n % tiling.block_n == 0, EVEN_K=k % block_k == 0,
-        PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        num_warps=tiling.num_warps, num_stages=tiling.num_stages if use_dot else 1,
+        PRECISION="ieee" if x.dtype == torch.float32 else "tf32", REG_PREFETCH=stages == 1,
+        NORM_BLOCK=min(triton.next_power_of_2(k), max(block_k, 8192 // block_m)),
+        num_warps=tiling.num_warps, num_stages=stages,
     )
-    return y, res_out
 
 
 def linear_small_m(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                   *, tiling: Tiling | None = None) -> torch.Tensor:
-    """F.linear(x, weight, bias) for x [..., K] with at most 16 rows."""
-    k = x.shape[-1]
-    y, _ = _launch(PLAIN, _rows(x, k), weight, k, bias=bias, tiling=tiling)
-    return y.reshape(*x.shape[:-1], weight.shape[0])
+                   *, out: torch.Tensor | None = None,
+                   tiling: Tiling | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias) for x [..., K] with at most 16 rows; out: [..., N]."""
+    k, n = x.shape[-1], weight.shape[0]
+    y = _output(out, (*x.shape[:-1], n), x)
+    _launch(PLAIN, _rows(x, k), weight, k, y.view(-1, n), bias=bias, tiling=tiling)
+    return y
 
 
 def rms_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float,
                     weight: torch.Tensor, residual: torch.Tensor | None = None, *,
+                    out: torch.Tensor | None = None, residual_out: torch.Tensor | None = None,
                     tiling: Tiling | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rms_norm(x + residual) @ W.T, x + residual); without a residual, (rms_norm(x) @ W.T, x)."""
-    k = x.shape[-1]
+    """(rms_norm(x + residual) * norm_weight @ W.T, x + residual) for x [..., K]; without a
+    residual, (rms_norm(x) * norm_weight @ W.T, x)."""
+    k, n = x.shape[-1], weight.shape[0]
     rows = _rows(x, k)
-    res_rows = _rows(residual, k) if residual is not None else None
-    if res_rows is not None and res_rows.shape != rows.shape:
+    y = _output(out, (*x.shape[:-1], n), x)
+    if residual is None:
+        _launch(RMS_NORM, rows, weight, k, y.view(-1, n), norm_weight=norm_weight, eps=eps,
+                tiling=tiling)
+        return y, x
+    if residual.shape != x.shape:
         raise ValueError(f"residual {tuple(residual.shape)} does not match x {tuple(x.shape)}")
-    y, res_out = _launch(ADD_RMS_NORM if residual is not None else RMS_NORM, rows, weight, k,
-                         residual=res_rows, norm_weight=norm_weight, eps=eps, tiling=tiling)
-    y = y.reshape(*x.shape[:-1], weight.shape[0])
-    return y, (res_out.reshape(x.shape) if res_out is not None else x)
+    summed = _output(residual_out, tuple(x.shape), x)
+    _launch(ADD_RMS_NORM, rows, weight, k, y.view(-1, n), residual=_rows(residual, k),
+            res_out=summed.view(-1, k), norm_weight=norm_weight, eps=eps, tiling=tiling)
+    return y, summed
 
 
 def silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor, *,
+                    out: torch.Tensor | None = None,
                     tiling: Tiling | None = None) -> torch.Tensor:
-    """(silu(gate) * up) @ W.T for gate_up = [gate | up], [..., 2K]."""
-    k = gate_up.shape[-1] // 2
-    y, _ = _launch(SILU_MUL, _rows(gate_up, 2 * k), weight, k, tiling=tiling)
-    return y.reshape(*gate_up.shape[:-1], weight.shape[0])
+    """(silu(gate) * up) @ W.T for gate_up = [gate | up] of shape [..., 2K]."""
+    k, n = gate_up.shape[-1] // 2, weight.shape[0]
+    y = _output(out, (*gate_up.shape[:-1], n), gate_up)
+    _launch(SILU_MUL, _rows(gate_up, 2 * k), weight, k, y.view(-1, n), tiling=tiling)
+    return y
 
 
 def linear_reference(x: torch.Tensor, weight: torch.Tensor,
