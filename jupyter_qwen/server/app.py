@@ -73,14 +73,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app = FastAPI(title="jupyter_qwen", version="0.1.0")
     handler = CompletionHandler(ctx)
     _install_error_handlers(app)
-
-    @app.middleware("http")
-    async def limit_body_size(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return APIError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes",
-                            "request_too_large").response()
-        return await call_next(request)
+    app.add_middleware(BodySizeLimit, limit=MAX_BODY_BYTES)
 
     api_key_dependency = Depends(_api_key_checker(ctx))
     admin_dependency = Depends(_admin_checker(ctx))
@@ -134,6 +127,27 @@ def create_app(ctx: ServerContext) -> FastAPI:
         return await asyncio.to_thread(ctx.on_clean)
 
     return app
+
+
+class BodySizeLimit:
+    """Refuses bodies announced as larger than `limit` bytes (413), before reading them.
+
+    A plain ASGI middleware: it stays out of the way of streamed responses.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit:
+                response = APIError(413, f"the request body is larger than {self.limit} bytes",
+                                    "request_too_large").response()
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def health_report(ctx: ServerContext) -> dict[str, Any]:

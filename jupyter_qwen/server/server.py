@@ -177,7 +177,7 @@ class QwenServer:
                                 timeout_keep_alive=30)
         self._uvicorn = uvicorn.Server(config)
         self._http_thread = threading.Thread(
-            target=lambda: asyncio.run(self._uvicorn.serve(sockets=[self._socket])),
+            target=lambda: _run_loop(self._uvicorn.serve(sockets=[self._socket])),
             name=f"jupyter-qwen-http-{self.port}", daemon=True)
         self._http_thread.start()
         deadline = time.monotonic() + 30
@@ -285,6 +285,16 @@ def default_sampling(model_path) -> dict:
         return {"temperature": 0.0}
     names = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
     return {name: config[name] for name in names if config.get(name) is not None}
+
+
+def _run_loop(coroutine) -> None:
+    """Run the HTTP server's loop in this thread: uvloop where it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coroutine)
+        return
+    uvloop.run(coroutine)
 
 
 def _bind(host: str, port: int | None) -> socket.socket:

@@ -228,8 +228,12 @@ def _launch(prologue: int, x: torch.Tensor, weight: torch.Tensor, k: int, y: tor
     use_dot = tiling.dot or m > 1
     block_m = triton.next_power_of_2(m) if use_dot else 1
     block_k = min(tiling.block_k, max(16, triton.next_power_of_2(k)))
+    if use_dot and x.dtype == torch.float32:  # an fp32 ('ieee') dot is FMAs: keep it small
+        block_k = min(block_k, 64)
     stages = tiling.num_stages if use_dot else 1
     residual = residual if residual is not None else x
+    bias = bias.contiguous() if bias is not None else None
+    norm_weight = norm_weight.contiguous() if norm_weight is not None else None
     _small_m_kernel[(triton.cdiv(n, tiling.block_n),)](
         x, residual, norm_weight if norm_weight is not None else x, weight,
         bias if bias is not None else x, y, res_out if res_out is not None else y,
@@ -239,7 +243,8 @@ def _launch(prologue: int, x: torch.Tensor, weight: torch.Tensor, k: int, y: tor
         BLOCK_M=block_m, BLOCK_N=tiling.block_n, BLOCK_K=block_k, USE_DOT=use_dot,
         EVEN_N=n % tiling.block_n == 0, EVEN_K=k % block_k == 0,
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32", REG_PREFETCH=stages == 1,
-        NORM_BLOCK=min(triton.next_power_of_2(k), max(block_k, 8192 // block_m)),
+        NORM_BLOCK=min(triton.next_power_of_2(k),
+                       max(block_k, 2048 * tiling.num_warps // block_m)),
         num_warps=tiling.num_warps, num_stages=stages,
     )
 
