@@ -21,16 +21,14 @@ def stream(detok, token_ids):
         deltas.append(detok.take_delta())
         if stopped:
             break
-    detok.finish()
     deltas.append(detok.take_delta(final=True))
     return deltas
 
 
 def test_streamed_text_equals_decoding_at_once(tokenizer):
-    prompt = tokenizer.encode("prefix:", add_special_tokens=False)
     ids = tokenizer.encode(TEXT, add_special_tokens=False)
     assert len(ids) > len(TEXT) // 4
-    detok = OutputDetokenizer.for_prompt(tokenizer, prompt, stop=[])
+    detok = OutputDetokenizer.for_output(tokenizer, stop=[])
     deltas = stream(detok, ids)
     assert "".join(deltas) == TEXT == detok.text
     assert not any("\ufffd" in delta for delta in deltas)
@@ -38,7 +36,7 @@ def test_streamed_text_equals_decoding_at_once(tokenizer):
 
 def test_stop_string_cuts_exactly_and_is_never_streamed(tokenizer):
     ids = tokenizer.encode(TEXT, add_special_tokens=False)
-    detok = OutputDetokenizer.for_prompt(tokenizer, [], stop=["テキスト", "zzz"])
+    detok = OutputDetokenizer.for_output(tokenizer, stop=["テキスト", "zzz"])
     deltas = stream(detok, ids)
     assert "".join(deltas) == detok.text == TEXT[:TEXT.index("テキスト")]
     assert detok.matched == "テキスト"
@@ -46,13 +44,13 @@ def test_stop_string_cuts_exactly_and_is_never_streamed(tokenizer):
 
 def test_include_stop_keeps_the_stop_string(tokenizer):
     ids = tokenizer.encode(TEXT, add_special_tokens=False)
-    detok = OutputDetokenizer.for_prompt(tokenizer, [], stop=["wörld"], include_stop=True)
+    detok = OutputDetokenizer.for_output(tokenizer, stop=["wörld"], include_stop=True)
     assert "".join(stream(detok, ids)) == "Héllo wörld"
 
 
 def test_text_held_back_for_a_possible_stop_is_released_at_the_end(tokenizer):
     ids = tokenizer.encode("abc xy", add_special_tokens=False)
-    detok = OutputDetokenizer.for_prompt(tokenizer, [], stop=["xyz"])
+    detok = OutputDetokenizer.for_output(tokenizer, stop=["xyz"])
     deltas = stream(detok, ids)
     assert "".join(deltas) == "abc xy" and detok.matched is None
     assert not deltas[-2].endswith("xy"), "a possible stop prefix must be held back"
@@ -60,7 +58,7 @@ def test_text_held_back_for_a_possible_stop_is_released_at_the_end(tokenizer):
 
 def test_special_tokens_are_skipped_or_kept(tokenizer):
     ids = tokenizer.encode("hi<|im_end|>", add_special_tokens=False)
-    skipped = OutputDetokenizer.for_prompt(tokenizer, [], stop=[])
-    kept = OutputDetokenizer.for_prompt(tokenizer, [], stop=[], skip_special_tokens=False)
+    skipped = OutputDetokenizer.for_output(tokenizer, stop=[])
+    kept = OutputDetokenizer.for_output(tokenizer, stop=[], skip_special_tokens=False)
     assert "".join(stream(skipped, ids)) == "hi"
     assert "".join(stream(kept, ids)) == "hi<|im_end|>"

@@ -377,3 +377,159 @@ def test_qk_norm_rope_store(mode, generator, dtype, heads):
     assert_close(q, ref_q, dtype)
     for cache, want in zip(caches, expected, strict=True):
         assert_close(cache, want, dtype)
+
+
+# Small-M products (jupyter_qwen/model/kernels/gemv.py): y = x @ W.T with fused prologues.
+SMALL_M_ROWS = [1, 2, 3, 8, 16]
+SMALL_M_SHAPES_LARGE = [(4096, 1024), (1024, 2048), (6144, 1024), (1024, 3072), (7, 33)]
+SMALL_M_SHAPES_SMALL = [(64, 48), (24, 80), (40, 40), (20, 136), (7, 33)]  # (N, K)
+
+
+def exact_sum(x: torch.Tensor, residual: torch.Tensor, mode: Mode) -> torch.Tensor:
+    """x + residual as torch rounds it; Triton 3.6's interpreter truncates fp32 -> bf16
+    (compiled kernels round to nearest even), so under it the sum is truncated likewise."""
+    if mode.device == "cuda" or x.dtype != torch.bfloat16:
+        return x + residual
+    wide = (x.float() + residual.float()).view(torch.int32) & ~0xFFFF
+    return wide.view(torch.float32).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", FUSED_DTYPES)
+@pytest.mark.parametrize("shape", range(len(SMALL_M_SHAPES_LARGE)))
+@pytest.mark.parametrize("rows", SMALL_M_ROWS)
+def test_linear_small_m(mode, generator, rows, shape, dtype):
+    from jupyter_qwen.model.kernels import gemv
+
+    n, k = mode.pick(SMALL_M_SHAPES_SMALL, SMALL_M_SHAPES_LARGE)[shape]
+    x = random_tensor(mode, generator, rows, k, dtype=dtype)
+    weight = random_tensor(mode, generator, n, k, dtype=dtype)
+    bias = random_tensor(mode, generator, n, dtype=dtype) if (rows + shape) % 2 else None
+    out = gemv.linear_small_m(x, weight, bias, out=poisoned(x.new_empty(rows, n)))
+    assert_close(out, gemv.linear_reference(x, weight, bias), dtype)
+
+
+@pytest.mark.parametrize("residual", [True, False], ids=["residual", "no-residual"])
+@pytest.mark.parametrize("dtype", FUSED_DTYPES)
+@pytest.mark.parametrize("shape", range(len(SMALL_M_SHAPES_LARGE)))
+@pytest.mark.parametrize("rows", [1, 3, 16])
+def test_rms_norm_linear(mode, generator, rows, shape, dtype, residual):
+    from jupyter_qwen.model.kernels import gemv
+
+    n, k = mode.pick(SMALL_M_SHAPES_SMALL, SMALL_M_SHAPES_LARGE)[shape]
+    x = random_tensor(mode, generator, rows, k, dtype=dtype)
+    res = random_tensor(mode, generator, rows, k, dtype=dtype) if residual else None
+    norm_weight = 1 + 0.1 * random_tensor(mode, generator, k, dtype=dtype)
+    weight = random_tensor(mode, generator, n, k, dtype=dtype)
+    y, summed = gemv.rms_norm_linear(x, norm_weight, 1e-6, weight, res,
+                                     out=poisoned(x.new_empty(rows, n)),
+                                     residual_out=poisoned(x) if residual else None)
+    ref_y, _ = gemv.rms_norm_linear_reference(x, norm_weight, 1e-6, weight, res)
+    assert_close(y, ref_y, dtype)
+    if residual:
+        assert torch.equal(summed, exact_sum(x, res, mode))
+    else:
+        assert summed is x
+
+
+@pytest.mark.parametrize("dtype", FUSED_DTYPES)
+@pytest.mark.parametrize("shape", range(len(SMALL_M_SHAPES_LARGE)))
+@pytest.mark.parametrize("rows", [1, 2, 8, 16])
+def test_silu_mul_linear(mode, generator, rows, shape, dtype):
+    from jupyter_qwen.model.kernels import gemv
+
+    n, k = mode.pick(SMALL_M_SHAPES_SMALL, SMALL_M_SHAPES_LARGE)[shape]
+    gate_up = random_tensor(mode, generator, rows, 2 * k, dtype=dtype)
+    weight = random_tensor(mode, generator, n, k, dtype=dtype)
+    y = gemv.silu_mul_linear(gate_up, weight, out=poisoned(gate_up.new_empty(rows, n)))
+    assert_close(y, gemv.silu_mul_linear_reference(gate_up, weight), dtype)
+
+
+SMALL_M_TILINGS = [  # block_n, block_k, num_warps, num_stages, dot
+    (4, 32, 4, 1, False), (16, 32, 2, 2, True), (8, 64, 4, 3, True), (32, 16, 1, 1, True),
+]
+
+
+@pytest.mark.parametrize("tiling", SMALL_M_TILINGS, ids=lambda t: "-".join(map(str, t)))
+@pytest.mark.parametrize("rows", [1, 5])
+def test_small_m_tilings_with_k_tails(mode, generator, rows, tiling):
+    """Several K steps with a ragged last one, a ragged last N tile, every prologue."""
+    from jupyter_qwen.model.kernels import gemv
+
+    tiling = gemv.Tiling(*tiling)
+    n, k = mode.pick((37, 100), (1031, 1000))
+    dtype = torch.bfloat16
+    x, res = (random_tensor(mode, generator, rows, k, dtype=dtype) for _ in range(2))
+    weight = random_tensor(mode, generator, n, k, dtype=dtype)
+    bias = random_tensor(mode, generator, n, dtype=dtype)
+    norm_weight = random_tensor(mode, generator, k, dtype=dtype)
+    y = gemv.linear_small_m(x, weight, bias, out=poisoned(x.new_empty(rows, n)), tiling=tiling)
+    assert_close(y, gemv.linear_reference(x, weight, bias), dtype)
+    y, summed = gemv.rms_norm_linear(x, norm_weight, 1e-6, weight, res, tiling=tiling,
+                                     out=poisoned(x.new_empty(rows, n)),
+                                     residual_out=poisoned(x))
+    assert_close(y, gemv.rms_norm_linear_reference(x, norm_weight, 1e-6, weight, res)[0], dtype)
+    assert torch.equal(summed, exact_sum(x, res, mode))
+    gate_up = random_tensor(mode, generator, rows, 2 * k, dtype=dtype)
+    y = gemv.silu_mul_linear(gate_up, weight, out=poisoned(x.new_empty(rows, n)), tiling=tiling)
+    assert_close(y, gemv.silu_mul_linear_reference(gate_up, weight), dtype)
+
+
+def test_small_m_takes_batched_and_strided_rows(mode, generator):
+    from jupyter_qwen.model.kernels import gemv
+
+    wide = random_tensor(mode, generator, 2, 3, 96, dtype=torch.bfloat16)
+    x = wide[..., :64]  # rows 96 apart
+    weight = random_tensor(mode, generator, 24, 64, dtype=torch.bfloat16)
+    y = gemv.linear_small_m(x, weight)
+    assert y.shape == (2, 3, 24)
+    assert_close(y, gemv.linear_reference(x, weight), torch.bfloat16)
+    with pytest.raises(ValueError):
+        gemv.linear_small_m(random_tensor(mode, generator, 17, 64, dtype=torch.bfloat16),
+                            weight)
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="needs triton")
+def test_use_small_m_dispatch():
+    from jupyter_qwen.model.kernels import gemv
+
+    assert gemv.use_small_m(1, 4096, 1024)
+    assert not gemv.use_small_m(0, 4096, 1024)
+    assert not gemv.use_small_m(gemv.MAX_M + 1, 4096, 1024)
+    assert not gemv.use_small_m(512, 1024, 1024)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAVE_CUDA or not HAVE_TRITON or INTERPRET,
+                    reason="needs a CUDA GPU and compiled triton")
+@pytest.mark.parametrize("rows", [1, 4])
+def test_small_m_replays_in_cuda_graph_bitwise(rows):
+    """Graph replay on new inputs gives exactly the eager result (no host reads, no atomics)."""
+    from jupyter_qwen.model.kernels import gemv
+
+    generator = torch.Generator().manual_seed(rows)
+    mode = Mode("cuda", large=True)
+    x, res = (random_tensor(mode, generator, rows, 1024, dtype=torch.bfloat16)
+              for _ in range(2))
+    gate_up = random_tensor(mode, generator, rows, 6144, dtype=torch.bfloat16)
+    norm_weight = random_tensor(mode, generator, 1024, dtype=torch.bfloat16)
+    w_qkv = random_tensor(mode, generator, 4096, 1024, dtype=torch.bfloat16)
+    w_down = random_tensor(mode, generator, 1024, 3072, dtype=torch.bfloat16)
+    w_o = random_tensor(mode, generator, 1000, 1024, dtype=torch.bfloat16)
+
+    def step():
+        y, summed = gemv.rms_norm_linear(x, norm_weight, 1e-6, w_qkv, res)
+        return y, summed, gemv.silu_mul_linear(gate_up, w_down), gemv.linear_small_m(x, w_o)
+
+    step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = step()
+    for tensor in (x, res, gate_up):
+        tensor.copy_(torch.randn(tensor.shape, generator=generator).to(tensor))
+    for out in outs:
+        out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(outs, step(), strict=True):
+        assert torch.equal(got, want)

@@ -130,14 +130,19 @@ class Qwen3Attention(nn.Module):
 
     def forward(self, positions, hidden, meta: AttentionMetadata) -> torch.Tensor:
         if self.fused is not None:
-            q = self.fused.qk_norm_rope_store(
-                self.qkv_proj(hidden), positions, meta.slot_mapping, self.q_norm.weight,
-                self.k_norm.weight, self.q_norm.eps, self.rotary.cos_cache,
-                self.rotary.sin_cache, self.k_cache, self.v_cache)
-        else:
-            q = self._store_and_rotate(positions, hidden, meta)
+            return self.o_proj(self.attend_projected(positions, self.qkv_proj(hidden), meta))
+        q = self._store_and_rotate(positions, hidden, meta)
         out = self.backend.attend(q, self.k_cache, self.v_cache, meta, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))
+
+    def attend_projected(self, positions, qkv, meta: AttentionMetadata) -> torch.Tensor:
+        """Attention from a qkv projection, up to (not including) the output projection."""
+        q = self.fused.qk_norm_rope_store(
+            qkv, positions, meta.slot_mapping, self.q_norm.weight, self.k_norm.weight,
+            self.q_norm.eps, self.rotary.cos_cache, self.rotary.sin_cache, self.k_cache,
+            self.v_cache)
+        out = self.backend.attend(q, self.k_cache, self.v_cache, meta, self.scale)
+        return out.reshape(-1, self.q_size)
 
     def _store_and_rotate(self, positions, hidden, meta: AttentionMetadata) -> torch.Tensor:
         """The reference path: q, k and v projected one by one, exactly as transformers does."""
@@ -179,8 +184,11 @@ class Qwen3DecoderLayer(nn.Module):
         self.mlp = Qwen3MLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.gemv = None
 
     def forward(self, positions, hidden, residual, meta) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.gemv is not None and self.gemv.use_small_m(hidden.shape[0], *self._qkv_shape):
+            return self._forward_few_tokens(positions, hidden, residual, meta)
         if residual is None:
             hidden, residual = self.input_layernorm(hidden), hidden
         else:
@@ -188,6 +196,22 @@ class Qwen3DecoderLayer(nn.Module):
         hidden = self.self_attn(positions, hidden, meta)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
+
+    @property
+    def _qkv_shape(self) -> tuple[int, int]:
+        return tuple(self.self_attn.qkv_proj.weight.shape)
+
+    def _forward_few_tokens(self, positions, hidden, residual, meta):
+        """Decode steps of a few sequences: each norm rides in the product that follows it."""
+        gemv, attn, mlp = self.gemv, self.self_attn, self.mlp
+        eps = self.input_layernorm.eps
+        qkv, residual = gemv.rms_norm_linear(hidden, self.input_layernorm.weight, eps,
+                                             attn.qkv_proj.weight, residual)
+        hidden = gemv.linear_small_m(attn.attend_projected(positions, qkv, meta),
+                                     attn.o_proj.weight)
+        gate_up, residual = gemv.rms_norm_linear(hidden, self.post_attention_layernorm.weight,
+                                                 eps, mlp.gate_up_proj.weight, residual)
+        return gemv.silu_mul_linear(gate_up, mlp.down_proj.weight), residual
 
 
 class Qwen3ForCausalLM(nn.Module):
@@ -227,9 +251,12 @@ class Qwen3ForCausalLM(nn.Module):
 
     def use_fused_ops(self, enabled: bool) -> None:
         """Triton kernels for norms, RoPE with the KV store, and SiLU·mul (CUDA only)."""
-        fused = None
+        fused = gemv = None
         if enabled:
             from jupyter_qwen.model.kernels import fused_ops as fused
+            from jupyter_qwen.model.kernels import gemv
         for module in self.modules():
             if isinstance(module, RMSNorm | Qwen3Attention | Qwen3MLP):
                 module.fused = fused
+            if isinstance(module, Qwen3DecoderLayer) and not self.config.attention_bias:
+                module.gemv = gemv
