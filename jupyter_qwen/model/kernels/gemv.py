@@ -157,12 +157,56 @@ def _small_m_kernel(x_ptr, res_ptr, norm_w_ptr, w_ptr, bias_ptr, y_ptr, res_out_
              mask=out_mask)
 
 
-# Tilings measured on the H200 (benchmarks/gemv.py prints this table): key (M bucket, N, K).
-TUNED: dict[tuple[int, int, int], Tiling] = {}
-# Largest M for which use_small_m says yes: per (N, K) where measured, else SMALL_M_CUTOFF
-# (benchmarks/gemv.py prints both from an H200 run).
-SMALL_M_CUTOFFS: dict[tuple[int, int], int] = {}
-SMALL_M_CUTOFF = 8
+# Tilings measured on the H200 (benchmarks/gemv.py, 2026-11-21): key (M bucket, N, K).
+TUNED: dict[tuple[int, int, int], Tiling] = {
+    (1, 4096, 1024): Tiling(16, 512, 8, 1, dot=False),
+    (2, 4096, 1024): Tiling(16, 256, 4, 1, dot=True),
+    (4, 4096, 1024): Tiling(16, 256, 4, 1, dot=True),
+    (8, 4096, 1024): Tiling(16, 256, 4, 1, dot=True),
+    (16, 4096, 1024): Tiling(16, 256, 4, 1, dot=True),
+    (1, 1024, 2048): Tiling(4, 1024, 4, 1, dot=False),
+    (2, 1024, 2048): Tiling(8, 512, 4, 1, dot=True),
+    (4, 1024, 2048): Tiling(8, 512, 4, 1, dot=True),
+    (8, 1024, 2048): Tiling(8, 512, 4, 1, dot=True),
+    (16, 1024, 2048): Tiling(8, 512, 4, 3, dot=True),
+    (1, 6144, 1024): Tiling(4, 1024, 4, 1, dot=False),
+    (2, 6144, 1024): Tiling(16, 256, 4, 1, dot=True),
+    (4, 6144, 1024): Tiling(16, 256, 4, 1, dot=True),
+    (8, 6144, 1024): Tiling(16, 256, 4, 1, dot=True),
+    (16, 6144, 1024): Tiling(16, 256, 4, 1, dot=True),
+    (1, 1024, 3072): Tiling(4, 1024, 4, 1, dot=False),
+    (2, 1024, 3072): Tiling(8, 512, 4, 3, dot=True),
+    (4, 1024, 3072): Tiling(8, 512, 4, 1, dot=True),
+    (8, 1024, 3072): Tiling(8, 512, 4, 3, dot=True),
+    (16, 1024, 3072): Tiling(8, 512, 4, 3, dot=True),
+    (1, 6144, 2560): Tiling(4, 1024, 4, 1, dot=False),
+    (2, 6144, 2560): Tiling(16, 256, 4, 4, dot=True),
+    (4, 6144, 2560): Tiling(16, 256, 4, 4, dot=True),
+    (8, 6144, 2560): Tiling(16, 256, 4, 4, dot=True),
+    (16, 6144, 2560): Tiling(16, 256, 4, 1, dot=True),
+    (1, 2560, 4096): Tiling(4, 1024, 4, 1, dot=False),
+    (2, 2560, 4096): Tiling(8, 512, 4, 3, dot=True),
+    (4, 2560, 4096): Tiling(8, 512, 4, 3, dot=True),
+    (8, 2560, 4096): Tiling(8, 512, 4, 1, dot=True),
+    (16, 2560, 4096): Tiling(16, 256, 4, 4, dot=True),
+    (1, 19456, 2560): Tiling(4, 1024, 4, 1, dot=False),
+    (2, 19456, 2560): Tiling(16, 256, 4, 4, dot=True),
+    (4, 19456, 2560): Tiling(16, 256, 4, 4, dot=True),
+    (8, 19456, 2560): Tiling(16, 256, 4, 4, dot=True),
+    (16, 19456, 2560): Tiling(16, 256, 4, 4, dot=True),
+    (1, 2560, 9728): Tiling(4, 1024, 4, 1, dot=False),
+    (2, 2560, 9728): Tiling(8, 512, 4, 3, dot=True),
+    (4, 2560, 9728): Tiling(8, 512, 4, 3, dot=True),
+    (8, 2560, 9728): Tiling(8, 512, 4, 3, dot=True),
+    (16, 2560, 9728): Tiling(16, 256, 4, 4, dot=True),
+}
+# Largest M for which a whole decoder layer is faster on these kernels, keyed by the layer's
+# qkv projection (N, K) as the model asks; measured on the H200 for Qwen3-0.6B and 4B.
+SMALL_M_CUTOFFS: dict[tuple[int, int], int] = {
+    (4096, 1024): 4,  # Qwen3-0.6B
+    (6144, 2560): 1,  # Qwen3-4B
+}
+SMALL_M_CUTOFF = 1
 
 
 def m_bucket(m: int) -> int:
