@@ -203,7 +203,7 @@ TUNED: dict[tuple[int, int, int], Tiling] = {
 # Largest M for which a whole decoder layer is faster on these kernels, keyed by the layer's
 # qkv projection (N, K) as the model asks; measured on the H200 for Qwen3-0.6B and 4B.
 SMALL_M_CUTOFFS: dict[tuple[int, int], int] = {
-    (4096, 1024): 4,  # Qwen3-0.6B
+    (4096, 1024): 2,  # Qwen3-0.6B
     (6144, 2560): 1,  # Qwen3-4B
 }
 SMALL_M_CUTOFF = 1
