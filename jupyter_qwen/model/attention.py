@@ -85,11 +85,16 @@ def paged_attention_reference(query, k_cache, v_cache, meta: AttentionMetadata, 
 
 
 def causal_attention(query, key, value, scale) -> torch.Tensor:
-    """Attention of the last `len(query)` positions of a context over all of it."""
+    """Attention of the last `len(query)` positions of a context over all of it.
+
+    Shapes and memory layouts follow transformers' (a decode step reads its keys and
+    values contiguous, as from its cache), so the same attention kernels run.
+    """
     q_len, k_len = query.shape[0], key.shape[0]
     q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (query, key, value))
     gqa = q.shape[1] != k.shape[1]
     if q_len == 1:
+        k, v = k.contiguous(), v.contiguous()
         out = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
     elif q_len == k_len:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
