@@ -119,13 +119,15 @@ def test_torch_reference_matches_transformers_and_gives_memory_back(checkpoint, 
 
 
 def test_triton_path_is_as_accurate_as_transformers_bf16(checkpoint, prompts, reference):
-    _, eager_logits, before, after = run_engine(checkpoint, prompts,
-                                                attention_backend="triton", enforce_eager=True)
-    _, graph_logits, _, after_graphs = run_engine(checkpoint, prompts,
-                                                  attention_backend="triton")
+    eager, eager_logits, before, after = run_engine(checkpoint, prompts,
+                                                    attention_backend="triton",
+                                                    enforce_eager=True)
+    graphs, graph_logits, _, after_graphs = run_engine(checkpoint, prompts,
+                                                       attention_backend="triton")
     _, chunked_logits, _, after_chunked = run_engine(
         checkpoint, prompts, attention_backend="triton", max_num_batched_tokens=256,
         max_num_seqs=4)
+    assert graphs == eager, "decode steps replayed from CUDA graphs compute what eager ones do"
     truth = reference[torch.float32]
     errors = {name: [relative_error(o, t) for o, t in zip(logits, truth, strict=True)]
               for name, logits in (("ours, eager", eager_logits),

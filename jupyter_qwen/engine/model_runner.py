@@ -68,10 +68,14 @@ class ModelRunner:
         return (self.device.type == "cuda" and not self.config.enforce_eager
                 and self.backend.name == "triton")
 
+    @property
+    def max_blocks_per_seq(self) -> int:
+        return -(-self.max_model_len // self.block_size)
+
     def _capture_graphs(self) -> DecodeGraphs:
         self.progress("capturing CUDA graphs", None)
-        max_blocks = -(-self.max_model_len // self.block_size)
-        graphs = DecodeGraphs(self.model, self.config.max_num_seqs, max_blocks, self.device)
+        graphs = DecodeGraphs(self.model, self.config.max_num_seqs, self.max_blocks_per_seq,
+                              self.device)
         graphs.capture()
         return graphs
 
@@ -212,8 +216,8 @@ class ModelRunner:
                  for seq, pos in zip(seqs, positions, strict=True)]
         return self.graphs.run(input_ids, positions, slots, self._block_tables(seqs))
 
-    def _block_tables(self, seqs: list[Sequence]) -> np.ndarray:
-        width = max(len(seq.block_table) for seq in seqs)
+    def _block_tables(self, seqs: list[Sequence], width: int | None = None) -> np.ndarray:
+        width = width or max(len(seq.block_table) for seq in seqs)
         tables = np.full((len(seqs), width), -1, dtype=np.int32)
         for row, seq in enumerate(seqs):
             tables[row, :len(seq.block_table)] = seq.block_table
@@ -235,7 +239,9 @@ class ModelRunner:
             if item.completes_context:
                 logits_rows.append(starts[-1] - 1)
                 sampled.append(seq)
-        tables = self._block_tables([item.seq for item in scheduled])
+        decode = all(item.num_new_tokens == 1 for item in scheduled)
+        tables = self._block_tables([item.seq for item in scheduled],
+                                    self.max_blocks_per_seq if decode else None)
         to_device = lambda values, dtype: torch.tensor(values, dtype=dtype).to(  # noqa: E731
             self.device, non_blocking=True)
         meta = AttentionMetadata(
