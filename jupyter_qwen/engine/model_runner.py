@@ -279,7 +279,16 @@ class ModelRunner:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+            release_cublas_workspaces()
             torch.cuda.empty_cache()
+
+
+def release_cublas_workspaces() -> None:
+    """cuBLAS keeps a workspace per stream it ran on (graph capture runs on a side stream);
+    drop them so that closing the engine gives all its memory back."""
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
 
 
 def _split_evenly(total: int, parts: int) -> list[int]:
