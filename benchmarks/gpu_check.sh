@@ -13,7 +13,7 @@ run() { local name=$1; shift; echo "=== $name: $*"; local start=$SECONDS
   tail -n "${TAIL:-25}" "$out/$name.log"; echo "=== $name: exit $rc after $((SECONDS - start)) s"; }
 [ -n "${SKIP_TESTS:-}" ] || {
   TAIL=4 run kernel_tests python3 -m pytest -o addopts="" tests/test_kernels.py -q -m gpu -x -p no:cacheprovider
-  TAIL=12 run engine_tests python3 -m pytest -o addopts="" tests/test_gpu.py -q -s -x -p no:cacheprovider; }
+  TAIL=12 CUBLAS_WORKSPACE_CONFIG=:4096:8 run engine_tests python3 -m pytest -o addopts="" tests/test_gpu.py -q -s -x -p no:cacheprovider; }
 [ -n "${SKIP_PROFILE:-}" ] || TAIL=20 run profile python3 benchmarks/profile_step.py
 [ -n "${KERNEL_BENCH:-}" ] && TAIL=45 run kernel_bench python3 benchmarks/kernels.py
 TAIL=${THROUGHPUT_TAIL:-30} run throughput python3 benchmarks/throughput.py --shape qwen3-0.6b "$@"

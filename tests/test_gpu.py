@@ -38,6 +38,14 @@ def free_memory() -> None:
     torch.cuda.empty_cache()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def deterministic_kernels():
+    """Both sides run cuBLAS and attention kernels that give the same bits on every run."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
 @pytest.fixture(scope="module")
 def reference(checkpoint, prompts):
     """transformers in bf16: greedy tokens, and last-position logits of each prompt in bf16
@@ -107,8 +115,10 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 def test_torch_reference_matches_transformers_and_gives_memory_back(checkpoint, prompts,
                                                                     reference):
     """One sequence at a time and no prefix cache, as transformers generates here: matrix
-    products of the same shapes pick the same kernels, so every logit is bit for bit the
-    same."""
+    products of the same shapes pick the same kernels, so the prompt's logits are bit for bit
+    the same. Run with CUBLAS_WORKSPACE_CONFIG=:4096:8 (deterministic cuBLAS): on the H200,
+    2026-11-21, 7 of the 8 prompts then gave 32 identical tokens and one diverged at its
+    29th token; why that one does is not yet found."""
     tokens, logits, before, after = run_engine(checkpoint, prompts, attention_backend="torch",
                                                enforce_eager=True, max_num_seqs=1,
                                                enable_prefix_caching=False)
@@ -117,8 +127,8 @@ def test_torch_reference_matches_transformers_and_gives_memory_back(checkpoint, 
     divergence = [first_divergence(o, r) for o, r in zip(tokens, reference["tokens"],
                                                            strict=True)]
     print("first divergence per prompt (None = identical):", divergence)
-    assert sum(index is None for index in divergence) >= 6
-    assert all(index is None or index >= 5 for index in divergence)
+    assert sum(index is None for index in divergence) >= len(prompts) - 1
+    assert all(index is None or index >= 20 for index in divergence)
     assert after == before, f"{after - before} bytes still allocated after close()"
 
 
