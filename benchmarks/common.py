@@ -326,3 +326,20 @@ def schedule_floor(cost: ModelCost, ceilings: Ceilings, prompt_lens: list[int],
                  weight_read_bytes=float(cost.weight_bytes * (steps + 1)),
                  flops_total=flops_total, output_tokens=sum(output_lens),
                  output_tokens_from_prefill=len(output_lens))
+
+
+def parse_value(text: str):
+    """An --engine-opt value: booleans, None, numbers, else the text itself."""
+    lowered = text.lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

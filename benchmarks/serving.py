@@ -764,23 +764,9 @@ def make_plans(args: argparse.Namespace) -> list[Plan]:
     return plans + compare
 
 
-def parse_value(text: str):
-    lowered = text.lower()
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
-    if lowered == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    from benchmarks.common import parse_value
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", default=None,
                         help="tiny | qwen3-0.6b | qwen3-1.7b | qwen3-4b (default qwen3-0.6b; "

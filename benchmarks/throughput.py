@@ -138,6 +138,7 @@ from benchmarks.common import (
     free_device_memory,
     measure_ceilings,
     memory_in_use,
+    parse_value,
     percentile,
     say,
     schedule_floor,
@@ -993,22 +994,6 @@ def fill_ratios(report: Report) -> None:
 
 
 # --------------------------------------------------------------------------- main
-
-
-def parse_value(text: str):
-    lowered = text.lower()
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
-    if lowered == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -79,11 +79,19 @@ def snapshot() -> MemorySnapshot:
     mem = MemorySnapshot(rss=process_rss(),
                          gpu_used=[g.memory_used for g in gpus.gpus],
                          gpu_total=[g.memory_total for g in gpus.gpus])
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        mem.torch_allocated = torch.cuda.memory_allocated()
-        mem.torch_reserved = torch.cuda.memory_reserved()
+    mem.torch_allocated, mem.torch_reserved = torch_memory()
     return mem
+
+
+def torch_memory() -> tuple[int | None, int | None]:
+    """torch's allocated and reserved CUDA bytes, or (None, None) without CUDA or torch."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is None or not torch.cuda.is_available():
+            return None, None
+        return torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+    except Exception:  # torch half-imported by another thread, or a broken CUDA setup
+        return None, None
 
 
 def process_rss() -> int:

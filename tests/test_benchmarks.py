@@ -13,15 +13,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_throughput():
-    name = "benchmarks_throughput_under_test"
+def load_benchmark(script: str):
+    name = f"benchmarks_{script}_under_test"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "throughput.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_throughput():
+    return load_benchmark("throughput")
 
 
 def qwen3_06b_cost():
@@ -116,14 +120,7 @@ def test_quick_run_on_cpu(tiny_model_path, tmp_path, monkeypatch):
 
 
 def load_serving():
-    name = "benchmarks_serving_under_test"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "serving.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("serving")
 
 
 def test_serving_workload_and_arrivals():

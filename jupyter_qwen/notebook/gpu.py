@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import logging
 import math
-import sys
 import threading
 import time
 import weakref
@@ -85,16 +84,6 @@ def sample_gpus() -> tuple[list[GpuSample], str]:
     gpus = [GpuSample(g.index, g.name, g.memory_used, g.memory_total, g.utilization_gpu,
                       list(g.processes)) for g in snap.gpus]
     return gpus, "" if snap.available else snap.reason
-
-
-def sample_torch() -> tuple[int | None, int | None]:
-    torch = sys.modules.get("torch")
-    try:
-        if torch is None or not torch.cuda.is_available():
-            return None, None
-        return torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
-    except Exception:  # torch half-imported by another thread, or a broken CUDA setup
-        return None, None
 
 
 def sample_server(server: Any) -> ServerSample:
@@ -184,7 +173,7 @@ class GpuMonitor:
     def sample(self) -> Sample:
         """Take one sample now (also what the thread does), and keep it."""
         gpus, reason = sample_gpus()
-        allocated, reserved = sample_torch()
+        allocated, reserved = memory.torch_memory()
         sample = Sample(time=time.time(), rss=memory.process_rss(), has_gpu=not reason,
                         gpu_reason=reason, gpus=gpus, torch_allocated=allocated,
                         torch_reserved=reserved, servers=self._sample_servers())
