@@ -19,6 +19,7 @@ _LAZY = {
     "QwenServer": "jupyter_qwen.server.server",
     "qwen3_inference": "jupyter_qwen.notebook.lifecycle",
     "clean": "jupyter_qwen.notebook.lifecycle",
+    "panel": "jupyter_qwen.notebook.control_panel",
 }
 
 __all__ = [*_LAZY, "__version__"]

@@ -36,7 +36,8 @@ def rich(captured, mime: str) -> str:
 
 def test_load_ext_registers_every_magic(shell):
     line = shell.magics_manager.magics["line"]
-    assert {"qwen_serve", "qwen_status", "qwen_stop", "qwen_clean", "qwen_gpu"} <= set(line)
+    assert {"qwen_serve", "qwen_status", "qwen_stop", "qwen_clean", "qwen_gpu",
+            "qwen_panel"} <= set(line)
     assert "qwen" in shell.magics_manager.magics["cell"]
 
 

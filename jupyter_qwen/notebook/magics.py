@@ -1,4 +1,5 @@
-"""IPython magics: %qwen_serve, %qwen_status, %qwen_stop, %qwen_clean, %qwen_gpu, %%qwen."""
+"""IPython magics: %qwen_serve, %qwen_panel, %qwen_status, %qwen_stop, %qwen_clean, %qwen_gpu,
+%%qwen; and `start_server`, the one way both %qwen_serve and the control panel start a server."""
 
 from __future__ import annotations
 
@@ -41,10 +42,10 @@ def parse(parser: ArgumentParser, line: str) -> argparse.Namespace | None:
         raise UsageError(f"{parser.prog}: {error}") from None
 
 
-def serve_parser() -> ArgumentParser:
+def serve_parser(prog: str = "%qwen_serve", description: str | None = None) -> ArgumentParser:
     from jupyter_qwen.server.cli import add_engine_arguments, add_server_arguments
 
-    parser = ArgumentParser(prog="%qwen_serve", description=(
+    parser = ArgumentParser(prog=prog, description=description or (
         "Start an in-kernel Qwen3 server speaking the OpenAI API and show its dashboard. "
         f"Without MODEL it serves {DEFAULT_MODEL} from the Hugging Face cache or hub."))
     parser.add_argument("model", nargs="?", help="Hugging Face id or checkpoint folder")
@@ -56,6 +57,65 @@ def serve_parser() -> ArgumentParser:
     add_server_arguments(parser)
     add_engine_arguments(parser)
     return parser
+
+
+class AlreadyServingError(RuntimeError):
+    """This kernel already runs a server, and the caller did not ask to replace it."""
+
+    def __init__(self, servers: list):
+        self.servers = servers
+        names = ", ".join(f"{s.served_model_name} at {s.url}" for s in servers)
+        super().__init__(f"already serving {names}")
+
+
+def start_server(model: str | None, options: dict[str, Any] | None = None, *,
+                 demo: bool = False, host: str = "127.0.0.1", port: int | None = None,
+                 replace: bool = False, shell: Any = None):
+    """Start a server the way %qwen_serve does, and return it while its model loads.
+
+    ``model`` is a Hugging Face id or a checkpoint folder (default Qwen/Qwen3-0.6B);
+    ``demo`` serves the tiny demo model instead. ``options`` are ``QwenServer``'s
+    keyword arguments (EngineConfig's fields, served_model_name, api_key,
+    enable_thinking, max_waiting_requests). With ``replace`` the servers this
+    kernel runs are stopped first; ``shell`` gets the server as ``qwen_server``.
+
+    Raises AlreadyServingError (a server runs and ``replace`` is false),
+    ModelNotFoundError (neither a checkpoint folder nor an id in the cache or hub),
+    ValueError or TypeError (a bad option), ServerStartError (the port is in use).
+    Errors while the weights load come later, as ``server.load_error``.
+    """
+    from jupyter_qwen.model.loader import resolve_model_path
+    from jupyter_qwen.server.server import QwenServer, running_servers
+
+    running = running_servers()
+    if running and not replace:
+        raise AlreadyServingError(running)
+    options = dict(options or {})
+    if demo:
+        from jupyter_qwen.testing import demo_model_path
+
+        options.setdefault("served_model_name", DEMO_NAME)
+        model = str(demo_model_path())
+    else:
+        model = model or DEFAULT_MODEL
+        resolve_model_path(model)
+    for server in running:
+        server.stop()
+    server = QwenServer(model, host=host, port=port, **options)
+    try:
+        server.start(wait=False)
+    except BaseException:
+        server.stop()
+        raise
+    if shell is not None:
+        shell.user_ns["qwen_server"] = server
+    if not demo:
+        try:
+            from jupyter_qwen.notebook.control_panel import remember_when_served
+        except ImportError:  # no ipywidgets: no control panel to offer it in
+            return server
+        remember_when_served(server, model)
+    return server
 
 
 @magics_class
@@ -72,43 +132,52 @@ class QwenMagics(Magics):
         args = parse(serve_parser(), line)
         if args is None:
             return
+        from jupyter_qwen.model.loader import ModelNotFoundError
         from jupyter_qwen.server.cli import server_kwargs
-        from jupyter_qwen.server.server import QwenServer, running_servers
 
         if args.demo and args.model:
             raise UsageError("%qwen_serve: give a MODEL or --demo, not both")
-        running = running_servers()
-        if running and not args.replace:
-            names = ", ".join(f"{s.served_model_name} at {s.url}" for s in running)
-            raise UsageError(f"already serving {names}; use %qwen_stop first, or "
-                             "%qwen_serve --replace")
-        model, options = self._model_and_options(args, server_kwargs(args))
-        for server in running:
-            server.stop()
         try:
-            server = QwenServer(model, host=args.host, port=args.port, **options)
-        except (ValueError, TypeError, RuntimeError) as error:
-            raise UsageError(f"%qwen_serve: {error}") from None
-        server.start(wait=False)
-        self.shell.user_ns["qwen_server"] = server
-        self._display_panel(server, demo=args.demo)
-
-    def _model_and_options(self, args, options: dict) -> tuple[str, dict]:
-        if args.demo:
-            from jupyter_qwen.testing import demo_model_path
-
-            options.setdefault("served_model_name", DEMO_NAME)
-            return str(demo_model_path()), options
-        model = args.model or DEFAULT_MODEL
-        from jupyter_qwen.model.loader import ModelNotFoundError, resolve_model_path
-
-        try:
-            resolve_model_path(model)
+            server = start_server(args.model, server_kwargs(args), demo=args.demo,
+                                  host=args.host, port=args.port, replace=args.replace,
+                                  shell=self.shell)
+        except AlreadyServingError as error:
+            raise UsageError(f"{error}; use %qwen_stop first, or %qwen_serve --replace"
+                             ) from None
         except ModelNotFoundError as error:
             raise UsageError(f"%qwen_serve: {error}\nServe a local checkpoint folder with "
                              "%qwen_serve /path/to/model, or the tiny demo model with "
                              "%qwen_serve --demo.") from None
-        return model, options
+        except (ValueError, TypeError, RuntimeError) as error:
+            raise UsageError(f"%qwen_serve: {error}") from None
+        self._display_panel(server, demo=args.demo)
+
+    @line_magic
+    def qwen_panel(self, line: str) -> None:
+        """Show a control panel that starts a server: %qwen_panel [MODEL] [flags] (--help)."""
+        args = parse(serve_parser("%qwen_panel", (
+            "Show a form with the serve options and a Start button; once started it turns into "
+            "the server's live dashboard. MODEL and the flags (those of %qwen_serve) fill the "
+            "form in.")), line)
+        if args is None:
+            return
+        from jupyter_qwen.notebook.control_panel import ControlPanel
+        from jupyter_qwen.server.cli import server_kwargs
+
+        if args.demo and args.model:
+            raise UsageError("%qwen_panel: give a MODEL or --demo, not both")
+        options = server_kwargs(args)
+        if args.host != "127.0.0.1":
+            options["host"] = args.host
+        if args.port is not None:
+            options["port"] = args.port
+        try:
+            panel = ControlPanel("demo" if args.demo else args.model, replace=args.replace,
+                                 shell=self.shell, **options)
+        except (ValueError, TypeError) as error:
+            raise UsageError(f"%qwen_panel: {error}") from None
+        self.shell.user_ns["qwen_panel"] = panel
+        display(panel)
 
     def _display_panel(self, server, demo: bool) -> None:
         try:
