@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+from urllib.parse import quote
 
 import httpx
 import openai
@@ -217,24 +218,25 @@ def test_concurrent_streams_and_disconnects_leak_no_blocks(server):
 
 
 def test_sessions_reuse_the_conversation(client, server):
+    session_id = "notebook 1/conversation #1"
     system = "You are a careful assistant. " * 20
     history = [{"role": "system", "content": system},
                {"role": "user", "content": "first question " * 5}]
     first = client.chat.completions.create(
         model=server.served_model_name, messages=history, max_tokens=8, temperature=0,
-        extra_body={"session_id": "conversation-1", "enable_thinking": False})
+        extra_body={"session_id": session_id, "enable_thinking": False})
     answer = first.choices[0].message.content
     history += [{"role": "assistant", "content": answer},
                 {"role": "user", "content": "second question"}]
     second = client.chat.completions.create(
         model=server.served_model_name, messages=history, max_tokens=8, temperature=0,
-        extra_body={"session_id": "conversation-1", "enable_thinking": False})
+        extra_body={"session_id": session_id, "enable_thinking": False})
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert cached >= 0.8 * first.usage.prompt_tokens
     sessions = httpx.get(f"{server.url}/sessions").json()["data"]
-    assert [s["id"] for s in sessions] == ["conversation-1"] and sessions[0]["turns"] == 2
-    assert httpx.delete(f"{server.url}/sessions/conversation-1").status_code == 200
-    assert httpx.delete(f"{server.url}/sessions/conversation-1").status_code == 404
+    assert [s["id"] for s in sessions] == [session_id] and sessions[0]["turns"] == 2
+    assert httpx.delete(f"{server.url}/sessions/{quote(session_id, safe='')}").status_code == 200
+    assert httpx.delete(f"{server.url}/sessions/{quote(session_id, safe='')}").status_code == 404
     stats = wait_idle(server)
     assert stats["num_free_blocks"] == stats["num_kv_blocks"]
 

@@ -112,6 +112,7 @@ class AsyncEngine:
         self._streams: dict[str, RequestStream] = {}
         self._wakeup = threading.Event()
         self._stopping = False
+        self._closed = False
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._run, name="jupyter-qwen-engine", daemon=True)
         self._thread.start()
@@ -170,16 +171,26 @@ class AsyncEngine:
                                 self.engine.generation_tokens_total)
 
     def stop(self, timeout: float = 60.0) -> None:
-        if self._stopping:
+        if self._closed:
             return
-        self._stopping = True
+        self._closed = self._stopping = True
         self._wakeup.set()
         self._thread.join(timeout)
         self._fail_streams(EngineDeadError("the server is shutting down"))
         self._reject_commands()
         if self.state != "dead":
             self.state = "stopped"
-        self.engine.close()
+        self._close_engine()
+
+    def _close_engine(self) -> None:
+        """Release the engine's memory; only a dead engine's failing bookkeeping is forgiven."""
+        try:
+            self.engine.close()
+        except Exception:
+            if self.state != "dead":
+                raise
+            log.warning("the dead engine's requests could not be aborted; its memory is "
+                        "released all the same", exc_info=True)
 
     def _check_accepting(self) -> None:
         if self.state == "dead":
@@ -193,8 +204,19 @@ class AsyncEngine:
     def _send(self, command: tuple) -> None:
         self._commands.put(command)
         self._wakeup.set()
+        if self._stopping:
+            self._reject_commands()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as error:
+            log.exception("the engine thread failed and is now dead")
+            self._die(f"the engine thread failed: {error!r}")
+        finally:
+            self._reject_commands()
+
+    def _loop(self) -> None:
         while not self._stopping:
             self._drain_commands()
             if not self.engine.has_unfinished_requests():
@@ -204,7 +226,6 @@ class AsyncEngine:
                 self._wakeup.clear()
                 continue
             self._step()
-        self._reject_commands()
 
     def _reject_commands(self) -> None:
         """Answer what arrived too late to run: the engine is stopping."""
@@ -237,9 +258,13 @@ class AsyncEngine:
         try:
             self.engine.abort_all()
         except Exception as abort_error:
-            self.state, self.error = "dead", f"{error!r}; then {abort_error!r}"
-            self._stopping = True
             log.exception("the engine could not recover and is now dead")
+            self._die(f"{error!r}; then {abort_error!r}")
+
+    def _die(self, reason: str) -> None:
+        self.state, self.error = "dead", reason
+        self._stopping = True
+        self._fail_streams(EngineDeadError(f"the engine is dead: {reason}"))
 
     def _drain_commands(self) -> None:
         while True:

@@ -201,9 +201,12 @@ class LLMEngine:
             num_preemptions=self.scheduler.num_preemptions)
 
     def close(self) -> None:
-        if self.runner is not None:
+        if self.runner is None:
+            return
+        try:
             self.abort_all()
             self.sessions.clear()
+        finally:
             self.runner.close()
             self.runner = None
 

@@ -9,9 +9,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -69,64 +69,104 @@ class ServerContext:
         return self.engine
 
 
+def server_context(request: Request) -> ServerContext:
+    return request.app.state.ctx
+
+
+Context = Annotated[ServerContext, Depends(server_context)]
+
+
+async def require_api_key(request: Request, ctx: Context) -> None:
+    if ctx.api_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), ctx.api_key.encode()):
+        raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                       "invalid_api_key", code="invalid_api_key")
+
+
+async def require_admin_token(request: Request, ctx: Context) -> None:
+    token = request.headers.get("x-admin-token", "")
+    if not token or not hmac.compare_digest(token.encode(), ctx.admin_token.encode()):
+        raise APIError(401, "admin routes need the server's X-Admin-Token header",
+                       "invalid_admin_token", code="invalid_admin_token")
+
+
+router = APIRouter()
+API_KEY = [Depends(require_api_key)]
+ADMIN_TOKEN = [Depends(require_admin_token)]
+
+
 def create_app(ctx: ServerContext) -> FastAPI:
+    """The app of one server. Its routes are module-level functions that find the server in
+    `app.state`: FastAPI caches what it learns about route functions for the whole process,
+    so routes that closed over `ctx` would keep every stopped server alive."""
     app = FastAPI(title="jupyter_qwen", version="0.1.0")
-    handler = CompletionHandler(ctx)
+    app.state.ctx = ctx
+    app.state.handler = CompletionHandler(ctx)
     _install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=MAX_BODY_BYTES)
-
-    api_key_dependency = Depends(_api_key_checker(ctx))
-    admin_dependency = Depends(_admin_checker(ctx))
-
-    @app.get("/v1/models", dependencies=[api_key_dependency])
-    async def list_models():
-        engine = ctx.engine
-        return {"object": "list", "data": [{
-            "id": ctx.served_model_name, "object": "model", "created": int(ctx.started_at),
-            "owned_by": "jupyter_qwen", "root": ctx.model,
-            "max_model_len": engine.engine.max_model_len if engine else None}]}
-
-    @app.post("/v1/chat/completions", dependencies=[api_key_dependency])
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
-        return await handler.chat(body, request)
-
-    @app.post("/v1/completions", dependencies=[api_key_dependency])
-    async def completions(body: CompletionRequest, request: Request):
-        return await handler.completion(body, request)
-
-    @app.get("/v1/sessions", dependencies=[api_key_dependency])
-    async def list_sessions():
-        engine = ctx.ready_engine()
-        sessions = await asyncio.to_thread(engine.call, lambda e: e.sessions.list())
-        return {"object": "list", "data": sessions}
-
-    @app.delete("/v1/sessions/{session_id}", dependencies=[api_key_dependency])
-    async def delete_session(session_id: str):
-        engine = ctx.ready_engine()
-        if not await asyncio.to_thread(engine.call, lambda e: e.sessions.drop(session_id)):
-            raise APIError(404, f"no session {session_id!r}", "not_found", "session_id")
-        return {"id": session_id, "object": "session", "deleted": True}
-
-    @app.get("/health")
-    async def health():
-        body = health_report(ctx)
-        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
-
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics():
-        engine = ctx.ready_engine()
-        return render_prometheus(ctx.served_model_name, engine.engine.stats(), ctx.metrics)
-
-    @app.post("/admin/stop", dependencies=[admin_dependency])
-    async def admin_stop():
-        asyncio.get_running_loop().call_later(0.05, ctx.on_stop)
-        return {"stopped": True}
-
-    @app.post("/admin/clean", dependencies=[admin_dependency])
-    async def admin_clean():
-        return await asyncio.to_thread(ctx.on_clean)
-
+    app.include_router(router)
     return app
+
+
+@router.get("/v1/models", dependencies=API_KEY)
+async def list_models(ctx: Context):
+    engine = ctx.engine
+    return {"object": "list", "data": [{
+        "id": ctx.served_model_name, "object": "model", "created": int(ctx.started_at),
+        "owned_by": "jupyter_qwen", "root": ctx.model,
+        "max_model_len": engine.engine.max_model_len if engine else None}]}
+
+
+@router.post("/v1/chat/completions", dependencies=API_KEY)
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    return await request.app.state.handler.chat(body, request)
+
+
+@router.post("/v1/completions", dependencies=API_KEY)
+async def completions(body: CompletionRequest, request: Request):
+    return await request.app.state.handler.completion(body, request)
+
+
+@router.get("/v1/sessions", dependencies=API_KEY)
+async def list_sessions(ctx: Context):
+    engine = ctx.ready_engine()
+    sessions = await asyncio.to_thread(engine.call, lambda e: e.sessions.list())
+    return {"object": "list", "data": sessions}
+
+
+@router.delete("/v1/sessions/{session_id:path}", dependencies=API_KEY)
+async def delete_session(session_id: str, ctx: Context):
+    engine = ctx.ready_engine()
+    if not await asyncio.to_thread(engine.call, lambda e: e.sessions.drop(session_id)):
+        raise APIError(404, f"no session {session_id!r}", "not_found", "session_id")
+    return {"id": session_id, "object": "session", "deleted": True}
+
+
+@router.get("/health")
+async def health(ctx: Context):
+    body = health_report(ctx)
+    return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(ctx: Context):
+    engine = ctx.ready_engine()
+    return render_prometheus(ctx.served_model_name, engine.engine.stats(), ctx.metrics)
+
+
+@router.post("/admin/stop", dependencies=ADMIN_TOKEN)
+async def admin_stop(ctx: Context):
+    asyncio.get_running_loop().call_later(0.05, ctx.on_stop)
+    return {"stopped": True}
+
+
+@router.post("/admin/clean", dependencies=ADMIN_TOKEN)
+async def admin_clean(ctx: Context):
+    return await asyncio.to_thread(ctx.on_clean)
 
 
 class BodySizeLimit:
@@ -189,28 +229,6 @@ def engine_figures(ctx: ServerContext) -> dict[str, Any]:
             "max_model_len": engine.engine.max_model_len,
             "kv_cache_bytes": stats.num_kv_blocks * engine.engine.runner.kv_block_bytes}
     return figures
-
-
-def _api_key_checker(ctx: ServerContext):
-    async def check(request: Request) -> None:
-        if ctx.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-                token.strip().encode(), ctx.api_key.encode()):
-            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                           "invalid_api_key", code="invalid_api_key")
-    return check
-
-
-def _admin_checker(ctx: ServerContext):
-    async def check(request: Request) -> None:
-        token = request.headers.get("x-admin-token", "")
-        if not token or not hmac.compare_digest(token.encode(), ctx.admin_token.encode()):
-            raise APIError(401, "admin routes need the server's X-Admin-Token header",
-                           "invalid_admin_token", code="invalid_admin_token")
-    return check
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -42,7 +42,7 @@ def _as_object(arguments):
     if isinstance(arguments, str):
         try:
             return json.loads(arguments)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return arguments
     return arguments
 
@@ -174,15 +174,18 @@ def _partial_tag_length(text: str, tag: str) -> int:
 
 
 def parse_tool_call(body: str) -> dict | None:
+    """The OpenAI tool call in a `<tool_call>` block, or None unless it is JSON naming a
+    function whose arguments serialise as strict JSON in UTF-8."""
     try:
         payload = json.loads(body.strip())
-    except json.JSONDecodeError:
+        if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
+            return None
+        arguments = payload.get("arguments", payload.get("parameters", {}))
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False, allow_nan=False)
+        (payload["name"] + arguments).encode()
+    except (ValueError, RecursionError):
         return None
-    if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
-        return None
-    arguments = payload.get("arguments", payload.get("parameters", {}))
-    if not isinstance(arguments, str):
-        arguments = json.dumps(arguments, ensure_ascii=False)
     return {"id": f"call_{secrets.token_hex(12)}", "type": "function",
             "function": {"name": payload["name"], "arguments": arguments}}
 

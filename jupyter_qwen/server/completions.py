@@ -70,11 +70,11 @@ class CompletionHandler:
                                       len(prompt_ids), "messages")
         num_top = (body.top_logprobs or 0) if body.logprobs else None
         choices = self._submit(engine, body, [prompt_ids], max_tokens, num_top,
-                               body.extra("session_id"))
+                               body.session_id)
         parse_tools = bool(body.tools) and body.tool_choice != "none"
         for choice in choices:
             choice.parser = OutputParser(parse_tools=parse_tools)
-        keep_reasoning = body.extra("return_reasoning") is not False
+        keep_reasoning = body.return_reasoning is not False
         if body.stream:
             return streaming_response(self._chat_events(body, choices, keep_reasoning))
         await _collect(request, choices)
@@ -107,7 +107,7 @@ class CompletionHandler:
         return engine
 
     def _chat_prompt(self, engine: AsyncEngine, body: ChatCompletionRequest) -> list[int]:
-        thinking = body.extra("enable_thinking")
+        thinking = body.enable_thinking
         if thinking is None:
             thinking = self.ctx.default_enable_thinking
         try:
@@ -138,7 +138,7 @@ class CompletionHandler:
     def _sampling(self, body: SamplingFields, max_tokens: int, index: int,
                   num_logprobs: int | None) -> SamplingParams:
         defaults = self.ctx.default_sampling
-        pick = lambda name: _first(body_value(body, name), defaults.get(name))  # noqa: E731
+        pick = lambda name: _first(getattr(body, name), defaults.get(name))  # noqa: E731
         seed = None if body.seed is None else body.seed + index
         try:
             return SamplingParams(
@@ -148,7 +148,7 @@ class CompletionHandler:
                 presence_penalty=body.presence_penalty,
                 frequency_penalty=body.frequency_penalty, max_tokens=max_tokens,
                 stop=list(body.stop or []), seed=seed, logprobs=num_logprobs,
-                ignore_eos=bool(body_value(body, "ignore_eos")))
+                ignore_eos=bool(body.ignore_eos))
         except ValueError as error:
             raise APIError(400, str(error), param=str(error).split(" ", 1)[0]) from None
 
@@ -322,11 +322,6 @@ class ChunkTemplate:
     def __call__(self, index: int, text: str) -> str:
         return (f"{self.head}{index}{self.middle}"
                 f"{json.dumps(text, ensure_ascii=False)}{self.tail}")
-
-
-def body_value(body: SamplingFields, name: str):
-    extra = getattr(body, "extra", None)
-    return extra(name) if extra else getattr(body, name, None)
 
 
 def _first(*values):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from jupyter_qwen.sampling_params import MAX_SEED
 
 QWEN_EXTRAS = ("enable_thinking", "return_reasoning", "session_id", "top_k", "min_p",
                "repetition_penalty", "ignore_eos")
@@ -66,7 +68,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-NonNegativeInt = Annotated[int, Field(ge=0)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class SamplingFields(BaseModel):
@@ -78,7 +80,7 @@ class SamplingFields(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
-    seed: NonNegativeInt | None = None
+    seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
@@ -116,12 +118,17 @@ class ChatCompletionRequest(SamplingFields):
     return_reasoning: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
 
-    def extra(self, name: str):
-        """A Qwen3 extra from the top level, else from chat_template_kwargs."""
-        value = getattr(self, name, None)
-        if value is None and self.chat_template_kwargs:
-            value = self.chat_template_kwargs.get(name)
-        return value
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_template_extras(cls, data):
+        """Qwen3 extras given in chat_template_kwargs count as top-level fields (validated as
+        such) unless the top level sets them."""
+        kwargs = data.get("chat_template_kwargs") if isinstance(data, dict) else None
+        if not isinstance(kwargs, dict):
+            return data
+        lifted = {name: kwargs[name] for name in QWEN_EXTRAS
+                  if name in kwargs and data.get(name) is None}
+        return data | lifted
 
 
 class CompletionRequest(SamplingFields):

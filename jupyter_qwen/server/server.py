@@ -132,12 +132,14 @@ class QwenServer:
             if self._load_thread is not None:
                 self._load_thread.join()
             engine, self.ctx.engine = self.ctx.engine, None
-            if engine is not None:
-                engine.stop()
-            self._stop_http()
-            self._unregister()
-            self.ctx.state = "stopped"
-            del engine
+            try:
+                if engine is not None:
+                    engine.stop()
+            finally:
+                self._stop_http()
+                self._unregister()
+                self.ctx.state = "stopped"
+                del engine
             from jupyter_qwen.memory import collect
 
             collect()
