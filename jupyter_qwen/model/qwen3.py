@@ -137,12 +137,22 @@ class Qwen3Attention(nn.Module):
 
     def attend_projected(self, positions, qkv, meta: AttentionMetadata) -> torch.Tensor:
         """Attention from a qkv projection, up to (not including) the output projection."""
+        if self._fuses_decode_step(meta):
+            out = self.backend.attend_decode_step(
+                qkv, positions, meta, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps,
+                self.rotary.cos_cache, self.rotary.sin_cache, self.k_cache, self.v_cache,
+                self.scale)
+            return out.reshape(-1, self.q_size)
         q = self.fused.qk_norm_rope_store(
             qkv, positions, meta.slot_mapping, self.q_norm.weight, self.k_norm.weight,
             self.q_norm.eps, self.rotary.cos_cache, self.rotary.sin_cache, self.k_cache,
             self.v_cache)
         out = self.backend.attend(q, self.k_cache, self.v_cache, meta, self.scale)
         return out.reshape(-1, self.q_size)
+
+    def _fuses_decode_step(self, meta: AttentionMetadata) -> bool:
+        fuses = getattr(self.backend, "fuses_decode_step", None)
+        return fuses is not None and fuses(meta, self.head_dim)
 
     def _store_and_rotate(self, positions, hidden, meta: AttentionMetadata) -> torch.Tensor:
         """The reference path: q, k and v projected one by one, exactly as transformers does."""

@@ -7,8 +7,20 @@ import triton  # noqa: F401  (ImportError here lets attention_backend="auto" fal
 
 from jupyter_qwen.model.attention import AttentionMetadata
 from jupyter_qwen.model.kernels.decode_attention import decode_attention
+from jupyter_qwen.model.kernels.decode_step import (
+    MIN_HEAD_DIM,
+    DecodeStepWorkspace,
+    decode_step_attention,
+)
 from jupyter_qwen.model.kernels.prefill_attention import prefill_attention
 from jupyter_qwen.model.kernels.store_kv import store_kv
+
+FUSED_DECODE_STEP = True
+FUSED_DECODE_STEP_MAX_BATCH = 1
+"""Pure decode steps of at most this many sequences, on the fused model path, run
+`decode_step_attention` (one launch: q/k norm, RoPE, KV store, split attention and merge)
+instead of three kernels: on an H200 that is faster at batch 1 and not at 8 or 64
+(benchmarks/KERNEL_NOTES.md)."""
 
 
 class TritonAttention:
@@ -16,6 +28,10 @@ class TritonAttention:
     several sequences the one-token ones go to flash-decoding too (no long single-row tiles)."""
 
     name = "triton"
+
+    def __init__(self) -> None:
+        self.decode_workspace: DecodeStepWorkspace | None = None
+        self.decode_workspace_captured = False
 
     def store_kv(self, key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
                  v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
@@ -33,3 +49,38 @@ class TritonAttention:
             decode_attention(query, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale,
                              out=out, query_start_loc=meta.query_start_loc)
         return out
+
+    def fuses_decode_step(self, meta: AttentionMetadata, head_dim: int) -> bool:
+        return (FUSED_DECODE_STEP and meta.is_decode
+                and meta.num_seqs <= FUSED_DECODE_STEP_MAX_BATCH and head_dim >= MIN_HEAD_DIM)
+
+    def attend_decode_step(self, qkv: torch.Tensor, positions: torch.Tensor,
+                           meta: AttentionMetadata, q_weight: torch.Tensor,
+                           k_weight: torch.Tensor, eps: float, cos_cache: torch.Tensor,
+                           sin_cache: torch.Tensor, k_cache: torch.Tensor,
+                           v_cache: torch.Tensor, scale: float) -> torch.Tensor:
+        """A pure decode step from the qkv projection: stores k and v, returns [B, Hq, D]."""
+        _, _, num_kv_heads, head_dim = k_cache.shape
+        num_q_heads = qkv.shape[1] // head_dim - 2 * num_kv_heads
+        workspace = self._decode_workspace(qkv.shape[0], num_q_heads, num_kv_heads, head_dim,
+                                           qkv.device)
+        return decode_step_attention(qkv, positions, meta.slot_mapping, q_weight, k_weight, eps,
+                                     cos_cache, sin_cache, k_cache, v_cache, meta.block_tables,
+                                     meta.seq_lens, scale, workspace=workspace)
+
+    def _decode_workspace(self, batch: int, num_q_heads: int, num_kv_heads: int,
+                          head_dim: int, device: torch.device) -> DecodeStepWorkspace:
+        """One workspace for every layer; grown only outside graph capture and before any
+        captured graph holds its address (graphs capture their largest batch first)."""
+        capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        workspace = self.decode_workspace
+        if workspace is None or not workspace.covers(batch, num_q_heads, num_kv_heads,
+                                                     head_dim, device):
+            if capturing or self.decode_workspace_captured:
+                raise RuntimeError("the decode-step workspace must be allocated for the "
+                                   "largest batch before CUDA-graph capture")
+            workspace = DecodeStepWorkspace.allocate(batch, num_q_heads, num_kv_heads,
+                                                     head_dim, device)
+            self.decode_workspace = workspace
+        self.decode_workspace_captured |= capturing
+        return workspace
