@@ -70,6 +70,11 @@ class SamplingParams:
         return self.temperature < 1e-5
 
     @property
+    def plain_greedy(self) -> bool:
+        """Greedy, with no penalties and no log probabilities: the argmax is all it needs."""
+        return self.greedy and not self.uses_penalties and self.logprobs is None
+
+    @property
     def uses_penalties(self) -> bool:
         return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
                 or self.frequency_penalty != 0.0)

@@ -155,3 +155,21 @@ def test_triton_path_is_as_accurate_as_transformers_bf16(checkpoint, prompts, re
     for name, values in errors.items():
         assert sum(values) <= budget, name
     assert after == before and after_graphs == before and after_chunked == before
+
+
+def test_graph_steps_asked_for_logprobs_pick_the_tokens_plain_greedy_steps_pick(checkpoint,
+                                                                              prompts):
+    """Plain greedy graph steps read back the argmax taken inside the graph; steps that want
+    log probabilities sample from the graph's logits instead. Both choose the same tokens."""
+    llm = LLM(checkpoint, dtype="bfloat16", max_model_len=4096, gpu_memory_utilization=0.5,
+              enable_prefix_caching=False)
+    try:
+        plain = llm.generate(prompts, GREEDY)
+        with_logprobs = llm.generate(prompts, SamplingParams(
+            temperature=0, max_tokens=NUM_NEW, ignore_eos=True, detokenize=False, logprobs=2))
+    finally:
+        llm.close()
+    assert [o.token_ids for o in plain] == [o.token_ids for o in with_logprobs]
+    for output in with_logprobs:
+        assert [entry.token_id for entry in output.logprobs] == output.token_ids
+        assert all(entry.logprob == entry.top[0][1] for entry in output.logprobs)

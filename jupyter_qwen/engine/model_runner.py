@@ -189,32 +189,35 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSeq]) -> tuple[list[Sequence], SamplerOutput]:
         if self._can_replay(scheduled):
-            sampled = [item.seq for item in scheduled]
-            logits = self._replay_decode(sampled)
-        else:
-            inputs = self.prepare(scheduled)
-            hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
-            sampled = inputs.sampled_seqs
-            if not sampled:
-                return [], SamplerOutput([], [])
-            logits = self.model.compute_logits(hidden[inputs.logits_rows])
-        for seq in sampled:
+            return self._replay_decode([item.seq for item in scheduled])
+        inputs = self.prepare(scheduled)
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
+        sampled = inputs.sampled_seqs
+        if not sampled:
+            return [], SamplerOutput([], [])
+        return sampled, self._sample(sampled, self.model.compute_logits(hidden[inputs.logits_rows]))
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> SamplerOutput:
+        for seq in seqs:
             self._ensure_generator(seq)
-        batch = build_sampling_batch(sampled, logits.shape[-1], self.device)
-        return sampled, sample(logits, batch)
+        return sample(logits, build_sampling_batch(seqs, logits.shape[-1], self.device))
 
     def _can_replay(self, scheduled: list[ScheduledSeq]) -> bool:
         return (self.graphs is not None and len(scheduled) <= self.graphs.max_batch_size
                 and all(item.num_new_tokens == 1 and item.completes_context
                         for item in scheduled))
 
-    def _replay_decode(self, seqs: list[Sequence]) -> torch.Tensor:
+    def _replay_decode(self, seqs: list[Sequence]) -> tuple[list[Sequence], SamplerOutput]:
         positions = [seq.num_computed_tokens for seq in seqs]
         input_ids = [seq.token_ids[pos] for seq, pos in zip(seqs, positions, strict=True)]
         size = self.block_size
         slots = [seq.block_table[pos // size] * size + pos % size
                  for seq, pos in zip(seqs, positions, strict=True)]
-        return self.graphs.run(input_ids, positions, slots, self._block_tables(seqs))
+        graph_size = self.graphs.run(input_ids, positions, slots, self._block_tables(seqs))
+        if all(seq.params.plain_greedy for seq in seqs):
+            token_ids = self.graphs.greedy_tokens[graph_size][:len(seqs)].tolist()
+            return seqs, SamplerOutput(token_ids, [None] * len(seqs))
+        return seqs, self._sample(seqs, self.graphs.logits[graph_size][:len(seqs)])
 
     def _block_tables(self, seqs: list[Sequence], width: int | None = None) -> np.ndarray:
         width = width or max(len(seq.block_table) for seq in seqs)
