@@ -91,6 +91,8 @@ def run_engine(checkpoint, prompts, **options):
 
 
 def first_logits(llm: LLM, prompt: list[int]) -> torch.Tensor:
+    """The logits the sampler sees for the prompt's next token (asking for log probabilities
+    sends even a greedy step through the sampler)."""
     from jupyter_qwen.engine import model_runner
 
     captured = []
@@ -98,7 +100,8 @@ def first_logits(llm: LLM, prompt: list[int]) -> torch.Tensor:
     model_runner.sample = lambda logits, batch: captured.append(logits[0].cpu()) or \
         original(logits, batch)
     try:
-        llm.generate([prompt], SamplingParams(temperature=0, max_tokens=1, detokenize=False))
+        llm.generate([prompt], SamplingParams(temperature=0, max_tokens=1, detokenize=False,
+                                              logprobs=0))
     finally:
         model_runner.sample = original
     return captured[0]
