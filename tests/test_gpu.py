@@ -2,6 +2,7 @@
 and memory that comes back after close(). Skipped without CUDA."""
 
 import gc
+import math
 import random
 import tempfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from jupyter_qwen import LLM, SamplingParams
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
                                                   reason="needs a CUDA GPU")]
 NUM_NEW = 32
+NEAR_TIE_ULPS = 4
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +61,25 @@ def reference(checkpoint, prompts):
             result[dtype] = [model(torch.tensor([p], device="cuda")).logits[0, -1].float().cpu()
                              for p in prompts]
             if dtype is torch.bfloat16:
-                result["tokens"] = [greedy_hf(model, p) for p in prompts]
+                result["tokens"], result["step_logits"] = zip(
+                    *(greedy_hf(model, p) for p in prompts), strict=True)
         del model
         free_memory()
     return result
 
 
-def greedy_hf(model, prompt: list[int]) -> list[int]:
+def greedy_hf(model, prompt: list[int]) -> tuple[list[int], torch.Tensor]:
+    """transformers' greedy tokens and the logits it chose each one from."""
     ids = torch.tensor([prompt], device="cuda")
     out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                          max_new_tokens=NUM_NEW, min_new_tokens=NUM_NEW, eos_token_id=None,
-                         pad_token_id=0)
-    return out[0, len(prompt):].tolist()
+                         pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    step_logits = torch.stack([logits[0].float().cpu() for logits in out.logits])
+    return out.sequences[0, len(prompt):].tolist(), step_logits
+
+
+def bf16_ulp(value: float) -> float:
+    return 2.0 ** (math.floor(math.log2(abs(value))) - 7) if value else 2.0 ** -133
 
 
 GREEDY = SamplingParams(temperature=0, max_tokens=NUM_NEW, ignore_eos=True, detokenize=False)
@@ -119,19 +128,27 @@ def test_torch_reference_matches_transformers_and_gives_memory_back(checkpoint, 
                                                                     reference):
     """One sequence at a time and no prefix cache, as transformers generates here: matrix
     products of the same shapes pick the same kernels, so the prompt's logits are bit for bit
-    the same. Run with CUBLAS_WORKSPACE_CONFIG=:4096:8 (deterministic cuBLAS): on the H200,
-    2026-11-21, 7 of the 8 prompts then gave 32 identical tokens and one diverged at its
-    29th token; why that one does is not yet found."""
+    the same. Decode steps attend through a paged cache where transformers uses sdpa, so their
+    sums round differently; random weights give near-ties among the top logits, and a
+    sequence may part from transformers' where it picks the other side of one. Where it does,
+    transformers' own logits there must rate our token within NEAR_TIE_ULPS bf16 steps of its
+    own. Run with CUBLAS_WORKSPACE_CONFIG=:4096:8 (deterministic cuBLAS)."""
     tokens, logits, before, after = run_engine(checkpoint, prompts, attention_backend="torch",
                                                enforce_eager=True, max_num_seqs=1,
                                                enable_prefix_caching=False)
     for ours, theirs in zip(logits, reference[torch.bfloat16], strict=True):
         assert torch.equal(ours, theirs), "the reference path computes exactly as transformers"
-    divergence = [first_divergence(o, r) for o, r in zip(tokens, reference["tokens"],
-                                                           strict=True)]
-    print("first divergence per prompt (None = identical):", divergence)
-    assert sum(index is None for index in divergence) >= len(prompts) - 1
-    assert all(index is None or index >= 20 for index in divergence)
+    gaps = []
+    for ours, theirs, step_logits in zip(tokens, reference["tokens"], reference["step_logits"],
+                                         strict=True):
+        index = first_divergence(ours, theirs)
+        if index is not None:
+            scores = step_logits[index]
+            gap = (scores[theirs[index]] - scores[ours[index]]).item()
+            gaps.append((index, gap / bf16_ulp(scores[theirs[index]].item())))
+    print(f"identical: {len(prompts) - len(gaps)} of {len(prompts)} prompts; where one parts: "
+          "(token index, transformers' logit gap in bf16 steps):", gaps)
+    assert all(0 <= steps <= NEAR_TIE_ULPS for _, steps in gaps), gaps
     assert after == before, f"{after - before} bytes still allocated after close()"
 
 
