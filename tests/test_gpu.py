@@ -36,7 +36,12 @@ def prompts():
 
 
 def free_memory() -> None:
+    """Back to what is held for good: cuBLAS's per-stream workspaces, which transformers'
+    runs leave behind and closing the engine drops, are dropped here too."""
+    from jupyter_qwen.engine.model_runner import release_cublas_workspaces
+
     gc.collect()
+    release_cublas_workspaces()
     torch.cuda.empty_cache()
 
 
