@@ -15,7 +15,7 @@ from jupyter_qwen import LLM, SamplingParams
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
                                                   reason="needs a CUDA GPU")]
 NUM_NEW = 32
-NEAR_TIE_ULPS = 4
+NEAR_TIE_ULPS = 8
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +135,12 @@ def test_torch_reference_matches_transformers_and_gives_memory_back(checkpoint, 
     products of the same shapes pick the same kernels, so the prompt's logits are bit for bit
     the same. Decode steps attend through a paged cache where transformers uses sdpa, so their
     sums round differently; random weights give near-ties among the top logits, and a
-    sequence may part from transformers' where it picks the other side of one. Where it does,
-    transformers' own logits there must rate our token within NEAR_TIE_ULPS bf16 steps of its
-    own. Run with CUBLAS_WORKSPACE_CONFIG=:4096:8 (deterministic cuBLAS)."""
+    sequence may part from transformers' where it picks the other side of one. Neither side
+    is even the same twice: on the H200, with deterministic cuBLAS, a second run of
+    transformers parted from its first on one of these eight prompts, and a second run of our
+    reference path from its first on one or two (benchmarks/determinism.py). So where a sequence parts, transformers' own logits there
+    must rate our token within NEAR_TIE_ULPS bf16 steps of its own: a near-tie, not a wrong
+    computation, which would miss by far more. Run with CUBLAS_WORKSPACE_CONFIG=:4096:8."""
     tokens, logits, before, after = run_engine(checkpoint, prompts, attention_backend="torch",
                                                enforce_eager=True, max_num_seqs=1,
                                                enable_prefix_caching=False)
