@@ -138,9 +138,10 @@ def test_torch_reference_matches_transformers_and_gives_memory_back(checkpoint, 
     sequence may part from transformers' where it picks the other side of one. Neither side
     is even the same twice: on the H200, with deterministic cuBLAS, a second run of
     transformers parted from its first on one of these eight prompts, and a second run of our
-    reference path from its first on one or two (benchmarks/determinism.py). So where a sequence parts, transformers' own logits there
-    must rate our token within NEAR_TIE_ULPS bf16 steps of its own: a near-tie, not a wrong
-    computation, which would miss by far more. Run with CUBLAS_WORKSPACE_CONFIG=:4096:8."""
+    reference path from its first on one or two (benchmarks/determinism.py). So where a
+    sequence parts, transformers' own logits there must rate our token within NEAR_TIE_ULPS
+    bf16 steps of its own: a near-tie, not a wrong computation, which would miss by far
+    more. Run with CUBLAS_WORKSPACE_CONFIG=:4096:8."""
     tokens, logits, before, after = run_engine(checkpoint, prompts, attention_backend="torch",
                                                enforce_eager=True, max_num_seqs=1,
                                                enable_prefix_caching=False)
