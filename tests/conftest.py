@@ -6,8 +6,11 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("JUPYTER_RUNTIME_DIR", tempfile.mkdtemp(prefix="jupyter-qwen-runtime-"))
 os.environ.setdefault("JUPYTER_QWEN_CACHE", tempfile.mkdtemp(prefix="jupyter-qwen-cache-"))
 
+import random
+
 import pytest
 import torch
+from kernel_modes import MODES, Mode
 
 torch.set_num_threads(1)
 
@@ -26,3 +29,20 @@ def demo_model():
     from jupyter_qwen.testing import demo_model_path
 
     return demo_model_path()
+
+
+@pytest.fixture(params=MODES)
+def mode(request) -> Mode:
+    """The Triton kernel tests' mode: compiled on a GPU, or the interpreter on CPU."""
+    if request.param.device == "cpu":
+        from jupyter_qwen.model.kernels.cases import fix_interpreter
+
+        fix_interpreter()
+    return request.param
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    seed = random.randrange(2**31)
+    print(f"seed {seed}")
+    return torch.Generator().manual_seed(seed)

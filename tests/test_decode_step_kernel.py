@@ -8,73 +8,19 @@ was imported).
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 
 import pytest
 import torch
+from kernel_modes import COMPILED_ONLY, HAVE_TRITON, TOLERANCE, Mode
 
 from jupyter_qwen.model.attention import AttentionMetadata, paged_attention_reference
 from jupyter_qwen.model.kernels.cases import PagedCase, random_paged_case, relative_error
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def triton_imports() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-HAVE_TRITON = triton_imports()
-HAVE_CUDA = torch.cuda.is_available()
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 SCALE = 0.125
 EPS = 1e-6
 MAX_POSITIONS = 8192
-
-
-@dataclass(frozen=True)
-class Mode:
-    device: str
-    large: bool
-
-    def pick(self, small, large):
-        return large if self.large else small
-
-
-COMPILED = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA GPU"),
-    pytest.mark.skipif(not HAVE_TRITON, reason="needs triton"),
-    pytest.mark.skipif(INTERPRET, reason="TRITON_INTERPRET=1 runs kernels on the CPU"),
-]
-MODES = [
-    pytest.param(Mode("cuda", large=True), id="cuda", marks=COMPILED),
-    pytest.param(Mode("cpu", large=False), id="interpreter", marks=[
-        pytest.mark.skipif(not INTERPRET, reason="set TRITON_INTERPRET=1 to run kernels on CPU"),
-        pytest.mark.skipif(not HAVE_TRITON, reason="needs triton"),
-    ]),
-]
-
-
-@pytest.fixture(params=MODES)
-def mode(request) -> Mode:
-    if request.param.device == "cpu":
-        from jupyter_qwen.model.kernels.cases import fix_interpreter
-
-        fix_interpreter()
-    return request.param
-
-
-@pytest.fixture
-def generator() -> torch.Generator:
-    seed = random.randrange(2**31)
-    print(f"seed {seed}")
-    return torch.Generator().manual_seed(seed)
 
 
 @dataclass
@@ -333,8 +279,7 @@ def test_model_decode_step_matches_three_kernel_path(mode, generator, monkeypatc
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAVE_CUDA or not HAVE_TRITON or INTERPRET,
-                    reason="needs a CUDA GPU and compiled triton")
+@COMPILED_ONLY
 def test_decode_step_replays_in_cuda_graph():
     """Captured once, replayed on new inputs and lengths: right each time, counters at 0."""
     from jupyter_qwen.model.kernels.decode_step import DecodeStepWorkspace
@@ -373,8 +318,7 @@ def test_decode_step_replays_in_cuda_graph():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAVE_CUDA or not HAVE_TRITON or INTERPRET,
-                    reason="needs a CUDA GPU and compiled triton")
+@COMPILED_ONLY
 def test_engine_greedy_tokens_equal_with_and_without_the_fused_step(tmp_path, monkeypatch):
     """float32 tiny model, batched and one at a time, graphs and eager: the same tokens."""
     from jupyter_qwen import LLM, SamplingParams

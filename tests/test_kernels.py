@@ -6,12 +6,11 @@ Two modes run the same bodies: `cuda` (marked gpu; larger shapes) and `interpret
 
 from __future__ import annotations
 
-import os
 import random
-from dataclasses import dataclass
 
 import pytest
 import torch
+from kernel_modes import COMPILED_ONLY, HAVE_TRITON, TOLERANCE, Mode
 
 from jupyter_qwen.model.attention import (
     TorchAttention,
@@ -20,60 +19,7 @@ from jupyter_qwen.model.attention import (
 )
 from jupyter_qwen.model.kernels.cases import PagedCase, random_paged_case, relative_error
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def triton_imports() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-HAVE_TRITON = triton_imports()
-HAVE_CUDA = torch.cuda.is_available()
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 SCALE = 0.125
-
-
-@dataclass(frozen=True)
-class Mode:
-    device: str
-    large: bool
-
-    def pick(self, small, large):
-        return large if self.large else small
-
-
-MODES = [
-    pytest.param(Mode("cuda", large=True), id="cuda", marks=[
-        pytest.mark.gpu,
-        pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA GPU"),
-        pytest.mark.skipif(not HAVE_TRITON, reason="needs triton"),
-        pytest.mark.skipif(INTERPRET, reason="TRITON_INTERPRET=1 runs kernels on the CPU"),
-    ]),
-    pytest.param(Mode("cpu", large=False), id="interpreter", marks=[
-        pytest.mark.skipif(not INTERPRET, reason="set TRITON_INTERPRET=1 to run kernels on CPU"),
-        pytest.mark.skipif(not HAVE_TRITON, reason="needs triton"),
-    ]),
-]
-
-
-@pytest.fixture(params=MODES)
-def mode(request) -> Mode:
-    if request.param.device == "cpu":
-        from jupyter_qwen.model.kernels.cases import fix_interpreter
-
-        fix_interpreter()
-    return request.param
-
-
-@pytest.fixture
-def generator() -> torch.Generator:
-    seed = random.randrange(2**31)
-    print(f"seed {seed}")
-    return torch.Generator().manual_seed(seed)
 
 
 def reference(case: PagedCase) -> torch.Tensor:
@@ -255,8 +201,7 @@ def test_backend_store_then_attend_matches_torch_backend(mode, generator):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAVE_CUDA or not HAVE_TRITON or INTERPRET,
-                    reason="needs a CUDA GPU and compiled triton")
+@COMPILED_ONLY
 def test_decode_replays_in_cuda_graph_with_new_lengths():
     from jupyter_qwen.model.kernels.backend import TritonAttention
 
@@ -499,8 +444,7 @@ def test_use_small_m_dispatch():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAVE_CUDA or not HAVE_TRITON or INTERPRET,
-                    reason="needs a CUDA GPU and compiled triton")
+@COMPILED_ONLY
 @pytest.mark.parametrize("rows", [1, 4])
 def test_small_m_replays_in_cuda_graph_bitwise(rows):
     """Graph replay on new inputs gives exactly the eager result (no host reads, no atomics)."""
