@@ -38,6 +38,41 @@ def _decode_row(query_start_loc_ptr, seq, seq_len, MIXED: tl.constexpr):
 
 
 @triton.jit
+def _attend_tile(q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, block, positions, key_ok,
+                 head_at, scale_log2, cache_stride_b, cache_stride_s, HEAD_DIM: tl.constexpr,
+                 BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):
+    token_at = block * cache_stride_b + (positions % BLOCK_SIZE) * cache_stride_s + head_at
+    tile_at = token_at[:, None] + tl.arange(0, HEAD_DIM)[None, :]
+    k = tl.load(k_cache_ptr + tile_at, mask=key_ok[:, None], other=0.0)
+    scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+    scores = tl.where(key_ok[None, :], scores, float("-inf"))
+    new_max = tl.maximum(row_max, tl.max(scores, 1))
+    probs = tl.exp2(scores - new_max[:, None])
+    rescale = tl.exp2(row_max - new_max)
+    row_sum = row_sum * rescale + tl.sum(probs, 1)
+    v = tl.load(v_cache_ptr + tile_at, mask=key_ok[:, None], other=0.0)
+    acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v, input_precision=PRECISION)
+    return new_max, row_sum, acc
+
+
+@triton.jit
+def attend_cache(q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, table, head_at, start,
+                 end, scale_log2, cache_stride_b, cache_stride_s, HEAD_DIM: tl.constexpr,
+                 BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    """Online-softmax attention of the group's q rows over cache positions [start, end),
+    carried on from (row_max, row_sum, acc)."""
+    for n0 in range(start, end, BLOCK_N):
+        positions = n0 + tl.arange(0, BLOCK_N)
+        key_ok = positions < end
+        block = tl.load(table + positions // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
+        row_max, row_sum, acc = _attend_tile(
+            q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, block, positions, key_ok,
+            head_at, scale_log2, cache_stride_b, cache_stride_s, HEAD_DIM, BLOCK_SIZE,
+            PRECISION)
+    return row_max, row_sum, acc
+
+
+@triton.jit
 def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
                          query_start_loc_ptr, out_ptr, part_acc_ptr, part_max_ptr,
                          part_sum_ptr, scale_log2,
@@ -68,22 +103,9 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_
     row_max = tl.full([BLOCK_H], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
-    for n0 in range(start, end, BLOCK_N):
-        positions = n0 + tl.arange(0, BLOCK_N)
-        key_ok = positions < end
-        block = tl.load(table + positions // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
-        token_at = block * cache_stride_b + (positions % BLOCK_SIZE) * cache_stride_s + head_at
-        tile_at = token_at[:, None] + dims[None, :]
-        k = tl.load(k_cache_ptr + tile_at, mask=key_ok[:, None], other=0.0)
-        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-        scores = tl.where(key_ok[None, :], scores, float("-inf"))
-        new_max = tl.maximum(row_max, tl.max(scores, 1))
-        probs = tl.exp2(scores - new_max[:, None])
-        rescale = tl.exp2(row_max - new_max)
-        row_sum = row_sum * rescale + tl.sum(probs, 1)
-        v = tl.load(v_cache_ptr + tile_at, mask=key_ok[:, None], other=0.0)
-        acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v, input_precision=PRECISION)
-        row_max = new_max
+    row_max, row_sum, acc = attend_cache(
+        q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, table, head_at, start, end,
+        scale_log2, cache_stride_b, cache_stride_s, HEAD_DIM, BLOCK_SIZE, BLOCK_N, PRECISION)
 
     if DIRECT:
         out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]

@@ -26,6 +26,7 @@ import triton.language as tl
 from jupyter_qwen.model.kernels.decode_attention import (
     BLOCK_N,
     LOG2_E,
+    attend_cache,
     decode_num_splits,
     dot_precision,
 )
@@ -45,39 +46,6 @@ def _norm_rope(x, x_partner, weight, weight_partner, cos, sin, sign, eps,
     normed = x * inverse_rms * weight
     normed_partner = x_partner * inverse_rms * weight_partner
     return normed * cos + sign * normed_partner * sin
-
-
-@triton.jit
-def _attend_tile(q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, block, positions, key_ok,
-                 head_at, scale_log2, cache_stride_b, cache_stride_s, HEAD_DIM: tl.constexpr,
-                 BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):
-    token_at = block * cache_stride_b + (positions % BLOCK_SIZE) * cache_stride_s + head_at
-    tile_at = token_at[:, None] + tl.arange(0, HEAD_DIM)[None, :]
-    k = tl.load(k_cache_ptr + tile_at, mask=key_ok[:, None], other=0.0)
-    scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-    scores = tl.where(key_ok[None, :], scores, float("-inf"))
-    new_max = tl.maximum(row_max, tl.max(scores, 1))
-    probs = tl.exp2(scores - new_max[:, None])
-    rescale = tl.exp2(row_max - new_max)
-    row_sum = row_sum * rescale + tl.sum(probs, 1)
-    v = tl.load(v_cache_ptr + tile_at, mask=key_ok[:, None], other=0.0)
-    acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v, input_precision=PRECISION)
-    return new_max, row_sum, acc
-
-
-@triton.jit
-def _attend_cache(q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, table, head_at, start,
-                  end, scale_log2, cache_stride_b, cache_stride_s, HEAD_DIM: tl.constexpr,
-                  BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
-    for n0 in range(start, end, BLOCK_N):
-        positions = n0 + tl.arange(0, BLOCK_N)
-        key_ok = positions < end
-        block = tl.load(table + positions // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
-        row_max, row_sum, acc = _attend_tile(
-            q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, block, positions, key_ok,
-            head_at, scale_log2, cache_stride_b, cache_stride_s, HEAD_DIM, BLOCK_SIZE,
-            PRECISION)
-    return row_max, row_sum, acc
 
 
 @triton.jit
@@ -169,7 +137,7 @@ def _decode_step_kernel(qkv_ptr, positions_ptr, slots_ptr, q_weight_ptr, k_weigh
         row_sum = tl.where(owner, 1.0, 0.0) + tl.zeros([BLOCK_H], tl.float32)
         acc = tl.where(owner, v_new.to(tl.float32), 0.0) + tl.zeros([BLOCK_H, HEAD_DIM],
                                                                      tl.float32)
-        row_max, row_sum, acc = _attend_cache(
+        row_max, row_sum, acc = attend_cache(
             q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, table, head_at, start, end,
             scale_log2, cache_stride_b, cache_stride_s, HEAD_DIM, BLOCK_SIZE, BLOCK_N,
             PRECISION)
