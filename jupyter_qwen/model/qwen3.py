@@ -246,6 +246,7 @@ class Qwen3ForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = rotary
+        self.gemv = None
 
     def forward(self, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
         hidden, residual = self.embed_tokens(input_ids), None
@@ -254,17 +255,22 @@ class Qwen3ForCausalLM(nn.Module):
         return self.norm(hidden, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.lm_head.weight
+        if self.gemv is not None and self.gemv.use_small_m(hidden.shape[0], *weight.shape):
+            return self.gemv.linear_small_m(hidden, weight).float()
         return self.lm_head(hidden).float()
 
     def attention_layers(self) -> list[Qwen3Attention]:
         return [layer.self_attn for layer in self.layers]
 
     def use_fused_ops(self, enabled: bool) -> None:
-        """Triton kernels for norms, RoPE with the KV store, and SiLU·mul (CUDA only)."""
+        """Triton kernels for norms, RoPE with the KV store, SiLU·mul, and the small-batch
+        products (the decoder's and the LM head's) (CUDA only)."""
         fused = gemv = None
         if enabled:
             from jupyter_qwen.model.kernels import fused_ops as fused
             from jupyter_qwen.model.kernels import gemv
+        self.gemv = gemv
         for module in self.modules():
             if isinstance(module, RMSNorm | Qwen3Attention | Qwen3MLP):
                 module.fused = fused
