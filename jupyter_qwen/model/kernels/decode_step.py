@@ -12,7 +12,9 @@ Splits merge inside the launch. A sequence with one live split writes its output
 otherwise each live split writes its partial (max, sum, acc) to the workspace and takes a
 ticket from its (seq, kv_head) counter, and the last one merges the partials, writes the
 output rows and resets the counter to 0 for the next launch. Grid and workspace depend on
-shapes only and nothing is read on the host: CUDA-graph safe.
+shapes only and nothing is read on the host: CUDA-graph safe. On Hopper the launch is a
+programmatic dependent one (`pdl`): the step inputs, norm weights and RoPE rows are read
+before waiting for the kernel that wrote qkv.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from jupyter_qwen.model.kernels import pdl
 from jupyter_qwen.model.kernels.decode_attention import (
     BLOCK_N,
     LOG2_E,
@@ -88,7 +91,7 @@ def _decode_step_kernel(qkv_ptr, positions_ptr, slots_ptr, q_weight_ptr, k_weigh
                         min_chunk, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
                         HALF: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr,
                         BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, SPLIT_TILE: tl.constexpr,
-                        PRECISION: tl.constexpr):
+                        PRECISION: tl.constexpr, USE_GDC: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -96,9 +99,17 @@ def _decode_step_kernel(qkv_ptr, positions_ptr, slots_ptr, q_weight_ptr, k_weigh
     seq_len = tl.load(seq_lens_ptr + seq)
     position = tl.load(positions_ptr + seq).to(tl.int64)
     slot = tl.load(slots_ptr + seq).to(tl.int64)
-    row = qkv_ptr + seq.to(tl.int64) * qkv_stride
     dims = tl.arange(0, HEAD_DIM)[None, :]
     partner = (dims + HALF) % HEAD_DIM
+    q_weight = tl.load(q_weight_ptr + dims).to(tl.float32)
+    q_weight_partner = tl.load(q_weight_ptr + partner).to(tl.float32)
+    k_weight = tl.load(k_weight_ptr + dims).to(tl.float32)
+    k_weight_partner = tl.load(k_weight_ptr + partner).to(tl.float32)
+    cos = tl.load(cos_ptr + position * rope_stride + dims).to(tl.float32)
+    sin = tl.load(sin_ptr + position * rope_stride + dims).to(tl.float32)
+    pdl.after_previous_kernel(USE_GDC)
+
+    row = qkv_ptr + seq.to(tl.int64) * qkv_stride
     group_rows = tl.arange(0, BLOCK_H)[:, None]
     head_ok = group_rows < GROUP
     q_at = row + (kv_head * GROUP + group_rows) * HEAD_DIM
@@ -108,12 +119,6 @@ def _decode_step_kernel(qkv_ptr, positions_ptr, slots_ptr, q_weight_ptr, k_weigh
     k_x = tl.load(k_at + dims).to(tl.float32)
     k_partner = tl.load(k_at + partner).to(tl.float32)
     v_new = tl.load(row + (num_q_heads + num_kv_heads + kv_head) * HEAD_DIM + dims).to(dtype)
-    q_weight = tl.load(q_weight_ptr + dims).to(tl.float32)
-    q_weight_partner = tl.load(q_weight_ptr + partner).to(tl.float32)
-    k_weight = tl.load(k_weight_ptr + dims).to(tl.float32)
-    k_weight_partner = tl.load(k_weight_ptr + partner).to(tl.float32)
-    cos = tl.load(cos_ptr + position * rope_stride + dims).to(tl.float32)
-    sin = tl.load(sin_ptr + position * rope_stride + dims).to(tl.float32)
 
     chunk = tl.maximum(tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N, min_chunk)
     num_live = tl.maximum(tl.cdiv(seq_len, chunk), 1)
@@ -241,6 +246,7 @@ def decode_step_attention(qkv: torch.Tensor, positions: torch.Tensor,
         raise ValueError(f"the decode-step workspace is too small for batch {batch}, "
                          f"{num_splits} splits")
     group = num_q_heads // num_kv_heads
+    use_gdc = pdl.enabled(qkv.device)
     block_g = triton.next_power_of_2(group)
     split_tile = min(triton.next_power_of_2(num_splits),
                      max(1, MERGE_TILE_ELEMENTS // (block_g * head_dim)))
@@ -253,7 +259,7 @@ def decode_step_attention(qkv: torch.Tensor, positions: torch.Tensor,
         MIN_CHUNK if min_chunk is None else min_chunk,
         GROUP=group, HEAD_DIM=head_dim, HALF=head_dim // 2, BLOCK_SIZE=block_size,
         BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_G=block_g,
-        SPLIT_TILE=split_tile, PRECISION=dot_precision(k_cache), num_warps=num_warps,
-        num_stages=num_stages,
+        SPLIT_TILE=split_tile, PRECISION=dot_precision(k_cache), USE_GDC=use_gdc,
+        num_warps=num_warps, num_stages=num_stages, launch_pdl=use_gdc,
     )
     return out

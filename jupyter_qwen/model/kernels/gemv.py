@@ -14,7 +14,8 @@ dtype. Each program owns BLOCK_N rows of W (BLOCK_N outputs of every row of x) a
 them once, so W is read exactly once from memory; x (M x K, a few KB) is re-read by every
 program from L2. No atomics: each output is summed by one program in a fixed order, so
 results are bitwise reproducible. The grid is (ceil(N / BLOCK_N),) and nothing is read on
-the host, so launches are CUDA-graph safe.
+the host, so launches are CUDA-graph safe. On Hopper the launch is a programmatic dependent
+one (`pdl`): the first W tile is requested before waiting for the kernel that wrote x.
 
 Two inner products (`Tiling.dot`):
 - dot: acc[BLOCK_N, BLOCK_M] += W_tile @ a_tile.T on the tensor cores (mma.sync; Triton
@@ -38,6 +39,8 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
+from jupyter_qwen.model.kernels import pdl
 
 PLAIN, RMS_NORM, ADD_RMS_NORM, SILU_MUL = 0, 1, 2, 3
 MAX_M = 16
@@ -97,7 +100,8 @@ def _small_m_kernel(x_ptr, res_ptr, norm_w_ptr, w_ptr, bias_ptr, y_ptr, res_out_
                     PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
                     EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
-                    REG_PREFETCH: tl.constexpr, NORM_BLOCK: tl.constexpr):
+                    REG_PREFETCH: tl.constexpr, NORM_BLOCK: tl.constexpr,
+                    USE_GDC: tl.constexpr):
     pid = tl.program_id(0)
     ns = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     # (the tail program re-reads row N - 1 rather than masking its loads)
@@ -110,6 +114,7 @@ def _small_m_kernel(x_ptr, res_ptr, norm_w_ptr, w_ptr, bias_ptr, y_ptr, res_out_
 
     if REG_PREFETCH:  # the first W tile is requested before the norm pass below
         w_next = _load_w(w_base, tl.arange(0, BLOCK_K), K, EVEN_K)
+    pdl.after_previous_kernel(USE_GDC)
 
     inv_rms = tl.zeros([BLOCK_M], tl.float32)
     if PROLOGUE == 1 or PROLOGUE == 2:  # each row's sum of squares, NORM_BLOCK at a time
@@ -275,6 +280,7 @@ def _launch(prologue: int, x: torch.Tensor, weight: torch.Tensor, k: int, y: tor
     if use_dot and x.dtype == torch.float32:  # an fp32 ('ieee') dot is FMAs: keep it small
         block_k = min(block_k, 64)
     stages = tiling.num_stages if use_dot else 1
+    use_gdc = pdl.enabled(x.device)
     residual = residual if residual is not None else x
     bias = bias.contiguous() if bias is not None else None
     norm_weight = norm_weight.contiguous() if norm_weight is not None else None
@@ -289,7 +295,7 @@ def _launch(prologue: int, x: torch.Tensor, weight: torch.Tensor, k: int, y: tor
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32", REG_PREFETCH=stages == 1,
         NORM_BLOCK=min(triton.next_power_of_2(k),
                        max(block_k, 2048 * tiling.num_warps // block_m)),
-        num_warps=tiling.num_warps, num_stages=stages,
+        USE_GDC=use_gdc, num_warps=tiling.num_warps, num_stages=stages, launch_pdl=use_gdc,
     )
 
 
