@@ -226,3 +226,54 @@ def test_triton_path_gives_the_reference_paths_tokens_in_float32(tmp_path):
         results[name] = (batched, alone)
     assert results["triton, graphs"] == results["reference"]
     assert results["triton, eager"] == results["reference"]
+
+
+def drop_compiled_kernels() -> None:
+    """Forget this process's compiled kernels, so that the next launch of each asks Triton
+    again (it then loads from its disk cache: cheap, but the hooks below see it)."""
+    import triton
+
+    from jupyter_qwen.model.kernels import (
+        decode_attention,
+        decode_step,
+        fused_ops,
+        gemv,
+        prefill_attention,
+        store_kv,
+    )
+
+    for module in (decode_attention, decode_step, fused_ops, gemv, prefill_attention, store_kv):
+        for value in vars(module).values():
+            if isinstance(value, triton.runtime.JITFunction):
+                value.device_caches.clear()
+
+
+@pytest.mark.parametrize("eager, max_num_seqs", [(False, 256), (False, 16), (True, 16)],
+                         ids=["graphs", "graphs, 16 seqs", "eager, 16 seqs"])
+def test_no_kernel_compiles_after_start_up(tmp_path, eager, max_num_seqs):
+    """Start-up reaches every kernel variant that requests need. The workload is W256's in
+    small (prompts and outputs of random lengths, all at once), so chunked prefill runs
+    beside decodes of every batch size and context; then one sequence alone. A compile in
+    the middle of serving stalls every running request (up to a second each on a fresh
+    machine), as mixed steps did before."""
+    from triton import knobs
+
+    from jupyter_qwen.testing import make_tiny_qwen3
+
+    path = make_tiny_qwen3(tmp_path / "model", shape="qwen3-0.6b", num_hidden_layers=2)
+    drop_compiled_kernels()
+    compiled = []
+    rng = random.Random(5)
+    prompts = [[rng.randrange(10000) for _ in range(rng.randint(1, 1024))] for _ in range(64)]
+    params = [SamplingParams(temperature=0, max_tokens=rng.randint(1, 200), ignore_eos=True,
+                             detokenize=False) for _ in prompts]
+    with LLM(str(path), dtype="bfloat16", max_model_len=2048, gpu_memory_utilization=0.3,
+             max_num_seqs=max_num_seqs, max_num_batched_tokens=512,
+             enforce_eager=eager) as llm:
+        knobs.runtime.jit_cache_hook = lambda *, fn, **_: compiled.append(fn.name)
+        try:
+            llm.generate(prompts, params)
+            llm.generate(prompts[:1], SamplingParams(max_tokens=20, detokenize=False))
+        finally:
+            knobs.runtime.jit_cache_hook = None
+    assert compiled == [], f"kernels compiled while serving: {compiled}"

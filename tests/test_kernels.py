@@ -139,7 +139,7 @@ def mixed_seq_lens(count: int, longest: int) -> list[int]:
     return lens
 
 
-@pytest.mark.parametrize("num_splits", [None, 1, 3, 16])
+@pytest.mark.parametrize("num_splits", [None, 1, 3, 16, 40])  # 40: the merge takes 3 tiles
 @pytest.mark.parametrize("index", range(len(DECODE_SMALL)))
 def test_decode_matches_reference(mode, generator, index, num_splits):
     from jupyter_qwen.model.kernels.decode_attention import decode_attention

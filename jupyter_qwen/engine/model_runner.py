@@ -161,10 +161,12 @@ class ModelRunner:
         return self.model.compute_logits(hidden[torch.tensor(starts[1:], device=device) - 1])
 
     def _compile_kernels(self) -> None:
-        """Steps of a few shapes, so that no request waits for a kernel to compile."""
-        for query_lens, context_lens in (([37], [37]), ([1, 1], [40, 300]),
-                                         ([16, 1, 1], [48, 17, 64]), ([5] * 17, [90] * 17),
-                                         ([128, 1], [128, 2000])):
+        """Steps that reach every kernel variant a request can need, so that none waits for
+        a compile: prefill of one and of many sequences; decode of one sequence, and of
+        several with their contexts split across programs or not; mixed steps likewise."""
+        for query_lens, context_lens in (([37], [37]), ([5] * 17, [90] * 17), ([1], [40]),
+                                         ([1, 1], [40, 2000]), ([1] * 3, [30] * 3),
+                                         ([16, 1, 1], [48, 17, 64]), ([128, 1], [128, 2000])):
             self._dummy_step(query_lens, context_lens)
         torch.cuda.synchronize(self.device)
 

@@ -26,6 +26,7 @@ LOG2_E = 1.4426950408889634
 BLOCK_N = 64
 PROGRAMS_PER_SM = 4
 MIN_SPLIT_TOKENS = 256
+MERGE_SPLIT_TILE = 16
 
 
 @triton.jit
@@ -72,7 +73,7 @@ def attend_cache(q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, table, head
     return row_max, row_sum, acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["table_stride", "num_splits"])
 def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
                          query_start_loc_ptr, out_ptr, part_acc_ptr, part_max_ptr,
                          part_sum_ptr, scale_log2,
@@ -121,28 +122,37 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_
                  mask=written[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_merge_kernel(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, seq_lens_ptr,
                          query_start_loc_ptr, out_stride_t, out_stride_h, num_heads, num_splits,
-                         HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+                         HEAD_DIM: tl.constexpr, SPLIT_TILE: tl.constexpr, BLOCK_N: tl.constexpr,
                          MIXED: tl.constexpr):
     seq = tl.program_id(0)
     head = tl.program_id(1)
     row, seq_len, single = _decode_row(query_start_loc_ptr, seq, tl.load(seq_lens_ptr + seq),
                                        MIXED)
     chunk = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
-    splits = tl.arange(0, BLOCK_S)
+    first_part = (seq * num_heads + head).to(tl.int64) * num_splits
     dims = tl.arange(0, HEAD_DIM)
-    active = (splits < num_splits) & (splits * chunk < seq_len)
-    part = (seq * num_heads + head).to(tl.int64) * num_splits + splits
-    split_max = tl.load(part_max_ptr + part, mask=active, other=float("-inf"))
-    split_sum = tl.load(part_sum_ptr + part, mask=active, other=0.0)
-    top = tl.max(split_max, 0)
-    weight = tl.where(active, tl.exp2(split_max - tl.where(top > float("-inf"), top, 0.0)), 0.0)
-    total = tl.sum(weight * split_sum, 0)
-    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :],
-                  mask=active[:, None], other=0.0)
-    out = tl.sum(acc * weight[:, None], 0) / tl.where(total > 0, total, 1.0)
+    top = tl.full([1], float("-inf"), tl.float32)
+    total = tl.zeros([1], tl.float32)
+    acc = tl.zeros([HEAD_DIM], tl.float32)
+    for s0 in range(0, num_splits, SPLIT_TILE):
+        splits = s0 + tl.arange(0, SPLIT_TILE)
+        active = (splits < num_splits) & (splits * chunk < seq_len)
+        part = first_part + splits
+        split_max = tl.load(part_max_ptr + part, mask=active, other=float("-inf"))
+        split_sum = tl.load(part_sum_ptr + part, mask=active, other=0.0)
+        split_acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :],
+                            mask=active[:, None], other=0.0)
+        new_top = tl.maximum(top, tl.max(split_max, 0))
+        finite_top = tl.where(new_top > float("-inf"), new_top, 0.0)
+        rescale = tl.exp2(top - finite_top)
+        weight = tl.where(active, tl.exp2(split_max - finite_top), 0.0)
+        total = total * rescale + tl.sum(weight * split_sum, 0)
+        acc = acc * rescale + tl.sum(split_acc * weight[:, None], 0)
+        top = new_top
+    out = acc / tl.where(total > 0, total, 1.0)
     out_at = row * out_stride_t + head * out_stride_h + dims
     tl.store(out_ptr + out_at, out.to(out_ptr.dtype.element_ty), mask=single & (dims >= 0))
 
@@ -191,7 +201,7 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         _decode_merge_kernel[(batch, num_heads)](
             out, part_acc, part_max, part_sum, seq_lens, starts, out.stride(0), out.stride(1),
             num_heads, num_splits, HEAD_DIM=head_dim,
-            BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_N=block_n, MIXED=mixed,
+            SPLIT_TILE=MERGE_SPLIT_TILE, BLOCK_N=block_n, MIXED=mixed,
             num_warps=4,
         )
     return out

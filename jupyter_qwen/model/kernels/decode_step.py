@@ -82,7 +82,7 @@ def _merge_splits(part_acc_ptr, part_max_ptr, part_sum_ptr, out_ptr, first_part,
              out.to(out_ptr.dtype.element_ty), mask=heads < GROUP)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["table_stride", "num_splits"])
 def _decode_step_kernel(qkv_ptr, positions_ptr, slots_ptr, q_weight_ptr, k_weight_ptr, cos_ptr,
                         sin_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
                         out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, tickets_ptr, eps,
@@ -248,8 +248,7 @@ def decode_step_attention(qkv: torch.Tensor, positions: torch.Tensor,
     group = num_q_heads // num_kv_heads
     use_gdc = pdl.enabled(qkv.device)
     block_g = triton.next_power_of_2(group)
-    split_tile = min(triton.next_power_of_2(num_splits),
-                     max(1, MERGE_TILE_ELEMENTS // (block_g * head_dim)))
+    split_tile = max(1, MERGE_TILE_ELEMENTS // (block_g * head_dim))
     _decode_step_kernel[(batch, num_kv_heads, num_splits)](
         qkv, positions, slot_mapping, q_weight, k_weight, cos_cache, sin_cache, k_cache,
         v_cache, block_tables, seq_lens, out, workspace.part_acc, workspace.part_max,

@@ -18,7 +18,7 @@ import triton.language as tl
 ELEMENTS_PER_PROGRAM = 4096
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows"])
 def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, sum_ptr, num_rows, eps,
                      x_stride, residual_stride, out_stride, sum_stride,
                      N: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr,

@@ -69,7 +69,7 @@ def _attend_tile(q, k_cache_ptr, v_cache_ptr, table, head_at, n0, cache_stride_b
     return new_max, row_sum, acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_seqs", "table_stride"])
 def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, seq_lens_ptr,
                     query_start_loc_ptr, scale_log2, num_seqs,
                     q_stride_t, q_stride_h, out_stride_t, out_stride_h, table_stride,
