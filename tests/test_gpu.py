@@ -231,18 +231,15 @@ def test_triton_path_gives_the_reference_paths_tokens_in_float32(tmp_path):
 def drop_compiled_kernels() -> None:
     """Forget this process's compiled kernels, so that the next launch of each asks Triton
     again (it then loads from its disk cache: cheap, but the hooks below see it)."""
+    import importlib
+    import pkgutil
+
     import triton
 
-    from jupyter_qwen.model.kernels import (
-        decode_attention,
-        decode_step,
-        fused_ops,
-        gemv,
-        prefill_attention,
-        store_kv,
-    )
+    from jupyter_qwen.model import kernels
 
-    for module in (decode_attention, decode_step, fused_ops, gemv, prefill_attention, store_kv):
+    for info in pkgutil.iter_modules(kernels.__path__):
+        module = importlib.import_module(f"{kernels.__name__}.{info.name}")
         for value in vars(module).values():
             if isinstance(value, triton.runtime.JITFunction):
                 value.device_caches.clear()
