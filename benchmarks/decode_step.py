@@ -22,7 +22,6 @@ the rest of the arguments and the switch set.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from collections.abc import Callable
@@ -34,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.kernels import graph_seconds_per_call
 from jupyter_qwen.model.kernels import backend, decode_step
 from jupyter_qwen.model.kernels.cases import relative_error
 
@@ -87,22 +87,7 @@ class Layer:
 
 
 def graph_micros_per_call(calls: list[Callable[[], object]]) -> float:
-    for call in calls:
-        call()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    samples = []
-    for _ in range(REPLAYS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) * 1000 / len(calls))
-    return statistics.median(samples)
+    return graph_seconds_per_call(calls, REPLAYS) * 1e6
 
 
 def check(layer: Layer, workspace) -> tuple[float, float, bool]:
