@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 import torch
+from server_waits import wait_idle
 
 from jupyter_qwen import serve
 from jupyter_qwen.memory import MIB, process_rss
@@ -155,16 +156,6 @@ def prime_process_wide_state() -> None:
 def port_is_closed(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) != 0
-
-
-def wait_idle(server, timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        stats = server.stats()
-        if stats["requests_running"] == stats["requests_waiting"] == 0:
-            return stats
-        time.sleep(0.05)
-    raise AssertionError(f"server not idle: {server.stats()}")
 
 
 def wait_until(condition, timeout: float, what: str) -> float:

@@ -7,6 +7,7 @@ from urllib.parse import quote
 import httpx
 import openai
 import pytest
+from server_waits import wait_idle
 
 from jupyter_qwen import serve
 from jupyter_qwen.server import registry
@@ -32,18 +33,6 @@ def chat(client, server, content="Tell me a story", **kwargs):
     return client.chat.completions.create(
         model=server.served_model_name, messages=[{"role": "user", "content": content}],
         **kwargs)
-
-
-def wait_idle(server, timeout=10.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        stats = server.stats()
-        if stats["requests_running"] == stats["requests_waiting"] == 0:
-            return stats
-        time.sleep(0.05)
-    raise AssertionError(f"server not idle: {server.stats()}")
 
 
 def test_models_and_health(server):
