@@ -1,9 +1,16 @@
-"""Engine configuration, named after vLLM's engine arguments."""
+"""Engine configuration, named after vLLM's engine arguments; each field declared once.
+
+Every field is an `option(...)`: its default, range, help and place on the control panel
+live here, and the command line, `serve()` and the form are generated from them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+
+from jupyter_qwen.options import ConfigError, option, validate
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 DEVICES = ("auto", "cuda", "cpu")
@@ -11,70 +18,78 @@ ATTENTION_BACKENDS = ("auto", "torch", "triton")
 BLOCK_SIZES = (8, 16, 32, 64, 128, 256)
 CPU_KV_CACHE_BYTES = 1 << 30
 """KV-cache budget on CPU when `num_kv_blocks` is not given: 1 GiB."""
+MIN_BATCHED_TOKENS = 8192
+"""`max_num_batched_tokens` when not given: this, or `max_num_seqs` if that is larger."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
-    """How the engine loads a model and schedules requests.
+    """How the engine loads a model and schedules requests (never changed once made).
 
-    `max_model_len` and `max_num_batched_tokens` default from the model (its
-    `max_position_embeddings`, capped at 8192 tokens for the per-step budget).
-    `num_kv_blocks` overrides the KV-cache size; otherwise it comes from
+    `max_model_len` and `max_num_batched_tokens` may be left to the model: `resolved()`
+    fills them in. `num_kv_blocks` overrides the KV-cache size; otherwise it comes from
     `gpu_memory_utilization` on CUDA and from a 1 GiB budget on CPU.
-    `session_ttl` is how long, in seconds, a session's KV blocks stay pinned
-    after its latest turn.
     """
 
     model: str
-    dtype: str = "auto"
-    max_num_seqs: int = 256
-    max_model_len: int | None = None
-    max_num_batched_tokens: int | None = None
-    gpu_memory_utilization: float = 0.9
-    block_size: int = 16
-    enable_prefix_caching: bool = True
-    enforce_eager: bool = False
-    seed: int = 0
-    device: str = "auto"
-    attention_backend: str = "auto"
-    num_kv_blocks: int | None = None
-    session_ttl: float = 600.0
+    max_num_seqs: int = option(
+        256, "most sequences in a running batch", low=1, high=4096,
+        form="number", hint="requests in a batch at most")
+    max_model_len: int | None = option(
+        None, "context length limit", default_text="the model's", low=2, high=1 << 24,
+        form="optional_number", hint="tokens per conversation; blank: the model's",
+        placeholder="the model's")
+    max_num_batched_tokens: int | None = option(
+        None, "tokens per engine step", default_text=f"max({MIN_BATCHED_TOKENS}, max-num-seqs)",
+        low="max_num_seqs", high=1 << 24, form="optional_number",
+        hint=f"tokens per engine step; blank: max({MIN_BATCHED_TOKENS}, max-num-seqs)",
+        placeholder=f"max({MIN_BATCHED_TOKENS}, max-num-seqs)")
+    gpu_memory_utilization: float = option(
+        0.9, "fraction of GPU memory for weights, activations and KV cache", low=0,
+        low_open=True, high=1, form="slider", label="GPU memory")
+    dtype: str = option(
+        "auto", "weights and activations", choices=DTYPES, form="choice",
+        hint="auto: the checkpoint's (float32 on CPU)")
+    enable_prefix_caching: bool = option(
+        True, "reuse the KV cache of shared prompt prefixes",
+        off_flags=("--no-prefix-caching", "--no-enable-prefix-caching"),
+        off_help="turn the prefix cache off", form="check", label="prefix caching")
+    block_size: int = option(16, "tokens per KV block", choices=BLOCK_SIZES)
+    enforce_eager: bool = option(False, "no CUDA graphs", on_flags=("--enforce-eager",))
+    seed: int = option(0, "random seed", low=0, high=2**63 - 1)
+    device: str = option("auto", "where to run", choices=DEVICES)
+    attention_backend: str = option("auto", "attention kernels", choices=ATTENTION_BACKENDS)
+    num_kv_blocks: int | None = option(
+        None, "KV-cache size in blocks (overrides the budget)", low=1, high=1 << 24)
+    session_ttl: float = option(
+        600.0, "seconds a session's KV blocks stay pinned", default_text="600", low=0,
+        low_open=True, high=86400, unit="of seconds")
 
     def __post_init__(self) -> None:
         if isinstance(self.model, os.PathLike):
-            self.model = os.fspath(self.model)
+            object.__setattr__(self, "model", os.fspath(self.model))
         self.validate()
 
     def validate(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
-            raise ValueError("model must be a Hugging Face model id or a local folder, got "
-                             f"{self.model!r}")
-        _check_choice("dtype", self.dtype, DTYPES)
-        _check_choice("device", self.device, DEVICES)
-        _check_choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
-        _check_choice("block_size", self.block_size, BLOCK_SIZES)
-        _check_int("max_num_seqs", self.max_num_seqs, 1, 4096)
-        _check_int("seed", self.seed, 0, 2**63 - 1)
-        if self.max_model_len is not None:
-            _check_int("max_model_len", self.max_model_len, 2, 1 << 24)
-        if self.max_num_batched_tokens is not None:
-            _check_int("max_num_batched_tokens", self.max_num_batched_tokens,
-                       self.max_num_seqs, 1 << 24)
-        if self.num_kv_blocks is not None:
-            _check_int("num_kv_blocks", self.num_kv_blocks, 1, 1 << 24)
-        util = self.gpu_memory_utilization
-        if isinstance(util, bool) or not isinstance(util, int | float) or not 0 < util <= 1:
-            raise ValueError(f"gpu_memory_utilization must be a number in (0, 1], got {util!r}")
-        ttl = self.session_ttl
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= 86400:
-            raise ValueError(f"session_ttl must be a number of seconds in (0, 86400], got {ttl!r}")
-        for name in ("enable_prefix_caching", "enforce_eager"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            raise ConfigError("model", "model must be a Hugging Face model id or a local "
+                              f"folder, got {self.model!r}")
+        validate(self)
+
+    def resolved(self, max_position_embeddings: int) -> EngineConfig:
+        """This config with the limits the model decides filled in: `max_model_len`
+        (the model's context unless smaller) and `max_num_batched_tokens`."""
+        max_model_len = self.max_model_len or max_position_embeddings
+        if max_model_len > max_position_embeddings:
+            raise ConfigError("max_model_len", f"max_model_len={max_model_len} exceeds the "
+                              f"model's max_position_embeddings={max_position_embeddings}")
+        batched = self.max_num_batched_tokens or max(MIN_BATCHED_TOKENS, self.max_num_seqs)
+        return dataclasses.replace(self, max_model_len=max_model_len,
+                                   max_num_batched_tokens=batched)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+        return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
     def from_kwargs(cls, model: str, **kwargs) -> EngineConfig:
@@ -83,14 +98,3 @@ class EngineConfig:
             raise TypeError(f"unknown engine option(s) {', '.join(unknown)}; "
                             f"known: {', '.join(cls.field_names()[1:])}")
         return cls(model=model, **kwargs)
-
-
-def _check_choice(name: str, value, choices: tuple) -> None:
-    if value not in choices:
-        allowed = ", ".join(map(str, choices))
-        raise ValueError(f"{name} must be one of {allowed}; got {value!r}")
-
-
-def _check_int(name: str, value, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")

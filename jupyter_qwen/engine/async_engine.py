@@ -12,23 +12,12 @@ import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 
+from jupyter_qwen.engine.errors import EngineDeadError, EngineStepError, QueueFullError
 from jupyter_qwen.engine.llm_engine import LLMEngine, RequestOutput
 from jupyter_qwen.sampling_params import SamplingParams
 
 log = logging.getLogger("jupyter_qwen.engine")
 RATE_WINDOW_SECONDS = 10.0
-
-
-class QueueFullError(RuntimeError):
-    """Too many requests are already waiting."""
-
-
-class EngineDeadError(RuntimeError):
-    """The engine failed and cannot serve requests any more."""
-
-
-class EngineStepError(RuntimeError):
-    """A model step failed; the requests in flight were ended."""
 
 
 def merge_outputs(first: RequestOutput, second: RequestOutput) -> RequestOutput:

@@ -10,16 +10,13 @@ from pathlib import Path
 from jupyter_qwen.config import EngineConfig
 from jupyter_qwen.engine.block_manager import BlockManager
 from jupyter_qwen.engine.detokenizer import OutputDetokenizer
+from jupyter_qwen.engine.errors import PromptTooLongError
 from jupyter_qwen.engine.model_runner import ModelRunner
 from jupyter_qwen.engine.scheduler import Scheduler
 from jupyter_qwen.engine.sequence import Sequence, SequenceStatus, TokenLogprobs
 from jupyter_qwen.engine.sessions import SessionStore
 from jupyter_qwen.model.loader import Progress, resolve_model_path
 from jupyter_qwen.sampling_params import SamplingParams
-
-
-class PromptTooLongError(ValueError):
-    """The prompt leaves no room to generate within `max_model_len`."""
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ import torch
 
 from jupyter_qwen.config import CPU_KV_CACHE_BYTES, EngineConfig
 from jupyter_qwen.engine.cuda_graphs import DecodeGraphs
+from jupyter_qwen.engine.errors import OutOfKVCacheMemoryError
 from jupyter_qwen.engine.sampler import SamplerOutput, build_sampling_batch, sample
 from jupyter_qwen.engine.scheduler import ScheduledSeq
 from jupyter_qwen.engine.sequence import Sequence
@@ -19,10 +20,6 @@ from jupyter_qwen.model.loader import Progress, load_model, resolve_dtype
 from jupyter_qwen.model.qwen3 import Qwen3Config
 
 GPU_HEADROOM_BYTES = 512 << 20
-
-
-class OutOfKVCacheMemoryError(ValueError):
-    """The KV cache cannot hold even one sequence of `max_model_len` tokens."""
 
 
 @dataclass(slots=True)
@@ -48,7 +45,8 @@ class ModelRunner:
         self.progress = progress or (lambda phase, fraction: None)
         self.device = resolve_device(config.device)
         self.model_config = Qwen3Config.from_folder(model_path)
-        self.max_model_len = self._resolve_max_model_len()
+        self.config = config.resolved(self.model_config.max_position_embeddings)
+        self.max_model_len = self.config.max_model_len
         self.dtype = resolve_dtype(config.dtype, self.model_config, self.device)
         torch.manual_seed(config.seed)
         self.model = load_model(model_path, self.dtype, self.device, self.progress)
@@ -87,14 +85,6 @@ class ModelRunner:
     def kv_block_bytes(self) -> int:
         return (self.model_config.kv_bytes_per_token * self.block_size
                 * torch.finfo(self.dtype).bits // 8)
-
-    def _resolve_max_model_len(self) -> int:
-        limit = self.model_config.max_position_embeddings
-        max_model_len = self.config.max_model_len or limit
-        if max_model_len > limit:
-            raise ValueError(f"max_model_len={max_model_len} exceeds the model's "
-                             f"max_position_embeddings={limit}")
-        return max_model_len
 
     def _count_kv_blocks(self) -> int:
         if self.config.num_kv_blocks is not None:
@@ -172,7 +162,7 @@ class ModelRunner:
 
     @property
     def max_num_batched_tokens(self) -> int:
-        return self.config.max_num_batched_tokens or max(8192, self.config.max_num_seqs)
+        return self.config.max_num_batched_tokens
 
     def _allocate_kv_cache(self, num_blocks: int) -> torch.Tensor:
         cfg = self.model_config

@@ -10,15 +10,12 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from jupyter_qwen.model.errors import ModelNotFoundError
 from jupyter_qwen.model.qwen3 import Qwen3Config, Qwen3ForCausalLM
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 Progress = Callable[[str, float | None], None]
 CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*"]
-
-
-class ModelNotFoundError(ValueError):
-    """The model is neither a checkpoint folder nor a Hugging Face id we can fetch."""
 
 
 def resolve_model_path(model: str) -> Path:

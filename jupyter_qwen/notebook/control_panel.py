@@ -30,30 +30,23 @@ import ipywidgets as widgets
 import traitlets
 
 from jupyter_qwen import nvml
-from jupyter_qwen.config import CPU_KV_CACHE_BYTES, DTYPES, EngineConfig
+from jupyter_qwen.config import CPU_KV_CACHE_BYTES, EngineConfig
+from jupyter_qwen.options import Option, field_errors, options_of
+from jupyter_qwen.server.options import ServerOptions
 
 log = logging.getLogger("jupyter_qwen.notebook")
 STATIC = Path(__file__).with_name("static")
 DEMO_CHOICE = "demo"
+FIELD_STYLE = {"description_width": "175px"}
+WIDE, NARROW = "540px", "345px"
 RECENT_LIMIT = 8
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-ENGINE_FIELDS = ("max_num_seqs", "max_model_len", "max_num_batched_tokens",
-                 "gpu_memory_utilization", "dtype", "enable_prefix_caching")
-FORM_FIELDS = ("model", *ENGINE_FIELDS, "enable_thinking", "port", "api_key")
-SERVER_OPTIONS = ("served_model_name", "max_waiting_requests", "host")
-LABELS = {"model": "model", "max_num_seqs": "max-num-seqs", "max_model_len": "max-model-len",
-          "max_num_batched_tokens": "max-num-batched-tokens",
-          "gpu_memory_utilization": "GPU memory", "dtype": "dtype",
-          "enable_prefix_caching": "prefix caching", "enable_thinking": "thinking",
-          "port": "port", "api_key": "API key", "replace": "replace"}
-HINTS = {"max_num_seqs": "requests in a batch at most",
-         "max_model_len": "tokens per conversation; blank: the model's",
-         "max_num_batched_tokens": "tokens per engine step; blank: max(8192, max-num-seqs)",
-         "dtype": "auto: the checkpoint's (float32 on CPU)",
-         "enable_prefix_caching": "reuse the KV cache of shared prompt prefixes",
-         "enable_thinking": "what requests get when they do not say",
-         "port": "blank: a free port", "api_key": "blank: no key needed on 127.0.0.1",
-         "replace": "stop the server this kernel runs, then start this one"}
+OPTION_CLASSES = (EngineConfig, ServerOptions)
+FORM_OPTIONS: tuple[Option, ...] = tuple(o for cls in OPTION_CLASSES for o in options_of(cls)
+                                         if o.spec.form)
+"""The options on the form, declared with `form=` where they are defined."""
+FORM_FIELDS = ("model", *(o.name for o in FORM_OPTIONS))
+REPLACE_HINT = "stop the server this kernel runs, then start this one"
 
 
 # ---- the models offered -------------------------------------------------------------------
@@ -207,7 +200,7 @@ class ControlPanel(widgets.VBox):
                  monitor: Any = None, hf_cache_dir: str | Path | None = None,
                  shell: Any = None, **options: Any):
         super().__init__()
-        known = set(FORM_FIELDS) | set(EngineConfig.field_names()) | set(SERVER_OPTIONS)
+        known = {*FORM_FIELDS, *(o.name for cls in OPTION_CLASSES for o in options_of(cls))}
         unknown = sorted(set(options) - known)
         if unknown:
             raise TypeError(f"unknown option(s) {', '.join(unknown)}; known: "
@@ -263,37 +256,14 @@ class ControlPanel(widgets.VBox):
     # ---- the form ----
 
     def _make_fields(self, choices: list[str]) -> dict[str, widgets.Widget]:
-        style = {"description_width": "175px"}
-        wide = widgets.Layout(width="540px")
-        narrow = widgets.Layout(width="345px")
-
-        def text(name: str, placeholder: str = "") -> widgets.Text:
-            return widgets.Text(description=LABELS[name], placeholder=placeholder, style=style,
-                                layout=narrow)
-
-        return {
-            "model": widgets.Combobox(
-                description="model", options=choices, ensure_option=False, style=style,
-                layout=wide, placeholder="Qwen/Qwen3-0.6B, a checkpoint folder, or demo"),
-            "max_num_seqs": widgets.IntText(256, description=LABELS["max_num_seqs"],
-                                            style=style, layout=narrow),
-            "max_model_len": text("max_model_len", "the model's"),
-            "max_num_batched_tokens": text("max_num_batched_tokens", "max(8192, max-num-seqs)"),
-            "gpu_memory_utilization": widgets.FloatSlider(
-                0.9, min=0.05, max=1.0, step=0.01, readout_format=".2f", style=style,
-                description=LABELS["gpu_memory_utilization"], layout=wide),
-            "dtype": widgets.Dropdown(options=DTYPES, value="auto", description="dtype",
-                                      style=style, layout=narrow),
-            "enable_prefix_caching": widgets.Checkbox(True, description="prefix caching",
-                                                      style=style, layout=narrow),
-            "enable_thinking": widgets.Checkbox(True, description="think by default",
-                                                style=style, layout=narrow),
-            "port": text("port", "a free one"),
-            "api_key": widgets.Password(description=LABELS["api_key"], placeholder="none",
-                                        style=style, layout=narrow),
-            "replace": widgets.Checkbox(False, description="replace the running server",
-                                        style=style, layout=narrow),
-        }
+        model = widgets.Combobox(
+            description="model", options=choices, ensure_option=False, style=FIELD_STYLE,
+            layout=widgets.Layout(width=WIDE),
+            placeholder="Qwen/Qwen3-0.6B, a checkpoint folder, or demo")
+        replace = widgets.Checkbox(False, description="replace the running server",
+                                   style=FIELD_STYLE, layout=widgets.Layout(width=NARROW))
+        return {"model": model, **{o.name: option_widget(o) for o in FORM_OPTIONS},
+                "replace": replace}
 
     def fill(self, model: str | None = None, **values: Any) -> ControlPanel:
         """Put values into the form (as if typed): ``model`` and the form's fields.
@@ -334,7 +304,7 @@ class ControlPanel(widgets.VBox):
             self.notes[name].value = f'<span class="jqc-error">{html.escape(error)}</span>'
             return
         hint = self._model_hint() if name == "model" else self._memory_hint() \
-            if name == "gpu_memory_utilization" else HINTS.get(name, "")
+            if name == "gpu_memory_utilization" else _hint(name)
         title = html.escape(self._gpu_name, quote=True) \
             if name == "gpu_memory_utilization" else ""
         self.notes[name].value = (f'<span class="jqc-hint" title="{title}">'
@@ -375,25 +345,14 @@ class ControlPanel(widgets.VBox):
         problem = check_model(model)
         if problem:
             errors["model"] = problem
-        engine = {name: values[name] for name in ENGINE_FIELDS}
-        for name in ("max_model_len", "max_num_batched_tokens"):
-            engine[name] = _optional_int(values[name], errors, name)
-        engine.update((k, v) for k, v in self.extras.items() if k in EngineConfig.field_names())
-        errors.update(_engine_errors({k: v for k, v in engine.items() if k not in errors}))
-        port = _optional_int(values["port"], errors, "port")
-        if port is not None and not 1 <= port <= 65535:
-            errors["port"] = f"a port is a number from 1 to 65535, got {port}"
-        thinking = values["enable_thinking"]
-        if not isinstance(thinking, bool):
-            errors["enable_thinking"] = f"must be True or False, got {thinking!r}"
-        api_key = str(values["api_key"] or "").strip() or None
-        options = {k: v for k, v in engine.items() if v is not None}
-        options.update((k, v) for k, v in self.extras.items()
-                       if k in SERVER_OPTIONS and k != "host")
-        options.update(enable_thinking=thinking, api_key=api_key)
+        options = {o.name: _form_value(o, values[o.name], errors) for o in FORM_OPTIONS}
+        options = {k: v for k, v in options.items() if k not in errors} | self.extras
+        for cls in OPTION_CLASSES:
+            names = {o.name for o in options_of(cls)}
+            errors.update(field_errors(cls, {k: v for k, v in options.items() if k in names}))
         demo = model == DEMO_CHOICE or _is_demo_folder(model)
-        request = {"model": None if demo else model, "options": options, "demo": demo,
-                   "host": self.extras.get("host", "127.0.0.1"), "port": port,
+        request = {"model": None if demo else model, "demo": demo,
+                   "options": {k: v for k, v in options.items() if v is not None},
                    "replace": bool(values["replace"])}
         return request, errors
 
@@ -405,7 +364,7 @@ class ControlPanel(widgets.VBox):
         if panel_level:
             self._say(" ".join(panel_level), error=True)
         elif self.errors:
-            fields = ", ".join(LABELS[name] for name in self.errors)
+            fields = ", ".join(_label(name) for name in self.errors)
             self._say(f"Nothing started: check {fields}.", error=True)
 
     # ---- starting and following the server ----
@@ -423,9 +382,8 @@ class ControlPanel(widgets.VBox):
 
         Returns the server (still loading), or None when the form holds an error or the
         server could not start; the reason is shown in the panel."""
-        from jupyter_qwen.model.loader import ModelNotFoundError
         from jupyter_qwen.notebook.magics import AlreadyServingError, start_server
-        from jupyter_qwen.server.server import ServerStartError
+        from jupyter_qwen.server.errors import ServerStartError
 
         with self._lock:
             if self._starting or (self.server is not None
@@ -449,15 +407,13 @@ class ControlPanel(widgets.VBox):
                       "button of its dashboard, or %qwen_stop), or tick “replace the running "
                       "server”.", error=True)
             return None
-        except ModelNotFoundError as error:
-            self._show_errors({"model": str(error)})
-            return None
         except ServerStartError as error:
-            if "cannot listen" not in str(error):
+            if error.field != "port":
                 self._say(f"The server did not start: {error}", error=True)
                 return None
             reason = str(error).rsplit(": ", 1)[-1]
-            self._show_errors({"port": f"port {request['port']} is taken ({reason}); choose "
+            port = request["options"].get("port")
+            self._show_errors({"port": f"port {port} is taken ({reason}); choose "
                                        "another, or leave it blank for a free one"})
             return None
         except (ValueError, TypeError) as error:
@@ -556,6 +512,47 @@ def panel(model: str | None = None, **options: Any) -> ControlPanel:
     return ControlPanel(model, **options)
 
 
+def option_widget(option: Option) -> widgets.Widget:
+    """The form's widget for an option, by the kind its declaration names."""
+    spec, label = option.spec, option.label
+    narrow = widgets.Layout(width=NARROW)
+    if spec.form == "number":
+        return widgets.IntText(option.default, description=label, style=FIELD_STYLE,
+                               layout=narrow)
+    if spec.form == "slider":
+        return widgets.FloatSlider(option.default, min=0.05, max=float(spec.high or 1),
+                                   step=0.01, readout_format=".2f", style=FIELD_STYLE,
+                                   description=label, layout=widgets.Layout(width=WIDE))
+    if spec.form == "choice":
+        return widgets.Dropdown(options=spec.choices, value=option.default, description=label,
+                                style=FIELD_STYLE, layout=narrow)
+    if spec.form == "check":
+        return widgets.Checkbox(option.default, description=label, style=FIELD_STYLE,
+                                layout=narrow)
+    kind = widgets.Password if spec.form == "secret" else widgets.Text
+    return kind(description=label, placeholder=spec.placeholder, style=FIELD_STYLE,
+                layout=narrow)
+
+
+def _form_value(option: Option, raw: Any, errors: dict[str, str]) -> Any:
+    """A widget's raw value as the option's value (blank text: None)."""
+    if option.spec.form == "optional_number":
+        return _optional_int(raw, errors, option.name)
+    if option.spec.form == "secret":
+        return str(raw or "").strip() or None
+    return raw
+
+
+def _label(name: str) -> str:
+    return next((o.label for o in FORM_OPTIONS if o.name == name), name)
+
+
+def _hint(name: str) -> str:
+    if name == "replace":
+        return REPLACE_HINT
+    return next((o.spec.hint or o.spec.help for o in FORM_OPTIONS if o.name == name), "")
+
+
 def _optional_int(value: Any, errors: dict[str, str], name: str) -> int | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -568,38 +565,14 @@ def _optional_int(value: Any, errors: dict[str, str], name: str) -> int | None:
         return None
 
 
-def _engine_errors(engine: dict[str, Any]) -> dict[str, str]:
-    """EngineConfig's own checks, every failing field named (one per round)."""
-    errors: dict[str, str] = {}
-    while True:
-        try:
-            EngineConfig(model="x", **{k: v for k, v in engine.items()
-                                       if k not in errors and v is not None})
-            return errors
-        except ValueError as error:
-            field = str(error).split(" ", 1)[0]
-            if field not in engine or field in errors:
-                errors[""] = str(error)
-                return errors
-            errors[field] = str(error)
-
-
 def _field_of(error: BaseException | None) -> str | None:
-    """The form field an error is about: by its type, else by the name it starts with."""
-    from jupyter_qwen.engine.model_runner import OutOfKVCacheMemoryError
-    from jupyter_qwen.model.loader import ModelNotFoundError
-
-    if isinstance(error, OutOfKVCacheMemoryError):
-        return "max_model_len"
-    if isinstance(error, ModelNotFoundError):
-        return "model"
-    match = re.match(r"(\w+)", str(error or ""))
-    return match.group(1) if match and match.group(1) in FORM_FIELDS else None
+    """The form field an error is about: the option a ConfigError names, if on the form."""
+    field = getattr(error, "field", None)
+    return field if field in FORM_FIELDS else None
 
 
 def _load_failure(error: BaseException | None) -> str:
-    from jupyter_qwen.engine.model_runner import OutOfKVCacheMemoryError
-    from jupyter_qwen.model.loader import ModelNotFoundError
+    from jupyter_qwen.server.errors import ModelNotFoundError, OutOfKVCacheMemoryError
 
     if isinstance(error, OutOfKVCacheMemoryError):
         return "Not enough memory for a KV cache this long: lower max-model-len, or give the " \

@@ -69,23 +69,20 @@ class AlreadyServingError(RuntimeError):
 
 
 def start_server(model: str | None, options: dict[str, Any] | None = None, *,
-                 demo: bool = False, host: str = "127.0.0.1", port: int | None = None,
-                 replace: bool = False, shell: Any = None):
+                 demo: bool = False, replace: bool = False, shell: Any = None):
     """Start a server the way %qwen_serve does, and return it while its model loads.
 
     ``model`` is a Hugging Face id or a checkpoint folder (default Qwen/Qwen3-0.6B);
-    ``demo`` serves the tiny demo model instead. ``options`` are ``QwenServer``'s
-    keyword arguments (EngineConfig's fields, served_model_name, api_key,
-    enable_thinking, max_waiting_requests). With ``replace`` the servers this
+    ``demo`` serves the tiny demo model instead. ``options`` are ``serve()``'s
+    (ServerOptions' and EngineConfig's fields). With ``replace`` the servers this
     kernel runs are stopped first; ``shell`` gets the server as ``qwen_server``.
 
     Raises AlreadyServingError (a server runs and ``replace`` is false),
     ModelNotFoundError (neither a checkpoint folder nor an id in the cache or hub),
-    ValueError or TypeError (a bad option), ServerStartError (the port is in use).
+    ConfigError or TypeError (a bad option), ServerStartError (the port is in use).
     Errors while the weights load come later, as ``server.load_error``.
     """
-    from jupyter_qwen.model.loader import resolve_model_path
-    from jupyter_qwen.server.server import QwenServer, running_servers
+    from jupyter_qwen.server.server import QwenServer, find_model, running_servers
 
     running = running_servers()
     if running and not replace:
@@ -98,10 +95,10 @@ def start_server(model: str | None, options: dict[str, Any] | None = None, *,
         model = str(demo_model_path())
     else:
         model = model or DEFAULT_MODEL
-        resolve_model_path(model)
+    model_path = find_model(model)
     for server in running:
         server.stop()
-    server = QwenServer(model, host=host, port=port, **options)
+    server = QwenServer(model, model_path=model_path, **options)
     try:
         server.start(wait=False)
     except BaseException:
@@ -132,15 +129,14 @@ class QwenMagics(Magics):
         args = parse(serve_parser(), line)
         if args is None:
             return
-        from jupyter_qwen.model.loader import ModelNotFoundError
         from jupyter_qwen.server.cli import server_kwargs
+        from jupyter_qwen.server.errors import ModelNotFoundError
 
         if args.demo and args.model:
             raise UsageError("%qwen_serve: give a MODEL or --demo, not both")
         try:
             server = start_server(args.model, server_kwargs(args), demo=args.demo,
-                                  host=args.host, port=args.port, replace=args.replace,
-                                  shell=self.shell)
+                                  replace=args.replace, shell=self.shell)
         except AlreadyServingError as error:
             raise UsageError(f"{error}; use %qwen_stop first, or %qwen_serve --replace"
                              ) from None
@@ -167,10 +163,6 @@ class QwenMagics(Magics):
         if args.demo and args.model:
             raise UsageError("%qwen_panel: give a MODEL or --demo, not both")
         options = server_kwargs(args)
-        if args.host != "127.0.0.1":
-            options["host"] = args.host
-        if args.port is not None:
-            options["port"] = args.port
         try:
             panel = ControlPanel("demo" if args.demo else args.model, replace=args.replace,
                                  shell=self.shell, **options)

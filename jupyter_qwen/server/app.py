@@ -16,13 +16,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jupyter_qwen.engine.async_engine import (
-    AsyncEngine,
+from jupyter_qwen.engine.async_engine import AsyncEngine
+from jupyter_qwen.engine.errors import (
     EngineDeadError,
     EngineStepError,
+    PromptTooLongError,
     QueueFullError,
 )
-from jupyter_qwen.engine.llm_engine import PromptTooLongError
 from jupyter_qwen.server.completions import CompletionHandler
 from jupyter_qwen.server.errors import APIError
 from jupyter_qwen.server.metrics import RequestMetrics, render_prometheus

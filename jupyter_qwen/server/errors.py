@@ -1,8 +1,28 @@
-"""Errors in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+"""Errors in OpenAI's shape ({"error": {"message", "type", "param", "code"}}), and the errors
+of starting a server, in one torch-free place for the notebook layer to name."""
 
 from __future__ import annotations
 
-from fastapi.responses import JSONResponse
+from typing import TYPE_CHECKING
+
+from jupyter_qwen.engine.errors import OutOfKVCacheMemoryError
+from jupyter_qwen.model.errors import ModelNotFoundError
+from jupyter_qwen.options import ConfigError
+
+if TYPE_CHECKING:
+    from fastapi.responses import JSONResponse
+
+__all__ = ["APIError", "ConfigError", "ModelNotFoundError", "OutOfKVCacheMemoryError",
+           "ServerStartError"]
+
+
+class ServerStartError(RuntimeError):
+    """The server could not start: its HTTP side or its model failed. `field` names the
+    option at fault when one is (e.g. "port" for a port that is taken)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class APIError(Exception):
@@ -17,4 +37,6 @@ class APIError(Exception):
                           "code": self.code if self.code is not None else self.status}}
 
     def response(self) -> JSONResponse:
+        from fastapi.responses import JSONResponse
+
         return JSONResponse(self.body(), status_code=self.status)

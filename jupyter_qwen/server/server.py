@@ -20,38 +20,44 @@ import time
 import urllib.error
 import urllib.request
 import weakref
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from jupyter_qwen.config import EngineConfig
 from jupyter_qwen.server.app import ServerContext, create_app, engine_figures
+from jupyter_qwen.server.errors import ServerStartError
+from jupyter_qwen.server.options import (
+    OPTIONS_DOC,
+    ServerOptions,
+    signature_with_options,
+    split_options,
+)
 
 log = logging.getLogger("jupyter_qwen.server")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _live_servers: weakref.WeakSet[QwenServer] = weakref.WeakSet()
 
 
-class ServerStartError(RuntimeError):
-    """The server could not start: its HTTP side or its model failed."""
-
-
 class QwenServer:
-    """A running (or starting) model server; see `jupyter_qwen.serve()`."""
+    """A running (or starting) model server; see `jupyter_qwen.serve()` for the options."""
 
-    def __init__(self, model: str, host: str = "127.0.0.1", port: int | None = None,
-                 api_key: str | None = None, served_model_name: str | None = None,
-                 enable_thinking: bool = True, max_waiting_requests: int = 1024,
-                 **engine_config: Any):
-        self.config = EngineConfig.from_kwargs(model, **engine_config)
-        self.host = host
-        self.api_key = api_key
-        self.max_waiting_requests = max_waiting_requests
-        name = served_model_name or str(model).rstrip("/").rsplit("/", 1)[-1]
+    def __init__(self, model: str, *, model_path: Path | None = None, **options: Any):
+        """`model_path`: the folder `find_model(model)` already gave, if it was called."""
+        server_options, engine_options = split_options(options)
+        self.options: ServerOptions = server_options
+        self.config = EngineConfig.from_kwargs(model, **engine_options)
+        self.host = host = server_options.host
+        self.api_key = api_key = server_options.api_key
+        self.max_waiting_requests = server_options.max_waiting_requests
+        name = server_options.served_model_name or str(model).rstrip("/").rsplit("/", 1)[-1]
         self.ctx = ServerContext(model=str(model), served_model_name=name, api_key=api_key,
                                  admin_token=secrets.token_urlsafe(32),
-                                 default_enable_thinking=enable_thinking)
+                                 default_enable_thinking=server_options.enable_thinking)
         self.ctx.on_stop = lambda: threading.Thread(target=self.stop, daemon=True).start()
         self.ctx.on_clean = self._clean
-        self._socket = _bind(host, port)
+        self.model_path = model_path
+        self._socket = _bind(host, server_options.port)
         self.port = self._socket.getsockname()[1]
         self.record = None
         self._uvicorn = None
@@ -200,7 +206,9 @@ class QwenServer:
         from jupyter_qwen.engine.llm_engine import LLMEngine
 
         try:
-            engine = LLMEngine(self.config, progress=self._on_progress)
+            self.model_path = self.model_path or find_model(self.config.model)
+            config = replace(self.config, model=str(self.model_path))
+            engine = LLMEngine(config, progress=self._on_progress)
         except BaseException as error:
             self.load_error = error
             self.ctx.state, self.ctx.error = "failed", f"{type(error).__name__}: {error}"
@@ -253,28 +261,39 @@ def _torch_reserved() -> int | None:
     return torch.cuda.memory_reserved()
 
 
+def find_model(model: str) -> Path:
+    """The checkpoint folder of `model` (a folder, or a Hugging Face id found in the cache or
+    on the hub); ModelNotFoundError when there is none."""
+    from jupyter_qwen.model.loader import resolve_model_path
+
+    return resolve_model_path(model)
+
+
 def running_servers() -> list[QwenServer]:
     """Servers of this process that are loading or serving, oldest first."""
     alive = [s for s in _live_servers if s.state not in ("stopping", "stopped")]
     return sorted(alive, key=lambda server: server.ctx.started_at)
 
 
-def serve(model: str, host: str = "127.0.0.1", port: int | None = None,
-          api_key: str | None = None, progress: bool = True,
-          **engine_config: Any) -> QwenServer:
+def serve(model: str, progress: bool = True, **options: Any) -> QwenServer:
     """Start a server for `model` and return once it answers /health.
 
-    `engine_config` takes EngineConfig's fields (max_num_seqs, max_model_len,
-    gpu_memory_utilization, ...) and the server's own: served_model_name,
-    enable_thinking (the default for requests that do not say), and
-    max_waiting_requests (beyond which requests get HTTP 429).
+    `model` is a Hugging Face id or a checkpoint folder; `progress` shows the loading
+    phases. Options (ValueError naming the option for a bad value):
+
+    {options}
     """
-    server = QwenServer(model, host=host, port=port, api_key=api_key, **engine_config)
+    server = QwenServer(model, **options)
     try:
         return server.start(wait=True, progress=progress)
     except BaseException:
         server.stop()
         raise
+
+
+serve.__doc__ = serve.__doc__.format(options=OPTIONS_DOC.strip())
+QwenServer.__init__.__signature__ = signature_with_options(QwenServer.__init__)
+serve.__signature__ = signature_with_options(serve)
 
 
 def default_sampling(model_path) -> dict:
@@ -307,8 +326,8 @@ def _bind(host: str, port: int | None) -> socket.socket:
         sock.bind((host, port or 0))
     except OSError as error:
         sock.close()
-        raise ServerStartError(f"cannot listen on {host}:{port}: {error.strerror or error}"
-                               ) from None
+        raise ServerStartError(f"cannot listen on {host}:{port}: {error.strerror or error}",
+                               field="port") from None
     return sock
 
 

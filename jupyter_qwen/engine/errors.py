@@ -1,0 +1,28 @@
+"""The engine's errors, torch-free so that the server and notebook layers may name them."""
+
+from __future__ import annotations
+
+from jupyter_qwen.options import ConfigError
+
+
+class OutOfKVCacheMemoryError(ConfigError):
+    """The KV cache cannot hold even one sequence of `max_model_len` tokens."""
+
+    def __init__(self, message: str):
+        super().__init__("max_model_len", message)
+
+
+class PromptTooLongError(ValueError):
+    """The prompt leaves no room to generate within `max_model_len`."""
+
+
+class QueueFullError(RuntimeError):
+    """Too many requests are already waiting."""
+
+
+class EngineDeadError(RuntimeError):
+    """The engine failed and cannot serve requests any more."""
+
+
+class EngineStepError(RuntimeError):
+    """A model step failed; the requests in flight were ended."""
