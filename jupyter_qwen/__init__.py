@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from jupyter_qwen._version import __version__
+from jupyter_qwen.labserver import _jupyter_server_extension_points
 
 _LAZY = {
     "LLM": "jupyter_qwen.llm",
@@ -23,6 +24,7 @@ _LAZY = {
 }
 
 __all__ = [*_LAZY, "__version__"]
+__all__ += ["_jupyter_server_extension_points"]  # the sidebar's server extension
 
 
 def __getattr__(name: str) -> Any:
@@ -45,8 +47,3 @@ def load_ipython_extension(ipython) -> None:
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
     """The prebuilt JupyterLab extension (the "Qwen" sidebar) shipped in the wheel."""
     return [{"src": "labextension", "dest": "jupyter-qwen"}]
-
-
-def _jupyter_server_extension_points() -> list[dict[str, str]]:
-    """The Jupyter server extension behind the sidebar (torch-free)."""
-    return [{"module": "jupyter_qwen.labserver"}]

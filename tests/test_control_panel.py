@@ -15,8 +15,9 @@ from IPython.core.error import UsageError
 
 import jupyter_qwen
 from jupyter_qwen import nvml
-from jupyter_qwen.notebook import control_panel
-from jupyter_qwen.notebook.control_panel import ControlPanel, model_choices, remember_model
+from jupyter_qwen.notebook import control_panel, models
+from jupyter_qwen.notebook.control_panel import ControlPanel
+from jupyter_qwen.notebook.models import model_choices, remember_model
 from jupyter_qwen.notebook.gpu import GpuMonitor
 from jupyter_qwen.notebook.widgets import DEMO_LABEL, ServerPanel
 from jupyter_qwen.server.server import QwenServer, running_servers
@@ -26,7 +27,7 @@ from jupyter_qwen.server.server import QwenServer, running_servers
 def isolated(tmp_path, monkeypatch):
     """Recent models in a tmp file; no server outlives a test."""
     recent = tmp_path / "recent" / "recent.json"
-    monkeypatch.setattr(control_panel, "recent_path", lambda: recent)
+    monkeypatch.setattr(models, "recent_path", lambda: recent)
     yield recent
     for server in running_servers():
         server.stop()
@@ -265,7 +266,7 @@ def test_model_choices_cache_recent_and_demo(tmp_path, hf_cache, make_panel, iso
                                        "demo"]
     for i in range(20):
         remember_model(f"org/model-{i}")
-    assert len(json.loads(isolated.read_text())) == control_panel.RECENT_LIMIT
+    assert len(json.loads(isolated.read_text())) == models.RECENT_LIMIT
     isolated.write_text("{not json")
     assert model_choices(hf_cache) == ["Qwen/Qwen3-0.6B", "demo"]
     panel = make_panel()

@@ -57,9 +57,9 @@ def test_the_magics_offer_the_same_flags_plus_their_own():
 
 
 def test_the_form_offers_the_same_fields(monkeypatch, tmp_path):
-    from jupyter_qwen.notebook import control_panel
+    from jupyter_qwen.notebook import control_panel, models
 
-    monkeypatch.setattr(control_panel, "recent_path", lambda: tmp_path / "recent.json")
+    monkeypatch.setattr(models, "recent_path", lambda: tmp_path / "recent.json")
     panel = control_panel.ControlPanel(hf_cache_dir=tmp_path)
     assert list(panel.fields) == FORM_FIELDS
     assert panel.fields["max_num_seqs"].value == EngineConfig("m").max_num_seqs == 256

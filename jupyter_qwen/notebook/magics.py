@@ -1,5 +1,5 @@
 """IPython magics: %qwen_serve, %qwen_panel, %qwen_status, %qwen_stop, %qwen_clean, %qwen_gpu,
-%%qwen; and `start_server`, the one way both %qwen_serve and the control panel start a server."""
+%%qwen (servers start through `launch.start_server`, as the control panel's do)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import HTML, Markdown, display
 
-DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
-DEMO_NAME = "qwen3-demo"
+from jupyter_qwen.notebook.launch import DEFAULT_MODEL, AlreadyServingError, start_server
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -57,62 +56,6 @@ def serve_parser(prog: str = "%qwen_serve", description: str | None = None) -> A
     add_server_arguments(parser)
     add_engine_arguments(parser)
     return parser
-
-
-class AlreadyServingError(RuntimeError):
-    """This kernel already runs a server, and the caller did not ask to replace it."""
-
-    def __init__(self, servers: list):
-        self.servers = servers
-        names = ", ".join(f"{s.served_model_name} at {s.url}" for s in servers)
-        super().__init__(f"already serving {names}")
-
-
-def start_server(model: str | None, options: dict[str, Any] | None = None, *,
-                 demo: bool = False, replace: bool = False, shell: Any = None):
-    """Start a server the way %qwen_serve does, and return it while its model loads.
-
-    ``model`` is a Hugging Face id or a checkpoint folder (default Qwen/Qwen3-0.6B);
-    ``demo`` serves the tiny demo model instead. ``options`` are ``serve()``'s
-    (ServerOptions' and EngineConfig's fields). With ``replace`` the servers this
-    kernel runs are stopped first; ``shell`` gets the server as ``qwen_server``.
-
-    Raises AlreadyServingError (a server runs and ``replace`` is false),
-    ModelNotFoundError (neither a checkpoint folder nor an id in the cache or hub),
-    ConfigError or TypeError (a bad option), ServerStartError (the port is in use).
-    Errors while the weights load come later, as ``server.load_error``.
-    """
-    from jupyter_qwen.server.server import QwenServer, find_model, running_servers
-
-    running = running_servers()
-    if running and not replace:
-        raise AlreadyServingError(running)
-    options = dict(options or {})
-    if demo:
-        from jupyter_qwen.testing import demo_model_path
-
-        options.setdefault("served_model_name", DEMO_NAME)
-        model = str(demo_model_path())
-    else:
-        model = model or DEFAULT_MODEL
-    model_path = find_model(model)
-    for server in running:
-        server.stop()
-    server = QwenServer(model, model_path=model_path, **options)
-    try:
-        server.start(wait=False)
-    except BaseException:
-        server.stop()
-        raise
-    if shell is not None:
-        shell.user_ns["qwen_server"] = server
-    if not demo:
-        try:
-            from jupyter_qwen.notebook.control_panel import remember_when_served
-        except ImportError:  # no ipywidgets: no control panel to offer it in
-            return server
-        remember_when_served(server, model)
-    return server
 
 
 @magics_class

@@ -4,69 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jupyter_qwen.engine.async_engine import AsyncEngine
-from jupyter_qwen.engine.errors import (
-    EngineDeadError,
-    EngineStepError,
-    PromptTooLongError,
-    QueueFullError,
-)
+from jupyter_qwen._version import __version__
 from jupyter_qwen.server.completions import CompletionHandler
+from jupyter_qwen.server.context import ServerContext, health_report
 from jupyter_qwen.server.errors import APIError
-from jupyter_qwen.server.metrics import RequestMetrics, render_prometheus
+from jupyter_qwen.server.metrics import render_prometheus
 from jupyter_qwen.server.protocol import ChatCompletionRequest, CompletionRequest
 
 log = logging.getLogger("jupyter_qwen.server")
 MAX_BODY_BYTES = 32 << 20
-
-
-@dataclass(slots=True)
-class ServerContext:
-    """What the routes need to know about the server they belong to."""
-
-    model: str
-    served_model_name: str
-    api_key: str | None
-    admin_token: str
-    default_enable_thinking: bool = True
-    default_sampling: dict = field(default_factory=dict)
-    engine: AsyncEngine | None = None
-    state: str = "loading"
-    loading_phase: str = "starting"
-    loading_fraction: float | None = None
-    error: str | None = None
-    started_at: float = field(default_factory=time.time)
-    metrics: RequestMetrics = field(default_factory=RequestMetrics)
-    on_stop: Callable[[], None] = lambda: None
-    on_clean: Callable[[], dict] = dict
-
-    @property
-    def status(self) -> str:
-        if self.engine is not None and self.engine.state == "dead":
-            return "dead"
-        return self.state
-
-    def ready_engine(self) -> AsyncEngine:
-        status = self.status
-        if status == "loading":
-            raise APIError(503, f"the model is still loading ({self.loading_phase})",
-                           "service_unavailable")
-        if status != "ok" or self.engine is None:
-            reason = self.error or (self.engine.error if self.engine else None) or status
-            raise APIError(503, f"the engine is not serving: {reason}", "service_unavailable")
-        return self.engine
 
 
 def server_context(request: Request) -> ServerContext:
@@ -103,7 +57,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
     """The app of one server. Its routes are module-level functions that find the server in
     `app.state`: FastAPI caches what it learns about route functions for the whole process,
     so routes that closed over `ctx` would keep every stopped server alive."""
-    app = FastAPI(title="jupyter_qwen", version="0.1.0")
+    app = FastAPI(title="jupyter_qwen", version=__version__)
     app.state.ctx = ctx
     app.state.handler = CompletionHandler(ctx)
     _install_error_handlers(app)
@@ -190,47 +144,6 @@ class BodySizeLimit:
         await self.app(scope, receive, send)
 
 
-def health_report(ctx: ServerContext) -> dict[str, Any]:
-    from jupyter_qwen.nvml import gpu_snapshot
-
-    report: dict[str, Any] = {
-        "status": ctx.status, "model": ctx.served_model_name, "root": ctx.model,
-        "uptime": round(time.time() - ctx.started_at, 3), "engine": engine_figures(ctx),
-        "gpu": gpu_snapshot().to_dict()}
-    if ctx.status == "loading":
-        report["loading"] = {"phase": ctx.loading_phase, "fraction": ctx.loading_fraction}
-    if ctx.error or (ctx.engine and ctx.engine.error):
-        report["error"] = ctx.error or ctx.engine.error
-    return report
-
-
-def engine_figures(ctx: ServerContext) -> dict[str, Any]:
-    if ctx.engine is None:
-        return {"engine_state": ctx.status}
-    engine = ctx.engine
-    stats = engine.engine.stats() if engine.engine.runner is not None else None
-    prompt_rate, generation_rate = engine.rates()
-    figures: dict[str, Any] = {"engine_state": engine.state,
-                               "prompt_tokens_per_s": round(prompt_rate, 2),
-                               "generation_tokens_per_s": round(generation_rate, 2),
-                               "step_failures": engine.num_step_failures}
-    if stats is not None:
-        hit_rate = stats.prefix_cache_hits / stats.prefix_cache_queries \
-            if stats.prefix_cache_queries else 0.0
-        figures |= {
-            "requests_running": stats.requests_running,
-            "requests_waiting": engine.num_waiting,
-            "kv_cache_usage": round(stats.kv_cache_usage, 4),
-            "num_kv_blocks": stats.num_kv_blocks, "num_free_blocks": stats.num_free_blocks,
-            "prefix_cache_hit_rate": round(hit_rate, 4),
-            "prompt_tokens_total": stats.prompt_tokens_total,
-            "generation_tokens_total": stats.generation_tokens_total,
-            "num_preemptions": stats.num_preemptions,
-            "max_model_len": engine.engine.max_model_len,
-            "kv_cache_bytes": stats.num_kv_blocks * engine.engine.runner.kv_block_bytes}
-    return figures
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError):
@@ -263,29 +176,3 @@ def validation_error(errors: list[dict]) -> APIError:
                     "invalid_request_error", param)
 
 
-def engine_error(error: Exception) -> APIError:
-    """The HTTP error for an exception raised while submitting or running a request."""
-    if isinstance(error, QueueFullError):
-        return APIError(429, str(error), "rate_limit_exceeded", code="queue_full")
-    if isinstance(error, EngineDeadError | EngineStepError):
-        return APIError(503, str(error), "service_unavailable")
-    if isinstance(error, PromptTooLongError):
-        return APIError(400, str(error), "invalid_request_error", "messages",
-                        code="context_length_exceeded")
-    if isinstance(error, ValueError):
-        return APIError(400, str(error), "invalid_request_error")
-    return APIError(500, f"internal error: {error!r}", "internal_error")
-
-
-async def sse(events: AsyncIterator[dict | str]) -> AsyncIterator[str]:
-    """Server-sent events; an event is a dict, or a string of JSON already serialised."""
-    async for event in events:
-        if not isinstance(event, str):
-            event = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-        yield f"data: {event}\n\n"
-    yield "data: [DONE]\n\n"
-
-
-def streaming_response(events: AsyncIterator[dict | str]) -> StreamingResponse:
-    return StreamingResponse(sse(events), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

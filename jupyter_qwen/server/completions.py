@@ -16,14 +16,15 @@ from jupyter_qwen.engine.llm_engine import RequestOutput
 from jupyter_qwen.engine.sequence import TokenLogprobs
 from jupyter_qwen.sampling_params import SamplingParams
 from jupyter_qwen.server.chat import OutputParser, ParsedDelta, template_messages, template_tools
-from jupyter_qwen.server.errors import APIError
+from jupyter_qwen.server.errors import APIError, engine_error
 from jupyter_qwen.server.metrics import RequestTimer
 from jupyter_qwen.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from jupyter_qwen.server.streaming import streaming_response
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from jupyter_qwen.server.app import ServerContext
+    from jupyter_qwen.server.context import ServerContext
 
 log = logging.getLogger("jupyter_qwen.server")
 DISCONNECT_POLL_SECONDS = 0.25
@@ -62,8 +63,6 @@ class CompletionHandler:
         self._token_texts: dict[int, str] = {}
 
     async def chat(self, body: ChatCompletionRequest, request: Request):
-        from jupyter_qwen.server.app import streaming_response
-
         engine = self._prepare(body)
         prompt_ids = self._chat_prompt(engine, body)
         max_tokens = self._max_tokens(engine, body.max_completion_tokens or body.max_tokens,
@@ -81,8 +80,6 @@ class CompletionHandler:
         return self._chat_response(body, choices, keep_reasoning)
 
     async def completion(self, body: CompletionRequest, request: Request):
-        from jupyter_qwen.server.app import streaming_response
-
         engine = self._prepare(body)
         if body.suffix:
             raise APIError(400, "suffix is not supported", param="suffix")
@@ -155,8 +152,6 @@ class CompletionHandler:
     def _submit(self, engine: AsyncEngine, body: SamplingFields, prompts: list[list[int]],
                 max_tokens: int, num_logprobs: int | None, session_id: str | None,
                 ) -> list[Choice]:
-        from jupyter_qwen.server.app import engine_error
-
         choices: list[Choice] = []
         try:
             for prompt_ids in prompts:
@@ -372,8 +367,6 @@ async def _collect(request: Request, choices: list[Choice]) -> None:
     except APIError:
         raise
     except Exception as error:
-        from jupyter_qwen.server.app import engine_error
-
         raise engine_error(error) from None
     finally:
         if not task.done():
@@ -424,8 +417,6 @@ def _usage(choices: list[Choice], n: int) -> dict:
 
 
 def _stream_error(error: Exception) -> dict:
-    from jupyter_qwen.server.app import engine_error
-
     log.warning("stream ended by %r", error)
     api_error = error if isinstance(error, APIError) else engine_error(error)
     return api_error.body()

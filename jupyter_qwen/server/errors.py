@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from jupyter_qwen.engine.errors import OutOfKVCacheMemoryError
+from jupyter_qwen.engine.errors import (
+    EngineDeadError,
+    EngineStepError,
+    OutOfKVCacheMemoryError,
+    PromptTooLongError,
+    QueueFullError,
+)
 from jupyter_qwen.model.errors import ModelNotFoundError
 from jupyter_qwen.options import ConfigError
 
@@ -40,3 +46,17 @@ class APIError(Exception):
         from fastapi.responses import JSONResponse
 
         return JSONResponse(self.body(), status_code=self.status)
+
+
+def engine_error(error: Exception) -> APIError:
+    """The HTTP error for an exception raised while submitting or running a request."""
+    if isinstance(error, QueueFullError):
+        return APIError(429, str(error), "rate_limit_exceeded", code="queue_full")
+    if isinstance(error, EngineDeadError | EngineStepError):
+        return APIError(503, str(error), "service_unavailable")
+    if isinstance(error, PromptTooLongError):
+        return APIError(400, str(error), "invalid_request_error", "messages",
+                        code="context_length_exceeded")
+    if isinstance(error, ValueError):
+        return APIError(400, str(error), "invalid_request_error")
+    return APIError(500, f"internal error: {error!r}", "internal_error")

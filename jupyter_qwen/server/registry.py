@@ -145,7 +145,7 @@ def new_record(**fields: Any) -> ServerRecord:
     ``http://{host}:{port}/v1`` and ``served_model_name`` to the model's last path part.
     Any field given explicitly wins.
     """
-    from jupyter_qwen import __version__
+    from jupyter_qwen._version import __version__
 
     host = fields.get("host", "127.0.0.1")
     port = int(fields["port"])

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_qwen.config import EngineConfig
-from jupyter_qwen.server.app import ServerContext, create_app, engine_figures
+from jupyter_qwen.server.app import create_app
+from jupyter_qwen.server.context import ServerContext, engine_figures
 from jupyter_qwen.server.errors import ServerStartError
 from jupyter_qwen.server.options import (
     OPTIONS_DOC,

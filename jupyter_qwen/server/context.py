@@ -1,0 +1,90 @@
+"""ServerContext: what the routes know about the server they belong to, and its figures."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from jupyter_qwen.engine.async_engine import AsyncEngine
+from jupyter_qwen.server.errors import APIError
+from jupyter_qwen.server.metrics import RequestMetrics
+
+
+@dataclass(slots=True)
+class ServerContext:
+    """What the routes need to know about the server they belong to."""
+
+    model: str
+    served_model_name: str
+    api_key: str | None
+    admin_token: str
+    default_enable_thinking: bool = True
+    default_sampling: dict = field(default_factory=dict)
+    engine: AsyncEngine | None = None
+    state: str = "loading"
+    loading_phase: str = "starting"
+    loading_fraction: float | None = None
+    error: str | None = None
+    started_at: float = field(default_factory=time.time)
+    metrics: RequestMetrics = field(default_factory=RequestMetrics)
+    on_stop: Callable[[], None] = lambda: None
+    on_clean: Callable[[], dict] = dict
+
+    @property
+    def status(self) -> str:
+        if self.engine is not None and self.engine.state == "dead":
+            return "dead"
+        return self.state
+
+    def ready_engine(self) -> AsyncEngine:
+        status = self.status
+        if status == "loading":
+            raise APIError(503, f"the model is still loading ({self.loading_phase})",
+                           "service_unavailable")
+        if status != "ok" or self.engine is None:
+            reason = self.error or (self.engine.error if self.engine else None) or status
+            raise APIError(503, f"the engine is not serving: {reason}", "service_unavailable")
+        return self.engine
+
+
+def health_report(ctx: ServerContext) -> dict[str, Any]:
+    from jupyter_qwen.nvml import gpu_snapshot
+
+    report: dict[str, Any] = {
+        "status": ctx.status, "model": ctx.served_model_name, "root": ctx.model,
+        "uptime": round(time.time() - ctx.started_at, 3), "engine": engine_figures(ctx),
+        "gpu": gpu_snapshot().to_dict()}
+    if ctx.status == "loading":
+        report["loading"] = {"phase": ctx.loading_phase, "fraction": ctx.loading_fraction}
+    if ctx.error or (ctx.engine and ctx.engine.error):
+        report["error"] = ctx.error or ctx.engine.error
+    return report
+
+
+def engine_figures(ctx: ServerContext) -> dict[str, Any]:
+    if ctx.engine is None:
+        return {"engine_state": ctx.status}
+    engine = ctx.engine
+    stats = engine.engine.stats() if engine.engine.runner is not None else None
+    prompt_rate, generation_rate = engine.rates()
+    figures: dict[str, Any] = {"engine_state": engine.state,
+                               "prompt_tokens_per_s": round(prompt_rate, 2),
+                               "generation_tokens_per_s": round(generation_rate, 2),
+                               "step_failures": engine.num_step_failures}
+    if stats is not None:
+        hit_rate = stats.prefix_cache_hits / stats.prefix_cache_queries \
+            if stats.prefix_cache_queries else 0.0
+        figures |= {
+            "requests_running": stats.requests_running,
+            "requests_waiting": engine.num_waiting,
+            "kv_cache_usage": round(stats.kv_cache_usage, 4),
+            "num_kv_blocks": stats.num_kv_blocks, "num_free_blocks": stats.num_free_blocks,
+            "prefix_cache_hit_rate": round(hit_rate, 4),
+            "prompt_tokens_total": stats.prompt_tokens_total,
+            "generation_tokens_total": stats.generation_tokens_total,
+            "num_preemptions": stats.num_preemptions,
+            "max_model_len": engine.engine.max_model_len,
+            "kv_cache_bytes": stats.num_kv_blocks * engine.engine.runner.kv_block_bytes}
+    return figures
