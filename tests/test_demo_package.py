@@ -133,3 +133,13 @@ def test_shape_fields_are_qwen3_config_fields():
             {field: value for field, value in fields.items() if field != "dtype"}
         assert str(config.dtype).removeprefix("torch.") == shape.dtype
     assert list(Shape.__dataclass_fields__) == list(SHAPES["tiny"].config_fields())
+
+
+def test_the_demo_package_stands_alone():
+    """It builds checkpoints with transformers, not with jupyter_qwen's engine or server."""
+    outside = {str(path.relative_to(PACKAGE)): sorted(
+        name for name in imported_modules(path)
+        if name.startswith("jupyter_qwen") and not name.startswith("jupyter_qwen.demo"))
+        for path in sorted((PACKAGE / "demo").glob("*.py"))}
+    assert len(outside) >= 9
+    assert {path: names for path, names in outside.items() if names} == {}
