@@ -386,7 +386,7 @@ def ensure_checkpoint(model_dir: str | None, shape: str) -> Path:
 
 def usable_id_high(model_dir: Path, wanted: int) -> int:
     """Largest token id to draw: `wanted`, or below the added special tokens of a small vocab."""
-    from jupyter_qwen.testing import ADDED_TOKENS
+    from jupyter_qwen.demo import ADDED_TOKENS
 
     vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     return min(wanted, vocab - len(ADDED_TOKENS) - 1)

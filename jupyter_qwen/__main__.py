@@ -10,13 +10,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jupyter_qwen",
                                      description="Serve Qwen3 models from Jupyter.")
     commands = parser.add_subparsers(dest="command", required=True)
-    from jupyter_qwen import testing
+    from jupyter_qwen.demo import cli as demo_cli
     from jupyter_qwen.notebook import run
     from jupyter_qwen.server import cli
 
     run.add_demo_command(commands)
     cli.add_serve_command(commands)
-    testing.add_make_tiny_model_command(commands)
+    demo_cli.add_make_tiny_model_command(commands)
     return parser
 
 

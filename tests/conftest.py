@@ -26,7 +26,7 @@ def tiny_model_path(tmp_path_factory):
 def demo_model():
     """The demo checkpoint (random tiny weights taught DEMO_SCRIPT), built once per session
     into this run's JUPYTER_QWEN_CACHE, where `%qwen_serve --demo` finds it too."""
-    from jupyter_qwen.testing import demo_model_path
+    from jupyter_qwen.demo import demo_model_path
 
     return demo_model_path()
 

@@ -17,8 +17,8 @@ import jupyter_qwen
 from jupyter_qwen import nvml
 from jupyter_qwen.notebook import control_panel, models
 from jupyter_qwen.notebook.control_panel import ControlPanel
-from jupyter_qwen.notebook.models import model_choices, remember_model
 from jupyter_qwen.notebook.gpu import GpuMonitor
+from jupyter_qwen.notebook.models import model_choices, remember_model
 from jupyter_qwen.notebook.widgets import DEMO_LABEL, ServerPanel
 from jupyter_qwen.server.server import QwenServer, running_servers
 

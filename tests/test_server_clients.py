@@ -116,7 +116,7 @@ def demo_server(demo_model):
 
 
 def test_chat_model_keeps_reasoning_that_plain_chatopenai_drops(demo_server):
-    from jupyter_qwen.testing import DEMO_PROMPTS
+    from jupyter_qwen.demo import DEMO_PROMPTS
 
     hello = DEMO_PROMPTS["hello"]
     chat = demo_server.chat_model(temperature=0)
@@ -135,7 +135,7 @@ def test_chat_model_keeps_reasoning_that_plain_chatopenai_drops(demo_server):
 
 
 def test_thinking_switches(demo_server):
-    from jupyter_qwen.testing import DEMO_PROMPTS
+    from jupyter_qwen.demo import DEMO_PROMPTS
 
     client = demo_server.openai_client()
     ask = lambda **extra: client.chat.completions.create(  # noqa: E731
@@ -157,7 +157,7 @@ def test_thinking_switches(demo_server):
 def test_bind_tools_round_trip(demo_server, streamed):
     from langchain_core.messages import HumanMessage, ToolMessage
 
-    from jupyter_qwen.testing import DEMO_PROMPTS, get_weather
+    from jupyter_qwen.demo import DEMO_PROMPTS, get_weather
 
     chat = demo_server.chat_model(temperature=0).bind_tools([get_weather])
     messages = [HumanMessage("What is the weather in Paris?")]

@@ -40,7 +40,7 @@ def start_server(model: str | None, options: dict[str, Any] | None = None, *,
         raise AlreadyServingError(running)
     options = dict(options or {})
     if demo:
-        from jupyter_qwen.testing import demo_model_path
+        from jupyter_qwen.demo.cache import demo_model_path
 
         options.setdefault("served_model_name", DEMO_NAME)
         model = str(demo_model_path())

@@ -21,12 +21,11 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 def recent_path() -> Path:
     """Where the recently served models are kept."""
-    cache = os.environ.get("JUPYTER_QWEN_CACHE")
-    if cache:
-        return Path(cache) / "recent.json"
     from jupyter_core.paths import jupyter_data_dir
 
-    return Path(jupyter_data_dir()) / "jupyter_qwen" / "recent.json"
+    from jupyter_qwen.demo.cache import cache_dir
+
+    return cache_dir(default=Path(jupyter_data_dir()) / "jupyter_qwen") / "recent.json"
 
 
 def recent_models(path: Path | None = None) -> list[str]:
@@ -103,11 +102,10 @@ def _looks_like_path(text: str) -> bool:
 
 
 def demo_folder() -> Path:
-    """Where demo_model_path() builds the demo model, without building it."""
-    from jupyter_qwen.testing import demo_model_name
+    """Where the demo model is built, without building it."""
+    from jupyter_qwen.demo.cache import demo_folder
 
-    root = Path(os.environ.get("JUPYTER_QWEN_CACHE") or Path.home() / ".cache" / "jupyter_qwen")
-    return root / demo_model_name()
+    return demo_folder()
 
 
 def check_model(text: str) -> str | None:

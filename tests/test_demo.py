@@ -17,23 +17,21 @@ from transformers import (
     Qwen3Config,
 )
 
-from jupyter_qwen import demo_script, testing
-from jupyter_qwen.demo_script import (
+from jupyter_qwen import demo
+from jupyter_qwen.demo import cache, script
+from jupyter_qwen.demo.chat_template import CHAT_TEMPLATE
+from jupyter_qwen.demo.checkpoint import GENERATOR_VERSION, make_tiny_qwen3
+from jupyter_qwen.demo.script import (
     DEMO_PROMPTS,
     DEMO_SCRIPT,
     DEMO_TOOLS,
     GET_WEATHER_TOOL,
     ScriptedTurn,
     get_weather,
-    teach,
 )
-from jupyter_qwen.testing import (
-    CHAT_TEMPLATE,
-    SHAPES,
-    demo_model_path,
-    make_tiny_qwen3,
-    parameter_count,
-)
+from jupyter_qwen.demo.shapes import SHAPES, parameter_count
+from jupyter_qwen.demo.teach import teach
+from jupyter_qwen.demo.tokenizer import added_token_ids
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_IDS = {"<|endoftext|>": 2039, "<|im_start|>": 2040, "<|im_end|>": 2041, "<think>": 2042,
@@ -196,7 +194,7 @@ def test_unknown_shape_lists_the_known_ones(tmp_path):
 # --- tokenizer --------------------------------------------------------------------------------
 
 def test_added_tokens_are_single_ids(tokenizer):
-    assert testing.added_token_ids("tiny") == TINY_IDS
+    assert added_token_ids(SHAPES["tiny"].vocab_size) == TINY_IDS
     for token, token_id in TINY_IDS.items():
         assert tokenizer.convert_tokens_to_ids(token) == token_id
         assert tokenizer.encode(token, add_special_tokens=False) == [token_id]
@@ -377,7 +375,7 @@ def test_real_shape_checkpoint_loads_in_transformers(real_path):
 def test_real_shape_tokenizer_is_complete(real_path):
     tokenizer = AutoTokenizer.from_pretrained(real_path)
     assert len(tokenizer) == 151936
-    ids = testing.added_token_ids("qwen3-0.6b")
+    ids = added_token_ids(SHAPES["qwen3-0.6b"].vocab_size)
     assert ids["<|endoftext|>"] == 151927 and ids["</tool_response>"] == 151935
     for token, token_id in ids.items():
         assert tokenizer.encode(token, add_special_tokens=False) == [token_id]
@@ -409,15 +407,15 @@ def test_command_line_writes_a_checkpoint(tmp_path):
 
 def test_demo_model_is_built_once_even_when_callers_race(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_QWEN_CACHE", str(tmp_path))
-    monkeypatch.setattr(demo_script, "DEMO_SCRIPT", [DEMO_PROMPTS["arithmetic_no_thinking"]])
-    name = testing.demo_model_name()
-    assert name.startswith(f"demo-tiny-v{testing.GENERATOR_VERSION}-")
+    monkeypatch.setattr(script, "DEMO_SCRIPT", [DEMO_PROMPTS["arithmetic_no_thinking"]])
+    name = cache.demo_model_name()
+    assert name.startswith(f"demo-tiny-v{GENERATOR_VERSION}-")
     with ThreadPoolExecutor(2) as pool:
-        paths = list(pool.map(lambda _: demo_model_path(), range(2)))
+        paths = list(pool.map(lambda _: cache.demo_model_path(), range(2)))
     assert paths[0] == paths[1] == tmp_path / name
     assert [p.name for p in tmp_path.iterdir()] == [paths[0].name]
     built_at = (paths[0] / "model.safetensors").stat().st_mtime_ns
-    assert demo_model_path() == paths[0]
+    assert cache.demo_model_path() == paths[0]
     assert (paths[0] / "model.safetensors").stat().st_mtime_ns == built_at
     assert len(AutoTokenizer.from_pretrained(paths[0])) == 2048
 
@@ -478,7 +476,7 @@ def test_demo_tools_are_what_langchain_binds_for_get_weather():
     assert DEMO_TOOLS == [convert_to_openai_tool(get_weather)] == [GET_WEATHER_TOOL]
     assert json.dumps(DEMO_TOOLS) == json.dumps([GET_WEATHER_TOOL])
     assert get_weather("Paris") == "sunny, 21 °C"
-    assert testing.get_weather is get_weather and testing.DEMO_TOOLS is DEMO_TOOLS
+    assert demo.get_weather is get_weather and demo.DEMO_TOOLS is DEMO_TOOLS
 
 
 def test_scripted_prompts_are_what_the_server_renders_for_langchain(tokenizer):

@@ -1,0 +1,103 @@
+"""Random Qwen3 checkpoints in Hugging Face format, written offline.
+
+`make_tiny_qwen3(path)` writes one file (or family of files) per small function below:
+config.json, generation_config.json, the tokenizer files with the chat template, and the
+safetensors weights. With `script` the random weights are then taught those conversations
+(see `jupyter_qwen.demo.teach`) and written again; that is the demo model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from jupyter_qwen.demo.chat_template import CHAT_TEMPLATE
+from jupyter_qwen.demo.shapes import Shape, get_shape
+from jupyter_qwen.demo.tokenizer import added_token_ids, train_tokenizer
+from jupyter_qwen.demo.weights import DEFAULT_MAX_SHARD_BYTES, write_weights
+
+if TYPE_CHECKING:
+    from jupyter_qwen.demo.script import ScriptedTurn
+
+# Bump when what the writer or the teaching loop produces changes: it names the demo cache.
+GENERATOR_VERSION = 2
+# Qwen3's rotary base, which Qwen3Config's default (10,000) does not match.
+ROPE_PARAMETERS = {"rope_type": "default", "rope_theta": 1_000_000.0}
+
+
+def make_tiny_qwen3(path: str | os.PathLike, shape: str = "tiny", seed: int = 0,
+                    num_hidden_layers: int | None = None,
+                    max_shard_bytes: int | None = None,
+                    script: Sequence[ScriptedTurn] | None = None) -> Path:
+    """Write a random Qwen3 checkpoint; with `script` (a list of ScriptedTurn, for example
+    DEMO_SCRIPT), also teach it those turns: see `jupyter_qwen.demo.teach.teach`. Both are
+    deterministic: the same arguments give byte-identical files on the same machine."""
+    chosen = get_shape(shape, num_hidden_layers)
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    max_shard_bytes = max_shard_bytes or DEFAULT_MAX_SHARD_BYTES
+    write_config(folder, chosen)
+    write_generation_config(folder, chosen)
+    write_tokenizer_files(folder, chosen)
+    write_weights(folder, chosen, seed, max_shard_bytes)
+    if script is not None:
+        from jupyter_qwen.demo.teach import teach
+
+        weights, _ = teach(folder, script, seed=seed)
+        write_weights(folder, chosen, seed, max_shard_bytes, weights)
+    return folder
+
+
+def write_config(folder: Path, shape: Shape) -> None:
+    """config.json: the shape's fields, Qwen3's rope base and token ids; the rest is
+    Qwen3Config's defaults."""
+    from transformers import Qwen3Config
+
+    token_ids = added_token_ids(shape.vocab_size)
+    config = Qwen3Config(
+        **shape.config_fields(), max_window_layers=shape.num_hidden_layers,
+        rope_parameters=dict(ROPE_PARAMETERS),
+        bos_token_id=token_ids["<|endoftext|>"], eos_token_id=token_ids["<|im_end|>"],
+        pad_token_id=token_ids["<|endoftext|>"], architectures=["Qwen3ForCausalLM"])
+    config.save_pretrained(folder)
+
+
+def write_generation_config(folder: Path, shape: Shape) -> None:
+    """generation_config.json: stop at <|im_end|> or <|endoftext|>, greedy by default."""
+    from transformers import GenerationConfig
+
+    token_ids = added_token_ids(shape.vocab_size)
+    GenerationConfig(bos_token_id=token_ids["<|endoftext|>"],
+                     eos_token_id=[token_ids["<|im_end|>"], token_ids["<|endoftext|>"]],
+                     pad_token_id=token_ids["<|endoftext|>"],
+                     do_sample=False).save_pretrained(folder)
+
+
+def write_tokenizer_files(folder: Path, shape: Shape) -> None:
+    """tokenizer.json, tokenizer_config.json and chat_template.jinja."""
+    train_tokenizer(shape.vocab_size).save(str(folder / "tokenizer.json"))
+    write_tokenizer_config(folder, shape)
+    write_chat_template(folder)
+
+
+def write_tokenizer_config(folder: Path, shape: Shape) -> None:
+    settings = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": shape.max_position_embeddings,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def write_chat_template(folder: Path) -> None:
+    (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
