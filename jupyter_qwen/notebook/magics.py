@@ -337,15 +337,12 @@ def status_rows() -> list[dict]:
 
 
 def remote_status(record) -> dict:
-    import httpx
+    from jupyter_qwen.server.health import read_health
 
     row = {"model": record.served_model_name, "url": record.url,
-           "uptime": time.time() - record.started_at, "state": "unreachable"}
-    try:
-        health = httpx.get(f"{record.root_url}/health", timeout=2).json()
-    except (httpx.HTTPError, ValueError):
-        return row
-    return row | {"state": health.get("status", "unknown")} | health.get("engine", {})
+           "uptime": time.time() - record.started_at}
+    health = read_health(record.root_url, timeout=2)
+    return row | {"state": health.status} | (health.engine or {})
 
 
 STATUS_COLUMNS = [

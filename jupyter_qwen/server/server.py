@@ -17,13 +17,12 @@ import socket
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import weakref
 from typing import Any
 
 from jupyter_qwen.config import EngineConfig
 from jupyter_qwen.server.app import ServerContext, create_app, engine_figures
+from jupyter_qwen.server.health import read_health
 
 log = logging.getLogger("jupyter_qwen.server")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -118,9 +117,10 @@ class QwenServer:
             raise self.load_error
         if self.ctx.state != "ok":
             raise ServerStartError(f"the server is {self.ctx.state}: {self.ctx.error}")
-        status, body = self._get("/health")
-        if status != 200:
-            raise ServerStartError(f"/health answered {status}: {body}")
+        health = read_health(self.root_url, timeout=10)
+        if not health.ok:
+            raise ServerStartError(f"/health answered {health.code or health.error}: "
+                                   f"{health.body}")
         return self
 
     def stop(self) -> None:
@@ -237,13 +237,6 @@ class QwenServer:
 
         if self.record is not None:
             registry.unregister(self.record.id)
-
-    def _get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(self.root_url + path, timeout=10) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
 
 
 def _torch_reserved() -> int | None:
