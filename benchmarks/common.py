@@ -21,10 +21,6 @@ from pathlib import Path
 import torch
 
 
-def say(line: str = "") -> None:
-    print(line, flush=True)
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
