@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import event_seconds
 from jupyter_qwen.model.attention import causal_attention, gather_context
 from jupyter_qwen.model.kernels.cases import (
     PagedCase,
@@ -83,15 +84,7 @@ def synchronize() -> None:
 
 
 def median_event_seconds(run: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
+    return statistics.median(event_seconds(run) for _ in range(repeats))
 
 
 def graph_seconds_per_call(calls: list[Callable[[], object]], replays: int = 15) -> float:

@@ -133,12 +133,12 @@ from benchmarks.common import (
     Ceilings,
     Floor,
     ModelCost,
+    engine_options,
     environment,
     first_divergence,
     free_device_memory,
     measure_ceilings,
     memory_in_use,
-    parse_value,
     percentile,
     schedule_floor,
     synchronize,
@@ -1011,13 +1011,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         [p for p in args.peers if p not in ALL_PEERS]
     if bad:
         parser.error(f"unknown workload or peer: {', '.join(bad)}")
-    opts = {}
-    for item in args.engine_opt:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--engine-opt wants KEY=VALUE, got {item!r}")
-        opts[key.strip().replace("-", "_")] = parse_value(value.strip())
-    args.opts = opts
+    args.opts = engine_options(args.engine_opt, parser)
     return args
 
 

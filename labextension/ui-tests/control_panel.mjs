@@ -9,6 +9,7 @@
 // Prints one JSON line with what it saw; exits non-zero (with the reason) when a step fails.
 import {
   cellBusy,
+  lightAndDarkShots,
   openNotebook,
   result,
   risingNumbers,
@@ -94,10 +95,7 @@ async function watchNumbers(page, dashboard) {
 
 async function screenshots(page, panel) {
   await panel.scrollIntoViewIfNeeded();
-  await shot(panel, 'light');
-  await setTheme(page, 'JupyterLab Dark');
-  await shot(panel, 'dark');
-  await setTheme(page, 'JupyterLab Light');
+  await lightAndDarkShots(page, panel);
   step('screenshots');
 }
 

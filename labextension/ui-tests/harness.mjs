@@ -42,6 +42,18 @@ export async function setTheme(page, theme) {
   await page.waitForTimeout(500); // let the theme's CSS apply before a screenshot
 }
 
+/**
+ * Screenshots of `target` in the light theme ("light") and the dark one ("dark"), then back
+ * to light; `alsoInLight` ([target, name] pairs) are taken in the light theme too.
+ */
+export async function lightAndDarkShots(page, target, alsoInLight = []) {
+  await shot(target, 'light');
+  for (const [other, name] of alsoInLight) await shot(other, name);
+  await setTheme(page, 'JupyterLab Dark');
+  await shot(target, 'dark');
+  await setTheme(page, 'JupyterLab Light');
+}
+
 /** Open a notebook in JupyterLab and wait for its kernel to be idle. */
 export async function openNotebook(page, url, timeout) {
   await page.goto(url);

@@ -8,12 +8,12 @@
 // Prints one JSON line with what it saw; exits non-zero (with the reason) when a step fails.
 import {
   cellBusy,
+  lightAndDarkShots,
   openNotebook,
   recordFailedRequests,
   result,
   risingNumbers,
   runCheck,
-  setTheme,
   shot,
   step,
   waitCellDone
@@ -72,11 +72,7 @@ async function clean(page, panel) {
 
 async function screenshots(page, panel) {
   await panel.scrollIntoViewIfNeeded();
-  await shot(panel, 'light');
-  await shot(page, 'page-light');
-  await setTheme(page, 'JupyterLab Dark');
-  await shot(panel, 'dark');
-  await setTheme(page, 'JupyterLab Light');
+  await lightAndDarkShots(page, panel, [[page, 'page-light']]);
   step('screenshots');
 }
 

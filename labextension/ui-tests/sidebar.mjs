@@ -8,7 +8,7 @@
 //   STOP_ALL         (optional) "1": after the Stop button, run "Qwen: Stop all servers"
 //
 // Prints one JSON line with what it saw; exits non-zero (with the reason) when a step fails.
-import { recordFailedRequests, result, runCheck, setTheme, shot, step } from './harness.mjs';
+import { lightAndDarkShots, recordFailedRequests, result, runCheck, shot, step } from './harness.mjs';
 
 const { LAB_URL, MODEL_NAME, EXPECT_NOTEBOOK, STOP_ALL } = process.env;
 
@@ -71,11 +71,7 @@ async function checkServer(page, panel) {
   result.status = await card.locator('.jp-QwenStatus').textContent();
   result.serverNotebook = await card.locator('.jp-QwenServer-notebook').textContent();
   step('server listed');
-  await shot(page, 'light');
-  await shot(panel, 'panel-light');
-  await setTheme(page, 'JupyterLab Dark');
-  await shot(page, 'dark');
-  await setTheme(page, 'JupyterLab Light');
+  await lightAndDarkShots(page, page, [[panel, 'panel-light']]);
   step('themes');
 
   // Clean: forwarded to the server; its report shows in a notification.
@@ -111,8 +107,6 @@ await runCheck({ prefix: 'sidebar', viewport: { width: 1280, height: 800 } }, as
   if (MODEL_NAME) {
     await checkServer(page, panel);
   } else {
-    await shot(page, 'light');
-    await setTheme(page, 'JupyterLab Dark');
-    await shot(page, 'dark');
+    await lightAndDarkShots(page, page);
   }
 });
