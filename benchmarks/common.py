@@ -6,6 +6,7 @@ is documented in `benchmarks/throughput.py`; `ModelCost` holds the counts it nee
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import gc
 import json
@@ -19,10 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-
-
-def say(line: str = "") -> None:
-    print(line, flush=True)
 
 
 def synchronize(device: torch.device) -> None:
@@ -109,18 +106,23 @@ class Ceilings:
     matmul_samples_s: list[float] = field(default_factory=list)
 
 
+def event_seconds(fn) -> float:
+    """One call of ``fn`` on the current CUDA stream, timed with CUDA events, in seconds."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
 def _time_op(fn, device: torch.device, repeats: int) -> list[float]:
     fn()
     synchronize(device)
     samples = []
     for _ in range(repeats):
         if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / 1e3)
+            samples.append(event_seconds(fn))
         else:
             begin = time.perf_counter()
             fn()
@@ -326,6 +328,17 @@ def schedule_floor(cost: ModelCost, ceilings: Ceilings, prompt_lens: list[int],
                  weight_read_bytes=float(cost.weight_bytes * (steps + 1)),
                  flops_total=flops_total, output_tokens=sum(output_lens),
                  output_tokens_from_prefill=len(output_lens))
+
+
+def engine_options(items: list[str], parser: argparse.ArgumentParser) -> dict:
+    """``--engine-opt KEY=VALUE`` items as keyword arguments; a usage error for a bad item."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--engine-opt wants KEY=VALUE, got {item!r}")
+        options[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return options
 
 
 def parse_value(text: str):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.kernels import graph_seconds_per_call
+from benchmarks.kernels import graph_micros_per_call
 from jupyter_qwen.model.kernels import backend, decode_step
 from jupyter_qwen.model.kernels.cases import relative_error
 
@@ -84,10 +83,6 @@ class Layer:
             self.qkv, self.positions, self.slots, self.q_weight, self.k_weight, EPS,
             self.rotary.cos_cache, self.rotary.sin_cache, self.k_cache, self.v_cache,
             self.block_tables, self.seq_lens, SCALE, workspace=workspace)
-
-
-def graph_micros_per_call(calls: list[Callable[[], object]]) -> float:
-    return graph_seconds_per_call(calls, REPLAYS) * 1e6
 
 
 def check(layer: Layer, workspace) -> tuple[float, float, bool]:
@@ -146,13 +141,13 @@ def kernel_table(batches: list[int], contexts: list[int], variants: list[Variant
                                                              torch.device("cuda"))
         for context in contexts:
             layers = [Layer(batch, context, rotary, generator) for _ in range(LAYERS)]
-            three = graph_micros_per_call([layer.three_kernels for layer in layers])
+            three = graph_micros_per_call([layer.three_kernels for layer in layers], REPLAYS)
             times, checks = [], []
             for variant in variants:
                 variant.apply()
                 checks.append(check(layers[0], workspace))
                 times.append(graph_micros_per_call([partial(layer.fused, workspace)
-                                                    for layer in layers]))
+                                                    for layer in layers], REPLAYS))
                 if batch == 1 and context <= 600:
                     batch1[variant] += times[-1]
             error = max(c[0] for c in checks)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.kernels import LOG, graph_micros_per_call, measure_copy_gbps, say
 from jupyter_qwen.model.kernels.cases import relative_error
 
 DTYPE = torch.bfloat16
@@ -61,13 +61,7 @@ BUDGET_S = 90  # past this (from start), sweeps stop at their first tiling (the 
 # under 2 min)
 LAYERS_06B = 28
 
-LOG: list[str] = []
 START = time.perf_counter()
-
-
-def say(line: str = "") -> None:
-    print(line, flush=True)
-    LOG.append(line)
 
 
 def candidates(m: int) -> list:
@@ -130,30 +124,6 @@ def precompile() -> None:
         f"{time.perf_counter() - began:.0f} s" + (f"; errors: {errors}" if errors else ""))
 
 
-def event_ms(run: Callable[[], object]) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    run()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end)
-
-
-def graph_us(calls: list[Callable[[], object]]) -> float:
-    """Median replay time of one graph holding every call, per call, in microseconds."""
-    calls[0]()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    graph.replay()
-    torch.cuda.synchronize()
-    micros = statistics.median(event_ms(graph.replay) for _ in range(REPLAYS)) * 1e3
-    del graph
-    return micros / len(calls)
-
-
 def graph_output_equals_eager(call: Callable[[], torch.Tensor]) -> bool:
     eager = call().clone()
     graph = torch.cuda.CUDAGraph()
@@ -167,18 +137,10 @@ def graph_output_equals_eager(call: Callable[[], torch.Tensor]) -> bool:
     return same
 
 
-def measure_copy_gbps() -> float:
-    source = torch.randn(1 << 30, device=DEVICE, dtype=DTYPE)
-    target = torch.empty_like(source)
-    target.copy_(source)
-    ms = statistics.median(event_ms(lambda: target.copy_(source)) for _ in range(10))
-    return 2 * (2 << 30) / (ms * 1e-3) / 1e9
-
-
 def measure_node_us() -> float:
     """One near-empty kernel per graph node: the floor any launch pays inside a graph."""
     tiny = torch.zeros(1, device="cuda")
-    return graph_us([lambda: tiny.add_(1.0)] * LAUNCHES)
+    return graph_micros_per_call([lambda: tiny.add_(1.0)] * LAUNCHES, REPLAYS)
 
 
 @dataclass
@@ -226,7 +188,7 @@ class Problem:
 
     def time(self, call: Callable[[torch.Tensor], object]) -> float:
         order = [self.weights[i % len(self.weights)] for i in range(self.w.launches)]
-        return graph_us([lambda w=w: call(w) for w in order])
+        return graph_micros_per_call([lambda w=w: call(w) for w in order], REPLAYS)
 
 
 def plain_case(name: str, p: Problem, tilings: list, began: float) -> Case:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import event_seconds
 from jupyter_qwen.model.attention import causal_attention, gather_context
 from jupyter_qwen.model.kernels.cases import (
     PagedCase,
@@ -72,7 +73,7 @@ class Ceilings:
 LOG: list[str] = []
 
 
-def say(line: str) -> None:
+def say(line: str = "") -> None:
     print(line, flush=True)
     LOG.append(line)
 
@@ -83,15 +84,7 @@ def synchronize() -> None:
 
 
 def median_event_seconds(run: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
+    return statistics.median(event_seconds(run) for _ in range(repeats))
 
 
 def graph_seconds_per_call(calls: list[Callable[[], object]], replays: int = 15) -> float:
@@ -107,6 +100,11 @@ def graph_seconds_per_call(calls: list[Callable[[], object]], replays: int = 15)
     seconds = median_event_seconds(graph.replay, replays) / len(calls)
     del graph
     return seconds
+
+
+def graph_micros_per_call(calls: list[Callable[[], object]], replays: int = 15) -> float:
+    """Median replay time of one CUDA graph holding every call, per call, in microseconds."""
+    return graph_seconds_per_call(calls, replays) * 1e6
 
 
 def bench_seconds(run: Callable[[], object]) -> float:

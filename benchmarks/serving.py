@@ -100,6 +100,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import TableReport, markdown_lines, say  # noqa: E402
+
 CLIENTS = ("openai", "httpx", "aiohttp")
 WHERES = ("process", "inproc")
 COMPARISONS = ("inproc", "procs1", "httpx", "aiohttp", "direct")
@@ -348,10 +350,6 @@ def worker_main(spec_path: str, result_path: str) -> None:
 # --------------------------------------------------------------------------- server side
 
 
-def say(line: str = "") -> None:
-    print(line, flush=True)
-
-
 def stamp() -> str:
     return f"[{time.perf_counter() - START:6.1f}s]"
 
@@ -375,7 +373,7 @@ class Plan:
 
 
 @dataclass
-class Report:
+class Report(TableReport):
     out_dir: Path
     env: dict
     args: dict
@@ -449,11 +447,8 @@ class Report:
         return out
 
     def markdown(self) -> str:
-        table = self.table()
         lines = ["# Serving", "", *[f"- {line}" for line in self.header_lines()],
-                 f"- {self.headline_line()}", "",
-                 "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
-        lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in table[1:]]
+                 f"- {self.headline_line()}", "", *markdown_lines(self.table())]
         lines += ["", "where: process = clients in a separate process (headline), inproc = "
                   "clients in the server's process, engine = AsyncEngine directly, no HTTP "
                   "(ceiling). TTFT: send -> first token chunk; TPOT: (last - first token chunk) "
@@ -468,20 +463,10 @@ class Report:
             lines += ["", f"Non-daemon threads left at the end: {', '.join(self.threads_left)}"]
         return "\n".join(lines) + "\n"
 
-    def print_table(self) -> None:
-        table = self.table()
-        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
-        say("")
-        for line in self.header_lines():
-            say(line)
-        for row in table:
-            say("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
-        say(self.headline_line())
-        for r in self.runs:
-            for e in r["error_samples"]:
-                say(f"ERROR {r['name']}: {e}")
-        for f in self.failures:
-            say(f"ERROR {f['run']}: {f['error']}")
+    def closing_lines(self) -> list[str]:
+        return [self.headline_line(),
+                *(f"ERROR {r['name']}: {e}" for r in self.runs for e in r["error_samples"]),
+                *(f"ERROR {f['run']}: {f['error']}" for f in self.failures)]
 
 
 def _fmt(value: float | None) -> str:
@@ -765,7 +750,7 @@ def make_plans(args: argparse.Namespace) -> list[Plan]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from benchmarks.common import parse_value
+    from benchmarks.common import engine_options
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", default=None,
@@ -825,13 +810,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if min(args.num_requests, args.input_len, args.output_len, args.client_procs) < 1:
         parser.error("--num-requests, --input-len, --output-len and --client-procs must be "
                      "positive")
-    opts = {}
-    for item in args.engine_opt:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--engine-opt wants KEY=VALUE, got {item!r}")
-        opts[key.strip().replace("-", "_")] = parse_value(value.strip())
-    args.opts = opts
+    args.opts = engine_options(args.engine_opt, parser)
     return args
 
 

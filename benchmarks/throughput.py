@@ -133,17 +133,17 @@ from benchmarks.common import (
     Ceilings,
     Floor,
     ModelCost,
+    engine_options,
     environment,
     first_divergence,
     free_device_memory,
     measure_ceilings,
     memory_in_use,
-    parse_value,
     percentile,
-    say,
     schedule_floor,
     synchronize,
 )
+from benchmarks.report import TableReport, markdown_lines, say
 
 ALL_WORKLOADS = ("w256", "batch1", "batch64", "prefix")
 ALL_PEERS = ("hf_generate", "hf_static", "hf_batch")
@@ -245,7 +245,7 @@ class Row:
 
 
 @dataclass
-class Report:
+class Report(TableReport):
     out_dir: Path
     env: dict
     args: dict
@@ -308,10 +308,8 @@ class Report:
         return out
 
     def markdown(self) -> str:
-        table = self.table()
         lines = ["# Throughput", "", *[f"- {line}" for line in self.header_lines()], "",
-                 "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
-        lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in table[1:]]
+                 *markdown_lines(self.table())]
         lines += ["", "ours/peer: speed of our engine over that row (tok/s ratio, or TTFT "
                   "peer/ours); >1 means ours is faster. Prefix rows compare caching on vs off.",
                   "of floor: figure / physical floor figure (see the script's docstring)."]
@@ -323,18 +321,9 @@ class Report:
             lines += [f"- {e['system']} / {e['workload']}: {e['error']}" for e in self.errors]
         return "\n".join(lines) + "\n"
 
-    def print_table(self) -> None:
-        table = self.table()
-        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
-        say("")
-        for line in self.header_lines():
-            say(line)
-        for row in table:
-            say("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
-        for check in self.token_checks:
-            say(check["text"])
-        for e in self.errors:
-            say(f"ERROR {e['system']} / {e['workload']}: {e['error']}")
+    def closing_lines(self) -> list[str]:
+        return [*(check["text"] for check in self.token_checks),
+                *(f"ERROR {e['system']} / {e['workload']}: {e['error']}" for e in self.errors)]
 
 
 def _fmt(value: float) -> str:
@@ -1022,13 +1011,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         [p for p in args.peers if p not in ALL_PEERS]
     if bad:
         parser.error(f"unknown workload or peer: {', '.join(bad)}")
-    opts = {}
-    for item in args.engine_opt:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--engine-opt wants KEY=VALUE, got {item!r}")
-        opts[key.strip().replace("-", "_")] = parse_value(value.strip())
-    args.opts = opts
+    args.opts = engine_options(args.engine_opt, parser)
     return args
 
 

@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 
+from jupyter_qwen.format import MISSING, format_bytes
 from jupyter_qwen.nvml import gpu_snapshot
 
 MIB = 1 << 20
@@ -125,10 +126,10 @@ def collect() -> CleanReport:
 
 
 def _mib(value: int | None) -> str:
-    return "-" if value is None else f"{value / MIB:,.1f} MiB"
+    return format_bytes(value, "MiB", 1)
 
 
 def _mib_change(before: int | None, after: int | None) -> str:
     if before is None or after is None:
-        return "-"
-    return f"{(after - before) / MIB:+,.1f} MiB"
+        return MISSING
+    return format_bytes(after - before, "MiB", 1, signed=True)

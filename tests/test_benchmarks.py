@@ -176,3 +176,27 @@ def test_serving_quick_run_on_cpu(tiny_model_path, tmp_path):
     assert saved["headline"]["comparable"] is False
     assert saved["env"]["versions"]["openai"] and saved["server"]["load_s"] > 0
     assert "headline (rate-inf)" in done.stdout
+
+
+def test_one_report_table_for_text_and_markdown(capsys):
+    from benchmarks.report import TableReport, aligned_lines, markdown_lines
+
+    table = [["run", "tok/s", "notes"], ["w256", "12,000", "a | b"], ["batch1", "380", ""]]
+    assert aligned_lines(table) == ["run     tok/s   notes", "w256    12,000  a | b",
+                                    "batch1  380     "]
+    assert markdown_lines(table) == ["| run | tok/s | notes |", "|---|---|---|",
+                                     "| w256 | 12,000 | a / b |", "| batch1 | 380 |  |"]
+
+    class Report(TableReport):
+        def header_lines(self):
+            return ["header"]
+
+        def table(self):
+            return table
+
+        def closing_lines(self):
+            return ["ERROR none"]
+
+    Report().print_table()
+    assert capsys.readouterr().out.splitlines() == ["", "header", *aligned_lines(table),
+                                                    "ERROR none"]

@@ -161,6 +161,18 @@ def test_snippet_and_a_failed_server(start_server, monitor, tmp_path):
     assert server.url in panel.snippet and not panel.demo
 
 
+def test_snippet_of_a_server_with_a_key_refers_to_it(monitor, tmp_path):
+    server = QwenServer(str(tmp_path / "no-such-model"), api_key="sekrit")
+    server.start(wait=False, progress=False)
+    try:
+        wait_for(lambda: server.state != "loading")
+        panel = ServerPanel(server, monitor=monitor)
+        assert panel.snippet == (f'ChatOpenAI(base_url="{server.url}", '
+                                 f'api_key=qwen_server.api_key, model="no-such-model")')
+    finally:
+        server.stop()
+
+
 def test_gpu_dashboard_without_a_gpu(monitor):
     dashboard = GpuDashboard(monitor=monitor)
     try:

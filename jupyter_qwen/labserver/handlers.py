@@ -13,6 +13,7 @@ from jupyter_server.utils import url_path_join
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from jupyter_qwen.nvml import gpu_snapshot
+from jupyter_qwen.server.health import Health, read_health
 from jupyter_qwen.server.registry import ServerRecord, get_record, list_records
 
 HEALTH_TIMEOUT_S = 2.0  # each /health probe; probes run concurrently
@@ -87,32 +88,19 @@ async def _fetch(url: str, **kwargs: Any) -> HTTPResponse | Exception:
         return err
 
 
-def _health_view(reply: HTTPResponse | Exception) -> dict[str, Any]:
-    """status / engine / health_error from a /health reply (or from its failure)."""
-    if isinstance(reply, Exception) or reply.code == 599 or not reply.body:
-        error = reply if isinstance(reply, Exception) else reply.error
-        return {"status": "unreachable", "engine": None, "health_error": str(error)}
-    try:
-        body = json.loads(reply.body)
-    except ValueError:
-        return {"status": "unreachable", "engine": None, "health_error": "bad /health reply"}
-    status = body.get("status") or ("ok" if reply.code == 200 else "dead")
-    return {"status": status, "engine": body.get("engine"), "health_error": None}
+def _health_view(health: Health) -> dict[str, Any]:
+    """status / engine / health_error, as the sidebar reads them."""
+    return {"status": health.status, "engine": health.engine, "health_error": health.error}
 
 
 class ServersHandler(_Base):
     @tornado.web.authenticated
     async def get(self) -> None:
         records = list_records(prune=True)
+        loop = asyncio.get_running_loop()
         replies = await asyncio.gather(
-            *(
-                _fetch(
-                    f"{rec.root_url}/health",
-                    connect_timeout=HEALTH_TIMEOUT_S,
-                    request_timeout=HEALTH_TIMEOUT_S,
-                )
-                for rec in records
-            )
+            *(loop.run_in_executor(None, read_health, rec.root_url, HEALTH_TIMEOUT_S)
+              for rec in records)
         )
         notebooks = await self.kernel_notebooks()
         servers = []

@@ -28,6 +28,7 @@ import traitlets
 
 from jupyter_qwen import nvml
 from jupyter_qwen.config import CPU_KV_CACHE_BYTES, EngineConfig
+from jupyter_qwen.format import format_bytes
 from jupyter_qwen.notebook.models import (
     DEMO_CHOICE,
     check_model,
@@ -63,10 +64,6 @@ def gpu_memory_total() -> tuple[int | None, str]:
                         or (len(visible) > 4 and candidate.uuid.startswith(visible))):
             gpu = candidate
     return gpu.memory_total, f"GPU {gpu.index} {gpu.name}"
-
-
-def _size(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 # ---- the panel ---------------------------------------------------------------------------
@@ -204,9 +201,9 @@ class ControlPanel(widgets.VBox):
 
     def _memory_hint(self) -> str:
         if self._gpu_total is None:
-            return f"no GPU: the KV cache gets {_size(CPU_KV_CACHE_BYTES)} on CPU"
+            return f"no GPU: the KV cache gets {format_bytes(CPU_KV_CACHE_BYTES)} on CPU"
         share = self.fields["gpu_memory_utilization"].value
-        return (f"{_size(share * self._gpu_total)} of {_size(self._gpu_total)} on "
+        return (f"{format_bytes(share * self._gpu_total)} of {format_bytes(self._gpu_total)} on "
                 f"{self._gpu_name}: weights, activations and KV cache")
 
     def _extras_html(self) -> str:
@@ -311,7 +308,7 @@ class ControlPanel(widgets.VBox):
                 self._starting = False
                 self._set_busy(False)
         with self._lock:
-            self._attach(server, request["demo"], request["options"].get("api_key"))
+            self._attach(server, request["demo"])
         return server
 
     def stop(self) -> None:
@@ -324,15 +321,12 @@ class ControlPanel(widgets.VBox):
             self.dashboard.refresh()
         self._on_state(server, "stopped")
 
-    def _attach(self, server: Any, demo: bool, api_key: str | None) -> None:
+    def _attach(self, server: Any, demo: bool) -> None:
         from jupyter_qwen.notebook.widgets import ServerPanel
 
         if self.dashboard is not None:
             self.dashboard.close()
         dashboard = ServerPanel(server, monitor=self.monitor, demo=demo)
-        if api_key:
-            dashboard.snippet = dashboard.snippet.replace('api_key="EMPTY"',
-                                                          "api_key=qwen_server.api_key")
         self.server, self.dashboard = server, dashboard
         self._say("")
         self.slot.children = [dashboard]

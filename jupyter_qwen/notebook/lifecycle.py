@@ -7,6 +7,7 @@ import sys
 import warnings
 from typing import Any
 
+from jupyter_qwen.format import format_bytes
 from jupyter_qwen.memory import MIB, CleanReport, collect, snapshot
 from jupyter_qwen.server.server import QwenServer, running_servers, serve
 
@@ -96,8 +97,8 @@ class qwen3_inference:
         if before is None or after is None:
             return
         if after - before > LEAK_TOLERANCE_BYTES:
-            warnings.warn(f"after stopping the server torch still holds "
-                          f"{(after - before) / MIB:,.1f} MiB more than before it started "
-                          f"({before / MIB:,.1f} -> {after / MIB:,.1f} MiB); something keeps "
+            held, was, now = (format_bytes(n, "MiB", 1) for n in (after - before, before, after))
+            warnings.warn(f"after stopping the server torch still holds {held} more than before "
+                          f"it started ({was} -> {now}); something keeps "
                           "tensors alive (a variable, Out, a traceback): try clean(history=True)",
                           stacklevel=3)

@@ -13,6 +13,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import HTML, Markdown, display
 
+from jupyter_qwen.format import format_bytes, format_duration, format_number, format_percent
 from jupyter_qwen.notebook.launch import DEFAULT_MODEL, AlreadyServingError, start_server
 
 
@@ -270,35 +271,22 @@ def status_rows() -> list[dict]:
 
 
 def remote_status(record) -> dict:
-    import httpx
+    from jupyter_qwen.server.health import read_health
 
     row = {"model": record.served_model_name, "url": record.url,
-           "uptime": time.time() - record.started_at, "state": "unreachable"}
-    try:
-        health = httpx.get(f"{record.root_url}/health", timeout=2).json()
-    except (httpx.HTTPError, ValueError):
-        return row
-    return row | {"state": health.get("status", "unknown")} | health.get("engine", {})
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
-
-
-def _bytes(value: float) -> str:
-    return f"{value / 2**30:,.2f} GiB"
+           "uptime": time.time() - record.started_at}
+    health = read_health(record.root_url, timeout=2)
+    return row | {"state": health.status} | (health.engine or {})
 
 
 STATUS_COLUMNS = [
     ("model", "model", str), ("URL", "url", str), ("state", "state", str),
-    ("uptime", "uptime", _duration), ("running", "requests_running", str),
+    ("uptime", "uptime", format_duration), ("running", "requests_running", str),
     ("waiting", "requests_waiting", str),
-    ("tokens/s", "generation_tokens_per_s", lambda v: f"{v:,.1f}"),
-    ("KV cache", "kv_cache_usage", lambda v: f"{100 * v:.1f}%"),
-    ("prefix hits", "prefix_cache_hit_rate", lambda v: f"{100 * v:.1f}%"),
-    ("GPU memory", "gpu_memory", _bytes)]
+    ("tokens/s", "generation_tokens_per_s", format_number),
+    ("KV cache", "kv_cache_usage", format_percent),
+    ("prefix hits", "prefix_cache_hit_rate", format_percent),
+    ("GPU memory", "gpu_memory", format_bytes)]
 
 
 class StatusTable:

@@ -24,6 +24,7 @@ import anywidget
 import traitlets
 
 from jupyter_qwen import memory
+from jupyter_qwen.format import chat_snippet, format_bytes
 from jupyter_qwen.notebook.gpu import GpuMonitor, Sample, ServerSample, server_key
 
 log = logging.getLogger("jupyter_qwen.notebook")
@@ -135,8 +136,8 @@ class ServerPanel(_MonitorWidget):
         self.model_name = server.served_model_name
         self.model_path = str(server.model)
         self.url = server.url
-        self.snippet = (f'ChatOpenAI(base_url="{server.url}", api_key="EMPTY", '
-                        f'model="{server.served_model_name}")')
+        self.snippet = chat_snippet(server.url, server.served_model_name,
+                                    getattr(server, "api_key", None) is not None)
         self.finished = False
         self._memory_before: int | None = None
         self._stopped_at: float | None = None
@@ -275,11 +276,8 @@ def _server_numbers(sample: Sample, figures: ServerSample | None) -> dict:
 def _stop_report(before: int | None, after: int) -> str:
     if before is None or before <= after:
         return "stopped"
-    return f"stopped; {_size(before - after)} back"
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+    freed = before - after
+    return f"stopped; {format_bytes(freed, 'MiB' if freed < 1 << 30 else None)} back"
 
 
 def _error_text(server: Any) -> str:

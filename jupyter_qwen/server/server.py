@@ -17,8 +17,6 @@ import socket
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import weakref
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +26,7 @@ from jupyter_qwen.config import EngineConfig
 from jupyter_qwen.server.app import create_app
 from jupyter_qwen.server.context import ServerContext, engine_figures
 from jupyter_qwen.server.errors import ServerStartError
+from jupyter_qwen.server.health import read_health
 from jupyter_qwen.server.options import (
     OPTIONS_DOC,
     ServerOptions,
@@ -125,9 +124,10 @@ class QwenServer:
             raise self.load_error
         if self.ctx.state != "ok":
             raise ServerStartError(f"the server is {self.ctx.state}: {self.ctx.error}")
-        status, body = self._get("/health")
-        if status != 200:
-            raise ServerStartError(f"/health answered {status}: {body}")
+        health = read_health(self.root_url, timeout=10)
+        if not health.ok:
+            raise ServerStartError(f"/health answered {health.code or health.error}: "
+                                   f"{health.body}")
         return self
 
     def stop(self) -> None:
@@ -246,13 +246,6 @@ class QwenServer:
 
         if self.record is not None:
             registry.unregister(self.record.id)
-
-    def _get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(self.root_url + path, timeout=10) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
 
 
 def _torch_reserved() -> int | None:

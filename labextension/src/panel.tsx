@@ -5,23 +5,13 @@ import { Message } from '@lumino/messaging';
 import React, { useState } from 'react';
 
 import { IGpu, IGpuReply, IModelServer, IServersReply, requestAPI } from './api';
+import { chatSnippet, formatBytes, formatNumber, formatPercent } from './format';
 import { History, Sparkline, chartSpan, spanLabel } from './sparkline';
 
 const HISTORY_MS = 5 * 60 * 1000;
-const GIB = 1024 ** 3;
-
-function gib(bytes: number | null): string {
-  return bytes === null ? '?' : `${(bytes / GIB).toFixed(1)} GiB`;
-}
 
 function percent(fraction: number): string {
-  return `${Math.round(fraction * 100)} %`;
-}
-
-/** The snippet users paste into a notebook to talk to a server with LangChain. */
-export function chatSnippet(server: IModelServer): string {
-  const key = server.api_key_required ? 'YOUR_API_KEY' : 'EMPTY';
-  return `ChatOpenAI(base_url="${server.url}", api_key="${key}", model="${server.served_model_name}")`;
+  return formatPercent(fraction, 0);
 }
 
 const CLEAN_FIGURES: [string, string][] = [
@@ -38,7 +28,7 @@ function summarize(report: Record<string, any>): string {
   }
   const parts = CLEAN_FIGURES.filter(
     ([key]) => typeof before[key] === 'number' && typeof after[key] === 'number'
-  ).map(([key, label]) => `${label} ${gib(before[key])} → ${gib(after[key])}`);
+  ).map(([key, label]) => `${label} ${formatBytes(before[key])} → ${formatBytes(after[key])}`);
   return parts.join(', ') || 'done';
 }
 
@@ -214,7 +204,7 @@ function GpuCard(props: { gpu: IGpu; samples: ReturnType<History['get']>; now: n
         <div className="jp-QwenBar-fill" style={{ width: `${Math.round(used * 100)}%` }} />
       </div>
       <div className="jp-QwenCard-line">
-        {gib(gpu.memory_used)} / {gib(gpu.memory_total)} ({percent(used)})
+        {formatBytes(gpu.memory_used)} / {formatBytes(gpu.memory_total)} ({percent(used)})
       </div>
       <Sparkline samples={props.samples} spanMs={span} now={props.now} />
       <div className="jp-QwenCard-legend">
@@ -238,7 +228,7 @@ function GpuCard(props: { gpu: IGpu; samples: ReturnType<History['get']>; now: n
                   `pid ${p.pid}`
                 )}
               </span>
-              <span>{gib(p.used_memory)}</span>
+              <span>{formatBytes(p.used_memory)}</span>
             </li>
           ))}
         </ul>
@@ -302,7 +292,7 @@ function ServerCard(props: {
 }) {
   const { server, busy } = props;
   const e = server.engine;
-  const snippet = chatSnippet(server);
+  const snippet = chatSnippet(server.url, server.served_model_name, server.api_key_required);
   return (
     <div className="jp-QwenCard jp-QwenServer" data-server-id={server.id}>
       <div className="jp-QwenCard-title">
@@ -332,7 +322,7 @@ function ServerCard(props: {
       {e && (
         <div className="jp-QwenCard-line jp-QwenServer-stats">
           {e.requests_running} running · {e.requests_waiting} waiting ·{' '}
-          {e.generation_tokens_per_s.toFixed(0)} tok/s · KV {percent(e.kv_cache_usage)}
+          {formatNumber(e.generation_tokens_per_s, 0)} tok/s · KV {percent(e.kv_cache_usage)}
         </div>
       )}
       <div className="jp-QwenCard-row">

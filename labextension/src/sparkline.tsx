@@ -1,5 +1,7 @@
 import React from 'react';
 
+import { formatDuration } from './format';
+
 /** One sample: memory in use and utilisation, both as fractions 0..1 (util may be unknown). */
 export interface ISample {
   t: number; // ms since epoch
@@ -38,9 +40,7 @@ export function chartSpan(samples: ISample[], windowMs: number, now: number): nu
 
 /** "last 30 s", "last 2 min" */
 export function spanLabel(spanMs: number): string {
-  return spanMs < 90 * 1000
-    ? `last ${Math.round(spanMs / 1000)} s`
-    : `last ${Math.round(spanMs / 60000)} min`;
+  return `last ${formatDuration(spanMs / 1000)}`;
 }
 
 const W = 240;

@@ -4,35 +4,24 @@
 //   NOTEBOOK_URL  the notebook in JupyterLab, with the token; its first cell shows the panel,
 //                 its second sends requests to `qwen_server` for a while
 //   MODEL_PATH    what to type into the model box (the demo model's folder)
-//   OUT_DIR       where screenshots go
-//   CHROMIUM      the Chromium binary (Debian's /usr/bin/chromium)
+//   OUT_DIR, CHROMIUM  see harness.mjs
 //
 // Prints one JSON line with what it saw; exits non-zero (with the reason) when a step fails.
-import { chromium } from 'playwright-core';
-import path from 'node:path';
+import {
+  cellBusy,
+  lightAndDarkShots,
+  openNotebook,
+  result,
+  risingNumbers,
+  runCheck,
+  setTheme,
+  shot,
+  step,
+  waitCellDone
+} from './harness.mjs';
 
-const { NOTEBOOK_URL, MODEL_PATH, OUT_DIR, CHROMIUM } = process.env;
+const { NOTEBOOK_URL, MODEL_PATH } = process.env;
 const TIMEOUT = 120_000;
-const result = { steps: [], screenshots: [], pageErrors: [] };
-const t0 = Date.now();
-
-function step(name) {
-  const line = `${((Date.now() - t0) / 1000).toFixed(1)}s ${name}`;
-  result.steps.push(line);
-  console.error(line);
-}
-
-async function shot(target, name) {
-  const file = path.join(OUT_DIR, `control-panel-${name}.png`);
-  await target.screenshot({ path: file });
-  result.screenshots.push(file);
-}
-
-async function setTheme(page, theme) {
-  await page.evaluate(t => window.jupyterapp.commands.execute('apputils:change-theme', { theme: t }), theme);
-  await page.waitForFunction(t => document.body.dataset.jpThemeName === t, theme);
-  await page.waitForTimeout(500);
-}
 
 async function runCell(page, index) {
   await page.evaluate(i => {
@@ -40,22 +29,6 @@ async function runCell(page, index) {
     notebook.activeCellIndex = i;
     window.jupyterapp.commands.execute('notebook:run-cell');
   }, index);
-}
-
-function cellBusy(page, index) {
-  return page.locator('.jp-Notebook .jp-Cell').nth(index).locator('.jp-InputPrompt').textContent()
-    .then(text => text.includes('*'));
-}
-
-async function openNotebook(page) {
-  await page.goto(NOTEBOOK_URL);
-  await page.waitForSelector('#jupyterlab-splash', { state: 'detached' });
-  await page.locator('.jp-NotebookPanel .jp-Notebook .jp-Cell').first().waitFor();
-  await page.waitForFunction(
-    () => window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel?.status === 'idle',
-    null, { timeout: TIMEOUT }
-  );
-  step('notebook open, kernel idle');
 }
 
 /** Type into one of the form's fields and leave it, as a user does. */
@@ -69,8 +42,7 @@ async function showForm(page) {
   await runCell(page, 0);
   const panel = page.locator('.jqc-root');
   await panel.locator('.jqc-start').waitFor({ timeout: TIMEOUT });
-  await page.waitForFunction(() => !document.querySelectorAll('.jp-Notebook .jp-Cell')[0]
-    .querySelector('.jp-InputPrompt').textContent.includes('*'), null, { timeout: TIMEOUT });
+  await waitCellDone(page, 0, TIMEOUT);
   result.kernelPython = (await page.locator('.jp-OutputArea-output', { hasText: 'kernel python:' })
     .first().textContent()).replace('kernel python:', '').trim();
   result.modelChoices = await panel.locator('.jqc-field-model datalist option')
@@ -115,19 +87,7 @@ async function startWithAFix(page, panel) {
 
 async function watchNumbers(page, dashboard) {
   await runCell(page, 1);
-  const selector = '.jqc-root .jqw-stat-total .jqw-stat-value';
-  const read = async () => Number((await dashboard.locator('.jqw-stat-total .jqw-stat-value').textContent())
-    .replace(/[^\d]/g, '') || 0);
-  const totals = [await read()];
-  while (totals.length < 4) {
-    const last = totals[totals.length - 1];
-    await page.waitForFunction(
-      ([sel, before]) => Number(document.querySelector(sel).textContent.replace(/[^\d]/g, '') || 0) > before,
-      [selector, last], { timeout: TIMEOUT }
-    );
-    totals.push(await read());
-  }
-  result.totals = totals;
+  result.totals = await risingNumbers(page, '.jqc-root .jqw-stat-total .jqw-stat-value', TIMEOUT);
   result.tokensPerS = await dashboard.locator('.jqw-stat-gen .jqw-stat-value').textContent();
   result.requestCellBusy = await cellBusy(page, 1);
   step('numbers move while the second cell sends requests');
@@ -135,10 +95,7 @@ async function watchNumbers(page, dashboard) {
 
 async function screenshots(page, panel) {
   await panel.scrollIntoViewIfNeeded();
-  await shot(panel, 'light');
-  await setTheme(page, 'JupyterLab Dark');
-  await shot(panel, 'dark');
-  await setTheme(page, 'JupyterLab Light');
+  await lightAndDarkShots(page, panel);
   step('screenshots');
 }
 
@@ -147,38 +104,18 @@ async function stop(page, panel, dashboard) {
   await page.waitForSelector('.jqc-root .jqw-root[data-state="stopped"]', { timeout: TIMEOUT });
   await panel.locator('.jqc-form').waitFor({ state: 'visible', timeout: TIMEOUT });
   result.statusAfterStop = await panel.locator('.jqc-status').textContent();
-  await page.waitForFunction(() => !document.querySelectorAll('.jp-Notebook .jp-Cell')[1]
-    .querySelector('.jp-InputPrompt').textContent.includes('*'), null, { timeout: TIMEOUT });
+  await waitCellDone(page, 1, TIMEOUT);
   result.requestCellOutput = await page.locator('.jp-Notebook .jp-Cell').nth(1)
     .locator('.jp-OutputArea-output').allTextContents();
   await shot(panel, 'stopped');
   step('stopped: the form is back');
 }
 
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
-    '--disable-component-update', '--no-first-run', '--disable-sync']
-});
-let page;
-try {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
-  page = await context.newPage();
-  page.setDefaultTimeout(60_000);
-  page.on('pageerror', err => result.pageErrors.push(String(err)));
-  await openNotebook(page);
+await runCheck({ prefix: 'control-panel', viewport: { width: 1280, height: 1000 } }, async page => {
+  await openNotebook(page, NOTEBOOK_URL, TIMEOUT);
   const panel = await showForm(page);
   const dashboard = await startWithAFix(page, panel);
   await watchNumbers(page, dashboard);
   await screenshots(page, panel);
   await stop(page, panel, dashboard);
-  result.ok = true;
-} catch (err) {
-  result.ok = false;
-  result.error = String(err && err.stack ? err.stack : err);
-  if (page) await shot(page, 'failure').catch(() => undefined);
-} finally {
-  await browser.close();
-}
-console.log(JSON.stringify(result));
-process.exit(result.ok ? 0 : 1);
+});

@@ -3,54 +3,28 @@
 // Environment:
 //   NOTEBOOK_URL  the notebook in JupyterLab, with the token; its first cell shows the panel,
 //                 its second sends requests for a while (keeping the kernel busy)
-//   OUT_DIR       where screenshots go
-//   CHROMIUM      the Chromium binary (Debian's /usr/bin/chromium)
-//   SHOT_PREFIX   (optional) prefix of the screenshot file names
+//   OUT_DIR, CHROMIUM, SHOT_PREFIX  see harness.mjs
 //
 // Prints one JSON line with what it saw; exits non-zero (with the reason) when a step fails.
-import { chromium } from 'playwright-core';
-import path from 'node:path';
+import {
+  cellBusy,
+  lightAndDarkShots,
+  openNotebook,
+  recordFailedRequests,
+  result,
+  risingNumbers,
+  runCheck,
+  shot,
+  step,
+  waitCellDone
+} from './harness.mjs';
 
-const { NOTEBOOK_URL, OUT_DIR, CHROMIUM } = process.env;
-const PREFIX = process.env.SHOT_PREFIX || 'panel';
+const { NOTEBOOK_URL } = process.env;
 const TIMEOUT = 120_000;
-const result = { steps: [], screenshots: [], pageErrors: [], failedRequests: [], adminRequests: [] };
-const t0 = Date.now();
-
-function step(name) {
-  const line = `${((Date.now() - t0) / 1000).toFixed(1)}s ${name}`;
-  result.steps.push(line);
-  console.error(line);
-}
-
-async function shot(target, name) {
-  const file = path.join(OUT_DIR, `${PREFIX}-${name}.png`);
-  await target.screenshot({ path: file });
-  result.screenshots.push(file);
-}
-
-async function setTheme(page, theme) {
-  await page.evaluate(t => window.jupyterapp.commands.execute('apputils:change-theme', { theme: t }), theme);
-  await page.waitForFunction(t => document.body.dataset.jpThemeName === t, theme);
-  await page.waitForTimeout(500);
-}
+result.adminRequests = [];
 
 /** The second cell still shows [*]: its code is running. */
-async function requestCellBusy(page) {
-  const prompt = await page.locator('.jp-Notebook .jp-Cell').nth(1).locator('.jp-InputPrompt').textContent();
-  return prompt.includes('*');
-}
-
-async function openNotebook(page) {
-  await page.goto(NOTEBOOK_URL);
-  await page.waitForSelector('#jupyterlab-splash', { state: 'detached' });
-  await page.locator('.jp-NotebookPanel .jp-Notebook .jp-Cell').first().waitFor();
-  await page.waitForFunction(
-    () => window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel?.status === 'idle',
-    null, { timeout: TIMEOUT }
-  );
-  step('notebook open, kernel idle');
-}
+const requestCellBusy = page => cellBusy(page, 1);
 
 async function runCells(page) {
   // not awaited: the command resolves only once every cell has run
@@ -74,19 +48,9 @@ async function runCells(page) {
 
 /** The tokens total must go up while the request cell runs. */
 async function watchNumbers(page, panel) {
-  const total = panel.locator('.jqw-stat-total .jqw-stat-value');
-  const read = async () => Number((await total.textContent()).replace(/[^\d]/g, '') || 0);
-  const totals = [await read()];
-  while (totals.length < 4) {
-    const last = totals[totals.length - 1];
-    await page.waitForFunction(
-      ([sel, before]) => Number(document.querySelector(sel).textContent.replace(/[^\d]/g, '') || 0) > before,
-      ['.jqw-root[data-kind="server"] .jqw-stat-total .jqw-stat-value', last],
-      { timeout: TIMEOUT }
-    );
-    totals.push(await read());
-  }
-  result.totals = totals;
+  result.totals = await risingNumbers(
+    page, '.jqw-root[data-kind="server"] .jqw-stat-total .jqw-stat-value', TIMEOUT
+  );
   result.tokensPerS = await panel.locator('.jqw-stat-gen .jqw-stat-value').textContent();
   result.kvUsage = await panel.locator('.jqw-stat-kv .jqw-stat-value').textContent();
   result.chartPoints = await panel.evaluate(el =>
@@ -108,11 +72,7 @@ async function clean(page, panel) {
 
 async function screenshots(page, panel) {
   await panel.scrollIntoViewIfNeeded();
-  await shot(panel, 'light');
-  await shot(page, 'page-light');
-  await setTheme(page, 'JupyterLab Dark');
-  await shot(panel, 'dark');
-  await setTheme(page, 'JupyterLab Light');
+  await lightAndDarkShots(page, panel, [[page, 'page-light']]);
   step('screenshots');
 }
 
@@ -130,8 +90,7 @@ async function stop(page, panel) {
   const before = await panel.getAttribute('data-updated-at');
   await page.waitForTimeout(2500);
   result.updatesAfterStop = before !== (await panel.getAttribute('data-updated-at'));
-  await page.waitForFunction(() => !document.querySelectorAll('.jp-Notebook .jp-Cell')[1]
-    .querySelector('.jp-InputPrompt').textContent.includes('*'), null, { timeout: TIMEOUT });
+  await waitCellDone(page, 1, TIMEOUT);
   result.requestCellOutput = await page.locator('.jp-Notebook .jp-Cell').nth(1)
     .locator('.jp-OutputArea-output').allTextContents();
   await shot(panel, 'stopped');
@@ -150,36 +109,17 @@ async function cleanThroughKernel(page, panel) {
   step('cleaned through the kernel');
 }
 
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
-    '--disable-component-update', '--no-first-run', '--disable-sync']
-});
-let page;
-try {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  page = await context.newPage();
-  page.setDefaultTimeout(60_000);
-  page.on('pageerror', err => result.pageErrors.push(String(err)));
+await runCheck({ prefix: 'panel', viewport: { width: 1280, height: 900 } }, async page => {
+  recordFailedRequests(page);
   page.on('response', r => {
     const url = r.url();
     if (url.includes('/jupyter-qwen/servers/')) result.adminRequests.push(`${r.status()} ${new URL(url).pathname}`);
-    if (url.includes('/jupyter-qwen/') && r.status() >= 400) result.failedRequests.push(`${r.status()} ${url}`);
   });
-  await openNotebook(page);
+  await openNotebook(page, NOTEBOOK_URL, TIMEOUT);
   const panel = await runCells(page);
   await watchNumbers(page, panel);
   await clean(page, panel);
   await screenshots(page, panel);
   await stop(page, panel);
   await cleanThroughKernel(page, panel);
-  result.ok = true;
-} catch (err) {
-  result.ok = false;
-  result.error = String(err && err.stack ? err.stack : err);
-  if (page) await shot(page, 'failure').catch(() => undefined);
-} finally {
-  await browser.close();
-}
-console.log(JSON.stringify(result));
-process.exit(result.ok ? 0 : 1);
+});

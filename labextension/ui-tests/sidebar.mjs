@@ -2,40 +2,22 @@
 //
 // Environment:
 //   LAB_URL          JupyterLab URL with its token, e.g. http://127.0.0.1:8888/user/test/lab?token=...
-//   OUT_DIR          where screenshots go
-//   CHROMIUM         the Chromium binary (Debian's /usr/bin/chromium)
+//   OUT_DIR, CHROMIUM, SHOT_PREFIX  see harness.mjs
 //   MODEL_NAME       (optional) served model name of a server that must be listed, then stopped
 //   EXPECT_NOTEBOOK  (optional) a notebook path that must show up as holding GPU memory
-//   SHOT_PREFIX      (optional) prefix of the screenshot file names
 //   STOP_ALL         (optional) "1": after the Stop button, run "Qwen: Stop all servers"
 //
 // Prints one JSON line with what it saw; exits non-zero (with the reason) when a step fails.
-import { chromium } from 'playwright-core';
-import path from 'node:path';
+import { lightAndDarkShots, recordFailedRequests, result, runCheck, shot, step } from './harness.mjs';
 
-const { LAB_URL, OUT_DIR, CHROMIUM, MODEL_NAME, EXPECT_NOTEBOOK, STOP_ALL } = process.env;
-const PREFIX = process.env.SHOT_PREFIX || 'sidebar';
-const TIMEOUT = 60_000;
-const result = { steps: [], screenshots: [], pageErrors: [], failedRequests: [] };
-
-async function shot(page, name, element) {
-  const file = path.join(OUT_DIR, `${PREFIX}-${name}.png`);
-  await (element ?? page).screenshot({ path: file });
-  result.screenshots.push(file);
-}
-
-async function setTheme(page, theme) {
-  await page.evaluate(t => window.jupyterapp.commands.execute('apputils:change-theme', { theme: t }), theme);
-  await page.waitForFunction(t => document.body.dataset.jpThemeName === t, theme);
-  await page.waitForTimeout(500); // let the theme's CSS apply before a screenshot
-}
+const { LAB_URL, MODEL_NAME, EXPECT_NOTEBOOK, STOP_ALL } = process.env;
 
 async function openLab(page) {
   await page.goto(LAB_URL);
   await page.waitForSelector('#jupyterlab-splash', { state: 'detached' });
   // a settled main area makes calmer screenshots; not required
   await page.locator('.jp-Launcher').first().waitFor({ timeout: 10_000 }).catch(() => undefined);
-  result.steps.push('lab loaded');
+  step('lab loaded');
 }
 
 /** Open the panel from its tab in the left sidebar, like a user does. */
@@ -52,7 +34,7 @@ async function openPanel(page) {
       window.jupyterapp.commands.hasCommand(id) ? window.jupyterapp.commands.label(id) : null
     ])
   );
-  result.steps.push('panel opened');
+  step('panel opened');
   return panel;
 }
 
@@ -73,7 +55,7 @@ async function checkGpus(page, panel) {
     result.gpuTitle = await panel.locator('.jp-QwenGpu .jp-QwenCard-title').first().textContent();
     result.gpuMemoryLine = await panel.locator('.jp-QwenGpu .jp-QwenCard-line').first().textContent();
   }
-  result.steps.push('gpu section');
+  step('gpu section');
 }
 
 /** The model server, with its model name, URL and snippet; screenshots; Stop. */
@@ -88,25 +70,21 @@ async function checkServer(page, panel) {
   result.stats = await card.locator('.jp-QwenServer-stats').textContent();
   result.status = await card.locator('.jp-QwenStatus').textContent();
   result.serverNotebook = await card.locator('.jp-QwenServer-notebook').textContent();
-  result.steps.push('server listed');
-  await shot(page, 'light');
-  await shot(page, 'panel-light', panel);
-  await setTheme(page, 'JupyterLab Dark');
-  await shot(page, 'dark');
-  await setTheme(page, 'JupyterLab Light');
-  result.steps.push('themes');
+  step('server listed');
+  await lightAndDarkShots(page, page, [[panel, 'panel-light']]);
+  step('themes');
 
   // Clean: forwarded to the server; its report shows in a notification.
   await card.locator('.jp-QwenServer-clean').click();
   const toast = page.locator('.Toastify__toast', { hasText: 'Cleaned' });
   await toast.first().waitFor();
   result.cleanToast = await toast.first().textContent();
-  result.steps.push('cleaned');
+  step('cleaned');
 
   await card.locator('.jp-QwenServer-stop').click();
   await card.waitFor({ state: 'detached', timeout: 30_000 });
   result.serversAfterStop = await panel.locator('.jp-QwenServer').count();
-  result.steps.push('stopped');
+  step('stopped');
 
   if (STOP_ALL === '1') {
     // the palette command asks first; accept, and every server leaves the list
@@ -115,55 +93,20 @@ async function checkServer(page, panel) {
     await done;
     await panel.locator('.jp-QwenPanel-noServers').waitFor({ timeout: 30_000 });
     result.serversAfterStopAll = await panel.locator('.jp-QwenServer').count();
-    result.steps.push('stopped all');
+    step('stopped all');
   }
   result.noServersNote = await panel.locator('.jp-QwenPanel-noServers').count();
   await shot(page, 'after-stop');
 }
 
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-dev-shm-usage',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--no-first-run',
-    '--disable-sync'
-  ]
-});
-let page;
-try {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  page = await context.newPage();
-  page.setDefaultTimeout(TIMEOUT);
-  page.on('pageerror', err => result.pageErrors.push(String(err)));
-  page.on('response', r => {
-    if (r.url().includes('/jupyter-qwen/') && r.status() >= 400) {
-      result.failedRequests.push(`${r.status()} ${r.url()}`);
-    }
-  });
-
+await runCheck({ prefix: 'sidebar', viewport: { width: 1280, height: 800 } }, async page => {
+  recordFailedRequests(page);
   await openLab(page);
   const panel = await openPanel(page);
   await checkGpus(page, panel);
   if (MODEL_NAME) {
     await checkServer(page, panel);
   } else {
-    await shot(page, 'light');
-    await setTheme(page, 'JupyterLab Dark');
-    await shot(page, 'dark');
+    await lightAndDarkShots(page, page);
   }
-  result.ok = true;
-} catch (err) {
-  result.ok = false;
-  result.error = String(err && err.stack ? err.stack : err);
-  if (page) {
-    await shot(page, 'failure').catch(() => undefined);
-  }
-} finally {
-  await browser.close();
-}
-console.log(JSON.stringify(result));
-process.exit(result.ok ? 0 : 1);
+});

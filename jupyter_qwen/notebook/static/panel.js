@@ -18,26 +18,43 @@ function svg(tag, attrs) {
   return node;
 }
 
-function bytes(n) {
-  if (n === null || n === undefined) return '–';
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  let v = Math.abs(n);
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  const digits = i >= 3 ? 1 : 0;
-  return `${n < 0 ? '−' : ''}${v.toFixed(digits)} ${units[i]}`;
+// ---- numbers, bytes and durations: the rules of jupyter_qwen/format.py and of the sidebar's
+// format.ts (tests/format_cases.json holds the cases all three pass) ----
+
+const MISSING = '–';
+const BYTE_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+const SECONDS_UNTIL_MINUTES = 120;
+const MINUTES_UNTIL_HOURS = 120;
+
+const missing = v => v === null || v === undefined;
+
+export function formatNumber(value, digits = 1) {
+  if (missing(value)) return MISSING;
+  return Number(value).toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: 0 });
 }
 
-function num(v, digits = 1) {
-  if (v === null || v === undefined) return '–';
-  return Number(v).toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: 0 });
+export function formatPercent(fraction, digits = 1) {
+  return missing(fraction) ? MISSING : `${formatNumber(100 * fraction, digits)} %`;
 }
 
-function percent(v) {
-  return v === null || v === undefined ? '–' : `${num(100 * v, 1)} %`;
+export function formatBytes(value, unit = null, digits = null, signed = false) {
+  if (missing(value)) return MISSING;
+  let index = unit === null ? 0 : BYTE_UNITS.indexOf(unit);
+  while (unit === null && Math.abs(value) >= 1024 ** (index + 1) && index < BYTE_UNITS.length - 1) index++;
+  const places = digits === null ? (index >= 3 ? 1 : 0) : digits;
+  const figure = (Math.abs(value) / 1024 ** index).toLocaleString('en-US', {
+    minimumFractionDigits: places,
+    maximumFractionDigits: places
+  });
+  const sign = value < 0 ? '-' : signed ? '+' : '';
+  return `${sign}${figure} ${BYTE_UNITS[index]}`;
+}
+
+export function formatDuration(seconds) {
+  if (missing(seconds)) return MISSING;
+  if (Math.abs(seconds) < SECONDS_UNTIL_MINUTES) return `${formatNumber(seconds, 0)} s`;
+  if (Math.abs(seconds) < 60 * MINUTES_UNTIL_HOURS) return `${formatNumber(seconds / 60, 0)} min`;
+  return `${formatNumber(seconds / 3600, 0)} h`;
 }
 
 function niceMax(v) {
@@ -54,7 +71,7 @@ function niceBytes(v) {
 }
 
 function spanLabel(seconds) {
-  return seconds < 120 ? `−${Math.round(seconds)} s` : `−${Math.round(seconds / 60)} min`;
+  return `−${formatDuration(seconds)}`;
 }
 
 /** One chart: a few line series over the last `windowS` seconds at most. */
@@ -198,7 +215,7 @@ function cleanSummary(report) {
       rows.push([`GPU ${i}`, used, (report.after.gpu_used || [])[i]])
     );
   }
-  const parts = rows.map(([name, before, after]) => `${name} ${bytes(before)} → ${bytes(after)}`);
+  const parts = rows.map(([name, before, after]) => `${name} ${formatBytes(before)} → ${formatBytes(after)}`);
   return `cleaned: ${parts.join('; ')}${report.has_gpu ? '' : ' (no GPU)'}`;
 }
 
@@ -251,7 +268,7 @@ function memoryChart(model) {
   const series = gpu ? [{ key: 'memory', label: 'GPU used (NVML)' }, { key: 'torch_reserved', label: 'torch reserved' }]
     : [{ key: 'memory', label: 'process RSS' }];
   if (kind === 'server') series.push({ key: 'kv_cache_bytes', label: 'KV cache' });
-  return new Chart(gpu ? 'GPU memory' : 'memory (no GPU)', series, bytes, niceBytes);
+  return new Chart(gpu ? 'GPU memory' : 'memory (no GPU)', series, formatBytes, niceBytes);
 }
 
 function serverDashboard(model) {
@@ -272,11 +289,11 @@ function serverDashboard(model) {
   const tokens = new Chart('tokens/s', [
     { key: 'generation_tokens_per_s', label: 'generation' },
     { key: 'prompt_tokens_per_s', label: 'prompt' }
-  ], v => num(v, 1));
+  ], v => formatNumber(v, 1));
   const requests = new Chart('requests', [
     { key: 'requests_running', label: 'running' },
     { key: 'requests_waiting', label: 'waiting' }
-  ], v => num(v, 0));
+  ], v => formatNumber(v, 0));
   el.append(row, charts);
   const update = () => {
     if (!memory || memory.gpu !== model.get('has_gpu')) {
@@ -287,13 +304,13 @@ function serverDashboard(model) {
     const c = model.get('current');
     const history = model.get('history');
     const windowS = model.get('window_s');
-    stats.kv.set(percent(c.kv_cache_usage));
-    stats.hits.set(percent(c.prefix_cache_hit_rate));
-    stats.gen.set(num(c.generation_tokens_per_s));
-    stats.prompt.set(num(c.prompt_tokens_per_s));
-    stats.total.set(num(c.generation_tokens_total, 0));
-    stats.requests.set(`${num(c.requests_running, 0)} · ${num(c.requests_waiting, 0)}`);
-    stats.memory.set(c.memory_total ? `${bytes(c.memory)} / ${bytes(c.memory_total)}` : bytes(c.memory));
+    stats.kv.set(formatPercent(c.kv_cache_usage));
+    stats.hits.set(formatPercent(c.prefix_cache_hit_rate));
+    stats.gen.set(formatNumber(c.generation_tokens_per_s));
+    stats.prompt.set(formatNumber(c.prompt_tokens_per_s));
+    stats.total.set(formatNumber(c.generation_tokens_total, 0));
+    stats.requests.set(`${formatNumber(c.requests_running, 0)} · ${formatNumber(c.requests_waiting, 0)}`);
+    stats.memory.set(c.memory_total ? `${formatBytes(c.memory)} / ${formatBytes(c.memory_total)}` : formatBytes(c.memory));
     memory.update(history, windowS, c.memory_total);
     tokens.update(history, windowS);
     requests.update(history, windowS);
@@ -308,7 +325,7 @@ function gpuList(model) {
     el.replaceChildren(...gpus.map(g => {
       const row = h('div', 'jqw-gpu');
       const util = g.utilization === null ? '' : `, ${g.utilization} % busy`;
-      row.textContent = `GPU ${g.index} ${g.name}: ${bytes(g.used)} / ${bytes(g.total)}${util}`;
+      row.textContent = `GPU ${g.index} ${g.name}: ${formatBytes(g.used)} / ${formatBytes(g.total)}${util}`;
       return row;
     }));
     if (!model.get('has_gpu')) {
@@ -322,7 +339,7 @@ function gpuDashboard(model) {
   const el = h('div', 'jqw-dashboard');
   const list = gpuList(model);
   const charts = h('div', 'jqw-charts');
-  const util = new Chart('GPU utilisation', [{ key: 'utilization', label: 'mean' }], v => percentOf(v));
+  const util = new Chart('GPU utilisation', [{ key: 'utilization', label: 'mean' }], v => (missing(v) ? MISSING : formatPercent(v / 100, 0)));
   let memory = null;
   el.append(list.el, charts);
   const update = () => {
@@ -337,10 +354,6 @@ function gpuDashboard(model) {
     util.update(model.get('history'), model.get('window_s'), 100);
   };
   return { el, update };
-}
-
-function percentOf(v) {
-  return v === null || v === undefined ? '–' : `${num(v, 0)} %`;
 }
 
 function actions(model, setResult) {
