@@ -16,7 +16,7 @@ import torch
 from kernel_modes import COMPILED_ONLY, HAVE_TRITON, TOLERANCE, Mode
 
 from jupyter_qwen.model.attention import AttentionMetadata, paged_attention_reference
-from jupyter_qwen.model.kernels.cases import PagedCase, random_paged_case, relative_error
+from kernel_cases import PagedCase, random_paged_case, relative_error
 
 SCALE = 0.125
 EPS = 1e-6

@@ -17,7 +17,7 @@ from jupyter_qwen.model.attention import (
     paged_attention_reference,
     store_kv_reference,
 )
-from jupyter_qwen.model.kernels.cases import PagedCase, random_paged_case, relative_error
+from kernel_cases import PagedCase, random_paged_case, relative_error
 
 SCALE = 0.125
 
