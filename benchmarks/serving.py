@@ -765,7 +765,7 @@ def make_plans(args: argparse.Namespace) -> list[Plan]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from benchmarks.common import parse_value
+    from benchmarks.common import parse_value, with_kernel_options
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", default=None,
@@ -831,7 +831,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if not sep:
             parser.error(f"--engine-opt wants KEY=VALUE, got {item!r}")
         opts[key.strip().replace("-", "_")] = parse_value(value.strip())
-    args.opts = opts
+    args.opts = with_kernel_options(opts)
     return args
 
 

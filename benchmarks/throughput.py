@@ -11,7 +11,8 @@ to `--out` (default out/throughput, git-ignored); both are rewritten after every
 so a run cut short keeps what it finished. The checkpoint is `make_tiny_qwen3(dir, shape)`:
 random weights of the real shape, bf16; our engine and transformers load the same folder
 (`--model-dir`, default $TMPDIR/jupyter_qwen_bench_<shape>, reused when it holds one).
-`--engine-opt key=value` (repeatable) passes EngineConfig options to our engine.
+`--engine-opt key=value` (repeatable) passes EngineConfig options to our engine; `kernels.NAME`
+keys set its kernel options (e.g. `--engine-opt kernels.pdl=off`).
 
 Workloads (every system greedy, EOS ignored, so all produce exactly the requested lengths)
 -----------------------------------------------------------------------------------------
@@ -143,6 +144,7 @@ from benchmarks.common import (
     say,
     schedule_floor,
     synchronize,
+    with_kernel_options,
 )
 
 ALL_WORKLOADS = ("w256", "batch1", "batch64", "prefix")
@@ -1028,7 +1030,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if not sep:
             parser.error(f"--engine-opt wants KEY=VALUE, got {item!r}")
         opts[key.strip().replace("-", "_")] = parse_value(value.strip())
-    args.opts = opts
+    args.opts = with_kernel_options(opts)
     return args
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 DEVICES = ("auto", "cuda", "cpu")
@@ -39,6 +39,7 @@ class EngineConfig:
     attention_backend: str = "auto"
     num_kv_blocks: int | None = None
     session_ttl: float = 600.0
+    kernels: KernelOptions = field(default_factory=lambda: KernelOptions())
 
     def __post_init__(self) -> None:
         if isinstance(self.model, os.PathLike):
@@ -94,3 +95,39 @@ def _check_choice(name: str, value, choices: tuple) -> None:
 def _check_int(name: str, value, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def _pdl_from_environment() -> bool:
+    return os.environ.get("JUPYTER_QWEN_PDL", "1") != "0"
+
+
+@dataclass(slots=True)
+class KernelOptions:
+    """Choices among the Triton kernels (the torch reference backend runs none of them).
+
+    `fused_decode_step`: pure decode steps of at most `fused_decode_step_max_batch`
+    sequences run their attention in one launch (q/k norm, RoPE, KV store, split attention
+    and merge) instead of three kernels; on an H200 that is faster at batch 1 and not at 8
+    or 64 (benchmarks/KERNEL_NOTES.md). `pdl`: kernels launch with programmatic dependent
+    launch on Hopper and later GPUs; the default comes from the environment variable
+    `JUPYTER_QWEN_PDL` (0 turns it off), read when the options are made.
+    """
+
+    fused_decode_step: bool = True
+    fused_decode_step_max_batch: int = 1
+    pdl: bool = field(default_factory=_pdl_from_environment)
+
+    def __post_init__(self) -> None:
+        for name in ("fused_decode_step", "pdl"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"kernels.{name} must be True or False, "
+                                 f"got {getattr(self, name)!r}")
+        batch = self.fused_decode_step_max_batch
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError("kernels.fused_decode_step_max_batch must be a positive integer, "
+                             f"got {batch!r}")
+
+    @property
+    def decode_step_max_batch(self) -> int:
+        """The largest pure decode step that runs the one-launch attention (0: none)."""
+        return self.fused_decode_step_max_batch if self.fused_decode_step else 0
