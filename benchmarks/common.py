@@ -356,3 +356,14 @@ def parse_value(text: str):
         except ValueError:
             pass
     return text
+
+
+def with_kernel_options(opts: dict) -> dict:
+    """--engine-opt options with the `kernels.NAME` ones (e.g. kernels.pdl=off) gathered into
+    EngineConfig's `kernels` option, a `KernelOptions`."""
+    from jupyter_qwen.config import KernelOptions
+
+    kernels = {key.removeprefix("kernels."): value for key, value in opts.items()
+               if key.startswith("kernels.")}
+    plain = {key: value for key, value in opts.items() if not key.startswith("kernels.")}
+    return plain | {"kernels": KernelOptions(**kernels)} if kernels else plain

@@ -10,7 +10,8 @@ own KV cache and qkv row; one CUDA graph runs all layers; the median replay over
 the time of one layer's attention: `three` = qk_norm_rope_store + split + merge kernels,
 then decode_step_attention with each `min_chunk` (see Variant), each checked against the
 three-kernel path first. `on` below means the fused step for pure decode steps of any
-batch size (the engine's default stops at FUSED_DECODE_STEP_MAX_BATCH).
+batch size (the engine's default, `KernelOptions.fused_decode_step_max_batch`, stops at 1);
+the engine runs get it through their config (`kernels=`), as in `fused_step_options`.
 
 `--engine`: the 0.6B engine with each listed path (`three`, or a fused variant): GPU time of
 one decode step's graph replay and of a whole engine step (benchmarks/profile_step.py's
@@ -32,9 +33,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.kernel_setup import launch_pdl, relative_error
 from benchmarks.kernels import graph_micros_per_call
-from jupyter_qwen.model.kernels import backend, decode_step
-from jupyter_qwen.model.kernels.cases import relative_error
+from jupyter_qwen.config import KernelOptions
+from jupyter_qwen.model.kernels import decode_step
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE, DTYPE = 16, 8, 128, 16, torch.bfloat16
 TABLE_WIDTH = 40960 // BLOCK_SIZE
@@ -82,7 +84,8 @@ class Layer:
         return decode_step.decode_step_attention(
             self.qkv, self.positions, self.slots, self.q_weight, self.k_weight, EPS,
             self.rotary.cos_cache, self.rotary.sin_cache, self.k_cache, self.v_cache,
-            self.block_tables, self.seq_lens, SCALE, workspace=workspace)
+            self.block_tables, self.seq_lens, SCALE, workspace=workspace,
+            launch_pdl=launch_pdl())
 
 
 def check(layer: Layer, workspace) -> tuple[float, float, bool]:
@@ -117,10 +120,19 @@ class Variant:
         decode_step.MIN_CHUNK = self.min_chunk
 
 
-def use_fused_step(enabled: bool) -> None:
-    """The switch, for pure decode steps of any batch size when enabled."""
-    backend.FUSED_DECODE_STEP = enabled
-    backend.FUSED_DECODE_STEP_MAX_BATCH = 1 << 20
+ANY_BATCH = 1 << 20
+
+
+def fused_step_options(enabled: bool) -> KernelOptions:
+    """The engine's kernel options with the switch: the fused step for pure decode steps of
+    any batch size when enabled, never otherwise."""
+    return KernelOptions(fused_decode_step=enabled, fused_decode_step_max_batch=ANY_BATCH)
+
+
+def fused_step_engine_opts(enabled: bool) -> list[str]:
+    """The same switch as benchmarks/throughput.py's `--engine-opt` arguments."""
+    return ["--engine-opt", f"kernels.fused_decode_step={'on' if enabled else 'off'}",
+            "--engine-opt", f"kernels.fused_decode_step_max_batch={ANY_BATCH}"]
 
 
 def kernel_table(batches: list[int], contexts: list[int], variants: list[Variant]) -> Variant:
@@ -192,11 +204,12 @@ def engine_table(model_dir: str, context: int, variants: list[Variant | None]) -
     print(f"engine decode steps, Qwen3-0.6B shape, context {context}", flush=True)
     baseline = None
     for variant in variants:
-        use_fused_step(variant is not None)
+        kernels = fused_step_options(variant is not None)
         if variant is not None:
             variant.apply()
         name = "three" if variant is None else f"fused {variant}"
-        with LLM(model_dir, max_num_seqs=64, gpu_memory_utilization=0.8) as llm:
+        with LLM(model_dir, max_num_seqs=64, gpu_memory_utilization=0.8,
+                 kernels=kernels) as llm:
             tokens, logits = first_decode_logits(llm, prompt, greedy)
             for batch in (1, 8):
                 row = profile(llm, batch, context)
@@ -231,8 +244,7 @@ def main() -> None:
     if args.throughput:
         from benchmarks import throughput
 
-        use_fused_step(args.throughput == "on")
-        throughput.main(rest)
+        throughput.main(rest + fused_step_engine_opts(args.throughput == "on"))
         return
     if not args.no_kernels:
         best = kernel_table([int(b) for b in args.batches.split(",")],

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.kernel_setup import launch_pdl, relative_error
 from benchmarks.kernels import LOG, graph_micros_per_call, measure_copy_gbps, say
-from jupyter_qwen.model.kernels.cases import relative_error
 
 DTYPE = torch.bfloat16
 DEVICE = "cuda"
@@ -85,13 +85,13 @@ def precompile_job(job: tuple[str, int, int, int]) -> str:
         weight = torch.zeros(1024, k, device="cuda", dtype=DTYPE)
         x, residual = (torch.randn(m, k, device="cuda", dtype=DTYPE) for _ in range(2))
         if kind == "plain":
-            gemv.linear_small_m(x, weight, tiling=tiling)
+            gemv.linear_small_m(x, weight, tiling=tiling, launch_pdl=launch_pdl())
         elif kind == "norm":
             gemv.rms_norm_linear(x, torch.ones(k, device="cuda", dtype=DTYPE), EPS, weight,
-                                 residual, tiling=tiling)
+                                 residual, tiling=tiling, launch_pdl=launch_pdl())
         else:
             gate_up = torch.randn(m, 2 * k, device="cuda", dtype=DTYPE)
-            gemv.silu_mul_linear(gate_up, weight, tiling=tiling)
+            gemv.silu_mul_linear(gate_up, weight, tiling=tiling, launch_pdl=launch_pdl())
         torch.cuda.synchronize()
     except Exception as error:
         return f"{job}: {type(error).__name__}: {error}"[:200]
@@ -195,6 +195,7 @@ def plain_case(name: str, p: Problem, tilings: list, began: float) -> Case:
     from jupyter_qwen.model.kernels import gemv
 
     case = Case(name, p.m, "plain")
+    pdl = launch_pdl()
     case.torch_us = p.time(lambda w: F.linear(p.x, w))
     reference = gemv.linear_reference(p.x, p.weights[0])
     for tiling in tilings:
@@ -203,7 +204,7 @@ def plain_case(name: str, p: Problem, tilings: list, began: float) -> Case:
             break
         try:
             case.sweep[tiling.name()] = p.time(
-                lambda w, t=tiling: gemv.linear_small_m(p.x, w, tiling=t))
+                lambda w, t=tiling: gemv.linear_small_m(p.x, w, tiling=t, launch_pdl=pdl))
         except Exception as error:
             case.sweep[tiling.name()] = math.nan
             case.note = f"{tiling.name()}: {type(error).__name__}"
@@ -212,9 +213,10 @@ def plain_case(name: str, p: Problem, tilings: list, began: float) -> Case:
     best = min(timed, key=timed.get)
     tiling = next(t for t in tilings if t.name() == best)
     case.tiling, case.ours_us = best, timed[best]
-    case.err = relative_error(gemv.linear_small_m(p.x, p.weights[0], tiling=tiling), reference)
+    case.err = relative_error(
+        gemv.linear_small_m(p.x, p.weights[0], tiling=tiling, launch_pdl=pdl), reference)
     case.det = "yes" if graph_output_equals_eager(
-        lambda: gemv.linear_small_m(p.x, p.weights[0], tiling=tiling)) else "NO"
+        lambda: gemv.linear_small_m(p.x, p.weights[0], tiling=tiling, launch_pdl=pdl)) else "NO"
     moved = p.weight_bytes + 2 * p.m * (p.k + p.n)
     case.gbps = moved / (case.ours_us * 1e-6) / 1e9
     case.best = tiling
@@ -225,13 +227,15 @@ def fused_case(name: str, p: Problem, kind: str, tiling) -> Case:
     from jupyter_qwen.model.kernels import fused_ops, gemv
 
     case = Case(name, p.m, kind, tiling=tiling.name())
+    pdl = launch_pdl()
     if kind == "norm":
         def torch_path(w):
             normed, summed = fused_ops.add_rms_norm(p.x, p.residual, p.norm_weight, EPS)
             return F.linear(normed, w), summed
 
         def ours(w):
-            return gemv.rms_norm_linear(p.x, p.norm_weight, EPS, w, p.residual, tiling=tiling)
+            return gemv.rms_norm_linear(p.x, p.norm_weight, EPS, w, p.residual, tiling=tiling,
+                                        launch_pdl=pdl)
 
         reference = gemv.rms_norm_linear_reference(p.x, p.norm_weight, EPS, p.weights[0],
                                                    p.residual)[0]
@@ -241,7 +245,7 @@ def fused_case(name: str, p: Problem, kind: str, tiling) -> Case:
             return F.linear(fused_ops.silu_and_mul(p.gate_up), w)
 
         def ours(w):
-            return gemv.silu_mul_linear(p.gate_up, w, tiling=tiling)
+            return gemv.silu_mul_linear(p.gate_up, w, tiling=tiling, launch_pdl=pdl)
 
         reference = gemv.silu_mul_linear_reference(p.gate_up, p.weights[0])
         moved = p.weight_bytes + 2 * p.m * (2 * p.k + p.n)

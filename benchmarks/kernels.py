@@ -28,12 +28,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import event_seconds
+from benchmarks.kernel_setup import PagedCase, random_paged_case, relative_error
 from jupyter_qwen.model.attention import causal_attention, gather_context
-from jupyter_qwen.model.kernels.cases import (
-    PagedCase,
-    random_paged_case,
-    relative_error,
-)
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE, DTYPE = 16, 8, 128, 16, torch.bfloat16
 SCALE = HEAD_DIM**-0.5

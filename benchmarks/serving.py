@@ -750,7 +750,7 @@ def make_plans(args: argparse.Namespace) -> list[Plan]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from benchmarks.common import engine_options
+    from benchmarks.common import engine_options, with_kernel_options
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", default=None,
@@ -810,7 +810,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if min(args.num_requests, args.input_len, args.output_len, args.client_procs) < 1:
         parser.error("--num-requests, --input-len, --output-len and --client-procs must be "
                      "positive")
-    args.opts = engine_options(args.engine_opt, parser)
+    args.opts = with_kernel_options(engine_options(args.engine_opt, parser))
     return args
 
 

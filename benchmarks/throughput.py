@@ -11,7 +11,8 @@ to `--out` (default out/throughput, git-ignored); both are rewritten after every
 so a run cut short keeps what it finished. The checkpoint is `make_tiny_qwen3(dir, shape)`:
 random weights of the real shape, bf16; our engine and transformers load the same folder
 (`--model-dir`, default $TMPDIR/jupyter_qwen_bench_<shape>, reused when it holds one).
-`--engine-opt key=value` (repeatable) passes EngineConfig options to our engine.
+`--engine-opt key=value` (repeatable) passes EngineConfig options to our engine; `kernels.NAME`
+keys set its kernel options (e.g. `--engine-opt kernels.pdl=off`).
 
 Workloads (every system greedy, EOS ignored, so all produce exactly the requested lengths)
 -----------------------------------------------------------------------------------------
@@ -142,6 +143,7 @@ from benchmarks.common import (
     percentile,
     schedule_floor,
     synchronize,
+    with_kernel_options,
 )
 from benchmarks.report import TableReport, markdown_lines, say
 
@@ -1011,7 +1013,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         [p for p in args.peers if p not in ALL_PEERS]
     if bad:
         parser.error(f"unknown workload or peer: {', '.join(bad)}")
-    args.opts = engine_options(args.engine_opt, parser)
+    args.opts = with_kernel_options(engine_options(args.engine_opt, parser))
     return args
 
 

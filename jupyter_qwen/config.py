@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jupyter_qwen.options import ConfigError, option, validate
 
@@ -64,6 +64,9 @@ class EngineConfig:
     session_ttl: float = option(
         600.0, "seconds a session's KV blocks stay pinned", default_text="600", low=0,
         low_open=True, high=86400, unit="of seconds")
+    kernels: KernelOptions = field(default_factory=lambda: KernelOptions())
+    """Choices among the Triton kernels: not a user-facing option (no flag, no form field);
+    benchmarks and tests pass it, `serve()` and `LLM` take it as a keyword."""
 
     def __post_init__(self) -> None:
         if isinstance(self.model, os.PathLike):
@@ -75,6 +78,8 @@ class EngineConfig:
             raise ConfigError("model", "model must be a Hugging Face model id or a local "
                               f"folder, got {self.model!r}")
         validate(self)
+        if not isinstance(self.kernels, KernelOptions):
+            raise ConfigError("kernels", f"kernels must be KernelOptions, got {self.kernels!r}")
 
     def resolved(self, max_position_embeddings: int) -> EngineConfig:
         """This config with the limits the model decides filled in: `max_model_len`
@@ -98,3 +103,39 @@ class EngineConfig:
             raise TypeError(f"unknown engine option(s) {', '.join(unknown)}; "
                             f"known: {', '.join(cls.field_names()[1:])}")
         return cls(model=model, **kwargs)
+
+
+def _pdl_from_environment() -> bool:
+    return os.environ.get("JUPYTER_QWEN_PDL", "1") != "0"
+
+
+@dataclass(frozen=True, slots=True)
+class KernelOptions:
+    """Choices among the Triton kernels (the torch reference backend runs none of them).
+
+    `fused_decode_step`: pure decode steps of at most `fused_decode_step_max_batch`
+    sequences run their attention in one launch (q/k norm, RoPE, KV store, split attention
+    and merge) instead of three kernels; on an H200 that is faster at batch 1 and not at 8
+    or 64 (benchmarks/KERNEL_NOTES.md). `pdl`: kernels launch with programmatic dependent
+    launch on Hopper and later GPUs; the default comes from the environment variable
+    `JUPYTER_QWEN_PDL` (0 turns it off), read when the options are made.
+    """
+
+    fused_decode_step: bool = option(True, "one-launch attention for small decode steps",
+                                     cli=False)
+    fused_decode_step_max_batch: int = option(
+        1, "largest decode step that runs the one-launch attention", low=1, high=4096,
+        cli=False)
+    pdl: bool = option(help="programmatic dependent launch on Hopper and later",
+                       default_factory=_pdl_from_environment, cli=False)
+
+    def __post_init__(self) -> None:
+        try:
+            validate(self)
+        except ConfigError as error:
+            raise ConfigError(f"kernels.{error.field}", f"kernels.{error}") from None
+
+    @property
+    def decode_step_max_batch(self) -> int:
+        """The largest pure decode step that runs the one-launch attention (0: none)."""
+        return self.fused_decode_step_max_batch if self.fused_decode_step else 0

@@ -35,7 +35,7 @@ def demo_model():
 def mode(request) -> Mode:
     """The Triton kernel tests' mode: compiled on a GPU, or the interpreter on CPU."""
     if request.param.device == "cpu":
-        from jupyter_qwen.model.kernels.cases import fix_interpreter
+        from kernel_cases import fix_interpreter
 
         fix_interpreter()
     return request.param

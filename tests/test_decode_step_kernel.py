@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from kernel_cases import PagedCase, random_paged_case, relative_error
 from kernel_modes import COMPILED_ONLY, HAVE_TRITON, TOLERANCE, Mode
 
 from jupyter_qwen.model.attention import AttentionMetadata, paged_attention_reference
-from jupyter_qwen.model.kernels.cases import PagedCase, random_paged_case, relative_error
 
 SCALE = 0.125
 EPS = 1e-6
@@ -212,8 +212,9 @@ def test_default_splits_fit_the_default_workspace(mode, generator):
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="needs triton")
-def test_backend_fuses_only_small_pure_decode_steps(monkeypatch):
-    from jupyter_qwen.model.kernels import backend
+def test_backend_fuses_only_small_pure_decode_steps():
+    from jupyter_qwen.config import KernelOptions
+    from jupyter_qwen.model.ops import triton_ops
 
     def meta(query_lens: list[int]) -> AttentionMetadata:
         starts = [0]
@@ -223,18 +224,20 @@ def test_backend_fuses_only_small_pure_decode_steps(monkeypatch):
         return AttentionMetadata(empty, empty, empty, empty, max(query_lens), 64, starts,
                                  [64] * len(query_lens))
 
-    triton_backend = backend.TritonAttention()
-    monkeypatch.setattr(backend, "FUSED_DECODE_STEP_MAX_BATCH", 2)
+    cpu = torch.device("cpu")
+    triton_backend = triton_ops(cpu, KernelOptions(fused_decode_step_max_batch=2)).attention
     assert triton_backend.fuses_decode_step(meta([1]), 128)
     assert triton_backend.fuses_decode_step(meta([1, 1]), 128)
     assert not triton_backend.fuses_decode_step(meta([1, 1, 1]), 128)
     assert not triton_backend.fuses_decode_step(meta([2]), 128)
     assert not triton_backend.fuses_decode_step(meta([1]), 16)
-    monkeypatch.setattr(backend, "FUSED_DECODE_STEP", False)
+    triton_backend = triton_ops(cpu, KernelOptions(fused_decode_step=False,
+                                                   fused_decode_step_max_batch=2)).attention
     assert not triton_backend.fuses_decode_step(meta([1]), 128)
 
 
 def tiny_model(device: str):
+    """Qwen3 in float32 with random norm weights, its ops not yet chosen."""
     from jupyter_qwen.model.qwen3 import Qwen3Config, Qwen3ForCausalLM
 
     config = Qwen3Config(vocab_size=96, hidden_size=64, intermediate_size=96,
@@ -246,25 +249,26 @@ def tiny_model(device: str):
         for name, parameter in model.named_parameters():
             if name.endswith("norm.weight"):
                 parameter.add_(0.2 * torch.randn_like(parameter))
-    model.use_fused_ops(True)
     return model
 
 
-def test_model_decode_step_matches_three_kernel_path(mode, generator, monkeypatch):
+def test_model_decode_step_matches_three_kernel_path(mode, generator):
     """Qwen3 with fused ops and the Triton backend: the switch changes kernels, not results."""
-    from jupyter_qwen.model.kernels import backend
+    from jupyter_qwen.config import KernelOptions
+    from jupyter_qwen.model.ops import triton_ops
 
     model = tiny_model(mode.device)
     seq_lens = [5, 1, 140, 0]
     caches = {}
-    monkeypatch.setattr(backend, "FUSED_DECODE_STEP_MAX_BATCH", len(seq_lens))
     for fused in (False, True):
-        monkeypatch.setattr(backend, "FUSED_DECODE_STEP", fused)
+        options = KernelOptions(fused_decode_step=fused,
+                                fused_decode_step_max_batch=len(seq_lens))
         step = random_step(seq_lens, 4, 2, 32, 16, torch.float32, mode.device,
                            torch.Generator().manual_seed(7))
-        triton_backend = backend.TritonAttention()
+        ops = triton_ops(torch.device(mode.device), options)
+        model.use_ops(ops)
+        triton_backend = ops.attention
         for attn in model.attention_layers():
-            attn.backend = triton_backend
             attn.k_cache, attn.v_cache = step.case.k_cache.clone(), step.case.v_cache.clone()
         ids = torch.arange(len(seq_lens), device=mode.device) + 3
         with torch.inference_mode():
@@ -319,10 +323,10 @@ def test_decode_step_replays_in_cuda_graph():
 
 @pytest.mark.gpu
 @COMPILED_ONLY
-def test_engine_greedy_tokens_equal_with_and_without_the_fused_step(tmp_path, monkeypatch):
+def test_engine_greedy_tokens_equal_with_and_without_the_fused_step(tmp_path):
     """float32 tiny model, batched and one at a time, graphs and eager: the same tokens."""
     from jupyter_qwen import LLM, SamplingParams
-    from jupyter_qwen.model.kernels import backend
+    from jupyter_qwen.config import KernelOptions
     from jupyter_qwen.testing import make_tiny_qwen3
 
     path = make_tiny_qwen3(tmp_path / "tiny")
@@ -330,11 +334,10 @@ def test_engine_greedy_tokens_equal_with_and_without_the_fused_step(tmp_path, mo
     prompts = [[rng.randrange(1000) for _ in range(n)] for n in (1, 7, 64, 300, 1000)]
     greedy = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, detokenize=False)
     tokens = {}
-    monkeypatch.setattr(backend, "FUSED_DECODE_STEP_MAX_BATCH", 8)
     for fused, eager in ((False, False), (True, False), (True, True)):
-        monkeypatch.setattr(backend, "FUSED_DECODE_STEP", fused)
+        kernels = KernelOptions(fused_decode_step=fused, fused_decode_step_max_batch=8)
         with LLM(str(path), max_num_seqs=8, max_model_len=2048, gpu_memory_utilization=0.3,
-                 enforce_eager=eager) as llm:
+                 enforce_eager=eager, kernels=kernels) as llm:
             batched = [o.token_ids for o in llm.generate(prompts, greedy)]
             alone = [llm.generate([p], greedy)[0].token_ids for p in prompts[:2]]
         tokens[fused, eager] = (batched, alone)

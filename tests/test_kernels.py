@@ -10,6 +10,7 @@ import random
 
 import pytest
 import torch
+from kernel_cases import PagedCase, random_paged_case, relative_error
 from kernel_modes import COMPILED_ONLY, HAVE_TRITON, TOLERANCE, Mode
 
 from jupyter_qwen.model.attention import (
@@ -17,7 +18,6 @@ from jupyter_qwen.model.attention import (
     paged_attention_reference,
     store_kv_reference,
 )
-from jupyter_qwen.model.kernels.cases import PagedCase, random_paged_case, relative_error
 
 SCALE = 0.125
 

@@ -25,7 +25,6 @@ def decoder():
 
 
 def build_decoder():
-    from jupyter_qwen.model.kernels.backend import TritonAttention
     from jupyter_qwen.model.qwen3 import Qwen3Config, Qwen3ForCausalLM
 
     config = Qwen3Config(vocab_size=4096, hidden_size=1024, intermediate_size=3072,
@@ -39,17 +38,23 @@ def build_decoder():
         for name, parameter in model.named_parameters():
             if name.endswith("norm.weight"):
                 parameter.add_(0.2 * torch.randn_like(parameter))
-    model.use_fused_ops(True)
-    backend = TritonAttention()
+    use_pdl(model, True)
     num_blocks = TABLE_WIDTH + 1
     for attn in model.attention_layers():
-        attn.backend = backend
         shape = (num_blocks, BLOCK_SIZE, config.num_key_value_heads, config.head_dim)
         attn.k_cache = torch.randn(shape, device=device, dtype=torch.bfloat16)
         attn.v_cache = torch.randn(shape, device=device, dtype=torch.bfloat16)
     model.initial_caches = [(a.k_cache.clone(), a.v_cache.clone())
                             for a in model.attention_layers()]
     return model
+
+
+def use_pdl(model, pdl: bool) -> None:
+    """The Triton ops with programmatic dependent launch on or off."""
+    from jupyter_qwen.config import KernelOptions
+    from jupyter_qwen.model.ops import triton_ops
+
+    model.use_ops(triton_ops(torch.device("cuda"), KernelOptions(pdl=pdl)))
 
 
 def restore_caches(model) -> None:
@@ -96,6 +101,7 @@ def run_eager(model, inputs) -> list[torch.Tensor]:
 
 
 def run_graph(model, inputs) -> list[torch.Tensor]:
+    decode(model, *inputs)  # kernels compiled and the decode-step workspace made before capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         logits = decode(model, *inputs)
@@ -115,14 +121,12 @@ def differing_steps(results: list[torch.Tensor], truth: list[torch.Tensor]) -> l
 
 
 @torch.inference_mode()
-def test_pdl_changes_no_bit_eager_or_replayed(decoder, monkeypatch):
-    from jupyter_qwen.model.kernels import pdl
-
+def test_pdl_changes_no_bit_eager_or_replayed(decoder):
     inputs = static_inputs(torch.device("cuda"))
-    monkeypatch.setattr(pdl, "ENABLED", False)
+    use_pdl(decoder, False)
     plain = run_eager(decoder, inputs)
     assert len({int(step.argmax()) for step in plain}) > 1, "the steps must differ to tell"
-    monkeypatch.setattr(pdl, "ENABLED", True)
+    use_pdl(decoder, True)
     assert differing_steps(run_eager(decoder, inputs), plain) == []
     assert differing_steps(run_graph(decoder, inputs), plain) == []
 
@@ -132,12 +136,12 @@ def test_a_product_that_skips_the_wait_is_caught(decoder, monkeypatch):
     """The control: small-batch products launched as dependents but not waiting for the
     kernel before them read stale inputs when replayed from a graph, and the check above
     sees it (on the H200, every step of the graph run differs)."""
-    from jupyter_qwen.model.kernels import gemv, pdl
+    from jupyter_qwen.model.kernels import gemv
 
     inputs = static_inputs(torch.device("cuda"))
-    monkeypatch.setattr(pdl, "ENABLED", False)
+    use_pdl(decoder, False)
     plain = run_eager(decoder, inputs)
-    monkeypatch.setattr(pdl, "ENABLED", True)
+    use_pdl(decoder, True)
     monkeypatch.setattr(gemv, "_small_m_kernel", NoWait(gemv._small_m_kernel))
     assert differing_steps(run_graph(decoder, inputs), plain) != []
 
@@ -153,13 +157,16 @@ class NoWait:
         return lambda *args, **options: launch(*args, **{**options, "USE_GDC": False})
 
 
-def test_pdl_is_on_for_hopper_and_can_be_turned_off(monkeypatch):
-    from jupyter_qwen.model.kernels import pdl
+def test_pdl_is_on_for_hopper_and_can_be_turned_off():
+    from jupyter_qwen.config import KernelOptions
+    from jupyter_qwen.model.ops import triton_ops
+
+    def launches_pdl(device: torch.device, pdl: bool) -> tuple[bool, bool]:
+        ops = triton_ops(device, KernelOptions(pdl=pdl))
+        return ops.attention.pdl, ops.layers.pdl
 
     device = torch.device("cuda", torch.cuda.current_device())
     hopper = torch.cuda.get_device_capability(device)[0] >= 9
-    monkeypatch.setattr(pdl, "ENABLED", True)
-    assert pdl.enabled(device) == hopper
-    assert not pdl.enabled(torch.device("cpu"))
-    monkeypatch.setattr(pdl, "ENABLED", False)
-    assert not pdl.enabled(device)
+    assert launches_pdl(device, True) == (hopper, hopper)
+    assert launches_pdl(torch.device("cpu"), True) == (False, False)
+    assert launches_pdl(device, False) == (False, False)

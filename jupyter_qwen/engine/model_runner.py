@@ -15,8 +15,9 @@ from jupyter_qwen.engine.errors import OutOfKVCacheMemoryError
 from jupyter_qwen.engine.sampler import SamplerOutput, build_sampling_batch, sample
 from jupyter_qwen.engine.scheduler import ScheduledSeq
 from jupyter_qwen.engine.sequence import Sequence
-from jupyter_qwen.model.attention import AttentionMetadata, make_backend
+from jupyter_qwen.model.attention import AttentionMetadata
 from jupyter_qwen.model.loader import Progress, load_model, resolve_dtype
+from jupyter_qwen.model.ops import build_ops
 from jupyter_qwen.model.qwen3 import Qwen3Config
 
 GPU_HEADROOM_BYTES = 512 << 20
@@ -50,21 +51,21 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, self.model_config, self.device)
         torch.manual_seed(config.seed)
         self.model = load_model(model_path, self.dtype, self.device, self.progress)
-        self.backend = make_backend(config.attention_backend, self.device)
-        self.model.use_fused_ops(self.backend.name == "triton")
+        self.ops = build_ops(config.attention_backend, self.device, config.kernels)
+        self.model.use_ops(self.ops)
         self.block_size = config.block_size
         self.progress("measuring memory", None)
         num_blocks = self._count_kv_blocks()
         self.progress("allocating the KV cache", None)
         self.kv_cache = self._allocate_kv_cache(num_blocks)
-        if self.backend.name == "triton":
+        if self.ops.compiled:
             self.progress("compiling kernels", None)
             self._compile_kernels()
         self.graphs = self._capture_graphs() if self._uses_graphs() else None
 
     def _uses_graphs(self) -> bool:
         return (self.device.type == "cuda" and not self.config.enforce_eager
-                and self.backend.name == "triton")
+                and self.ops.compiled)
 
     @property
     def max_blocks_per_seq(self) -> int:
@@ -119,7 +120,6 @@ class ModelRunner:
         num_tokens = min(self.max_num_batched_tokens, num_seqs * self.max_model_len)
         shape = (1, self.block_size, cfg.num_key_value_heads, cfg.head_dim)
         for attn in self.model.attention_layers():
-            attn.backend = self.backend
             attn.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
             attn.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         logits = self._dummy_step(_split_evenly(num_tokens, num_seqs))
@@ -170,7 +170,6 @@ class ModelRunner:
                  cfg.num_key_value_heads, cfg.head_dim)
         kv_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
         for index, attn in enumerate(self.model.attention_layers()):
-            attn.backend = self.backend
             attn.k_cache, attn.v_cache = kv_cache[0, index], kv_cache[1, index]
         return kv_cache
 
@@ -266,11 +265,10 @@ class ModelRunner:
             self.graphs.close()
             self.graphs = None
         self._detach_kv_cache()
-        for attn in self.model.attention_layers():
-            attn.backend = None
+        self.model.use_ops(None)
         self.kv_cache = None
         self.model = None
-        self.backend = None
+        self.ops = None
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -39,25 +39,37 @@ class AttentionMetadata:
 
 
 class AttentionBackend(Protocol):
-    name: str
-
     def store_kv(self, key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
                  v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None: ...
 
     def attend(self, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                meta: AttentionMetadata, scale: float) -> torch.Tensor: ...
 
+    def fuses_decode_step(self, meta: AttentionMetadata, head_dim: int) -> bool:
+        """Whether `attend_decode_step` runs this step (from the qkv projection)."""
+        ...
+
+    def attend_decode_step(self, qkv: torch.Tensor, positions: torch.Tensor,
+                           meta: AttentionMetadata, q_weight: torch.Tensor,
+                           k_weight: torch.Tensor, eps: float, cos_cache: torch.Tensor,
+                           sin_cache: torch.Tensor, k_cache: torch.Tensor,
+                           v_cache: torch.Tensor, scale: float) -> torch.Tensor: ...
+
 
 class TorchAttention:
     """Reference backend: plain torch, one sequence at a time. Runs on CPU and GPU."""
-
-    name = "torch"
 
     def store_kv(self, key, value, k_cache, v_cache, slot_mapping) -> None:
         store_kv_reference(key, value, k_cache, v_cache, slot_mapping)
 
     def attend(self, query, k_cache, v_cache, meta, scale) -> torch.Tensor:
         return paged_attention_reference(query, k_cache, v_cache, meta, scale)
+
+    def fuses_decode_step(self, meta: AttentionMetadata, head_dim: int) -> bool:
+        return False
+
+    def attend_decode_step(self, *args, **kwargs) -> torch.Tensor:
+        raise NotImplementedError("the torch reference has no one-launch decode step")
 
 
 def store_kv_reference(key, value, k_cache, v_cache, slot_mapping) -> None:
@@ -104,25 +116,3 @@ def causal_attention(query, key, value, scale) -> torch.Tensor:
         mask = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(k_len - q_len)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return out[0].transpose(0, 1)
-
-
-def make_backend(name: str, device: torch.device) -> AttentionBackend:
-    if name == "auto":
-        name = "triton" if device.type == "cuda" and _triton_available() else "torch"
-    if name == "torch":
-        return TorchAttention()
-    if name == "triton":
-        if device.type != "cuda":
-            raise ValueError("attention_backend='triton' needs a CUDA device")
-        from jupyter_qwen.model.kernels.backend import TritonAttention
-
-        return TritonAttention()
-    raise ValueError(f"unknown attention backend {name!r}; use auto, torch or triton")
-
-
-def _triton_available() -> bool:
-    try:
-        from jupyter_qwen.model.kernels import backend  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jupyter_qwen.model.attention import AttentionBackend, AttentionMetadata
+from jupyter_qwen.model.ops import LayerKernels, ModelOps
 
 
 @dataclass(slots=True)
@@ -63,7 +64,7 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(size))
-        self.fused = None
+        self.fused: LayerKernels | None = None
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         if self.fused is not None:
@@ -126,7 +127,7 @@ class Qwen3Attention(nn.Module):
         self.backend: AttentionBackend | None = None
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
-        self.fused = None
+        self.fused: LayerKernels | None = None
 
     def forward(self, positions, hidden, meta: AttentionMetadata) -> torch.Tensor:
         if self.fused is not None:
@@ -137,7 +138,7 @@ class Qwen3Attention(nn.Module):
 
     def attend_projected(self, positions, qkv, meta: AttentionMetadata) -> torch.Tensor:
         """Attention from a qkv projection, up to (not including) the output projection."""
-        if self._fuses_decode_step(meta):
+        if self.backend.fuses_decode_step(meta, self.head_dim):
             out = self.backend.attend_decode_step(
                 qkv, positions, meta, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps,
                 self.rotary.cos_cache, self.rotary.sin_cache, self.k_cache, self.v_cache,
@@ -149,10 +150,6 @@ class Qwen3Attention(nn.Module):
             self.v_cache)
         out = self.backend.attend(q, self.k_cache, self.v_cache, meta, self.scale)
         return out.reshape(-1, self.q_size)
-
-    def _fuses_decode_step(self, meta: AttentionMetadata) -> bool:
-        fuses = getattr(self.backend, "fuses_decode_step", None)
-        return fuses is not None and fuses(meta, self.head_dim)
 
     def _store_and_rotate(self, positions, hidden, meta: AttentionMetadata) -> torch.Tensor:
         """The reference path: q, k and v projected one by one, exactly as transformers does."""
@@ -171,7 +168,7 @@ class Qwen3MLP(nn.Module):
         self.intermediate_size = config.intermediate_size
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-        self.fused = None
+        self.fused: LayerKernels | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused is not None:
@@ -194,7 +191,7 @@ class Qwen3DecoderLayer(nn.Module):
         self.mlp = Qwen3MLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.gemv = None
+        self.gemv: LayerKernels | None = None
 
     def forward(self, positions, hidden, residual, meta) -> tuple[torch.Tensor, torch.Tensor]:
         if self.gemv is not None and self.gemv.use_small_m(hidden.shape[0], *self._qkv_shape):
@@ -246,7 +243,7 @@ class Qwen3ForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = rotary
-        self.gemv = None
+        self.gemv: LayerKernels | None = None
 
     def forward(self, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
         hidden, residual = self.embed_tokens(input_ids), None
@@ -263,16 +260,17 @@ class Qwen3ForCausalLM(nn.Module):
     def attention_layers(self) -> list[Qwen3Attention]:
         return [layer.self_attn for layer in self.layers]
 
-    def use_fused_ops(self, enabled: bool) -> None:
-        """Triton kernels for norms, RoPE with the KV store, SiLU·mul, and the small-batch
-        products (the decoder's and the LM head's) (CUDA only)."""
-        fused = gemv = None
-        if enabled:
-            from jupyter_qwen.model.kernels import fused_ops as fused
-            from jupyter_qwen.model.kernels import gemv
-        self.gemv = gemv
+    def use_ops(self, ops: ModelOps | None) -> None:
+        """Run on `ops` (`model/ops.py`): its attention backend in every layer, and where it
+        has them, its fused layer kernels and small-batch products (not with biased q/k/v
+        projections). None detaches them (the model then runs no more steps)."""
+        layers = ops.layers if ops is not None else None
+        self.gemv = layers
         for module in self.modules():
-            if isinstance(module, RMSNorm | Qwen3Attention | Qwen3MLP):
-                module.fused = fused
+            if isinstance(module, RMSNorm | Qwen3MLP):
+                module.fused = layers
+            if isinstance(module, Qwen3Attention):
+                module.fused = layers
+                module.backend = ops.attention if ops is not None else None
             if isinstance(module, Qwen3DecoderLayer) and not self.config.attention_bias:
-                module.gemv = gemv
+                module.gemv = layers

@@ -15,21 +15,20 @@ from jupyter_qwen.model.kernels.decode_step import (
 from jupyter_qwen.model.kernels.prefill_attention import prefill_attention
 from jupyter_qwen.model.kernels.store_kv import store_kv
 
-FUSED_DECODE_STEP = True
-FUSED_DECODE_STEP_MAX_BATCH = 1
-"""Pure decode steps of at most this many sequences, on the fused model path, run
-`decode_step_attention` (one launch: q/k norm, RoPE, KV store, split attention and merge)
-instead of three kernels: on an H200 that is faster at batch 1 and not at 8 or 64
-(benchmarks/KERNEL_NOTES.md)."""
-
 
 class TritonAttention:
     """Decode steps run flash-decoding; other steps run the varlen kernel, and in a batch of
-    several sequences the one-token ones go to flash-decoding too (no long single-row tiles)."""
+    several sequences the one-token ones go to flash-decoding too (no long single-row tiles).
 
-    name = "triton"
+    Pure decode steps of at most `decode_step_max_batch` sequences (0: none), on the fused
+    model path, run `decode_step_attention` (one launch: q/k norm, RoPE, KV store, split
+    attention and merge) instead of three kernels; `pdl`: that launch is a programmatic
+    dependent one (`pdl.py`; only where the device supports it).
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, *, decode_step_max_batch: int = 0, pdl: bool = False) -> None:
+        self.decode_step_max_batch = decode_step_max_batch
+        self.pdl = pdl
         self.decode_workspace: DecodeStepWorkspace | None = None
         self.decode_workspace_captured = False
 
@@ -51,8 +50,8 @@ class TritonAttention:
         return out
 
     def fuses_decode_step(self, meta: AttentionMetadata, head_dim: int) -> bool:
-        return (FUSED_DECODE_STEP and meta.is_decode
-                and meta.num_seqs <= FUSED_DECODE_STEP_MAX_BATCH and head_dim >= MIN_HEAD_DIM)
+        return (meta.is_decode and meta.num_seqs <= self.decode_step_max_batch
+                and head_dim >= MIN_HEAD_DIM)
 
     def attend_decode_step(self, qkv: torch.Tensor, positions: torch.Tensor,
                            meta: AttentionMetadata, q_weight: torch.Tensor,
@@ -66,7 +65,8 @@ class TritonAttention:
                                            qkv.device)
         return decode_step_attention(qkv, positions, meta.slot_mapping, q_weight, k_weight, eps,
                                      cos_cache, sin_cache, k_cache, v_cache, meta.block_tables,
-                                     meta.seq_lens, scale, workspace=workspace)
+                                     meta.seq_lens, scale, workspace=workspace,
+                                     launch_pdl=self.pdl)
 
     def _decode_workspace(self, batch: int, num_q_heads: int, num_kv_heads: int,
                           head_dim: int, device: torch.device) -> DecodeStepWorkspace:

@@ -222,10 +222,11 @@ def decode_step_attention(qkv: torch.Tensor, positions: torch.Tensor,
                           workspace: DecodeStepWorkspace | None = None,
                           num_splits: int | None = None, min_chunk: int | None = None,
                           block_n: int = BLOCK_N, num_warps: int = 4,
-                          num_stages: int = 3) -> torch.Tensor:
+                          num_stages: int = 3, launch_pdl: bool = False) -> torch.Tensor:
     """qkv [B, (Hq + 2 Hkv) * D], row i the one new token of sequence i (position
     positions[i] = seq_lens[i] - 1; seq_len 0: a padding row, output zeros) -> out
-    [B, Hq, D]; the new k and v land in their cache slots."""
+    [B, Hq, D]; the new k and v land in their cache slots. `launch_pdl`: a programmatic
+    dependent launch (only where `pdl.supported`)."""
     batch = qkv.shape[0]
     _, block_size, num_kv_heads, head_dim = k_cache.shape
     num_q_heads = qkv.shape[1] // head_dim - 2 * num_kv_heads
@@ -246,7 +247,6 @@ def decode_step_attention(qkv: torch.Tensor, positions: torch.Tensor,
         raise ValueError(f"the decode-step workspace is too small for batch {batch}, "
                          f"{num_splits} splits")
     group = num_q_heads // num_kv_heads
-    use_gdc = pdl.enabled(qkv.device)
     block_g = triton.next_power_of_2(group)
     split_tile = max(1, MERGE_TILE_ELEMENTS // (block_g * head_dim))
     _decode_step_kernel[(batch, num_kv_heads, num_splits)](
@@ -258,7 +258,7 @@ def decode_step_attention(qkv: torch.Tensor, positions: torch.Tensor,
         MIN_CHUNK if min_chunk is None else min_chunk,
         GROUP=group, HEAD_DIM=head_dim, HALF=head_dim // 2, BLOCK_SIZE=block_size,
         BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_G=block_g,
-        SPLIT_TILE=split_tile, PRECISION=dot_precision(k_cache), USE_GDC=use_gdc,
-        num_warps=num_warps, num_stages=num_stages, launch_pdl=use_gdc,
+        SPLIT_TILE=split_tile, PRECISION=dot_precision(k_cache), USE_GDC=launch_pdl,
+        num_warps=num_warps, num_stages=num_stages, launch_pdl=launch_pdl,
     )
     return out

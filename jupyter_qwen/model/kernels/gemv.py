@@ -15,7 +15,8 @@ them once, so W is read exactly once from memory; x (M x K, a few KB) is re-read
 program from L2. No atomics: each output is summed by one program in a fixed order, so
 results are bitwise reproducible. The grid is (ceil(N / BLOCK_N),) and nothing is read on
 the host, so launches are CUDA-graph safe. On Hopper the launch is a programmatic dependent
-one (`pdl`): the first W tile is requested before waiting for the kernel that wrote x.
+one (`pdl`, with `launch_pdl=True`): the first W tile is requested before waiting for the
+kernel that wrote x.
 
 Two inner products (`Tiling.dot`):
 - dot: acc[BLOCK_N, BLOCK_M] += W_tile @ a_tile.T on the tensor cores (mma.sync; Triton
@@ -256,8 +257,9 @@ def _output(out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor
 def _launch(prologue: int, x: torch.Tensor, weight: torch.Tensor, k: int, y: torch.Tensor,
             bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
             res_out: torch.Tensor | None = None, norm_weight: torch.Tensor | None = None,
-            eps: float = 0.0, tiling: Tiling | None = None) -> None:
-    """x: [M, K] ([M, 2K] for SILU_MUL) with contiguous rows; y: [M, N]."""
+            eps: float = 0.0, tiling: Tiling | None = None, launch_pdl: bool = False) -> None:
+    """x: [M, K] ([M, 2K] for SILU_MUL) with contiguous rows; y: [M, N]. `launch_pdl`: a
+    programmatic dependent launch (only where `pdl.supported`)."""
     m, n = x.shape[0], weight.shape[0]
     if weight.dim() != 2 or weight.shape[1] != k:
         raise ValueError(f"weight {tuple(weight.shape)} does not fit an operand of width {k}")
@@ -280,7 +282,6 @@ def _launch(prologue: int, x: torch.Tensor, weight: torch.Tensor, k: int, y: tor
     if use_dot and x.dtype == torch.float32:  # an fp32 ('ieee') dot is FMAs: keep it small
         block_k = min(block_k, 64)
     stages = tiling.num_stages if use_dot else 1
-    use_gdc = pdl.enabled(x.device)
     residual = residual if residual is not None else x
     bias = bias.contiguous() if bias is not None else None
     norm_weight = norm_weight.contiguous() if norm_weight is not None else None
@@ -295,24 +296,27 @@ def _launch(prologue: int, x: torch.Tensor, weight: torch.Tensor, k: int, y: tor
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32", REG_PREFETCH=stages == 1,
         NORM_BLOCK=min(triton.next_power_of_2(k),
                        max(block_k, 2048 * tiling.num_warps // block_m)),
-        USE_GDC=use_gdc, num_warps=tiling.num_warps, num_stages=stages, launch_pdl=use_gdc,
+        USE_GDC=launch_pdl, num_warps=tiling.num_warps, num_stages=stages,
+        launch_pdl=launch_pdl,
     )
 
 
 def linear_small_m(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                   *, out: torch.Tensor | None = None,
-                   tiling: Tiling | None = None) -> torch.Tensor:
+                   *, out: torch.Tensor | None = None, tiling: Tiling | None = None,
+                   launch_pdl: bool = False) -> torch.Tensor:
     """F.linear(x, weight, bias) for x [..., K] with at most 16 rows; out: [..., N]."""
     k, n = x.shape[-1], weight.shape[0]
     y = _output(out, (*x.shape[:-1], n), x)
-    _launch(PLAIN, _rows(x, k), weight, k, y.view(-1, n), bias=bias, tiling=tiling)
+    _launch(PLAIN, _rows(x, k), weight, k, y.view(-1, n), bias=bias, tiling=tiling,
+            launch_pdl=launch_pdl)
     return y
 
 
 def rms_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float,
                     weight: torch.Tensor, residual: torch.Tensor | None = None, *,
                     out: torch.Tensor | None = None, residual_out: torch.Tensor | None = None,
-                    tiling: Tiling | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    tiling: Tiling | None = None,
+                    launch_pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(rms_norm(x + residual) * norm_weight @ W.T, x + residual) for x [..., K]; without a
     residual, (rms_norm(x) * norm_weight @ W.T, x)."""
     k, n = x.shape[-1], weight.shape[0]
@@ -320,23 +324,25 @@ def rms_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float,
     y = _output(out, (*x.shape[:-1], n), x)
     if residual is None:
         _launch(RMS_NORM, rows, weight, k, y.view(-1, n), norm_weight=norm_weight, eps=eps,
-                tiling=tiling)
+                tiling=tiling, launch_pdl=launch_pdl)
         return y, x
     if residual.shape != x.shape:
         raise ValueError(f"residual {tuple(residual.shape)} does not match x {tuple(x.shape)}")
     summed = _output(residual_out, tuple(x.shape), x)
     _launch(ADD_RMS_NORM, rows, weight, k, y.view(-1, n), residual=_rows(residual, k),
-            res_out=summed.view(-1, k), norm_weight=norm_weight, eps=eps, tiling=tiling)
+            res_out=summed.view(-1, k), norm_weight=norm_weight, eps=eps, tiling=tiling,
+            launch_pdl=launch_pdl)
     return y, summed
 
 
 def silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor, *,
-                    out: torch.Tensor | None = None,
-                    tiling: Tiling | None = None) -> torch.Tensor:
+                    out: torch.Tensor | None = None, tiling: Tiling | None = None,
+                    launch_pdl: bool = False) -> torch.Tensor:
     """(silu(gate) * up) @ W.T for gate_up = [gate | up] of shape [..., 2K]."""
     k, n = gate_up.shape[-1] // 2, weight.shape[0]
     y = _output(out, (*gate_up.shape[:-1], n), gate_up)
-    _launch(SILU_MUL, _rows(gate_up, 2 * k), weight, k, y.view(-1, n), tiling=tiling)
+    _launch(SILU_MUL, _rows(gate_up, 2 * k), weight, k, y.view(-1, n), tiling=tiling,
+            launch_pdl=launch_pdl)
     return y
 
 

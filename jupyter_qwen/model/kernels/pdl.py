@@ -10,24 +10,23 @@ visible. Kernels that take part (`gemv`, `decode_step`) keep one rule:
 - right after it the program lets the next kernel launch (`gdc_launch_dependents`).
 
 So the next kernel's blocks load their weights while this one computes, and whenever a
-kernel starts, every kernel two launches back has finished. `JUPYTER_QWEN_PDL=0` turns it off.
+kernel starts, every kernel two launches back has finished. The wrappers take `pdl=True` to
+launch this way; the model's ops (`model/ops.py`) pass it where the kernel options ask for it
+(`KernelOptions.pdl`; `JUPYTER_QWEN_PDL=0` turns it off) and `supported` says yes.
 """
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 import torch
 import triton
 import triton.language as tl
 
-ENABLED = os.environ.get("JUPYTER_QWEN_PDL", "1") != "0"
 
-
-def enabled(device: torch.device) -> bool:
-    """Whether kernels on `device` launch with programmatic dependent launch."""
-    return ENABLED and device.type == "cuda" and _hopper_or_later(device)
+def supported(device: torch.device) -> bool:
+    """Whether kernels on `device` can launch with programmatic dependent launch."""
+    return device.type == "cuda" and _hopper_or_later(device)
 
 
 @lru_cache

@@ -1,4 +1,6 @@
-"""Random paged-attention inputs: a KV cache with shuffled blocks and its metadata."""
+"""Kernel test cases: random paged-attention inputs (a KV cache with shuffled blocks and its
+metadata), the error measure the tests and benchmarks compare with, and the interpreter fixes
+the `interpreter` mode needs."""
 
 from __future__ import annotations
 
@@ -84,12 +86,14 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out64 - ref64).norm() / ref64.norm().clamp_min(1e-30))
 
 
-
 def fix_interpreter() -> None:
-    """Work around two gaps of Triton 3.6's CPU interpreter (use only under TRITON_INTERPRET=1).
+    """Work around gaps of Triton's CPU interpreter (3.6 to 3.9; use only under
+    TRITON_INTERPRET=1).
 
     It keeps scalars as 1-element arrays and calls int() on them (loop bounds), which
-    NumPy >= 2.4 refuses; and its dot multiplies bfloat16 operands as raw uint16 bits.
+    NumPy >= 2.4 refuses; its dot multiplies bfloat16 operands as raw uint16 bits; and
+    (3.9) a comparison's result keeps its operands' type, so splatting it to a block makes
+    an integer mask that loads and stores refuse.
     """
     import numpy as np
     from triton.runtime import interpreter
@@ -99,6 +103,7 @@ def fix_interpreter() -> None:
     patch_tensor = interpreter._patch_lang_tensor
     builder = interpreter.InterpreterBuilder
     create_dot = builder.create_dot
+    binary_op = getattr(builder, "binary_op", None)
 
     def patch_lang_tensor(tensor, scope) -> None:
         patch_tensor(tensor, scope)
@@ -113,6 +118,14 @@ def fix_interpreter() -> None:
     def dot(self, a, b, d, input_precision, max_num_imprecise_acc):
         return create_dot(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
 
+    def typed_binary_op(self, lhs, rhs, op):
+        result = binary_op(self, lhs, rhs, op)
+        if result.data.dtype == np.bool_:
+            result.dtype = interpreter.tl.int1
+        return result
+
     interpreter._patch_lang_tensor = patch_lang_tensor
     builder.create_dot = dot
+    if binary_op is not None:
+        builder.binary_op = typed_binary_op
     interpreter.jupyter_qwen_fixed = True
