@@ -11,7 +11,7 @@ import pytest
 
 from jupyter_qwen import demo, testing
 from jupyter_qwen.demo import cache
-from jupyter_qwen.demo.shapes import SHAPES, Shape
+from jupyter_qwen.demo.shapes import SHAPES, SIZE_FIELDS, Shape, config_fields
 
 PACKAGE = Path(demo.__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "tokenizers", "safetensors", "langchain_core")
@@ -126,20 +126,23 @@ def test_shape_fields_are_qwen3_config_fields():
 
     parameters = inspect.signature(Qwen3Config.__init__).parameters
     for name, shape in SHAPES.items():
-        fields = shape.config_fields()
+        fields = config_fields(shape)
         assert set(fields) <= set(parameters), name
         config = Qwen3Config(**fields)
         assert {field: getattr(config, field) for field in fields if field != "dtype"} == \
             {field: value for field, value in fields.items() if field != "dtype"}
         assert str(config.dtype).removeprefix("torch.") == shape.dtype
-    assert list(Shape.__dataclass_fields__) == list(SHAPES["tiny"].config_fields())
+    assert set(config_fields(SHAPES["tiny"])) == {*SIZE_FIELDS, "dtype"}
+    assert set(SIZE_FIELDS) < set(Shape.__dataclass_fields__), "sizes are the model's fields"
 
 
 def test_the_demo_package_stands_alone():
-    """It builds checkpoints with transformers, not with jupyter_qwen's engine or server."""
+    """It builds checkpoints with transformers, not with jupyter_qwen's engine or server: of
+    the rest of the package it reads only the model's (torch-free) config."""
     outside = {str(path.relative_to(PACKAGE)): sorted(
         name for name in imported_modules(path)
         if name.startswith("jupyter_qwen") and not name.startswith("jupyter_qwen.demo"))
         for path in sorted((PACKAGE / "demo").glob("*.py"))}
     assert len(outside) >= 9
-    assert {path: names for path, names in outside.items() if names} == {}
+    assert {path: names for path, names in outside.items() if names} == {
+        "demo/shapes.py": ["jupyter_qwen.model.config", "jupyter_qwen.model.config.Qwen3Config"]}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jupyter_qwen.demo.chat_template import CHAT_TEMPLATE
-from jupyter_qwen.demo.shapes import Shape, get_shape
+from jupyter_qwen.demo.shapes import Shape, config_fields, get_shape
 from jupyter_qwen.demo.tokenizer import added_token_ids, train_tokenizer
 from jupyter_qwen.demo.weights import DEFAULT_MAX_SHARD_BYTES, write_weights
 
@@ -58,7 +58,7 @@ def write_config(folder: Path, shape: Shape) -> None:
 
     token_ids = added_token_ids(shape.vocab_size)
     config = Qwen3Config(
-        **shape.config_fields(), max_window_layers=shape.num_hidden_layers,
+        **config_fields(shape), max_window_layers=shape.num_hidden_layers,
         rope_parameters=dict(ROPE_PARAMETERS),
         bos_token_id=token_ids["<|endoftext|>"], eos_token_id=token_ids["<|im_end|>"],
         pad_token_id=token_ids["<|endoftext|>"], architectures=["Qwen3ForCausalLM"])

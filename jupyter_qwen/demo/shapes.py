@@ -1,47 +1,31 @@
 """Qwen3 sizes the checkpoint writer can build: the tiny demo size and the published ones.
 
-A `Shape` holds the `Qwen3Config` fields that set a model's size, under the config's own
-names, plus the dtype its weights are saved in; everything else (norm epsilon, activation,
-no attention bias, no sliding window) is left to `Qwen3Config`'s defaults. Nothing here
-imports transformers, so the command line lists the shapes without loading it.
+A `Shape` is the model's own `Qwen3Config` (jupyter_qwen.model.config); the writer passes its
+size fields and dtype to transformers' `Qwen3Config` and leaves everything else (norm
+epsilon, activation, no attention bias, no sliding window) to that config's defaults.
+Nothing here imports transformers or torch, so the command line lists the shapes without
+loading them.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from typing import Any
 
+from jupyter_qwen.model.config import Qwen3Config
 
-@dataclass(frozen=True)
-class Shape:
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    max_position_embeddings: int
-    tie_word_embeddings: bool
-    dtype: str
+Shape = Qwen3Config
+"""A size the writer builds is the model's own config: `torch_dtype` is what its weights
+are saved in."""
+SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+               "num_attention_heads", "num_key_value_heads", "head_dim",
+               "max_position_embeddings", "tie_word_embeddings")
 
-    def config_fields(self) -> dict[str, Any]:
-        """Keyword arguments for `Qwen3Config`: every field keeps its name there."""
-        return asdict(self)
 
-    def layer_parameters(self) -> int:
-        attention_width = self.num_attention_heads * self.head_dim
-        kv_width = self.num_key_value_heads * self.head_dim
-        attention = 2 * self.hidden_size * attention_width + 2 * self.hidden_size * kv_width
-        mlp = 3 * self.hidden_size * self.intermediate_size
-        norms = 2 * self.hidden_size + 2 * self.head_dim
-        return attention + mlp + norms
-
-    def parameter_count(self) -> int:
-        embeddings = self.vocab_size * self.hidden_size
-        head = 0 if self.tie_word_embeddings else embeddings
-        layers = self.num_hidden_layers * self.layer_parameters()
-        return embeddings + head + self.hidden_size + layers
+def config_fields(shape: Shape) -> dict[str, Any]:
+    """Keyword arguments for transformers' `Qwen3Config`: the size fields under their own
+    names, and the weights' dtype; the rest is left to its defaults."""
+    return {name: getattr(shape, name) for name in SIZE_FIELDS} | {"dtype": shape.torch_dtype}
 
 
 def _published(hidden_size: int, intermediate_size: int, num_hidden_layers: int,
@@ -51,13 +35,13 @@ def _published(hidden_size: int, intermediate_size: int, num_hidden_layers: int,
     return Shape(vocab_size=151936, hidden_size=hidden_size, intermediate_size=intermediate_size,
                  num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
                  num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
-                 tie_word_embeddings=True, dtype="bfloat16")
+                 tie_word_embeddings=True, torch_dtype="bfloat16")
 
 
 SHAPES: dict[str, Shape] = {
     "tiny": Shape(vocab_size=2048, hidden_size=64, intermediate_size=192, num_hidden_layers=4,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                  max_position_embeddings=4096, tie_word_embeddings=True, dtype="float32"),
+                  max_position_embeddings=4096, tie_word_embeddings=True, torch_dtype="float32"),
     "qwen3-0.6b": _published(1024, 3072, 28, 16),
     "qwen3-1.7b": _published(2048, 6144, 28, 16),
     "qwen3-4b": _published(2560, 9728, 36, 32),
@@ -82,4 +66,4 @@ def parameter_count(shape: str = "tiny", num_hidden_layers: int | None = None) -
 def describe(shape: str, num_hidden_layers: int | None = None) -> str:
     chosen = get_shape(shape, num_hidden_layers)
     return (f"{shape}: {chosen.parameter_count():,} parameters, vocab {chosen.vocab_size:,}, "
-            f"{chosen.num_hidden_layers} layers, {chosen.dtype}")
+            f"{chosen.num_hidden_layers} layers, {chosen.torch_dtype}")

@@ -106,7 +106,7 @@ def write_weights(folder: Path, shape: Shape, seed: int, max_shard_bytes: int,
     import torch
 
     _remove_weight_files(folder)
-    dtype = getattr(torch, shape.dtype)
+    dtype = getattr(torch, shape.torch_dtype)
     item_size = torch.empty((), dtype=dtype).element_size()
     specs = weight_specs(shape)
     shards = _plan_shards(specs, item_size, max_shard_bytes)

@@ -16,9 +16,9 @@ from jupyter_qwen.engine.sampler import SamplerOutput, build_sampling_batch, sam
 from jupyter_qwen.engine.scheduler import ScheduledSeq
 from jupyter_qwen.engine.sequence import Sequence
 from jupyter_qwen.model.attention import AttentionMetadata
+from jupyter_qwen.model.config import Qwen3Config
 from jupyter_qwen.model.loader import Progress, load_model, resolve_dtype
 from jupyter_qwen.model.ops import build_ops
-from jupyter_qwen.model.qwen3 import Qwen3Config
 
 GPU_HEADROOM_BYTES = 512 << 20
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from jupyter_qwen.model.config import Qwen3Config
 from jupyter_qwen.model.errors import ModelNotFoundError
-from jupyter_qwen.model.qwen3 import Qwen3Config, Qwen3ForCausalLM
+from jupyter_qwen.model.qwen3 import Qwen3ForCausalLM
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 Progress = Callable[[str, float | None], None]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -12,49 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from jupyter_qwen.model.attention import AttentionBackend, AttentionMetadata
+from jupyter_qwen.model.config import Qwen3Config
 from jupyter_qwen.model.ops import LayerKernels, ModelOps
-
-
-@dataclass(slots=True)
-class Qwen3Config:
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    max_position_embeddings: int
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 1_000_000.0
-    tie_word_embeddings: bool = False
-    attention_bias: bool = False
-    torch_dtype: str = "bfloat16"
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> Qwen3Config:
-        raw = dict(raw)
-        rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
-        if rope.get("rope_type", rope.get("type", "default")) != "default":
-            raise ValueError(f"unsupported RoPE scaling {rope!r}: only plain RoPE is implemented")
-        raw.setdefault("rope_theta", rope.get("rope_theta", 1_000_000.0))
-        raw.setdefault("head_dim", raw["hidden_size"] // raw["num_attention_heads"])
-        raw["torch_dtype"] = raw.get("dtype") or raw.get("torch_dtype") or "bfloat16"
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names})
-
-    @classmethod
-    def from_folder(cls, folder: Path) -> Qwen3Config:
-        raw = json.loads((Path(folder) / "config.json").read_text())
-        architectures = raw.get("architectures") or ["Qwen3ForCausalLM"]
-        if raw.get("model_type") != "qwen3" and "Qwen3ForCausalLM" not in architectures:
-            raise ValueError(f"{folder} holds a {raw.get('model_type')!r} model; "
-                             "jupyter_qwen serves Qwen3 (model_type 'qwen3') models")
-        return cls.from_dict(raw)
-
-    @property
-    def kv_bytes_per_token(self) -> int:
-        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim
 
 
 class RMSNorm(nn.Module):
