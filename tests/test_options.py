@@ -24,7 +24,8 @@ from jupyter_qwen.server.options import split_options
 
 SERVE_FLAGS = [
     "--enable-thinking", "--disable-thinking", "--port", "--api-key", "--host",
-    "--allowed-hosts", "--served-model-name", "--max-waiting-requests", "--max-num-seqs", "--max-model-len",
+    "--allowed-hosts", "--served-model-name", "--max-waiting-requests", "--max-num-seqs",
+    "--max-model-len",
     "--max-num-batched-tokens", "--gpu-memory-utilization", "--dtype", "--no-prefix-caching",
     "--no-enable-prefix-caching", "--block-size", "--enforce-eager", "--seed", "--device",
     "--attention-backend", "--num-kv-blocks", "--session-ttl"]

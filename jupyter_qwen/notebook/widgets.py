@@ -135,8 +135,7 @@ class ServerPanel(_MonitorWidget):
         self.model_name = server.served_model_name
         self.model_path = str(server.model)
         self.url = server.url
-        self.snippet = (f'ChatOpenAI(base_url="{server.url}", api_key="EMPTY", '
-                        f'model="{server.served_model_name}")')
+        self.snippet = chat_snippet(server)
         self.finished = False
         self._memory_before: int | None = None
         self._stopped_at: float | None = None
@@ -233,6 +232,14 @@ class ServerPanel(_MonitorWidget):
             log.exception("%s failed", action)
             reply |= {"ok": False, "error": f"{type(error).__name__}: {error}"}
         self.send(reply)
+
+
+def chat_snippet(server: Any) -> str:
+    """The LangChain line for `server`; a key is named by the variable that holds the
+    server (``qwen_server``), never shown."""
+    key = "qwen_server.api_key" if getattr(server, "api_key", None) else '"EMPTY"'
+    return (f'ChatOpenAI(base_url="{server.url}", api_key={key}, '
+            f'model="{server.served_model_name}")')
 
 
 def _memory_used(sample: Sample) -> int:
