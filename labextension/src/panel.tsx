@@ -18,10 +18,12 @@ function percent(fraction: number): string {
   return `${Math.round(fraction * 100)} %`;
 }
 
-/** The snippet users paste into a notebook to talk to a server with LangChain. */
+/** The snippet users paste into a notebook to talk to a server with LangChain. A key is
+ * never shown: it is read from the server object that %qwen_serve and the control panel
+ * leave in the notebook as `qwen_server`. */
 export function chatSnippet(server: IModelServer): string {
-  const key = server.api_key_required ? 'YOUR_API_KEY' : 'EMPTY';
-  return `ChatOpenAI(base_url="${server.url}", api_key="${key}", model="${server.served_model_name}")`;
+  const key = server.api_key_required ? 'qwen_server.api_key' : '"EMPTY"';
+  return `ChatOpenAI(base_url="${server.url}", api_key=${key}, model="${server.served_model_name}")`;
 }
 
 const CLEAN_FIGURES: [string, string][] = [
