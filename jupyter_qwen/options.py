@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -34,7 +36,9 @@ class OptionSpec:
     `low` may name another field whose value is the bound. `choices` lists the allowed
     values. `default_text` says what a computed default (None) means. Booleans get
     `on_flags` / `off_flags` (with `on_help` / `off_help`); other options get one flag from
-    their name plus `aliases`. `cli=False` keeps an option off the command line. `form`
+    their name plus `aliases`; an option typed `tuple[str, ...]` holds several values (its
+    flag may be repeated, and takes comma-separated values). `cli=False` keeps an option off
+    the command line. `form`
     puts it on the control panel: "number", "optional_number", "slider", "choice",
     "check", "text" or "secret", with `label`, `hint` and `placeholder`. `error` replaces
     the range message of a number ("{value}" stands for the value given).
@@ -74,10 +78,11 @@ class Option:
     """One declared option as the generators see it."""
 
     name: str
-    kind: type  # int, float, bool or str
+    kind: type  # int, float, bool or str (of each value, for an option of several)
     optional: bool  # None is allowed (a computed default)
     default: Any
     spec: OptionSpec
+    many: bool = False  # a tuple of values of `kind` (declared `tuple[kind, ...]`)
 
     @property
     def flag(self) -> str:
@@ -98,17 +103,30 @@ def options_of(cls: type) -> tuple[Option, ...]:
         if spec is None:
             continue
         kind, optional = _plain_type(hints[field.name])
+        many = typing.get_origin(kind) is tuple
+        if many:
+            kind = typing.get_args(kind)[0]
         default = None if field.default is dataclasses.MISSING else field.default
-        declared.append(Option(field.name, kind, optional, default, spec))
+        declared.append(Option(field.name, kind, optional, default, spec, many))
     return tuple(declared)
 
 
-def _plain_type(hint: Any) -> tuple[type, bool]:
+def _plain_type(hint: Any) -> tuple[Any, bool]:
     args = typing.get_args(hint)
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         kinds = [arg for arg in args if arg is not type(None)]
         return kinds[0], len(kinds) < len(args)
     return hint, False
+
+
+def split_values(value: str | list | tuple) -> tuple:
+    """The values of an option of several: a string is split at commas and spaces, and so
+    is each string of a list or tuple ("a, b" and ["a", "b,c"] give ("a", "b"...))."""
+    items = [value] if isinstance(value, str) else list(value)
+    values: list = []
+    for item in items:
+        values.extend(re.split(r"[,\s]+", item.strip()) if isinstance(item, str) else [item])
+    return tuple(item for item in values if item != "")
 
 
 # ---- checks ----------------------------------------------------------------------------------
@@ -118,6 +136,9 @@ def check_field(option: Option, value: Any, values: dict[str, Any] | None = None
     fields, for a bound that names one)."""
     name, spec = option.name, option.spec
     if value is None and option.optional:
+        return
+    if option.many:
+        _check_values(option, value, values)
         return
     if spec.choices:
         if value not in spec.choices or isinstance(value, bool) != (option.kind is bool):
@@ -133,6 +154,15 @@ def check_field(option: Option, value: Any, values: dict[str, Any] | None = None
             raise ConfigError(name, f"{name} must be a string, got {value!r}")
         return
     _check_number(option, value, values or {})
+
+
+def _check_values(option: Option, value: Any, values: dict[str, Any] | None) -> None:
+    if not isinstance(value, str | list | tuple):
+        raise ConfigError(option.name, f"{option.name} must be a list of values (or one "
+                                       f"comma-separated string), got {value!r}")
+    one = dataclasses.replace(option, many=False, optional=False)
+    for item in split_values(value):
+        check_field(one, item, values)
 
 
 def _check_number(option: Option, value: Any, values: dict[str, Any]) -> None:
@@ -166,10 +196,13 @@ def _show(bound: float | None) -> str:
 
 
 def validate(instance: Any) -> None:
-    """Check every declared option of a dataclass instance; raise the first ConfigError."""
+    """Check every declared option of a dataclass instance; raise the first ConfigError.
+    An option of several values given as a string or list is stored as a tuple."""
     values = {option.name: getattr(instance, option.name) for option in options_of(type(instance))}
     for option in options_of(type(instance)):
         check_field(option, values[option.name], values)
+        if option.many and values[option.name] is not None:
+            object.__setattr__(instance, option.name, split_values(values[option.name]))
 
 
 def field_errors(cls: type, values: dict[str, Any]) -> dict[str, str]:
@@ -211,7 +244,30 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if option.spec.choices:
             kwargs["choices"] = option.spec.choices
         kwargs["type"] = option.kind
+        if option.many:
+            kwargs |= {"type": None, "metavar": option.name.upper(),
+                       "action": functools.partial(_AddValues, kind=option.kind)}
         parser.add_argument(option.flag, *option.spec.aliases, **kwargs)
+
+
+class _AddValues(argparse.Action):
+    """A repeatable flag whose values may also be comma-separated: they add up to a tuple
+    of `kind`, in place of the default."""
+
+    def __init__(self, *args: Any, kind: type = str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        given = getattr(namespace, self.dest, None)
+        if given is None or given is self.default:
+            given = ()
+        try:
+            added = tuple(self.kind(item) for item in split_values(values))
+        except ValueError:
+            raise argparse.ArgumentError(
+                self, f"invalid {self.kind.__name__} value in {values!r}") from None
+        setattr(namespace, self.dest, (*given, *added))
 
 
 def _add_bool_flags(parser: argparse.ArgumentParser, option: Option) -> None:

@@ -337,3 +337,27 @@ def test_the_magic_fills_the_form_and_start_lands_in_the_namespace(magics, demo_
 def test_panel_is_a_lazy_attribute():
     assert jupyter_qwen.panel is control_panel.panel
     assert "panel" in dir(jupyter_qwen)
+
+
+def test_a_blank_key_is_flagged_when_other_users_are_logged_in(make_panel, monkeypatch):
+    monkeypatch.setattr(control_panel, "other_logged_in_users", lambda: ["alice", "bob"])
+    panel = make_panel("demo")
+    note = panel.notes["api_key"].value
+    assert "jqc-warning" in note and "alice, bob" in note and "auto" in note
+    panel.fill(api_key="auto")
+    assert "jqc-warning" not in panel.notes["api_key"].value
+    panel.fill(api_key="  ")
+    assert "jqc-warning" in panel.notes["api_key"].value
+    monkeypatch.setattr(control_panel, "other_logged_in_users", lambda: [])
+    assert "jqc-warning" not in make_panel("demo").notes["api_key"].value
+
+
+def test_an_auto_key_from_the_form_is_carried_and_never_shown(make_panel, tiny_model_path):
+    panel = make_panel(str(tiny_model_path), max_model_len=128, api_key="auto")
+    server = panel.start()
+    serving(panel)
+    assert server.api_key not in (None, "auto")
+    assert "api_key=qwen_server.api_key" in panel.dashboard.snippet
+    assert server.api_key not in panel.dashboard.snippet
+    assert isinstance(chat(server), str)
+    panel.stop()

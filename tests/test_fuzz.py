@@ -85,7 +85,8 @@ def test_schemathesis_finds_no_server_error(server):
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             fuzz_operation(operation, mode, server.root_url, statuses)
     elapsed = time.perf_counter() - start
-    client = httpx.Client(base_url=server.root_url, timeout=30)
+    client = httpx.Client(base_url=server.root_url, timeout=30,
+                          headers={"X-Admin-Token": server.admin_token})
     for session in client.get("/v1/sessions").json()["data"]:
         assert client.delete(f"/v1/sessions/{quote(session['id'], safe='')}").status_code == 200
     health = client.get("/health")

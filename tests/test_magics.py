@@ -120,6 +120,23 @@ def test_sessions_keep_the_conversation(shell, tiny_model_path):
     shell.run_line_magic("qwen_stop", "")
 
 
+def test_an_auto_key_server_chats_through_qwen_with_no_key_typed(shell, tiny_model_path):
+    import httpx
+
+    server = serve_tiny(shell, tiny_model_path, "--api-key auto")
+    try:
+        assert server.api_key not in (None, "auto")
+        assert httpx.get(f"{server.url}/models").status_code == 401
+        with capture_output() as captured:
+            shell.run_cell_magic("qwen", "--no-think --max-tokens 4", "hi")
+        assert captured.outputs, "%%qwen showed the reply"
+        with capture_output() as shown:
+            shell.run_line_magic("qwen_status", "")
+        assert server.api_key not in shown.stdout + rich(shown, "text/html")
+    finally:
+        shell.run_line_magic("qwen_stop", "")
+
+
 def test_chat_without_a_server_says_so(shell):
     with pytest.raises(UsageError, match="no server is running"):
         shell.run_cell_magic("qwen", "", "hi")

@@ -18,12 +18,14 @@ from jupyter_qwen.options import (
     given_options,
     option,
     options_of,
+    validate,
 )
 from jupyter_qwen.server.options import split_options
 
 SERVE_FLAGS = [
     "--enable-thinking", "--disable-thinking", "--port", "--api-key", "--host",
-    "--served-model-name", "--max-waiting-requests", "--max-num-seqs", "--max-model-len",
+    "--allowed-hosts", "--served-model-name", "--max-waiting-requests", "--max-num-seqs",
+    "--max-model-len",
     "--max-num-batched-tokens", "--gpu-memory-utilization", "--dtype", "--no-prefix-caching",
     "--no-enable-prefix-caching", "--block-size", "--enforce-eager", "--seed", "--device",
     "--attention-backend", "--num-kv-blocks", "--session-ttl"]
@@ -31,7 +33,8 @@ FORM_FIELDS = ["model", "max_num_seqs", "max_model_len", "max_num_batched_tokens
                "gpu_memory_utilization", "dtype", "enable_prefix_caching", "enable_thinking",
                "port", "api_key", "replace"]
 SERVE_KEYWORDS = [
-    "model", "progress", "enable_thinking", "port", "api_key", "host", "served_model_name",
+    "model", "progress", "enable_thinking", "port", "api_key", "host", "allowed_hosts",
+    "served_model_name",
     "max_waiting_requests", "max_num_seqs", "max_model_len", "max_num_batched_tokens",
     "gpu_memory_utilization", "dtype", "enable_prefix_caching", "block_size", "enforce_eager",
     "seed", "device", "attention_backend", "num_kv_blocks", "session_ttl"]
@@ -160,3 +163,46 @@ def test_a_new_declaration_reaches_every_surface():
     (declared,) = options_of(Made)
     widget = option_widget(declared)
     assert (widget.description, widget.value, widget.max) == ("max temp", 2.0, 4.0)
+
+
+def test_an_option_of_several_values_takes_a_list_a_repeated_flag_or_commas():
+    @dataclass(frozen=True)
+    class Several:
+        names: tuple[str, ...] = option((), "names to accept")
+        sizes: tuple[int, ...] = option((1,), "sizes", low=1)
+
+        def __post_init__(self):
+            validate(self)
+
+    (names, sizes) = options_of(Several)
+    assert (names.kind, names.many, sizes.kind, sizes.many) == (str, True, int, True)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Several)
+    args = parser.parse_args(["--names", "a.example,b.example", "--names", "c", "--sizes", "4"])
+    assert given_options(args, Several) == {"names": ("a.example", "b.example", "c"),
+                                            "sizes": (4,)}
+    assert given_options(parser.parse_args([]), Several) == {}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--sizes", "4,many"])
+    assert Several(names="x, y").names == ("x", "y")
+    assert Several(names=["x", "y,z"]).names == ("x", "y", "z")
+    assert Several(names=[]).names == ()
+    assert field_errors(Several, {"names": [3], "sizes": [0]}) == {
+        "names": "names must be a string, got 3",
+        "sizes": "sizes must be an integer in [1, inf], got 0"}
+    with pytest.raises(ConfigError, match="names must be a list of values") as caught:
+        Several(names=5)
+    assert caught.value.field == "names"
+
+
+def test_allowed_hosts_reaches_the_command_line_and_serve():
+    from jupyter_qwen.notebook.magics import serve_parser
+    from jupyter_qwen.server.cli import server_kwargs
+
+    args = serve_parser().parse_args(["m", "--allowed-hosts", "box.lan,Box.Example.",
+                                      "--allowed-hosts", "*.corp.example"])
+    given = server_kwargs(args)
+    assert given == {"allowed_hosts": ("box.lan", "Box.Example.", "*.corp.example")}
+    server, _engine = split_options(given)
+    assert server.allowed_hosts == given["allowed_hosts"]
+    assert split_options({})[0].allowed_hosts == ()

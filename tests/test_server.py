@@ -222,10 +222,11 @@ def test_sessions_reuse_the_conversation(client, server):
         extra_body={"session_id": session_id, "enable_thinking": False})
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert cached >= 0.8 * first.usage.prompt_tokens
-    sessions = httpx.get(f"{server.url}/sessions").json()["data"]
+    owner = httpx.Client(headers={"X-Admin-Token": server.admin_token})
+    sessions = owner.get(f"{server.url}/sessions").json()["data"]
     assert [s["id"] for s in sessions] == [session_id] and sessions[0]["turns"] == 2
-    assert httpx.delete(f"{server.url}/sessions/{quote(session_id, safe='')}").status_code == 200
-    assert httpx.delete(f"{server.url}/sessions/{quote(session_id, safe='')}").status_code == 404
+    assert owner.delete(f"{server.url}/sessions/{quote(session_id, safe='')}").status_code == 200
+    assert owner.delete(f"{server.url}/sessions/{quote(session_id, safe='')}").status_code == 404
     stats = wait_idle(server)
     assert stats["num_free_blocks"] == stats["num_kv_blocks"]
 

@@ -37,6 +37,7 @@ from jupyter_qwen.notebook.models import (
 )
 from jupyter_qwen.options import Option, field_errors, options_of
 from jupyter_qwen.server.options import ServerOptions
+from jupyter_qwen.server.security import other_logged_in_users
 
 log = logging.getLogger("jupyter_qwen.notebook")
 STATIC = Path(__file__).with_name("static")
@@ -48,6 +49,8 @@ FORM_OPTIONS: tuple[Option, ...] = tuple(o for cls in OPTION_CLASSES for o in op
 """The options on the form, declared with `form=` where they are defined."""
 FORM_FIELDS = ("model", *(o.name for o in FORM_OPTIONS))
 REPLACE_HINT = "stop the server this kernel runs, then start this one"
+LIVE_HINTS = ("gpu_memory_utilization", "api_key")
+"""Fields whose note follows what is typed in them."""
 
 
 # ---- the GPU behind the memory slider ----------------------------------------------------
@@ -101,6 +104,7 @@ class ControlPanel(widgets.VBox):
         self._lock = threading.RLock()
         self._starting = False
         self._gpu_total, self._gpu_name = gpu_memory_total()
+        self._other_users = other_logged_in_users()
         self.fields = self._make_fields(model_choices(hf_cache_dir))
         self.notes = {name: widgets.HTML(layout=widgets.Layout(margin="0 0 0 8px"))
                       for name in self.fields}
@@ -179,7 +183,7 @@ class ControlPanel(widgets.VBox):
 
     def _edited(self, name: str) -> None:
         self._unfit.pop(name, None)
-        if self.errors.pop(name, None) is not None or name == "gpu_memory_utilization":
+        if self.errors.pop(name, None) is not None or name in LIVE_HINTS:
             self._render_note(name)
 
     def _render_note(self, name: str) -> None:
@@ -187,12 +191,22 @@ class ControlPanel(widgets.VBox):
         if error:
             self.notes[name].value = f'<span class="jqc-error">{html.escape(error)}</span>'
             return
+        if name == "api_key" and (warning := self._shared_host_warning()):
+            self.notes[name].value = f'<span class="jqc-warning">{html.escape(warning)}</span>'
+            return
         hint = self._model_hint() if name == "model" else self._memory_hint() \
             if name == "gpu_memory_utilization" else _hint(name)
         title = html.escape(self._gpu_name, quote=True) \
             if name == "gpu_memory_utilization" else ""
         self.notes[name].value = (f'<span class="jqc-hint" title="{title}">'
                                   f'{html.escape(hint)}</span>')
+
+    def _shared_host_warning(self) -> str:
+        """Why a blank API key is unsafe here, when other users are logged in."""
+        if str(self.fields["api_key"].value or "").strip() or not self._other_users:
+            return ""
+        return (f"other users are logged in here ({', '.join(self._other_users)}): without "
+                "a key they can use this server; type auto for a random one")
 
     def _model_hint(self) -> str:
         offered = len(self.fields["model"].options) - 1

@@ -18,6 +18,7 @@ from jupyter_qwen.server.context import ServerContext, health_report
 from jupyter_qwen.server.errors import APIError
 from jupyter_qwen.server.metrics import render_prometheus
 from jupyter_qwen.server.protocol import ChatCompletionRequest, CompletionRequest
+from jupyter_qwen.server.security import HostGuard, HostPolicy
 
 log = logging.getLogger("jupyter_qwen.server")
 MAX_BODY_BYTES = 32 << 20
@@ -41,27 +42,47 @@ async def require_api_key(request: Request, ctx: Context) -> None:
                        "invalid_api_key", code="invalid_api_key")
 
 
-async def require_admin_token(request: Request, ctx: Context) -> None:
+def has_admin_token(request: Request, ctx: ServerContext) -> bool:
     token = request.headers.get("x-admin-token", "")
-    if not token or not hmac.compare_digest(token.encode(), ctx.admin_token.encode()):
+    return bool(token) and hmac.compare_digest(token.encode(), ctx.admin_token.encode())
+
+
+async def require_admin_token(request: Request, ctx: Context) -> None:
+    if not has_admin_token(request, ctx):
         raise APIError(401, "admin routes need the server's X-Admin-Token header",
                        "invalid_admin_token", code="invalid_admin_token")
+
+
+async def require_session_owner(request: Request, ctx: Context) -> None:
+    """Session ids are the owner's: the API key's holder when there is a key, else the
+    holder of the admin token (the kernel that started the server, and the sidebar)."""
+    if has_admin_token(request, ctx):
+        return
+    if ctx.api_key is not None:
+        await require_api_key(request, ctx)
+        return
+    raise APIError(401, "without an API key, listing and deleting sessions needs the "
+                   "server's X-Admin-Token header (server.admin_token)",
+                   "invalid_admin_token", code="invalid_admin_token")
 
 
 router = APIRouter()
 API_KEY = [Depends(require_api_key)]
 ADMIN_TOKEN = [Depends(require_admin_token)]
+SESSION_OWNER = [Depends(require_session_owner)]
 
 
-def create_app(ctx: ServerContext) -> FastAPI:
+def create_app(ctx: ServerContext, hosts: HostPolicy | None = None) -> FastAPI:
     """The app of one server. Its routes are module-level functions that find the server in
     `app.state`: FastAPI caches what it learns about route functions for the whole process,
-    so routes that closed over `ctx` would keep every stopped server alive."""
+    so routes that closed over `ctx` would keep every stopped server alive. Every request
+    first passes the `Host` check of `hosts` (default: loopback names only)."""
     app = FastAPI(title="jupyter_qwen", version=__version__)
     app.state.ctx = ctx
     app.state.handler = CompletionHandler(ctx)
     _install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(HostGuard, policy=hosts or HostPolicy())
     app.include_router(router)
     return app
 
@@ -85,14 +106,14 @@ async def completions(body: CompletionRequest, request: Request):
     return await request.app.state.handler.completion(body, request)
 
 
-@router.get("/v1/sessions", dependencies=API_KEY)
+@router.get("/v1/sessions", dependencies=SESSION_OWNER)
 async def list_sessions(ctx: Context):
     engine = ctx.ready_engine()
     sessions = await asyncio.to_thread(engine.call, lambda e: e.sessions.list())
     return {"object": "list", "data": sessions}
 
 
-@router.delete("/v1/sessions/{session_id:path}", dependencies=API_KEY)
+@router.delete("/v1/sessions/{session_id:path}", dependencies=SESSION_OWNER)
 async def delete_session(session_id: str, ctx: Context):
     engine = ctx.ready_engine()
     if not await asyncio.to_thread(engine.call, lambda e: e.sessions.drop(session_id)):

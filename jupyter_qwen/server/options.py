@@ -29,9 +29,15 @@ class ServerOptions:
         hint="blank: a free port", placeholder="a free one",
         error="a port is a number from 1 to 65535, got {value}")
     api_key: str | None = option(
-        None, "require 'Authorization: Bearer KEY' on /v1 routes", form="secret",
-        label="API key", hint="blank: no key needed on 127.0.0.1", placeholder="none")
+        None, "require 'Authorization: Bearer KEY' on /v1 routes; 'auto': a random key, "
+        "which chat_model(), openai_client() and the notebook's magics carry for you",
+        form="secret", label="API key",
+        hint="blank: no key needed on 127.0.0.1; auto: a random one", placeholder="none")
     host: str = option("127.0.0.1", "address to bind")
+    allowed_hosts: tuple[str, ...] = option(
+        (), "more Host names the server answers to (repeat the flag or separate with "
+        "commas; '*' allows any, which re-opens DNS rebinding)",
+        default_text="loopback names and the bound address")
     served_model_name: str | None = option(
         None, "the model name clients send", default_text="last path part")
     max_waiting_requests: int = option(

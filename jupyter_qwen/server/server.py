@@ -33,6 +33,7 @@ from jupyter_qwen.server.options import (
     signature_with_options,
     split_options,
 )
+from jupyter_qwen.server.security import api_key_for, host_policy, other_logged_in_users
 
 log = logging.getLogger("jupyter_qwen.server")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -48,7 +49,8 @@ class QwenServer:
         self.options: ServerOptions = server_options
         self.config = EngineConfig.from_kwargs(model, **engine_options)
         self.host = host = server_options.host
-        self.api_key = api_key = server_options.api_key
+        self.hosts = host_policy(host, server_options.allowed_hosts)
+        self.api_key = api_key = api_key_for(server_options.api_key)
         self.max_waiting_requests = server_options.max_waiting_requests
         name = server_options.served_model_name or str(model).rstrip("/").rsplit("/", 1)[-1]
         self.ctx = ServerContext(model=str(model), served_model_name=name, api_key=api_key,
@@ -68,6 +70,10 @@ class QwenServer:
         if host not in LOOPBACK_HOSTS and api_key is None:
             log.warning("serving on %s without an api_key: anyone who can reach this address "
                         "can use the model", host)
+        elif api_key is None and (others := other_logged_in_users()):
+            log.warning("serving without an api_key while other users are logged in here "
+                        "(%s): they can use this server too; api_key='auto' keeps them out",
+                        ", ".join(others))
 
     @property
     def url(self) -> str:
@@ -181,7 +187,8 @@ class QwenServer:
     def _start_http(self) -> None:
         import uvicorn
 
-        config = uvicorn.Config(create_app(self.ctx), log_level="warning", access_log=False,
+        config = uvicorn.Config(create_app(self.ctx, self.hosts), log_level="warning",
+                                access_log=False,
                                 lifespan="off", timeout_graceful_shutdown=2,
                                 timeout_keep_alive=30)
         self._uvicorn = uvicorn.Server(config)
