@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from pathlib import Path
 
 import httpx
 import openai
@@ -14,6 +16,8 @@ import pytest
 from jupyter_qwen import serve
 from jupyter_qwen.demo import DEMO_PROMPTS, DEMO_TOOLS
 from jupyter_qwen.server.chat import OutputParser, parse_whole
+from jupyter_qwen.server.fields import DECLARED_UNUSED, REJECTED
+from jupyter_qwen.server.protocol import ChatCompletionRequest, CompletionRequest
 
 HI = [{"role": "user", "content": "hi"}]
 HELLO = DEMO_PROMPTS["hello"]
@@ -320,3 +324,89 @@ def test_schema_errors_name_a_real_path(server, body, param):
     response = httpx.post(f"{server.url}/chat/completions", json=body, timeout=30)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+# ---- docs/openai-compatibility.md against the code ---------------------------------------
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "openai-compatibility.md"
+ROW = re.compile(r"^\| `([^`]+)` \| ([a-z ]+) \|")
+
+
+def doc_tables() -> dict[str, dict[str, str]]:
+    tables: dict[str, dict[str, str]] = {}
+    section = None
+    for line in DOC.read_text().splitlines():
+        if line.startswith("## "):
+            section = tables.setdefault(line[3:].strip(), {})
+        elif (match := ROW.match(line)) and section is not None:
+            assert match[1] not in section, f"{match[1]} twice"
+            section[match[1]] = match[2].strip()
+    return tables
+
+
+FIELD_TABLES = {"`POST /v1/chat/completions`": (ChatCompletionRequest, "chat/completions"),
+                "`POST /v1/completions`": (CompletionRequest, "completions")}
+
+
+@pytest.mark.parametrize("title", FIELD_TABLES)
+def test_the_field_table_matches_the_request_models(title):
+    model, _ = FIELD_TABLES[title]
+    rows = doc_tables()[title]
+    declared = set(model.model_fields)
+    assert set(rows.values()) <= {"honoured", "rejected", "ignored"}
+    assert declared <= set(rows), f"fields missing from the table: {declared - set(rows)}"
+    for name, status in rows.items():
+        if status == "honoured":
+            assert name in declared and name not in DECLARED_UNUSED, name
+        elif status == "rejected":
+            assert name in REJECTED and name not in declared, name
+        else:
+            assert name in DECLARED_UNUSED or (name not in declared and name not in REJECTED)
+
+
+def test_every_refused_field_is_in_a_table():
+    tables = doc_tables()
+    rejected = {name for title in FIELD_TABLES for name, status in tables[title].items()
+                if status == "rejected"}
+    assert rejected == set(REJECTED)
+
+
+@pytest.mark.parametrize("title", FIELD_TABLES)
+def test_the_server_does_what_the_field_table_says(server, title):
+    """Every rejected field gets its 400, every ignored one the header."""
+    _, route = FIELD_TABLES[title]
+    base = {"messages": HI} if route == "chat/completions" else {"prompt": "a"}
+    url = f"{server.url}/{route}"
+    for name, status in doc_tables()[title].items():
+        if status == "honoured":
+            continue
+        value = False if name in DECLARED_UNUSED else "surely not harmless"
+        response = httpx.post(url, json=base | {"max_tokens": 1, name: value}, timeout=30)
+        if status == "rejected":
+            assert response.status_code == 400, name
+            assert response.json()["error"]["param"] == name
+        else:
+            assert response.status_code == 200, (name, response.text)
+            assert response.headers["x-ignored-fields"] == name
+
+
+def route_key(method: str, path: str) -> str:
+    return f"{method} {re.sub(r'{[^}]*}', '{}', path)}"
+
+
+def test_the_route_table_matches_the_app(server):
+    from fastapi.routing import APIRoute
+
+    from jupyter_qwen.server.app import router
+
+    served = {route_key(method, route.path_format) for route in router.routes
+              if isinstance(route, APIRoute) for method in route.methods}
+    rows = doc_tables()["Routes"]
+    assert {route_key(*key.split(" ", 1)) for key, status in rows.items()
+            if status == "served"} == served
+    for key, status in rows.items():
+        method, path = key.split(" ", 1)
+        if status == "not served":
+            response = httpx.request(method, server.root_url + path.replace("{", "").replace(
+                "}", ""), json={})
+            assert response.status_code in (404, 405), key
