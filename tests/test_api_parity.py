@@ -25,7 +25,7 @@ HELLO = DEMO_PROMPTS["hello"]
 
 @pytest.fixture(scope="module")
 def server(demo_model):
-    instance = serve(demo_model, max_model_len=512, progress=False)
+    instance = serve(demo_model, max_model_len=1024, progress=False)
     yield instance
     instance.stop()
 
@@ -144,7 +144,7 @@ def post(server, path: str, body: dict) -> httpx.Response:
 def test_tokenize_detokenize_round_trip_of_a_prompt(server, text):
     tokens = post(server, "/tokenize", {"prompt": text, "return_token_strs": True}).json()
     assert tokens["count"] == len(tokens["tokens"]) > 0
-    assert tokens["max_model_len"] == 512
+    assert tokens["max_model_len"] == 1024
     assert len(tokens["token_strs"]) == tokens["count"]
     back = post(server, "/detokenize", {"tokens": tokens["tokens"]}).json()
     assert back == {"prompt": text}
@@ -410,3 +410,74 @@ def test_the_route_table_matches_the_app(server):
             response = httpx.request(method, server.root_url + path.replace("{", "").replace(
                 "}", ""), json={})
             assert response.status_code in (404, 405), key
+
+
+def test_ignored_field_names_beyond_latin1_are_percent_encoded(server):
+    response = httpx.post(f"{server.url}/chat/completions", timeout=30, json={
+        "messages": HI, "max_tokens": 1, "\U000106df, x": 1})
+    assert response.status_code == 200
+    assert response.headers["x-ignored-fields"] == "%F0%90%9B%9F%2C%20x"
+
+
+# ---- the Responses API (in part) ----------------------------------------------------------
+
+RESPONSES_TOOL = {"type": "function", "name": TOOL["function"]["name"],
+                  "description": TOOL["function"]["description"],
+                  "parameters": TOOL["function"]["parameters"]}
+
+
+def test_responses_create_retrieve_delete(client, server):
+    response = client.responses.create(model=server.served_model_name, input="Hello!",
+                                       max_output_tokens=200, temperature=0)
+    assert response.status == "completed"
+    assert [item.type for item in response.output] == ["reasoning", "message"]
+    assert response.output[0].content[0].text == HELLO.reasoning
+    assert response.output_text == HELLO.content
+    assert client.responses.retrieve(response.id).output_text == HELLO.content
+    client.responses.delete(response.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(response.id)
+    plain = client.responses.create(model=server.served_model_name, input="Hello!",
+                                    max_output_tokens=200, temperature=0,
+                                    reasoning={"effort": "none"})
+    assert [item.type for item in plain.output] == ["message"]
+    assert plain.output_text == DEMO_PROMPTS["hello_no_thinking"].content
+
+
+def test_responses_tool_round_trip_on_the_stored_conversation(client, server):
+    question = "What is the weather in Paris?"
+    first = client.responses.create(model=server.served_model_name, input=question,
+                                    tools=[RESPONSES_TOOL], max_output_tokens=100,
+                                    temperature=0)
+    [call] = [item for item in first.output if item.type == "function_call"]
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"}
+    second = client.responses.create(
+        model=server.served_model_name, previous_response_id=first.id, tools=[RESPONSES_TOOL],
+        input=[{"type": "function_call_output", "call_id": call.call_id,
+                "output": "sunny, 21 °C"}], max_output_tokens=200, temperature=0)
+    assert second.output_text == DEMO_PROMPTS["weather_answer"].content
+    assert second.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens // 2
+
+
+UNSUPPORTED_RESPONSES = [({"stream": True}, "stream"), ({"background": True}, "background"),
+                         ({"text": {"format": {"type": "json_object"}}}, "text.format"),
+                         ({"tools": [{"type": "web_search"}]}, "tools.0.type"),
+                         ({"input": [{"type": "message", "role": "user", "content": [
+                             {"type": "input_image", "image_url": "http://x"}]}]},
+                          "input.0.content.0"),
+                         ({"previous_response_id": "resp_nope"}, "response_id"),
+                         ({"max_output_tokens": 1100}, "max_output_tokens")]
+
+
+@pytest.mark.parametrize(("fields", "param"), UNSUPPORTED_RESPONSES)
+def test_responses_refuse_what_they_cannot_do(server, fields, param):
+    response = httpx.post(f"{server.url}/responses", timeout=30,
+                          json={"input": "Hello!", "max_output_tokens": 2} | fields)
+    assert response.status_code in (400, 404), response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_responses_list_ignored_fields(server):
+    response = httpx.post(f"{server.url}/responses", timeout=30, json={
+        "input": "Hello!", "max_output_tokens": 2, "truncation": "auto"})
+    assert response.status_code == 200 and response.headers["x-ignored-fields"] == "truncation"

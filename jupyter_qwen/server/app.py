@@ -18,6 +18,7 @@ from jupyter_qwen.server.context import ServerContext, health_report
 from jupyter_qwen.server.errors import APIError
 from jupyter_qwen.server.metrics import render_prometheus
 from jupyter_qwen.server.protocol import ChatCompletionRequest, CompletionRequest
+from jupyter_qwen.server.responses import ResponsesRequest, ResponseStore, create_response
 from jupyter_qwen.server.tokenization import (
     DetokenizeRequest,
     TokenizeRequest,
@@ -66,6 +67,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app = FastAPI(title="jupyter_qwen", version=__version__)
     app.state.ctx = ctx
     app.state.handler = CompletionHandler(ctx)
+    app.state.responses = ResponseStore()
     _install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=MAX_BODY_BYTES)
     app.include_router(router)
@@ -139,6 +141,23 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 @router.post("/v1/completions", dependencies=API_KEY)
 async def completions(body: CompletionRequest, request: Request):
     return await request.app.state.handler.completion(body, request)
+
+
+@router.post("/v1/responses", dependencies=API_KEY)
+async def responses_create(body: ResponsesRequest, request: Request):
+    state = request.app.state
+    return await create_response(state.handler, state.responses, body, request)
+
+
+@router.get("/v1/responses/{response_id}", dependencies=API_KEY)
+async def responses_retrieve(response_id: str, request: Request):
+    return request.app.state.responses.get(response_id).body
+
+
+@router.delete("/v1/responses/{response_id}", dependencies=API_KEY)
+async def responses_delete(response_id: str, request: Request):
+    request.app.state.responses.delete(response_id)
+    return {"id": response_id, "object": "response", "deleted": True}
 
 
 @router.get("/v1/sessions", dependencies=API_KEY)

@@ -19,7 +19,11 @@ from jupyter_qwen.engine.sequence import TokenLogprobs
 from jupyter_qwen.sampling_params import SamplingParams
 from jupyter_qwen.server.chat import OutputParser, ParsedDelta, render_chat
 from jupyter_qwen.server.errors import APIError, engine_error
-from jupyter_qwen.server.fields import IGNORED_FIELDS_HEADER, check_extra_fields
+from jupyter_qwen.server.fields import (
+    IGNORED_FIELDS_HEADER,
+    check_extra_fields,
+    ignored_fields_header,
+)
 from jupyter_qwen.server.metrics import RequestTimer
 from jupyter_qwen.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from jupyter_qwen.server.streaming import streaming_response
@@ -344,7 +348,7 @@ def _with_ignored(result, ignored: list[str]):
     if not ignored:
         return result
     response = result if isinstance(result, Response) else JSONResponse(result)
-    response.headers[IGNORED_FIELDS_HEADER] = ", ".join(ignored)
+    response.headers[IGNORED_FIELDS_HEADER] = ignored_fields_header(ignored)
     return response
 
 

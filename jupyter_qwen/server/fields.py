@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel
 
@@ -42,6 +43,9 @@ DECLARED_UNUSED: dict[str, tuple[Any, ...]] = {"parallel_tool_calls": (None, Tru
 """Declared fields that are accepted but not acted on: ignored (and so reported) unless they
 hold one of the values given, which is what happens anyway."""
 
+MAX_WARNED_NAMES = 1000
+"""Names remembered for the once-per-name warning; past them new names go unlogged (a client
+could send endless made-up names), though the header still lists them."""
 _warned: set[str] = set()
 
 
@@ -56,8 +60,14 @@ def check_extra_fields(body: BaseModel) -> list[str]:
     ignored = sorted([*extra, *(name for name, harmless in DECLARED_UNUSED.items()
                                 if getattr(body, name, None) not in harmless)])
     for name in ignored:
-        if name not in _warned:
+        if name not in _warned and len(_warned) < MAX_WARNED_NAMES:
             _warned.add(name)
             log.warning("ignoring the request field %r: jupyter_qwen does not support it "
-                        "(listed in the x-ignored-fields response header)", name)
+                        "(listed in the x-ignored-fields response header)", name[:200])
     return ignored
+
+
+def ignored_fields_header(names: list[str]) -> str:
+    """The header's value: the names, comma-separated, each percent-encoded past ASCII
+    letters, digits and `_.-~` (a header carries Latin-1 only)."""
+    return ", ".join(quote(name[:200], safe="") for name in names)
