@@ -125,7 +125,8 @@ async def version():
     return {"version": __version__}
 
 
-@router.api_route("/ping", methods=["GET", "POST"])
+@router.get("/ping")
+@router.post("/ping")
 async def ping(ctx: Context):
     """200 with an empty body while the server serves, else 503 (as /health)."""
     if ctx.status != "ok":
