@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jupyter_qwen._version import __version__
@@ -18,7 +18,14 @@ from jupyter_qwen.server.context import ServerContext, health_report
 from jupyter_qwen.server.errors import APIError
 from jupyter_qwen.server.metrics import render_prometheus
 from jupyter_qwen.server.protocol import ChatCompletionRequest, CompletionRequest
+from jupyter_qwen.server.responses import ResponsesRequest, ResponseStore, create_response
 from jupyter_qwen.server.security import HostGuard, HostPolicy
+from jupyter_qwen.server.tokenization import (
+    DetokenizeRequest,
+    TokenizeRequest,
+    detokenize,
+    tokenize,
+)
 
 log = logging.getLogger("jupyter_qwen.server")
 MAX_BODY_BYTES = 32 << 20
@@ -80,6 +87,7 @@ def create_app(ctx: ServerContext, hosts: HostPolicy | None = None) -> FastAPI:
     app = FastAPI(title="jupyter_qwen", version=__version__)
     app.state.ctx = ctx
     app.state.handler = CompletionHandler(ctx)
+    app.state.responses = ResponseStore()
     _install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=MAX_BODY_BYTES)
     app.add_middleware(HostGuard, policy=hosts or HostPolicy())
@@ -89,11 +97,62 @@ def create_app(ctx: ServerContext, hosts: HostPolicy | None = None) -> FastAPI:
 
 @router.get("/v1/models", dependencies=API_KEY)
 async def list_models(ctx: Context):
+    return {"object": "list", "data": [model_card(ctx)]}
+
+
+@router.get("/v1/models/{model_id:path}", dependencies=API_KEY)
+async def retrieve_model(model_id: str, ctx: Context):
+    if model_id not in (ctx.served_model_name, ctx.model):
+        raise unknown_model(ctx, model_id)
+    return model_card(ctx)
+
+
+def unknown_model(ctx: ServerContext, name: str) -> APIError:
+    return APIError(404, f"the model {name!r} does not exist; this server serves "
+                    f"{ctx.served_model_name!r}", "invalid_request_error", "model",
+                    code="model_not_found")
+
+
+def model_card(ctx: ServerContext) -> dict:
     engine = ctx.engine
-    return {"object": "list", "data": [{
-        "id": ctx.served_model_name, "object": "model", "created": int(ctx.started_at),
-        "owned_by": "jupyter_qwen", "root": ctx.model,
-        "max_model_len": engine.engine.max_model_len if engine else None}]}
+    return {"id": ctx.served_model_name, "object": "model", "created": int(ctx.started_at),
+            "owned_by": "jupyter_qwen", "root": ctx.model,
+            "max_model_len": engine.engine.max_model_len if engine else None}
+
+
+@router.post("/tokenize")
+async def tokenize_route(body: TokenizeRequest, ctx: Context):
+    engine = ready_for(ctx, body.model)
+    return await asyncio.to_thread(tokenize, engine.engine.tokenizer, body,
+                                   engine.engine.max_model_len, ctx.default_enable_thinking)
+
+
+@router.post("/detokenize")
+async def detokenize_route(body: DetokenizeRequest, ctx: Context):
+    tokenizer = ready_for(ctx, body.model).engine.tokenizer
+    return await asyncio.to_thread(detokenize, tokenizer, body)
+
+
+def ready_for(ctx: ServerContext, model: str | None):
+    """The ready engine, for a request that names this server's model or none."""
+    engine = ctx.ready_engine()
+    if model not in (None, ctx.served_model_name, ctx.model):
+        raise unknown_model(ctx, model)
+    return engine
+
+
+@router.get("/version")
+async def version():
+    return {"version": __version__}
+
+
+@router.get("/ping")
+@router.post("/ping")
+async def ping(ctx: Context):
+    """200 with an empty body while the server serves, else 503 (as /health)."""
+    if ctx.status != "ok":
+        return APIError(503, f"the server is {ctx.status}", "service_unavailable").response()
+    return Response(status_code=200)
 
 
 @router.post("/v1/chat/completions", dependencies=API_KEY)
@@ -104,6 +163,23 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 @router.post("/v1/completions", dependencies=API_KEY)
 async def completions(body: CompletionRequest, request: Request):
     return await request.app.state.handler.completion(body, request)
+
+
+@router.post("/v1/responses", dependencies=API_KEY)
+async def responses_create(body: ResponsesRequest, request: Request):
+    state = request.app.state
+    return await create_response(state.handler, state.responses, body, request)
+
+
+@router.get("/v1/responses/{response_id}", dependencies=API_KEY)
+async def responses_retrieve(response_id: str, request: Request):
+    return request.app.state.responses.get(response_id).body
+
+
+@router.delete("/v1/responses/{response_id}", dependencies=API_KEY)
+async def responses_delete(response_id: str, request: Request):
+    request.app.state.responses.delete(response_id)
+    return {"id": response_id, "object": "response", "deleted": True}
 
 
 @router.get("/v1/sessions", dependencies=SESSION_OWNER)
@@ -186,8 +262,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def validation_error(errors: list[dict]) -> APIError:
-    first = errors[0] if errors else {}
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    first = _most_specific(errors)
+    location = [str(part) for part in first.get("loc", ())
+                if part != "body" and not _is_union_member(part)]
     param = ".".join(location) or None
     if first.get("type") == "json_invalid":
         return APIError(400, f"the body is not valid JSON: {first.get('msg', '')}",
@@ -197,3 +274,23 @@ def validation_error(errors: list[dict]) -> APIError:
                     "invalid_request_error", param)
 
 
+
+
+_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "none", "bytes"}
+
+
+def _is_union_member(part) -> bool:
+    """Whether a location part names the member of a union pydantic tried (`str`,
+    `list[TextPart]`, `NamedToolChoice`, `literal['none','auto']`), not a field or index."""
+    return isinstance(part, str) and (part in _TYPE_NAMES or part[:1].isupper()
+                                      or any(mark in part for mark in "[('-"))
+
+
+def _most_specific(errors: list[dict]) -> dict:
+    """The first error, or the deepest one about the same field: of a union, the member
+    that got furthest says best what is wrong."""
+    if not errors:
+        return {}
+    head = errors[0].get("loc", ())[:2]
+    same_field = [error for error in errors if error.get("loc", ())[:2] == head]
+    return max(same_field, key=lambda error: len(error.get("loc", ())))

@@ -6,6 +6,7 @@ import json
 import secrets
 from dataclasses import dataclass, field
 
+from jupyter_qwen.server.errors import APIError
 from jupyter_qwen.server.protocol import ChatMessage, Tool
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -30,6 +31,23 @@ def template_messages(messages: list[ChatMessage]) -> list[dict]:
             item["name"] = message.name
         rendered.append(item)
     return rendered
+
+
+def render_chat(tokenizer, messages: list[ChatMessage], tools: list[Tool] | None, *,
+                add_generation_prompt: bool = True, continue_final_message: bool = False,
+                enable_thinking: bool = True) -> list[int]:
+    """The prompt's token ids, from the model's chat template. With continue_final_message
+    the last message stays open (a prefilled assistant turn the model continues)."""
+    try:
+        ids = tokenizer.apply_chat_template(
+            template_messages(messages), tools=template_tools(tools),
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message, tokenize=True, return_dict=False,
+            enable_thinking=enable_thinking)
+    except Exception as error:
+        raise APIError(400, f"could not apply the chat template: {error}",
+                       param="messages") from None
+    return list(ids)
 
 
 def template_tools(tools: list[Tool] | None) -> list[dict] | None:
@@ -61,7 +79,9 @@ class ParsedDelta:
 class OutputParser:
     """Splits streamed model text into reasoning, content and tool calls.
 
-    Output that opens with `<think>` is reasoning until `</think>`. In content,
+    Output that opens with `<think>` is reasoning until `</think>`; with `thinking=False`
+    (the prompt closed the think block, as Qwen3's template does when thinking is off) all
+    of it is content, tags included, as vLLM's Qwen3 reasoning parser has it. In content,
     `<tool_call>{json}</tool_call>` becomes a tool call when tools are enabled
     and the JSON names a function; anything malformed stays plain content.
     A piece that might be the start of a tag is held back until it is not.
@@ -69,6 +89,7 @@ class OutputParser:
     """
 
     parse_tools: bool = False
+    thinking: bool = True
     state: str = "start"
     pending: str = ""
     held_space: str = ""
@@ -100,6 +121,9 @@ class OutputParser:
         return getattr(self, f"_in_{self.state}")(out, final)
 
     def _in_start(self, out: ParsedDelta, final: bool) -> bool:
+        if not self.thinking:
+            self.state = "content"
+            return True
         stripped = self.pending.lstrip()
         if stripped.startswith(THINK_OPEN):
             self.pending, self.state = stripped[len(THINK_OPEN):], "reasoning"
@@ -190,8 +214,8 @@ def parse_tool_call(body: str) -> dict | None:
             "function": {"name": payload["name"], "arguments": arguments}}
 
 
-def parse_whole(text: str, parse_tools: bool) -> ParsedDelta:
-    parser = OutputParser(parse_tools=parse_tools)
+def parse_whole(text: str, parse_tools: bool, thinking: bool = True) -> ParsedDelta:
+    parser = OutputParser(parse_tools=parse_tools, thinking=thinking)
     first, last = parser.feed(text), parser.finish()
     return ParsedDelta(first.reasoning + last.reasoning, first.content + last.content,
                        first.tool_calls + last.tool_calls)

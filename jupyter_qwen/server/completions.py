@@ -11,12 +11,19 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fastapi.responses import JSONResponse, Response
+
 from jupyter_qwen.engine.async_engine import AsyncEngine, RequestStream
 from jupyter_qwen.engine.llm_engine import RequestOutput
 from jupyter_qwen.engine.sequence import TokenLogprobs
 from jupyter_qwen.sampling_params import SamplingParams
-from jupyter_qwen.server.chat import OutputParser, ParsedDelta, template_messages, template_tools
+from jupyter_qwen.server.chat import OutputParser, ParsedDelta, render_chat
 from jupyter_qwen.server.errors import APIError, engine_error
+from jupyter_qwen.server.fields import (
+    IGNORED_FIELDS_HEADER,
+    check_extra_fields,
+    ignored_fields_header,
+)
 from jupyter_qwen.server.metrics import RequestTimer
 from jupyter_qwen.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from jupyter_qwen.server.streaming import streaming_response
@@ -63,8 +70,9 @@ class CompletionHandler:
         self._token_texts: dict[int, str] = {}
 
     async def chat(self, body: ChatCompletionRequest, request: Request):
-        engine = self._prepare(body)
-        prompt_ids = self._chat_prompt(engine, body)
+        engine, ignored = self._prepare(body)
+        thinking = body.thinking(self.ctx.default_enable_thinking)
+        prompt_ids = self._chat_prompt(engine, body, thinking)
         max_tokens = self._max_tokens(engine, body.max_completion_tokens or body.max_tokens,
                                       len(prompt_ids), "messages")
         num_top = (body.top_logprobs or 0) if body.logprobs else None
@@ -72,50 +80,66 @@ class CompletionHandler:
                                body.session_id)
         parse_tools = bool(body.tools) and body.tool_choice != "none"
         for choice in choices:
-            choice.parser = OutputParser(parse_tools=parse_tools)
-        keep_reasoning = body.return_reasoning is not False
+            choice.parser = OutputParser(parse_tools=parse_tools, thinking=thinking)
+        keep_reasoning = body.keep_reasoning
         if body.stream:
-            return streaming_response(self._chat_events(body, choices, keep_reasoning))
+            return _with_ignored(streaming_response(
+                self._chat_events(body, choices, keep_reasoning)), ignored)
         await _collect(request, choices)
-        return self._chat_response(body, choices, keep_reasoning)
+        return _with_ignored(self._chat_response(body, choices, keep_reasoning), ignored)
 
     async def completion(self, body: CompletionRequest, request: Request):
-        engine = self._prepare(body)
-        if body.suffix:
-            raise APIError(400, "suffix is not supported", param="suffix")
+        engine, ignored = self._prepare(body)
         prompts = [engine.engine.tokenize(p) for p in body.prompts()]
+        if body.max_tokens == 0:
+            return _with_ignored(self._echo_only(body, prompts), ignored)
         max_tokens = min(self._max_tokens(engine, body.max_tokens, len(p), "prompt")
                          for p in prompts)
         choices = self._submit(engine, body, prompts, max_tokens, body.logprobs,
                                body.session_id)
         if body.stream:
-            return streaming_response(self._completion_events(body, prompts, choices))
+            return _with_ignored(streaming_response(
+                self._completion_events(body, prompts, choices)), ignored)
         await _collect(request, choices)
-        return self._completion_response(body, prompts, choices)
+        return _with_ignored(self._completion_response(body, prompts, choices), ignored)
 
-    def _prepare(self, body: SamplingFields) -> AsyncEngine:
+    def _echo_only(self, body: CompletionRequest, prompts: list[list[int]]):
+        """echo with max_tokens 0: the prompts back, nothing generated."""
+        base = {"id": _new_id("cmpl"), "object": "text_completion", "created": int(time.time()),
+                "model": self.ctx.served_model_name}
+        logprobs = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []} \
+            if body.logprobs is not None else None
+        choices = [{"index": index * body.n + n, "text": self._decode(prompt),
+                    "logprobs": logprobs, "finish_reason": "length"}
+                   for index, prompt in enumerate(prompts) for n in range(body.n)]
+        prompt_tokens = sum(len(prompt) for prompt in prompts)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 0,
+                 "total_tokens": prompt_tokens, "prompt_tokens_details": {"cached_tokens": 0}}
+        if not body.stream:
+            return base | {"choices": choices, "usage": usage}
+
+        async def events() -> AsyncIterator[dict]:
+            for choice in choices:
+                yield base | {"choices": [choice]}
+            if body.include_usage:
+                yield base | {"choices": [], "usage": usage}
+
+        return streaming_response(events())
+
+    def _prepare(self, body: SamplingFields) -> tuple[AsyncEngine, list[str]]:
         engine = self.ctx.ready_engine()
         if body.model not in (None, self.ctx.served_model_name, self.ctx.model):
             raise APIError(404, f"the model {body.model!r} does not exist; this server serves "
                            f"{self.ctx.served_model_name!r}", "not_found", "model",
                            code="model_not_found")
-        if body.model_extra:
-            log.info("ignoring unknown request fields: %s", ", ".join(sorted(body.model_extra)))
-        return engine
+        return engine, check_extra_fields(body)
 
-    def _chat_prompt(self, engine: AsyncEngine, body: ChatCompletionRequest) -> list[int]:
-        thinking = body.enable_thinking
-        if thinking is None:
-            thinking = self.ctx.default_enable_thinking
-        try:
-            ids = engine.engine.tokenizer.apply_chat_template(
-                template_messages(body.messages), tools=template_tools(body.tools),
-                add_generation_prompt=True, tokenize=True, return_dict=False,
-                enable_thinking=bool(thinking))
-        except Exception as error:
-            raise APIError(400, f"could not apply the chat template: {error}",
-                           param="messages") from None
-        return list(ids)
+    def _chat_prompt(self, engine: AsyncEngine, body: ChatCompletionRequest,
+                     thinking: bool) -> list[int]:
+        return render_chat(engine.engine.tokenizer, body.messages, body.tools,
+                           add_generation_prompt=body.add_generation_prompt,
+                           continue_final_message=body.continue_final_message,
+                           enable_thinking=thinking)
 
     def _max_tokens(self, engine: AsyncEngine, requested: int | None, prompt_len: int,
                     prompt_param: str) -> int:
@@ -136,7 +160,7 @@ class CompletionHandler:
                   num_logprobs: int | None) -> SamplingParams:
         defaults = self.ctx.default_sampling
         pick = lambda name: _first(getattr(body, name), defaults.get(name))  # noqa: E731
-        seed = None if body.seed is None else body.seed + index
+        seed = None if body.random_seed else body.seed + index
         try:
             return SamplingParams(
                 temperature=_first(pick("temperature"), 1.0), top_p=_first(pick("top_p"), 1.0),
@@ -317,6 +341,15 @@ class ChunkTemplate:
     def __call__(self, index: int, text: str) -> str:
         return (f"{self.head}{index}{self.middle}"
                 f"{json.dumps(text, ensure_ascii=False)}{self.tail}")
+
+
+def _with_ignored(result, ignored: list[str]):
+    """The response, with the names of the request fields it ignored in a header."""
+    if not ignored:
+        return result
+    response = result if isinstance(result, Response) else JSONResponse(result)
+    response.headers[IGNORED_FIELDS_HEADER] = ignored_fields_header(ignored)
+    return response
 
 
 def _first(*values):
