@@ -52,7 +52,8 @@ class SamplingParams:
         self.stop = list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
         if self.logit_bias is not None:
-            self.logit_bias = dict(self.logit_bias) or None
+            self.logit_bias = {_token_id_key(key): value
+                               for key, value in dict(self.logit_bias).items()} or None
         if self.allowed_token_ids is not None:
             self.allowed_token_ids = list(self.allowed_token_ids)
         if self.top_k == -1:
@@ -122,6 +123,15 @@ class SamplingParams:
     def uses_penalties(self) -> bool:
         return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
                 or self.frequency_penalty != 0.0)
+
+
+def _token_id_key(key):
+    """logit_bias keys: token ids, or their decimal strings as JSON objects carry them."""
+    if isinstance(key, str):
+        if not key.strip().isdigit():
+            raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+        return int(key)
+    return key
 
 
 def _check_range(name: str, value, low: float, high: float, low_open: bool = False) -> None:
