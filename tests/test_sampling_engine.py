@@ -10,7 +10,7 @@ import torch
 
 from jupyter_qwen import LLM, SamplingParams
 from jupyter_qwen.engine.penalty_state import PenaltyState
-from jupyter_qwen.engine.sampler import apply_penalties, build_sampling_batch, sample
+from jupyter_qwen.engine.sampler import apply_penalties, build_sampling_batch
 from jupyter_qwen.engine.sequence import Sequence
 
 SEEDED = SamplingParams(temperature=0.8, top_k=20, top_p=0.95, seed=2024, max_tokens=24,
@@ -124,9 +124,9 @@ def test_penalties_from_the_device_state_equal_those_rebuilt_from_token_lists(
                                                   ignore_eos=True))[0].token_ids
     assert with_state[0] != plain
     runner = llm.engine.runner
-    rebuild = lambda seqs, logits: sample(  # noqa: E731
-        logits, build_sampling_batch(seqs, logits.shape[-1], runner.device))
-    monkeypatch.setattr(runner, "_sample", rebuild)
+    rebuild = lambda seqs: build_sampling_batch(  # noqa: E731
+        seqs, runner.model_config.vocab_size, runner.device)
+    monkeypatch.setattr(runner, "_sampling_batch", rebuild)
     again = [SamplingParams(**_as_kwargs(p)) for p in params]
     assert [out.token_ids for out in llm.generate(batch, again)] == with_state
 

@@ -13,7 +13,12 @@ from jupyter_qwen.config import CPU_KV_CACHE_BYTES, EngineConfig
 from jupyter_qwen.engine.cuda_graphs import DecodeGraphs
 from jupyter_qwen.engine.errors import OutOfKVCacheMemoryError
 from jupyter_qwen.engine.penalty_state import PenaltyState
-from jupyter_qwen.engine.sampler import SamplerOutput, build_sampling_batch, sample
+from jupyter_qwen.engine.sampler import (
+    SamplerOutput,
+    SamplingBatch,
+    build_sampling_batch,
+    sample,
+)
 from jupyter_qwen.engine.scheduler import ScheduledSeq
 from jupyter_qwen.engine.sequence import Sequence
 from jupyter_qwen.model.attention import AttentionMetadata, make_backend
@@ -186,16 +191,18 @@ class ModelRunner:
         if self._can_replay(scheduled):
             return self._replay_decode([item.seq for item in scheduled])
         inputs = self.prepare(scheduled)
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
         sampled = inputs.sampled_seqs
+        batch = self._sampling_batch(sampled) if sampled else None
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
         if not sampled:
             return [], SamplerOutput([], [])
-        return sampled, self._sample(sampled, self.model.compute_logits(hidden[inputs.logits_rows]))
+        return sampled, sample(self.model.compute_logits(hidden[inputs.logits_rows]), batch)
 
-    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> SamplerOutput:
-        batch = build_sampling_batch(seqs, logits.shape[-1], self.device, self.penalty_state,
-                                     self.eos_token_ids)
-        return sample(logits, batch)
+    def _sampling_batch(self, seqs: list[Sequence]) -> SamplingBatch:
+        """Built before the forward pass is queued: its host-to-device copies then wait for
+        nothing, and the model runs while the host prepares the rest."""
+        return build_sampling_batch(seqs, self.model_config.vocab_size, self.device,
+                                    self.penalty_state, self.eos_token_ids)
 
     def release(self, seq: Sequence) -> None:
         """Forget a sequence's sampler state (it finished, was aborted or preempted)."""
@@ -212,11 +219,13 @@ class ModelRunner:
         size = self.block_size
         slots = [seq.block_table[pos // size] * size + pos % size
                  for seq, pos in zip(seqs, positions, strict=True)]
+        plain_greedy = all(seq.params.plain_greedy for seq in seqs)
+        batch = None if plain_greedy else self._sampling_batch(seqs)
         graph_size = self.graphs.run(input_ids, positions, slots, self._block_tables(seqs))
-        if all(seq.params.plain_greedy for seq in seqs):
+        if plain_greedy:
             token_ids = self.graphs.greedy_tokens[graph_size][:len(seqs)].tolist()
             return seqs, SamplerOutput(token_ids, [None] * len(seqs))
-        return seqs, self._sample(seqs, self.graphs.logits[graph_size][:len(seqs)])
+        return seqs, sample(self.graphs.logits[graph_size][:len(seqs)], batch)
 
     def _block_tables(self, seqs: list[Sequence], width: int | None = None) -> np.ndarray:
         width = width or max(len(seq.block_table) for seq in seqs)
