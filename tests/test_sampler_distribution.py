@@ -200,3 +200,25 @@ def test_a_seeded_row_draws_the_same_whatever_the_batch():
                                 [1.0, 0.5, 0.9, 1.0] * 16, strict=True)][:63]
     assert run(mixed) == alone
     assert len(set(alone)) > 3
+
+
+def test_seeded_keys_on_the_device_equal_the_python_reference():
+    from jupyter_qwen.engine.sampling_noise import MASK32, seeded_row_key, seeded_row_keys
+
+    seeds = [0, 1, 77, 2**32 - 1, 2**32, 2**63 + 12345, 2**64 - 1]
+    draws = [0, 1, 5, 1000, 2**31, 7, 3]
+    halves = torch.tensor([[s & MASK32, s >> 32] for s in seeds])
+    keys = seeded_row_keys(halves, torch.tensor(draws)).tolist()
+    assert keys == [list(seeded_row_key(s, d)) for s, d in zip(seeds, draws, strict=True)]
+    assert len({tuple(k) for k in keys}) == len(keys)
+
+
+def test_every_seed_and_draw_has_its_own_noise():
+    """Row keys for 64 seeds x 64 draws are distinct, and their uniforms look uniform."""
+    from jupyter_qwen.engine.sampling_noise import row_uniform, seeded_row_key
+
+    keys = torch.tensor([seeded_row_key(seed, draw) for seed in range(64) for draw in range(64)])
+    assert len({tuple(k) for k in keys.tolist()}) == 64 * 64
+    counts = torch.histc(row_uniform(keys).float(), bins=16, min=0, max=1)
+    statistic, df = chi2_statistic(counts, torch.full((16,), 1 / 16))
+    assert statistic < chi2_critical(df)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from jupyter_qwen.engine.host_copy import host_to_device, long_tensor
 from jupyter_qwen.engine.sequence import Sequence
 
 
@@ -50,13 +51,14 @@ def build_logit_adjustments(seqs: list[Sequence], eos_token_ids: Collection[int]
         if params.logit_bias:
             _extend(bias[:2], row, list(params.logit_bias))
             bias[2].extend(float(value) for value in params.logit_bias.values())
-    as_long = lambda values: torch.tensor(values, dtype=torch.int64, device=device)  # noqa: E731
+    as_long = lambda values: long_tensor(values, device)  # noqa: E731
     return LogitAdjustments(
         allowed_rows=as_long(allowed_rows) if allowed_rows else None,
         allowed=tuple(map(as_long, allowed)) if allowed_rows else None,
         masked=tuple(map(as_long, masked)) if masked[0] else None,
         bias=(as_long(bias[0]), as_long(bias[1]),
-              torch.tensor(bias[2], dtype=torch.float32, device=device)) if bias[0] else None)
+              host_to_device(torch.tensor(bias[2], dtype=torch.float32), device))
+        if bias[0] else None)
 
 
 def _extend(pairs: tuple[list, ...], row: int, token_ids: list[int]) -> None:

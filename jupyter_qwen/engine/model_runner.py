@@ -191,16 +191,16 @@ class ModelRunner:
         if self._can_replay(scheduled):
             return self._replay_decode([item.seq for item in scheduled])
         inputs = self.prepare(scheduled)
-        sampled = inputs.sampled_seqs
-        batch = self._sampling_batch(sampled) if sampled else None
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
+        sampled = inputs.sampled_seqs
         if not sampled:
             return [], SamplerOutput([], [])
+        batch = self._sampling_batch(sampled)
         return sampled, sample(self.model.compute_logits(hidden[inputs.logits_rows]), batch)
 
     def _sampling_batch(self, seqs: list[Sequence]) -> SamplingBatch:
-        """Built before the forward pass is queued: its host-to-device copies then wait for
-        nothing, and the model runs while the host prepares the rest."""
+        """Built once the forward pass is queued: its copies come from pinned memory and
+        wait for nothing, so the host prepares the batch while the GPU runs the model."""
         return build_sampling_batch(seqs, self.model_config.vocab_size, self.device,
                                     self.penalty_state, self.eos_token_ids)
 
@@ -219,12 +219,11 @@ class ModelRunner:
         size = self.block_size
         slots = [seq.block_table[pos // size] * size + pos % size
                  for seq, pos in zip(seqs, positions, strict=True)]
-        plain_greedy = all(seq.params.plain_greedy for seq in seqs)
-        batch = None if plain_greedy else self._sampling_batch(seqs)
         graph_size = self.graphs.run(input_ids, positions, slots, self._block_tables(seqs))
-        if plain_greedy:
+        if all(seq.params.plain_greedy for seq in seqs):
             token_ids = self.graphs.greedy_tokens[graph_size][:len(seqs)].tolist()
             return seqs, SamplerOutput(token_ids, [None] * len(seqs))
+        batch = self._sampling_batch(seqs)
         return seqs, sample(self.graphs.logits[graph_size][:len(seqs)], batch)
 
     def _block_tables(self, seqs: list[Sequence], width: int | None = None) -> np.ndarray:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from jupyter_qwen.engine.host_copy import long_tensor
 from jupyter_qwen.engine.sequence import Sequence
 
 
@@ -43,7 +44,7 @@ class PenaltyState:
             if state is None or state.num_counted_tokens != seq.num_tokens:
                 state = self._build(seq, state)
             slots.append(state.slot)
-        return torch.tensor(slots, dtype=torch.int64).to(self.device, non_blocking=True)
+        return long_tensor(slots, self.device)
 
     def gather(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(output counts as float32, seen in prompt or output) for the given slots."""
@@ -70,9 +71,9 @@ class PenaltyState:
         row = state.slot
         self.output_counts[row].zero_()
         self.in_prompt[row].zero_()
-        prompt = torch.tensor(seq.prompt_token_ids, dtype=torch.int64, device=self.device)
+        prompt = long_tensor(seq.prompt_token_ids, self.device)
         self.in_prompt[row].index_fill_(0, prompt, True)
-        outputs = torch.tensor(seq.output_token_ids, dtype=torch.int64, device=self.device)
+        outputs = long_tensor(seq.output_token_ids, self.device)
         self.output_counts[row].index_add_(0, outputs, torch.ones_like(outputs,
                                                                        dtype=torch.int32))
         state.num_counted_tokens = seq.num_tokens

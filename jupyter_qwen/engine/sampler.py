@@ -22,12 +22,14 @@ from dataclasses import dataclass
 
 import torch
 
+from jupyter_qwen.engine.host_copy import host_to_device
 from jupyter_qwen.engine.logit_adjustments import LogitAdjustments, build_logit_adjustments
 from jupyter_qwen.engine.penalty_state import PenaltyState
 from jupyter_qwen.engine.sampling_noise import (
+    MASK32,
     random_row_keys,
     row_uniform,
-    seeded_row_key,
+    seeded_row_keys,
     token_gumbel,
 )
 from jupyter_qwen.engine.sequence import Sequence, TokenLogprobs
@@ -117,20 +119,25 @@ def _add_sampling_rows(batch: SamplingBatch, seqs: list[Sequence], vocab_size: i
     params = [seq.params for seq in seqs]
     window = [not p.greedy and (p.top_k > 0 or p.top_p < 1.0) for p in params]
     full = [not (p.greedy or in_window) for p, in_window in zip(params, window, strict=True)]
-    floats = torch.tensor([[1.0 if p.greedy else p.temperature for p in params],
-                           [p.top_p for p in params], [p.min_p for p in params]],
-                          dtype=torch.float32).to(device, non_blocking=True)
-    keys = [_seeded_key(seq) for seq in seqs]
-    ints = torch.tensor([[p.top_k for p in params], [p.greedy for p in params], window, full,
-                         [key is not None for key in keys], [(key or (0, 0))[0] for key in keys],
-                         [(key or (0, 0))[1] for key in keys]],
-                        dtype=torch.int64).to(device, non_blocking=True)
+    floats = host_to_device(torch.tensor(
+        [[1.0 if p.greedy else p.temperature for p in params], [p.top_p for p in params],
+         [p.min_p for p in params]], dtype=torch.float32), device)
+    seeds = [0 if p.seed is None else p.seed for p in params]
+    seeded = [p.seed is not None and not p.greedy for p in params]
+    ints = host_to_device(torch.tensor(
+        [[p.top_k for p in params], [p.greedy for p in params], window, full, seeded,
+         [seed & MASK32 for seed in seeds], [seed >> 32 for seed in seeds],
+         [seq.num_draws for seq in seqs]], dtype=torch.int64), device)
+    for seq, is_seeded in zip(seqs, seeded, strict=True):
+        seq.num_draws += is_seeded
     batch.temperatures, batch.top_p, batch.min_p = floats
     batch.top_k = ints[0]
-    batch.greedy_rows, batch.window_rows, full_rows, seeded = ints[1:5].bool()
+    batch.greedy_rows, batch.window_rows, full_rows, seeded_rows = ints[1:5].bool()
     batch.full_rows = full_rows if any(full) else None
-    batch.row_keys = torch.where(seeded[:, None], ints[5:7].T,
-                                 random_row_keys(len(seqs), device))
+    keys = random_row_keys(len(seqs), device)
+    if any(seeded):
+        keys = torch.where(seeded_rows[:, None], seeded_row_keys(ints[5:7].T, ints[7]), keys)
+    batch.row_keys = keys
     widths = [p.top_k + TIE_MARGIN if p.top_k > 0 else TOP_P_WINDOW
               for p, in_window in zip(params, window, strict=True)
               if in_window and p.top_k <= MAX_WINDOW_TOP_K]
@@ -141,28 +148,23 @@ def _add_sampling_rows(batch: SamplingBatch, seqs: list[Sequence], vocab_size: i
                              if w and p.top_k > MAX_WINDOW_TOP_K]
 
 
-def _seeded_key(seq: Sequence) -> tuple[int, int] | None:
-    seed = seq.params.seed
-    if seed is None or seq.params.greedy:
-        return None
-    key = seeded_row_key(seed, seq.num_draws)
-    seq.num_draws += 1
-    return key
-
-
 def _add_penalties(batch: SamplingBatch, seqs: list[Sequence], vocab_size: int,
                    device: torch.device, state: PenaltyState | None) -> None:
-    as_tensor = lambda values: torch.tensor(values, dtype=torch.float32, device=device)  # noqa: E731
+    as_tensor = lambda values: host_to_device(  # noqa: E731
+        torch.tensor(values, dtype=torch.float32), device)
     if state is None:
         counts, seen = _counts_from_token_lists(seqs, vocab_size, device)
     else:
         rows = [row for row, seq in enumerate(seqs) if seq.params.uses_penalties]
         penalised = [seqs[row] for row in rows]
         slots = state.slots(penalised)
-        row_index = torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)
-        counts = torch.zeros(len(seqs), vocab_size, dtype=torch.float32, device=device)
-        seen = torch.zeros(len(seqs), vocab_size, dtype=torch.bool, device=device)
-        counts[row_index], seen[row_index] = state.gather(slots)
+        row_index = host_to_device(torch.tensor(rows, dtype=torch.int64), device)
+        if len(rows) == len(seqs):
+            counts, seen = state.gather(slots)
+        else:
+            counts = torch.zeros(len(seqs), vocab_size, dtype=torch.float32, device=device)
+            seen = torch.zeros(len(seqs), vocab_size, dtype=torch.bool, device=device)
+            counts[row_index], seen[row_index] = state.gather(slots)
         batch.penalty_record = PenaltyRecord(state, penalised, row_index, slots)
     batch.penalties = PenaltyBatch(
         repetition=as_tensor([seq.params.repetition_penalty for seq in seqs]),

@@ -33,6 +33,16 @@ def seeded_row_key(seed: int, draw: int) -> tuple[int, int]:
     return first, mix32((first + 0x13198A2E) & MASK32 ^ (draw >> 32 & MASK32))
 
 
+def seeded_row_keys(seeds: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """`seeded_row_key` for a batch on the device: seeds as [rows, 2] 32-bit halves (low,
+    high), draws [rows] below 2**32; returns [rows, 2]."""
+    low = mix32_tensor(seeds[:, 0] ^ 0x243F6A88)
+    both = mix32_tensor(low ^ seeds[:, 1])
+    first = mix32_tensor(both ^ draws)
+    return torch.stack([first, mix32_tensor(((first + 0x13198A2E) & MASK32) ^ (draws >> 32))],
+                       dim=1)
+
+
 def _mul32(x: torch.Tensor, multiplier: int) -> torch.Tensor:
     """(x * multiplier) mod 2**32 for 0 <= x < 2**32, keeping every product below 2**48."""
     high = ((x >> 16) * multiplier) & 0xFFFF
