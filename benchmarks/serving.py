@@ -2,7 +2,7 @@
 
     python benchmarks/serving.py --shape qwen3-0.6b         # the issue's protocol (~4 min, H200)
     python benchmarks/serving.py --quick                    # CPU smoke run, < 1 min
-    python benchmarks/serving.py --rates inf --compare none # the headline figure only
+    python benchmarks/serving.py --rates inf --compare none # the headline figures only
 
 Writes `serving.json` (every number, per run) and `serving.md` (the table) to $OUT when set,
 else to `--out` (default out/serving, git-ignored); both are rewritten after every run, so a
@@ -21,6 +21,17 @@ the prompt as a token-id list (so its length is exact), `max_tokens=128` (`--out
 `usage.completion_tokens == 128`; anything else counts as a failed request.
 The same prompts are used in every run; the server's prefix cache is emptied before each run
 (prefix hits per run are in the JSON to show it), so no run profits from an earlier one.
+
+Sampling (`--sampling greedy,defaults`, the default; quick: greedy)
+-------------------------------------------------------------------
+`defaults` adds, right after the unlimited-rate headline run, the same run whose requests carry
+no sampling field at all (no temperature, top_p, ...; `ignore_eos` stays): the server's
+defaults apply, i.e. the checkpoint's generation_config.json. Real-shape checkpoints from
+`make_tiny_qwen3` carry Qwen3's shipped defaults (do_sample, temperature 0.6, top-k 20,
+top-p 0.95), so that row is what a client such as LangChain's ChatOpenAI gets; the headline
+line gives it beside the greedy headline with the ratio. (The tiny shape is greedy by default.)
+A checkpoint folder made before the defaults were written is reused as is: pass a fresh
+`--model-dir` (or delete $TMPDIR/jupyter_qwen_bench_<shape>) to get them.
 
 Request rates (`--rates inf,10,20,40`): `inf` sends all requests at once; a number r sends them
 with Poisson arrivals of rate r req/s (exponential gaps from `random.Random(--seed)`, the first
@@ -145,9 +156,15 @@ class Record:
                 "chunks": self.chunks, "gaps": self.gaps, "error": self.error}
 
 
+def sampling_fields(spec: dict) -> dict:
+    """temperature 0 for the greedy runs; nothing for "defaults" runs, whose requests carry no
+    sampling field, so the server's defaults (the checkpoint's generation_config) apply."""
+    return {} if spec.get("sampling") == "defaults" else {"temperature": 0}
+
+
 def request_body(spec: dict, prompt: list[int], max_tokens: int) -> dict:
     return {"model": spec["model"], "prompt": prompt, "max_tokens": max_tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True},
+            **sampling_fields(spec), "stream": True, "stream_options": {"include_usage": True},
             "ignore_eos": True}
 
 
@@ -168,8 +185,8 @@ class OpenAIClient:
     async def stream(self, prompt: list[int], max_tokens: int, rec: Record) -> None:
         rec.send = time.perf_counter()
         stream = await self.client.completions.create(
-            model=self.spec["model"], prompt=prompt, max_tokens=max_tokens, temperature=0,
-            stream=True, stream_options={"include_usage": True},
+            model=self.spec["model"], prompt=prompt, max_tokens=max_tokens,
+            **sampling_fields(self.spec), stream=True, stream_options={"include_usage": True},
             extra_body={"ignore_eos": True})
         async for chunk in stream:
             now = time.perf_counter()
@@ -366,6 +383,7 @@ class Plan:
     where: str  # process | inproc | engine
     procs: int = 1  # client processes (where == process)
     headline: bool = False
+    sampling: str = "greedy"  # greedy (temperature 0) | defaults (no sampling fields)
 
     @property
     def where_label(self) -> str:
@@ -427,9 +445,15 @@ class Report(TableReport):
         verdict = "met" if h["output_tok_per_s"] >= TARGET_TOK_S else "NOT met"
         scope = "" if h["comparable"] else \
             " (the target is for qwen3-0.6b on an H200; this run is not that)"
-        return (f"headline ({h['run']}): {h['output_tok_per_s']:,.0f} output tok/s; target "
+        line = (f"headline ({h['run']}): {h['output_tok_per_s']:,.0f} output tok/s; target "
                 f"{TARGET_TEXT}: {verdict}, {h['output_tok_per_s'] / TARGET_TOK_S:.2f}x of "
                 f"target{scope}")
+        defaults = h.get("server_defaults")
+        if defaults:
+            line += (f"\nheadline with server-default sampling ({defaults['run']}, "
+                     f"{defaults['sampling'] or 'greedy'}): {defaults['output_tok_per_s']:,.0f} "
+                     f"output tok/s = {defaults['ratio_to_greedy']:.3f}x the greedy headline")
+        return line
 
     def table(self) -> list[list[str]]:
         out = [["run", "rate", "client", "where", "done", "errors", "wall s", "req/s",
@@ -523,6 +547,7 @@ def summarize(plan: Plan, result: dict, expected_tokens: int, engine_delta: dict
     chunks = [r["chunks"] for r in ok]
     completed = len(records) - len(problems)
     run = {"name": plan.name, "rate": rate_label(plan.rate), "client": plan.client,
+           "sampling": plan.sampling,
            "where": plan.where_label, "client_procs": result.get("procs"),
            "start_skew_s": result.get("start_skew_s"), "requests": len(records),
            "completed": completed, "failed": len(problems),
@@ -541,6 +566,8 @@ def summarize(plan: Plan, result: dict, expected_tokens: int, engine_delta: dict
     notes = []
     if plan.where == "engine":
         notes.append("no HTTP: AsyncEngine.generate in this process")
+    if plan.sampling == "defaults":
+        notes.append("no sampling fields: server defaults")
     if not math.isinf(plan.rate):
         notes.append(f"offered {plan.rate:g} req/s, sent over {run['arrival_span_s']:.1f} s")
     else:
@@ -700,7 +727,7 @@ def execute(plan: Plan, server, prompts: list[list[int]], args: argparse.Namespa
               "request_timeout": args.request_timeout,
               "warmup_prompts": warmup_prompts(args.client_warmup, min(16, args.input_len),
                                                args.id_end, seed=w),
-              "warmup_tokens": 2} for w in range(procs)]
+              "warmup_tokens": 2, "sampling": plan.sampling} for w in range(procs)]
     try:
         if plan.where == "engine":
             result = asyncio.run(direct_run(server.ctx.engine, prompts, args.output_len))
@@ -743,6 +770,9 @@ def make_plans(args: argparse.Namespace) -> list[Plan]:
     plans: list[Plan] = []
     for run in main_runs:
         plans.append(run)
+        if run.headline and "defaults" in args.sampling:
+            plans.append(Plan(f"{run.name}-server-defaults", run.rate, run.client, run.where,
+                              run.procs, sampling="defaults"))
         if math.isinf(run.rate) and compare:
             plans += compare
             compare = []
@@ -772,6 +802,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--compare", default=",".join(COMPARISONS),
                         help="extra unlimited-rate runs: inproc, procs1, httpx, aiohttp, openai, "
                              "direct; 'none' for none")
+    parser.add_argument("--sampling", default=None,
+                        help="greedy and/or defaults: 'defaults' adds, beside the unlimited-rate "
+                             "headline run, the same run whose requests carry no sampling "
+                             "fields (the server's defaults apply) (default greedy,defaults; "
+                             "quick: greedy)")
     parser.add_argument("--engine-opt", action="append", default=[], metavar="KEY=VALUE",
                         help="EngineConfig / serve() option, repeatable")
     parser.add_argument("--seed", type=int, default=0, help="prompt and arrival seed")
@@ -792,10 +827,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     quick = args.quick
     defaults = {"shape": ("tiny", "qwen3-0.6b"), "num_requests": (16, 500),
                 "input_len": (32, 512), "output_len": (8, 128), "rates": ("inf,20", "inf,10,20,40"),
-                "warmup_requests": (4, 256), "client_procs": (2, 4)}
+                "warmup_requests": (4, 256), "client_procs": (2, 4),
+                "sampling": ("greedy", "greedy,defaults")}
     for name, (small, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, small if quick else full)
+    args.sampling = [m.strip() for m in args.sampling.split(",") if m.strip()]
+    if any(m not in ("greedy", "defaults") for m in args.sampling):
+        parser.error(f"--sampling takes greedy and/or defaults, got {args.sampling!r}")
     try:
         args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
     except ValueError:
@@ -875,6 +914,7 @@ def _main(args: argparse.Namespace, argv: list[str], device) -> dict:
                          "url": server.url, "num_kv_blocks": stats.get("num_kv_blocks"),
                          "max_model_len": stats.get("max_model_len"),
                          "max_num_seqs": server.config.max_num_seqs,
+                         "default_sampling": server.ctx.default_sampling,
                          "kv_cache_bytes": stats.get("kv_cache_bytes")}
         say(f"    ready in {load_s:.1f} s at {server.url}; {stats.get('num_kv_blocks')} KV "
             f"blocks, max_num_seqs {server.config.max_num_seqs}")
@@ -901,6 +941,13 @@ def _main(args: argparse.Namespace, argv: list[str], device) -> dict:
                                    "met": run["output_tok_per_s"] >= TARGET_TOK_S,
                                    "comparable": args.shape == "qwen3-0.6b"
                                    and device.type == "cuda"}
+                report.save()
+            elif run and plan.sampling == "defaults" and report.headline:
+                report.headline["server_defaults"] = {
+                    "run": plan.name, "output_tok_per_s": run["output_tok_per_s"],
+                    "sampling": report.server.get("default_sampling"),
+                    "ratio_to_greedy": run["output_tok_per_s"]
+                    / report.headline["output_tok_per_s"]}
                 report.save()
     except Exception as error:
         report.fail("server", error)

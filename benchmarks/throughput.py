@@ -5,6 +5,8 @@
     python benchmarks/throughput.py --shape qwen3-0.6b --peers hf_generate,hf_static
     python benchmarks/throughput.py --shape qwen3-0.6b --workloads w256 --peers hf_batch
     python benchmarks/throughput.py --shape tiny --quick      # CPU smoke run, < 1 min
+    python benchmarks/throughput.py --shape qwen3-0.6b --workloads w256,batch1 --peers none \
+        --sampling greedy,qwen3,penalties,seeded              # sampling beside greedy
 
 Writes `throughput.json` (every number) and `throughput.md` (the table) to $OUT when set, else
 to `--out` (default out/throughput, git-ignored); both are rewritten after every measured part,
@@ -41,6 +43,17 @@ Expected time on an H200 for qwen3-0.6b (estimates, not yet measured): checkpoin
 engine loads with warm-up, w256, batch64, batch1, prefix on/off), hf_generate ~1.5-2 min (w256 in
 4 batches is most of it), hf_static ~2-3 min (two torch.compile runs, one per shape),
 hf_batch ~3 min (w256 at ~900 tok/s ~150 s, plus CUDA-graph warm-up).
+
+Sampling (`--sampling greedy,qwen3,penalties,seeded`; default greedy only)
+-------------------------------------------------------------------------
+Each mode besides greedy runs our engine's w256 / batch64 / batch1 again in the same engine,
+right after that workload's greedy run, and is printed beside it with the ratio to greedy
+("Sampling beside greedy"; rows "ours, <mode>" carry that ratio in the ours/peer column).
+qwen3 = Qwen3's shipped generation_config.json (temperature 0.6, top-k 20, top-p 0.95);
+penalties = qwen3 + presence_penalty 1.5 + repetition_penalty 1.05 (Qwen's advice against
+repetition); seeded = qwen3 with every request seeded (seed = its index). EOS ignored as above.
+The engine is warmed up with every chosen mode before timing. Must-show ratios (issue #14, H200,
+qwen3-0.6b, W256): qwen3 >= 0.95, penalties >= 0.90, seeded >= 0.93; batch1 qwen3 >= 0.95.
 
 Peers (transformers, same folder, bf16 on GPU / float32 on CPU, attn_implementation="sdpa",
 each in try/except, memory freed between them; EOS is disabled by setting
@@ -148,6 +161,12 @@ from benchmarks.common import (
 from benchmarks.report import TableReport, markdown_lines, say
 
 ALL_WORKLOADS = ("w256", "batch1", "batch64", "prefix")
+ALL_SAMPLINGS = ("greedy", "qwen3", "penalties", "seeded")
+QWEN3_DEFAULTS = {"temperature": 0.6, "top_k": 20, "top_p": 0.95}
+SAMPLING_FIELDS = {"greedy": {"temperature": 0.0}, "qwen3": QWEN3_DEFAULTS,
+                   "penalties": {**QWEN3_DEFAULTS, "presence_penalty": 1.5,
+                                 "repetition_penalty": 1.05},
+                   "seeded": QWEN3_DEFAULTS}
 ALL_PEERS = ("hf_generate", "hf_static", "hf_batch")
 PEER_WORKLOADS = {"hf_generate": ("w256", "batch1", "batch64"),
                   "hf_static": ("batch1", "batch64"), "hf_batch": ("w256",)}
@@ -259,6 +278,7 @@ class Report(TableReport):
     token_checks: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
     tokens: dict = field(default_factory=dict)  # (system, workload) -> first requests' tokens
+    sampling: list[dict] = field(default_factory=list)  # sampled runs beside greedy
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
@@ -277,6 +297,7 @@ class Report(TableReport):
                 "model": self.model, "floors": self.floors, "runs": self.runs,
                 "rows": [asdict(r) for r in self.rows], "token_checks": self.token_checks,
                 "errors": self.errors, "elapsed_s": time.perf_counter() - START,
+                "sampling": self.sampling,
                 "first_tokens": {f"{system}/{name}": tokens
                                  for (system, name), tokens in self.tokens.items()}}
 
@@ -315,6 +336,9 @@ class Report(TableReport):
         lines += ["", "ours/peer: speed of our engine over that row (tok/s ratio, or TTFT "
                   "peer/ours); >1 means ours is faster. Prefix rows compare caching on vs off.",
                   "of floor: figure / physical floor figure (see the script's docstring)."]
+        if self.sampling:
+            lines += ["", "## Sampling beside greedy (same engine, same run)", "",
+                      *self.sampling_lines()]
         if self.token_checks:
             lines += ["", "## Token checks", ""]
             lines += [f"- {c['text']}" for c in self.token_checks]
@@ -323,8 +347,17 @@ class Report(TableReport):
             lines += [f"- {e['system']} / {e['workload']}: {e['error']}" for e in self.errors]
         return "\n".join(lines) + "\n"
 
+    def sampling_lines(self) -> list[str]:
+        params = {name: ", ".join(f"{k} {v}" for k, v in fields.items())
+                  for name, fields in SAMPLING_FIELDS.items()}
+        params["seeded"] += ", every request seeded"
+        return [f"- {s['workload']} {s['metric']}: {s['sampling']} ({params[s['sampling']]}) "
+                f"{_fmt(s['tokens_per_s'])} vs greedy {_fmt(s['greedy_tokens_per_s'])} = "
+                + ("n/a" if s["ratio"] is None else f"{s['ratio']:.3f}x greedy")
+                for s in self.sampling]
+
     def closing_lines(self) -> list[str]:
-        return [*(check["text"] for check in self.token_checks),
+        return [*self.sampling_lines(), *(check["text"] for check in self.token_checks),
                 *(f"ERROR {e['system']} / {e['workload']}: {e['error']}" for e in self.errors)]
 
 
@@ -404,11 +437,18 @@ def _log_stats(label: str, delta: dict) -> None:
         f"{delta['num_kv_blocks']}, computed tokens {delta['computed_tokens_total']}")
 
 
-def ours_generate(llm, workload: Workload) -> dict:
+def sampling_params(sampling: str, max_tokens: int, index: int):
+    """One request's parameters under `--sampling` mode `sampling` (see SAMPLING_FIELDS);
+    "seeded" gives every request its own seed (its index)."""
     from jupyter_qwen.sampling_params import SamplingParams
 
-    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, detokenize=False)
-              for n in workload.out_lens]
+    seed = index if sampling == "seeded" else None
+    return SamplingParams(**SAMPLING_FIELDS[sampling], seed=seed, max_tokens=max_tokens,
+                          ignore_eos=True, detokenize=False)
+
+
+def ours_generate(llm, workload: Workload, sampling: str = "greedy") -> dict:
+    params = [sampling_params(sampling, n, index) for index, n in enumerate(workload.out_lens)]
     before = _engine_stats(llm)
     synchronize(llm.engine.runner.device)
     begin = time.perf_counter()
@@ -425,10 +465,8 @@ def ours_generate(llm, workload: Workload) -> dict:
             "tokens": [o.token_ids for o in outputs[:CHECKED_REQUESTS]]}
 
 
-def ours_stepped(llm, workload: Workload) -> dict:
+def ours_stepped(llm, workload: Workload, sampling: str = "greedy") -> dict:
     """Submit every request, drive `step()`, time each request's first and last token."""
-    from jupyter_qwen.sampling_params import SamplingParams
-
     engine = llm.engine
     before = _engine_stats(llm)
     submitted, first, finished, tokens = {}, {}, {}, {}
@@ -437,8 +475,7 @@ def ours_stepped(llm, workload: Workload) -> dict:
     for index, (prompt, n) in enumerate(zip(workload.prompts, workload.out_lens, strict=True)):
         rid = f"bench-{index}"
         submitted[rid] = time.perf_counter()
-        engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True,
-                                                  detokenize=False), request_id=rid)
+        engine.add_request(prompt, sampling_params(sampling, n, index), request_id=rid)
         tokens[rid] = []
     while engine.has_unfinished_requests():
         outputs = engine.step()
@@ -465,16 +502,20 @@ def ours_stepped(llm, workload: Workload) -> dict:
 
 
 def run_ours(model_dir: Path, opts: dict, workloads: dict[str, Workload], warmup: Workload,
-             floors: dict[str, Floor], report: Report, device: torch.device) -> None:
+             floors: dict[str, Floor], report: Report, device: torch.device,
+             samplings: tuple[str, ...] = ("greedy",)) -> None:
     from jupyter_qwen.llm import LLM
 
     main_names = [n for n in ("w256", "batch64", "batch1") if n in workloads]
     if main_names:
-        llm = _open_engine(LLM, model_dir, opts, report, "ours", warmup)
+        llm = _open_engine(LLM, model_dir, opts, report, "ours", warmup, samplings)
         if llm is not None:
             try:
                 for name in main_names:
-                    _ours_workload(llm, name, workloads[name], floors, report)
+                    greedy = _ours_workload(llm, name, workloads[name], floors, report)
+                    for sampling in samplings:
+                        if sampling != "greedy":
+                            _ours_sampled(llm, name, workloads[name], sampling, greedy, report)
             finally:
                 llm.close()
                 del llm
@@ -505,14 +546,16 @@ def run_ours(model_dir: Path, opts: dict, workloads: dict[str, Workload], warmup
     report.save()
 
 
-def _open_engine(LLM, model_dir: Path, opts: dict, report: Report, label: str, warmup: Workload):
+def _open_engine(LLM, model_dir: Path, opts: dict, report: Report, label: str, warmup: Workload,
+                 samplings: tuple[str, ...] = ("greedy",)):
     say(f"{stamp()} {label}: loading engine {opts or ''}")
     try:
         begin = time.perf_counter()
         llm = LLM(str(model_dir), **opts)
         load_s = time.perf_counter() - begin
         begin = time.perf_counter()
-        ours_generate(llm, warmup)
+        for sampling in dict.fromkeys(("greedy", *samplings)):
+            ours_generate(llm, warmup, sampling)
         warm_s = time.perf_counter() - begin
     except Exception as error:
         report.error(label, "load", error)
@@ -529,14 +572,14 @@ def _open_engine(LLM, model_dir: Path, opts: dict, report: Report, label: str, w
 
 
 def _ours_workload(llm, name: str, workload: Workload, floors: dict[str, Floor],
-                   report: Report) -> None:
+                   report: Report) -> dict | None:
     say(f"{stamp()} ours: {name} ({len(workload.prompts)} requests, {workload.prompt_tokens} "
         f"prompt + {workload.output_tokens} output tokens)")
     try:
         run = ours_stepped(llm, workload) if name == "batch1" else ours_generate(llm, workload)
     except Exception as error:
         report.error("ours", name, error)
-        return
+        return None
     report.tokens[("ours", name)] = run["tokens"]
     report.runs[f"ours/{name}"] = _strip(run)
     _log_stats("ours", run["stats"])
@@ -552,6 +595,35 @@ def _ours_workload(llm, name: str, workload: Workload, floors: dict[str, Floor],
                        notes=f"after first token; TTFT {run['ttft_p50_ms']:.1f} ms",
                        floor_fraction=run["decode_tokens_per_s"] / floor.decode_tokens_per_s))
     say(f"    {run['tokens_per_s']:,.0f} tok/s ({run['wall_s']:.2f} s)")
+    report.save()
+    return run
+
+
+def _ours_sampled(llm, name: str, workload: Workload, sampling: str, greedy: dict | None,
+                  report: Report) -> None:
+    """The same workload in the same engine under a sampling mode, beside its greedy run."""
+    say(f"{stamp()} ours, {sampling}: {name}")
+    try:
+        run = (ours_stepped(llm, workload, sampling) if name == "batch1"
+               else ours_generate(llm, workload, sampling))
+    except Exception as error:
+        report.error(f"ours, {sampling}", name, error)
+        return
+    report.runs[f"ours/{name}/{sampling}"] = _strip(run)
+    metrics = [("output tok/s", "tokens_per_s")]
+    if name == "batch1":
+        metrics.append(("decode tok/s", "decode_tokens_per_s"))
+    for metric, key in metrics:
+        ratio = run[key] / greedy[key] if greedy else None
+        report.add(Row(name, f"ours, {sampling}", metric, run[key], "tok/s", ratio=ratio,
+                       notes=_join("ours/peer here: this / greedy, same engine",
+                                   f"preempt {run['stats']['num_preemptions']}")))
+        report.sampling.append({"workload": name, "sampling": sampling, "metric": metric,
+                                "tokens_per_s": run[key],
+                                "greedy_tokens_per_s": greedy[key] if greedy else None,
+                                "ratio": ratio})
+    say(f"    {run['tokens_per_s']:,.0f} tok/s ({run['wall_s']:.2f} s)"
+        + (f", {run['tokens_per_s'] / greedy['tokens_per_s']:.3f}x greedy" if greedy else ""))
     report.save()
 
 
@@ -998,6 +1070,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma list of hf_generate, hf_static, hf_batch; 'none' for none")
     parser.add_argument("--engine-opt", action="append", default=[], metavar="KEY=VALUE",
                         help="EngineConfig option for our engine, repeatable")
+    parser.add_argument("--sampling", default="greedy",
+                        help="comma list of greedy, qwen3, penalties, seeded: each runs our "
+                             "engine's w256 / batch64 / batch1 beside greedy, same engine")
     parser.add_argument("--quick", action="store_true", help="small sizes (CPU smoke run)")
     parser.add_argument("--hf-batch", type=int, default=None,
                         help="hf_generate batch size on w256 (default 64; quick: 4)")
@@ -1009,10 +1084,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.workloads = [w for w in args.workloads.split(",") if w]
     args.peers = [] if args.peers in ("", "none") else [p for p in args.peers.split(",") if p]
+    args.sampling = tuple(dict.fromkeys(m for m in args.sampling.split(",") if m))
     bad = [w for w in args.workloads if w not in ALL_WORKLOADS] + \
-        [p for p in args.peers if p not in ALL_PEERS]
+        [p for p in args.peers if p not in ALL_PEERS] + \
+        [m for m in args.sampling if m not in ALL_SAMPLINGS]
     if bad:
-        parser.error(f"unknown workload or peer: {', '.join(bad)}")
+        parser.error(f"unknown workload, peer or sampling: {', '.join(bad)}")
     args.opts = with_kernel_options(engine_options(args.engine_opt, parser))
     return args
 
@@ -1088,7 +1165,7 @@ def _main(args: argparse.Namespace, argv: list[str], sizes: Sizes, device: torch
         f"(KV reads {floors['w256'].kv_read_bytes / 1e12:.2f} TB)")
     report.save()
 
-    run_ours(model_dir, args.opts, workloads, warmup, floors, report, device)
+    run_ours(model_dir, args.opts, workloads, warmup, floors, report, device, args.sampling)
     for peer in args.peers:
         if not any(w in workloads for w in PEER_WORKLOADS[peer]):
             continue

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 MAX_LOGPROBS = 20
 MAX_SEED = (1 << 64) - 1
+MAX_LOGIT_BIAS = 100.0
 
 
 @dataclass(slots=True)
@@ -18,6 +19,11 @@ class SamplingParams:
     probability and the N most likely alternatives at each step.
     `detokenize=False` skips building text while generating (stop strings
     still work).
+
+    `logit_bias` maps token ids to a value in [-100, 100] added to their logits;
+    `allowed_token_ids` restricts sampling to those tokens; `min_tokens` masks the
+    end-of-sequence and `stop_token_ids` tokens until that many
+    tokens are generated.
     """
 
     temperature: float = 1.0
@@ -36,12 +42,20 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     detokenize: bool = True
+    logit_bias: dict[int, float] | None = None
+    min_tokens: int = 0
+    allowed_token_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
+        if self.logit_bias is not None:
+            self.logit_bias = {_token_id_key(key): value
+                               for key, value in dict(self.logit_bias).items()} or None
+        if self.allowed_token_ids is not None:
+            self.allowed_token_ids = list(self.allowed_token_ids)
         if self.top_k == -1:
             self.top_k = 0
         self.validate()
@@ -64,6 +78,30 @@ class SamplingParams:
             raise ValueError(f"stop must be non-empty strings, got {self.stop!r}")
         for token_id in self.stop_token_ids:
             _check_int("stop_token_ids", token_id, 0)
+        self._validate_token_fields()
+
+    def _validate_token_fields(self) -> None:
+        _check_int("min_tokens", self.min_tokens, 0)
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens "
+                             f"({self.max_tokens})")
+        for token_id, bias in (self.logit_bias or {}).items():
+            _check_int("logit_bias", token_id, 0)
+            _check_range("logit_bias", bias, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS)
+        if self.allowed_token_ids is not None:
+            if not self.allowed_token_ids:
+                raise ValueError("allowed_token_ids must hold at least one token id")
+            for token_id in self.allowed_token_ids:
+                _check_int("allowed_token_ids", token_id, 0)
+
+    def check_token_ids(self, vocab_size: int) -> None:
+        """Raise ValueError, naming the field, for a token id the model's vocabulary lacks."""
+        for name, token_ids in (("logit_bias", self.logit_bias or {}),
+                                ("allowed_token_ids", self.allowed_token_ids or [])):
+            unknown = sorted(t for t in token_ids if t >= vocab_size)
+            if unknown:
+                raise ValueError(f"{name} holds token ids outside the vocabulary of "
+                                 f"{vocab_size} tokens: {unknown[:5]}")
 
     @property
     def greedy(self) -> bool:
@@ -71,13 +109,29 @@ class SamplingParams:
 
     @property
     def plain_greedy(self) -> bool:
-        """Greedy, with no penalties and no log probabilities: the argmax is all it needs."""
-        return self.greedy and not self.uses_penalties and self.logprobs is None
+        """Greedy, with no penalties, no log probabilities and nothing that changes the
+        logits: the argmax is all it needs."""
+        return (self.greedy and not self.uses_penalties and self.logprobs is None
+                and not self.adjusts_logits)
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether logit_bias, allowed_token_ids or min_tokens change the logits."""
+        return bool(self.logit_bias or self.allowed_token_ids is not None or self.min_tokens)
 
     @property
     def uses_penalties(self) -> bool:
         return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
                 or self.frequency_penalty != 0.0)
+
+
+def _token_id_key(key):
+    """logit_bias keys: token ids, or their decimal strings as JSON objects carry them."""
+    if isinstance(key, str):
+        if not key.strip().isdigit():
+            raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+        return int(key)
+    return key
 
 
 def _check_range(name: str, value, low: float, high: float, low_open: bool = False) -> None:

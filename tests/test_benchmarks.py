@@ -200,3 +200,72 @@ def test_one_report_table_for_text_and_markdown(capsys):
     Report().print_table()
     assert capsys.readouterr().out.splitlines() == ["", "header", *aligned_lines(table),
                                                     "ERROR none"]
+
+
+def test_throughput_sampling_modes_beside_greedy(tiny_model_path, tmp_path, monkeypatch):
+    monkeypatch.delenv("OUT", raising=False)
+    bench = load_throughput()
+    modes = ("qwen3", "penalties", "seeded")
+    bench.main(["--shape", "tiny", "--quick", "--workloads", "w256,batch1", "--peers", "none",
+                "--sampling", "greedy," + ",".join(modes), "--model-dir", str(tiny_model_path),
+                "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "throughput.json").read_text())
+    assert saved["errors"] == []
+    found = {(s["workload"], s["sampling"], s["metric"]): s for s in saved["sampling"]}
+    assert set(found) == {(w, m, metric) for m in modes for w, metric in (
+        ("w256", "output tok/s"), ("batch1", "output tok/s"), ("batch1", "decode tok/s"))}
+    rows = {(r["workload"], r["system"], r["metric"]): r for r in saved["rows"]}
+    for (workload, mode, metric), entry in found.items():
+        greedy = rows[(workload, "ours", metric)]["value"]
+        assert entry["greedy_tokens_per_s"] == greedy
+        assert entry["ratio"] == pytest.approx(entry["tokens_per_s"] / greedy)
+        assert rows[(workload, f"ours, {mode}", metric)]["ratio"] == entry["ratio"]
+    for mode in modes:
+        assert saved["runs"][f"ours/w256/{mode}"]["output_tokens"] == \
+            saved["runs"]["ours/w256"]["output_tokens"]
+    assert "## Sampling beside greedy" in (tmp_path / "throughput.md").read_text()
+
+
+def test_throughput_sampling_modes_and_their_parameters():
+    bench = load_throughput()
+    qwen3 = bench.sampling_params("qwen3", 8, 3)
+    assert (qwen3.temperature, qwen3.top_k, qwen3.top_p, qwen3.seed) == (0.6, 20, 0.95, None)
+    penalties = bench.sampling_params("penalties", 8, 3)
+    assert (penalties.presence_penalty, penalties.repetition_penalty) == (1.5, 1.05)
+    assert bench.sampling_params("seeded", 8, 3).seed == 3
+    assert bench.sampling_params("greedy", 8, 3).greedy
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--sampling", "greedy,nucleus"])
+
+
+def test_serving_default_sampling_requests_carry_no_sampling_fields():
+    bench = load_serving()
+    greedy = bench.request_body({"model": "m"}, [1, 2], 4)
+    defaults = bench.request_body({"model": "m", "sampling": "defaults"}, [1, 2], 4)
+    assert greedy["temperature"] == 0
+    sampling_names = {"temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
+                      "frequency_penalty", "repetition_penalty"}
+    assert not sampling_names & set(defaults) and defaults["ignore_eos"] is True
+
+
+def test_serving_server_defaults_row_on_cpu(tiny_model_path, tmp_path):
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "serving.py"), "--quick", "--rates", "inf",
+         "--compare", "none", "--sampling", "greedy,defaults", "--num-requests", "8",
+         "--model-dir", str(tiny_model_path), "--out", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    saved = json.loads((tmp_path / "serving.json").read_text())
+    runs = {r["name"]: r for r in saved["runs"]}
+    assert set(runs) == {"rate-inf", "rate-inf-server-defaults"}
+    assert runs["rate-inf-server-defaults"]["sampling"] == "defaults"
+    assert runs["rate-inf-server-defaults"]["all_exact"]
+    defaults = saved["headline"]["server_defaults"]
+    assert defaults["run"] == "rate-inf-server-defaults"
+    assert defaults["ratio_to_greedy"] > 0 and defaults["sampling"] == {"temperature": 0.0}
+    assert "headline with server-default sampling" in done.stdout

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 GENERATOR_VERSION = 2
 # Qwen3's rotary base, which Qwen3Config's default (10,000) does not match.
 ROPE_PARAMETERS = {"rope_type": "default", "rope_theta": 1_000_000.0}
+# The sampling defaults the published Qwen3 checkpoints ship in generation_config.json; the
+# real-shape checkpoints carry them so that benchmarks see what users' requests get. The tiny
+# shape (the demo model) stays greedy by default.
+QWEN3_SAMPLING = {"do_sample": True, "temperature": 0.6, "top_k": 20, "top_p": 0.95}
+SHAPES_WITH_QWEN3_SAMPLING = ("qwen3-0.6b", "qwen3-1.7b", "qwen3-4b")
 
 
 def make_tiny_qwen3(path: str | os.PathLike, shape: str = "tiny", seed: int = 0,
@@ -40,7 +45,7 @@ def make_tiny_qwen3(path: str | os.PathLike, shape: str = "tiny", seed: int = 0,
     folder.mkdir(parents=True, exist_ok=True)
     max_shard_bytes = max_shard_bytes or DEFAULT_MAX_SHARD_BYTES
     write_config(folder, chosen)
-    write_generation_config(folder, chosen)
+    write_generation_config(folder, chosen, qwen3_sampling=shape in SHAPES_WITH_QWEN3_SAMPLING)
     write_tokenizer_files(folder, chosen)
     write_weights(folder, chosen, seed, max_shard_bytes)
     if script is not None:
@@ -65,15 +70,17 @@ def write_config(folder: Path, shape: Shape) -> None:
     config.save_pretrained(folder)
 
 
-def write_generation_config(folder: Path, shape: Shape) -> None:
-    """generation_config.json: stop at <|im_end|> or <|endoftext|>, greedy by default."""
+def write_generation_config(folder: Path, shape: Shape, qwen3_sampling: bool = False) -> None:
+    """generation_config.json: stop at <|im_end|> or <|endoftext|>; greedy by default, or
+    with `qwen3_sampling` the published checkpoints' sampling defaults (QWEN3_SAMPLING)."""
     from transformers import GenerationConfig
 
     token_ids = added_token_ids(shape.vocab_size)
+    sampling = QWEN3_SAMPLING if qwen3_sampling else {"do_sample": False}
     GenerationConfig(bos_token_id=token_ids["<|endoftext|>"],
                      eos_token_id=[token_ids["<|im_end|>"], token_ids["<|endoftext|>"]],
                      pad_token_id=token_ids["<|endoftext|>"],
-                     do_sample=False).save_pretrained(folder)
+                     **sampling).save_pretrained(folder)
 
 
 def write_tokenizer_files(folder: Path, shape: Shape) -> None:

@@ -58,12 +58,14 @@ class LLMEngine:
         self.max_model_len = self.runner.max_model_len
         self.vocab_size = self.runner.model_config.vocab_size
         self.eos_token_ids = load_eos_token_ids(self.model_path, self.tokenizer)
+        self.runner.eos_token_ids = self.eos_token_ids
         self.block_manager = BlockManager(self.runner.num_kv_blocks, config.block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    self.runner.max_num_batched_tokens)
         self.sessions = SessionStore(self.block_manager, config.session_ttl)
         self.scheduler.reclaim_memory = self.sessions.release_oldest
+        self.scheduler.on_preempt = self.runner.release
         self.requests: dict[str, Sequence] = {}
         self.emit_outputs = True
         self._ids = itertools.count()
@@ -84,6 +86,7 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already in use")
         token_ids = self.tokenize(prompt)
         self.check_prompt(token_ids)
+        params.check_token_ids(self.vocab_size)
         seq = Sequence(request_id, token_ids, params, session_id=session_id)
         if params.detokenize or params.stop:
             seq.detokenizer = OutputDetokenizer.for_output(
@@ -161,6 +164,7 @@ class LLMEngine:
         if seq.session_id is not None and reason != "abort":
             self.sessions.keep(seq)
         self.scheduler.remove(seq)
+        self.runner.release(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
         del self.requests[seq.request_id]

@@ -12,7 +12,13 @@ import torch
 from jupyter_qwen.config import CPU_KV_CACHE_BYTES, EngineConfig
 from jupyter_qwen.engine.cuda_graphs import DecodeGraphs
 from jupyter_qwen.engine.errors import OutOfKVCacheMemoryError
-from jupyter_qwen.engine.sampler import SamplerOutput, build_sampling_batch, sample
+from jupyter_qwen.engine.penalty_state import PenaltyState
+from jupyter_qwen.engine.sampler import (
+    SamplerOutput,
+    SamplingBatch,
+    build_sampling_batch,
+    sample,
+)
 from jupyter_qwen.engine.scheduler import ScheduledSeq
 from jupyter_qwen.engine.sequence import Sequence
 from jupyter_qwen.model.attention import AttentionMetadata
@@ -62,6 +68,8 @@ class ModelRunner:
             self.progress("compiling kernels", None)
             self._compile_kernels()
         self.graphs = self._capture_graphs() if self._uses_graphs() else None
+        self.penalty_state = PenaltyState(self.model_config.vocab_size, self.device)
+        self.eos_token_ids: set[int] = set()  # masked while a request is below min_tokens
 
     def _uses_graphs(self) -> bool:
         return (self.device.type == "cuda" and not self.config.enforce_eager
@@ -186,12 +194,18 @@ class ModelRunner:
         sampled = inputs.sampled_seqs
         if not sampled:
             return [], SamplerOutput([], [])
-        return sampled, self._sample(sampled, self.model.compute_logits(hidden[inputs.logits_rows]))
+        batch = self._sampling_batch(sampled)
+        return sampled, sample(self.model.compute_logits(hidden[inputs.logits_rows]), batch)
 
-    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> SamplerOutput:
-        for seq in seqs:
-            self._ensure_generator(seq)
-        return sample(logits, build_sampling_batch(seqs, logits.shape[-1], self.device))
+    def _sampling_batch(self, seqs: list[Sequence]) -> SamplingBatch:
+        """Built once the forward pass is queued: its copies come from pinned memory and
+        wait for nothing, so the host prepares the batch while the GPU runs the model."""
+        return build_sampling_batch(seqs, self.model_config.vocab_size, self.device,
+                                    self.penalty_state, self.eos_token_ids)
+
+    def release(self, seq: Sequence) -> None:
+        """Forget a sequence's sampler state (it finished, was aborted or preempted)."""
+        self.penalty_state.release(seq)
 
     def _can_replay(self, scheduled: list[ScheduledSeq]) -> bool:
         return (self.graphs is not None and len(scheduled) <= self.graphs.max_batch_size
@@ -208,7 +222,8 @@ class ModelRunner:
         if all(seq.params.plain_greedy for seq in seqs):
             token_ids = self.graphs.greedy_tokens[graph_size][:len(seqs)].tolist()
             return seqs, SamplerOutput(token_ids, [None] * len(seqs))
-        return seqs, self._sample(seqs, self.graphs.logits[graph_size][:len(seqs)])
+        batch = self._sampling_batch(seqs)
+        return seqs, sample(self.graphs.logits[graph_size][:len(seqs)], batch)
 
     def _block_tables(self, seqs: list[Sequence], width: int | None = None) -> np.ndarray:
         width = width or max(len(seq.block_table) for seq in seqs)
@@ -256,14 +271,11 @@ class ModelRunner:
         table = np.asarray(block_table, dtype=np.int64)
         return (table[positions // size] * size + positions % size).tolist()
 
-    def _ensure_generator(self, seq: Sequence) -> None:
-        if seq.params.seed is not None and seq.generator is None:
-            seq.generator = torch.Generator(self.device).manual_seed(seq.params.seed)
-
     def close(self) -> None:
         if self.graphs is not None:
             self.graphs.close()
             self.graphs = None
+        self.penalty_state.close()
         self._detach_kv_cache()
         self.model.use_ops(None)
         self.kv_cache = None

@@ -1,28 +1,42 @@
-"""Token selection for a batch of sequences, vectorised over the batch."""
+"""Token selection for a batch of sequences, vectorised over the batch.
+
+Order per row: allowed_token_ids, min_tokens and logit_bias (`logit_adjustments`), then
+repetition / presence / frequency penalties; greedy rows take the argmax of that. Sampled rows
+divide by their temperature, keep the top-k tokens (every token tied with the k-th stays),
+then the smallest set of those whose renormalised mass reaches top-p, then the tokens whose
+probability is at least min-p times the largest, and draw from what is left.
+
+No full-vocabulary sort: rows with top-k or top-p work on a candidate window (`torch.topk` of
+the largest top-k in the batch plus a margin for ties, or `TOP_P_WINDOW` for top-p alone) and
+draw by a Gumbel race over it; a row whose kept set may reach past the window (a tie run
+longer than the margin, top-p mass not inside the window, top-k beyond `MAX_WINDOW_TOP_K`)
+is redone exactly with the full sort, alone. Rows with neither filter draw by inverse CDF
+over the whole vocabulary. The noise is counter-based (`sampling_noise`): a seeded row's
+draws depend only on its seed and on how many tokens it has drawn.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
 
+from jupyter_qwen.engine.host_copy import host_to_device
+from jupyter_qwen.engine.logit_adjustments import LogitAdjustments, build_logit_adjustments
+from jupyter_qwen.engine.penalty_state import PenaltyState
+from jupyter_qwen.engine.sampling_noise import (
+    MASK32,
+    random_row_keys,
+    row_uniform,
+    seeded_row_keys,
+    token_gumbel,
+)
 from jupyter_qwen.engine.sequence import Sequence, TokenLogprobs
 
-
-@dataclass(slots=True)
-class SamplingBatch:
-    temperatures: torch.Tensor | None
-    top_p: torch.Tensor | None
-    top_k: torch.Tensor | None
-    min_p: torch.Tensor | None
-    penalties: PenaltyBatch | None
-    generators: list[torch.Generator | None]
-    greedy_rows: torch.Tensor | None
-    num_logprobs: int | None
-
-    @property
-    def all_greedy(self) -> bool:
-        return self.temperatures is None
+TIE_MARGIN = 32
+TOP_P_WINDOW = 256
+MAX_WINDOW_TOP_K = 1024
 
 
 @dataclass(slots=True)
@@ -35,56 +49,155 @@ class PenaltyBatch:
 
 
 @dataclass(slots=True)
+class PenaltyRecord:
+    """Where to count this step's sampled tokens once they are known."""
+
+    state: PenaltyState
+    seqs: list[Sequence]
+    rows: torch.Tensor
+    slots: torch.Tensor
+
+
+@dataclass(slots=True)
+class SamplingBatch:
+    """Per-row parameters on the device, and the host-side plan of which path each row takes.
+
+    `temperatures` is None when every row is greedy. `top_k` is 0 where off. Row kinds:
+    greedy (argmax), window (top-k or top-p), full (neither), and `forced_fallback` rows
+    (window rows whose top-k exceeds `MAX_WINDOW_TOP_K`).
+    """
+
+    temperatures: torch.Tensor | None
+    top_p: torch.Tensor | None
+    top_k: torch.Tensor | None
+    min_p: torch.Tensor | None
+    penalties: PenaltyBatch | None
+    greedy_rows: torch.Tensor | None
+    num_logprobs: int | None
+    row_keys: torch.Tensor | None = None
+    window_rows: torch.Tensor | None = None
+    full_rows: torch.Tensor | None = None
+    window_width: int = 0
+    uses_full_normaliser: bool = False
+    forced_fallback: list[int] | None = None
+    adjustments: LogitAdjustments | None = None
+    penalty_record: PenaltyRecord | None = None
+
+    @property
+    def all_greedy(self) -> bool:
+        return self.temperatures is None
+
+
+@dataclass(slots=True)
 class SamplerOutput:
     token_ids: list[int]
     logprobs: list[TokenLogprobs | None]
 
 
-def build_sampling_batch(seqs: list[Sequence], vocab_size: int,
-                         device: torch.device) -> SamplingBatch:
+def build_sampling_batch(seqs: list[Sequence], vocab_size: int, device: torch.device,
+                         penalty_state: PenaltyState | None = None,
+                         eos_token_ids: Collection[int] = ()) -> SamplingBatch:
+    """The batch for one draw of each sequence; counts the draw on seeded sequences.
+
+    Without `penalty_state` the penalty counts are built from the token lists (a reference
+    for tests); with it they come from the state's device buffers.
+    """
     params = [seq.params for seq in seqs]
     requested = [p.logprobs for p in params if p.logprobs is not None]
-    batch = SamplingBatch(None, None, None, None, None, [], None,
+    batch = SamplingBatch(None, None, None, None, None, None,
                           max(requested) if requested else None)
+    batch.adjustments = build_logit_adjustments(seqs, eos_token_ids, device)
     if any(p.uses_penalties for p in params):
-        batch.penalties = _penalty_batch(seqs, vocab_size, device)
-    if all(p.greedy for p in params):
-        return batch
-    as_tensor = lambda values: torch.tensor(values, dtype=torch.float32, device=device)  # noqa: E731
-    batch.temperatures = as_tensor([1.0 if p.greedy else p.temperature for p in params])
-    batch.greedy_rows = torch.tensor([p.greedy for p in params], device=device)
-    if any(p.top_p < 1.0 for p in params):
-        batch.top_p = as_tensor([p.top_p for p in params])
-    if any(p.top_k > 0 for p in params):
-        batch.top_k = torch.tensor([p.top_k or vocab_size for p in params], device=device)
-    if any(p.min_p > 0 for p in params):
-        batch.min_p = as_tensor([p.min_p for p in params])
-    batch.generators = [seq.generator for seq in seqs]
+        _add_penalties(batch, seqs, vocab_size, device, penalty_state)
+    if not all(p.greedy for p in params):
+        _add_sampling_rows(batch, seqs, vocab_size, device)
     return batch
 
 
-def _penalty_batch(seqs: list[Sequence], vocab_size: int, device) -> PenaltyBatch:
-    as_tensor = lambda values: torch.tensor(values, dtype=torch.float32, device=device)  # noqa: E731
-    counts = torch.zeros(len(seqs), vocab_size, dtype=torch.float32, device=device)
-    seen = torch.zeros(len(seqs), vocab_size, dtype=torch.bool, device=device)
-    for row, seq in enumerate(seqs):
-        outputs = torch.tensor(seq.output_token_ids, dtype=torch.long, device=device)
-        counts[row].index_add_(0, outputs, torch.ones_like(outputs, dtype=torch.float32))
-        seen[row, torch.tensor(seq.token_ids, dtype=torch.long, device=device)] = True
-    return PenaltyBatch(
+def _add_sampling_rows(batch: SamplingBatch, seqs: list[Sequence], vocab_size: int,
+                       device: torch.device) -> None:
+    params = [seq.params for seq in seqs]
+    window = [not p.greedy and (p.top_k > 0 or p.top_p < 1.0) for p in params]
+    full = [not (p.greedy or in_window) for p, in_window in zip(params, window, strict=True)]
+    floats = host_to_device(torch.tensor(
+        [[1.0 if p.greedy else p.temperature for p in params], [p.top_p for p in params],
+         [p.min_p for p in params]], dtype=torch.float32), device)
+    seeds = [0 if p.seed is None else p.seed for p in params]
+    seeded = [p.seed is not None and not p.greedy for p in params]
+    ints = host_to_device(torch.tensor(
+        [[p.top_k for p in params], [p.greedy for p in params], window, full, seeded,
+         [seed & MASK32 for seed in seeds], [seed >> 32 for seed in seeds],
+         [seq.num_draws for seq in seqs]], dtype=torch.int64), device)
+    for seq, is_seeded in zip(seqs, seeded, strict=True):
+        seq.num_draws += is_seeded
+    batch.temperatures, batch.top_p, batch.min_p = floats
+    batch.top_k = ints[0]
+    batch.greedy_rows, batch.window_rows, full_rows, seeded_rows = ints[1:5].bool()
+    batch.full_rows = full_rows if any(full) else None
+    keys = random_row_keys(len(seqs), device)
+    if any(seeded):
+        keys = torch.where(seeded_rows[:, None], seeded_row_keys(ints[5:7].T, ints[7]), keys)
+    batch.row_keys = keys
+    widths = [p.top_k + TIE_MARGIN if p.top_k > 0 else TOP_P_WINDOW
+              for p, in_window in zip(params, window, strict=True)
+              if in_window and p.top_k <= MAX_WINDOW_TOP_K]
+    batch.window_width = min(vocab_size, max(widths, default=0))
+    batch.uses_full_normaliser = any(w and p.top_k == 0 for p, w in zip(params, window,
+                                                                        strict=True))
+    batch.forced_fallback = [row for row, (p, w) in enumerate(zip(params, window, strict=True))
+                             if w and p.top_k > MAX_WINDOW_TOP_K]
+
+
+def _add_penalties(batch: SamplingBatch, seqs: list[Sequence], vocab_size: int,
+                   device: torch.device, state: PenaltyState | None) -> None:
+    as_tensor = lambda values: host_to_device(  # noqa: E731
+        torch.tensor(values, dtype=torch.float32), device)
+    if state is None:
+        counts, seen = _counts_from_token_lists(seqs, vocab_size, device)
+    else:
+        rows = [row for row, seq in enumerate(seqs) if seq.params.uses_penalties]
+        penalised = [seqs[row] for row in rows]
+        slots = state.slots(penalised)
+        row_index = host_to_device(torch.tensor(rows, dtype=torch.int64), device)
+        if len(rows) == len(seqs):
+            counts, seen = state.gather(slots)
+        else:
+            counts = torch.zeros(len(seqs), vocab_size, dtype=torch.float32, device=device)
+            seen = torch.zeros(len(seqs), vocab_size, dtype=torch.bool, device=device)
+            counts[row_index], seen[row_index] = state.gather(slots)
+        batch.penalty_record = PenaltyRecord(state, penalised, row_index, slots)
+    batch.penalties = PenaltyBatch(
         repetition=as_tensor([seq.params.repetition_penalty for seq in seqs]),
         presence=as_tensor([seq.params.presence_penalty for seq in seqs]),
         frequency=as_tensor([seq.params.frequency_penalty for seq in seqs]),
         output_counts=counts, seen_in_context=seen)
 
 
+def _counts_from_token_lists(seqs: list[Sequence], vocab_size: int,
+                             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    counts = torch.zeros(len(seqs), vocab_size, dtype=torch.float32, device=device)
+    seen = torch.zeros(len(seqs), vocab_size, dtype=torch.bool, device=device)
+    for row, seq in enumerate(seqs):
+        outputs = torch.tensor(seq.output_token_ids, dtype=torch.long, device=device)
+        counts[row].index_add_(0, outputs, torch.ones_like(outputs, dtype=torch.float32))
+        seen[row, torch.tensor(seq.token_ids, dtype=torch.long, device=device)] = True
+    return counts, seen
+
+
 def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
     raw_logits = logits
+    if batch.adjustments is not None or batch.penalties is not None:
+        logits = logits.clone()
+    if batch.adjustments is not None:
+        logits = batch.adjustments.apply(logits)
     if batch.penalties is not None:
-        logits = apply_penalties(logits.clone(), batch.penalties)
-    token_ids = logits.argmax(dim=-1) if batch.all_greedy else _sample_random(logits, batch)
+        logits = apply_penalties(logits, batch.penalties)
+    token_ids, host_ids = _choose_tokens(logits, batch)
+    if batch.penalty_record is not None:
+        record = batch.penalty_record
+        record.state.record(record.seqs, record.slots, token_ids[record.rows])
     logprobs = _logprobs(raw_logits, token_ids, batch.num_logprobs)
-    return SamplerOutput(token_ids.tolist(), logprobs)
+    return SamplerOutput(host_ids, logprobs)
 
 
 def apply_penalties(logits: torch.Tensor, penalties: PenaltyBatch) -> torch.Tensor:
@@ -96,27 +209,91 @@ def apply_penalties(logits: torch.Tensor, penalties: PenaltyBatch) -> torch.Tens
     return logits
 
 
-def _sample_random(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    greedy_tokens = logits.argmax(dim=-1)
-    logits = logits / batch.temperatures[:, None]
-    if batch.top_k is not None:
-        logits = apply_top_k(logits, batch.top_k)
-    if batch.top_p is not None:
-        logits = apply_top_p(logits, batch.top_p)
-    probs = logits.softmax(dim=-1)
-    if batch.min_p is not None:
-        probs = apply_min_p(probs, batch.min_p)
-    sampled = (probs / _exponential_noise(probs, batch.generators)).argmax(dim=-1)
-    return torch.where(batch.greedy_rows, greedy_tokens, sampled)
+def _choose_tokens(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, list[int]]:
+    """The chosen tokens on the device and on the host (one read-back unless a row falls
+    back to the full sort)."""
+    token_ids = logits.argmax(dim=-1)
+    if batch.all_greedy:
+        return token_ids, token_ids.tolist()
+    fallback = torch.zeros_like(batch.greedy_rows)
+    if batch.window_width:
+        window_ids, unresolved = _window_tokens(logits, batch)
+        token_ids = torch.where(batch.window_rows, window_ids, token_ids)
+        fallback = unresolved & batch.window_rows
+    if batch.full_rows is not None:
+        token_ids = torch.where(batch.full_rows, _full_vocab_tokens(logits, batch), token_ids)
+    host = torch.stack([token_ids, fallback.long()]).tolist()
+    rows = sorted({*batch.forced_fallback, *(r for r, flag in enumerate(host[1]) if flag)})
+    if not rows:
+        return token_ids, host[0]
+    index = torch.tensor(rows, dtype=torch.int64, device=logits.device)
+    redone = _sorted_tokens(logits[index], batch, index)
+    token_ids = token_ids.index_copy(0, index, redone)
+    for row, token in zip(rows, redone.tolist(), strict=True):
+        host[0][row] = token
+    return token_ids, host[0]
+
+
+def _window_tokens(logits: torch.Tensor, batch: SamplingBatch,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gumbel race over the filtered candidate window; also which rows it cannot settle."""
+    width = batch.window_width
+    values, candidates = logits.topk(width, dim=-1)
+    scaled = values / batch.temperatures[:, None]
+    uses_top_k = batch.top_k > 0
+    kth = scaled.gather(1, (batch.top_k - 1).clamp(0, width - 1)[:, None])
+    keep = ~uses_top_k[:, None] | (scaled >= kth)
+    unresolved = torch.zeros_like(uses_top_k)
+    if width < logits.shape[-1]:
+        unresolved = uses_top_k & (scaled[:, -1] >= kth[:, 0])
+    log_norm = torch.logsumexp(scaled.masked_fill(~keep, float("-inf")), dim=-1)
+    if batch.uses_full_normaliser:
+        full = torch.logsumexp(logits / batch.temperatures[:, None], dim=-1)
+        log_norm = torch.where(uses_top_k, log_norm, full)
+    probs = (scaled - log_norm[:, None]).exp().masked_fill(~keep, 0.0)
+    cumulative = probs.cumsum(dim=-1)
+    top_p = batch.top_p[:, None]
+    keep &= (cumulative - probs < top_p) | (top_p >= 1.0)
+    if width < logits.shape[-1]:
+        unresolved |= ~uses_top_k & (cumulative[:, -1] < batch.top_p) & (batch.top_p < 1.0)
+    keep &= probs >= probs[:, :1] * batch.min_p[:, None]
+    scores = (scaled + token_gumbel(batch.row_keys, candidates)).masked_fill(~keep,
+                                                                             float("-inf"))
+    return candidates.gather(1, scores.argmax(dim=-1, keepdim=True))[:, 0], unresolved
+
+
+def _full_vocab_tokens(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Inverse-CDF draw over the whole vocabulary (min-p applied), one uniform per row."""
+    probs = (logits / batch.temperatures[:, None]).softmax(dim=-1)
+    probs = apply_min_p(probs, batch.min_p)
+    cdf = probs.to(torch.float64).cumsum(dim=-1)
+    target = row_uniform(batch.row_keys) * cdf[:, -1]
+    chosen = torch.searchsorted(cdf, target[:, None], right=True)[:, 0]
+    return chosen.clamp(max=logits.shape[-1] - 1)
+
+
+def _sorted_tokens(logits: torch.Tensor, batch: SamplingBatch,
+                   rows: torch.Tensor) -> torch.Tensor:
+    """The exact path for a few rows: full-sort filters, then the same Gumbel race."""
+    scaled = logits / batch.temperatures[rows, None]
+    top_k = batch.top_k[rows]
+    filtered = apply_top_k(scaled, torch.where(top_k > 0, top_k, logits.shape[-1]))
+    filtered = apply_top_p(filtered, batch.top_p[rows])
+    probs = apply_min_p(filtered.softmax(dim=-1), batch.min_p[rows])
+    token_ids = torch.arange(logits.shape[-1], device=logits.device).expand_as(logits)
+    scores = scaled + token_gumbel(batch.row_keys[rows], token_ids)
+    return scores.masked_fill(probs <= 0, float("-inf")).argmax(dim=-1)
 
 
 def apply_top_k(logits: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    """Reference top-k by full sort: keeps every token at least the k-th largest."""
     sorted_logits = logits.sort(dim=-1, descending=True).values
     kth = sorted_logits.gather(1, (top_k - 1).clamp(max=logits.shape[1] - 1)[:, None])
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
 def apply_top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Reference top-p by full sort: the smallest set of largest tokens reaching top_p."""
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     sorted_probs = sorted_logits.softmax(dim=-1)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
@@ -128,14 +305,6 @@ def apply_top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
 def apply_min_p(probs: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     threshold = probs.max(dim=-1, keepdim=True).values * min_p[:, None]
     return probs.masked_fill(probs < threshold, 0.0)
-
-
-def _exponential_noise(probs: torch.Tensor, generators: list) -> torch.Tensor:
-    noise = torch.empty_like(probs).exponential_()
-    for row, generator in enumerate(generators):
-        if generator is not None:
-            noise[row].exponential_(generator=generator)
-    return noise
 
 
 def _logprobs(logits: torch.Tensor, token_ids: torch.Tensor,

@@ -36,6 +36,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.reclaim_memory: Callable[[int], bool] = lambda num_blocks: False
+        self.on_preempt: Callable[[Sequence], None] = lambda seq: None
         self.num_preemptions = 0
 
     @property
@@ -98,6 +99,7 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)
+        self.on_preempt(seq)
         seq.reset_for_recompute()
         self.waiting.appendleft(seq)
         self.num_preemptions += 1

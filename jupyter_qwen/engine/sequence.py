@@ -38,7 +38,8 @@ class Sequence:
     finish_reason: str | None = None
     output_text: str = ""
     logprobs: list[TokenLogprobs] = field(default_factory=list)
-    generator: Any = None
+    generator: Any = None  # unused: seeded draws are keyed by the seed and num_draws
+    num_draws: int = 0
     detokenizer: Any = None
     session_id: str | None = None
 

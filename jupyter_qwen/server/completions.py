@@ -162,14 +162,18 @@ class CompletionHandler:
         pick = lambda name: _first(getattr(body, name), defaults.get(name))  # noqa: E731
         seed = None if body.random_seed else body.seed + index
         try:
-            return SamplingParams(
+            params = SamplingParams(
                 temperature=_first(pick("temperature"), 1.0), top_p=_first(pick("top_p"), 1.0),
                 top_k=_first(pick("top_k"), 0), min_p=_first(pick("min_p"), 0.0),
                 repetition_penalty=_first(pick("repetition_penalty"), 1.0),
                 presence_penalty=body.presence_penalty,
                 frequency_penalty=body.frequency_penalty, max_tokens=max_tokens,
                 stop=list(body.stop or []), seed=seed, logprobs=num_logprobs,
-                ignore_eos=bool(body.ignore_eos))
+                ignore_eos=bool(body.ignore_eos), logit_bias=body.logit_bias,
+                min_tokens=body.min_tokens, stop_token_ids=body.stop_token_ids,
+                allowed_token_ids=body.allowed_token_ids)
+            params.check_token_ids(self.ctx.ready_engine().engine.vocab_size)
+            return params
         except ValueError as error:
             raise APIError(400, str(error), param=str(error).split(" ", 1)[0]) from None
 

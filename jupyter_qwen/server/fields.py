@@ -23,7 +23,6 @@ REJECTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "use_beam_search": ((False,), "beam search is not supported"),
     "prompt_logprobs": ((0,), "prompt logprobs are not supported"),
     "logprob_token_ids": ((), "logprobs of chosen token ids are not supported"),
-    "allowed_token_ids": ((), "restricting the vocabulary is not supported"),
     "bad_words": (([],), "bad words are not supported"),
     "structured_outputs": ((), "structured output is not supported yet"),
     "response_format": (({"type": "text"},), "only response_format {'type': 'text'} is "

@@ -145,6 +145,10 @@ class SamplingFields(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
     ignore_eos: bool | None = None
     session_id: str | None = Field(None, min_length=1, max_length=256)
+    logit_bias: dict[str, float] | None = None
+    min_tokens: int = Field(0, ge=0)
+    stop_token_ids: list[int] | None = None
+    allowed_token_ids: list[int] | None = None
 
     @model_validator(mode="before")
     @classmethod
