@@ -98,10 +98,16 @@ def settled_rss() -> int:
 
 
 def open_fds() -> dict[int, str]:
+    """The process's open files and sockets, less /proc files: those are read and closed at
+    once by threads that outlive any one server (the shared GPU monitor samples this
+    process's memory through /proc every few hundred ms), so catching one open is a race,
+    not a leak."""
     fds = {}
     for name in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):
-            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+            target = os.readlink(f"/proc/self/fd/{name}")
+            if not target.startswith("/proc/"):
+                fds[int(name)] = target
     return fds
 
 
