@@ -80,22 +80,22 @@ class Layer:
         return decode_attention(q, self.k_cache, self.v_cache, self.block_tables,
                                 self.seq_lens, SCALE)
 
-    def fused(self, workspace) -> torch.Tensor:
+    def fused(self, workspace, min_chunk: int | None = None) -> torch.Tensor:
         return decode_step.decode_step_attention(
             self.qkv, self.positions, self.slots, self.q_weight, self.k_weight, EPS,
             self.rotary.cos_cache, self.rotary.sin_cache, self.k_cache, self.v_cache,
             self.block_tables, self.seq_lens, SCALE, workspace=workspace,
-            launch_pdl=launch_pdl())
+            launch_pdl=launch_pdl(), min_chunk=min_chunk)
 
 
-def check(layer: Layer, workspace) -> tuple[float, float, bool]:
+def check(layer: Layer, workspace, min_chunk: int | None = None) -> tuple[float, float, bool]:
     """(output error, new-k error, v equal) of the fused step against the three kernels."""
     k_before, v_before = layer.k_cache.clone(), layer.v_cache.clone()
     want = layer.three_kernels()
     k_want, v_want = layer.k_cache.clone(), layer.v_cache.clone()
     layer.k_cache.copy_(k_before)
     layer.v_cache.copy_(v_before)
-    got = layer.fused(workspace)
+    got = layer.fused(workspace, min_chunk)
     torch.cuda.synchronize()
     rows = layer.slots // BLOCK_SIZE, layer.slots % BLOCK_SIZE
     clean = workspace.tickets.count_nonzero().item() == 0
@@ -116,23 +116,24 @@ class Variant:
     def __str__(self) -> str:
         return str(self.min_chunk)
 
-    def apply(self) -> None:
-        decode_step.MIN_CHUNK = self.min_chunk
 
 
 ANY_BATCH = 1 << 20
 
 
-def fused_step_options(enabled: bool) -> KernelOptions:
+def fused_step_options(enabled: bool, variant: Variant | None = None) -> KernelOptions:
     """The engine's kernel options with the switch: the fused step for pure decode steps of
-    any batch size when enabled, never otherwise."""
-    return KernelOptions(fused_decode_step=enabled, fused_decode_step_max_batch=ANY_BATCH)
+    any batch size when enabled (launched as `variant` says), never otherwise."""
+    return KernelOptions(fused_decode_step=enabled, fused_decode_step_max_batch=ANY_BATCH,
+                         decode_step_min_chunk=variant.min_chunk if variant else None)
 
 
-def fused_step_engine_opts(enabled: bool) -> list[str]:
+def fused_step_engine_opts(enabled: bool, variant: Variant | None = None) -> list[str]:
     """The same switch as benchmarks/throughput.py's `--engine-opt` arguments."""
+    chunk = ["--engine-opt", f"kernels.decode_step_min_chunk={variant.min_chunk}"] \
+        if variant else []
     return ["--engine-opt", f"kernels.fused_decode_step={'on' if enabled else 'off'}",
-            "--engine-opt", f"kernels.fused_decode_step_max_batch={ANY_BATCH}"]
+            "--engine-opt", f"kernels.fused_decode_step_max_batch={ANY_BATCH}", *chunk]
 
 
 def kernel_table(batches: list[int], contexts: list[int], variants: list[Variant]) -> Variant:
@@ -156,9 +157,9 @@ def kernel_table(batches: list[int], contexts: list[int], variants: list[Variant
             three = graph_micros_per_call([layer.three_kernels for layer in layers], REPLAYS)
             times, checks = [], []
             for variant in variants:
-                variant.apply()
-                checks.append(check(layers[0], workspace))
-                times.append(graph_micros_per_call([partial(layer.fused, workspace)
+                checks.append(check(layers[0], workspace, variant.min_chunk))
+                times.append(graph_micros_per_call([partial(layer.fused, workspace,
+                                                            variant.min_chunk)
                                                     for layer in layers], REPLAYS))
                 if batch == 1 and context <= 600:
                     batch1[variant] += times[-1]
@@ -204,9 +205,7 @@ def engine_table(model_dir: str, context: int, variants: list[Variant | None]) -
     print(f"engine decode steps, Qwen3-0.6B shape, context {context}", flush=True)
     baseline = None
     for variant in variants:
-        kernels = fused_step_options(variant is not None)
-        if variant is not None:
-            variant.apply()
+        kernels = fused_step_options(variant is not None, variant)
         name = "three" if variant is None else f"fused {variant}"
         with LLM(model_dir, max_num_seqs=64, gpu_memory_utilization=0.8,
                  kernels=kernels) as llm:
@@ -239,12 +238,10 @@ def main() -> None:
     parser.add_argument("--throughput", choices=["on", "off"])
     parser.add_argument("--variant", type=Variant.parse, help="fused launch choice, e.g. 64")
     args, rest = parser.parse_known_args()
-    if args.variant is not None:
-        args.variant.apply()
     if args.throughput:
         from benchmarks import throughput
 
-        throughput.main(rest + fused_step_engine_opts(args.throughput == "on"))
+        throughput.main(rest + fused_step_engine_opts(args.throughput == "on", args.variant))
         return
     if not args.no_kernels:
         best = kernel_table([int(b) for b in args.batches.split(",")],

@@ -128,6 +128,9 @@ class KernelOptions:
         cli=False)
     pdl: bool = option(help="programmatic dependent launch on Hopper and later",
                        default_factory=_pdl_from_environment, cli=False)
+    decode_step_min_chunk: int | None = option(
+        None, "the fewest KV positions one split of the one-launch attention takes",
+        default_text="the kernel's", low=1, high=1 << 20, cli=False)
 
     def __post_init__(self) -> None:
         try:

@@ -26,6 +26,9 @@ class KernelChoices(Protocol):
     @property
     def pdl(self) -> bool: ...
 
+    @property
+    def decode_step_min_chunk(self) -> int | None: ...
+
 
 class LayerKernels(Protocol):
     """Fused kernels for the decoder layers (`kernels.layer_ops.TritonLayerKernels`)."""
@@ -92,7 +95,8 @@ def triton_ops(device: torch.device, options: KernelChoices) -> ModelOps:
     from jupyter_qwen.model.kernels.pdl import supported
 
     pdl = options.pdl and supported(device)
-    attention = TritonAttention(decode_step_max_batch=options.decode_step_max_batch, pdl=pdl)
+    attention = TritonAttention(decode_step_max_batch=options.decode_step_max_batch, pdl=pdl,
+                                min_chunk=options.decode_step_min_chunk)
     return ModelOps(attention=attention, layers=TritonLayerKernels(pdl=pdl), compiled=True)
 
 

@@ -26,9 +26,11 @@ class TritonAttention:
     dependent one (`pdl.py`; only where the device supports it).
     """
 
-    def __init__(self, *, decode_step_max_batch: int = 0, pdl: bool = False) -> None:
+    def __init__(self, *, decode_step_max_batch: int = 0, pdl: bool = False,
+                 min_chunk: int | None = None) -> None:
         self.decode_step_max_batch = decode_step_max_batch
         self.pdl = pdl
+        self.min_chunk = min_chunk
         self.decode_workspace: DecodeStepWorkspace | None = None
         self.decode_workspace_captured = False
 
@@ -66,7 +68,7 @@ class TritonAttention:
         return decode_step_attention(qkv, positions, meta.slot_mapping, q_weight, k_weight, eps,
                                      cos_cache, sin_cache, k_cache, v_cache, meta.block_tables,
                                      meta.seq_lens, scale, workspace=workspace,
-                                     launch_pdl=self.pdl)
+                                     launch_pdl=self.pdl, min_chunk=self.min_chunk)
 
     def _decode_workspace(self, batch: int, num_q_heads: int, num_kv_heads: int,
                           head_dim: int, device: torch.device) -> DecodeStepWorkspace:
