@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from jupyter_qwen.demo.script import ScriptedTurn
 
 CACHE_ENV = "JUPYTER_QWEN_CACHE"
+SERVED_NAME = "qwen3-demo"
+"""The model name a server of the demo model answers to."""
 _DEMO_LOCK = threading.Lock()
 
 

@@ -7,7 +7,6 @@ from typing import Any
 from jupyter_qwen.notebook.models import remember_when_served
 
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
-DEMO_NAME = "qwen3-demo"
 
 
 class AlreadyServingError(RuntimeError):
@@ -40,9 +39,9 @@ def start_server(model: str | None, options: dict[str, Any] | None = None, *,
         raise AlreadyServingError(running)
     options = dict(options or {})
     if demo:
-        from jupyter_qwen.demo.cache import demo_model_path
+        from jupyter_qwen.demo.cache import SERVED_NAME, demo_model_path
 
-        options.setdefault("served_model_name", DEMO_NAME)
+        options.setdefault("served_model_name", SERVED_NAME)
         model = str(demo_model_path())
     else:
         model = model or DEFAULT_MODEL

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from jupyter_qwen.config import EngineConfig
@@ -27,7 +28,11 @@ def server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_serve_command(commands) -> None:
     parser = commands.add_parser("serve", help="serve a Qwen3 model over the OpenAI API")
-    parser.add_argument("model", help="Hugging Face id or local checkpoint folder")
+    parser.add_argument("model", nargs="?", help="Hugging Face id or local checkpoint folder")
+    parser.add_argument("--demo", action="store_true",
+                        help="serve the tiny demo model (built on first use; runs on CPU)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the whole traceback of an error, not one line")
     add_server_arguments(parser)
     add_engine_arguments(parser)
     parser.set_defaults(run=run_serve)
@@ -36,10 +41,30 @@ def add_serve_command(commands) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import time
 
+    from jupyter_qwen.server.errors import ConfigError, ServerStartError
     from jupyter_qwen.server.server import serve
 
-    server = serve(args.model, **server_kwargs(args))
-    print(f"serving {server.served_model_name} at {server.url} (Ctrl-C stops)", flush=True)
+    prog = "python -m jupyter_qwen serve"
+    if bool(args.model) == bool(args.demo):
+        print(f"{prog}: error: give a MODEL (a Hugging Face id or a checkpoint folder) or "
+              "--demo", file=sys.stderr)
+        return 2
+    options = server_kwargs(args)
+    try:
+        if args.demo:
+            from jupyter_qwen.demo.cache import SERVED_NAME, demo_model_path
+
+            options.setdefault("served_model_name", SERVED_NAME)
+            args.model = str(demo_model_path())
+        server = serve(args.model, **options)
+    except (ConfigError, ServerStartError) as error:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    device = server.ctx.engine.engine.runner.device if server.ctx.engine else "?"
+    print(f"serving {server.served_model_name} at {server.url} on {device} (Ctrl-C stops)",
+          flush=True)
     try:
         while server.state == "ok":
             time.sleep(0.5)

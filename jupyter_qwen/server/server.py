@@ -284,7 +284,7 @@ def serve(model: str, progress: bool = True, **options: Any) -> QwenServer:
 
     {options}
     """
-    server = QwenServer(model, **options)
+    server = QwenServer(model, model_path=find_model(str(model)), **options)
     try:
         return server.start(wait=True, progress=progress)
     except BaseException:
