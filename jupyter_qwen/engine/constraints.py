@@ -114,8 +114,8 @@ class GrammarCache:
 def compile_constraint(compiler, kind: str, text: str) -> Any:
     if kind == "json":
         return compiler.compile_json_schema(text, any_whitespace=False)
-    if kind == "json_object":
-        return compiler.compile_builtin_json_grammar()
+    if kind == "json_object":  # compact, as json.dumps writes it: no runs of white space
+        return compiler.compile_json_schema('{"type": "object"}', any_whitespace=False)
     if kind == "regex":
         return compiler.compile_regex(text)
     if kind == "choice":

@@ -109,7 +109,7 @@ def tools_constraint(tools: list[Tool] | None, choice, parallel: bool,
     tags = [{"type": "tag",
              "begin": f'{TOOL_OPEN}\n{{"name": {json.dumps(tool.function.name)}, '
                       '"arguments": ',
-             "content": {"type": "json_schema",
+             "content": {"type": "json_schema", "max_whitespace_cnt": 1,
                          "json_schema": tool.function.parameters or {"type": "object"}},
              "end": f"}}\n{TOOL_CLOSE}"} for tool in chosen]
     return _structural({"type": "tags_with_separator", "tags": tags, "separator": "\n",
