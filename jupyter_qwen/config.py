@@ -64,6 +64,9 @@ class EngineConfig:
     session_ttl: float = option(
         600.0, "seconds a session's KV blocks stay pinned", default_text="600", low=0,
         low_open=True, high=86400, unit="of seconds")
+    grammar_compile_timeout: float = option(
+        5.0, "seconds a structured-output grammar may take to compile before its request "
+        "gets a 400", default_text="5", low=0, low_open=True, high=3600, unit="of seconds")
     kernels: KernelOptions = field(default_factory=lambda: KernelOptions())
     """Choices among the Triton kernels: not a user-facing option (no flag, no form field);
     benchmarks and tests pass it, `serve()` and `LLM` take it as a keyword."""

@@ -2,11 +2,67 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 MAX_LOGPROBS = 20
 MAX_SEED = (1 << 64) - 1
 MAX_LOGIT_BIAS = 100.0
+
+CONSTRAINT_KINDS = ("json", "regex", "choice", "grammar", "json_object")
+
+
+@dataclass(slots=True)
+class StructuredOutputs:
+    """One constraint on a request's output, vLLM's names: `json` (a JSON schema, as a dict
+    or its text), `regex`, `choice` (the output is exactly one of these strings), `grammar`
+    (EBNF, or Lark) or `json_object=True` (any JSON object). Internal kinds built by the
+    server from `tool_choice` use `structural_tag` (the constraint library's own format).
+
+    `compiled` caches the compiled grammar once the engine has built it; requests that
+    share these params (n > 1) share it.
+    """
+
+    json: dict[str, Any] | str | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool = False
+    structural_tag: str | None = None
+    compiled: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.json, bool) or (self.json is not None
+                                           and not isinstance(self.json, dict | str)):
+            raise ValueError("structured_outputs.json must be a JSON schema object")
+        if self.choice is not None:
+            if isinstance(self.choice, str) or not all(isinstance(c, str) for c in self.choice):
+                raise ValueError("structured_outputs.choice must be a list of strings")
+            self.choice = list(self.choice)
+            if not self.choice:
+                raise ValueError("structured_outputs.choice must hold at least one string")
+        given = [name for name, value in self.items()]
+        if len(given) != 1:
+            raise ValueError("structured_outputs takes exactly one of json, regex, choice, "
+                             f"grammar or json_object; got {given or 'none'}")
+
+    def items(self) -> list[tuple[str, Any]]:
+        """The constraint as (kind, value) pairs: exactly one once validated."""
+        values = {"json": self.json, "regex": self.regex, "choice": self.choice,
+                  "grammar": self.grammar, "json_object": self.json_object or None,
+                  "structural_tag": self.structural_tag}
+        return [(name, value) for name, value in values.items() if value is not None]
+
+    @property
+    def kind(self) -> str:
+        return self.items()[0][0]
+
+    def cache_key(self) -> tuple[str, str]:
+        kind, value = self.items()[0]
+        if not isinstance(value, str):
+            value = json.dumps(value, ensure_ascii=False)
+        return kind, value
 
 
 @dataclass(slots=True)
@@ -24,6 +80,12 @@ class SamplingParams:
     `allowed_token_ids` restricts sampling to those tokens; `min_tokens` masks the
     end-of-sequence and `stop_token_ids` tokens until that many
     tokens are generated.
+
+    `structured_outputs` constrains the output to a JSON schema, a regular expression, a
+    choice of strings or a grammar (see `StructuredOutputs`). `thinking=True` says the output
+    opens with Qwen3's free reasoning, closed by `</think>`: the constraint starts after it,
+    and `thinking_token_budget` (if set) bounds it: once that many reasoning tokens are
+    generated the engine ends the reasoning itself. `max_tokens` bounds the whole output.
     """
 
     temperature: float = 1.0
@@ -45,6 +107,9 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
     min_tokens: int = 0
     allowed_token_ids: list[int] | None = None
+    structured_outputs: StructuredOutputs | None = None
+    thinking: bool = False
+    thinking_token_budget: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -93,6 +158,12 @@ class SamplingParams:
                 raise ValueError("allowed_token_ids must hold at least one token id")
             for token_id in self.allowed_token_ids:
                 _check_int("allowed_token_ids", token_id, 0)
+        if self.thinking_token_budget is not None:
+            _check_int("thinking_token_budget", self.thinking_token_budget, 0)
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs,
+                                                                  StructuredOutputs):
+            raise ValueError("structured_outputs must be a StructuredOutputs, got "
+                             f"{type(self.structured_outputs).__name__}")
 
     def check_token_ids(self, vocab_size: int) -> None:
         """Raise ValueError, naming the field, for a token id the model's vocabulary lacks."""
@@ -116,8 +187,17 @@ class SamplingParams:
 
     @property
     def adjusts_logits(self) -> bool:
-        """Whether logit_bias, allowed_token_ids or min_tokens change the logits."""
-        return bool(self.logit_bias or self.allowed_token_ids is not None or self.min_tokens)
+        """Whether logit_bias, allowed_token_ids, min_tokens or a constraint (structured
+        output, a thinking budget) change the logits."""
+        return bool(self.logit_bias or self.allowed_token_ids is not None or self.min_tokens
+                    or self.constrained)
+
+    @property
+    def constrained(self) -> bool:
+        """Whether the engine keeps a per-sequence constraint: a grammar to follow or a
+        reasoning budget to enforce."""
+        return self.structured_outputs is not None or (
+            self.thinking and self.thinking_token_budget is not None)
 
     @property
     def uses_penalties(self) -> bool:

@@ -24,20 +24,23 @@ from jupyter_qwen.server.options import split_options
 
 SERVE_FLAGS = [
     "--enable-thinking", "--disable-thinking", "--port", "--api-key", "--host",
-    "--allowed-hosts", "--served-model-name", "--max-waiting-requests", "--max-num-seqs",
+    "--allowed-hosts", "--served-model-name", "--max-waiting-requests",
+    "--thinking-token-budget", "--max-num-seqs",
     "--max-model-len",
     "--max-num-batched-tokens", "--gpu-memory-utilization", "--dtype", "--no-prefix-caching",
     "--no-enable-prefix-caching", "--block-size", "--enforce-eager", "--seed", "--device",
-    "--attention-backend", "--num-kv-blocks", "--session-ttl"]
+    "--attention-backend", "--num-kv-blocks", "--session-ttl", "--grammar-compile-timeout"]
 FORM_FIELDS = ["model", "max_num_seqs", "max_model_len", "max_num_batched_tokens",
                "gpu_memory_utilization", "dtype", "enable_prefix_caching", "enable_thinking",
                "port", "api_key", "replace"]
 SERVE_KEYWORDS = [
     "model", "progress", "enable_thinking", "port", "api_key", "host", "allowed_hosts",
     "served_model_name",
-    "max_waiting_requests", "max_num_seqs", "max_model_len", "max_num_batched_tokens",
+    "max_waiting_requests", "thinking_token_budget", "max_num_seqs", "max_model_len",
+    "max_num_batched_tokens",
     "gpu_memory_utilization", "dtype", "enable_prefix_caching", "block_size", "enforce_eager",
-    "seed", "device", "attention_backend", "num_kv_blocks", "session_ttl"]
+    "seed", "device", "attention_backend", "num_kv_blocks", "session_ttl",
+    "grammar_compile_timeout"]
 
 
 def flags(parser: argparse.ArgumentParser) -> list[str]:

@@ -26,3 +26,15 @@ class EngineDeadError(RuntimeError):
 
 class EngineStepError(RuntimeError):
     """A model step failed; the requests in flight were ended."""
+
+
+class ConstraintError(ValueError):
+    """A structured-output constraint that does not compile; `param` names its kind."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class ConstraintTimeoutError(ConstraintError):
+    """A constraint whose compilation ran past the time limit."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from jupyter_qwen.config import EngineConfig
 from jupyter_qwen.engine.block_manager import BlockManager
+from jupyter_qwen.engine.constraints import ConstraintFactory
 from jupyter_qwen.engine.detokenizer import OutputDetokenizer
 from jupyter_qwen.engine.errors import PromptTooLongError
 from jupyter_qwen.engine.model_runner import ModelRunner
@@ -59,6 +60,9 @@ class LLMEngine:
         self.vocab_size = self.runner.model_config.vocab_size
         self.eos_token_ids = load_eos_token_ids(self.model_path, self.tokenizer)
         self.runner.eos_token_ids = self.eos_token_ids
+        self.constraints = ConstraintFactory(self.tokenizer, self.vocab_size,
+                                             sorted(self.eos_token_ids),
+                                             config.grammar_compile_timeout)
         self.block_manager = BlockManager(self.runner.num_kv_blocks, config.block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
@@ -88,6 +92,7 @@ class LLMEngine:
         self.check_prompt(token_ids)
         params.check_token_ids(self.vocab_size)
         seq = Sequence(request_id, token_ids, params, session_id=session_id)
+        seq.constraint = self.constraints.for_params(params)
         if params.detokenize or params.stop:
             seq.detokenizer = OutputDetokenizer.for_output(
                 self.tokenizer, params.stop, params.include_stop_str_in_output,
@@ -134,6 +139,8 @@ class LLMEngine:
     def _append_token(self, seq: Sequence, token_id: int,
                       logprobs: TokenLogprobs | None) -> list[TokenLogprobs]:
         seq.token_ids.append(token_id)
+        if seq.constraint is not None:
+            seq.constraint.accept(token_id)
         new_logprobs = []
         if logprobs is not None and seq.params.logprobs is not None:
             logprobs.top = logprobs.top[:seq.params.logprobs]
@@ -167,6 +174,7 @@ class LLMEngine:
         self.runner.release(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
+        seq.constraint = None
         del self.requests[seq.request_id]
 
     def _output(self, seq: Sequence, new_token_ids: list[int],
@@ -208,6 +216,7 @@ class LLMEngine:
             self.abort_all()
             self.sessions.clear()
         finally:
+            self.constraints.close()
             self.runner.close()
             self.runner = None
 

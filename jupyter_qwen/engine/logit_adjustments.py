@@ -1,5 +1,6 @@
 """Per-request changes to the logits before penalties and sampling: allowed_token_ids,
-min_tokens (end-of-sequence and stop token ids masked) and logit_bias, in that order."""
+min_tokens (end-of-sequence and stop token ids masked), logit_bias, then the token bitmask of
+constrained rows (structured output, a forced end of reasoning), in that order."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from jupyter_qwen.engine.constraints import apply_token_bitmask, new_token_bitmask
 from jupyter_qwen.engine.host_copy import host_to_device, long_tensor
 from jupyter_qwen.engine.sequence import Sequence
 
@@ -18,6 +20,7 @@ class LogitAdjustments:
     allowed: tuple[torch.Tensor, torch.Tensor] | None  # (row, token) pairs they allow
     masked: tuple[torch.Tensor, torch.Tensor] | None  # (row, token) pairs set to -inf
     bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # (row, token, value)
+    token_bitmask: tuple[torch.Tensor, list[int]] | None = None  # (packed bits, rows)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """Adjust `logits` in place and return them."""
@@ -31,13 +34,36 @@ class LogitAdjustments:
         if self.bias is not None:
             rows, tokens, values = self.bias
             logits.index_put_((rows, tokens), values, accumulate=True)
+        if self.token_bitmask is not None:
+            apply_token_bitmask(logits, *self.token_bitmask)
         return logits
 
 
 def build_logit_adjustments(seqs: list[Sequence], eos_token_ids: Collection[int],
-                            device: torch.device) -> LogitAdjustments | None:
+                            device: torch.device,
+                            vocab_size: int | None = None) -> LogitAdjustments | None:
     if not any(seq.params.adjusts_logits for seq in seqs):
         return None
+    adjustments = _token_adjustments(seqs, eos_token_ids, device)
+    if vocab_size is not None and any(seq.constraint is not None for seq in seqs):
+        adjustments.token_bitmask = build_token_bitmask(seqs, vocab_size, device)
+    return adjustments
+
+
+def build_token_bitmask(seqs: list[Sequence], vocab_size: int,
+                        device: torch.device) -> tuple[torch.Tensor, list[int]] | None:
+    """The constrained rows' allowed tokens, filled on the host and copied without waiting;
+    None when no row is constrained this step (reasoning is free)."""
+    bitmask = new_token_bitmask(len(seqs), vocab_size)
+    rows = [row for row, seq in enumerate(seqs)
+            if seq.constraint is not None and seq.constraint.fill(bitmask, row)]
+    if not rows:
+        return None
+    return host_to_device(bitmask, device), rows
+
+
+def _token_adjustments(seqs: list[Sequence], eos_token_ids: Collection[int],
+                       device: torch.device) -> LogitAdjustments:
     allowed_rows, allowed, masked, bias = [], ([], []), ([], []), ([], [], [])
     for row, seq in enumerate(seqs):
         params = seq.params

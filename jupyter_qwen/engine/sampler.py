@@ -106,7 +106,7 @@ def build_sampling_batch(seqs: list[Sequence], vocab_size: int, device: torch.de
     requested = [p.logprobs for p in params if p.logprobs is not None]
     batch = SamplingBatch(None, None, None, None, None, None,
                           max(requested) if requested else None)
-    batch.adjustments = build_logit_adjustments(seqs, eos_token_ids, device)
+    batch.adjustments = build_logit_adjustments(seqs, eos_token_ids, device, vocab_size)
     if any(p.uses_penalties for p in params):
         _add_penalties(batch, seqs, vocab_size, device, penalty_state)
     if not all(p.greedy for p in params):

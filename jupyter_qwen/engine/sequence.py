@@ -41,6 +41,7 @@ class Sequence:
     generator: Any = None  # unused: seeded draws are keyed by the seed and num_draws
     num_draws: int = 0
     detokenizer: Any = None
+    constraint: Any = None  # a SequenceConstraint (structured output, thinking budget)
     session_id: str | None = None
 
     def __post_init__(self) -> None:

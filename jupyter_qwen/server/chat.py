@@ -90,6 +90,7 @@ class OutputParser:
 
     parse_tools: bool = False
     thinking: bool = True
+    max_tool_calls: int | None = None  # 1 with parallel_tool_calls false: later calls dropped
     state: str = "start"
     pending: str = ""
     held_space: str = ""
@@ -169,6 +170,8 @@ class OutputParser:
         call = parse_tool_call(block[len(TOOL_OPEN):-len(TOOL_CLOSE)])
         if call is None:
             self._emit_content(out, block, hold_trailing=True)
+        elif self.max_tool_calls is not None and self.num_tool_calls >= self.max_tool_calls:
+            self.held_space = ""
         else:
             self.held_space = ""
             call["index"] = self.num_tool_calls

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from jupyter_qwen.engine.async_engine import AsyncEngine, RequestStream
 from jupyter_qwen.engine.llm_engine import RequestOutput
 from jupyter_qwen.engine.sequence import TokenLogprobs
-from jupyter_qwen.sampling_params import SamplingParams
+from jupyter_qwen.sampling_params import SamplingParams, StructuredOutputs
 from jupyter_qwen.server.chat import OutputParser, ParsedDelta, render_chat
 from jupyter_qwen.server.errors import APIError, engine_error
 from jupyter_qwen.server.fields import (
@@ -27,6 +27,11 @@ from jupyter_qwen.server.fields import (
 from jupyter_qwen.server.metrics import RequestTimer
 from jupyter_qwen.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from jupyter_qwen.server.streaming import streaming_response
+from jupyter_qwen.server.structured import (
+    compile_constraint,
+    constraint_param,
+    request_constraint,
+)
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -76,11 +81,16 @@ class CompletionHandler:
         max_tokens = self._max_tokens(engine, body.max_completion_tokens or body.max_tokens,
                                       len(prompt_ids), "messages")
         num_top = (body.top_logprobs or 0) if body.logprobs else None
+        constraint = request_constraint(body, body.tools, body.tool_choice,
+                                        body.parallel_tool_calls)
+        await compile_constraint(engine, constraint, constraint_param(body))
         choices = self._submit(engine, body, [prompt_ids], max_tokens, num_top,
-                               body.session_id)
+                               body.session_id, Constraint(constraint, thinking))
         parse_tools = bool(body.tools) and body.tool_choice != "none"
+        max_calls = 1 if body.parallel_tool_calls is False else None
         for choice in choices:
-            choice.parser = OutputParser(parse_tools=parse_tools, thinking=thinking)
+            choice.parser = OutputParser(parse_tools=parse_tools, thinking=thinking,
+                                         max_tool_calls=max_calls)
         keep_reasoning = body.keep_reasoning
         if body.stream:
             return _with_ignored(streaming_response(
@@ -95,8 +105,10 @@ class CompletionHandler:
             return _with_ignored(self._echo_only(body, prompts), ignored)
         max_tokens = min(self._max_tokens(engine, body.max_tokens, len(p), "prompt")
                          for p in prompts)
+        constraint = request_constraint(body)
+        await compile_constraint(engine, constraint, constraint_param(body))
         choices = self._submit(engine, body, prompts, max_tokens, body.logprobs,
-                               body.session_id)
+                               body.session_id, Constraint(constraint, False))
         if body.stream:
             return _with_ignored(streaming_response(
                 self._completion_events(body, prompts, choices)), ignored)
@@ -157,7 +169,8 @@ class CompletionHandler:
         return requested
 
     def _sampling(self, body: SamplingFields, max_tokens: int, index: int,
-                  num_logprobs: int | None) -> SamplingParams:
+                  num_logprobs: int | None, constraint: Constraint | None = None,
+                  ) -> SamplingParams:
         defaults = self.ctx.default_sampling
         pick = lambda name: _first(getattr(body, name), defaults.get(name))  # noqa: E731
         seed = None if body.random_seed else body.seed + index
@@ -171,7 +184,8 @@ class CompletionHandler:
                 stop=list(body.stop or []), seed=seed, logprobs=num_logprobs,
                 ignore_eos=bool(body.ignore_eos), logit_bias=body.logit_bias,
                 min_tokens=body.min_tokens, stop_token_ids=body.stop_token_ids,
-                allowed_token_ids=body.allowed_token_ids)
+                allowed_token_ids=body.allowed_token_ids,
+                **(constraint or Constraint()).fields(body, self.ctx))
             params.check_token_ids(self.ctx.ready_engine().engine.vocab_size)
             return params
         except ValueError as error:
@@ -179,12 +193,12 @@ class CompletionHandler:
 
     def _submit(self, engine: AsyncEngine, body: SamplingFields, prompts: list[list[int]],
                 max_tokens: int, num_logprobs: int | None, session_id: str | None,
-                ) -> list[Choice]:
+                constraint: Constraint | None = None) -> list[Choice]:
         choices: list[Choice] = []
         try:
             for prompt_ids in prompts:
                 for n in range(body.n):
-                    params = self._sampling(body, max_tokens, n, num_logprobs)
+                    params = self._sampling(body, max_tokens, n, num_logprobs, constraint)
                     session = session_id if not choices else None
                     stream = engine.submit(prompt_ids, params, session_id=session)
                     choices.append(Choice(len(choices), stream, self.ctx.metrics.timer(),
@@ -331,6 +345,20 @@ class CompletionHandler:
         return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
                 "top_logprobs": [{self._token_text(t): lp for t, lp in e.top} for e in entries],
                 "text_offset": offsets}
+
+
+@dataclass(slots=True)
+class Constraint:
+    """What a request asks of the engine's constraint: its structured output (shared by its
+    n choices, so compiled once) and whether its output opens with reasoning."""
+
+    structured: StructuredOutputs | None = None
+    thinking: bool = False
+
+    def fields(self, body: SamplingFields, ctx: ServerContext) -> dict:
+        budget = _first(body.thinking_token_budget, ctx.default_thinking_token_budget)
+        return {"structured_outputs": self.structured, "thinking": self.thinking,
+                "thinking_token_budget": budget if self.thinking else None}
 
 
 class ChunkTemplate:

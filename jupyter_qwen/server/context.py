@@ -21,6 +21,7 @@ class ServerContext:
     api_key: str | None
     admin_token: str
     default_enable_thinking: bool = True
+    default_thinking_token_budget: int | None = None
     default_sampling: dict = field(default_factory=dict)
     engine: AsyncEngine | None = None
     state: str = "loading"

@@ -24,9 +24,6 @@ REJECTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "prompt_logprobs": ((0,), "prompt logprobs are not supported"),
     "logprob_token_ids": ((), "logprobs of chosen token ids are not supported"),
     "bad_words": (([],), "bad words are not supported"),
-    "structured_outputs": ((), "structured output is not supported yet"),
-    "response_format": (({"type": "text"},), "only response_format {'type': 'text'} is "
-                        "supported: structured output is not supported yet"),
     "truncate_prompt_tokens": ((), "prompt truncation is not supported"),
     "priority": ((0,), "priority scheduling is not supported"),
     "cache_salt": ((), "the prefix cache cannot be salted: all requests of a server share it"),
@@ -38,7 +35,7 @@ REJECTED: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 """Undeclared fields refused with a 400 unless null or one of the harmless values given."""
 
-DECLARED_UNUSED: dict[str, tuple[Any, ...]] = {"parallel_tool_calls": (None, True)}
+DECLARED_UNUSED: dict[str, tuple[Any, ...]] = {}
 """Declared fields that are accepted but not acted on: ignored (and so reported) unless they
 hold one of the values given, which is what happens anyway."""
 

@@ -42,6 +42,9 @@ class ServerOptions:
         None, "the model name clients send", default_text="last path part")
     max_waiting_requests: int = option(
         1024, "queue length beyond which clients get 429", low=1, high=1 << 24)
+    thinking_token_budget: int | None = option(
+        None, "reasoning tokens a request may spend before the engine ends its thinking "
+        "(requests may set their own)", default_text="no limit", low=0, high=1 << 24)
 
     def __post_init__(self) -> None:
         validate(self)

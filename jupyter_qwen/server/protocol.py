@@ -10,7 +10,7 @@ from jupyter_qwen.sampling_params import MAX_SEED
 from jupyter_qwen.server.errors import APIError
 
 QWEN_EXTRAS = ("enable_thinking", "return_reasoning", "session_id", "top_k", "min_p",
-               "repetition_penalty", "ignore_eos")
+               "repetition_penalty", "ignore_eos", "thinking_token_budget")
 MAX_STOP_STRINGS = 16
 
 
@@ -149,6 +149,13 @@ class SamplingFields(BaseModel):
     min_tokens: int = Field(0, ge=0)
     stop_token_ids: list[int] | None = None
     allowed_token_ids: list[int] | None = None
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    thinking_token_budget: int | None = Field(None, ge=0)
 
     @model_validator(mode="before")
     @classmethod

@@ -55,7 +55,9 @@ class QwenServer:
         name = server_options.served_model_name or str(model).rstrip("/").rsplit("/", 1)[-1]
         self.ctx = ServerContext(model=str(model), served_model_name=name, api_key=api_key,
                                  admin_token=secrets.token_urlsafe(32),
-                                 default_enable_thinking=server_options.enable_thinking)
+                                 default_enable_thinking=server_options.enable_thinking,
+                                 default_thinking_token_budget=(
+                                     server_options.thinking_token_budget))
         self.ctx.on_stop = lambda: threading.Thread(target=self.stop, daemon=True).start()
         self.ctx.on_clean = self._clean
         self.model_path = model_path

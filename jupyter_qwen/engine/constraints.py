@@ -1,0 +1,267 @@
+"""Structured output: grammars compiled once per constraint, and a matcher per sequence.
+
+`GrammarCache` compiles a request's `StructuredOutputs` with xgrammar in worker threads
+(the compiler releases the GIL, so the engine keeps stepping), bounded by a time limit: a
+compile past it is a `ConstraintTimeoutError`, not a stall. Compiled grammars are kept in a
+bounded LRU. `SequenceConstraint` follows one sequence: free reasoning until `</think>` (with
+`thinking=True`), the early-stopping text forced once a thinking budget is spent, then the
+grammar, whose token bitmask is applied to the row's logits before sampling.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import torch
+
+from jupyter_qwen.engine.errors import ConstraintError, ConstraintTimeoutError
+from jupyter_qwen.sampling_params import SamplingParams, StructuredOutputs
+
+DEFAULT_COMPILE_TIMEOUT = 5.0
+DEFAULT_CACHE_SIZE = 256
+COMPILE_WORKERS = 2
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+# What Qwen's documentation inserts when a thinking budget runs out, then the answer follows.
+EARLY_STOP_TEXT = ("\n\nConsidering the limited time by the user, I have to give the solution "
+                   "based on the thinking directly now.\n</think>\n\n")
+
+
+class GrammarCache:
+    """Compiled grammars for one tokenizer, keyed by the constraint's kind and text."""
+
+    def __init__(self, tokenizer, vocab_size: int, stop_token_ids: list[int],
+                 timeout: float = DEFAULT_COMPILE_TIMEOUT, size: int = DEFAULT_CACHE_SIZE):
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.stop_token_ids = sorted(stop_token_ids)
+        self.timeout = timeout
+        self.size = size
+        self._compiled: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._pending: dict[tuple[str, str], Future] = {}
+        self._lock = threading.Lock()
+        self._compiler = None
+        self._executor = ThreadPoolExecutor(COMPILE_WORKERS, "jupyter-qwen-grammar")
+
+    @property
+    def compiler(self):
+        """Built on first use: reading a 150k-token vocabulary takes about half a second."""
+        with self._lock:
+            if self._compiler is None:
+                import xgrammar
+
+                info = xgrammar.TokenizerInfo.from_huggingface(
+                    self.tokenizer, vocab_size=self.vocab_size,
+                    stop_token_ids=self.stop_token_ids)
+                self._compiler = xgrammar.GrammarCompiler(info, max_threads=1,
+                                                          cache_enabled=False)
+            return self._compiler
+
+    def compile(self, spec: StructuredOutputs) -> Any:
+        """The compiled grammar (cached on `spec` too); ConstraintError if it does not
+        compile, ConstraintTimeoutError past the time limit (the compile goes on in the
+        background and lands in the cache)."""
+        if spec.compiled is not None:
+            return spec.compiled
+        key = spec.cache_key()
+        future = self._lookup_or_submit(key)
+        try:
+            spec.compiled = future.result(timeout=self.timeout)
+        except FutureTimeout:
+            raise ConstraintTimeoutError(
+                f"compiling the {key[0]} constraint took longer than {self.timeout:g} s",
+                param=key[0]) from None
+        except ConstraintError:
+            raise
+        except Exception as error:  # the library's parse errors: the user's input
+            raise ConstraintError(f"the {key[0]} constraint does not compile: "
+                                  f"{_short(error)}", param=key[0]) from None
+        return spec.compiled
+
+    def _lookup_or_submit(self, key: tuple[str, str]) -> Future:
+        with self._lock:
+            if key in self._compiled:
+                self._compiled.move_to_end(key)
+                done: Future = Future()
+                done.set_result(self._compiled[key])
+                return done
+            future = self._pending.get(key)
+            if future is None:
+                future = self._executor.submit(self._compile_and_keep, key)
+                self._pending[key] = future
+            return future
+
+    def _compile_and_keep(self, key: tuple[str, str]) -> Any:
+        try:
+            compiled = compile_constraint(self.compiler, *key)
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+        with self._lock:
+            self._compiled[key] = compiled
+            while len(self._compiled) > self.size:
+                self._compiled.popitem(last=False)
+        return compiled
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def compile_constraint(compiler, kind: str, text: str) -> Any:
+    if kind == "json":
+        return compiler.compile_json_schema(text, any_whitespace=False)
+    if kind == "json_object":  # compact, as json.dumps writes it: no runs of white space
+        return compiler.compile_json_schema('{"type": "object"}', any_whitespace=False)
+    if kind == "regex":
+        return compiler.compile_regex(text)
+    if kind == "choice":
+        return compiler.compile_regex("|".join(_escape_regex(c) for c in json.loads(text)))
+    if kind == "grammar":
+        return _compile_grammar(compiler, text)
+    if kind == "structural_tag":
+        return compiler.compile_structural_tag(text)
+    raise ConstraintError(f"unknown constraint kind {kind!r}", param=kind)
+
+
+def _compile_grammar(compiler, text: str) -> Any:
+    """EBNF (GBNF, as vLLM takes it) first, then Lark."""
+    try:
+        return compiler.compile_grammar(text)
+    except RuntimeError as ebnf_error:
+        import xgrammar
+
+        try:
+            return compiler.compile_grammar(xgrammar.Grammar.from_lark(text))
+        except Exception:
+            raise ebnf_error from None
+
+
+def _escape_regex(text: str) -> str:
+    special = set("\\^$.|?*+()[]{}/")
+    return "".join("\\" + char if char in special else char for char in text)
+
+
+def _short(error: Exception) -> str:
+    """The library's message without its source location prefix."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "] " in message and message.startswith("["):
+        message = message.split("] ", 1)[1]
+    if message.startswith("/") and ": " in message:
+        message = message.split(": ", 1)[1]
+    return message[:300]
+
+
+class SequenceConstraint:
+    """One sequence's constraint state, advanced with every token it generates.
+
+    Phases: "reasoning" (free; the first token is `<think>`), "forcing" (the early-stopping
+    text of a spent thinking budget, one token at a time), "answer" (the grammar, if any).
+    Preemption keeps the generated tokens, so the state stays valid across a recompute.
+    """
+
+    def __init__(self, params: SamplingParams, matcher, think_open: int | None,
+                 think_close: int | None, early_stop_ids: list[int]):
+        self.matcher = matcher
+        self.think_open = think_open
+        self.think_close = think_close
+        self.budget = params.thinking_token_budget
+        self.early_stop_ids = early_stop_ids
+        reasoning = params.thinking and think_close is not None
+        self.phase = "reasoning" if reasoning else "answer"
+        self.forced: list[int] = []
+        self.num_reasoning_tokens = 0
+        if reasoning and self.budget == 0:
+            self._start_forcing()
+
+    def fill(self, bitmask: torch.Tensor, row: int) -> bool:
+        """Write this step's allowed tokens into `bitmask[row]`; False when unconstrained."""
+        if self.phase == "reasoning" and self.num_reasoning_tokens == 0 and self.think_open \
+                is not None:
+            return _allow_only(bitmask, row, self.think_open)
+        if self.phase == "forcing":
+            return _allow_only(bitmask, row, self.forced[0])
+        if self.phase == "answer" and self.matcher is not None:
+            self.matcher.fill_next_token_bitmask(bitmask, row)
+            return True
+        return False
+
+    def accept(self, token_id: int) -> None:
+        if self.phase == "reasoning":
+            self._accept_reasoning(token_id)
+        elif self.phase == "forcing":
+            self.forced.pop(0)
+            if not self.forced:
+                self.phase = "answer"
+        elif self.matcher is not None and not self.matcher.is_terminated():
+            self.matcher.accept_token(token_id)
+
+    def _accept_reasoning(self, token_id: int) -> None:
+        if token_id == self.think_close:
+            self.phase = "answer"
+            return
+        self.num_reasoning_tokens += 1
+        if self.budget is not None and self.num_reasoning_tokens >= self.budget + 1:
+            self._start_forcing()
+
+    def _start_forcing(self) -> None:
+        self.forced = list(self.early_stop_ids)
+        if self.think_open is not None and self.num_reasoning_tokens == 0:
+            self.forced.insert(0, self.think_open)
+            self.num_reasoning_tokens = 1
+        self.phase = "forcing" if self.forced else "answer"
+
+
+def _allow_only(bitmask: torch.Tensor, row: int, token_id: int) -> bool:
+    bitmask[row] = 0
+    word, bit = divmod(token_id, 32)
+    bitmask[row, word] = (1 << bit) - (1 << 32 if bit == 31 else 0)  # an int32 word
+    return True
+
+
+class ConstraintFactory:
+    """Builds each constrained sequence's `SequenceConstraint` for one engine."""
+
+    def __init__(self, tokenizer, vocab_size: int, stop_token_ids: list[int],
+                 timeout: float = DEFAULT_COMPILE_TIMEOUT):
+        self.grammars = GrammarCache(tokenizer, vocab_size, stop_token_ids, timeout)
+        self.vocab_size = vocab_size
+        self.think_open = _single_token(tokenizer, THINK_OPEN)
+        self.think_close = _single_token(tokenizer, THINK_CLOSE)
+        self.early_stop_ids = tokenizer.encode(EARLY_STOP_TEXT, add_special_tokens=False)
+
+    def for_params(self, params: SamplingParams) -> SequenceConstraint | None:
+        if not params.constrained:
+            return None
+        matcher = None
+        if params.structured_outputs is not None:
+            import xgrammar
+
+            compiled = self.grammars.compile(params.structured_outputs)
+            matcher = xgrammar.GrammarMatcher(compiled)
+        return SequenceConstraint(params, matcher, self.think_open, self.think_close,
+                                  self.early_stop_ids)
+
+    def close(self) -> None:
+        self.grammars.close()
+
+
+def _single_token(tokenizer, text: str) -> int | None:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 else None
+
+
+def new_token_bitmask(num_rows: int, vocab_size: int) -> torch.Tensor:
+    """Packed bits, every token allowed: 32 tokens per int32 word."""
+    return torch.full((num_rows, (vocab_size + 31) // 32), -1, dtype=torch.int32)
+
+
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
+    """Set the logits of the tokens `bitmask` leaves out to -inf, in place, on `rows`."""
+    import xgrammar
+
+    xgrammar.apply_token_bitmask_inplace(logits, bitmask, indices=rows,
+                                         vocab_size=logits.shape[-1])

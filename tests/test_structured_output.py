@@ -1,0 +1,289 @@
+"""Structured output and forced tool calls on the demo model (random weights taught a few
+turns: only the constraint can make its output valid): LangChain's with_structured_output in
+every method, the openai SDK's parse, tool_choice, regex and choice, thinking budgets, and
+hostile schemas that must end in a 400 or a bounded compile while other requests stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from typing import Annotated, Literal
+
+import httpx
+import pytest
+from pydantic import BaseModel, Field
+
+from jupyter_qwen import serve
+from jupyter_qwen.engine.constraints import GrammarCache, SequenceConstraint
+from jupyter_qwen.engine.errors import ConstraintError, ConstraintTimeoutError
+from jupyter_qwen.sampling_params import SamplingParams, StructuredOutputs
+
+pytest.importorskip("xgrammar")
+HI = [{"role": "user", "content": "Tell me about someone."}]
+THINKING_OFF = {"chat_template_kwargs": {"enable_thinking": False}}
+THINKING_BUDGET = {"chat_template_kwargs": {"enable_thinking": True, "thinking_token_budget": 6}}
+
+
+class Address(BaseModel):
+    city: str = Field(max_length=12)
+    zip_code: str = Field(pattern=r"^[0-9]{5}$")
+
+
+class Person(BaseModel):
+    """A person (the schema bounds every free field, so a random model ends)."""
+
+    name: str = Field(max_length=16)
+    age: int = Field(ge=0, le=130)
+    role: Literal["admin", "user", "guest"]
+    tags: list[Literal["a", "b", "c"]] = Field(max_length=3)
+    address: Address
+    nickname: str | None = Field(default=None, max_length=8)
+    score: Annotated[int, Field(ge=0, le=9)] | Literal["none"]
+
+
+class GetWeather(BaseModel):
+    """Get the weather in a city."""
+
+    city: Literal["Paris", "Tokyo", "Lima"]
+    days: int = Field(ge=1, le=7)
+
+
+class SendNote(BaseModel):
+    """Send a short note."""
+
+    text: str = Field(max_length=10)
+
+
+@pytest.fixture(scope="module")
+def server(demo_model):
+    instance = serve(demo_model, max_model_len=2048, progress=False)
+    yield instance
+    instance.stop()
+
+
+def chat_model(server, extra: dict, **kwargs):
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(model=server.served_model_name, base_url=server.url,
+                      api_key=server.api_key or "none", temperature=1.0, max_tokens=400, seed=1,
+                      extra_body=extra, **kwargs)
+
+
+METHODS = ["default", "json_schema", "function_calling", "json_mode"]
+
+
+@pytest.mark.parametrize("thinking", ["off", "budget"])
+@pytest.mark.parametrize("method", METHODS)
+def test_with_structured_output_returns_a_valid_instance(server, method, thinking):
+    extra = THINKING_OFF if thinking == "off" else THINKING_BUDGET
+    model = chat_model(server, extra)
+    if method == "json_mode":
+        pytest.xfail("json_object bounds no string or number, and the random demo model does "
+                     "not close them within max_tokens: the output is a valid JSON prefix")
+        runnable = model.with_structured_output(Person, method="json_mode", include_raw=True)
+        raw = runnable.invoke(HI)["raw"]
+        assert isinstance(json.loads(raw.content), dict)
+        return
+    kwargs = {} if method == "default" else {"method": method}
+    person = model.with_structured_output(Person, **kwargs).invoke(HI)
+    assert isinstance(person, Person)
+
+
+def test_structured_output_async_and_streamed(server):
+    runnable = chat_model(server, THINKING_BUDGET).with_structured_output(Person)
+    assert isinstance(asyncio.run(runnable.ainvoke(HI)), Person)
+    chunks = list(chat_model(server, THINKING_OFF, streaming=True)
+                  .with_structured_output(Person, method="function_calling").stream(HI))
+    assert isinstance(chunks[-1], Person)
+
+
+def test_openai_parse_returns_a_parsed_object(server):
+    client = server.openai_client()
+    completion = client.chat.completions.parse(
+        model=server.served_model_name, messages=HI, response_format=Person, max_tokens=400,
+        temperature=1.0, extra_body=THINKING_OFF)
+    assert isinstance(completion.choices[0].message.parsed, Person)
+
+
+@pytest.mark.parametrize("choice", ["any", "GetWeather"])
+def test_forced_tool_calls_are_valid(server, choice):
+    model = chat_model(server, THINKING_BUDGET).bind_tools([GetWeather, SendNote],
+                                                           tool_choice=choice)
+    message = model.invoke([{"role": "user", "content": "Hello!"}])
+    assert message.tool_calls
+    for call in message.tool_calls:
+        schema = {"GetWeather": GetWeather, "SendNote": SendNote}[call["name"]]
+        schema.model_validate(call["args"])
+    if choice == "GetWeather":
+        assert [call["name"] for call in message.tool_calls] == ["GetWeather"]
+
+
+def test_parallel_tool_calls_false_gives_one_call(server):
+    model = chat_model(server, THINKING_OFF).bind_tools(
+        [GetWeather, SendNote], tool_choice="any", parallel_tool_calls=False)
+    assert len(model.invoke(HI).tool_calls) == 1
+
+
+def test_tool_choice_none_returns_no_call(server):
+    model = chat_model(server, THINKING_OFF).bind_tools([GetWeather], tool_choice="none")
+    message = model.invoke([{"role": "user", "content": "What is the weather in Paris?"}])
+    assert not message.tool_calls and "<tool_call>" not in message.content
+
+
+def post(server, body: dict, route: str = "chat/completions") -> httpx.Response:
+    base = {"model": server.served_model_name, "max_tokens": 64, "temperature": 1.0}
+    if route == "chat/completions":
+        base |= {"messages": HI} | THINKING_OFF
+    return httpx.post(f"{server.url}/{route}", json=base | body, timeout=120)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("structured_outputs", {"regex": "[0-9]{3}-[a-z]{2}"}),
+    ("guided_regex", "[0-9]{3}-[a-z]{2}"),
+])
+@pytest.mark.parametrize("route", ["chat/completions", "completions"])
+def test_regex_output_matches(server, field, value, route):
+    body = {field: value} | ({"prompt": "code:"} if route == "completions" else {})
+    response = post(server, body, route)
+    choice = response.json()["choices"][0]
+    text = choice["message"]["content"] if route == "chat/completions" else choice["text"]
+    assert re.fullmatch("[0-9]{3}-[a-z]{2}", text), text
+
+
+def test_choice_output_is_one_of_the_choices(server):
+    options = ["yes", "no", "maybe later"]
+    for body in ({"structured_outputs": {"choice": options}}, {"guided_choice": options}):
+        response = post(server, body | {"n": 3})
+        assert {c["message"]["content"] for c in response.json()["choices"]} <= set(options)
+
+
+def test_thinking_budget_ends_the_reasoning_then_the_answer_follows(server):
+    body = {"chat_template_kwargs": {"enable_thinking": True}, "thinking_token_budget": 4,
+            "structured_outputs": {"choice": ["red", "blue"]}, "max_tokens": 100}
+    response = post(server, body)
+    message = response.json()["choices"][0]["message"]
+    assert message["content"] in ("red", "blue")
+    assert "Considering the limited time" in message["reasoning_content"]
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"response_format": {"type": "json_schema"}}, "response_format"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x",
+                                                                 "schema": {"type": "objekt"}}}},
+     "response_format"),
+    ({"structured_outputs": {"regex": "((("}}, "structured_outputs.regex"),
+    ({"structured_outputs": {"grammar": "root ::= ( \"a\" | "}}, "structured_outputs.grammar"),
+    ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs"),
+    ({"guided_json": "{not json"}, "guided_json"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "nonsense"}}}}}],
+      "tool_choice": "required"}, "tools"),
+    ({"tool_choice": "required"}, "tool_choice"),
+])
+def test_bad_constraints_are_400s_naming_the_field(server, body, param):
+    response = post(server, body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def nested_schema(depth: int) -> dict:
+    schema: dict = {"type": "integer", "minimum": 0, "maximum": 9}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+HOSTILE = {
+    "deeply nested": {"response_format": {"type": "json_schema", "json_schema": {
+        "name": "n", "schema": nested_schema(400)}}},
+    "self-referencing": {"response_format": {"type": "json_schema", "json_schema": {
+        "name": "s", "schema": {"$defs": {"node": {"type": "object", "properties": {
+            "next": {"anyOf": [{"$ref": "#/$defs/node"}, {"type": "null"}]}},
+            "required": ["next"]}}, "$ref": "#/$defs/node"}}}},
+    "circular reference": {"guided_json": {"$defs": {"a": {"$ref": "#/$defs/a"}},
+                                           "$ref": "#/$defs/a"}},
+    "10,000-member enum": {"guided_json": {"enum": [f"value_{i}" for i in range(10_000)]}},
+    "catastrophic regex": {"guided_regex": "(a+)+(b+)+(c|cc|ccc)*$"},
+    "garbage grammar": {"guided_grammar": "%%%% ::= ::= ((("},
+}
+
+
+def test_hostile_constraints_never_stall_the_server(server):
+    """Each gets a 400 or an answer within a bounded time while another request streams."""
+    streamed: list[str] = []
+
+    def stream() -> None:
+        body = {"model": server.served_model_name, "prompt": "story:", "max_tokens": 400,
+                "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", f"{server.url}/completions", json=body, timeout=300) as r:
+            streamed.extend(line for line in r.iter_lines() if line.startswith("data: {"))
+
+    streaming = threading.Thread(target=stream)
+    streaming.start()
+    for name, body in HOSTILE.items():
+        started = time.monotonic()
+        response = post(server, body | {"max_tokens": 24})
+        assert response.status_code in (200, 400), (name, response.text)
+        assert time.monotonic() - started < 60, name
+    streaming.join(timeout=300)
+    assert len(streamed) >= 300
+    assert post(server, {"max_tokens": 4}).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def grammars(demo_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    cache = GrammarCache(tokenizer, len(tokenizer), [tokenizer.eos_token_id], timeout=30)
+    yield cache
+    cache.close()
+
+
+def test_grammars_compile_once_and_bad_ones_raise(grammars):
+    spec = StructuredOutputs(json={"type": "object"})
+    first = grammars.compile(spec)
+    assert grammars.compile(StructuredOutputs(json={"type": "object"})) is first
+    with pytest.raises(ConstraintError):
+        grammars.compile(StructuredOutputs(regex="((("))
+
+
+def test_a_compile_past_the_limit_is_an_error_not_a_stall(grammars):
+    grammars.timeout = 0.001
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConstraintTimeoutError):
+            grammars.compile(StructuredOutputs(json=nested_schema(300)))
+        assert time.monotonic() - started < 1
+    finally:
+        grammars.timeout = 30
+
+
+def test_a_spent_budget_forces_the_end_of_reasoning():
+    params = SamplingParams(thinking=True, thinking_token_budget=2)
+    constraint = SequenceConstraint(params, None, think_open=7, think_close=8,
+                                    early_stop_ids=[5, 8, 6])
+    bitmask = __import__("torch").full((1, 1), -1, dtype=__import__("torch").int32)
+    forced = []
+    for token in (7, 1, 2):
+        assert constraint.fill(bitmask, 0) == (token == 7)
+        constraint.accept(token)
+    while constraint.phase == "forcing":
+        assert constraint.fill(bitmask, 0)
+        forced.append(int(bitmask[0, 0]).bit_length() - 1)
+        constraint.accept(forced[-1])
+    assert forced == [5, 8, 6] and constraint.phase == "answer"
+    assert not constraint.fill(bitmask, 0)
+
+
+def test_structured_outputs_take_exactly_one_kind():
+    with pytest.raises(ValueError):
+        StructuredOutputs(regex="a", choice=["b"])
+    with pytest.raises(ValueError):
+        StructuredOutputs()
+    assert SamplingParams(structured_outputs=StructuredOutputs(regex="a"),
+                          temperature=0).plain_greedy is False
