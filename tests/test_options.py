@@ -48,12 +48,12 @@ def flags(parser: argparse.ArgumentParser) -> list[str]:
             if flag not in ("-h", "--help")]
 
 
-def test_the_command_line_offers_the_same_flags():
+def test_the_command_line_offers_the_same_flags_plus_its_own():
     from jupyter_qwen.__main__ import build_parser
 
     commands = next(a for a in build_parser()._actions
                     if isinstance(a, argparse._SubParsersAction))
-    assert flags(commands.choices["serve"]) == SERVE_FLAGS
+    assert flags(commands.choices["serve"]) == ["--demo", "--debug", *SERVE_FLAGS]
 
 
 def test_the_magics_offer_the_same_flags_plus_their_own():
