@@ -27,6 +27,7 @@ from jupyter_qwen.server.fields import (
 from jupyter_qwen.server.metrics import RequestTimer
 from jupyter_qwen.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from jupyter_qwen.server.streaming import streaming_response
+from jupyter_qwen.server.variants import WARNING_HEADER, output_parser, thinking_warning
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -76,17 +77,18 @@ class CompletionHandler:
         max_tokens = self._max_tokens(engine, body.max_completion_tokens or body.max_tokens,
                                       len(prompt_ids), "messages")
         num_top = (body.top_logprobs or 0) if body.logprobs else None
+        warning = thinking_warning(self.ctx.chat_variant, body.thinking(None))
         choices = self._submit(engine, body, [prompt_ids], max_tokens, num_top,
                                body.session_id)
-        parse_tools = bool(body.tools) and body.tool_choice != "none"
         for choice in choices:
-            choice.parser = OutputParser(parse_tools=parse_tools, thinking=thinking)
+            choice.parser = self._parser(engine, body, prompt_ids, thinking)
         keep_reasoning = body.keep_reasoning
         if body.stream:
             return _with_ignored(streaming_response(
-                self._chat_events(body, choices, keep_reasoning)), ignored)
+                self._chat_events(body, choices, keep_reasoning)), ignored, warning)
         await _collect(request, choices)
-        return _with_ignored(self._chat_response(body, choices, keep_reasoning), ignored)
+        return _with_ignored(self._chat_response(body, choices, keep_reasoning), ignored,
+                             warning)
 
     async def completion(self, body: CompletionRequest, request: Request):
         engine, ignored = self._prepare(body)
@@ -140,6 +142,12 @@ class CompletionHandler:
                            add_generation_prompt=body.add_generation_prompt,
                            continue_final_message=body.continue_final_message,
                            enable_thinking=thinking)
+
+    def _parser(self, engine: AsyncEngine, body: ChatCompletionRequest, prompt_ids: list[int],
+                thinking: bool) -> OutputParser:
+        """The reply's parser, starting from what the prompt leaves open."""
+        return output_parser(engine.engine.tokenizer, prompt_ids, self.ctx.chat_variant,
+                             thinking, parse_tools=bool(body.tools) and body.tool_choice != "none")
 
     def _max_tokens(self, engine: AsyncEngine, requested: int | None, prompt_len: int,
                     prompt_param: str) -> int:
@@ -347,12 +355,16 @@ class ChunkTemplate:
                 f"{json.dumps(text, ensure_ascii=False)}{self.tail}")
 
 
-def _with_ignored(result, ignored: list[str]):
-    """The response, with the names of the request fields it ignored in a header."""
-    if not ignored:
+def _with_ignored(result, ignored: list[str], warning: str | None = None):
+    """The response, with the names of the request fields it ignored in a header, and a
+    warning about the request (WARNING_HEADER) when there is one."""
+    if not ignored and not warning:
         return result
     response = result if isinstance(result, Response) else JSONResponse(result)
-    response.headers[IGNORED_FIELDS_HEADER] = ignored_fields_header(ignored)
+    if ignored:
+        response.headers[IGNORED_FIELDS_HEADER] = ignored_fields_header(ignored)
+    if warning:
+        response.headers[WARNING_HEADER] = warning
     return response
 
 

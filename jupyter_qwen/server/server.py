@@ -222,6 +222,7 @@ class QwenServer:
             self.ctx.state, self.ctx.error = "failed", f"{type(error).__name__}: {error}"
             return
         self.ctx.default_sampling = default_sampling(engine.model_path)
+        self.ctx.chat_variant = chat_variant_of(engine.tokenizer, self.options.enable_thinking)
         if self.ctx.state == "stopping":
             engine.close()
             return
@@ -367,3 +368,14 @@ def _stop_all_at_exit() -> None:
             server.stop()
         except Exception:
             log.exception("stopping %r at exit failed", server)
+
+
+def chat_variant_of(tokenizer, default_enable_thinking: bool) -> str:
+    """The chat template's variant (see `jupyter_qwen.server.variants`), logged, with a
+    warning when the server's default thinking setting cannot apply to it."""
+    from jupyter_qwen.server.variants import detect_chat_variant, thinking_warning
+
+    variant = detect_chat_variant(tokenizer)
+    log.info("chat template variant: %s", variant)
+    thinking_warning(variant, default_enable_thinking if variant == "thinking-2507" else None)
+    return variant
