@@ -102,6 +102,12 @@ class QwenServer:
         return self.ctx.model
 
     @property
+    def chat_variant(self) -> str:
+        """How the model's chat template thinks: "hybrid", "instruct-2507", "thinking-2507"
+        or "unknown" (see `jupyter_qwen.server.variants`); "unknown" until it loads."""
+        return self.ctx.chat_variant
+
+    @property
     def admin_token(self) -> str:
         return self.ctx.admin_token
 
