@@ -279,3 +279,24 @@ def test_langchain_chat_model_over_a_conversation_with_a_tool(server, stream):
     assert closing.content == CLOSING.content
     assert closing.additional_kwargs.get("reasoning_content") == \
         expected_reasoning(variant, CLOSING)
+
+
+def test_command_line_writes_each_variant(tmp_path):
+    import argparse
+    import json
+
+    from jupyter_qwen.demo.cli import add_make_tiny_model_command
+
+    parser = argparse.ArgumentParser()
+    add_make_tiny_model_command(parser.add_subparsers())
+    for variant in VARIANTS:
+        folder = tmp_path / variant
+        args = parser.parse_args(["make-tiny-model", str(folder), "--num-hidden-layers", "1",
+                                  "--chat-variant", variant])
+        assert args.run(args) == 0
+        template = chat_template_for(variant)
+        assert (folder / "chat_template.jinja").read_text() == template
+        assert json.loads((folder / "tokenizer_config.json").read_text())["chat_template"] \
+            == template
+    with pytest.raises(SystemExit):
+        parser.parse_args(["make-tiny-model", str(tmp_path), "--chat-variant", "thinking"])
