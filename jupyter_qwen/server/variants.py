@@ -93,11 +93,11 @@ def thinking_warning(variant: str, requested: bool | None) -> str | None:
     model whose template cannot honour it; logged once per message."""
     message = None
     if variant == INSTRUCT_2507 and requested:
-        message = ("enable_thinking has no effect: this model's chat template "
-                   "(instruct-2507) never thinks")
+        message = ("thinking was asked for (enable_thinking or reasoning_effort) but this "
+                   "model's chat template (instruct-2507) never thinks")
     elif variant == THINKING_2507 and requested is False:
-        message = ("enable_thinking=false has no effect: this model's chat template "
-                   "(thinking-2507) always thinks")
+        message = ("thinking was switched off (enable_thinking or reasoning_effort) but "
+                   "this model's chat template (thinking-2507) always thinks")
     if message is not None and message not in _warned:
         _warned.add(message)
         log.warning("%s (told in the %s response header)", message, WARNING_HEADER)
