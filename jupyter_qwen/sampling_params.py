@@ -85,7 +85,9 @@ class SamplingParams:
     choice of strings or a grammar (see `StructuredOutputs`). `thinking=True` says the output
     opens with Qwen3's free reasoning, closed by `</think>`: the constraint starts after it,
     and `thinking_token_budget` (if set) bounds it: once that many reasoning tokens are
-    generated the engine ends the reasoning itself. `max_tokens` bounds the whole output.
+    generated the engine ends the reasoning itself. `reasoning_open=True` says the prompt
+    already opened the think block (Thinking-2507 templates), so the output starts inside
+    it. `max_tokens` bounds the whole output.
     """
 
     temperature: float = 1.0
@@ -109,6 +111,7 @@ class SamplingParams:
     allowed_token_ids: list[int] | None = None
     structured_outputs: StructuredOutputs | None = None
     thinking: bool = False
+    reasoning_open: bool = False
     thinking_token_budget: int | None = None
 
     def __post_init__(self) -> None:

@@ -46,3 +46,20 @@ def generator() -> torch.Generator:
     seed = random.randrange(2**31)
     print(f"seed {seed}")
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="session")
+def variant_model(tmp_path_factory):
+    """A callable giving the tiny checkpoint of a chat template variant, taught the
+    conversation of tests/variant_script.py (built once per variant and session)."""
+    from variant_script import make_variant_model
+
+    built: dict[str, object] = {}
+
+    def get(variant: str):
+        if variant not in built:
+            built[variant] = make_variant_model(
+                tmp_path_factory.mktemp(f"variant-{variant}"), variant)
+        return built[variant]
+
+    return get

@@ -234,3 +234,27 @@ def test_gpu_dashboard_is_displayed(shell):
         shell.run_line_magic("qwen_gpu", "")
     [output] = captured.outputs
     assert "application/vnd.jupyter.widget-view+json" in output.data
+
+
+@pytest.mark.parametrize("variant", ["hybrid", "instruct-2507", "thinking-2507"])
+def test_qwen_renders_each_chat_template_variant(shell, variant_model, variant):
+    from variant_script import GREETING, HELLO
+
+    server = serve_tiny(shell, variant_model(variant))
+    try:
+        assert server.chat_variant == variant
+        with capture_output() as status:
+            shell.run_line_magic("qwen_status", "")
+        assert f"<td>{variant}</td>" in rich(status, "text/html")
+        with capture_output() as reply:
+            shell.run_cell_magic("qwen", "", HELLO)
+        markdown = rich(reply, "text/markdown")
+        assert GREETING.content in markdown
+        folded = "<details><summary>Reasoning</summary>" in markdown
+        assert folded == (variant != "instruct-2507")
+        assert (GREETING.reasoning in markdown) == folded
+        with capture_output() as quiet:
+            shell.run_cell_magic("qwen", "--no-think", HELLO)
+        assert ("always thinks" in quiet.stdout) == (variant == "thinking-2507")
+    finally:
+        shell.run_line_magic("qwen_stop", "")

@@ -98,3 +98,78 @@ CHAT_TEMPLATE = r"""{#- jupyter_qwen ChatML template: system, user, assistant an
     {%- endif -%}
 {%- endif -%}
 """
+
+CHAT_VARIANTS = ("hybrid", "instruct-2507", "thinking-2507")
+"""The chat templates the writer knows, by the Qwen3 release whose template each behaves like:
+hybrid (thinking switched by `enable_thinking`, CHAT_TEMPLATE), instruct-2507 (never thinks)
+and thinking-2507 (always thinks)."""
+
+_HYBRID_HEADER = "{#- jupyter_qwen ChatML template: system, user, assistant and tool turns. -#}"
+_HYBRID_ASSISTANT_OPENING = r"""        {%- set reasoning = "" -%}
+        {%- if message.reasoning_content is string -%}
+            {%- set reasoning = message.reasoning_content -%}
+        {%- endif -%}
+        {%- if "</think>" in content -%}
+            {%- set parts = content.split("</think>", 1) -%}
+            {%- set head = parts[0].lstrip() -%}
+            {%- if head.startswith("<think>") -%}
+                {%- set head = head[7:] -%}
+            {%- endif -%}
+            {%- if not reasoning -%}
+                {%- set reasoning = head -%}
+            {%- endif -%}
+            {%- set content = parts[1].lstrip() -%}
+        {%- endif -%}
+        {%- set reasoning = reasoning.strip() -%}
+        {{- "<|im_start|>assistant\n" -}}
+        {%- if loop.index0 > ns.last_user and reasoning -%}
+            {{- "<think>\n" ~ reasoning ~ "\n</think>\n\n" -}}
+        {%- endif -%}
+"""
+_HYBRID_GENERATION_PROMPT = r"""{%- if add_generation_prompt -%}
+    {{- "<|im_start|>assistant\n" -}}
+    {%- if enable_thinking is defined and enable_thinking is false -%}
+        {{- "<think>\n\n</think>\n\n" -}}
+    {%- endif -%}
+{%- endif -%}
+"""
+
+# Instruct-2507: no thinking mode. Assistant turns are their content as sent (no reasoning is
+# rendered, reasoning_content is not read) and the generation prompt is the bare assistant
+# header, whatever enable_thinking says.
+_INSTRUCT_CHANGES = {
+    _HYBRID_HEADER: "{#- jupyter_qwen ChatML template, instruct-2507 style: no thinking. -#}",
+    _HYBRID_ASSISTANT_OPENING: '        {{- "<|im_start|>assistant\\n" -}}\n',
+    _HYBRID_GENERATION_PROMPT: '{%- if add_generation_prompt -%}\n'
+                               '    {{- "<|im_start|>assistant\\n" -}}\n'
+                               '{%- endif -%}\n',
+}
+# Thinking-2507: always thinks. History as the hybrid template has it (reasoning kept only for
+# assistant turns after the last user turn); the generation prompt opens the think block
+# itself, so the model's output holds `</think>` without an opening tag.
+_THINKING_CHANGES = {
+    _HYBRID_HEADER: "{#- jupyter_qwen ChatML template, thinking-2507 style: always thinks. -#}",
+    _HYBRID_GENERATION_PROMPT: '{%- if add_generation_prompt -%}\n'
+                               '    {{- "<|im_start|>assistant\\n<think>\\n" -}}\n'
+                               '{%- endif -%}\n',
+}
+
+
+def _changed(template: str, changes: dict[str, str]) -> str:
+    for old, new in changes.items():
+        if template.count(old) != 1:
+            raise AssertionError(f"the hybrid template lost the part {old[:40]!r}")
+        template = template.replace(old, new)
+    return template
+
+
+def chat_template_for(variant: str = "hybrid") -> str:
+    """The chat template of `variant`, one of CHAT_VARIANTS; ValueError for another name."""
+    if variant == "hybrid":
+        return CHAT_TEMPLATE
+    if variant == "instruct-2507":
+        return _changed(CHAT_TEMPLATE, _INSTRUCT_CHANGES)
+    if variant == "thinking-2507":
+        return _changed(CHAT_TEMPLATE, _THINKING_CHANGES)
+    raise ValueError(f"unknown chat template variant {variant!r}; "
+                     f"choose one of {', '.join(CHAT_VARIANTS)}")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jupyter_qwen.demo.chat_template import CHAT_TEMPLATE
+from jupyter_qwen.demo.chat_template import chat_template_for
 from jupyter_qwen.demo.shapes import Shape, config_fields, get_shape
 from jupyter_qwen.demo.tokenizer import added_token_ids, train_tokenizer
 from jupyter_qwen.demo.weights import DEFAULT_MAX_SHARD_BYTES, write_weights
@@ -36,17 +36,22 @@ SHAPES_WITH_QWEN3_SAMPLING = ("qwen3-0.6b", "qwen3-1.7b", "qwen3-4b")
 def make_tiny_qwen3(path: str | os.PathLike, shape: str = "tiny", seed: int = 0,
                     num_hidden_layers: int | None = None,
                     max_shard_bytes: int | None = None,
-                    script: Sequence[ScriptedTurn] | None = None) -> Path:
+                    script: Sequence[ScriptedTurn] | None = None,
+                    variant: str = "hybrid") -> Path:
     """Write a random Qwen3 checkpoint; with `script` (a list of ScriptedTurn, for example
     DEMO_SCRIPT), also teach it those turns: see `jupyter_qwen.demo.teach.teach`. Both are
-    deterministic: the same arguments give byte-identical files on the same machine."""
+    deterministic: the same arguments give byte-identical files on the same machine.
+    `variant` picks the chat template: "hybrid" (Qwen3's thinking switch, the default),
+    "instruct-2507" (never thinks) or "thinking-2507" (always thinks); see
+    `jupyter_qwen.demo.chat_template`."""
+    template = chat_template_for(variant)
     chosen = get_shape(shape, num_hidden_layers)
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     max_shard_bytes = max_shard_bytes or DEFAULT_MAX_SHARD_BYTES
     write_config(folder, chosen)
     write_generation_config(folder, chosen, qwen3_sampling=shape in SHAPES_WITH_QWEN3_SAMPLING)
-    write_tokenizer_files(folder, chosen)
+    write_tokenizer_files(folder, chosen, template)
     write_weights(folder, chosen, seed, max_shard_bytes)
     if script is not None:
         from jupyter_qwen.demo.teach import teach
@@ -83,14 +88,16 @@ def write_generation_config(folder: Path, shape: Shape, qwen3_sampling: bool = F
                      **sampling).save_pretrained(folder)
 
 
-def write_tokenizer_files(folder: Path, shape: Shape) -> None:
-    """tokenizer.json, tokenizer_config.json and chat_template.jinja."""
+def write_tokenizer_files(folder: Path, shape: Shape, chat_template: str | None = None) -> None:
+    """tokenizer.json, tokenizer_config.json and chat_template.jinja (the hybrid template
+    unless `chat_template` is given)."""
+    chat_template = chat_template or chat_template_for("hybrid")
     train_tokenizer(shape.vocab_size).save(str(folder / "tokenizer.json"))
-    write_tokenizer_config(folder, shape)
-    write_chat_template(folder)
+    write_tokenizer_config(folder, shape, chat_template)
+    write_chat_template(folder, chat_template)
 
 
-def write_tokenizer_config(folder: Path, shape: Shape) -> None:
+def write_tokenizer_config(folder: Path, shape: Shape, chat_template: str) -> None:
     settings = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": None,
@@ -101,10 +108,10 @@ def write_tokenizer_config(folder: Path, shape: Shape) -> None:
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": shape.max_position_embeddings,
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": chat_template,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
 
 
-def write_chat_template(folder: Path) -> None:
-    (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+def write_chat_template(folder: Path, chat_template: str) -> None:
+    (folder / "chat_template.jinja").write_text(chat_template)

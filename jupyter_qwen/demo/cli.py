@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from jupyter_qwen.demo.chat_template import CHAT_VARIANTS
 from jupyter_qwen.demo.shapes import SHAPES, describe
 
 
@@ -18,6 +19,9 @@ def add_make_tiny_model_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-hidden-layers", type=int, default=None,
                         help="override the number of decoder layers")
+    parser.add_argument("--chat-variant", choices=CHAT_VARIANTS, default="hybrid",
+                        help="the chat template: Qwen3's hybrid thinking switch, or the 2507 "
+                             "instruct (never thinks) or thinking (always thinks) model's")
     parser.add_argument("--demo-script", action="store_true",
                         help="teach it the demo conversations (what demo_model_path() builds)")
     parser.set_defaults(run=run_make_tiny_model)
@@ -30,7 +34,8 @@ def run_make_tiny_model(args: argparse.Namespace) -> int:
     if args.demo_script:
         from jupyter_qwen.demo.script import DEMO_SCRIPT as script
     folder = make_tiny_qwen3(args.dir, shape=args.shape, seed=args.seed,
-                             num_hidden_layers=args.num_hidden_layers, script=script)
+                             num_hidden_layers=args.num_hidden_layers, script=script,
+                             variant=args.chat_variant)
     print(folder.resolve())
     print(describe(args.shape, args.num_hidden_layers))
     return 0

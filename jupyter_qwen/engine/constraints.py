@@ -173,7 +173,8 @@ class SequenceConstraint:
         reasoning = params.thinking and think_close is not None
         self.phase = "reasoning" if reasoning else "answer"
         self.forced: list[int] = []
-        self.num_reasoning_tokens = 0
+        # counted from the opening `<think>`: a prompt that opened it counts it already
+        self.num_reasoning_tokens = 1 if reasoning and params.reasoning_open else 0
         if reasoning and self.budget == 0:
             self._start_forcing()
 

@@ -227,7 +227,7 @@ class QwenMagics(Magics):
 
 
 def stream_reply(server, messages: list[dict], args) -> str:
-    extra: dict[str, Any] = {"enable_thinking": not args.no_think}
+    extra: dict[str, Any] = thinking_switch(server.chat_variant, args.no_think)
     if args.session:
         extra["session_id"] = args.session
     limit = {"max_tokens": args.max_tokens} if args.max_tokens else {}
@@ -248,6 +248,17 @@ def stream_reply(server, messages: list[dict], args) -> str:
             shown = time.monotonic()
     handle.update(Markdown(reply_markdown(reasoning, content)))
     return content
+
+
+def thinking_switch(chat_variant: str, no_think: bool) -> dict[str, Any]:
+    """The request's enable_thinking: sent only to a model whose template has the switch
+    (an instruct-2507 model never thinks, a thinking-2507 one always does)."""
+    if chat_variant == "thinking-2507" and no_think:
+        print("%%qwen: this model always thinks (its chat template is thinking-2507): "
+              "--no-think has no effect")
+    if chat_variant in ("instruct-2507", "thinking-2507"):
+        return {}
+    return {"enable_thinking": not no_think}
 
 
 def reply_markdown(reasoning: str, content: str) -> str:
@@ -281,7 +292,8 @@ def remote_status(record) -> dict:
 
 STATUS_COLUMNS = [
     ("model", "model", str), ("URL", "url", str), ("state", "state", str),
-    ("uptime", "uptime", format_duration), ("running", "requests_running", str),
+    ("uptime", "uptime", format_duration), ("chat", "chat_variant", str),
+    ("running", "requests_running", str),
     ("waiting", "requests_waiting", str),
     ("tokens/s", "generation_tokens_per_s", format_number),
     ("KV cache", "kv_cache_usage", format_percent),

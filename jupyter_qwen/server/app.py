@@ -117,7 +117,8 @@ def model_card(ctx: ServerContext) -> dict:
     engine = ctx.engine
     return {"id": ctx.served_model_name, "object": "model", "created": int(ctx.started_at),
             "owned_by": "jupyter_qwen", "root": ctx.model,
-            "max_model_len": engine.engine.max_model_len if engine else None}
+            "max_model_len": engine.engine.max_model_len if engine else None,
+            "chat_variant": ctx.chat_variant}
 
 
 @router.post("/tokenize")

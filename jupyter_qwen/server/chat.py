@@ -84,6 +84,8 @@ class OutputParser:
     of it is content, tags included, as vLLM's Qwen3 reasoning parser has it. In content,
     `<tool_call>{json}</tool_call>` becomes a tool call when tools are enabled
     and the JSON names a function; anything malformed stays plain content.
+    A parser made with `state="reasoning"` starts inside the think block, for a prompt that
+    opened it (Thinking-2507's generation prompt): its output is reasoning until `</think>`.
     A piece that might be the start of a tag is held back until it is not.
     White space around the content is trimmed, as a whole response would be.
     """

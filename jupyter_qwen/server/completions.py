@@ -32,6 +32,12 @@ from jupyter_qwen.server.structured import (
     constraint_param,
     request_constraint,
 )
+from jupyter_qwen.server.variants import (
+    WARNING_HEADER,
+    output_parser,
+    reply_start,
+    thinking_warning,
+)
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -81,22 +87,24 @@ class CompletionHandler:
         max_tokens = self._max_tokens(engine, body.max_completion_tokens or body.max_tokens,
                                       len(prompt_ids), "messages")
         num_top = (body.top_logprobs or 0) if body.logprobs else None
+        warning = thinking_warning(self.ctx.chat_variant, body.thinking(None))
+        start = reply_start(engine.engine.tokenizer, prompt_ids, self.ctx.chat_variant, thinking)
         constraint = request_constraint(body, body.tools, body.tool_choice,
                                         body.parallel_tool_calls)
         await compile_constraint(engine, constraint, constraint_param(body))
         choices = self._submit(engine, body, [prompt_ids], max_tokens, num_top,
-                               body.session_id, Constraint(constraint, thinking))
-        parse_tools = bool(body.tools) and body.tool_choice != "none"
+                               body.session_id,
+                               Constraint(constraint, start != "content", start == "inside"))
         max_calls = 1 if body.parallel_tool_calls is False else None
         for choice in choices:
-            choice.parser = OutputParser(parse_tools=parse_tools, thinking=thinking,
-                                         max_tool_calls=max_calls)
+            choice.parser = self._parser(engine, body, prompt_ids, thinking, max_calls)
         keep_reasoning = body.keep_reasoning
         if body.stream:
             return _with_ignored(streaming_response(
-                self._chat_events(body, choices, keep_reasoning)), ignored)
+                self._chat_events(body, choices, keep_reasoning)), ignored, warning)
         await _collect(request, choices)
-        return _with_ignored(self._chat_response(body, choices, keep_reasoning), ignored)
+        return _with_ignored(self._chat_response(body, choices, keep_reasoning), ignored,
+                             warning)
 
     async def completion(self, body: CompletionRequest, request: Request):
         engine, ignored = self._prepare(body)
@@ -152,6 +160,13 @@ class CompletionHandler:
                            add_generation_prompt=body.add_generation_prompt,
                            continue_final_message=body.continue_final_message,
                            enable_thinking=thinking)
+
+    def _parser(self, engine: AsyncEngine, body: ChatCompletionRequest, prompt_ids: list[int],
+                thinking: bool, max_tool_calls: int | None = None) -> OutputParser:
+        """The reply's parser, starting from what the prompt leaves open."""
+        return output_parser(engine.engine.tokenizer, prompt_ids, self.ctx.chat_variant,
+                             thinking, parse_tools=bool(body.tools) and body.tool_choice != "none",
+                             max_tool_calls=max_tool_calls)
 
     def _max_tokens(self, engine: AsyncEngine, requested: int | None, prompt_len: int,
                     prompt_param: str) -> int:
@@ -350,14 +365,17 @@ class CompletionHandler:
 @dataclass(slots=True)
 class Constraint:
     """What a request asks of the engine's constraint: its structured output (shared by its
-    n choices, so compiled once) and whether its output opens with reasoning."""
+    n choices, so compiled once), whether its output opens with reasoning, and whether the
+    prompt opened that reasoning already."""
 
     structured: StructuredOutputs | None = None
     thinking: bool = False
+    reasoning_open: bool = False  # the prompt already opened the think block (Thinking-2507)
 
     def fields(self, body: SamplingFields, ctx: ServerContext) -> dict:
         budget = _first(body.thinking_token_budget, ctx.default_thinking_token_budget)
         return {"structured_outputs": self.structured, "thinking": self.thinking,
+                "reasoning_open": self.reasoning_open,
                 "thinking_token_budget": budget if self.thinking else None}
 
 
@@ -375,12 +393,16 @@ class ChunkTemplate:
                 f"{json.dumps(text, ensure_ascii=False)}{self.tail}")
 
 
-def _with_ignored(result, ignored: list[str]):
-    """The response, with the names of the request fields it ignored in a header."""
-    if not ignored:
+def _with_ignored(result, ignored: list[str], warning: str | None = None):
+    """The response, with the names of the request fields it ignored in a header, and a
+    warning about the request (WARNING_HEADER) when there is one."""
+    if not ignored and not warning:
         return result
     response = result if isinstance(result, Response) else JSONResponse(result)
-    response.headers[IGNORED_FIELDS_HEADER] = ignored_fields_header(ignored)
+    if ignored:
+        response.headers[IGNORED_FIELDS_HEADER] = ignored_fields_header(ignored)
+    if warning:
+        response.headers[WARNING_HEADER] = warning
     return response
 
 

@@ -22,6 +22,7 @@ class ServerContext:
     admin_token: str
     default_enable_thinking: bool = True
     default_thinking_token_budget: int | None = None
+    chat_variant: str = "unknown"
     default_sampling: dict = field(default_factory=dict)
     engine: AsyncEngine | None = None
     state: str = "loading"
@@ -70,7 +71,7 @@ def engine_figures(ctx: ServerContext) -> dict[str, Any]:
     engine = ctx.engine
     stats = engine.engine.stats() if engine.engine.runner is not None else None
     prompt_rate, generation_rate = engine.rates()
-    figures: dict[str, Any] = {"engine_state": engine.state,
+    figures: dict[str, Any] = {"engine_state": engine.state, "chat_variant": ctx.chat_variant,
                                "prompt_tokens_per_s": round(prompt_rate, 2),
                                "generation_tokens_per_s": round(generation_rate, 2),
                                "step_failures": engine.num_step_failures}

@@ -229,7 +229,7 @@ class ChatCompletionRequest(SamplingFields):
         check_generation_prompt(self)
         return self
 
-    def thinking(self, default: bool) -> bool:
+    def thinking(self, default: bool | None) -> bool | None:
         """Whether the chat template opens a think block: enable_thinking (top level or in
         chat_template_kwargs), else reasoning_effort ("none" is off), else the default."""
         if self.enable_thinking is not None:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from jupyter_qwen.server.chat import parse_whole
 from jupyter_qwen.server.errors import APIError
 from jupyter_qwen.server.fields import check_extra_fields
 from jupyter_qwen.server.protocol import ChatCompletionRequest
@@ -162,7 +161,7 @@ def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | Non
 async def create_response(handler: CompletionHandler, store: ResponseStore,
                           body: ResponsesRequest, request: Request):
     """The response (a dict), or a JSONResponse naming the ignored fields in its header."""
-    from jupyter_qwen.server.completions import _collect, _with_ignored
+    from jupyter_qwen.server.completions import _collect, _whole, _with_ignored
 
     check_supported(body)
     ignored = check_extra_fields(body)
@@ -186,8 +185,7 @@ async def create_response(handler: CompletionHandler, store: ResponseStore,
         raise
     [choice] = handler._submit(engine, chat, [prompt_ids], max_tokens, None, session_id)
     await _collect(request, [choice])
-    parsed = parse_whole(choice.text, parse_tools=bool(chat.tools) and
-                         chat.tool_choice != "none", thinking=thinking)
+    parsed = _whole(handler._parser(engine, chat, prompt_ids, thinking), choice.text)
     output = _output_items(parsed)
     result = _response_body(body, response_id, output, choice)
     if body.store:

@@ -104,6 +104,12 @@ class QwenServer:
         return self.ctx.model
 
     @property
+    def chat_variant(self) -> str:
+        """How the model's chat template thinks: "hybrid", "instruct-2507", "thinking-2507"
+        or "unknown" (see `jupyter_qwen.server.variants`); "unknown" until it loads."""
+        return self.ctx.chat_variant
+
+    @property
     def admin_token(self) -> str:
         return self.ctx.admin_token
 
@@ -224,6 +230,7 @@ class QwenServer:
             self.ctx.state, self.ctx.error = "failed", f"{type(error).__name__}: {error}"
             return
         self.ctx.default_sampling = default_sampling(engine.model_path)
+        self.ctx.chat_variant = chat_variant_of(engine.tokenizer, self.options.enable_thinking)
         if self.ctx.state == "stopping":
             engine.close()
             return
@@ -369,3 +376,14 @@ def _stop_all_at_exit() -> None:
             server.stop()
         except Exception:
             log.exception("stopping %r at exit failed", server)
+
+
+def chat_variant_of(tokenizer, default_enable_thinking: bool) -> str:
+    """The chat template's variant (see `jupyter_qwen.server.variants`), logged, with a
+    warning when the server's default thinking setting cannot apply to it."""
+    from jupyter_qwen.server.variants import detect_chat_variant, thinking_warning
+
+    variant = detect_chat_variant(tokenizer)
+    log.info("chat template variant: %s", variant)
+    thinking_warning(variant, default_enable_thinking if variant == "thinking-2507" else None)
+    return variant
