@@ -339,3 +339,46 @@ def test_unstored_responses_cannot_be_retrieved(client, server):
                                        max_output_tokens=5, store=False)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(response.id)
+
+
+# ---- the field table of docs/openai-compatibility.md ---------------------------------------
+
+TABLE = "`POST /v1/responses`"
+REFUSED_VALUES = {"background": (True, "background"), "conversation": ("conv_1", "conversation"),
+                  "prompt": ({"id": "pmpt_1"}, "prompt"),
+                  "text": ({"format": {"type": "json_object"}}, "text.format")}
+"""A value each rejected row refuses, and the `param` of the 400."""
+
+
+def responses_table() -> dict[str, str]:
+    from test_api_parity import doc_tables
+
+    return doc_tables()[TABLE]
+
+
+def test_the_field_table_covers_the_request_model():
+    from jupyter_qwen.server.responses import ResponsesRequest
+
+    rows = responses_table()
+    declared = set(ResponsesRequest.model_fields)
+    assert declared <= set(rows), declared - set(rows)
+    for name, status in rows.items():
+        assert status in ("honoured", "rejected", "ignored"), name
+        assert (status == "honoured") <= (name in declared), name
+        assert (status == "ignored") <= (name not in declared), name
+    assert {name for name, status in rows.items() if status == "rejected"} == set(REFUSED_VALUES)
+
+
+def test_the_server_does_what_the_field_table_says(server):
+    for name, status in responses_table().items():
+        if status == "honoured":
+            continue
+        value, param = REFUSED_VALUES.get(name, ("surely not harmless", None))
+        response = httpx.post(f"{server.url}/responses", timeout=30, json={
+            "input": "Hello!", "max_output_tokens": 1, name: value})
+        if status == "rejected":
+            assert response.status_code == 400, name
+            assert response.json()["error"]["param"] == param
+        else:
+            assert response.status_code == 200, (name, response.text)
+            assert response.headers["x-ignored-fields"] == name

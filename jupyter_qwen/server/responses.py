@@ -124,7 +124,17 @@ class ResponseStore:
 
 
 
+REFUSED_EXTRAS = {
+    "conversation": "conversations are not supported: continue with previous_response_id",
+    "prompt": "stored prompt templates are not supported: send the input itself"}
+"""Undeclared Responses fields that change the input, refused (400) unless null rather than
+ignored: an answer without them would answer another question."""
+
+
 def check_supported(body: ResponsesRequest) -> None:
+    for name, reason in REFUSED_EXTRAS.items():
+        if (body.model_extra or {}).get(name) is not None:
+            raise APIError(400, f"{reason} ({name})", param=name)
     if body.background:
         raise APIError(400, "background responses are not supported", param="background")
     text_format = (body.text or {}).get("format") or {"type": "text"}
