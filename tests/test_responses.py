@@ -382,3 +382,53 @@ def test_the_server_does_what_the_field_table_says(server):
         else:
             assert response.status_code == 200, (name, response.text)
             assert response.headers["x-ignored-fields"] == name
+
+
+# ---- a stream that fails midway ------------------------------------------------------------
+
+
+class FailingStream:
+    """An engine stream that yields some text, then dies as a dead engine would."""
+
+    def __init__(self, pieces: list[str]):
+        self.pieces, self.finished, self.aborted = list(pieces), False, False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        from jupyter_qwen.engine.errors import EngineDeadError
+        from jupyter_qwen.engine.llm_engine import RequestOutput
+
+        if not self.pieces:
+            raise EngineDeadError("the engine died")
+        return RequestOutput("r", [1], self.pieces.pop(0), num_prompt_tokens=4)
+
+    def abort(self):
+        self.aborted = True
+
+
+def test_a_failing_stream_ends_with_an_error_event():
+    import asyncio
+
+    from jupyter_qwen.server.chat import OutputParser
+    from jupyter_qwen.server.completions import Choice
+    from jupyter_qwen.server.metrics import RequestMetrics
+    from jupyter_qwen.server.response_input import ChatInput
+    from jupyter_qwen.server.responses import ResponsesRequest, Turn, _events
+
+    stream = FailingStream(["<think>\nhm", "m\n</think>\n\nHel"])
+    choice = Choice(0, stream, RequestMetrics().timer(), parser=OutputParser())
+    store = ResponseStore()
+    turn = Turn(ResponsesRequest(input="hi"), "resp_1", 0, "m", ChatInput(), "s", choice)
+
+    async def collect():
+        return [event async for event in _events(turn, store)]
+
+    events = asyncio.run(collect())
+    for number, event in enumerate(events):
+        EVENT_CLASSES[event["type"]].model_validate(event)
+        assert event["sequence_number"] == number
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "503"
+    assert "".join(e["delta"] for e in events if e["type"].endswith(".delta")) == "hmmHel"
+    assert stream.aborted and len(store) == 0
