@@ -5,6 +5,7 @@ has it, errors naming `input.N...` paths, and the bounded store of responses."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, get_args
 
@@ -175,6 +176,32 @@ def test_stream_lists_ignored_fields(server):
         "input": "Hello!", "max_output_tokens": 2, "stream": True, "truncation": "auto"})
     assert response.status_code == 200 and response.headers["x-ignored-fields"] == "truncation"
     assert "event: response.incomplete" in response.text
+
+
+def test_streams_left_midway_and_unstored_responses_leave_no_blocks(server):
+    """A client that hangs up aborts its request; `store: false` pins no session."""
+    from server_waits import wait_idle
+
+    idle = wait_idle(server)["num_free_blocks"]
+    body = {"input": "Tell me about jupyter_qwen.", "max_output_tokens": 200, "stream": True,
+            "temperature": 0, "store": False}
+
+    async def one(client: httpx.AsyncClient, index: int) -> str | None:
+        async with client.stream("POST", f"{server.url}/responses", json=body) as response:
+            async for line in response.aiter_lines():
+                if index % 2 == 0 and "output_text.delta" in line:
+                    return None
+                if line.startswith("data: ") and "response.completed" in line:
+                    return json.loads(line[6:])["response"]["output"][-1]["content"][0]["text"]
+        return "no response.completed event"
+
+    async def run() -> list[str | None]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*(one(client, index) for index in range(8)))
+
+    results = asyncio.run(run())
+    assert results == [None, DEMO_PROMPTS["about"].content] * 4
+    assert wait_idle(server)["num_free_blocks"] == idle
 
 
 # ---- LangChain's ChatOpenAI on the Responses API --------------------------------------------
@@ -409,8 +436,6 @@ class FailingStream:
 
 
 def test_a_failing_stream_ends_with_an_error_event():
-    import asyncio
-
     from jupyter_qwen.server.chat import OutputParser
     from jupyter_qwen.server.completions import Choice
     from jupyter_qwen.server.metrics import RequestMetrics

@@ -152,7 +152,7 @@ class Turn:
     created_at: int
     model: str
     chat_input: ChatInput
-    session_id: str
+    session_id: str | None
     choice: Choice
 
     def response(self, output: list[dict[str, Any]], status: str) -> dict[str, Any]:
@@ -218,7 +218,8 @@ def _start(handler: CompletionHandler, store: ResponseStore, body: ResponsesRequ
         chat_input.origins.insert(0, "instructions")
     read_input(body.input, chat_input)
     response_id = f"resp_{secrets.token_hex(16)}"
-    session_id = previous.session_id if previous else f"responses/{response_id}"
+    session_id = previous.session_id if previous else (
+        f"responses/{response_id}" if body.store else None)
     chat = _chat_request(body, chat_input, session_id)
     try:
         engine, _ = handler._prepare(chat)
@@ -236,7 +237,7 @@ def _start(handler: CompletionHandler, store: ResponseStore, body: ResponsesRequ
 
 
 def _chat_request(body: ResponsesRequest, chat_input: ChatInput,
-                  session_id: str) -> ChatCompletionRequest:
+                  session_id: str | None) -> ChatCompletionRequest:
     fields: dict[str, Any] = {
         "model": body.model, "messages": chat_input.messages,
         "max_tokens": body.max_output_tokens, "temperature": body.temperature,
