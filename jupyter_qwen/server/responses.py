@@ -212,7 +212,7 @@ def _start(handler: CompletionHandler, store: ResponseStore, body: ResponsesRequ
     chat_input = ChatInput()
     for message in previous.messages if previous else []:
         if body.instructions is None or message["role"] != "system":
-            chat_input.add(message, "previous_response_id")
+            chat_input.add(dict(message), "previous_response_id")
     if body.instructions is not None:
         chat_input.messages.insert(0, {"role": "system", "content": body.instructions})
         chat_input.origins.insert(0, "instructions")
