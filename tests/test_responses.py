@@ -457,3 +457,18 @@ def test_a_failing_stream_ends_with_an_error_event():
     assert events[-1]["type"] == "error" and events[-1]["code"] == "503"
     assert "".join(e["delta"] for e in events if e["type"].endswith(".delta")) == "hmmHel"
     assert stream.aborted and len(store) == 0
+
+
+def test_input_items_never_change_the_messages_they_follow():
+    from jupyter_qwen.server.response_input import ChatInput, read_input
+
+    stored = {"role": "assistant", "content": "", "tool_calls": [{"id": "a"}]}
+    chat_input = ChatInput()
+    chat_input.add(stored, "previous_response_id")
+    read_input([{"type": "function_call", "call_id": "b", "name": "f", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "b", "output": "ok"}], chat_input)
+    assert stored["tool_calls"] == [{"id": "a"}]
+    assert [call["id"] for call in chat_input.messages[0]["tool_calls"]] == ["a", "b"]
+    assert chat_input.origins == ["previous_response_id", "input.1"]
+    assert chat_input.param("messages.1.content") == "input.1.content"
+    assert chat_input.param("messages.0.content") == "previous_response_id"

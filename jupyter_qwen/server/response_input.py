@@ -101,7 +101,7 @@ def _add_item(item: BaseModel, into: ChatInput, path: str) -> None:
                 "function": {"name": item.name, "arguments": item.arguments}}
         last = into.messages[-1] if into.messages else None
         if last and last["role"] == "assistant" and not last["content"]:
-            last["tool_calls"] = [*last.get("tool_calls", []), call]
+            into.messages[-1] = {**last, "tool_calls": [*last.get("tool_calls", []), call]}
         else:
             into.add({"role": "assistant", "content": "", "tool_calls": [call]}, path)
     elif isinstance(item, FunctionCallOutputItem):
