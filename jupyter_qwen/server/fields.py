@@ -53,8 +53,8 @@ def check_extra_fields(body: BaseModel) -> list[str]:
         rule = REJECTED.get(name)
         if rule is not None and value is not None and value not in rule[0]:
             raise APIError(400, f"{rule[1]} ({name})", param=name)
-    ignored = sorted([*extra, *(name for name, harmless in DECLARED_UNUSED.items()
-                                if getattr(body, name, None) not in harmless)])
+    ignored = sorted({*extra, *(name for name, harmless in DECLARED_UNUSED.items()
+                                if getattr(body, name, None) not in harmless)})
     for name in ignored:
         if name not in _warned and len(_warned) < MAX_WARNED_NAMES:
             _warned.add(name)

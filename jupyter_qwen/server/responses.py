@@ -1,11 +1,11 @@
-"""The Responses API, in part: `POST /v1/responses` (not streamed), stored responses
-(`GET` / `DELETE /v1/responses/{id}`), and `previous_response_id` continuing a stored
-conversation on the KV blocks its session pinned.
+"""The Responses API: `POST /v1/responses`, streamed or not, stored responses (`GET` /
+`DELETE /v1/responses/{id}`), and `previous_response_id` continuing a stored conversation on
+the KV blocks its session pinned.
 
-Input is a string or message / function_call / function_call_output items; `instructions`,
-`max_output_tokens`, `temperature`, `top_p`, `reasoning.effort`, function `tools`. Qwen3's
-thinking comes back as a `reasoning` output item. What is not supported yet (streaming,
-background runs, structured `text.format`, tools other than functions) is a 400.
+A request becomes a chat completion request (response_input.py) and goes through the chat
+machinery: the same prompt, sampling, tool_choice rules and output parser. Qwen3's thinking
+comes back as a `reasoning` output item (response_output.py). What is not supported
+(background runs, structured `text.format`, tools other than functions) is a 400.
 """
 
 from __future__ import annotations
@@ -13,13 +13,32 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jupyter_qwen.server.completions import (
+    Choice,
+    _abort,
+    _collect,
+    _stream_error,
+    _whole,
+    _with_ignored,
+)
 from jupyter_qwen.server.errors import APIError
 from jupyter_qwen.server.fields import check_extra_fields
 from jupyter_qwen.server.protocol import ChatCompletionRequest
+from jupyter_qwen.server.response_input import (
+    ChatInput,
+    chat_tool_choice,
+    chat_tools,
+    read_input,
+    responses_param,
+)
+from jupyter_qwen.server.response_output import ResponseOutput
+from jupyter_qwen.server.streaming import streaming_response
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -67,13 +86,20 @@ class ResponseStore:
     STORED_RESPONSE_SECONDS."""
 
     def __init__(self, limit: int = MAX_STORED_RESPONSES,
-                 seconds: float = STORED_RESPONSE_SECONDS):
-        self.limit, self.seconds = limit, seconds
+                 seconds: float = STORED_RESPONSE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic):
+        self.limit, self.seconds, self.clock = limit, seconds, clock
         self._items: OrderedDict[str, StoredResponse] = OrderedDict()
 
-    def put(self, response_id: str, item: StoredResponse) -> None:
+    def __len__(self) -> int:
         self._expire()
-        self._items[response_id] = item
+        return len(self._items)
+
+    def put(self, response_id: str, body: dict[str, Any], messages: list[dict[str, Any]],
+            session_id: str) -> None:
+        self._expire()
+        self._items[response_id] = StoredResponse(body=body, messages=messages,
+                                                  session_id=session_id, stored_at=self.clock())
         while len(self._items) > self.limit:
             self._items.popitem(last=False)
 
@@ -90,167 +116,166 @@ class ResponseStore:
         del self._items[response_id]
 
     def _expire(self) -> None:
-        deadline = time.time() - self.seconds
+        deadline = self.clock() - self.seconds
         for key in [key for key, item in self._items.items() if item.stored_at < deadline]:
             del self._items[key]
 
 
+
+
+REFUSED_EXTRAS = {
+    "conversation": "conversations are not supported: continue with previous_response_id",
+    "prompt": "stored prompt templates are not supported: send the input itself"}
+"""Undeclared Responses fields that change the input, refused (400) unless null rather than
+ignored: an answer without them would answer another question."""
+
+
 def check_supported(body: ResponsesRequest) -> None:
-    if body.stream:
-        raise APIError(400, "streamed responses are not supported yet", param="stream")
+    for name, reason in REFUSED_EXTRAS.items():
+        if (body.model_extra or {}).get(name) is not None:
+            raise APIError(400, f"{reason} ({name})", param=name)
     if body.background:
         raise APIError(400, "background responses are not supported", param="background")
     text_format = (body.text or {}).get("format") or {"type": "text"}
     if text_format.get("type") != "text":
         raise APIError(400, "only text.format {'type': 'text'} is supported: structured output "
                        "is not supported yet", param="text.format")
-    for index, tool in enumerate(body.tools or []):
-        if tool.get("type") != "function":
-            raise APIError(400, f"tools of type {tool.get('type')!r} are not supported: "
-                           "function tools only", param=f"tools.{index}.type")
 
 
-def input_messages(body: ResponsesRequest) -> list[dict[str, Any]]:
-    """The request's input as chat messages."""
-    if isinstance(body.input, str):
-        return [{"role": "user", "content": body.input}]
-    messages: list[dict[str, Any]] = []
-    for index, item in enumerate(body.input):
-        kind = item.get("type", "message")
-        if kind == "message":
-            messages.append({"role": item.get("role"), "content": _item_text(item, index)})
-        elif kind == "function_call":
-            call = {"id": item.get("call_id"), "type": "function", "function": {
-                "name": item.get("name"), "arguments": item.get("arguments", "{}")}}
-            if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
-                messages[-1].setdefault("tool_calls", []).append(call)
-            else:
-                messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
-        elif kind == "function_call_output":
-            messages.append({"role": "tool", "tool_call_id": item.get("call_id"),
-                             "content": item.get("output")})
-        elif kind != "reasoning":
-            raise APIError(400, f"input items of type {kind!r} are not supported",
-                           param=f"input.{index}.type")
-    return messages
+@dataclass(slots=True)
+class Turn:
+    """One response being made: its request, the chat request it became, and its choice."""
 
+    body: ResponsesRequest
+    response_id: str
+    created_at: int
+    model: str
+    chat_input: ChatInput
+    session_id: str | None
+    choice: Choice
 
-def _item_text(item: dict[str, Any], index: int) -> Any:
-    content = item.get("content")
-    if not isinstance(content, list):
-        return content
-    parts = []
-    for part_index, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") not in ("input_text", "output_text",
-                                                                  "text"):
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            raise APIError(400, f"content parts of type {kind!r} are not supported: this "
-                           "model reads text only", param=f"input.{index}.content.{part_index}")
-        parts.append({"type": "text", "text": part.get("text")})
-    return parts
+    def response(self, output: list[dict[str, Any]], status: str) -> dict[str, Any]:
+        """The response object, `in_progress` (no usage yet) or finished."""
+        body, choice = self.body, self.choice
+        finished = status != "in_progress"
+        usage = {"input_tokens": choice.num_prompt_tokens,
+                 "input_tokens_details": {"cached_tokens": choice.num_cached_tokens,
+                                          "cache_write_tokens": 0},
+                 "output_tokens": choice.num_tokens,
+                 "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": choice.num_prompt_tokens + choice.num_tokens}
+        return {
+            "id": self.response_id, "object": "response", "created_at": self.created_at,
+            "status": status,
+            "incomplete_details": {"reason": "max_output_tokens"}
+            if status == "incomplete" else None,
+            "error": None, "model": self.model, "output": output,
+            "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
+            "previous_response_id": body.previous_response_id, "store": body.store,
+            "temperature": body.temperature, "top_p": body.top_p,
+            "tools": body.tools or [], "tool_choice": body.tool_choice or "auto",
+            "parallel_tool_calls": True, "text": {"format": {"type": "text"}},
+            "reasoning": {"effort": body.reasoning.effort if body.reasoning else None,
+                          "summary": None},
+            "metadata": body.metadata or {}, "truncation": "disabled",
+            "usage": usage if finished else None}
 
-
-def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-    if not tools:
-        return None
-    return [{"type": "function", "function": {
-        key: tool[key] for key in ("name", "description", "parameters") if key in tool}}
-        for tool in tools]
+    def finish(self, output: ResponseOutput, store: ResponseStore) -> dict[str, Any]:
+        """The finished response, stored with its conversation when the request asks."""
+        status = "incomplete" if self.choice.finish_reason == "length" else "completed"
+        result = self.response(output.items, status)
+        if self.body.store:
+            store.put(self.response_id, result,
+                      [*self.chat_input.messages, output.assistant_message()], self.session_id)
+        return result
 
 
 async def create_response(handler: CompletionHandler, store: ResponseStore,
                           body: ResponsesRequest, request: Request):
-    """The response (a dict), or a JSONResponse naming the ignored fields in its header."""
-    from jupyter_qwen.server.completions import _collect, _whole, _with_ignored
-
+    """The response (a dict, or an event stream), with the ignored fields in a header."""
     check_supported(body)
     ignored = check_extra_fields(body)
+    turn = _start(handler, store, body)
+    if body.stream:
+        return _with_ignored(streaming_response(_events(turn, store), named=True), ignored)
+    await _collect(request, [turn.choice])
+    output = ResponseOutput()
+    output.add(_whole(turn.choice.parser, turn.choice.text))
+    output.finish()
+    return _with_ignored(turn.finish(output, store), ignored)
+
+
+def _start(handler: CompletionHandler, store: ResponseStore, body: ResponsesRequest) -> Turn:
+    """Read the request as a chat request and submit it."""
     previous = store.get(body.previous_response_id) if body.previous_response_id else None
-    history = list(previous.messages) if previous else []
+    chat_input = ChatInput()
+    for message in previous.messages if previous else []:
+        if body.instructions is None or message["role"] != "system":
+            chat_input.add(dict(message), "previous_response_id")
     if body.instructions is not None:
-        history = [m for m in history if m["role"] != "system"]
-        history.insert(0, {"role": "system", "content": body.instructions})
-    messages = history + input_messages(body)
+        chat_input.messages.insert(0, {"role": "system", "content": body.instructions})
+        chat_input.origins.insert(0, "instructions")
+    read_input(body.input, chat_input)
     response_id = f"resp_{secrets.token_hex(16)}"
-    session_id = previous.session_id if previous else f"responses/{response_id}"
-    chat = _chat_request(body, messages, session_id)
-    engine, _ = handler._prepare(chat)
-    thinking = chat.thinking(handler.ctx.default_enable_thinking)
-    prompt_ids = handler._chat_prompt(engine, chat, thinking)
+    session_id = previous.session_id if previous else (
+        f"responses/{response_id}" if body.store else None)
+    chat = _chat_request(body, chat_input, session_id)
     try:
+        engine, _ = handler._prepare(chat)
+        thinking = chat.thinking(handler.ctx.default_enable_thinking)
+        prompt_ids = handler._chat_prompt(engine, chat, thinking)
         max_tokens = handler._max_tokens(engine, chat.max_tokens, len(prompt_ids), "input")
+        [choice] = handler._submit(engine, chat, [prompt_ids], max_tokens, None, session_id)
     except APIError as error:
-        if error.param == "max_tokens":
-            error.param = "max_output_tokens"
+        error.param = responses_param(error.param, chat_input)
         raise
-    [choice] = handler._submit(engine, chat, [prompt_ids], max_tokens, None, session_id)
-    await _collect(request, [choice])
-    parsed = _whole(handler._parser(engine, chat, prompt_ids, thinking), choice.text)
-    output = _output_items(parsed)
-    result = _response_body(body, response_id, output, choice)
-    if body.store:
-        assistant = {"role": "assistant", "content": parsed.content}
-        if parsed.tool_calls:
-            assistant["tool_calls"] = [
-                {"id": call["id"], "type": "function", "function": call["function"]}
-                for call in parsed.tool_calls]
-        store.put(response_id, StoredResponse(body=result, messages=[*messages, assistant],
-                                              session_id=session_id, stored_at=time.time()))
-    return _with_ignored(result, ignored)
+    choice.parser = handler._parser(engine, chat, prompt_ids, thinking)
+    return Turn(body, response_id, int(time.time()), body.model or handler.ctx.served_model_name,
+                chat_input, session_id, choice)
 
 
-def _chat_request(body: ResponsesRequest, messages: list[dict[str, Any]],
-                  session_id: str) -> ChatCompletionRequest:
+def _chat_request(body: ResponsesRequest, chat_input: ChatInput,
+                  session_id: str | None) -> ChatCompletionRequest:
     fields: dict[str, Any] = {
-        "model": body.model, "messages": messages, "max_tokens": body.max_output_tokens,
-        "temperature": body.temperature, "top_p": body.top_p, "tools": chat_tools(body.tools),
-        "session_id": session_id}
+        "model": body.model, "messages": chat_input.messages,
+        "max_tokens": body.max_output_tokens, "temperature": body.temperature,
+        "top_p": body.top_p, "tools": chat_tools(body.tools),
+        "tool_choice": chat_tool_choice(body.tool_choice), "session_id": session_id}
     if body.reasoning and body.reasoning.effort:
         fields["reasoning_effort"] = body.reasoning.effort
-    if isinstance(body.tool_choice, str) and body.tools:
-        fields["tool_choice"] = body.tool_choice
     try:
         return ChatCompletionRequest.model_validate(fields)
+    except APIError as error:
+        error.param = responses_param(error.param, chat_input)
+        raise
     except ValidationError as error:
         first = error.errors()[0]
-        raise APIError(400, f"invalid input: {first.get('msg')}", param="input") from None
+        location = [str(part) for part in first.get("loc", ())]
+        param = responses_param(".".join(location[:2]), chat_input) if location else "input"
+        raise APIError(400, f"invalid input: {first.get('msg')}", param=param) from None
 
 
-def _output_items(parsed) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    if parsed.reasoning:
-        items.append({"type": "reasoning", "id": f"rs_{secrets.token_hex(12)}", "summary": [],
-                      "content": [{"type": "reasoning_text", "text": parsed.reasoning}]})
-    if parsed.content or not parsed.tool_calls:
-        items.append({"type": "message", "id": f"msg_{secrets.token_hex(12)}",
-                      "status": "completed", "role": "assistant",
-                      "content": [{"type": "output_text", "text": parsed.content,
-                                   "annotations": [], "logprobs": []}]})
-    for call in parsed.tool_calls:
-        items.append({"type": "function_call", "id": f"fc_{secrets.token_hex(12)}",
-                      "call_id": call["id"], "name": call["function"]["name"],
-                      "arguments": call["function"]["arguments"], "status": "completed"})
-    return items
-
-
-def _response_body(body: ResponsesRequest, response_id: str, output: list[dict[str, Any]],
-                   choice) -> dict[str, Any]:
-    truncated = choice.finish_reason == "length"
-    return {
-        "id": response_id, "object": "response", "created_at": int(time.time()),
-        "status": "incomplete" if truncated else "completed",
-        "incomplete_details": {"reason": "max_output_tokens"} if truncated else None,
-        "error": None, "model": body.model or "", "output": output,
-        "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
-        "previous_response_id": body.previous_response_id, "store": body.store,
-        "temperature": body.temperature, "top_p": body.top_p,
-        "tools": body.tools or [], "tool_choice": body.tool_choice or "auto",
-        "parallel_tool_calls": True, "text": {"format": {"type": "text"}},
-        "reasoning": {"effort": body.reasoning.effort if body.reasoning else None,
-                      "summary": None},
-        "metadata": body.metadata or {}, "truncation": "disabled",
-        "usage": {"input_tokens": choice.num_prompt_tokens,
-                  "input_tokens_details": {"cached_tokens": choice.num_cached_tokens},
-                  "output_tokens": choice.num_tokens,
-                  "output_tokens_details": {"reasoning_tokens": 0},
-                  "total_tokens": choice.num_prompt_tokens + choice.num_tokens}}
+async def _events(turn: Turn, store: ResponseStore) -> AsyncIterator[dict[str, Any]]:
+    """The response's stream: created, in_progress, the output's events, then completed (or
+    incomplete, when max_output_tokens cut it short); an `error` event if it fails."""
+    output, choice = ResponseOutput(), turn.choice
+    try:
+        for kind in ("response.created", "response.in_progress"):
+            yield output.event(kind, response=turn.response([], "in_progress"))
+        async for piece in choice.stream:
+            choice.add(piece)
+            for event in output.add(choice.parser.feed(piece.new_text)):
+                yield event
+            if piece.finished:
+                for event in output.add(choice.parser.finish()):
+                    yield event
+        for event in output.finish():
+            yield event
+        result = turn.finish(output, store)
+        yield output.event(f"response.{result['status']}", response=result)
+    except Exception as error:
+        failure = _stream_error(error)["error"]
+        yield output.event("error", code=str(failure["code"]), message=failure["message"],
+                           param=failure["param"])
+    finally:
+        _abort([choice])

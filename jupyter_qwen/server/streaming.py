@@ -17,6 +17,16 @@ async def sse(events: AsyncIterator[dict | str]) -> AsyncIterator[str]:
     yield "data: [DONE]\n\n"
 
 
-def streaming_response(events: AsyncIterator[dict | str]) -> StreamingResponse:
-    return StreamingResponse(sse(events), media_type="text/event-stream",
+async def named_sse(events: AsyncIterator[dict]) -> AsyncIterator[str]:
+    """Server-sent events whose `event:` line names each event's type, with no `[DONE]` at
+    the end (the Responses API's stream)."""
+    async for event in events:
+        data = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+        yield f"event: {event['type']}\ndata: {data}\n\n"
+
+
+def streaming_response(events: AsyncIterator[dict | str], named: bool = False,
+                       ) -> StreamingResponse:
+    body = named_sse(events) if named else sse(events)
+    return StreamingResponse(body, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
