@@ -18,6 +18,7 @@ from jupyter_qwen.server.context import ServerContext, health_report
 from jupyter_qwen.server.errors import APIError
 from jupyter_qwen.server.metrics import render_prometheus
 from jupyter_qwen.server.protocol import ChatCompletionRequest, CompletionRequest
+from jupyter_qwen.server.request_body import RequestBodyRoute
 from jupyter_qwen.server.responses import ResponsesRequest, ResponseStore, create_response
 from jupyter_qwen.server.security import HostGuard, HostPolicy
 from jupyter_qwen.server.tokenization import (
@@ -73,7 +74,7 @@ async def require_session_owner(request: Request, ctx: Context) -> None:
                    "invalid_admin_token", code="invalid_admin_token")
 
 
-router = APIRouter()
+router = APIRouter(route_class=RequestBodyRoute)
 API_KEY = [Depends(require_api_key)]
 ADMIN_TOKEN = [Depends(require_admin_token)]
 SESSION_OWNER = [Depends(require_session_owner)]
@@ -97,28 +98,25 @@ def create_app(ctx: ServerContext, hosts: HostPolicy | None = None) -> FastAPI:
 
 @router.get("/v1/models", dependencies=API_KEY)
 async def list_models(ctx: Context):
-    return {"object": "list", "data": [model_card(ctx)]}
+    """One card per served name, as vLLM lists them; the aliases in each card."""
+    return {"object": "list",
+            "data": [model_card(ctx, name) for name in ctx.model_names.served]}
 
 
 @router.get("/v1/models/{model_id:path}", dependencies=API_KEY)
 async def retrieve_model(model_id: str, ctx: Context):
-    if model_id not in (ctx.served_model_name, ctx.model):
-        raise unknown_model(ctx, model_id)
-    return model_card(ctx)
+    ctx.check_model(model_id)
+    served = {name.casefold(): name for name in ctx.model_names.served}
+    return model_card(ctx, served.get(model_id.casefold(), ctx.served_model_name))
 
 
-def unknown_model(ctx: ServerContext, name: str) -> APIError:
-    return APIError(404, f"the model {name!r} does not exist; this server serves "
-                    f"{ctx.served_model_name!r}", "invalid_request_error", "model",
-                    code="model_not_found")
-
-
-def model_card(ctx: ServerContext) -> dict:
+def model_card(ctx: ServerContext, name: str) -> dict:
     engine = ctx.engine
-    return {"id": ctx.served_model_name, "object": "model", "created": int(ctx.started_at),
+    return {"id": name, "object": "model", "created": int(ctx.started_at),
             "owned_by": "jupyter_qwen", "root": ctx.model,
             "max_model_len": engine.engine.max_model_len if engine else None,
-            "chat_variant": ctx.chat_variant}
+            "chat_variant": ctx.chat_variant,
+            "aliases": list(ctx.model_names.aliases)}
 
 
 @router.post("/tokenize")
@@ -137,8 +135,7 @@ async def detokenize_route(body: DetokenizeRequest, ctx: Context):
 def ready_for(ctx: ServerContext, model: str | None):
     """The ready engine, for a request that names this server's model or none."""
     engine = ctx.ready_engine()
-    if model not in (None, ctx.served_model_name, ctx.model):
-        raise unknown_model(ctx, model)
+    ctx.check_model(model)
     return engine
 
 

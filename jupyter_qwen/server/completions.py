@@ -148,10 +148,7 @@ class CompletionHandler:
 
     def _prepare(self, body: SamplingFields) -> tuple[AsyncEngine, list[str]]:
         engine = self.ctx.ready_engine()
-        if body.model not in (None, self.ctx.served_model_name, self.ctx.model):
-            raise APIError(404, f"the model {body.model!r} does not exist; this server serves "
-                           f"{self.ctx.served_model_name!r}", "not_found", "model",
-                           code="model_not_found")
+        self.ctx.check_model(body.model, "not_found")
         return engine, check_extra_fields(body)
 
     def _chat_prompt(self, engine: AsyncEngine, body: ChatCompletionRequest,

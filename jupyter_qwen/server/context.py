@@ -10,6 +10,7 @@ from typing import Any
 from jupyter_qwen.engine.async_engine import AsyncEngine
 from jupyter_qwen.server.errors import APIError
 from jupyter_qwen.server.metrics import RequestMetrics
+from jupyter_qwen.server.names import ModelNames
 
 
 @dataclass(slots=True)
@@ -33,6 +34,21 @@ class ServerContext:
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
     on_stop: Callable[[], None] = lambda: None
     on_clean: Callable[[], dict] = dict
+    names: ModelNames | None = None  # None: the served name and the model as given
+
+    @property
+    def model_names(self) -> ModelNames:
+        return self.names or ModelNames((self.served_model_name,), (self.model,))
+
+    def check_model(self, name: str | None, kind: str = "invalid_request_error") -> None:
+        """404 `model_not_found` for a name this server does not answer to, listing those
+        it does."""
+        names = self.model_names
+        if not names.answers_to(name):
+            known = ", ".join(repr(known) for known in names.all())
+            raise APIError(404, f"the model {name!r} does not exist; this server serves "
+                           f"{names.primary!r} and answers to {known}", kind, "model",
+                           code="model_not_found")
 
     @property
     def status(self) -> str:

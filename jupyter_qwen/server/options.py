@@ -38,8 +38,11 @@ class ServerOptions:
         (), "more Host names the server answers to (repeat the flag or separate with "
         "commas; '*' allows any, which re-opens DNS rebinding)",
         default_text="loopback names and the bound address")
-    served_model_name: str | None = option(
-        None, "the model name clients send", default_text="last path part")
+    served_model_name: tuple[str, ...] | None = option(
+        None, "the model name(s) clients send; /v1/models lists them and responses carry the "
+        "first (several: repeat the flag or separate with commas). The server also answers "
+        "to the model's path or id, its folder name and its hub id",
+        default_text="last path part")
     max_waiting_requests: int = option(
         1024, "queue length beyond which clients get 429", low=1, high=1 << 24)
     thinking_token_budget: int | None = option(

@@ -27,6 +27,7 @@ from jupyter_qwen.server.app import create_app
 from jupyter_qwen.server.context import ServerContext, engine_figures
 from jupyter_qwen.server.errors import ServerStartError
 from jupyter_qwen.server.health import read_health
+from jupyter_qwen.server.names import model_names
 from jupyter_qwen.server.options import (
     OPTIONS_DOC,
     ServerOptions,
@@ -52,12 +53,13 @@ class QwenServer:
         self.hosts = host_policy(host, server_options.allowed_hosts)
         self.api_key = api_key = api_key_for(server_options.api_key)
         self.max_waiting_requests = server_options.max_waiting_requests
-        name = server_options.served_model_name or str(model).rstrip("/").rsplit("/", 1)[-1]
-        self.ctx = ServerContext(model=str(model), served_model_name=name, api_key=api_key,
-                                 admin_token=secrets.token_urlsafe(32),
+        names = model_names(model, server_options.served_model_name, model_path)
+        self.ctx = ServerContext(model=str(model), served_model_name=names.primary,
+                                 api_key=api_key, admin_token=secrets.token_urlsafe(32),
                                  default_enable_thinking=server_options.enable_thinking,
                                  default_thinking_token_budget=(
-                                     server_options.thinking_token_budget))
+                                     server_options.thinking_token_budget),
+                                 names=names)
         self.ctx.on_stop = lambda: threading.Thread(target=self.stop, daemon=True).start()
         self.ctx.on_clean = self._clean
         self.model_path = model_path
@@ -223,6 +225,8 @@ class QwenServer:
 
         try:
             self.model_path = self.model_path or find_model(self.config.model)
+            self.ctx.names = model_names(self.model, self.options.served_model_name,
+                                         self.model_path)
             config = replace(self.config, model=str(self.model_path))
             engine = LLMEngine(config, progress=self._on_progress)
         except BaseException as error:
