@@ -88,16 +88,8 @@ class CompletionHandler:
                                       len(prompt_ids), "messages")
         num_top = (body.top_logprobs or 0) if body.logprobs else None
         warning = thinking_warning(self.ctx.chat_variant, body.thinking(None))
-        start = reply_start(engine.engine.tokenizer, prompt_ids, self.ctx.chat_variant, thinking)
-        constraint = request_constraint(body, body.tools, body.tool_choice,
-                                        body.parallel_tool_calls)
-        await compile_constraint(engine, constraint, constraint_param(body))
-        choices = self._submit(engine, body, [prompt_ids], max_tokens, num_top,
-                               body.session_id,
-                               Constraint(constraint, start != "content", start == "inside"))
-        max_calls = 1 if body.parallel_tool_calls is False else None
-        for choice in choices:
-            choice.parser = self._parser(engine, body, prompt_ids, thinking, max_calls)
+        choices = await self.submit_chat(engine, body, prompt_ids, max_tokens, num_top,
+                                         body.session_id, thinking)
         keep_reasoning = body.keep_reasoning
         if body.stream:
             return _with_ignored(streaming_response(
@@ -105,6 +97,23 @@ class CompletionHandler:
         await _collect(request, choices)
         return _with_ignored(self._chat_response(body, choices, keep_reasoning), ignored,
                              warning)
+
+    async def submit_chat(self, engine: AsyncEngine, body: ChatCompletionRequest,
+                          prompt_ids: list[int], max_tokens: int, num_top: int | None,
+                          session_id: str | None, thinking: bool) -> list[Choice]:
+        """Submit a chat prompt with its constraint (structured output, tool_choice, the
+        thinking budget) and give each choice the parser that starts where the prompt left
+        off: chat completions and the Responses API both answer through here."""
+        start = reply_start(engine.engine.tokenizer, prompt_ids, self.ctx.chat_variant, thinking)
+        constraint = request_constraint(body, body.tools, body.tool_choice,
+                                        body.parallel_tool_calls)
+        await compile_constraint(engine, constraint, constraint_param(body))
+        choices = self._submit(engine, body, [prompt_ids], max_tokens, num_top, session_id,
+                               Constraint(constraint, start != "content", start == "inside"))
+        max_calls = 1 if body.parallel_tool_calls is False else None
+        for choice in choices:
+            choice.parser = self._parser(engine, body, prompt_ids, thinking, max_calls)
+        return choices
 
     async def completion(self, body: CompletionRequest, request: Request):
         engine, ignored = self._prepare(body)

@@ -195,7 +195,7 @@ async def create_response(handler: CompletionHandler, store: ResponseStore,
     """The response (a dict, or an event stream), with the ignored fields in a header."""
     check_supported(body)
     ignored = check_extra_fields(body)
-    turn = _start(handler, store, body)
+    turn = await _start(handler, store, body)
     if body.stream:
         return _with_ignored(streaming_response(_events(turn, store), named=True), ignored)
     await _collect(request, [turn.choice])
@@ -205,7 +205,8 @@ async def create_response(handler: CompletionHandler, store: ResponseStore,
     return _with_ignored(turn.finish(output, store), ignored)
 
 
-def _start(handler: CompletionHandler, store: ResponseStore, body: ResponsesRequest) -> Turn:
+async def _start(handler: CompletionHandler, store: ResponseStore,
+                 body: ResponsesRequest) -> Turn:
     """Read the request as a chat request and submit it."""
     previous = store.get(body.previous_response_id) if body.previous_response_id else None
     chat_input = ChatInput()
@@ -225,11 +226,11 @@ def _start(handler: CompletionHandler, store: ResponseStore, body: ResponsesRequ
         thinking = chat.thinking(handler.ctx.default_enable_thinking)
         prompt_ids = handler._chat_prompt(engine, chat, thinking)
         max_tokens = handler._max_tokens(engine, chat.max_tokens, len(prompt_ids), "input")
-        [choice] = handler._submit(engine, chat, [prompt_ids], max_tokens, None, session_id)
+        [choice] = await handler.submit_chat(engine, chat, prompt_ids, max_tokens, None,
+                                             session_id, thinking)
     except APIError as error:
         error.param = responses_param(error.param, chat_input)
         raise
-    choice.parser = handler._parser(engine, chat, prompt_ids, thinking)
     return Turn(body, response_id, int(time.time()), body.model or handler.ctx.served_model_name,
                 chat_input, session_id, choice)
 
