@@ -212,14 +212,18 @@ def test_version_ping_and_one_model(client, server):
                                "code": "model_not_found"}
 
 
-def test_api_key_guards_the_models_route_only_where_vllm_does(demo_model):
+def test_api_key_guards_the_model_routes_and_tokenizer_not_liveness(demo_model):
+    """vLLM guards /v1 routes only; jupyter_qwen guards /tokenize and /detokenize too (they
+    run the model's tokenizer for anyone), and leaves /ping, /version and /health open."""
     guarded = serve(demo_model, api_key="sekret", max_model_len=256, progress=False)
     try:
         name = guarded.served_model_name
         assert httpx.get(f"{guarded.url}/models/{name}").status_code == 401
         assert guarded.openai_client().models.retrieve(name).id == name
         assert httpx.post(f"{guarded.root_url}/tokenize", json={"prompt": "a"}).status_code \
-            == 200
+            == 401
+        assert httpx.post(f"{guarded.root_url}/tokenize", json={"prompt": "a"}, headers={
+            "Authorization": "Bearer sekret"}).status_code == 200
         assert httpx.get(f"{guarded.root_url}/ping").status_code == 200
     finally:
         guarded.stop()

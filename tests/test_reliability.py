@@ -805,7 +805,7 @@ def test_every_v1_route_needs_the_api_key_and_admin_routes_the_token(tiny_model_
         assert cleaned.status_code == 200
         open_routes = sorted(path for _, path in routes
                              if not path.startswith(("/v1/", "/admin/")))
-        assert open_routes == ["/health", "/metrics"]
+        assert open_routes == ["/health", "/metrics", "/ping", "/ping", "/version"]
         stopped = call(server, "POST", "/admin/stop", {"X-Admin-Token": server.admin_token})
         assert stopped.status_code == 200
         wait_until(lambda: server.state == "stopped", 15, "the admin stop")

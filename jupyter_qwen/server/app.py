@@ -119,14 +119,14 @@ def model_card(ctx: ServerContext, name: str) -> dict:
             "aliases": list(ctx.model_names.aliases)}
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", dependencies=API_KEY)
 async def tokenize_route(body: TokenizeRequest, ctx: Context):
     engine = ready_for(ctx, body.model)
     return await asyncio.to_thread(tokenize, engine.engine.tokenizer, body,
                                    engine.engine.max_model_len, ctx.default_enable_thinking)
 
 
-@router.post("/detokenize")
+@router.post("/detokenize", dependencies=API_KEY)
 async def detokenize_route(body: DetokenizeRequest, ctx: Context):
     tokenizer = ready_for(ctx, body.model).engine.tokenizer
     return await asyncio.to_thread(detokenize, tokenizer, body)
