@@ -167,7 +167,9 @@ def chat_tool_choice(choice: str | dict[str, Any] | None) -> str | dict[str, Any
 
 
 CHAT_TO_RESPONSES_PARAMS = {"tool_choice.function.name": "tool_choice.name",
-                            "max_tokens": "max_output_tokens"}
+                            "max_tokens": "max_output_tokens",
+                            "response_format": "text.format",
+                            "response_format.json_schema": "text.format.schema"}
 
 
 def responses_param(chat_param: str | None, chat_input: ChatInput) -> str | None:

@@ -136,10 +136,21 @@ def check_supported(body: ResponsesRequest) -> None:
             raise APIError(400, f"{reason} ({name})", param=name)
     if body.background:
         raise APIError(400, "background responses are not supported", param="background")
-    text_format = (body.text or {}).get("format") or {"type": "text"}
-    if text_format.get("type") != "text":
-        raise APIError(400, "only text.format {'type': 'text'} is supported: structured output "
-                       "is not supported yet", param="text.format")
+
+
+def chat_response_format(text: dict[str, Any] | None) -> dict[str, Any]:
+    """`text.format` as chat's `response_format`: the same structured output (a JSON object,
+    or a JSON schema the answer must follow)."""
+    format_ = (text or {}).get("format") or {"type": "text"}
+    kind = format_.get("type") if isinstance(format_, dict) else None
+    if kind == "json_schema":
+        schema = {key: format_[key] for key in ("name", "schema", "strict", "description")
+                  if key in format_}
+        return {"type": "json_schema", "json_schema": schema}
+    if kind in ("text", "json_object"):
+        return {"type": kind}
+    raise APIError(400, f"text.format.type must be text, json_object or json_schema; got "
+                   f"{kind!r}", param="text.format.type")
 
 
 @dataclass(slots=True)
@@ -241,7 +252,8 @@ def _chat_request(body: ResponsesRequest, chat_input: ChatInput,
         "model": body.model, "messages": chat_input.messages,
         "max_tokens": body.max_output_tokens, "temperature": body.temperature,
         "top_p": body.top_p, "tools": chat_tools(body.tools),
-        "tool_choice": chat_tool_choice(body.tool_choice), "session_id": session_id}
+        "tool_choice": chat_tool_choice(body.tool_choice), "session_id": session_id,
+        "response_format": chat_response_format(body.text)}
     if body.reasoning and body.reasoning.effort:
         fields["reasoning_effort"] = body.reasoning.effort
     try:
@@ -250,6 +262,9 @@ def _chat_request(body: ResponsesRequest, chat_input: ChatInput,
         error.param = responses_param(error.param, chat_input)
         raise
     except ValidationError as error:
+        if any(str(part) == "response_format" for part in error.errors()[0].get("loc", ())):
+            raise APIError(400, f"invalid text.format: {error.errors()[0].get('msg')}",
+                           param="text.format") from None
         first = error.errors()[0]
         location = [str(part) for part in first.get("loc", ())]
         param = responses_param(".".join(location[:2]), chat_input) if location else "input"
