@@ -464,7 +464,7 @@ def test_responses_tool_round_trip_on_the_stored_conversation(client, server):
 
 
 UNSUPPORTED_RESPONSES = [({"background": True}, "background"),
-                         ({"text": {"format": {"type": "json_object"}}}, "text.format"),
+                         ({"text": {"format": {"type": "xml"}}}, "text.format.type"),
                          ({"tools": [{"type": "web_search"}]}, "tools.0.type"),
                          ({"input": [{"type": "message", "role": "user", "content": [
                              {"type": "input_image", "image_url": "http://x"}]}]},
