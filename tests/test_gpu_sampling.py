@@ -100,7 +100,7 @@ def test_no_kernel_compiles_after_start_up_with_sampled_batches(tmp_path):
              {"logit_bias": {7: 5.0}, "min_tokens": 3}, {"top_k": 0, "top_p": 0.9},
              {"top_k": 0, "top_p": 1.0}]
     params = [SamplingParams(**{**QWEN3, **kinds[i % len(kinds)]},
-                             max_tokens=rng.randint(1, 200), ignore_eos=True, detokenize=False)
+                             max_tokens=rng.randint(3, 200), ignore_eos=True, detokenize=False)
               for i in range(len(prompts))]
     with LLM(str(path), dtype="bfloat16", max_model_len=2048, gpu_memory_utilization=0.3,
              max_num_seqs=256, max_num_batched_tokens=512) as llm:

@@ -70,6 +70,6 @@ async def _json_object(request: Request) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(await request.body())
-    except ValueError:
+    except (ValueError, RecursionError):  # the route's own parsing answers these with a 400
         return None
     return data if isinstance(data, dict) else None
