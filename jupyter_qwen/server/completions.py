@@ -134,6 +134,11 @@ class CompletionHandler:
 
     def _echo_only(self, body: CompletionRequest, prompts: list[list[int]]):
         """echo with max_tokens 0: the prompts back, nothing generated."""
+        vocab_size = self.ctx.engine.engine.vocab_size
+        for prompt in prompts:
+            if any(not 0 <= token < vocab_size for token in prompt):
+                raise APIError(400, f"prompt token ids must be integers in [0, {vocab_size})",
+                               param="prompt")
         base = {"id": _new_id("cmpl"), "object": "text_completion", "created": int(time.time()),
                 "model": self.ctx.served_model_name}
         logprobs = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []} \
