@@ -5,6 +5,29 @@ kept only for assistant turns after the last user turn; `enable_thinking=False` 
 empty think block to the generation prompt, as Qwen3's own template does.
 """
 
+# An assistant turn's opening: its reasoning (from `reasoning_content`, or a think block that
+# opens its content), kept only after the last user turn. The 2507 variants replace this piece.
+_ASSISTANT_OPENING = r"""        {%- set reasoning = "" -%}
+        {%- if message.reasoning_content is string -%}
+            {%- set reasoning = message.reasoning_content -%}
+        {%- endif -%}
+        {%- if "</think>" in content -%}
+            {%- set parts = content.split("</think>", 1) -%}
+            {%- set head = parts[0].lstrip() -%}
+            {%- if head.startswith("<think>") -%}
+                {%- set head = head[7:] -%}
+            {%- endif -%}
+            {%- if not reasoning -%}
+                {%- set reasoning = head -%}
+            {%- endif -%}
+            {%- set content = parts[1].lstrip() -%}
+        {%- endif -%}
+        {%- set reasoning = reasoning.strip() -%}
+        {{- "<|im_start|>assistant\n" -}}
+        {%- if loop.index0 > ns.last_user and reasoning -%}
+            {{- "<think>\n" ~ reasoning ~ "\n</think>\n\n" -}}
+        {%- endif -%}
+"""
 CHAT_TEMPLATE = r"""{#- jupyter_qwen ChatML template: system, user, assistant and tool turns. -#}
 {%- macro text_of(content) -%}
     {%- if content is string -%}
@@ -42,27 +65,7 @@ CHAT_TEMPLATE = r"""{#- jupyter_qwen ChatML template: system, user, assistant an
     {%- if loop.first and message.role == "system" -%}
     {%- elif message.role == "assistant" -%}
         {%- set content = text_of(message.content) -%}
-        {%- set reasoning = "" -%}
-        {%- if message.reasoning_content is string -%}
-            {%- set reasoning = message.reasoning_content -%}
-        {%- endif -%}
-        {%- if "</think>" in content -%}
-            {%- set parts = content.split("</think>", 1) -%}
-            {%- set head = parts[0].lstrip() -%}
-            {%- if head.startswith("<think>") -%}
-                {%- set head = head[7:] -%}
-            {%- endif -%}
-            {%- if not reasoning -%}
-                {%- set reasoning = head -%}
-            {%- endif -%}
-            {%- set content = parts[1].lstrip() -%}
-        {%- endif -%}
-        {%- set reasoning = reasoning.strip() -%}
-        {{- "<|im_start|>assistant\n" -}}
-        {%- if loop.index0 > ns.last_user and reasoning -%}
-            {{- "<think>\n" ~ reasoning ~ "\n</think>\n\n" -}}
-        {%- endif -%}
-        {{- content -}}
+""" + _ASSISTANT_OPENING + r"""        {{- content -}}
         {%- if message.tool_calls -%}
             {%- for call in message.tool_calls -%}
                 {%- set function = call.function if call.function is defined else call -%}
@@ -105,27 +108,7 @@ hybrid (thinking switched by `enable_thinking`, CHAT_TEMPLATE), instruct-2507 (n
 and thinking-2507 (always thinks)."""
 
 _HYBRID_HEADER = "{#- jupyter_qwen ChatML template: system, user, assistant and tool turns. -#}"
-_HYBRID_ASSISTANT_OPENING = r"""        {%- set reasoning = "" -%}
-        {%- if message.reasoning_content is string -%}
-            {%- set reasoning = message.reasoning_content -%}
-        {%- endif -%}
-        {%- if "</think>" in content -%}
-            {%- set parts = content.split("</think>", 1) -%}
-            {%- set head = parts[0].lstrip() -%}
-            {%- if head.startswith("<think>") -%}
-                {%- set head = head[7:] -%}
-            {%- endif -%}
-            {%- if not reasoning -%}
-                {%- set reasoning = head -%}
-            {%- endif -%}
-            {%- set content = parts[1].lstrip() -%}
-        {%- endif -%}
-        {%- set reasoning = reasoning.strip() -%}
-        {{- "<|im_start|>assistant\n" -}}
-        {%- if loop.index0 > ns.last_user and reasoning -%}
-            {{- "<think>\n" ~ reasoning ~ "\n</think>\n\n" -}}
-        {%- endif -%}
-"""
+_HYBRID_ASSISTANT_OPENING = _ASSISTANT_OPENING
 _HYBRID_GENERATION_PROMPT = r"""{%- if add_generation_prompt -%}
     {{- "<|im_start|>assistant\n" -}}
     {%- if enable_thinking is defined and enable_thinking is false -%}
