@@ -25,7 +25,7 @@ from jupyter_qwen.server.options import split_options
 SERVE_FLAGS = [
     "--enable-thinking", "--disable-thinking", "--port", "--api-key", "--host",
     "--allowed-hosts", "--served-model-name", "--max-waiting-requests",
-    "--thinking-token-budget", "--max-num-seqs",
+    "--thinking-token-budget", "--reasoning-effort-budgets", "--max-num-seqs",
     "--max-model-len",
     "--max-num-batched-tokens", "--gpu-memory-utilization", "--dtype", "--no-prefix-caching",
     "--no-enable-prefix-caching", "--block-size", "--enforce-eager", "--seed", "--device",
@@ -36,7 +36,8 @@ FORM_FIELDS = ["model", "max_num_seqs", "max_model_len", "max_num_batched_tokens
 SERVE_KEYWORDS = [
     "model", "progress", "enable_thinking", "port", "api_key", "host", "allowed_hosts",
     "served_model_name",
-    "max_waiting_requests", "thinking_token_budget", "max_num_seqs", "max_model_len",
+    "max_waiting_requests", "thinking_token_budget", "reasoning_effort_budgets",
+    "max_num_seqs", "max_model_len",
     "max_num_batched_tokens",
     "gpu_memory_utilization", "dtype", "enable_prefix_caching", "block_size", "enforce_eager",
     "seed", "device", "attention_backend", "num_kv_blocks", "session_ttl",
@@ -209,3 +210,15 @@ def test_allowed_hosts_reaches_the_command_line_and_serve():
     server, _engine = split_options(given)
     assert server.allowed_hosts == given["allowed_hosts"]
     assert split_options({})[0].allowed_hosts == ()
+
+
+def test_reasoning_effort_budgets_read_as_levels_and_tokens():
+    from jupyter_qwen.server.options import ServerOptions
+
+    assert ServerOptions().effort_budgets() == {"minimal": 256, "low": 1024, "medium": 4096,
+                                                "high": 16384}
+    assert ServerOptions(reasoning_effort_budgets=("low=8",)).effort_budgets() == {"low": 8}
+    for bad in (("low",), ("lowest=3",), ("high=many",)):
+        with pytest.raises(ConfigError) as caught:
+            ServerOptions(reasoning_effort_budgets=bad)
+        assert caught.value.field == "reasoning_effort_budgets"

@@ -169,6 +169,25 @@ def test_thinking_budget_ends_the_reasoning_then_the_answer_follows(server):
     assert "Considering the limited time" in message["reasoning_content"]
 
 
+def test_reasoning_effort_levels_bring_their_thinking_budget(demo_model):
+    """reasoning_effort low turns thinking on with the budget the server gives that level:
+    the engine ends the reasoning itself once it is spent."""
+    budgeted = serve(demo_model, max_model_len=1024, progress=False,
+                     reasoning_effort_budgets=("low=4",))
+    try:
+        body = {"reasoning_effort": "low", "chat_template_kwargs": {},
+                "structured_outputs": {"choice": ["red", "blue"]},
+                "max_tokens": 100}
+        message = post(budgeted, body).json()["choices"][0]["message"]
+        assert message["content"] in ("red", "blue")
+        assert "Considering the limited time" in message["reasoning_content"]
+        unlimited = post(budgeted, body | {"reasoning_effort": "high", "max_tokens": 40})
+        reasoning = unlimited.json()["choices"][0]["message"].get("reasoning_content") or ""
+        assert "Considering the limited time" not in reasoning
+    finally:
+        budgeted.stop()
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"response_format": {"type": "json_schema"}}, "response_format"),
     ({"response_format": {"type": "xml"}}, "response_format"),

@@ -384,7 +384,9 @@ class Constraint:
     reasoning_open: bool = False  # the prompt already opened the think block (Thinking-2507)
 
     def fields(self, body: SamplingFields, ctx: ServerContext) -> dict:
-        budget = _first(body.thinking_token_budget, ctx.default_thinking_token_budget)
+        effort = getattr(body, "reasoning_effort", None)
+        budget = _first(body.thinking_token_budget, ctx.effort_budgets.get(effort),
+                        ctx.default_thinking_token_budget)
         return {"structured_outputs": self.structured, "thinking": self.thinking,
                 "reasoning_open": self.reasoning_open,
                 "thinking_token_budget": budget if self.thinking else None}

@@ -23,6 +23,7 @@ class ServerContext:
     admin_token: str
     default_enable_thinking: bool = True
     default_thinking_token_budget: int | None = None
+    effort_budgets: dict[str, int] = field(default_factory=dict)
     chat_variant: str = "unknown"
     default_sampling: dict = field(default_factory=dict)
     engine: AsyncEngine | None = None

@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from jupyter_qwen.config import EngineConfig
-from jupyter_qwen.options import describe, option, options_of, validate
+from jupyter_qwen.options import ConfigError, describe, option, options_of, validate
+
+EFFORT_LEVELS = ("minimal", "low", "medium", "high", "xhigh", "max")
+"""The reasoning_effort levels that turn thinking on ("none" turns it off)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +51,27 @@ class ServerOptions:
     thinking_token_budget: int | None = option(
         None, "reasoning tokens a request may spend before the engine ends its thinking "
         "(requests may set their own)", default_text="no limit", low=0, high=1 << 24)
+    reasoning_effort_budgets: tuple[str, ...] = option(
+        ("minimal=256", "low=1024", "medium=4096", "high=16384"),
+        "the thinking_token_budget each reasoning_effort level gets, as LEVEL=TOKENS (repeat "
+        "the flag or separate with commas; a level not listed thinks without a limit)",
+        default_text="minimal=256,low=1024,medium=4096,high=16384")
 
     def __post_init__(self) -> None:
         validate(self)
+        self.effort_budgets()
+
+    def effort_budgets(self) -> dict[str, int]:
+        """`reasoning_effort_budgets` as {level: tokens}; ConfigError for a malformed entry."""
+        budgets = {}
+        for entry in self.reasoning_effort_budgets:
+            level, _, tokens = entry.partition("=")
+            if level.strip() not in EFFORT_LEVELS or not tokens.strip().isdigit():
+                raise ConfigError("reasoning_effort_budgets", "reasoning_effort_budgets takes "
+                                  f"LEVEL=TOKENS with LEVEL one of {', '.join(EFFORT_LEVELS)}; "
+                                  f"got {entry!r}")
+            budgets[level.strip()] = int(tokens)
+        return budgets
 
 
 def split_options(options: dict[str, Any]) -> tuple[ServerOptions, dict[str, Any]]:

@@ -59,6 +59,7 @@ class QwenServer:
                                  default_enable_thinking=server_options.enable_thinking,
                                  default_thinking_token_budget=(
                                      server_options.thinking_token_budget),
+                                 effort_budgets=server_options.effort_budgets(),
                                  names=names)
         self.ctx.on_stop = lambda: threading.Thread(target=self.stop, daemon=True).start()
         self.ctx.on_clean = self._clean
