@@ -248,6 +248,22 @@ def test_thinking_off_on_thinking_2507_still_splits_the_reasoning(server):
                                                             GREETING.reasoning)
 
 
+def test_thinking_2507_with_a_budget_ends_its_reasoning_and_answers(server):
+    """The prompt opened the think block: the budget counts from there, the engine closes the
+    reasoning with the early-stopping text, and the constrained answer follows."""
+    if server.chat_variant != "thinking-2507":
+        pytest.skip("only Thinking-2507's prompt opens the think block itself")
+    reply = server.openai_client().chat.completions.create(
+        model=server.served_model_name, temperature=0, max_tokens=120,
+        messages=[{"role": "user", "content": HELLO}],
+        extra_body={"thinking_token_budget": 3,
+                    "structured_outputs": {"choice": ["yes", "no"]}})
+    message = reply.choices[0].message
+    assert "Considering the limited time" in message.reasoning_content
+    assert "<think>" not in message.reasoning_content
+    assert message.content in ("yes", "no")
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["invoke", "stream"])
 def test_langchain_chat_model_over_a_conversation_with_a_tool(server, stream):
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
