@@ -222,3 +222,33 @@ def test_every_seed_and_draw_has_its_own_noise():
     counts = torch.histc(row_uniform(keys).float(), bins=16, min=0, max=1)
     statistic, df = chi2_statistic(counts, torch.full((16,), 1 / 16))
     assert statistic < chi2_critical(df)
+
+
+def test_a_top_p_cut_inside_a_tie_keeps_the_whole_tie():
+    """Top-p reached halfway through a run of tied tokens keeps all of them, on the window, on
+    the full-sort fallback and in the reference, and whatever order the ties are listed in;
+    a cut by position would keep a sort-order-dependent subset."""
+    tied = torch.tensor([3.0, 1.0, 1.0, 1.0, 1.0, -1.0, -2.0] + [-4.0] * 57)
+    probs = tied.softmax(-1)
+    params = SamplingParams(temperature=1.0, top_p=float(probs[0] + 1.5 * probs[1]))
+    for logits in (tied, tied.flip(0), tied[torch.randperm(64, generator=torch.Generator()
+                                                           .manual_seed(2))]):
+        reference = filtered_softmax(logits, params)
+        assert int((reference > 0).sum()) == 5
+        counts = draw(logits, params, draws=8000)
+        statistic, df = chi2_statistic(counts, reference)
+        assert statistic < chi2_critical(df), (statistic, df)
+        kept = apply_top_p(logits[None], torch.tensor([params.top_p]))[0] > float("-inf")
+        assert kept.tolist() == (logits >= 1.0).tolist()
+
+
+def test_a_tie_run_past_the_top_p_window_falls_back(monkeypatch):
+    """The tie at the top-p cut reaches past the window's last candidate: the window cannot
+    know the whole run, so the row is redone with the full sort."""
+    calls = count_fallbacks(monkeypatch)
+    logits = torch.cat([torch.tensor([6.0]), torch.full((2 * TOP_P_WINDOW,), 1.0)])
+    params = SamplingParams(temperature=1.0, top_p=float(logits.softmax(-1)[0]) + 0.01)
+    counts = draw(logits, params, draws=2000)
+    assert sum(calls) == 2000
+    statistic, df = chi2_statistic(counts, filtered_softmax(logits, params))
+    assert statistic < chi2_critical(df), (statistic, df)

@@ -3,7 +3,8 @@
 Order per row: allowed_token_ids, min_tokens and logit_bias (`logit_adjustments`), then
 repetition / presence / frequency penalties; greedy rows take the argmax of that. Sampled rows
 divide by their temperature, keep the top-k tokens (every token tied with the k-th stays),
-then the smallest set of those whose renormalised mass reaches top-p, then the tokens whose
+then the smallest set of those whose renormalised mass reaches top-p (with every token tied with
+the last one kept, so that ties never depend on sort order), then the tokens whose
 probability is at least min-p times the largest, and draw from what is left.
 
 No full-vocabulary sort: rows with top-k or top-p work on a candidate window (`torch.topk` of
@@ -253,9 +254,11 @@ def _window_tokens(logits: torch.Tensor, batch: SamplingBatch,
     probs = (scaled - log_norm[:, None]).exp().masked_fill(~keep, 0.0)
     cumulative = probs.cumsum(dim=-1)
     top_p = batch.top_p[:, None]
-    keep &= (cumulative - probs < top_p) | (top_p >= 1.0)
+    floor = _tie_floor(scaled, keep & ((cumulative - probs < top_p) | (top_p >= 1.0)))
+    keep &= scaled >= floor
     if width < logits.shape[-1]:
         unresolved |= ~uses_top_k & (cumulative[:, -1] < batch.top_p) & (batch.top_p < 1.0)
+        unresolved |= scaled[:, -1] >= floor[:, 0]
     keep &= probs >= probs[:, :1] * batch.min_p[:, None]
     scores = (scaled + token_gumbel(batch.row_keys, candidates)).masked_fill(~keep,
                                                                              float("-inf"))
@@ -293,13 +296,19 @@ def apply_top_k(logits: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
 
 
 def apply_top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Reference top-p by full sort: the smallest set of largest tokens reaching top_p."""
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    """Reference top-p by full sort: the smallest set of largest tokens reaching top_p, and
+    every token tied with the last of them."""
+    sorted_logits = logits.sort(dim=-1, descending=True).values
     sorted_probs = sorted_logits.softmax(dim=-1)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    drop_sorted = mass_before >= top_p[:, None]
-    drop = torch.empty_like(drop_sorted).scatter_(1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
+    floor = _tie_floor(sorted_logits, mass_before < top_p[:, None])
+    return logits.masked_fill(logits < floor, float("-inf"))
+
+
+def _tie_floor(values: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """The smallest kept value of each row, shape (rows, 1). Keeping every value at least this
+    large makes a cut by position independent of how ties were ordered."""
+    return values.masked_fill(~kept, float("inf")).amin(dim=-1, keepdim=True)
 
 
 def apply_min_p(probs: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
