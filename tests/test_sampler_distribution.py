@@ -120,13 +120,13 @@ def test_unseeded_rows_follow_the_filtered_softmax():
 
 def count_fallbacks(monkeypatch) -> list[int]:
     calls = []
-    original = sampler_module._sorted_tokens
+    original = sampler_module.sorted_tokens
 
     def spy(logits, batch, rows):
         calls.append(len(rows))
         return original(logits, batch, rows)
 
-    monkeypatch.setattr(sampler_module, "_sorted_tokens", spy)
+    monkeypatch.setattr(sampler_module, "sorted_tokens", spy)
     return calls
 
 

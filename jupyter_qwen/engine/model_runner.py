@@ -12,6 +12,7 @@ import torch
 from jupyter_qwen.config import CPU_KV_CACHE_BYTES, EngineConfig
 from jupyter_qwen.engine.cuda_graphs import DecodeGraphs
 from jupyter_qwen.engine.errors import OutOfKVCacheMemoryError
+from jupyter_qwen.engine.graph_sampling import GraphSampler
 from jupyter_qwen.engine.penalty_state import PenaltyState
 from jupyter_qwen.engine.sampler import (
     SamplerOutput,
@@ -68,6 +69,7 @@ class ModelRunner:
             self.progress("compiling kernels", None)
             self._compile_kernels()
         self.graphs = self._capture_graphs() if self._uses_graphs() else None
+        self.graph_sampler = self._capture_sampling() if self.graphs is not None else None
         self.penalty_state = PenaltyState(self.model_config.vocab_size, self.device)
         self.eos_token_ids: set[int] = set()  # masked while a request is below min_tokens
 
@@ -85,6 +87,11 @@ class ModelRunner:
                               self.device)
         graphs.capture()
         return graphs
+
+    def _capture_sampling(self) -> GraphSampler:
+        sampler = GraphSampler(self.graphs.logits, self.device)
+        sampler.capture()
+        return sampler
 
     @property
     def num_kv_blocks(self) -> int:
@@ -222,6 +229,9 @@ class ModelRunner:
         if all(seq.params.plain_greedy for seq in seqs):
             token_ids = self.graphs.greedy_tokens[graph_size][:len(seqs)].tolist()
             return seqs, SamplerOutput(token_ids, [None] * len(seqs))
+        token_ids = self.graph_sampler.draw(seqs, graph_size)
+        if token_ids is not None:
+            return seqs, SamplerOutput(token_ids, [None] * len(seqs))
         batch = self._sampling_batch(seqs)
         return seqs, sample(self.graphs.logits[graph_size][:len(seqs)], batch)
 
@@ -272,6 +282,9 @@ class ModelRunner:
         return (table[positions // size] * size + positions % size).tolist()
 
     def close(self) -> None:
+        if self.graph_sampler is not None:
+            self.graph_sampler.close()
+            self.graph_sampler = None
         if self.graphs is not None:
             self.graphs.close()
             self.graphs = None

@@ -228,7 +228,7 @@ def _choose_tokens(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Te
     if not rows:
         return token_ids, host[0]
     index = torch.tensor(rows, dtype=torch.int64, device=logits.device)
-    redone = _sorted_tokens(logits[index], batch, index)
+    redone = sorted_tokens(logits[index], batch, index)
     token_ids = token_ids.index_copy(0, index, redone)
     for row, token in zip(rows, redone.tolist(), strict=True):
         host[0][row] = token
@@ -237,31 +237,51 @@ def _choose_tokens(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Te
 
 def _window_tokens(logits: torch.Tensor, batch: SamplingBatch,
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gumbel race over the filtered candidate window; also which rows it cannot settle."""
-    width = batch.window_width
+    return window_draw(logits, WindowRows(batch.temperatures, batch.top_k, batch.top_p,
+                                          batch.min_p, batch.row_keys),
+                       batch.window_width, batch.uses_full_normaliser)
+
+
+@dataclass(slots=True)
+class WindowRows:
+    """The per-row filter parameters and noise keys of a window draw, on the device."""
+
+    temperatures: torch.Tensor
+    top_k: torch.Tensor  # 0 where off
+    top_p: torch.Tensor
+    min_p: torch.Tensor
+    row_keys: torch.Tensor
+
+
+def window_draw(logits: torch.Tensor, rows: WindowRows, width: int, full_normaliser: bool,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gumbel race over the filtered candidate window (the `width` largest logits); also
+    which rows it cannot settle. `full_normaliser`: top-p rows without top-k are in the batch
+    and need the whole vocabulary's normaliser. The tokens do not depend on `width` for the
+    rows it settles, so a draw here equals the full-sort draw."""
     values, candidates = logits.topk(width, dim=-1)
-    scaled = values / batch.temperatures[:, None]
-    uses_top_k = batch.top_k > 0
-    kth = scaled.gather(1, (batch.top_k - 1).clamp(0, width - 1)[:, None])
+    scaled = values / rows.temperatures[:, None]
+    uses_top_k = rows.top_k > 0
+    kth = scaled.gather(1, (rows.top_k - 1).clamp(0, width - 1)[:, None])
     keep = ~uses_top_k[:, None] | (scaled >= kth)
     unresolved = torch.zeros_like(uses_top_k)
     if width < logits.shape[-1]:
         unresolved = uses_top_k & (scaled[:, -1] >= kth[:, 0])
     log_norm = torch.logsumexp(scaled.masked_fill(~keep, float("-inf")), dim=-1)
-    if batch.uses_full_normaliser:
-        full = torch.logsumexp(logits / batch.temperatures[:, None], dim=-1)
+    if full_normaliser:
+        full = torch.logsumexp(logits / rows.temperatures[:, None], dim=-1)
         log_norm = torch.where(uses_top_k, log_norm, full)
     probs = (scaled - log_norm[:, None]).exp().masked_fill(~keep, 0.0)
     cumulative = probs.cumsum(dim=-1)
-    top_p = batch.top_p[:, None]
+    top_p = rows.top_p[:, None]
     floor = _tie_floor(scaled, keep & ((cumulative - probs < top_p) | (top_p >= 1.0)))
     keep &= scaled >= floor
     if width < logits.shape[-1]:
-        unresolved |= ~uses_top_k & (cumulative[:, -1] < batch.top_p) & (batch.top_p < 1.0)
+        unresolved |= ~uses_top_k & (cumulative[:, -1] < rows.top_p) & (rows.top_p < 1.0)
         unresolved |= scaled[:, -1] >= floor[:, 0]
-    keep &= probs >= probs[:, :1] * batch.min_p[:, None]
-    scores = (scaled + token_gumbel(batch.row_keys, candidates)).masked_fill(~keep,
-                                                                             float("-inf"))
+    keep &= probs >= probs[:, :1] * rows.min_p[:, None]
+    scores = (scaled + token_gumbel(rows.row_keys, candidates)).masked_fill(~keep,
+                                                                            float("-inf"))
     return candidates.gather(1, scores.argmax(dim=-1, keepdim=True))[:, 0], unresolved
 
 
@@ -275,7 +295,7 @@ def _full_vocab_tokens(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tens
     return chosen.clamp(max=logits.shape[-1] - 1)
 
 
-def _sorted_tokens(logits: torch.Tensor, batch: SamplingBatch,
+def sorted_tokens(logits: torch.Tensor, batch: SamplingBatch | WindowRows,
                    rows: torch.Tensor) -> torch.Tensor:
     """The exact path for a few rows: full-sort filters, then the same Gumbel race."""
     scaled = logits / batch.temperatures[rows, None]

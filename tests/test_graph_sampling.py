@@ -1,0 +1,103 @@
+"""The draw captured beside the decode graphs (`GraphSampler`) picks the same tokens as
+`sample` for the same rows and seeds, follows the filtered softmax, and hands every step it
+cannot draw exactly back to `sample`. On a CPU the same draw runs without a graph."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_sampler_distribution import chi2_critical, chi2_statistic, filtered_softmax, fixed_row
+
+from jupyter_qwen.engine import graph_sampling
+from jupyter_qwen.engine.graph_sampling import DRAW_SHAPES, GraphSampler, draw_shape
+from jupyter_qwen.engine.sampler import TOP_P_WINDOW, build_sampling_batch, sample
+from jupyter_qwen.engine.sequence import Sequence
+from jupyter_qwen.sampling_params import SamplingParams
+
+CPU = torch.device("cpu")
+QWEN3 = {"temperature": 0.6, "top_k": 20, "top_p": 0.95}
+MIXED = [SamplingParams(**QWEN3, seed=1), SamplingParams(temperature=0.0),
+         SamplingParams(temperature=0.9, top_p=0.8, seed=2),
+         SamplingParams(temperature=1.1, top_k=60, min_p=0.05, seed=3),
+         SamplingParams(**QWEN3, seed=2**40 + 7)]
+
+
+def sequences(params: list[SamplingParams]) -> list[Sequence]:
+    return [Sequence(str(row), [0], param) for row, param in enumerate(params)]
+
+
+def logits_of(rows: int, vocab: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, vocab, generator=generator) * 3).bfloat16().float()
+
+
+@pytest.mark.parametrize("size", [5, 8])
+def test_the_same_tokens_as_sample_step_after_step(size):
+    """Seeded and greedy rows, over several steps (the seeded rows' draw counters advance
+    alike), with padding rows when the graph is larger than the batch."""
+    graph_seqs, eager_seqs = sequences(MIXED), sequences(MIXED)
+    for step in range(4):
+        logits = logits_of(size, 5000, seed=step)
+        sampler = GraphSampler({size: logits}, CPU)
+        drawn = sampler.draw(graph_seqs, size)
+        batch = build_sampling_batch(eager_seqs, 5000, CPU)
+        assert drawn == sample(logits[:len(MIXED)].clone(), batch).token_ids
+    assert [seq.num_draws for seq in graph_seqs] == [seq.num_draws for seq in eager_seqs] \
+        == [4, 0, 4, 4, 4]
+
+
+def test_unseeded_rows_follow_the_filtered_softmax():
+    torch.manual_seed(0)
+    logits = fixed_row()
+    params = SamplingParams(temperature=0.7, top_k=10, top_p=0.9, min_p=0.05)
+    draws = 20_000
+    sampler = GraphSampler({draws: logits.expand(draws, -1).contiguous()}, CPU)
+    tokens = sampler.draw(sequences([params] * draws), draws)
+    counts = torch.bincount(torch.tensor(tokens), minlength=logits.shape[-1])
+    statistic, df = chi2_statistic(counts, filtered_softmax(logits, params))
+    assert statistic < chi2_critical(df), (statistic, df)
+
+
+def test_rows_the_window_cannot_settle_are_redone_exactly(monkeypatch):
+    """A tie run across the captured window's edge at the top-k cut and at the top-p cut:
+    the rows are redone by the full sort, with the keys the window would have used."""
+    vocab = 4 * TOP_P_WINDOW
+    tied_top_k = torch.cat([torch.tensor([4.0]), torch.full((vocab - 1,), 1.0)])
+    tied_top_p = torch.cat([torch.tensor([6.0]), torch.full((vocab - 1,), 1.0)])
+    top_p = float(tied_top_p.softmax(-1)[0]) + 0.01
+    params = [SamplingParams(temperature=1.0, top_k=20, seed=5),
+              SamplingParams(temperature=1.0, top_p=top_p, seed=6)]
+    logits = torch.stack([tied_top_k, tied_top_p])
+    redone = []
+    original = graph_sampling.sorted_tokens
+    monkeypatch.setattr(graph_sampling, "sorted_tokens",
+                        lambda logits, rows, index: redone.append(index.tolist())
+                        or original(logits, rows, index))
+    graph_seqs, eager_seqs = sequences(params), sequences(params)
+    for _ in range(3):
+        drawn = GraphSampler({2: logits}, CPU).draw(graph_seqs, 2)
+        assert drawn == sample(logits.clone(), build_sampling_batch(eager_seqs, vocab,
+                                                                    CPU)).token_ids
+    assert redone == [[0, 1]] * 3
+
+
+def test_which_steps_the_captured_draw_takes():
+    narrow, wide = DRAW_SHAPES
+    assert draw_shape([SamplingParams(**QWEN3), SamplingParams(temperature=0.0)]) == narrow
+    assert draw_shape([SamplingParams(**QWEN3, seed=3, min_p=0.1)]) == narrow
+    assert draw_shape([SamplingParams(temperature=1.0, top_p=0.9)]) == wide
+    assert draw_shape([SamplingParams(temperature=1.0, top_k=100)]) == wide
+    assert draw_shape([SamplingParams(temperature=0.0)]) is None  # the argmax is enough
+    needs_sample = [
+        {"temperature": 1.0},  # the whole vocabulary
+        {"temperature": 1.0, "top_k": 500},  # wider than any captured window
+        {**QWEN3, "presence_penalty": 1.5}, {**QWEN3, "repetition_penalty": 1.1},
+        {**QWEN3, "logit_bias": {3: 2.0}}, {**QWEN3, "min_tokens": 4},
+        {**QWEN3, "logprobs": 2}, {"temperature": 0.0, "logprobs": 1},
+        {"temperature": 0.0, "presence_penalty": 1.0},
+    ]
+    for fields in needs_sample:
+        assert draw_shape([SamplingParams(**QWEN3), SamplingParams(**fields)]) is None, fields
+    seqs = sequences([SamplingParams(**QWEN3, seed=1), SamplingParams(**needs_sample[2])])
+    assert GraphSampler({2: logits_of(2, 100, 0)}, CPU).draw(seqs, 2) is None
+    assert [seq.num_draws for seq in seqs] == [0, 0]  # nothing drawn, nothing counted
