@@ -114,12 +114,14 @@ def test_no_kernel_compiles_after_start_up_with_sampled_batches(tmp_path):
 
 
 def test_gpu_captured_draws_equal_the_eager_sampler_in_the_engine(tiny_model_path):
-    """Seeded requests of every captured shape give the same tokens whether their decode
-    steps draw inside the CUDA graphs or through `sample` on the same logits."""
+    """Seeded requests of every captured shape, penalised or not, give the same tokens whether
+    their decode steps draw inside the CUDA graphs or through `sample` on the same logits."""
     rng = random.Random(9)
     prompts = [[rng.randrange(2000) for _ in range(rng.randint(5, 60))] for _ in range(24)]
     kinds = [dict(QWEN3), {"temperature": 0.9, "top_p": 0.8}, {"temperature": 1.0, "top_k": 90},
-             {**QWEN3, "min_p": 0.05}, {"temperature": 0.0}]
+             {**QWEN3, "min_p": 0.05}, {"temperature": 0.0},
+             {**QWEN3, "presence_penalty": 1.5, "repetition_penalty": 1.05},
+             {"temperature": 0.0, "frequency_penalty": 0.5}]
     params = [SamplingParams(**kinds[row % len(kinds)], seed=row, max_tokens=16,
                              ignore_eos=True) for row in range(len(prompts))]
     with LLM(tiny_model_path, dtype="float32", max_model_len=512) as llm:

@@ -10,6 +10,7 @@ from test_sampler_distribution import chi2_critical, chi2_statistic, filtered_so
 
 from jupyter_qwen.engine import graph_sampling
 from jupyter_qwen.engine.graph_sampling import DRAW_SHAPES, GraphSampler, draw_shape
+from jupyter_qwen.engine.penalty_state import PenaltyState
 from jupyter_qwen.engine.sampler import TOP_P_WINDOW, build_sampling_batch, sample
 from jupyter_qwen.engine.sequence import Sequence
 from jupyter_qwen.sampling_params import SamplingParams
@@ -82,22 +83,96 @@ def test_rows_the_window_cannot_settle_are_redone_exactly(monkeypatch):
 
 
 def test_which_steps_the_captured_draw_takes():
-    narrow, wide = DRAW_SHAPES
-    assert draw_shape([SamplingParams(**QWEN3), SamplingParams(temperature=0.0)]) == narrow
-    assert draw_shape([SamplingParams(**QWEN3, seed=3, min_p=0.1)]) == narrow
-    assert draw_shape([SamplingParams(temperature=1.0, top_p=0.9)]) == wide
-    assert draw_shape([SamplingParams(temperature=1.0, top_k=100)]) == wide
-    assert draw_shape([SamplingParams(temperature=0.0)]) is None  # the argmax is enough
-    needs_sample = [
-        {"temperature": 1.0},  # the whole vocabulary
-        {"temperature": 1.0, "top_k": 500},  # wider than any captured window
-        {**QWEN3, "presence_penalty": 1.5}, {**QWEN3, "repetition_penalty": 1.1},
-        {**QWEN3, "logit_bias": {3: 2.0}}, {**QWEN3, "min_tokens": 4},
-        {**QWEN3, "logprobs": 2}, {"temperature": 0.0, "logprobs": 1},
-        {"temperature": 0.0, "presence_penalty": 1.0},
-    ]
-    for fields in needs_sample:
-        assert draw_shape([SamplingParams(**QWEN3), SamplingParams(**fields)]) is None, fields
-    seqs = sequences([SamplingParams(**QWEN3, seed=1), SamplingParams(**needs_sample[2])])
+    narrow, wide, narrow_penalised, wide_penalised = DRAW_SHAPES
+    penalised = [{**QWEN3, "presence_penalty": 1.5}, {**QWEN3, "repetition_penalty": 1.1},
+                 {"temperature": 0.0, "frequency_penalty": 1.0}]
+    for with_penalties in (False, True):
+        shape = lambda *fields, penalties=with_penalties: draw_shape(  # noqa: E731
+            [SamplingParams(**each) for each in fields], penalties)
+        assert shape(QWEN3, {"temperature": 0.0}) == narrow
+        assert shape({**QWEN3, "seed": 3, "min_p": 0.1}) == narrow
+        assert shape({"temperature": 1.0, "top_p": 0.9}) == wide
+        assert shape({"temperature": 1.0, "top_k": 100}) == wide
+        assert shape({"temperature": 0.0}) is None  # the forward graph's argmax is enough
+        for fields in penalised:
+            assert shape(QWEN3, fields) == (narrow_penalised if with_penalties else None)
+        assert shape({"temperature": 1.0, "top_p": 0.9}, penalised[0]) == \
+            (wide_penalised if with_penalties else None)
+        needs_sample = [
+            {"temperature": 1.0},  # the whole vocabulary
+            {"temperature": 1.0, "top_k": 500},  # wider than any captured window
+            {**QWEN3, "logit_bias": {3: 2.0}}, {**QWEN3, "min_tokens": 4},
+            {**QWEN3, "allowed_token_ids": [1, 2, 3]},
+            {**QWEN3, "logprobs": 2}, {"temperature": 0.0, "logprobs": 1},
+        ]
+        for fields in needs_sample:
+            assert shape(QWEN3, fields) is None, fields
+    seqs = sequences([SamplingParams(**QWEN3, seed=1), SamplingParams(**penalised[0])])
     assert GraphSampler({2: logits_of(2, 100, 0)}, CPU).draw(seqs, 2) is None
     assert [seq.num_draws for seq in seqs] == [0, 0]  # nothing drawn, nothing counted
+
+
+PENALISED = [SamplingParams(**QWEN3, seed=1, presence_penalty=1.5, repetition_penalty=1.05),
+             SamplingParams(**QWEN3, seed=2),
+             SamplingParams(temperature=0.0, frequency_penalty=0.7),
+             SamplingParams(temperature=0.8, top_p=0.9, seed=3, frequency_penalty=0.4,
+                            presence_penalty=0.3),
+             SamplingParams(temperature=0.0)]
+
+
+def test_penalised_steps_equal_sample_and_keep_the_counts(monkeypatch):
+    """Several steps of penalised, plain and greedy rows: the same tokens as `sample` with
+    its own penalty state, the same counts in both states, and a row redone after the window
+    moves its count to the redone token. Every step appends the drawn tokens, as the engine
+    does, so later steps see the penalties of earlier ones."""
+    vocab, size = 3000, 8
+    rng = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, vocab, (12,), generator=rng).tolist() for _ in PENALISED]
+    graph_seqs = [Sequence(str(i), list(p), q) for i, (p, q) in
+                  enumerate(zip(prompts, PENALISED, strict=True))]
+    eager_seqs = [Sequence(str(i), list(p), q) for i, (p, q) in
+                  enumerate(zip(prompts, PENALISED, strict=True))]
+    graph_state, eager_state = PenaltyState(vocab, CPU), PenaltyState(vocab, CPU)
+    graph_state.reserve(size)
+    redone = []
+    original = graph_sampling.sorted_tokens
+    monkeypatch.setattr(graph_sampling, "sorted_tokens",
+                        lambda logits, rows, index: redone.append(index.tolist())
+                        or original(logits, rows, index))
+    for step in range(6):
+        logits = logits_of(size, vocab, seed=10 + step)
+        if step == 3:  # tie runs across the narrow window's edge at the top-k cut
+            logits[:2] = torch.cat([torch.tensor([5.0]), torch.full((vocab - 1,), 1.0)])
+        sampler = GraphSampler({size: logits}, CPU, graph_state)
+        drawn = sampler.draw(graph_seqs, size)
+        batch = build_sampling_batch(eager_seqs, vocab, CPU, eager_state)
+        assert drawn == sample(logits[:len(PENALISED)].clone(), batch).token_ids, step
+        for seq, other, token in zip(graph_seqs, eager_seqs, drawn, strict=True):
+            seq.token_ids.append(token)
+            other.token_ids.append(token)
+    assert redone == [[0, 1]]
+    penalised = [seq for seq in graph_seqs if seq.params.uses_penalties]
+    for seq, other in zip(graph_seqs, eager_seqs, strict=True):
+        if seq.params.uses_penalties:
+            mine = graph_state.output_counts[graph_state.owners[seq].slot]
+            theirs = eager_state.output_counts[eager_state.owners[other].slot]
+            assert torch.equal(mine, theirs)
+            assert int(mine.sum()) == 6
+    assert graph_state.slot_numbers(penalised)  # up to date: no row rebuilt
+    assert all(graph_state.owners[seq].num_counted_tokens == seq.num_tokens
+               for seq in penalised)
+
+
+def test_penalised_draws_step_aside_when_the_buffers_moved():
+    """Captured draws read the reserved rows in place; if the state ever grew (more
+    sequences than reserved), penalised steps go back to `sample`."""
+    state = PenaltyState(100, CPU)
+    state.reserve(2)
+    sampler = GraphSampler({4: logits_of(4, 100, 0)}, CPU, state)
+    params = [SamplingParams(**QWEN3, presence_penalty=1.0)] * 3
+    assert sampler.draw(sequences(params[:2]), 4) is not None
+    assert state.capacity == 2
+    assert sampler.draw(sequences(params), 4) is None  # three more rows: the state grew
+    assert state.capacity > 2
+    assert sampler.draw(sequences(params[:2]), 4) is None
+    assert sampler.draw(sequences([SamplingParams(**QWEN3)]), 4) is not None

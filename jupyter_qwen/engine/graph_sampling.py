@@ -1,30 +1,36 @@
 """Sampled decode steps drawn inside CUDA graphs, beside the captured forward pass.
 
 The requests users send most (a checkpoint's sampling defaults: temperature, top-k, top-p,
-maybe min-p and a seed) need no per-request logits changes, so their draw is the same few
-kernels every step: a window draw (`sampler.window_draw`) over the step's logits. This module
-captures that draw once per padded batch size and window width, reading per-row parameters
-from static buffers filled by one copy each step, and reads back the tokens with the rows it
-could not settle; those few rows are redone exactly by the full sort, as `sample` does.
+maybe min-p, a seed, repetition / presence / frequency penalties) need no per-request change to
+the logits beyond the penalties, so their draw is the same few kernels every step: penalties
+from the device-side token counts (`PenaltyState`, reserved at start-up so its buffers never
+move), then a window draw (`sampler.window_draw`). This module captures that draw once per
+padded batch size, window width and with or without penalties, reading per-row parameters from
+static buffers filled by one copy each step, and reads back the tokens with the rows it could
+not settle; those few rows are redone exactly by the full sort, as `sample` does.
 
 The tokens equal `sample`'s for the same rows and seeds: a settled window draw does not depend
-on the window's width. Steps with penalties, logit adjustments, log probabilities, structured
-output, full-vocabulary rows or a top-k above the widest window use `sample` instead.
+on the window's width. Steps with logit_bias, allowed tokens, min_tokens, structured output,
+log probabilities, full-vocabulary rows or a top-k above the widest window use `sample`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from collections.abc import Sequence as Rows
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from jupyter_qwen.engine.penalty_state import PenaltyState
 from jupyter_qwen.engine.sampler import (
     MASK32,
     TIE_MARGIN,
     TOP_P_WINDOW,
+    PenaltyBatch,
     WindowRows,
+    apply_penalties,
     sorted_tokens,
     window_draw,
 )
@@ -35,77 +41,115 @@ from jupyter_qwen.sampling_params import SamplingParams
 
 @dataclass(frozen=True, slots=True)
 class DrawShape:
-    """One captured window draw: its width, and whether it normalises top-p-only rows over
-    the whole vocabulary."""
+    """One captured window draw: its width, whether it normalises top-p-only rows over the
+    whole vocabulary, and whether it applies penalties first."""
 
     width: int
     full_normaliser: bool
+    penalties: bool = False
 
     def holds(self, top_k: int, top_p_only: bool) -> bool:
         return top_k + TIE_MARGIN <= self.width and (self.full_normaliser or not top_p_only)
 
 
-DRAW_SHAPES = (DrawShape(64, False), DrawShape(TOP_P_WINDOW, True))
-FLOAT_ROWS = 3  # temperature, top_p, min_p
-INT_ROWS = 8  # top_k, greedy, seeded, seed low and high halves, draws, a random key (2)
+WINDOWS = ((64, False), (TOP_P_WINDOW, True))
+DRAW_SHAPES = tuple(DrawShape(width, full, penalties) for penalties in (False, True)
+                    for width, full in WINDOWS)
+# per-row parameters, as rows of the static buffers
+TEMPERATURE, TOP_P, MIN_P, REPETITION, PRESENCE, FREQUENCY = range(6)
+TOP_K, GREEDY, SEEDED, SEED_LOW, SEED_HIGH, DRAWS, KEY_LOW, KEY_HIGH, SLOT = range(9)
+PADDING_FLOATS = (1.0, 1.0, 0.0, 1.0, 0.0, 0.0)  # a greedy row with no filter, no penalty
+PADDING_INTS = (0, 1, 0, 0, 0, 0, 0, 0, -1)
 
 
-def draw_shape(params: Rows[SamplingParams]) -> DrawShape | None:
+def draw_shape(params: Rows[SamplingParams], penalties: bool) -> DrawShape | None:
     """The narrowest captured draw that samples every row as `sample` would; None when a
-    row needs `sample` itself."""
-    top_k, top_p_only = 0, False
+    row needs `sample` itself. `penalties`: whether penalised draws were captured."""
+    top_k, top_p_only, penalised, sampled = 0, False, False, False
     for param in params:
-        if param.greedy:
-            if not param.plain_greedy:
-                return None
-            continue
-        if param.uses_penalties or param.adjusts_logits or param.logprobs is not None:
+        if param.adjusts_logits or param.logprobs is not None:
             return None
+        penalised |= param.uses_penalties
+        if param.greedy:
+            continue
         if param.top_k == 0 and param.top_p >= 1.0:
             return None  # a full-vocabulary draw
+        sampled = True
         top_k, top_p_only = max(top_k, param.top_k), top_p_only or param.top_k == 0
-    if top_k == 0 and not top_p_only:
-        return None  # all greedy: the forward graph's argmax is the answer
-    return next((shape for shape in DRAW_SHAPES if shape.holds(top_k, top_p_only)), None)
+    if (penalised and not penalties) or not (sampled or penalised):
+        return None
+    return next((shape for shape in DRAW_SHAPES
+                 if shape.penalties == penalised and shape.holds(top_k, top_p_only)), None)
 
 
 class GraphSampler:
     """Window draws over the forward graphs' logits buffers, one per batch size and shape.
 
     `logits` maps each padded batch size to the static logits its forward graph writes.
-    Captured on a GPU (`capture`); on a CPU the same draw runs eagerly, which is how tests
-    compare it with `sample`.
+    `penalty_state`, when given, has reserved rows for every sequence that can run at once;
+    penalised steps then draw here too. Captured on a GPU (`capture`); on a CPU the same draw
+    runs eagerly, which is how tests compare it with `sample`.
     """
 
-    def __init__(self, logits: dict[int, torch.Tensor], device: torch.device):
+    def __init__(self, logits: dict[int, torch.Tensor], device: torch.device,
+                 penalty_state: PenaltyState | None = None):
         self.logits = logits
         self.device = device
+        self.penalty_state = penalty_state
+        self.penalty_counts = None if penalty_state is None else penalty_state.output_counts
         size = max(logits)
         pinned = device.type == "cuda"
-        self.params_f = torch.zeros(FLOAT_ROWS, size, dtype=torch.float32, device=device)
-        self.params_i = torch.zeros(INT_ROWS, size, dtype=torch.int64, device=device)
-        self.host_f = torch.zeros(FLOAT_ROWS, size, dtype=torch.float32, pin_memory=pinned)
-        self.host_i = torch.zeros(INT_ROWS, size, dtype=torch.int64, pin_memory=pinned)
+        self.floats = torch.zeros(len(PADDING_FLOATS), size, dtype=torch.float32, device=device)
+        self.ints = torch.zeros(len(PADDING_INTS), size, dtype=torch.int64, device=device)
+        self.host_floats = torch.zeros_like(self.floats, device="cpu", pin_memory=pinned)
+        self.host_ints = torch.zeros_like(self.ints, device="cpu", pin_memory=pinned)
         self.graphs: dict[tuple[int, DrawShape], torch.cuda.CUDAGraph] = {}
         self.results: dict[tuple[int, DrawShape], torch.Tensor] = {}
         self.rng = np.random.default_rng()
 
+    @property
+    def shapes(self) -> tuple[DrawShape, ...]:
+        return tuple(shape for shape in DRAW_SHAPES
+                     if not shape.penalties or self.penalty_counts is not None)
+
     def _rows(self, size: int) -> WindowRows:
-        temperatures, top_p, min_p = self.params_f[:, :size]
-        top_k, _, seeded, seed_low, seed_high, draws, *random_key = self.params_i[:, :size]
-        seeded_keys = seeded_row_keys(torch.stack([seed_low, seed_high], dim=1), draws)
-        keys = torch.where(seeded.bool()[:, None], seeded_keys, torch.stack(random_key, dim=1))
-        return WindowRows(temperatures, top_k, top_p, min_p, keys)
+        temperatures, top_p, min_p = self.floats[TEMPERATURE:MIN_P + 1, :size]
+        ints = self.ints[:, :size]
+        seeds = torch.stack([ints[SEED_LOW], ints[SEED_HIGH]], dim=1)
+        random_keys = torch.stack([ints[KEY_LOW], ints[KEY_HIGH]], dim=1)
+        keys = torch.where(ints[SEEDED].bool()[:, None], seeded_row_keys(seeds, ints[DRAWS]),
+                           random_keys)
+        return WindowRows(temperatures, ints[TOP_K], top_p, min_p, keys)
+
+    def _penalised(self, logits: torch.Tensor, size: int) -> torch.Tensor:
+        """The logits after each row's penalties (rows without any are unchanged)."""
+        state = self.penalty_state
+        slots = self.ints[SLOT, :size].clamp(min=0)
+        counts, seen = state.gather(slots)
+        repetition, presence, frequency = self.floats[REPETITION:FREQUENCY + 1, :size]
+        return apply_penalties(logits.clone(), PenaltyBatch(repetition, presence, frequency,
+                                                            counts, seen))
 
     def _draw(self, size: int, shape: DrawShape) -> torch.Tensor:
-        """[2, size]: the tokens, and whether each row is unsettled."""
+        """[2, size]: the tokens, and whether each row is unsettled. A penalised draw also
+        counts its tokens in the penalty state (rows without penalties add nothing)."""
         logits = self.logits[size]
+        if shape.penalties:
+            logits = self._penalised(logits, size)
         rows = self._rows(size)
         width = min(shape.width, logits.shape[-1])
         tokens, unsettled = window_draw(logits, rows, width, shape.full_normaliser)
-        greedy = self.params_i[1, :size].bool()
+        greedy = self.ints[GREEDY, :size].bool()
         tokens = torch.where(greedy, logits.argmax(dim=-1), tokens)
+        if shape.penalties:
+            self._add_counts(self.ints[SLOT, :size], tokens, 1)
         return torch.stack([tokens, (unsettled & ~greedy).long()])
+
+    def _add_counts(self, slots: torch.Tensor, tokens: torch.Tensor, step: int) -> None:
+        """Count each row's token `step` times in its penalty row (slot -1: no row)."""
+        added = (slots >= 0).int() * step
+        self.penalty_state.output_counts.index_put_((slots.clamp(min=0), tokens), added,
+                                                    accumulate=True)
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -113,8 +157,8 @@ class GraphSampler:
         self._copy(max(self.logits))
         pool = None
         for size in sorted(self.logits, reverse=True):
-            for shape in DRAW_SHAPES:
-                self._draw(size, shape)  # warm-up outside the graph
+            for shape in self.shapes:
+                self._draw(size, shape)  # warm-up outside the graph (no slot: counts nothing)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool):
                     self.results[size, shape] = self._draw(size, shape)
@@ -125,11 +169,15 @@ class GraphSampler:
     def draw(self, seqs: list[Sequence], size: int) -> list[int] | None:
         """The tokens of these sequences from the logits of batch size `size` (already
         computed by its forward graph); None when a row needs `sample`. Counts the draw on
-        seeded sequences."""
-        shape = draw_shape([seq.params for seq in seqs])
+        seeded sequences and the tokens of penalised ones, as `sample` does."""
+        shape = draw_shape([seq.params for seq in seqs], self._penalties_in_place())
         if shape is None:
             return None
-        self._fill(seqs, size)
+        penalised = [seq for seq in seqs if seq.params.uses_penalties]
+        slots = self.penalty_state.slot_numbers(penalised) if penalised else []
+        if penalised and not self._penalties_in_place():
+            return None  # the rows grew past the reservation; `sample` reads them anew
+        self._fill(seqs, size, iter(slots))
         if self.graphs:
             self.graphs[size, shape].replay()
             choice = self.results[size, shape]
@@ -138,42 +186,63 @@ class GraphSampler:
         tokens, unsettled = choice[:, :len(seqs)].tolist()
         redo = [row for row, flag in enumerate(unsettled) if flag]
         if redo:
-            self._redo(tokens, redo, size)
+            self._redo(tokens, redo, size, shape)
+        if penalised:
+            self.penalty_state.mark_recorded(penalised)
         return tokens
 
-    def _fill(self, seqs: list[Sequence], size: int) -> None:
+    def _penalties_in_place(self) -> bool:
+        """Penalised draws read the buffers captured with them: only while those stay."""
+        return (self.penalty_counts is not None
+                and self.penalty_state.output_counts is self.penalty_counts)
+
+    def _fill(self, seqs: list[Sequence], size: int, slots: Iterator[int]) -> None:
+        """The step's parameters into the static buffers (`slots`: the penalty rows of the
+        penalised sequences, in order)."""
         count = len(seqs)
         params = [seq.params for seq in seqs]
         seeded = [param.seed is not None and not param.greedy for param in params]
         seeds = [param.seed or 0 for param in params]
-        self.host_f.numpy()[:, :count] = (
+        self.host_floats.numpy()[:, :count] = (
             [1.0 if param.greedy else param.temperature for param in params],
-            [param.top_p for param in params], [param.min_p for param in params])
-        self.host_i.numpy()[:INT_ROWS, :count] = (
+            [param.top_p for param in params], [param.min_p for param in params],
+            [param.repetition_penalty for param in params],
+            [param.presence_penalty for param in params],
+            [param.frequency_penalty for param in params])
+        self.host_ints.numpy()[:, :count] = (
             [param.top_k for param in params], [param.greedy for param in params], seeded,
             [seed & MASK32 for seed in seeds], [seed >> 32 for seed in seeds],
-            [seq.num_draws for seq in seqs], *self.rng.integers(0, 1 << 32, (2, count)))
+            [seq.num_draws for seq in seqs], *self.rng.integers(0, 1 << 32, (2, count)),
+            [next(slots) if param.uses_penalties else -1 for param in params])
         for seq, is_seeded in zip(seqs, seeded, strict=True):
             seq.num_draws += is_seeded
         self._fill_padding(count, size)
         self._copy(size)
 
     def _fill_padding(self, begin: int, end: int) -> None:
-        """Padding rows draw greedily: temperature 1, no filters, no seed."""
-        self.host_f.numpy()[:, begin:end] = np.array([[1.0], [1.0], [0.0]])
-        self.host_i.numpy()[:, begin:end] = np.array([[0], [1], [0], [0], [0], [0], [0], [0]])
+        self.host_floats.numpy()[:, begin:end] = np.array(PADDING_FLOATS)[:, None]
+        self.host_ints.numpy()[:, begin:end] = np.array(PADDING_INTS)[:, None]
 
     def _copy(self, size: int) -> None:
         """The host buffers to the device without waiting; the previous step's copies are
         done, since its tokens were read back."""
-        self.params_f[:, :size].copy_(self.host_f[:, :size], non_blocking=True)
-        self.params_i[:, :size].copy_(self.host_i[:, :size], non_blocking=True)
+        self.floats[:, :size].copy_(self.host_floats[:, :size], non_blocking=True)
+        self.ints[:, :size].copy_(self.host_ints[:, :size], non_blocking=True)
 
-    def _redo(self, tokens: list[int], rows: list[int], size: int) -> None:
+    def _redo(self, tokens: list[int], rows: list[int], size: int, shape: DrawShape) -> None:
         """The rows the window could not settle, by the full sort (as `sample` does), with
-        the same keys (the buffers still hold this step's parameters)."""
+        the same keys (the buffers still hold this step's parameters). A penalised draw
+        counted the window's token for them: that count moves to the redone token."""
         index = torch.tensor(rows, dtype=torch.int64, device=self.device)
-        redone = sorted_tokens(self.logits[size][:len(tokens)][index], self._rows(size), index)
+        logits = self.logits[size]
+        slots = self.ints[SLOT].index_select(0, index)
+        if shape.penalties:
+            counted = torch.tensor([tokens[row] for row in rows], device=self.device)
+            self._add_counts(slots, counted, -1)
+            logits = self._penalised(logits, size)
+        redone = sorted_tokens(logits[index], self._rows(size), index)
+        if shape.penalties:
+            self._add_counts(slots, redone, 1)
         for row, token in zip(rows, redone.tolist(), strict=True):
             tokens[row] = token
 
@@ -181,3 +250,4 @@ class GraphSampler:
         self.graphs.clear()
         self.results.clear()
         self.logits = {}
+        self.penalty_state = self.penalty_counts = None

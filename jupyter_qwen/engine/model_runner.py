@@ -61,6 +61,9 @@ class ModelRunner:
         self.ops = build_ops(config.attention_backend, self.device, config.kernels)
         self.model.use_ops(self.ops)
         self.block_size = config.block_size
+        self.penalty_state = PenaltyState(self.model_config.vocab_size, self.device)
+        if self._uses_graphs():  # the captured draws read its rows in place
+            self.penalty_state.reserve(self.config.max_num_seqs)
         self.progress("measuring memory", None)
         num_blocks = self._count_kv_blocks()
         self.progress("allocating the KV cache", None)
@@ -70,7 +73,6 @@ class ModelRunner:
             self._compile_kernels()
         self.graphs = self._capture_graphs() if self._uses_graphs() else None
         self.graph_sampler = self._capture_sampling() if self.graphs is not None else None
-        self.penalty_state = PenaltyState(self.model_config.vocab_size, self.device)
         self.eos_token_ids: set[int] = set()  # masked while a request is below min_tokens
 
     def _uses_graphs(self) -> bool:
@@ -89,7 +91,7 @@ class ModelRunner:
         return graphs
 
     def _capture_sampling(self) -> GraphSampler:
-        sampler = GraphSampler(self.graphs.logits, self.device)
+        sampler = GraphSampler(self.graphs.logits, self.device, self.penalty_state)
         sampler.capture()
         return sampler
 

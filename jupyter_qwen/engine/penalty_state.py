@@ -4,7 +4,8 @@ Each running sequence that uses penalties owns one row (a slot) of two buffers: 
 each token appears in its output, and which tokens its prompt holds. A row is built once from
 the sequence's tokens when it is first sampled (or after preemption freed it), then each step
 adds the step's sampled tokens in one scatter; nothing is rebuilt from token lists per step.
-The buffers are allocated when the first such sequence arrives and grow by doubling.
+The buffers are allocated when the first such sequence arrives and grow by doubling, or all at
+once by `reserve` (with CUDA graphs, for `max_num_seqs` sequences, before the KV cache).
 """
 
 from __future__ import annotations
@@ -38,13 +39,17 @@ class PenaltyState:
 
     def slots(self, seqs: list[Sequence]) -> torch.Tensor:
         """The slot of each sequence, its row brought up to date with the sequence's tokens."""
+        return long_tensor(self.slot_numbers(seqs), self.device)
+
+    def slot_numbers(self, seqs: list[Sequence]) -> list[int]:
+        """`slots` on the host."""
         slots = []
         for seq in seqs:
             state = self.owners.get(seq)
             if state is None or state.num_counted_tokens != seq.num_tokens:
                 state = self._build(seq, state)
             slots.append(state.slot)
-        return long_tensor(slots, self.device)
+        return slots
 
     def gather(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(output counts as float32, seen in prompt or output) for the given slots."""
@@ -56,6 +61,10 @@ class PenaltyState:
         """Count each sequence's newly sampled token (which the engine appends next)."""
         ones = torch.ones_like(token_ids, dtype=torch.int32)
         self.output_counts.index_put_((slots, token_ids), ones, accumulate=True)
+        self.mark_recorded(seqs)
+
+    def mark_recorded(self, seqs: list[Sequence]) -> None:
+        """The rows of these sequences now count the token each is about to append."""
         for seq in seqs:
             self.owners[seq].num_counted_tokens = seq.num_tokens + 1
 
@@ -79,14 +88,20 @@ class PenaltyState:
         state.num_counted_tokens = seq.num_tokens
         return state
 
+    def reserve(self, capacity: int) -> None:
+        """Allocate rows for `capacity` sequences now, so that the buffers never move while
+        at most that many sequences hold a row (captured CUDA graphs read them in place)."""
+        if self.capacity < capacity:
+            self._grow(capacity)
+
     def _take_slot(self) -> int:
         if not self.free_slots:
             self._grow()
         return self.free_slots.pop()
 
-    def _grow(self) -> None:
+    def _grow(self, capacity: int | None = None) -> None:
         old = self.capacity
-        new = max(4, 2 * old)
+        new = capacity or max(4, 2 * old)
         counts = torch.zeros(new, self.vocab_size, dtype=torch.int32, device=self.device)
         in_prompt = torch.zeros(new, self.vocab_size, dtype=torch.bool, device=self.device)
         if old:
