@@ -12,6 +12,7 @@ import torch
 from jupyter_qwen.config import CPU_KV_CACHE_BYTES, EngineConfig
 from jupyter_qwen.engine.cuda_graphs import DecodeGraphs
 from jupyter_qwen.engine.errors import OutOfKVCacheMemoryError
+from jupyter_qwen.engine.memory_figures import module_bytes, reserved_bytes
 from jupyter_qwen.engine.penalty_state import PenaltyState
 from jupyter_qwen.engine.sampler import (
     SamplerOutput,
@@ -57,6 +58,7 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, self.model_config, self.device)
         torch.manual_seed(config.seed)
         self.model = load_model(model_path, self.dtype, self.device, self.progress)
+        self.weights_bytes = module_bytes(self.model)
         self.ops = build_ops(config.attention_backend, self.device, config.kernels)
         self.model.use_ops(self.ops)
         self.block_size = config.block_size
@@ -67,6 +69,7 @@ class ModelRunner:
         if self.ops.compiled:
             self.progress("compiling kernels", None)
             self._compile_kernels()
+        self.cuda_graph_bytes: int | None = 0 if self.device.type == "cuda" else None
         self.graphs = self._capture_graphs() if self._uses_graphs() else None
         self.penalty_state = PenaltyState(self.model_config.vocab_size, self.device)
         self.eos_token_ids: set[int] = set()  # masked while a request is below min_tokens
@@ -80,10 +83,13 @@ class ModelRunner:
         return -(-self.max_model_len // self.block_size)
 
     def _capture_graphs(self) -> DecodeGraphs:
+        """Capture the decode graphs; what torch reserves meanwhile is their pool and buffers."""
         self.progress("capturing CUDA graphs", None)
+        before = reserved_bytes(self.device)
         graphs = DecodeGraphs(self.model, self.config.max_num_seqs, self.max_blocks_per_seq,
                               self.device)
         graphs.capture()
+        self.cuda_graph_bytes = reserved_bytes(self.device) - before
         return graphs
 
     @property
