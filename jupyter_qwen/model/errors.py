@@ -23,7 +23,7 @@ def hub_error(repo_id: str, error: BaseException) -> ModelNotFoundError:
     library's exception (matched by class name, so this module stays light to import)."""
     kinds = {cls.__name__ for cls in type(error).__mro__}
     detail = f"{type(error).__name__}: {error}"
-    local_folder = "give a local checkpoint folder"
+    local_folder = "give a local folder"
     if "LocalEntryNotFoundError" in kinds or "OfflineModeIsEnabled" in kinds:
         return ModelNotFoundError(
             f"{repo_id} is not in the local Hugging Face cache and the hub is unreachable",
