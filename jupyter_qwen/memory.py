@@ -1,5 +1,7 @@
 """Process memory figures and a clean-up pass with a before/after report.
 
+Every figure is this process's own: its RSS, torch's CUDA allocator, and the GPU memory NVML
+lists for this process id. Whole-GPU figures would count other processes' memory too.
 Light to import: torch is consulted only when this process has already loaded it.
 """
 
@@ -22,8 +24,7 @@ class MemorySnapshot:
     rss: int
     torch_allocated: int | None = None
     torch_reserved: int | None = None
-    gpu_used: list[int] = field(default_factory=list)
-    gpu_total: list[int] = field(default_factory=list)
+    process_gpu: int | None = None  # NVML's figure for this process, all GPUs together
 
 
 @dataclass(slots=True)
@@ -39,8 +40,8 @@ class CleanReport:
         if self.has_gpu:
             rows += [("torch allocated", self.before.torch_allocated, self.after.torch_allocated),
                      ("torch reserved", self.before.torch_reserved, self.after.torch_reserved)]
-            rows += [(f"GPU {i} used (NVML)", used, self.after.gpu_used[i])
-                     for i, used in enumerate(self.before.gpu_used)]
+            rows.append(("GPU, this process (NVML)", self.before.process_gpu,
+                         self.after.process_gpu))
         return rows
 
     def freed(self, name: str) -> int:
@@ -76,12 +77,15 @@ class CleanReport:
 
 
 def snapshot() -> MemorySnapshot:
-    gpus = gpu_snapshot()
-    mem = MemorySnapshot(rss=process_rss(),
-                         gpu_used=[g.memory_used for g in gpus.gpus],
-                         gpu_total=[g.memory_total for g in gpus.gpus])
+    """This process's memory now."""
+    mem = MemorySnapshot(rss=process_rss(), process_gpu=process_gpu_bytes())
     mem.torch_allocated, mem.torch_reserved = torch_memory()
     return mem
+
+
+def process_gpu_bytes() -> int | None:
+    """The GPU memory NVML lists for this process (all GPUs), or None where it lists none."""
+    return gpu_snapshot().process_bytes(os.getpid())
 
 
 def torch_memory() -> tuple[int | None, int | None]:

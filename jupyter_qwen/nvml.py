@@ -50,6 +50,14 @@ class GpuSnapshot:
     reason: str = ""
     gpus: list[GpuInfo] = field(default_factory=list)
 
+    def process_bytes(self, pid: int) -> int | None:
+        """GPU memory that process `pid` holds on all GPUs together, as NVML reports it;
+        None where NVML lists no figure for it (no GPU, another PID namespace, not
+        supported by the driver)."""
+        figures = [proc.used_memory for gpu in self.gpus for proc in gpu.processes
+                   if proc.pid == pid and proc.used_memory is not None]
+        return sum(figures) if figures else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "available": self.available,

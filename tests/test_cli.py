@@ -29,6 +29,16 @@ def test_a_user_error_is_one_line_and_exit_code_2(argv, says, capsys, tiny_model
     assert not any("Traceback" in line for line in err)
 
 
+def test_a_model_neither_here_nor_in_the_cache_is_one_line_with_a_hint(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["serve", "nobody-here/made-up-model-7f3a"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["python -m jupyter_qwen serve: error: nobody-here/made-up-model-7f3a is not "
+                   "in the local Hugging Face cache and the hub is unreachable: download it "
+                   "(huggingface-cli download nobody-here/made-up-model-7f3a) or give a local "
+                   "folder"]
+
+
 def test_debug_shows_the_error_itself(tiny_model_path):
     with pytest.raises(ConfigError) as caught:
         main(["serve", str(tiny_model_path), "--port", "99999", "--debug"])
@@ -57,6 +67,9 @@ def test_serve_demo_names_the_device_and_answers(demo_model):
         assert line.startswith("serving qwen3-demo at http://127.0.0.1:") and " on cpu " in line
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()
         assert models["data"][0]["id"] == "qwen3-demo"
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()
+        assert (health["origin"], health["pid"], health["device"]) == (
+            "process", process.pid, "cpu")
     finally:
         process.terminate()
         process.wait(timeout=60)

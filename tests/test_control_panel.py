@@ -149,8 +149,8 @@ BAD_VALUES = {
     "malformed id": ({"model": "qwen3-0.6b"}, {}, "model",
                      "'qwen3-0.6b' is not a folder here, nor a Hugging Face id", {}),
     "id not in the cache": ({"model": "Qwen/Qwen3-0.6B"}, {}, "model",
-                            "could not load 'Qwen/Qwen3-0.6B' from the local Hugging Face "
-                            "cache", {}),
+                            "Qwen/Qwen3-0.6B is not in the local Hugging Face cache and the "
+                            "hub is unreachable", {}),
     "port in use": ({"port": "{busy}"}, {}, "port", "port {busy} is taken", {"port": ""}),
     "port out of range": ({"port": "70000"}, {}, "port",
                           "a port is a number from 1 to 65535, got 70000", {"port": ""}),

@@ -202,8 +202,9 @@ def test_unknown_model_gets_a_clear_error(tmp_path):
         LLM(str(tmp_path / "missing" / "here"))
     with pytest.raises(ModelNotFoundError, match=r"holds no config\.json"):
         LLM(str(tmp_path))
-    with pytest.raises(ModelNotFoundError, match="make-tiny-model"):
+    with pytest.raises(ModelNotFoundError, match="not in the local Hugging Face cache") as caught:
         LLM("nobody/no-such-model-anywhere")
+    assert "huggingface-cli download nobody/no-such-model-anywhere" in caught.value.hint
 
 
 def test_kv_cache_too_small_for_max_model_len(tiny_model_path):

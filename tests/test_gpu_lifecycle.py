@@ -7,6 +7,7 @@ Prints one `RELIABILITY ...` line, quoted in RELIABILITY.md.
 from __future__ import annotations
 
 import asyncio
+import math
 import tempfile
 import threading
 from pathlib import Path
@@ -72,3 +73,47 @@ def test_serve_stop_clean_cycles_give_the_gpu_memory_back(checkpoint):
           f"allocated_while_serving_MiB={max(held) / MIB:.0f}, "
           f"allocated_after_stop_vs_before_B={' '.join(str(delta) for delta in left)}, "
           f"reserved_after_clean_B={max(reserved_after_clean)}", flush=True)
+
+
+def test_the_memory_figures_add_up_to_torch_reserved(checkpoint):
+    """weights + KV cache + activations + CUDA-graph pools of /health are within 5 % of the
+    process's torch-reserved memory once the server started, weights and KV cache match
+    what the checkpoint and the block count say, and the stop report is this process's."""
+    import json
+
+    from safetensors import safe_open
+
+    from jupyter_qwen import clean, serve
+    from jupyter_qwen.model.loader import weight_files
+
+    clean()
+    server = serve(checkpoint, gpu_memory_utilization=0.5, max_model_len=2048, progress=False)
+    try:
+        assert asyncio.run(chats(server, 8)) == [16] * 8
+        memory = httpx.get(f"{server.root_url}/health", timeout=30).json()["engine"]["memory"]
+        reserved = torch.cuda.memory_reserved()
+        itemsize = server.ctx.engine.engine.runner.dtype.itemsize
+    finally:
+        report = server.stop()
+    config = json.loads((checkpoint / "config.json").read_text())
+    elements = 0
+    for file in weight_files(checkpoint):
+        with safe_open(file, framework="pt") as reader:
+            elements += sum(math.prod(reader.get_slice(name).get_shape())
+                            for name in reader.keys())  # noqa: SIM118
+    rotary_tables = 2 * config["max_position_embeddings"] * config["head_dim"] * 4
+    assert memory["device"] == f"cuda:{torch.cuda.current_device()}"
+    assert memory["weights_bytes"] == elements * itemsize + rotary_tables
+    assert memory["kv_cache_bytes"] == memory["kv_blocks_total"] * memory["kv_block_bytes"]
+    assert memory["cuda_graph_bytes"] > 0 and memory["activations_bytes"] > 0
+    parts = (memory["weights_bytes"] + memory["kv_cache_bytes"]
+             + memory["activations_bytes"] + memory["cuda_graph_bytes"])
+    assert abs(parts - reserved) <= 0.05 * reserved, (memory, reserved)
+    assert memory["torch_reserved_bytes"] >= memory["torch_allocated_bytes"] > 0
+    if memory["process_gpu_bytes"] is not None:  # NVML sees this process's id
+        assert memory["process_gpu_bytes"] >= memory["torch_reserved_bytes"]
+    assert report.before.torch_reserved >= parts * 0.95
+    assert report.after.torch_reserved < report.before.torch_reserved
+    print(f"\nMEMORY FIGURES on {torch.cuda.get_device_name()}: "
+          + ", ".join(f"{key}={value}" for key, value in memory.items())
+          + f", torch_reserved_now={reserved}", flush=True)

@@ -170,3 +170,17 @@ def test_init_once_across_threads(monkeypatch):
         t.join()
     assert fake.calls["init"] == 1
     assert len(results) == 16 and all(len(r.gpus) == 2 for r in results)
+
+
+def test_a_process_figure_sums_its_gpus_and_is_none_when_unlisted(monkeypatch):
+    fake = fake_pynvml()
+    fake_devices_second = [(1234, 2 * 2**30)]
+    monkeypatch.setattr(fake, "nvmlDeviceGetComputeRunningProcesses", lambda h: [
+        types.SimpleNamespace(pid=p, usedGpuMemory=u)
+        for p, u in ([(1234, 30 * 2**30), (5678, None)] if h == 0 else fake_devices_second)])
+    monkeypatch.setattr(nvml, "_import_pynvml", lambda: fake)
+    snap = gpu_snapshot()
+    assert snap.process_bytes(1234) == 32 * 2**30
+    assert snap.process_bytes(5678) is None  # listed without a figure
+    assert snap.process_bytes(99) is None
+    assert nvml.GpuSnapshot(available=False, reason="no GPU").process_bytes(1234) is None

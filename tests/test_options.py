@@ -79,7 +79,7 @@ def test_serve_and_the_server_spell_out_every_option():
 
     assert list(inspect.signature(serve).parameters) == SERVE_KEYWORDS
     assert list(inspect.signature(QwenServer).parameters) == [
-        "model", "model_path", *SERVE_KEYWORDS[2:]]
+        "model", "model_path", "origin", *SERVE_KEYWORDS[2:]]
     assert inspect.signature(serve).parameters["max_num_seqs"].default == 256
     for name in SERVE_KEYWORDS[2:]:
         assert f"    {name} (default " in serve.__doc__

@@ -292,7 +292,12 @@ def test_two_servers_admin_stop_and_registry(tiny_model_path):
         assert httpx.post(f"{first.root_url}/admin/stop").status_code == 401
         stopped = httpx.post(f"{first.root_url}/admin/stop",
                              headers={"X-Admin-Token": first.admin_token})
-        assert stopped.json() == {"stopped": True}
+        reply = stopped.json()
+        assert reply["stopped"] is True
+        # this process's own figures, never whole-GPU ones
+        assert set(reply["before"]) == set(reply["after"]) == {
+            "rss", "torch_allocated", "torch_reserved", "process_gpu"}
+        assert reply["before"]["rss"] > 0 and reply["after"]["rss"] > 0
         import time
 
         deadline = time.monotonic() + 15

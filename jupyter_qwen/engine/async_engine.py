@@ -133,10 +133,28 @@ class AsyncEngine:
             stream.abort()
 
     def abort(self, request_id: str) -> None:
+        """Forget a request whose caller went away (its stream is told nothing)."""
         self._send(("abort", request_id))
+
+    def abort_request(self, request_id: str, timeout: float = 30.0) -> bool:
+        """End a request on someone else's behalf: its stream gets a last output with
+        finish_reason "abort" and its KV blocks go back. False for an unknown id."""
+        return self.call(lambda engine: self._abort_and_tell(request_id), timeout)
+
+    def running_requests(self, timeout: float = 2.0) -> list[dict] | None:
+        """The requests in flight (see `LLMEngine.running_requests`), read on the engine
+        thread; None when that thread does not answer in time or no longer runs."""
+        if self.state != "running" or self._stopping:
+            return None
+        try:
+            return self.call(LLMEngine.running_requests, timeout)
+        except (TimeoutError, EngineDeadError):
+            return None
 
     def call(self, function: Callable[[LLMEngine], object], timeout: float = 30.0):
         """Run `function(engine)` on the engine thread and return its result."""
+        if self._stopping:
+            raise EngineDeadError(self.error or "the engine is stopped")
         done = threading.Event()
         box: list = []
 
@@ -282,6 +300,13 @@ class AsyncEngine:
 
     def _do_call(self, run) -> None:
         run(self.engine)
+
+    def _abort_and_tell(self, request_id: str) -> bool:
+        output = self.engine.abort(request_id)
+        if output is None:
+            return False
+        self._dispatch([output])
+        return True
 
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from jupyter_qwen.engine.block_manager import BlockManager
 from jupyter_qwen.engine.constraints import ConstraintFactory
 from jupyter_qwen.engine.detokenizer import OutputDetokenizer
 from jupyter_qwen.engine.errors import PromptTooLongError
+from jupyter_qwen.engine.memory_figures import MemoryFigures, memory_figures
 from jupyter_qwen.engine.model_runner import ModelRunner
 from jupyter_qwen.engine.scheduler import Scheduler
 from jupyter_qwen.engine.sequence import Sequence, SequenceStatus, TokenLogprobs
@@ -208,6 +210,23 @@ class LLMEngine:
             generation_tokens_total=self.generation_tokens_total,
             computed_tokens_total=self.computed_tokens_total,
             num_preemptions=self.scheduler.num_preemptions)
+
+    def memory(self) -> MemoryFigures | None:
+        """Where this engine's memory goes (None once closed)."""
+        runner = self.runner
+        if runner is None or runner.kv_cache is None:
+            return None
+        try:
+            return memory_figures(runner, self.block_manager.num_free_blocks)
+        except AttributeError:  # closed by the engine thread while being read
+            return None
+
+    def running_requests(self) -> list[dict]:
+        """The requests in flight, oldest first (call it on the thread that steps the
+        engine)."""
+        now = time.monotonic()
+        seqs = sorted(self.requests.values(), key=lambda seq: seq.arrival_time)
+        return [seq.running_figures(now) for seq in seqs]
 
     def close(self) -> None:
         if self.runner is None:

@@ -13,6 +13,7 @@ from jupyter_qwen.config import CPU_KV_CACHE_BYTES, EngineConfig
 from jupyter_qwen.engine.cuda_graphs import DecodeGraphs
 from jupyter_qwen.engine.errors import OutOfKVCacheMemoryError
 from jupyter_qwen.engine.graph_sampling import GraphSampler
+from jupyter_qwen.engine.memory_figures import module_bytes, reserved_bytes
 from jupyter_qwen.engine.penalty_state import PenaltyState
 from jupyter_qwen.engine.sampler import (
     SamplerOutput,
@@ -58,6 +59,7 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, self.model_config, self.device)
         torch.manual_seed(config.seed)
         self.model = load_model(model_path, self.dtype, self.device, self.progress)
+        self.weights_bytes = module_bytes(self.model)
         self.ops = build_ops(config.attention_backend, self.device, config.kernels)
         self.model.use_ops(self.ops)
         self.block_size = config.block_size
@@ -71,6 +73,7 @@ class ModelRunner:
         if self.ops.compiled:
             self.progress("compiling kernels", None)
             self._compile_kernels()
+        self.cuda_graph_bytes: int | None = 0 if self.device.type == "cuda" else None
         self.graphs = self._capture_graphs() if self._uses_graphs() else None
         self.graph_sampler = self._capture_sampling() if self.graphs is not None else None
         self.eos_token_ids: set[int] = set()  # masked while a request is below min_tokens
@@ -84,15 +87,21 @@ class ModelRunner:
         return -(-self.max_model_len // self.block_size)
 
     def _capture_graphs(self) -> DecodeGraphs:
+        """Capture the decode graphs; what torch reserves meanwhile is their pool and buffers."""
         self.progress("capturing CUDA graphs", None)
+        before = reserved_bytes(self.device)
         graphs = DecodeGraphs(self.model, self.config.max_num_seqs, self.max_blocks_per_seq,
                               self.device)
         graphs.capture()
+        self.cuda_graph_bytes = reserved_bytes(self.device) - before
         return graphs
 
     def _capture_sampling(self) -> GraphSampler:
+        """Capture the draws beside the decode graphs; their pool counts as graph memory."""
+        before = reserved_bytes(self.device)
         sampler = GraphSampler(self.graphs.logits, self.device, self.penalty_state)
         sampler.capture()
+        self.cuda_graph_bytes += reserved_bytes(self.device) - before
         return sampler
 
     @property

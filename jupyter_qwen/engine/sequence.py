@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Any
@@ -43,6 +44,7 @@ class Sequence:
     detokenizer: Any = None
     constraint: Any = None  # a SequenceConstraint (structured output, thinking budget)
     session_id: str | None = None
+    arrival_time: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)
@@ -73,6 +75,15 @@ class Sequence:
 
     def block_tokens(self, index: int, block_size: int) -> list[int]:
         return self.token_ids[index * block_size:(index + 1) * block_size]
+
+    def running_figures(self, now: float) -> dict[str, Any]:
+        """One row of `engine["running"]` in `/health`, `now` on `time.monotonic()`'s clock."""
+        return {"request_id": self.request_id,
+                "state": "running" if self.status is SequenceStatus.RUNNING else "waiting",
+                "age_s": round(max(0.0, now - self.arrival_time), 3),
+                "prompt_tokens": self.num_prompt_tokens,
+                "cached_tokens": self.num_cached_tokens,
+                "generated_tokens": self.num_output_tokens, "session": self.session_id}
 
     def reset_for_recompute(self) -> None:
         self.block_table = []

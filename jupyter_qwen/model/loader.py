@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from jupyter_qwen.model.config import Qwen3Config
-from jupyter_qwen.model.errors import ModelNotFoundError
+from jupyter_qwen.model.errors import ModelNotFoundError, hub_error
 from jupyter_qwen.model.qwen3 import Qwen3ForCausalLM
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -23,11 +23,14 @@ def resolve_model_path(model: str) -> Path:
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{path} is a folder but holds no config.json")
+            raise ModelNotFoundError(f"{path} is a folder but holds no config.json",
+                                     "give the checkpoint folder that holds config.json")
         return path
     if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
         raise ModelNotFoundError(f"model {model!r} is not a checkpoint folder "
-                                 "nor a Hugging Face id like 'Qwen/Qwen3-0.6B'")
+                                 "nor a Hugging Face id like 'Qwen/Qwen3-0.6B'",
+                                 "give a checkpoint folder or an id like Qwen/Qwen3-0.6B; "
+                                 "--demo serves the tiny demo model")
     return _snapshot(model)
 
 
@@ -39,12 +42,7 @@ def _snapshot(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=CHECKPOINT_FILES,
                                       local_files_only=offline))
     except Exception as error:
-        where = "the local Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else \
-            "the Hugging Face cache or hub"
-        raise ModelNotFoundError(
-            f"could not load {repo_id!r} from {where}: {type(error).__name__}: {error}. "
-            "Pass a local checkpoint folder instead, or build the demo model with "
-            "`python -m jupyter_qwen make-tiny-model DIR`.") from None
+        raise hub_error(repo_id, error) from None
 
 
 def resolve_dtype(dtype: str, config: Qwen3Config, device: torch.device) -> torch.dtype:

@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jupyter_qwen._version import __version__
@@ -197,7 +198,7 @@ async def delete_session(session_id: str, ctx: Context):
 
 @router.get("/health")
 async def health(ctx: Context):
-    body = health_report(ctx)
+    body = await asyncio.to_thread(health_report, ctx)
     return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
 
@@ -209,8 +210,26 @@ async def metrics(ctx: Context):
 
 @router.post("/admin/stop", dependencies=ADMIN_TOKEN)
 async def admin_stop(ctx: Context):
+    """Release the engine's memory and answer with this process's figures before and
+    after; the HTTP side stops once the answer is sent."""
+    report = await asyncio.to_thread(ctx.on_release)
     asyncio.get_running_loop().call_later(0.05, ctx.on_stop)
-    return {"stopped": True}
+    return {"stopped": True} | report
+
+
+class AbortRequest(BaseModel):
+    request_id: str
+
+
+@router.post("/admin/abort", dependencies=ADMIN_TOKEN)
+async def admin_abort(body: AbortRequest, ctx: Context):
+    """End a running or waiting request: its client's stream ends with finish_reason
+    "abort" and its KV blocks go back."""
+    engine = ctx.ready_engine()
+    if not await asyncio.to_thread(engine.abort_request, body.request_id):
+        raise APIError(404, f"no running or waiting request {body.request_id!r}",
+                       "not_found", "request_id")
+    return {"aborted": body.request_id}
 
 
 @router.post("/admin/clean", dependencies=ADMIN_TOKEN)

@@ -41,8 +41,8 @@ def add_serve_command(commands) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import time
 
-    from jupyter_qwen.server.errors import ConfigError, ServerStartError
-    from jupyter_qwen.server.server import serve
+    from jupyter_qwen.server.errors import ConfigError, ServerStartError, summarize_error
+    from jupyter_qwen.server.server import QwenServer, find_model, start_serving
 
     prog = "python -m jupyter_qwen serve"
     if bool(args.model) == bool(args.demo):
@@ -56,13 +56,17 @@ def run_serve(args: argparse.Namespace) -> int:
 
             options.setdefault("served_model_name", SERVED_NAME)
             args.model = str(demo_model_path())
-        server = serve(args.model, **options)
+        server = QwenServer(args.model, model_path=find_model(args.model), origin="process",
+                            **options)
+        start_serving(server)
     except (ConfigError, ServerStartError) as error:
         if args.debug:
             raise
-        print(f"{prog}: error: {error}", file=sys.stderr)
+        summary = summarize_error(error)
+        hint = f": {summary.hint}" if summary.hint else ""
+        print(f"{prog}: error: {summary.line}{hint}", file=sys.stderr)
         return 2
-    device = server.ctx.engine.engine.runner.device if server.ctx.engine else "?"
+    device = server.ctx.device or "?"
     print(f"serving {server.served_model_name} at {server.url} on {device} (Ctrl-C stops)",
           flush=True)
     try:
@@ -73,3 +77,4 @@ def run_serve(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     return 0
+

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from jupyter_qwen.engine.async_engine import AsyncEngine
-from jupyter_qwen.server.errors import APIError
+from jupyter_qwen.server.errors import APIError, summarize_error
 from jupyter_qwen.server.metrics import RequestMetrics
 from jupyter_qwen.server.names import ModelNames
 
@@ -30,9 +31,14 @@ class ServerContext:
     state: str = "loading"
     loading_phase: str = "starting"
     loading_fraction: float | None = None
-    error: str | None = None
+    error: str | None = None  # one line
+    error_detail: str | None = None  # the full text behind `error`
+    hint: str | None = None  # what to do about `error`
+    device: str | None = None  # "cuda:0", "cpu", ...; None until the engine's is known
+    origin: str = "kernel"  # "kernel": in a notebook's kernel; "process": a process of its own
     started_at: float = field(default_factory=time.time)
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
+    on_release: Callable[[], dict] = dict  # stop the engine; this process's memory report
     on_stop: Callable[[], None] = lambda: None
     on_clean: Callable[[], dict] = dict
     names: ModelNames | None = None  # None: the served name and the model as given
@@ -50,6 +56,12 @@ class ServerContext:
             raise APIError(404, f"the model {name!r} does not exist; this server serves "
                            f"{names.primary!r} and answers to {known}", kind, "model",
                            code="model_not_found")
+
+    def fail(self, error: BaseException) -> None:
+        """Loading failed: keep one line, the hint and the full text."""
+        summary = summarize_error(error)
+        self.error, self.hint, self.error_detail = summary.line, summary.hint, summary.detail
+        self.state = "failed"
 
     @property
     def status(self) -> str:
@@ -69,17 +81,32 @@ class ServerContext:
 
 
 def health_report(ctx: ServerContext) -> dict[str, Any]:
+    """What `GET /health` says. Reads the engine thread's figures, so call it off the
+    event loop."""
     from jupyter_qwen.nvml import gpu_snapshot
 
     report: dict[str, Any] = {
         "status": ctx.status, "model": ctx.served_model_name, "root": ctx.model,
+        "pid": os.getpid(), "device": ctx.device, "origin": ctx.origin,
         "uptime": round(time.time() - ctx.started_at, 3), "engine": engine_figures(ctx),
         "gpu": gpu_snapshot().to_dict()}
     if ctx.status == "loading":
         report["loading"] = {"phase": ctx.loading_phase, "fraction": ctx.loading_fraction}
-    if ctx.error or (ctx.engine and ctx.engine.error):
-        report["error"] = ctx.error or ctx.engine.error
+    report |= error_figures(ctx)
     return report
+
+
+def error_figures(ctx: ServerContext) -> dict[str, Any]:
+    """`error` (one line), `error_detail` and `hint` of a failed or dead server; nothing
+    for a healthy one."""
+    if ctx.error:
+        return {"error": ctx.error, "error_detail": ctx.error_detail, "hint": ctx.hint}
+    engine_error = ctx.engine.error if ctx.engine else None
+    if not engine_error:
+        return {}
+    lines = engine_error.strip().splitlines() or ["the engine failed"]
+    return {"error": lines[0], "error_detail": engine_error,
+            "hint": "stop this server and start it again; the error detail says what failed"}
 
 
 def engine_figures(ctx: ServerContext) -> dict[str, Any]:
@@ -106,4 +133,11 @@ def engine_figures(ctx: ServerContext) -> dict[str, Any]:
             "num_preemptions": stats.num_preemptions,
             "max_model_len": engine.engine.max_model_len,
             "kv_cache_bytes": stats.num_kv_blocks * engine.engine.runner.kv_block_bytes}
+    memory = engine.engine.memory()
+    if memory is not None:
+        figures["memory"] = memory.to_dict()
+    figures["latency"] = ctx.metrics.latency()
+    running = engine.running_requests()
+    if running is not None:
+        figures["running"] = running
     return figures

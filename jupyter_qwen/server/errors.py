@@ -3,6 +3,8 @@ of starting a server, in one torch-free place for the notebook layer to name."""
 
 from __future__ import annotations
 
+import traceback
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from jupyter_qwen.engine.errors import (
@@ -18,8 +20,32 @@ from jupyter_qwen.options import ConfigError
 if TYPE_CHECKING:
     from fastapi.responses import JSONResponse
 
-__all__ = ["APIError", "ConfigError", "ModelNotFoundError", "OutOfKVCacheMemoryError",
-           "ServerStartError"]
+__all__ = ["APIError", "ConfigError", "ErrorSummary", "ModelNotFoundError",
+           "OutOfKVCacheMemoryError", "ServerStartError", "summarize_error"]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSummary:
+    """An error as the views show it: one line, what to do, and the full text behind it."""
+
+    line: str
+    hint: str | None = None
+    detail: str | None = None
+
+
+def summarize_error(error: BaseException) -> ErrorSummary:
+    """One line for `error`: a user error (ConfigError and its kinds) says itself; anything
+    else says its type and the first line of its message. The detail keeps the error's own
+    detail (the hub's words) or its traceback."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    if isinstance(error, ConfigError | ServerStartError):
+        line = first or type(error).__name__
+    else:
+        line = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    detail = getattr(error, "detail", None) or "".join(
+        traceback.format_exception(type(error), error, error.__traceback__)).strip()
+    return ErrorSummary(line, getattr(error, "hint", None), detail)
 
 
 class ServerStartError(RuntimeError):

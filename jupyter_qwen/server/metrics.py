@@ -1,11 +1,14 @@
-"""Request latency histograms and the Prometheus text exposition of /metrics."""
+"""Request latency histograms, recent latency percentiles, and the Prometheus text
+exposition of /metrics."""
 
 from __future__ import annotations
 
 import bisect
+import math
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
@@ -42,15 +45,69 @@ class Histogram:
         return out
 
 
+LATENCY_WINDOW_S = 300
+MAX_RECENT_GAPS = 50_000  # inter-token gaps kept for the percentiles; the oldest go first
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float | None:
+    """The nearest-rank percentile of already sorted values; None for none."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+class RecentLatencies:
+    """TTFT and inter-token gaps of the requests that finished in the last `window_s`
+    seconds, on `clock`'s time (monotonic seconds)."""
+
+    def __init__(self, window_s: float = LATENCY_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic,
+                 max_gaps: int = MAX_RECENT_GAPS) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self.requests: deque[tuple[float, float | None]] = deque()  # (finished at, TTFT)
+        self.gaps: deque[tuple[float, float]] = deque(maxlen=max_gaps)  # (finished at, gap)
+
+    def add(self, ttft: float | None, gaps: list[float]) -> None:
+        now = self.clock()
+        self.requests.append((now, ttft))
+        self.gaps.extend((now, gap) for gap in gaps)
+        self._expire(now)
+
+    def summary(self) -> dict:
+        """`engine["latency"]` of /health: p50/p95 of TTFT and inter-token latency (s)."""
+        self._expire(self.clock())
+        ttfts = sorted(ttft for _, ttft in self.requests if ttft is not None)
+        gaps = sorted(gap for _, gap in self.gaps)
+        figures = {"window_s": self.window_s, "requests": len(self.requests)}
+        for name, values in (("ttft", ttfts), ("itl", gaps)):
+            for label, fraction in (("p50", 0.5), ("p95", 0.95)):
+                value = percentile(values, fraction)
+                figures[f"{name}_{label}_s"] = None if value is None else round(value, 6)
+        return figures
+
+    def _expire(self, now: float) -> None:
+        oldest = now - self.window_s
+        for entries in (self.requests, self.gaps):
+            while entries and entries[0][0] < oldest:
+                entries.popleft()
+
+
 class RequestMetrics:
     """Latencies and outcomes of finished requests, fed by the HTTP layer."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.lock = threading.Lock()
         self.ttft = Histogram(TTFT_BUCKETS)
         self.inter_token = Histogram(ITL_BUCKETS)
         self.e2e = Histogram(E2E_BUCKETS)
         self.finished = Counter()
+        self.recent = RecentLatencies(clock=clock)
+
+    def latency(self) -> dict:
+        with self.lock:
+            return self.recent.summary()
 
     def timer(self) -> RequestTimer:
         return RequestTimer(self)
@@ -83,6 +140,7 @@ class RequestTimer:
             for gap in self.gaps:
                 self.metrics.inter_token.observe(gap)
             self.metrics.e2e.observe(time.perf_counter() - self.start)
+            self.metrics.recent.add(self.first, self.gaps)
             self.metrics.finished[finish_reason or "abort"] += 1
 
 

@@ -20,7 +20,7 @@ import time
 import weakref
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jupyter_qwen.config import EngineConfig
 from jupyter_qwen.server.app import create_app
@@ -36,6 +36,9 @@ from jupyter_qwen.server.options import (
 )
 from jupyter_qwen.server.security import api_key_for, host_policy, other_logged_in_users
 
+if TYPE_CHECKING:
+    from jupyter_qwen.memory import CleanReport
+
 log = logging.getLogger("jupyter_qwen.server")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _live_servers: weakref.WeakSet[QwenServer] = weakref.WeakSet()
@@ -44,8 +47,11 @@ _live_servers: weakref.WeakSet[QwenServer] = weakref.WeakSet()
 class QwenServer:
     """A running (or starting) model server; see `jupyter_qwen.serve()` for the options."""
 
-    def __init__(self, model: str, *, model_path: Path | None = None, **options: Any):
-        """`model_path`: the folder `find_model(model)` already gave, if it was called."""
+    def __init__(self, model: str, *, model_path: Path | None = None, origin: str = "kernel",
+                 **options: Any):
+        """`model_path`: the folder `find_model(model)` already gave, if it was called;
+        `origin`: what `/health` says runs it ("kernel", or "process" for a server that is a
+        process of its own)."""
         server_options, engine_options = split_options(options)
         self.options: ServerOptions = server_options
         self.config = EngineConfig.from_kwargs(model, **engine_options)
@@ -60,7 +66,8 @@ class QwenServer:
                                  default_thinking_token_budget=(
                                      server_options.thinking_token_budget),
                                  effort_budgets=server_options.effort_budgets(),
-                                 names=names)
+                                 names=names, origin=origin)
+        self.ctx.on_release = lambda: self._release().to_dict()
         self.ctx.on_stop = lambda: threading.Thread(target=self.stop, daemon=True).start()
         self.ctx.on_clean = self._clean
         self.model_path = model_path
@@ -71,6 +78,7 @@ class QwenServer:
         self._http_thread: threading.Thread | None = None
         self._load_thread: threading.Thread | None = None
         self.load_error: BaseException | None = None
+        self.stop_report: CleanReport | None = None  # this process's memory around the stop
         self._stop_lock = threading.Lock()
         if host not in LOOPBACK_HOSTS and api_key is None:
             log.warning("serving on %s without an api_key: anyone who can reach this address "
@@ -147,12 +155,31 @@ class QwenServer:
                                    f"{health.body}")
         return self
 
-    def stop(self) -> None:
-        """Stop serving and release the engine's memory. Safe to call more than once."""
+    def stop(self) -> CleanReport | None:
+        """Stop serving and release the engine's memory. Safe to call more than once;
+        returns this process's memory before and after the first stop (RSS, torch's
+        reserved and allocated bytes, NVML's figure for this process)."""
+        try:
+            self._release()
+        finally:
+            with self._stop_lock:
+                if self.ctx.state != "stopped":
+                    self._stop_http()
+                    self._unregister()
+                    self.ctx.state = "stopped"
+        return self.stop_report
+
+    def _release(self) -> CleanReport:
+        """Stop the engine and give its memory back (once); `/health` says "stopping"
+        meanwhile and the HTTP side keeps answering until `stop()` ends it."""
+        from jupyter_qwen.memory import collect, snapshot
+
         with self._stop_lock:
-            if self.ctx.state in ("stopped", "stopping"):
-                return
-            self.ctx.state = "stopping"
+            if self.stop_report is not None:
+                return self.stop_report
+            before = snapshot()
+            if self.ctx.state != "stopped":
+                self.ctx.state = "stopping"
             if self._load_thread is not None:
                 self._load_thread.join()
             engine, self.ctx.engine = self.ctx.engine, None
@@ -160,13 +187,23 @@ class QwenServer:
                 if engine is not None:
                     engine.stop()
             finally:
-                self._stop_http()
-                self._unregister()
-                self.ctx.state = "stopped"
                 del engine
-            from jupyter_qwen.memory import collect
+                self.stop_report = collect()
+                self.stop_report.before = before
+            return self.stop_report
 
-            collect()
+    def abort(self, request_id: str) -> bool:
+        """End a running or waiting request (its client's stream ends with finish_reason
+        "abort", its KV blocks go back); False when no such request is in flight."""
+        engine = self.ctx.engine
+        if engine is None or engine.state != "running":
+            return False
+        return engine.abort_request(request_id)
+
+    def running_requests(self) -> list[dict]:
+        """The requests in flight, as `/health` lists them in `engine["running"]`."""
+        engine = self.ctx.engine
+        return (engine.running_requests() if engine is not None else None) or []
 
     def stats(self) -> dict[str, Any]:
         figures = engine_figures(self.ctx)
@@ -223,8 +260,11 @@ class QwenServer:
     def _load(self) -> None:
         from jupyter_qwen.engine.async_engine import AsyncEngine
         from jupyter_qwen.engine.llm_engine import LLMEngine
+        from jupyter_qwen.engine.memory_figures import device_name
+        from jupyter_qwen.engine.model_runner import resolve_device
 
         try:
+            self.ctx.device = device_name(resolve_device(self.config.device))
             self.model_path = self.model_path or find_model(self.config.model)
             self.ctx.names = model_names(self.model, self.options.served_model_name,
                                          self.model_path)
@@ -232,7 +272,7 @@ class QwenServer:
             engine = LLMEngine(config, progress=self._on_progress)
         except BaseException as error:
             self.load_error = error
-            self.ctx.state, self.ctx.error = "failed", f"{type(error).__name__}: {error}"
+            self.ctx.fail(error)
             return
         self.ctx.default_sampling = default_sampling(engine.model_path)
         self.ctx.chat_variant = chat_variant_of(engine.tokenizer, self.options.enable_thinking)
@@ -298,7 +338,12 @@ def serve(model: str, progress: bool = True, **options: Any) -> QwenServer:
 
     {options}
     """
-    server = QwenServer(model, model_path=find_model(str(model)), **options)
+    return start_serving(QwenServer(model, model_path=find_model(str(model)), **options),
+                         progress)
+
+
+def start_serving(server: QwenServer, progress: bool = True) -> QwenServer:
+    """Start `server` and return once it answers /health; stop it again when it fails."""
     try:
         return server.start(wait=True, progress=progress)
     except BaseException:
