@@ -10,3 +10,11 @@ class ModelNotFoundError(ConfigError):
 
     def __init__(self, message: str):
         super().__init__("model", message)
+
+
+class QuantizationError(ConfigError):
+    """A checkpoint's `quantization_config` (or the `quantization` option) asks for a format
+    jupyter_qwen does not run; the message names the key and what is supported."""
+
+    def __init__(self, message: str):
+        super().__init__("quantization", message)
