@@ -264,3 +264,23 @@ def test_modules_to_not_convert_keep_projections_unquantized():
     raw["modules_to_not_convert"] = ["q_proj"]
     with torch.device("meta"), pytest.raises(QuantizationError, match="all or none"):
         install_quantized_linears(Qwen3ForCausalLM(config), parse_quantization_config(raw))
+
+
+def test_transformers_reads_the_fp8_checkpoint_as_we_do(tmp_path):
+    """transformers' fine-grained FP8 (dequantized on a machine without a GPU) gives our
+    reference path's logits bit for bit, on the Qwen3-0.6B shape (whose projections are
+    whole 128 x 128 blocks) with one layer."""
+    pytest.importorskip("accelerate", reason="transformers loads FP8 checkpoints with accelerate")
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU transformers runs its FP8 kernels: tests/test_gpu_quant.py")
+    from transformers import AutoModelForCausalLM
+
+    from jupyter_qwen.testing import make_tiny_qwen3
+
+    folder = make_tiny_qwen3(tmp_path / "fp8", shape="qwen3-0.6b", num_hidden_layers=1,
+                             quantization="fp8")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    with torch.inference_mode():
+        theirs = model(torch.tensor([PROMPTS[0]])).logits[0]
+    del model
+    assert torch.equal(logits(folder), theirs)
