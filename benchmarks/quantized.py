@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, free_device_memory  # noqa: E402
-from report import markdown_lines, say  # noqa: E402
-from throughput import (  # noqa: E402
+from common import environment, free_device_memory
+from report import markdown_lines, say
+from throughput import (
     FULL,
     QUICK,
     make_workloads,

@@ -198,13 +198,18 @@ def fp8_tensor_cores(device: torch.device) -> bool:
 
 
 class TritonQuantKernels:
-    """`ModelOps.quant`: the products of `Fp8Linear` and `AwqLinear` (`quant.linear`)."""
+    """`ModelOps.quant`: the products of `Fp8Linear` and `AwqLinear` (`quant.linear`).
+    Triton has no e4m3 before compute capability 8.9: there FP8 projections run the
+    dequantizing reference (AWQ's kernels run on any CUDA GPU)."""
 
     def __init__(self, device: torch.device) -> None:
         self.fp8_dot = fp8_tensor_cores(device)
+        self.fp8_kernels = self.fp8_dot or device.type != "cuda"
 
     def linear(self, x: torch.Tensor, layer) -> torch.Tensor:
         if hasattr(layer, "weight_scale_inv"):
+            if not self.fp8_kernels:
+                return torch.nn.functional.linear(x, layer.dequantize(x.dtype))
             return fp8_linear(x, layer.weight, layer.weight_scale_inv, layer.scale_rows,
                               fp8_dot=self.fp8_dot)
         return awq_linear(x, layer.qweight, layer.qzeros, layer.scales, layer.group_size)
