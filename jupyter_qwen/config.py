@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from jupyter_qwen.options import ConfigError, option, validate
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+QUANTIZATIONS = ("none", "fp8")
 DEVICES = ("auto", "cuda", "cpu")
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
 BLOCK_SIZES = (8, 16, 32, 64, 128, 256)
@@ -50,6 +51,11 @@ class EngineConfig:
     dtype: str = option(
         "auto", "weights and activations", choices=DTYPES, form="choice",
         hint="auto: the checkpoint's (float32 on CPU)")
+    quantization: str = option(
+        "none", "quantize a bf16 checkpoint's projections at load (fp8: 128 x 128 blocks); "
+        "FP8 and AWQ checkpoints load in their own format whatever this says",
+        choices=QUANTIZATIONS, form="choice",
+        hint="fp8: quantize bf16 weights at load; FP8/AWQ checkpoints load as they are")
     enable_prefix_caching: bool = option(
         True, "reuse the KV cache of shared prompt prefixes",
         off_flags=("--no-prefix-caching", "--no-enable-prefix-caching"),

@@ -27,11 +27,13 @@ SERVE_FLAGS = [
     "--allowed-hosts", "--served-model-name", "--max-waiting-requests",
     "--thinking-token-budget", "--reasoning-effort-budgets", "--max-num-seqs",
     "--max-model-len",
-    "--max-num-batched-tokens", "--gpu-memory-utilization", "--dtype", "--no-prefix-caching",
+    "--max-num-batched-tokens", "--gpu-memory-utilization", "--dtype", "--quantization",
+    "--no-prefix-caching",
     "--no-enable-prefix-caching", "--block-size", "--enforce-eager", "--seed", "--device",
     "--attention-backend", "--num-kv-blocks", "--session-ttl", "--grammar-compile-timeout"]
 FORM_FIELDS = ["model", "max_num_seqs", "max_model_len", "max_num_batched_tokens",
-               "gpu_memory_utilization", "dtype", "enable_prefix_caching", "enable_thinking",
+               "gpu_memory_utilization", "dtype", "quantization", "enable_prefix_caching",
+               "enable_thinking",
                "port", "api_key", "replace"]
 SERVE_KEYWORDS = [
     "model", "progress", "enable_thinking", "port", "api_key", "host", "allowed_hosts",
@@ -39,7 +41,8 @@ SERVE_KEYWORDS = [
     "max_waiting_requests", "thinking_token_budget", "reasoning_effort_budgets",
     "max_num_seqs", "max_model_len",
     "max_num_batched_tokens",
-    "gpu_memory_utilization", "dtype", "enable_prefix_caching", "block_size", "enforce_eager",
+    "gpu_memory_utilization", "dtype", "quantization", "enable_prefix_caching", "block_size",
+    "enforce_eager",
     "seed", "device", "attention_backend", "num_kv_blocks", "session_ttl",
     "grammar_compile_timeout"]
 

@@ -31,39 +31,52 @@ ROPE_PARAMETERS = {"rope_type": "default", "rope_theta": 1_000_000.0}
 # shape (the demo model) stays greedy by default.
 QWEN3_SAMPLING = {"do_sample": True, "temperature": 0.6, "top_k": 20, "top_p": 0.95}
 SHAPES_WITH_QWEN3_SAMPLING = ("qwen3-0.6b", "qwen3-1.7b", "qwen3-4b")
+# config.json's quantization_config, as in Qwen/Qwen3-*-FP8 and Qwen/Qwen3-4B-AWQ.
+QUANTIZATION_CONFIGS: dict[str | None, dict | None] = {
+    None: None,
+    "fp8": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+            "weight_block_size": [128, 128]},
+    "awq": {"bits": 4, "group_size": 128, "modules_to_not_convert": None,
+            "quant_method": "awq", "version": "gemm", "zero_point": True},
+}
 
 
 def make_tiny_qwen3(path: str | os.PathLike, shape: str = "tiny", seed: int = 0,
                     num_hidden_layers: int | None = None,
                     max_shard_bytes: int | None = None,
                     script: Sequence[ScriptedTurn] | None = None,
-                    variant: str = "hybrid") -> Path:
+                    variant: str = "hybrid", quantization: str | None = None) -> Path:
     """Write a random Qwen3 checkpoint; with `script` (a list of ScriptedTurn, for example
     DEMO_SCRIPT), also teach it those turns: see `jupyter_qwen.demo.teach.teach`. Both are
     deterministic: the same arguments give byte-identical files on the same machine.
     `variant` picks the chat template: "hybrid" (Qwen3's thinking switch, the default),
     "instruct-2507" (never thinks) or "thinking-2507" (always thinks); see
-    `jupyter_qwen.demo.chat_template`."""
+    `jupyter_qwen.demo.chat_template`. `quantization` "fp8" or "awq" writes the decoder
+    layers' projections in Qwen's FP8 (128 x 128 blocks) or AWQ (4-bit GEMM, groups of 128)
+    format, with config.json's `quantization_config` as Qwen's checkpoints carry it."""
+    if quantization not in QUANTIZATION_CONFIGS:
+        raise ValueError(f"unknown quantization {quantization!r}; choose fp8, awq or None")
     template = chat_template_for(variant)
     chosen = get_shape(shape, num_hidden_layers)
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     max_shard_bytes = max_shard_bytes or DEFAULT_MAX_SHARD_BYTES
-    write_config(folder, chosen)
+    write_config(folder, chosen, QUANTIZATION_CONFIGS[quantization])
     write_generation_config(folder, chosen, qwen3_sampling=shape in SHAPES_WITH_QWEN3_SAMPLING)
     write_tokenizer_files(folder, chosen, template)
-    write_weights(folder, chosen, seed, max_shard_bytes)
+    write_weights(folder, chosen, seed, max_shard_bytes,
+                  quantization=None if script is not None else quantization)
     if script is not None:
         from jupyter_qwen.demo.teach import teach
 
         weights, _ = teach(folder, script, seed=seed)
-        write_weights(folder, chosen, seed, max_shard_bytes, weights)
+        write_weights(folder, chosen, seed, max_shard_bytes, weights, quantization)
     return folder
 
 
-def write_config(folder: Path, shape: Shape) -> None:
-    """config.json: the shape's fields, Qwen3's rope base and token ids; the rest is
-    Qwen3Config's defaults."""
+def write_config(folder: Path, shape: Shape, quantization_config: dict | None = None) -> None:
+    """config.json: the shape's fields, Qwen3's rope base and token ids, and a quantized
+    checkpoint's `quantization_config`; the rest is Qwen3Config's defaults."""
     from transformers import Qwen3Config
 
     token_ids = added_token_ids(shape.vocab_size)
@@ -72,6 +85,8 @@ def write_config(folder: Path, shape: Shape) -> None:
         rope_parameters=dict(ROPE_PARAMETERS),
         bos_token_id=token_ids["<|endoftext|>"], eos_token_id=token_ids["<|im_end|>"],
         pad_token_id=token_ids["<|endoftext|>"], architectures=["Qwen3ForCausalLM"])
+    if quantization_config is not None:
+        config.quantization_config = dict(quantization_config)
     config.save_pretrained(folder)
 
 

@@ -100,9 +100,12 @@ def _plan_shards(specs: list[_WeightSpec], item_size: int,
 
 
 def write_weights(folder: Path, shape: Shape, seed: int, max_shard_bytes: int,
-                  weights: dict[str, torch.Tensor] | None = None) -> None:
+                  weights: dict[str, torch.Tensor] | None = None,
+                  quantization: str | None = None) -> None:
     """Random weights, or the given ones (by HF name) cast to the shape's dtype: one
-    model.safetensors, or shards of at most `max_shard_bytes` and their index."""
+    model.safetensors, or shards of at most `max_shard_bytes` and their index. With
+    `quantization` ("fp8" or "awq") the decoder layers' projections are written in that
+    format instead (see `quantized_checkpoint_tensors`)."""
     import torch
 
     _remove_weight_files(folder)
@@ -111,13 +114,44 @@ def write_weights(folder: Path, shape: Shape, seed: int, max_shard_bytes: int,
     specs = weight_specs(shape)
     shards = _plan_shards(specs, item_size, max_shard_bytes)
     names = shard_file_names(len(shards))
+    weight_map: dict[str, str] = {}
+    total_size = 0
     for file_name, shard in zip(names, shards, strict=True):
         tensors = {spec.name: _random_tensor(spec, seed, dtype) if weights is None
                    else weights[spec.name].to(dtype).contiguous() for spec in shard}
+        if quantization is not None:
+            tensors = quantized_checkpoint_tensors(tensors, quantization)
+        weight_map |= dict.fromkeys(tensors, file_name)
+        total_size += sum(t.numel() * t.element_size() for t in tensors.values())
         _write_safetensors(folder / file_name, tensors)
         del tensors
     if len(shards) > 1:
-        _write_index(folder, dict(zip(names, shards, strict=True)), item_size)
+        _write_index(folder, weight_map, total_size)
+
+
+def is_projection(name: str) -> bool:
+    """A decoder layer's linear projection (what FP8 and AWQ checkpoints quantize)."""
+    return ".layers." in name and name.endswith("_proj.weight")
+
+
+def quantized_checkpoint_tensors(tensors: dict[str, torch.Tensor],
+                                 quantization: str) -> dict[str, torch.Tensor]:
+    """The projections as Qwen's quantized checkpoints name and store them: FP8 keeps
+    `<proj>.weight` (float8_e4m3fn) and adds `<proj>.weight_scale_inv` (float32, per 128 x 128
+    block); AWQ replaces the weight by `<proj>.qweight`, `.qzeros` (int32) and `.scales`
+    (fp16). The embeddings, norms and LM head stay as they are (Qwen's FP8 checkpoints keep
+    them in bf16)."""
+    from jupyter_qwen.model.quant.linear import quantized_tensors
+
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        if not is_projection(name):
+            out[name] = tensor
+            continue
+        prefix = name.removesuffix(".weight")
+        for suffix, value in quantized_tensors(quantization, tensor).items():
+            out[f"{prefix}.{suffix}"] = value.contiguous()
+    return out
 
 
 def shard_file_names(count: int) -> list[str]:
@@ -139,12 +173,7 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     path.chmod(0o644)
 
 
-def _write_index(folder: Path, shards: dict[str, list[_WeightSpec]], item_size: int) -> None:
+def _write_index(folder: Path, weight_map: dict[str, str], total_size: int) -> None:
     """model.safetensors.index.json: the total size and which shard holds each tensor."""
-    index = {
-        "metadata": {"total_size": sum(spec.numel for shard in shards.values()
-                                       for spec in shard) * item_size},
-        "weight_map": {spec.name: file_name for file_name, shard in shards.items()
-                       for spec in shard},
-    }
+    index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")

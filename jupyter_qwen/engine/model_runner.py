@@ -58,7 +58,8 @@ class ModelRunner:
         self.max_model_len = self.config.max_model_len
         self.dtype = resolve_dtype(config.dtype, self.model_config, self.device)
         torch.manual_seed(config.seed)
-        self.model = load_model(model_path, self.dtype, self.device, self.progress)
+        self.model = load_model(model_path, self.dtype, self.device, self.progress,
+                                config.quantization)
         self.weights_bytes = module_bytes(self.model)
         self.ops = build_ops(config.attention_backend, self.device, config.kernels)
         self.model.use_ops(self.ops)

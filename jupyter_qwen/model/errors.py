@@ -37,3 +37,11 @@ def hub_error(repo_id: str, error: BaseException) -> ModelNotFoundError:
         f"{repo_id} could not be fetched from the Hugging Face hub ({type(error).__name__})",
         f"try again, download it (huggingface-cli download {repo_id}) or {local_folder}",
         detail)
+
+
+class QuantizationError(ConfigError):
+    """A checkpoint's `quantization_config` (or the `quantization` option) asks for a format
+    jupyter_qwen does not run; the message names the key and what is supported."""
+
+    def __init__(self, message: str):
+        super().__init__("quantization", message)

@@ -4,7 +4,8 @@
 kernel options applied (the one-launch decode step and its largest batch, programmatic
 dependent launch). The model reads nothing else to choose a kernel: `ModelOps.attention`
 stores and attends over the paged KV cache, `ModelOps.layers` (Triton only) runs the fused
-norms, RoPE with the KV store, SiLU·mul and the small-batch products.
+norms, RoPE with the KV store, SiLU·mul and the small-batch products, and `ModelOps.quant`
+(Triton only) the products of FP8 and AWQ projections.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Protocol
 import torch
 
 from jupyter_qwen.model.attention import AttentionBackend, TorchAttention
+from jupyter_qwen.model.quant.linear import QuantKernels
 
 
 class KernelChoices(Protocol):
@@ -68,6 +70,8 @@ class ModelOps:
     attention: AttentionBackend
     layers: LayerKernels | None = None
     compiled: bool = False
+    quant: QuantKernels | None = None
+    """Products of quantized projections (FP8, AWQ); None: the dequantizing reference."""
 
 
 def reference_ops() -> ModelOps:
@@ -93,11 +97,13 @@ def triton_ops(device: torch.device, options: KernelChoices) -> ModelOps:
     from jupyter_qwen.model.kernels.backend import TritonAttention
     from jupyter_qwen.model.kernels.layer_ops import TritonLayerKernels
     from jupyter_qwen.model.kernels.pdl import supported
+    from jupyter_qwen.model.kernels.quant_linear import TritonQuantKernels
 
     pdl = options.pdl and supported(device)
     attention = TritonAttention(decode_step_max_batch=options.decode_step_max_batch, pdl=pdl,
                                 min_chunk=options.decode_step_min_chunk)
-    return ModelOps(attention=attention, layers=TritonLayerKernels(pdl=pdl), compiled=True)
+    return ModelOps(attention=attention, layers=TritonLayerKernels(pdl=pdl), compiled=True,
+                    quant=TritonQuantKernels(device))
 
 
 def triton_available() -> bool:

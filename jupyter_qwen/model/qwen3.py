@@ -11,6 +11,7 @@ from torch import nn
 from jupyter_qwen.model.attention import AttentionBackend, AttentionMetadata
 from jupyter_qwen.model.config import Qwen3Config
 from jupyter_qwen.model.ops import LayerKernels, ModelOps
+from jupyter_qwen.model.quant.linear import QuantLinear
 
 
 class RMSNorm(nn.Module):
@@ -133,9 +134,11 @@ class Qwen3MLP(nn.Module):
         return self.down_proj(F.silu(gate) * up)
 
 
-def split_linear(x: torch.Tensor, packed: nn.Linear, sizes: list[int]) -> list[torch.Tensor]:
-    """A packed projection computed part by part: the same matrix products as unpacked layers."""
-    weights = packed.weight.split(sizes)
+def split_linear(x: torch.Tensor, packed: nn.Module, sizes: list[int]) -> list[torch.Tensor]:
+    """A packed projection computed part by part: the same matrix products as unpacked layers
+    (a quantized projection's weight dequantized first)."""
+    weight = packed.dequantize(x.dtype) if isinstance(packed, QuantLinear) else packed.weight
+    weights = weight.split(sizes)
     biases = packed.bias.split(sizes) if packed.bias is not None else [None] * len(sizes)
     return [F.linear(x, weight, bias) for weight, bias in zip(weights, biases, strict=True)]
 
@@ -159,6 +162,10 @@ class Qwen3DecoderLayer(nn.Module):
         hidden = self.self_attn(positions, hidden, meta)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
+
+    @property
+    def quantized(self) -> bool:
+        return any(isinstance(m, QuantLinear) for m in self.modules())
 
     @property
     def _qkv_shape(self) -> tuple[int, int]:
@@ -200,6 +207,8 @@ class Qwen3ForCausalLM(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = rotary
         self.gemv: LayerKernels | None = None
+        self.quantization = None
+        """The `QuantConfig` its projections were quantized with (None: none are)."""
 
     def forward(self, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
         hidden, residual = self.embed_tokens(input_ids), None
@@ -219,14 +228,18 @@ class Qwen3ForCausalLM(nn.Module):
     def use_ops(self, ops: ModelOps | None) -> None:
         """Run on `ops` (`model/ops.py`): its attention backend in every layer, and where it
         has them, its fused layer kernels and small-batch products (not with biased q/k/v
-        projections). None detaches them (the model then runs no more steps)."""
+        projections), and its quantized products for quantized projections (whose layers
+        then skip the bf16 small-batch products with fused norms). None detaches them (the
+        model then runs no more steps)."""
         layers = ops.layers if ops is not None else None
         self.gemv = layers
         for module in self.modules():
+            if isinstance(module, QuantLinear):
+                module.kernels = ops.quant if ops is not None else None
             if isinstance(module, RMSNorm | Qwen3MLP):
                 module.fused = layers
             if isinstance(module, Qwen3Attention):
                 module.fused = layers
                 module.backend = ops.attention if ops is not None else None
             if isinstance(module, Qwen3DecoderLayer) and not self.config.attention_bias:
-                module.gemv = layers
+                module.gemv = None if module.quantized else layers

@@ -1,0 +1,215 @@
+"""y = x @ W.T for quantized projections, reading the packed weights as they are stored and
+dequantizing in registers (no bf16 copy of W in memory).
+
+- `fp8_linear(x, weight, scale_inv, scale_rows)`: W = weight (float8_e4m3fn [N, K]) times
+  its 128 x 128 block's scale (`scale_inv[scale_rows[n], k // 128]`);
+- `awq_linear(x, qweight, qzeros, scales)`: W.T[k, n] = (q - z) * s, with q and z 4-bit
+  values packed eight per int32 in AWQ's order and z, s per group of 128 input rows.
+
+One kernel per format, two tilings (`quant_tiling`): decode steps (M <= SMALL_M: one row
+of x, summed with FMAs, or 16 rows on the tensor cores) with narrow N tiles so that every
+SM streams weights; and prefill (64-row M tiles, 128-wide N tiles, `tl.dot`). Each K step
+stays inside one scale block / group, so the scale is applied once per step: FP8 adds
+`dot(a, w) * s[n]` to the fp32 accumulator; AWQ dequantizes its tile to x's dtype (the
+same rounding as the reference) before the dot. With `fp8_dot` (Hopper / Ada, prefill
+only) the FP8 product runs on FP8 tensor cores: each row's 128-wide K step of x is
+quantized to e4m3 with its own scale (dynamic per-token-group activations, as Qwen's
+FP8 checkpoints are meant to run), and the step adds `dot(a8, w) * a_scale[m] * s[n]`.
+
+M is not specialised (one compile serves every batch size of a tiling); nothing is read on
+the host, so launches are CUDA-graph safe. The reference is `QuantLinear.dequantize` and
+F.linear (`model/quant/linear.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+SMALL_M = 16
+FP8_BLOCK = 128
+AWQ_GROUP = 128
+MIN_PROGRAMS = 128
+
+
+@dataclass(frozen=True)
+class QuantTiling:
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+def quant_tiling(m: int, n: int, awq: bool = False) -> QuantTiling:
+    """Decode steps: one row (FMAs) or 16 (tensor cores), N tiles of 16-64 rows so that at
+    least ~128 programs stream the weights; prefill: 64 x 128 tiles."""
+    if m <= SMALL_M:
+        block_n = next((b for b in (64, 32) if triton.cdiv(n, b) >= MIN_PROGRAMS), 16)
+        return QuantTiling(1 if m == 1 else 16, block_n, 128, num_warps=4, num_stages=3)
+    return QuantTiling(64, 128, 64 if awq else 128, num_warps=4, num_stages=3)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _fp8_kernel(x_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride, w_stride, s_stride,
+                y_stride, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                FP8_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.minimum(ns, N - 1)  # the tail re-reads row N - 1 rather than masking
+    ms = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = ms < M
+    scale_at = s_ptr + tl.load(srow_ptr + rows) * s_stride
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        a = tl.load(x_ptr + ms[:, None] * x_stride + ks[None, :],
+                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_ptr + rows[:, None] * w_stride + ks[None, :], mask=k_ok[None, :],
+                    other=0.0)
+        scale = tl.load(scale_at + k0 // 128)
+        if FP8_DOT:
+            a32 = a.to(tl.float32)
+            a_scale = tl.maximum(tl.max(tl.abs(a32), 1), 1e-12) / 448.0
+            a8 = (a32 / a_scale[:, None]).to(tl.float8e4nv)
+            part = tl.dot(a8, tl.trans(w)) * a_scale[:, None]
+        elif BLOCK_M == 1:
+            part = tl.sum(a.to(tl.float32) * w.to(tl.float32), 1)[None, :]
+        else:
+            part = tl.dot(a, tl.trans(w.to(a.dtype)), input_precision=PRECISION)
+        acc += part * scale[None, :]
+    mask = m_ok[:, None] & (ns < N)[None, :]
+    tl.store(y_ptr + ms[:, None] * y_stride + ns[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit
+def _awq_unpack(packed, shifts):
+    """[R, C / 8] int32 -> [R, C] 4-bit values: each word widened to its eight columns."""
+    wide = tl.interleave(packed, packed)
+    wide = tl.interleave(wide, wide)
+    wide = tl.interleave(wide, wide)
+    return (wide >> shifts[None, :]) & 0xF
+
+
+@triton.jit(do_not_specialize=["M"])
+def _awq_kernel(x_ptr, qw_ptr, qz_ptr, sc_ptr, y_ptr, M, N, K, x_stride, qw_stride, qz_stride,
+                sc_stride, y_stride, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = ns < N
+    words = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
+    words_ok = words < N // 8
+    column = ns % 8
+    shifts = ((column // 2) + (column % 2) * 4) * 4  # AWQ's nibble of column j of eight
+    ms = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = ms < M
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        a = tl.load(x_ptr + ms[:, None] * x_stride + ks[None, :],
+                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        packed = tl.load(qw_ptr + ks[:, None] * qw_stride + words[None, :],
+                         mask=k_ok[:, None] & words_ok[None, :], other=0)
+        q = _awq_unpack(packed, shifts)
+        group = k0 // GROUP
+        zeros = tl.load(qz_ptr + group * qz_stride + words, mask=words_ok, other=0)
+        z = _awq_unpack(zeros[None, :], shifts)
+        s = tl.load(sc_ptr + group * sc_stride + ns, mask=n_ok, other=0.0).to(tl.float32)
+        w = ((q - z).to(tl.float32) * s[None, :]).to(x_ptr.dtype.element_ty)
+        if BLOCK_M == 1:
+            acc += tl.sum(tl.trans(a).to(tl.float32) * w.to(tl.float32), 0)[None, :]
+        else:
+            acc = tl.dot(a, w, acc, input_precision=PRECISION)
+    mask = m_ok[:, None] & n_ok[None, :]
+    tl.store(y_ptr + ms[:, None] * y_stride + ns[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=mask)
+
+
+def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
+    rows = x.reshape(-1, k)
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
+def _grid(m: int, n: int, tiling: QuantTiling) -> tuple[int, int]:
+    return triton.cdiv(n, tiling.block_n), triton.cdiv(m, tiling.block_m)
+
+
+def _precision(x: torch.Tensor) -> str:
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
+               scale_rows: torch.Tensor, *, tiling: QuantTiling | None = None,
+               fp8_dot: bool = False) -> torch.Tensor:
+    """x [..., K] @ dequantized(weight).T -> [..., N] in x's dtype. `fp8_dot` (prefill
+    tilings only): activations quantized per row and 128 columns, FP8 tensor cores."""
+    k, n = x.shape[-1], weight.shape[0]
+    rows = _rows(x, k)
+    m = rows.shape[0]
+    y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
+    if m == 0:
+        return y
+    tiling = tiling or quant_tiling(m, n)
+    if FP8_BLOCK % tiling.block_k:
+        raise ValueError(f"block_k {tiling.block_k} must divide the scale block {FP8_BLOCK}")
+    use_fp8_dot = fp8_dot and tiling.block_m > SMALL_M and tiling.block_k == FP8_BLOCK
+    _fp8_kernel[_grid(m, n, tiling)](
+        rows, weight, scale_inv, scale_rows, y.view(-1, n), m, n, k, rows.stride(0),
+        weight.stride(0), scale_inv.stride(0), n, BLOCK_M=tiling.block_m,
+        BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k, FP8_DOT=use_fp8_dot,
+        PRECISION=_precision(x), num_warps=tiling.num_warps, num_stages=tiling.num_stages)
+    return y
+
+
+def awq_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
+               scales: torch.Tensor, group_size: int = AWQ_GROUP, *,
+               tiling: QuantTiling | None = None) -> torch.Tensor:
+    """x [..., K] @ W -> [..., N] for AWQ's packed W.T (qweight [K, N / 8])."""
+    k, n = x.shape[-1], scales.shape[1]
+    rows = _rows(x, k)
+    m = rows.shape[0]
+    y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
+    if m == 0:
+        return y
+    tiling = tiling or quant_tiling(m, n, awq=True)
+    if group_size % tiling.block_k or tiling.block_n % 8:
+        raise ValueError(f"block_k {tiling.block_k} must divide the group size {group_size} "
+                         f"and block_n {tiling.block_n} be a multiple of 8")
+    _awq_kernel[_grid(m, n, tiling)](
+        rows, qweight, qzeros, scales, y.view(-1, n), m, n, k, rows.stride(0),
+        qweight.stride(0), qzeros.stride(0), scales.stride(0), n, GROUP=group_size,
+        BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
+        PRECISION=_precision(x), num_warps=tiling.num_warps, num_stages=tiling.num_stages)
+    return y
+
+
+def fp8_tensor_cores(device: torch.device) -> bool:
+    """FP8 tensor cores: compute capability 8.9 (Ada) and later."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+class TritonQuantKernels:
+    """`ModelOps.quant`: the products of `Fp8Linear` and `AwqLinear` (`quant.linear`).
+    Triton has no e4m3 before compute capability 8.9: there FP8 projections run the
+    dequantizing reference (AWQ's kernels run on any CUDA GPU)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.fp8_dot = fp8_tensor_cores(device)
+        self.fp8_kernels = self.fp8_dot or device.type != "cuda"
+
+    def linear(self, x: torch.Tensor, layer) -> torch.Tensor:
+        if hasattr(layer, "weight_scale_inv"):
+            if not self.fp8_kernels:
+                return torch.nn.functional.linear(x, layer.dequantize(x.dtype))
+            return fp8_linear(x, layer.weight, layer.weight_scale_inv, layer.scale_rows,
+                              fp8_dot=self.fp8_dot)
+        return awq_linear(x, layer.qweight, layer.qzeros, layer.scales, layer.group_size)

@@ -1,0 +1,138 @@
+"""FP8 and AWQ checkpoints on a CUDA GPU: transformers' fine-grained FP8 gives our greedy
+tokens, the Triton path computes what the reference path does, and no kernel compiles
+after start-up. Skipped without CUDA. Run with CUBLAS_WORKSPACE_CONFIG=:4096:8."""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from test_gpu import (
+    GREEDY,
+    NEAR_TIE_ULPS,
+    bf16_ulp,
+    drop_compiled_kernels,
+    first_divergence,
+    free_memory,
+    greedy_hf,
+    relative_error,
+    run_engine,
+)
+
+from jupyter_qwen import LLM, SamplingParams
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="needs a CUDA GPU")]
+# Relative error of the Triton path's logits to the reference path's (both bf16): FP8
+# prefill runs on FP8 tensor cores with activations quantized per token and 128 columns.
+TRITON_LOGITS_TOLERANCE = {"fp8": 0.08, "awq": 0.03}
+
+
+def quantized_checkpoint(method: str, layers: int = 2) -> Path:
+    """A Qwen3-0.6B-shaped random checkpoint of `layers` layers in Qwen's `method` format."""
+    from jupyter_qwen.testing import make_tiny_qwen3
+
+    folder = Path(tempfile.gettempdir()) / f"jupyter_qwen_{method}_qwen3-0.6b_{layers}l"
+    if (folder / "config.json").is_file():
+        return folder
+    return make_tiny_qwen3(folder, shape="qwen3-0.6b", num_hidden_layers=layers,
+                           quantization=method)
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    rng = random.Random(0)
+    return [[rng.randrange(10000) for _ in range(n)] for n in (1, 7, 64, 129, 300, 511)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def deterministic_kernels():
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def test_transformers_fine_grained_fp8_gives_our_greedy_tokens(prompts):
+    """transformers loads the FP8 folder with its fine-grained FP8 support (dequantized at
+    load: its FP8 kernels come from the hub, which the device cannot reach) and decodes
+    greedily; our reference path decodes the same tokens, or parts at a near-tie as in
+    test_gpu.py's bf16 comparison."""
+    from transformers import AutoModelForCausalLM, FineGrainedFP8Config
+
+    folder = quantized_checkpoint("fp8")
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.bfloat16,
+        quantization_config=FineGrainedFP8Config(dequantize=True)).cuda().eval()
+    with torch.inference_mode():
+        theirs = [greedy_hf(model, p) for p in prompts]
+    del model
+    free_memory()
+    tokens, _, before, after = run_engine(folder, prompts, attention_backend="torch",
+                                          enforce_eager=True, max_num_seqs=1,
+                                          enable_prefix_caching=False)
+    gaps = []
+    for ours, (their_tokens, step_logits) in zip(tokens, theirs, strict=True):
+        index = first_divergence(ours, their_tokens)
+        if index is not None:
+            scores = step_logits[index]
+            gap = (scores[their_tokens[index]] - scores[ours[index]]).item()
+            gaps.append((index, gap / bf16_ulp(scores[their_tokens[index]].item())))
+    print(f"identical: {len(prompts) - len(gaps)} of {len(prompts)}; parted at:", gaps)
+    assert all(0 <= steps <= NEAR_TIE_ULPS for _, steps in gaps), gaps
+    assert after == before
+
+
+@pytest.mark.parametrize("method", ["fp8", "awq"])
+def test_triton_path_computes_what_the_reference_path_does(method, prompts):
+    folder = quantized_checkpoint(method)
+    _, reference_logits, _, _ = run_engine(folder, prompts, attention_backend="torch",
+                                           enforce_eager=True, max_num_seqs=1)
+    eager, eager_logits, before, after = run_engine(folder, prompts, attention_backend="triton",
+                                                    enforce_eager=True)
+    graphs, graph_logits, _, after_graphs = run_engine(folder, prompts,
+                                                       attention_backend="triton")
+    assert graphs == eager, "decode steps replayed from CUDA graphs compute what eager ones do"
+    for name, values in (("eager", eager_logits), ("graphs", graph_logits)):
+        errors = [relative_error(o.float(), r.float())
+                  for o, r in zip(values, reference_logits, strict=True)]
+        print(method, name, [f"{e:.3f}" for e in errors])
+        assert max(errors) < TRITON_LOGITS_TOLERANCE[method], (name, errors)
+    assert after == before and after_graphs == before
+
+
+@pytest.mark.parametrize("method", ["fp8", "awq"])
+def test_no_quantized_kernel_compiles_after_start_up(method):
+    from triton import knobs
+
+    folder = quantized_checkpoint(method)
+    drop_compiled_kernels()
+    compiled = []
+    rng = random.Random(5)
+    prompts = [[rng.randrange(10000) for _ in range(rng.randint(1, 1024))] for _ in range(64)]
+    params = [SamplingParams(temperature=0, max_tokens=rng.randint(1, 200), ignore_eos=True,
+                             detokenize=False) for _ in prompts]
+    for eager in (False, True):
+        with LLM(str(folder), dtype="bfloat16", max_model_len=2048, gpu_memory_utilization=0.3,
+                 max_num_seqs=16, max_num_batched_tokens=512, enforce_eager=eager) as llm:
+            knobs.runtime.jit_cache_hook = lambda *, fn, **_: compiled.append(fn.name)
+            try:
+                llm.generate(prompts, params)
+                llm.generate(prompts[:1], GREEDY)
+            finally:
+                knobs.runtime.jit_cache_hook = None
+    assert compiled == [], f"kernels compiled while serving: {compiled}"
+
+
+def test_online_fp8_serves_a_bf16_checkpoint_with_fp8_weights(prompts):
+    from jupyter_qwen.testing import make_tiny_qwen3
+
+    folder = Path(tempfile.gettempdir()) / "jupyter_qwen_bf16_qwen3-0.6b_2l"
+    if not (folder / "config.json").is_file():
+        make_tiny_qwen3(folder, shape="qwen3-0.6b", num_hidden_layers=2)
+    online, online_logits, _, _ = run_engine(folder, prompts, quantization="fp8")
+    stored, stored_logits, _, _ = run_engine(quantized_checkpoint("fp8"), prompts)
+    assert online == stored
+    assert all(torch.equal(a, b) for a, b in zip(online_logits, stored_logits, strict=True))

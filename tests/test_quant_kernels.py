@@ -1,0 +1,141 @@
+"""The quantized products (jupyter_qwen/model/kernels/quant_linear.py) against the
+dequantizing reference: x @ dequantize(W).T in float64 (CPU) / float32 (GPU) from the
+weight dequantized to x's dtype, as `QuantLinear`'s reference path multiplies.
+
+Tolerances (relative error of the whole output): kernel_modes.TOLERANCE per dtype (fp32
+1e-5, bf16 2e-2: the output's own rounding), and FP8_DOT_TOLERANCE for the prefill path on
+FP8 tensor cores, whose activations are quantized to e4m3 (3 mantissa bits) per row and
+128 columns. Both modes: `cuda` (real shapes) and `interpreter` (small shapes, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_cases import relative_error
+from kernel_modes import COMPILED_ONLY, TOLERANCE
+
+from jupyter_qwen.model.quant import awq, fp8
+
+FP8_DOT_TOLERANCE = 5e-2
+SMALL_SHAPES = [(96, 200), (256, 128), (40, 64)]  # N, K: partial blocks and groups
+LARGE_SHAPES = [(4096, 1024), (1024, 2048), (19456, 2560), (2560, 9728)]  # 0.6B, 4B
+ROWS = [1, 3, 16, 37]
+
+
+def fp8_case(generator, n: int, k: int, shards: list[int] | None = None):
+    """A packed FP8 projection of `shards` (each quantized on its own, as checkpoints are)."""
+    shards = shards or [n]
+    pieces = [fp8.quantize_fp8_blocks(torch.randn(rows, k, generator=generator))
+              for rows in shards]
+    values = torch.cat([v for v, _ in pieces])
+    scales = torch.cat([s for _, s in pieces])
+    return values, scales, fp8.scale_rows_of(shards)
+
+
+def reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    wide = torch.float64 if x.device.type == "cpu" else torch.float32
+    return x.to(wide) @ weight.to(x.dtype).to(wide).T
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("shape", range(3))
+def test_fp8_linear_matches_the_dequantized_product(mode, generator, dtype, rows, shape):
+    from jupyter_qwen.model.kernels.quant_linear import fp8_linear
+
+    n, k = mode.pick(SMALL_SHAPES, LARGE_SHAPES)[shape]
+    values, scales, scale_rows = fp8_case(generator, n, k)
+    x = torch.randn(rows, k, generator=generator).to(dtype)
+    weight = fp8.dequantize_fp8_blocks(values, scales, scale_rows)
+    device = mode.device
+    y = fp8_linear(x.to(device), values.to(device), scales.to(device), scale_rows.to(device))
+    error = relative_error(y.cpu(), reference(x, weight))
+    assert y.dtype == dtype and error < TOLERANCE[dtype], f"relative error {error:.2e}"
+
+
+def test_fp8_linear_reads_the_scales_of_packed_shards(mode, generator):
+    """q, k and v of sizes that are not multiples of 128 packed in one projection: each
+    output row reads its own shard's scale row."""
+    from jupyter_qwen.model.kernels.quant_linear import fp8_linear
+
+    shards = mode.pick([64, 32, 32], [2048, 1024, 1024])
+    values, scales, scale_rows = fp8_case(generator, sum(shards), 128, shards)
+    assert scales.shape[0] == sum(-(-rows // 128) for rows in shards)
+    x = torch.randn(5, 128, generator=generator)
+    y = fp8_linear(x.to(mode.device), values.to(mode.device), scales.to(mode.device),
+                   scale_rows.to(mode.device))
+    weight = fp8.dequantize_fp8_blocks(values, scales, scale_rows)
+    assert relative_error(y.cpu(), reference(x, weight)) < TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("shape", range(3))
+def test_awq_linear_matches_the_dequantized_product(mode, generator, dtype, rows, shape):
+    from jupyter_qwen.model.kernels.quant_linear import awq_linear
+
+    n, k = mode.pick(SMALL_SHAPES, LARGE_SHAPES)[shape]
+    w = torch.randn(n, k, generator=generator)
+    qweight, qzeros, scales = awq.quantize_awq(w)
+    x = torch.randn(rows, k, generator=generator).to(dtype)
+    device = mode.device
+    y = awq_linear(x.to(device), qweight.to(device), qzeros.to(device), scales.to(device))
+    weight = awq.dequantize_awq(qweight, qzeros, scales)
+    error = relative_error(y.cpu(), reference(x, weight))
+    assert y.dtype == dtype and error < TOLERANCE[dtype], f"relative error {error:.2e}"
+
+
+def test_quantized_products_take_strided_and_batched_rows(mode, generator):
+    from jupyter_qwen.model.kernels.quant_linear import awq_linear, fp8_linear
+
+    wide = torch.randn(2, 3, 256, generator=generator)
+    x = wide[..., :128]  # rows with a stride of 256
+    values, scales, scale_rows = fp8_case(generator, 48, 128)
+    qweight, qzeros, awq_scales = awq.quantize_awq(torch.randn(48, 128, generator=generator))
+    on = lambda t: t.to(mode.device)  # noqa: E731
+    y = fp8_linear(on(x), on(values), on(scales), on(scale_rows))
+    assert y.shape == (2, 3, 48)
+    assert relative_error(y.cpu(), reference(x, fp8.dequantize_fp8_blocks(
+        values, scales, scale_rows))) < TOLERANCE[torch.float32]
+    y = awq_linear(on(x), on(qweight), on(qzeros), on(awq_scales))
+    assert relative_error(y.cpu(), reference(x, awq.dequantize_awq(
+        qweight, qzeros, awq_scales))) < TOLERANCE[torch.float32]
+
+
+@COMPILED_ONLY
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows", [17, 256, 2048])
+@pytest.mark.parametrize("shape", range(4))
+def test_fp8_tensor_core_prefill_matches_the_reference(generator, rows, shape):
+    from jupyter_qwen.model.kernels.quant_linear import fp8_linear, fp8_tensor_cores
+
+    if not fp8_tensor_cores(torch.device("cuda")):
+        pytest.skip("needs FP8 tensor cores (compute capability 8.9 or later)")
+    n, k = LARGE_SHAPES[shape]
+    values, scales, scale_rows = fp8_case(generator, n, k)
+    x = torch.randn(rows, k, generator=generator).to(torch.bfloat16)
+    weight = fp8.dequantize_fp8_blocks(values, scales, scale_rows)
+    y = fp8_linear(x.cuda(), values.cuda(), scales.cuda(), scale_rows.cuda(), fp8_dot=True)
+    error = relative_error(y.float(), reference(x.cuda(), weight.cuda()))
+    assert error < FP8_DOT_TOLERANCE, f"relative error {error:.2e}"
+
+
+@COMPILED_ONLY
+@pytest.mark.gpu
+def test_quantized_products_replay_in_cuda_graphs_bitwise(generator):
+    from jupyter_qwen.model.kernels.quant_linear import awq_linear, fp8_linear
+
+    values, scales, scale_rows = (t.cuda() for t in fp8_case(generator, 4096, 1024))
+    packed = [t.cuda() for t in awq.quantize_awq(torch.randn(4096, 1024, generator=generator))]
+    x = torch.randn(4, 1024, generator=generator).to(torch.bfloat16).cuda()
+
+    def step():
+        return fp8_linear(x, values, scales, scale_rows), awq_linear(x, *packed)
+
+    eager = step()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(eager, captured, strict=True))
