@@ -33,19 +33,30 @@ export function proxyUrl(proxyPath: string): string {
   return URLExt.join(window.location.origin, PageConfig.getBaseUrl(), proxyPath);
 }
 
-/** `text` with places where a line may break: after `(`, `, ` and each `/` of a URL. */
-function breakable(text: string, url: string): React.ReactNode[] {
-  const [before, after] = text.split(url);
-  const urlParts = url.split(/(?<=\/)(?!\/)/); // after a slash, but not inside "//"
-  const withBreaks = (parts: string[], prefix: string) =>
-    parts.flatMap((p, i) => (i ? [<wbr key={`${prefix}${i}`} />, p] : [p]));
-  return [
-    ...withBreaks(before.split(/(?<=[(,])/), 'a'),
-    <span key="url" className="jp-QwenServer-url">
-      {withBreaks(urlParts, 'u')}
-    </span>,
-    ...withBreaks((after ?? '').split(/(?<=[(,])/), 'z')
-  ];
+/**
+ * `snippet` in unbreakable pieces (`ChatOpenAI(`, `base_url="…", `, `api_key=…, `, …) with
+ * line breaks allowed only between them; a URL longer than the card scrolls.
+ */
+function pieces(snippet: string, url: string): React.ReactNode[] {
+  return snippet.split(/(?<=\(|, )/).flatMap((piece, i) => {
+    const [before, after] = piece.split(url);
+    const body =
+      after === undefined ? (
+        piece
+      ) : (
+        <>
+          {before}
+          <span className="jp-QwenServer-url">{url}</span>
+          {after}
+        </>
+      );
+    const span = (
+      <span key={`p${i}`} className="jp-QwenSnippet-piece">
+        {body}
+      </span>
+    );
+    return i ? [<wbr key={`w${i}`} />, span] : [span];
+  });
 }
 
 type Route = 'direct' | 'proxy';
@@ -86,7 +97,7 @@ export function Connect(props: { server: IModelServer }) {
         </div>
       )}
       <pre className="jp-QwenServer-snippet" data-route={route}>
-        {breakable(snippet, url)}
+        {pieces(snippet, url)}
       </pre>
       <div className="jp-QwenConnect-copy">
         <CopyButton text={url} label="URL" />

@@ -103,8 +103,10 @@ function Stats(props: { server: IModelServer }) {
   const e = props.server.engine;
   return (
     <div className="jp-QwenCard-line jp-QwenServer-stats">
-      {formatNumber(e?.requests_running, 0)} running · {formatNumber(e?.requests_waiting, 0)} waiting ·{' '}
-      {formatNumber(e?.generation_tokens_per_s, 0)} tok/s · KV {formatPercent(e?.kv_cache_usage, 0)}
+      <span className="jp-QwenNowrap">{formatNumber(e?.requests_running, 0)} running</span> ·{' '}
+      <span className="jp-QwenNowrap">{formatNumber(e?.requests_waiting, 0)} waiting</span> ·{' '}
+      <span className="jp-QwenNowrap">{formatNumber(e?.generation_tokens_per_s, 0)} tok/s</span> ·{' '}
+      <span className="jp-QwenNowrap">KV {formatPercent(e?.kv_cache_usage, 0)}</span>
     </div>
   );
 }
@@ -122,7 +124,7 @@ function Ready(props: { server: IModelServer; actions: IServerActions }) {
       <RunningRequests
         running={e?.running}
         aborting={actions.aborting}
-        onAbort={requestId => actions.onAbort(server, requestId)}
+        onAbort={server.origin === 'remote' ? null : requestId => actions.onAbort(server, requestId)}
       />
     </>
   );

@@ -12,7 +12,7 @@ answers the routes the sidebar's server extension relies on:
 
 Use it in-process (``StandInServer(...).start()``, serving from a thread) or as a
 separate process: ``python stand_in_server.py --model NAME [--kernel-id ID] [--state S]
-[--origin O]`` prints
+[--origin O] [--device D]`` prints
 its record as one JSON line, then serves until stopped (``/admin/stop`` or SIGTERM).
 """
 
@@ -56,11 +56,12 @@ def running_request(request_id: str, state: str = "running") -> dict[str, Any]:
 
 class StandInServer:
     def __init__(self, model: str = "stand-in/Qwen3-Tiny", kernel_id: str | None = None,
-                 state: str = "ok", origin: str = "kernel"):
+                 state: str = "ok", origin: str = "kernel", device: str = "cpu"):
         self.model = model
         self.kernel_id = kernel_id
         self.status = state  # what /health reports; "dead" answers 503
         self.origin = origin
+        self.device = device
         self.running = [running_request("chatcmpl-standin-1"),
                         running_request("chatcmpl-standin-2", "waiting")]
         self.calls: list[tuple[str, str | None]] = []  # (path, X-Admin-Token) of admin calls
@@ -80,7 +81,7 @@ class StandInServer:
             "status": self.status,
             "model": self.record.served_model_name if self.record else self.model,
             "pid": self.record.pid if self.record else 0,
-            "device": "cpu", "origin": self.origin, "uptime": 754.2,
+            "device": self.device, "origin": self.origin, "uptime": 754.2,
             "engine": {"engine_state": self.status}, "gpu": [],
         }
         if self.status == "loading":
@@ -92,19 +93,20 @@ class StandInServer:
         return report
 
     def engine_figures(self) -> dict[str, Any]:
+        on_gpu = self.device.startswith("cuda")
         return {
             "engine_state": "running", "chat_variant": "thinking-2507",
             "requests_running": 2, "requests_waiting": 1, "kv_cache_usage": 0.25,
             "prefix_cache_hit_rate": 0.5, "generation_tokens_per_s": 123.4,
             "prompt_tokens_per_s": 456.7,
             "memory": {
-                "device": "cpu", "weights_bytes": 1200 * MIB, "kv_cache_bytes": 512 * MIB,
+                "device": self.device, "weights_bytes": 1200 * MIB, "kv_cache_bytes": 512 * MIB,
                 "kv_blocks_used": 128, "kv_blocks_total": 512, "kv_block_bytes": MIB,
-                "activations_bytes": 96 * MIB, "cuda_graph_bytes": None,
+                "activations_bytes": 96 * MIB, "cuda_graph_bytes": 64 * MIB if on_gpu else None,
                 "torch_reserved_bytes": None, "torch_allocated_bytes": None,
-                "process_gpu_bytes": None, "rss_bytes": 3 * GIB,
+                "process_gpu_bytes": 2 * GIB if on_gpu else None, "rss_bytes": 3 * GIB,
             },
-            "latency": {"window_s": 300, "requests": 42, "ttft_p50_s": 0.0815,
+            "latency": {"window_s": 300, "requests": 42, "ttft_p50_s": 0.082,
                         "ttft_p95_s": 0.412, "itl_p50_s": 0.0123, "itl_p95_s": None},
             "running": list(self.running),
         }
@@ -193,8 +195,9 @@ def main() -> None:
     parser.add_argument("--kernel-id", default=None)
     parser.add_argument("--state", default="ok", choices=("ok", "loading", "failed", "dead"))
     parser.add_argument("--origin", default="kernel", choices=("kernel", "process", "remote"))
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    peer = StandInServer(args.model, args.kernel_id, args.state, args.origin).start()
+    peer = StandInServer(args.model, args.kernel_id, args.state, args.origin, args.device).start()
     signal.signal(signal.SIGTERM, lambda *_: peer.close())
     assert peer.record is not None
     print(json.dumps(peer.record.to_dict(public=True)), flush=True)
