@@ -10,11 +10,12 @@
 //   ABORT_MODEL      served model name of the server whose request ABORT_REQUEST is aborted
 //   ABORT_REQUEST    the request id to abort from its row
 //   NOTEBOOK         (optional) the notebook path a card shows; clicking it must open it
+//   BROKEN           (optional) served model name of a server whose card cannot be drawn
 //
 // Prints one JSON line with what it saw; exits non-zero (with the reason) when a step fails.
 import { recordFailedRequests, result, runCheck, setTheme, shot, step } from './harness.mjs';
 
-const { LAB_URL, CARDS, ABORT_MODEL, ABORT_REQUEST, NOTEBOOK } = process.env;
+const { LAB_URL, CARDS, ABORT_MODEL, ABORT_REQUEST, NOTEBOOK, BROKEN } = process.env;
 const cards = JSON.parse(CARDS);
 const SIDEBAR_PX = 300;
 
@@ -73,6 +74,7 @@ async function overflowingText(panel) {
 
 async function readCards(page, panel) {
   for (const name of Object.values(cards)) await card(page, panel, name).waitFor();
+  if (BROKEN) await panel.locator('.jp-QwenCard-broken', { hasText: BROKEN }).waitFor();
   const text = async (name, sel) =>
     (await card(page, panel, name).locator(sel).allTextContents()).join(' | ');
   result.statuses = {};
@@ -176,7 +178,10 @@ await runCheck({ prefix: 'states', viewport: { width: 1400, height: 1000 } }, as
   result.statusBar = await status.textContent();
   await checkConnectRoutes(page, panel);
   await screenshots(page, panel);
-  result.brokenCards = await panel.locator('.jp-QwenCard-broken').count();
+  // the broken card's message, less the error's own (minified) words
+  result.brokenCards = (await panel.locator('.jp-QwenCard-broken').allTextContents()).map(t =>
+    t.replace(/: .*$/, ': ')
+  );
   if (NOTEBOOK) {
     await panel.locator('.jp-QwenServer-notebook .jp-QwenNotebookLink', { hasText: NOTEBOOK }).first().click();
     await page.waitForFunction(p => window.jupyterapp.shell.currentWidget?.context?.path === p, NOTEBOOK);

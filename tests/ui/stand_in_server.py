@@ -5,7 +5,8 @@ answers the routes the sidebar's server extension relies on:
 
 - ``GET /health`` -> the shared /health contract for its ``state``: "ok" (engine figures
   with memory, latency and two running requests), "loading" (phase and fraction), "failed"
-  (one-line error, full detail, hint) or "dead" (503)
+  (one-line error, full detail, hint), "dead" (503) or "malformed" (figures of the wrong
+  shape)
 - ``POST /admin/stop``, ``/admin/clean`` and ``/admin/abort`` (``{"request_id"}``: 404 for an
   id not running) with ``X-Admin-Token`` (401 without, 403 with a wrong one). After a stop
   it unregisters itself and shuts down.
@@ -88,6 +89,8 @@ class StandInServer:
             report["loading"] = {"phase": "loading weights", "fraction": 0.4}
         elif self.status in ("failed", "dead"):
             report |= {"error": FAILED_ERROR, "error_detail": FAILED_DETAIL, "hint": FAILED_HINT}
+        elif self.status == "malformed":  # figures of the wrong shape: a card that cannot draw
+            report |= {"status": "ok", "engine": {"running": "not a list", "memory": 5}}
         else:
             report["engine"] = self.engine_figures()
         return report
@@ -193,7 +196,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="stand-in/Qwen3-Tiny")
     parser.add_argument("--kernel-id", default=None)
-    parser.add_argument("--state", default="ok", choices=("ok", "loading", "failed", "dead"))
+    parser.add_argument("--state", default="ok",
+                        choices=("ok", "loading", "failed", "dead", "malformed"))
     parser.add_argument("--origin", default="kernel", choices=("kernel", "process", "remote"))
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()

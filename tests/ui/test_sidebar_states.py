@@ -1,9 +1,10 @@
 """The "Qwen" sidebar with servers in every state, in a real JupyterLab and headless Chromium.
 
-One lab lists five servers: a loading one, a failed one (both the stand-in peer answering
+One lab lists six servers: a loading one, a failed one (both the stand-in peer answering
 /health as the shared contract says), the real demo server (ready, figures as this version
 of the engine reports them), a stand-in ready one with every figure (memory, latency, two
-running requests) whose notebook is a session of the lab, and a remote one. The sidebar must
+running requests) whose notebook is a session of the lab, a remote one, and one whose figures
+have the wrong shape (its card says it cannot be drawn; the others stay). The sidebar must
 show every card and the GPU section; screenshots in light and dark at 1400 and 900 px land in
 ``out/`` and no text spills out of its card; no console errors. The Abort button of a running
 request goes through the server extension to the stand-in's ``/admin/abort`` (the real
@@ -42,22 +43,23 @@ def test_every_state_has_its_card(start_lab, tmp_path, capsys, demo_model):
         start_model_server(the_lab, "stand-in/Qwen3-Missing", state="failed"),
         start_model_server(the_lab, "stand-in/Qwen3-Busy", kernel_id=kernel_id, device="cuda:0"),
         start_model_server(the_lab, "stand-in/Qwen3-Far", origin="remote"),
+        start_model_server(the_lab, "stand-in/Qwen3-Garbled", state="malformed"),
     ]
     try:
         servers.append(start_demo_server(the_lab, demo_model.parent))
-        loading, failed, busy, far, demo = servers
+        loading, failed, busy, far, garbled, demo = servers
         cards = {"loading": loading.name, "failed": failed.name, "ok": demo.name,
                  "busy": busy.name, "remote": far.name}
         result = run_script(
             "sidebar_states.mjs", out_dir(tmp_path), LAB_URL=the_lab.lab_url,
             CARDS=json.dumps(cards), ABORT_MODEL=busy.name,
-            ABORT_REQUEST="chatcmpl-standin-1", NOTEBOOK=NOTEBOOK,
+            ABORT_REQUEST="chatcmpl-standin-1", NOTEBOOK=NOTEBOOK, BROKEN=garbled.name,
         )
         with capsys.disabled():
             print("\nsidebar screenshots:", *result["screenshots"], sep="\n  ")
         assert result["ok"], (f"{result.get('error')}\nsteps: {result['steps']}\n"
                               f"page errors: {result['pageErrors']}\n{the_lab.log_tail(800)}")
-        _check_cards(result, loading, failed, busy, far, demo)
+        _check_cards(result, loading, failed, busy, far, demo, garbled.name)
         _check_views(result)
         # Abort: through the server extension to the server's /admin/abort; the row leaves
         assert "Aborted request chatcmpl-standin-1 of Qwen3-Busy" in result["abortToast"]
@@ -68,7 +70,7 @@ def test_every_state_has_its_card(start_lab, tmp_path, capsys, demo_model):
             server.close()
 
 
-def _check_cards(result, loading, failed, busy, far, demo) -> None:
+def _check_cards(result, loading, failed, busy, far, demo, garbled_name) -> None:
     assert result["statuses"] == {loading.name: "loading", failed.name: "failed",
                                   demo.name: "ok", busy.name: "ok", far.name: "ok"}
     assert result["gpuSection"] == 1 and result["gpuCards"] == 1
@@ -77,7 +79,8 @@ def _check_cards(result, loading, failed, busy, far, demo) -> None:
     assert NOTEBOOK in result["gpuOwners"][0] and "3.0 GiB" in result["gpuOwners"][0]
     assert "Qwen3-Busy" in result["gpuOwners"][1] and "2.0 GiB" in result["gpuOwners"][1]
     assert result["gpuRest"][-1].startswith("free")
-    assert result["brokenCards"] == 0
+    # the card with figures of the wrong shape says so; every other card is drawn
+    assert result["brokenCards"] == [f"Cannot show server {garbled_name}: "]
     assert "loading weights (40 %)" in result["loading"]["text"]
     assert result["loading"]["value"] == "40"
     assert "not in the local Hugging Face cache" in result["failed"]["error"]
@@ -110,12 +113,14 @@ def _check_cards(result, loading, failed, busy, far, demo) -> None:
 
 
 def _check_views(result) -> None:
-    assert result["statusBar"].startswith("Qwen: 5 servers")
+    assert result["statusBar"].startswith("Qwen: 6 servers")
     for view, spilled in result["overflow"].items():
         assert spilled == [], f"text overflows its card in {view}: {spilled}"
     for width, px in result["panelWidths"].items():
         assert 280 <= px <= 320, f"the sidebar is {px} px wide at {width} px"
-    assert result["consoleErrors"] == [], result["consoleErrors"]
+    # React reports the error the broken card's boundary caught; nothing else
+    unexpected = [e for e in result["consoleErrors"] if "is not a function" not in e]
+    assert unexpected == [], result["consoleErrors"]
     assert result["pageErrors"] == []
     assert result["failedRequests"] == []
     names = {Path(p).name for p in result["screenshots"]}
