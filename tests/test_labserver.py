@@ -21,7 +21,7 @@ from jupyter_qwen.nvml import GpuInfo, GpuProcess, GpuSnapshot
 from jupyter_qwen.server import registry
 
 sys.path.insert(0, str(Path(__file__).with_name("ui")))
-from stand_in_server import CLEAN_REPORT, StandInServer
+from stand_in_server import CLEAN_REPORT, FAILED_ERROR, FAILED_HINT, StandInServer
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
@@ -82,7 +82,7 @@ def dead_pid() -> int:
 @pytest.mark.parametrize(
     ("method", "path"),
     [("GET", "gpus"), ("GET", "servers"), ("POST", "servers/aaaaaaaaaaaa/stop"),
-     ("POST", "servers/aaaaaaaaaaaa/clean")],
+     ("POST", "servers/aaaaaaaaaaaa/clean"), ("POST", "servers/aaaaaaaaaaaa/abort")],
 )
 async def test_unauthenticated_requests_are_refused(jp_fetch, method, path):
     kwargs = {"body": "{}"} if method == "POST" else {}
@@ -178,6 +178,28 @@ async def test_dead_unreachable_and_stale_servers(jp_fetch, peers):
     assert not stale_path.exists()
 
 
+async def test_health_figures_of_every_state_are_passed_on(jp_fetch, peers):
+    loading, failed, ready = (peers(model=m, state=m) for m in ("loading", "failed", "ok"))
+    peers(model="far", origin="remote")
+    by_model = {s["model"]: s for s in (await get_json(jp_fetch, "servers"))["servers"]}
+    assert by_model["loading"]["status"] == "loading"
+    assert by_model["loading"]["loading"] == {"phase": "loading weights", "fraction": 0.4}
+    assert by_model["loading"]["engine"] == {"engine_state": "loading"}
+    assert "error" not in by_model["loading"] and "hint" not in by_model["loading"]
+    assert by_model["failed"]["status"] == "failed"
+    assert by_model["failed"]["error"] == FAILED_ERROR
+    assert by_model["failed"]["hint"] == FAILED_HINT
+    assert "Traceback" in by_model["failed"]["error_detail"]
+    ok = by_model["ok"]
+    assert (ok["device"], ok["origin"], ok["uptime"]) == ("cpu", "kernel", 754.2)
+    assert ok["engine"]["memory"]["kv_blocks_total"] == 512
+    assert [r["request_id"] for r in ok["engine"]["running"]] == [
+        r["request_id"] for r in ready.running]
+    assert by_model["far"]["origin"] == "remote"
+    assert by_model["failed"]["id"] == failed.record.id  # the record's fields stay its own
+    assert by_model["loading"]["pid"] == loading.record.pid
+
+
 def _free_port() -> int:
     import socket
 
@@ -205,6 +227,37 @@ async def test_stop_removes_the_server_from_the_list(jp_fetch, peers):
     assert peer.calls == [("/admin/stop", peer.record.admin_token)]
     servers = (await get_json(jp_fetch, "servers"))["servers"]
     assert [s["id"] for s in servers] == [keep.record.id]
+
+
+async def test_abort_is_forwarded_with_the_request_id_and_admin_token(jp_fetch, peers):
+    peer = peers()
+    reply = await get_json(jp_fetch, "servers", peer.record.id, "abort", method="POST",
+                           body=json.dumps({"request_id": "chatcmpl-standin-1"}))
+    assert reply == {"aborted": "chatcmpl-standin-1"}
+    assert peer.aborted == ["chatcmpl-standin-1"]
+    assert peer.calls == [("/admin/abort", peer.record.admin_token)]
+    (item,) = (await get_json(jp_fetch, "servers"))["servers"]
+    assert [r["request_id"] for r in item["engine"]["running"]] == ["chatcmpl-standin-2"]
+
+
+async def test_abort_of_an_unknown_request_is_the_servers_404(jp_fetch, peers):
+    peer = peers()
+    with pytest.raises(HTTPClientError) as err:
+        await jp_fetch("jupyter-qwen", "servers", peer.record.id, "abort", method="POST",
+                       body=json.dumps({"request_id": "chatcmpl-gone"}))
+    assert err.value.code == 404
+    assert "no running request 'chatcmpl-gone'" in json.loads(err.value.response.body)["message"]
+    assert peer.aborted == []
+
+
+@pytest.mark.parametrize("body", ["{}", "not json", '{"request_id": 3}', '{"request_id": ""}'])
+async def test_abort_without_a_request_id_is_400(jp_fetch, peers, body):
+    peer = peers()
+    with pytest.raises(HTTPClientError) as err:
+        await jp_fetch("jupyter-qwen", "servers", peer.record.id, "abort", method="POST",
+                       body=body)
+    assert err.value.code == 400
+    assert peer.calls == []
 
 
 async def test_unknown_server_is_404(jp_fetch, peers):

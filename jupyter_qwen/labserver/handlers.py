@@ -1,4 +1,4 @@
-"""REST handlers for the sidebar: GPUs, model servers, and stop/clean forwarding."""
+"""REST handlers for the sidebar: GPUs, model servers, and stop/clean/abort forwarding."""
 
 from __future__ import annotations
 
@@ -88,9 +88,17 @@ async def _fetch(url: str, **kwargs: Any) -> HTTPResponse | Exception:
         return err
 
 
+# /health's own top-level figures that the sidebar shows, passed on under the same names
+HEALTH_FIELDS = ("device", "origin", "uptime", "loading", "error", "error_detail", "hint")
+
+
 def _health_view(health: Health) -> dict[str, Any]:
-    """status / engine / health_error, as the sidebar reads them."""
-    return {"status": health.status, "engine": health.engine, "health_error": health.error}
+    """status / engine / health_error, and the HEALTH_FIELDS the reply has, as the sidebar
+    reads them (a field the server does not report stays out: the sidebar says "–")."""
+    view = {"status": health.status, "engine": health.engine, "health_error": health.error}
+    report = health.report or {}
+    view |= {key: report[key] for key in HEALTH_FIELDS if report.get(key) is not None}
+    return view
 
 
 class ServersHandler(_Base):
@@ -108,7 +116,8 @@ class ServersHandler(_Base):
             item = rec.to_dict(public=True)  # the admin token never leaves the server
             item["root_url"] = rec.root_url
             item["notebook_path"] = notebooks.get(rec.kernel_id) if rec.kernel_id else None
-            item.update(_health_view(reply))
+            for key, value in _health_view(reply).items():
+                item.setdefault(key, value)  # the record's own fields win
             servers.append(item)
         self.finish(json.dumps({"servers": servers}))
 
@@ -118,29 +127,62 @@ class AdminHandler(_Base):
 
     @tornado.web.authenticated
     async def post(self, server_id: str, action: str) -> None:
-        rec = get_record(server_id)
-        if rec is None:
-            msg = f"no running jupyter_qwen server with id {server_id!r}"
-            raise tornado.web.HTTPError(404, msg)
-        reply = _check_upstream(
-            rec,
-            action,
-            await _fetch(
-                f"{rec.root_url}/admin/{action}",
-                method="POST",
-                body=b"{}",
-                headers={"X-Admin-Token": rec.admin_token, "Content-Type": "application/json"},
-                connect_timeout=HEALTH_TIMEOUT_S,
-                request_timeout=ADMIN_TIMEOUT_S,
-            ),
-        )
-        try:
-            result = json.loads(reply.body or b"{}")
-        except ValueError:
-            result = {"reply": reply.body.decode(errors="replace")}
+        rec = _record_or_404(server_id)
+        result = await _forward(rec, action, {})
         if action == "stop":
             await _wait_unregistered(rec.id)
         self.finish(json.dumps(result))
+
+
+class AbortHandler(_Base):
+    """``POST servers/{id}/abort`` with ``{"request_id": ...}``: ends one running request of
+    that model server (its ``/admin/abort``; an id it does not know is its 404)."""
+
+    @tornado.web.authenticated
+    async def post(self, server_id: str) -> None:
+        request_id = _request_id(self.request.body)
+        rec = _record_or_404(server_id)
+        self.finish(json.dumps(await _forward(rec, "abort", {"request_id": request_id})))
+
+
+def _request_id(body: bytes) -> str:
+    """The non-empty ``request_id`` of an abort body; 400 otherwise."""
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        data = None
+    request_id = data.get("request_id") if isinstance(data, dict) else None
+    if not isinstance(request_id, str) or not request_id:
+        raise tornado.web.HTTPError(400, 'abort needs a JSON body {"request_id": "<id>"}')
+    return request_id
+
+
+def _record_or_404(server_id: str) -> ServerRecord:
+    rec = get_record(server_id)
+    if rec is None:
+        raise tornado.web.HTTPError(404, f"no running jupyter_qwen server with id {server_id!r}")
+    return rec
+
+
+async def _forward(rec: ServerRecord, action: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``POST {root}/admin/{action}`` with the admin token; the model server's JSON answer."""
+    reply = _check_upstream(
+        rec,
+        action,
+        await _fetch(
+            f"{rec.root_url}/admin/{action}",
+            method="POST",
+            body=json.dumps(body).encode(),
+            headers={"X-Admin-Token": rec.admin_token, "Content-Type": "application/json"},
+            connect_timeout=HEALTH_TIMEOUT_S,
+            request_timeout=ADMIN_TIMEOUT_S,
+        ),
+    )
+    try:
+        result = json.loads(reply.body or b"{}")
+    except ValueError:
+        result = {"reply": reply.body.decode(errors="replace")}
+    return result
 
 
 def _check_upstream(
@@ -178,5 +220,6 @@ def setup_handlers(web_app: tornado.web.Application) -> None:
             (url_path_join(base, "gpus"), GpusHandler),
             (url_path_join(base, "servers"), ServersHandler),
             (url_path_join(base, "servers", "([^/]+)", "(stop|clean)"), AdminHandler),
+            (url_path_join(base, "servers", "([^/]+)", "abort"), AbortHandler),
         ],
     )

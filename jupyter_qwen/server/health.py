@@ -26,6 +26,7 @@ class Health:
     error: str | None = None  # why the reply could not be read; None when it could
     code: int | None = None  # the HTTP status, when there was a reply
     body: str = ""
+    report: dict[str, Any] | None = None  # the whole parsed reply, when it was a JSON object
 
     @property
     def ok(self) -> bool:
@@ -57,4 +58,4 @@ def parse_health(code: int, body: bytes) -> Health:
     if not isinstance(data, dict):
         return Health(UNREACHABLE, error="bad /health reply", code=code, body=text)
     status = data.get("status") or ("ok" if code == 200 else "dead")
-    return Health(str(status), engine=data.get("engine"), code=code, body=text)
+    return Health(str(status), engine=data.get("engine"), code=code, body=text, report=data)

@@ -67,8 +67,26 @@ export function formatDuration(seconds: Figure): string {
   return `${formatNumber(seconds / 3600, 0)} h`;
 }
 
-/** The LangChain line for a server: `api_key="EMPTY"` without a key, else a reference to it. */
-export function chatSnippet(url: string, model: string, apiKeyRequired: boolean): string {
-  const key = apiKeyRequired ? API_KEY_REFERENCE : '"EMPTY"';
+/**
+ * The LangChain line for a server: `api_key="EMPTY"` without a key, else a reference to it
+ * (never the key itself); `keyExpression` replaces that reference (the proxy's token).
+ */
+export function chatSnippet(
+  url: string,
+  model: string,
+  apiKeyRequired: boolean,
+  keyExpression: string | null = null
+): string {
+  const key = keyExpression ?? (apiKeyRequired ? API_KEY_REFERENCE : '"EMPTY"');
   return `ChatOpenAI(base_url="${url}", api_key=${key}, model="${model}")`;
+}
+
+/** A latency: `85 ms` below a second, else `1.25 s`. */
+export function formatLatency(seconds: Figure): string {
+  if (missing(seconds)) {
+    return MISSING;
+  }
+  return Math.abs(seconds) < 1
+    ? `${formatNumber(seconds * 1000, 0)} ms`
+    : `${formatNumber(seconds, 2)} s`;
 }

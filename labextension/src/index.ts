@@ -3,14 +3,17 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { Dialog, ICommandPalette, showDialog } from '@jupyterlab/apputils';
+import { Dialog, ICommandPalette, Notification, showDialog } from '@jupyterlab/apputils';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
+import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import qwenSvg from '../style/icons/qwen.svg';
 import { QwenPanel } from './panel';
+import { QwenStatusItem } from './statusbar';
 
 const PLUGIN_ID = 'jupyter-qwen:plugin';
+const STATUS_ID = 'jupyter-qwen:status';
 
 export const qwenIcon = new LabIcon({ name: 'jupyter-qwen:icon', svgstr: qwenSvg });
 
@@ -23,19 +26,26 @@ const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
   description: 'GPU memory per notebook and the running Qwen model servers, in the left sidebar.',
   autoStart: true,
-  optional: [ISettingRegistry, ICommandPalette, ILayoutRestorer],
+  optional: [ISettingRegistry, ICommandPalette, ILayoutRestorer, IStatusBar],
   activate: (
     app: JupyterFrontEnd,
     settings: ISettingRegistry | null,
     palette: ICommandPalette | null,
-    restorer: ILayoutRestorer | null
+    restorer: ILayoutRestorer | null,
+    statusBar: IStatusBar | null
   ) => {
-    const panel = new QwenPanel();
+    const panel = new QwenPanel(path => void app.commands.execute('docmanager:open', { path }));
     panel.id = 'jupyter-qwen-panel';
     panel.title.icon = qwenIcon;
     panel.title.caption = 'Qwen: GPUs and model servers';
     app.shell.add(panel, 'left', { rank: 900 });
     restorer?.add(panel, 'jupyter-qwen-panel');
+
+    if (statusBar) {
+      const item = new QwenStatusItem(() => app.shell.activateById(panel.id));
+      panel.onRefresh(() => item.setServers(panel.servers));
+      statusBar.registerStatusItem(STATUS_ID, { item, align: 'left', rank: 5 });
+    }
 
     if (settings) {
       const apply = (s: ISettingRegistry.ISettings) => {
@@ -59,8 +69,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
       label: 'Qwen: Stop all servers',
       execute: async () => {
         await panel.refresh().catch(() => undefined);
-        const n = panel.servers.length;
+        const n = panel.servers.filter(s => s.origin !== 'remote').length;
         if (n === 0) {
+          Notification.info('No Qwen server of this Jupyter server is running.', { autoClose: 3000 });
           return;
         }
         const answer = await showDialog({

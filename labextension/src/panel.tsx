@@ -1,18 +1,14 @@
-import { Clipboard, Notification, ReactWidget } from '@jupyterlab/apputils';
-import { checkIcon, copyIcon, notebookIcon } from '@jupyterlab/ui-components';
+import { Notification, ReactWidget } from '@jupyterlab/apputils';
 import { Poll } from '@lumino/polling';
 import { Message } from '@lumino/messaging';
-import React, { useState } from 'react';
+import React from 'react';
 
-import { IGpu, IGpuReply, IModelServer, IServersReply, requestAPI } from './api';
-import { chatSnippet, formatBytes, formatNumber, formatPercent } from './format';
-import { History, Sparkline, chartSpan, spanLabel } from './sparkline';
-
-const HISTORY_MS = 5 * 60 * 1000;
-
-function percent(fraction: number): string {
-  return formatPercent(fraction, 0);
-}
+import { IGpuReply, IModelServer, IServersReply, requestAPI } from './api';
+import { formatBytes } from './format';
+import { GpuSection, HISTORY_MS } from './gpus';
+import { OpenNotebook } from './notebook';
+import { IServerActions, ServerSection } from './servers';
+import { History } from './sparkline';
 
 const CLEAN_FIGURES: [string, string][] = [
   ['torch_reserved', 'torch reserved'],
@@ -39,15 +35,25 @@ function summarize(report: Record<string, any>): string {
  * on errors and stands by while the panel (or the browser tab) is hidden.
  */
 export class QwenPanel extends ReactWidget {
-  constructor(interval = 2000) {
+  /**
+   * `open` opens a notebook by its path. The poll runs while the panel is hidden too (the
+   * status-bar item reads it), and stands by while the browser tab is hidden.
+   */
+  constructor(open: OpenNotebook, interval = 2000) {
     super();
     this.addClass('jp-QwenPanel');
+    this._open = open;
     this._poll = new Poll({
       factory: () => this._fetch(),
       frequency: { interval, backoff: true, max: 60 * 1000 },
       name: 'jupyter-qwen:refresh',
-      standby: () => !this.isVisible || document.visibilityState === 'hidden'
+      standby: () => document.visibilityState === 'hidden'
     });
+  }
+
+  /** Call `listener` after every refresh (the status-bar item). */
+  onRefresh(listener: () => void): void {
+    this._listeners.push(listener);
   }
 
   /** The refresh interval in milliseconds (from the settings). */
@@ -77,8 +83,29 @@ export class QwenPanel extends ReactWidget {
     );
   }
 
+  /** End one running request of a server (the model server's /admin/abort). */
+  async abortRequest(server: IModelServer, requestId: string): Promise<void> {
+    this._aborting.add(requestId);
+    this.update();
+    try {
+      await requestAPI(`servers/${server.id}/abort`, {
+        method: 'POST',
+        body: JSON.stringify({ request_id: requestId })
+      });
+      Notification.success(`Aborted request ${requestId} of ${server.served_model_name}`, {
+        autoClose: 4000
+      });
+    } catch (error) {
+      Notification.error(`Could not abort ${requestId}: ${(error as Error).message}`);
+    } finally {
+      this._aborting.delete(requestId);
+      await this.refresh().catch(() => undefined);
+    }
+  }
+
   async stopAll(): Promise<void> {
-    await Promise.all(this.servers.map(s => this.stopServer(s)));
+    const ours = this.servers.filter(s => s.origin !== 'remote');
+    await Promise.all(ours.map(s => this.stopServer(s)));
   }
 
   dispose(): void {
@@ -92,16 +119,25 @@ export class QwenPanel extends ReactWidget {
   }
 
   protected render(): JSX.Element {
+    const actions: IServerActions = {
+      busy: this._busy,
+      aborting: this._aborting,
+      onStop: s => void this.stopServer(s),
+      onClean: s => void this.cleanServer(s),
+      onAbort: (s, requestId) => void this.abortRequest(s, requestId),
+      open: this._open
+    };
     return (
       <div className="jp-QwenPanel-body">
         {this._error && <div className="jp-QwenPanel-error">{this._error}</div>}
-        <GpuSection reply={this._gpus} history={this._history} now={this._now} />
-        <ServerSection
-          servers={this._servers}
-          busy={this._busy}
-          onStop={s => void this.stopServer(s)}
-          onClean={s => void this.cleanServer(s)}
+        <GpuSection
+          reply={this._gpus}
+          servers={this.servers}
+          history={this._history}
+          now={this._now}
+          open={this._open}
         />
+        <ServerSection servers={this._servers} now={this._now} actions={actions} />
       </div>
     );
   }
@@ -128,6 +164,7 @@ export class QwenPanel extends ReactWidget {
       throw error; // the poll backs off
     } finally {
       this.update();
+      this._listeners.forEach(listener => listener());
     }
   }
 
@@ -158,195 +195,9 @@ export class QwenPanel extends ReactWidget {
   private _gpus: IGpuReply | null = null;
   private _servers: IModelServer[] | null = null;
   private _busy = new Set<string>();
+  private _aborting = new Set<string>();
   private _error = '';
+  private _open: OpenNotebook;
+  private _listeners: (() => void)[] = [];
 }
 
-function GpuSection(props: { reply: IGpuReply | null; history: History; now: number }) {
-  const { reply } = props;
-  return (
-    <section className="jp-QwenPanel-section jp-QwenPanel-gpus">
-      <h2 className="jp-QwenPanel-heading">GPUs</h2>
-      {reply === null && <div className="jp-QwenPanel-note">Loading…</div>}
-      {reply && !reply.available && (
-        <div className="jp-QwenPanel-note jp-QwenPanel-gpuReason">
-          No GPU information: {reply.reason}
-        </div>
-      )}
-      {reply?.gpus.map(gpu => (
-        <GpuCard
-          key={gpu.index}
-          gpu={gpu}
-          samples={props.history.get(String(gpu.index))}
-          now={props.now}
-        />
-      ))}
-    </section>
-  );
-}
-
-function GpuCard(props: { gpu: IGpu; samples: ReturnType<History['get']>; now: number }) {
-  const { gpu } = props;
-  const span = chartSpan(props.samples, HISTORY_MS, props.now);
-  const used = gpu.memory_total ? gpu.memory_used / gpu.memory_total : 0;
-  const extras = [
-    gpu.utilization_gpu === null ? null : `${gpu.utilization_gpu} % busy`,
-    gpu.temperature_c === null ? null : `${gpu.temperature_c} °C`
-  ].filter(Boolean);
-  return (
-    <div className="jp-QwenCard jp-QwenGpu" data-gpu-index={gpu.index}>
-      <div className="jp-QwenCard-title">
-        <span>
-          GPU {gpu.index} · {gpu.name}
-        </span>
-        <span className="jp-QwenCard-aside">{extras.join(' · ')}</span>
-      </div>
-      <div className="jp-QwenBar" title={percent(used)}>
-        <div className="jp-QwenBar-fill" style={{ width: `${Math.round(used * 100)}%` }} />
-      </div>
-      <div className="jp-QwenCard-line">
-        {formatBytes(gpu.memory_used)} / {formatBytes(gpu.memory_total)} ({percent(used)})
-      </div>
-      <Sparkline samples={props.samples} spanMs={span} now={props.now} />
-      <div className="jp-QwenCard-legend">
-        <span className="jp-QwenLegend-mem">memory</span>
-        <span className="jp-QwenLegend-util">utilisation</span>
-        <span>{spanLabel(span)}</span>
-      </div>
-      {gpu.processes.length > 0 && (
-        <ul className="jp-QwenGpu-procs">
-          {gpu.processes.map(p => (
-            <li key={p.pid} title={`pid ${p.pid}`}>
-              <span className="jp-QwenGpu-owner">
-                {p.notebook_path ? (
-                  <>
-                    <notebookIcon.react tag="span" className="jp-QwenInlineIcon" />
-                    {p.notebook_path}
-                  </>
-                ) : p.kernel_id ? (
-                  `kernel ${p.kernel_id.slice(0, 8)}`
-                ) : (
-                  `pid ${p.pid}`
-                )}
-              </span>
-              <span>{formatBytes(p.used_memory)}</span>
-            </li>
-          ))}
-        </ul>
-      )}
-    </div>
-  );
-}
-
-function CopyButton(props: { text: string; label: string }) {
-  const [copied, setCopied] = useState(false);
-  return (
-    <button
-      className="jp-QwenCopy jp-Button jp-mod-minimal"
-      title={copied ? 'Copied' : `Copy ${props.label}`}
-      aria-label={`Copy ${props.label}`}
-      onClick={() => {
-        Clipboard.copyToSystem(props.text);
-        setCopied(true);
-        setTimeout(() => setCopied(false), 1500);
-      }}
-    >
-      {copied ? <checkIcon.react tag="span" /> : <copyIcon.react tag="span" />}
-    </button>
-  );
-}
-
-function ServerSection(props: {
-  servers: IModelServer[] | null;
-  busy: Set<string>;
-  onStop: (s: IModelServer) => void;
-  onClean: (s: IModelServer) => void;
-}) {
-  const { servers } = props;
-  return (
-    <section className="jp-QwenPanel-section jp-QwenPanel-servers">
-      <h2 className="jp-QwenPanel-heading">Servers{servers?.length ? ` (${servers.length})` : ''}</h2>
-      {servers === null && <div className="jp-QwenPanel-note">Loading…</div>}
-      {servers?.length === 0 && (
-        <div className="jp-QwenPanel-note jp-QwenPanel-noServers">
-          No model server is running. Start one in a notebook: <code>%qwen_serve Qwen/Qwen3-0.6B</code>
-        </div>
-      )}
-      {servers?.map(s => (
-        <ServerCard
-          key={s.id}
-          server={s}
-          busy={props.busy.has(s.id)}
-          onStop={props.onStop}
-          onClean={props.onClean}
-        />
-      ))}
-    </section>
-  );
-}
-
-function ServerCard(props: {
-  server: IModelServer;
-  busy: boolean;
-  onStop: (s: IModelServer) => void;
-  onClean: (s: IModelServer) => void;
-}) {
-  const { server, busy } = props;
-  const e = server.engine;
-  const snippet = chatSnippet(server.url, server.served_model_name, server.api_key_required);
-  return (
-    <div className="jp-QwenCard jp-QwenServer" data-server-id={server.id}>
-      <div className="jp-QwenCard-title">
-        <span className="jp-QwenServer-model" title={server.model}>
-          {server.served_model_name}
-        </span>
-        <span className={`jp-QwenStatus jp-QwenStatus-${server.status}`} title={server.health_error ?? ''}>
-          {server.status}
-        </span>
-      </div>
-      <div className="jp-QwenCard-line jp-QwenServer-notebook">
-        {server.notebook_path ? (
-          <>
-            <notebookIcon.react tag="span" className="jp-QwenInlineIcon" />
-            {server.notebook_path}
-          </>
-        ) : server.kernel_id ? (
-          `kernel ${server.kernel_id.slice(0, 8)} (not a notebook of this server)`
-        ) : (
-          `pid ${server.pid}, outside a notebook`
-        )}
-      </div>
-      <div className="jp-QwenCard-row">
-        <code className="jp-QwenServer-url">{server.url}</code>
-        <CopyButton text={server.url} label="URL" />
-      </div>
-      {e && (
-        <div className="jp-QwenCard-line jp-QwenServer-stats">
-          {e.requests_running} running · {e.requests_waiting} waiting ·{' '}
-          {formatNumber(e.generation_tokens_per_s, 0)} tok/s · KV {percent(e.kv_cache_usage)}
-        </div>
-      )}
-      <div className="jp-QwenCard-row">
-        <code className="jp-QwenServer-snippet">{snippet}</code>
-        <CopyButton text={snippet} label="LangChain snippet" />
-      </div>
-      <div className="jp-QwenCard-actions">
-        <button
-          className="jp-QwenServer-clean jp-mod-styled"
-          disabled={busy}
-          title="Free cached GPU memory in this server's kernel"
-          onClick={() => props.onClean(server)}
-        >
-          Clean
-        </button>
-        <button
-          className="jp-QwenServer-stop jp-mod-styled jp-mod-warn"
-          disabled={busy}
-          title="Stop this server and release its GPU memory"
-          onClick={() => props.onStop(server)}
-        >
-          Stop
-        </button>
-      </div>
-    </div>
-  );
-}

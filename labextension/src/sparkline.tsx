@@ -63,30 +63,49 @@ function path(samples: ISample[], value: (s: ISample) => number | null, x0: numb
   return d;
 }
 
-/** A small SVG chart: memory (filled) and utilisation (line) over the last `spanMs`. */
+/**
+ * A small chart of the last `spanMs`: memory in use (filled, solid) and utilisation (dashed),
+ * both 0..100 % of the card, with the scale beside it and a legend below.
+ */
 export function Sparkline(props: { samples: ISample[]; spanMs: number; now: number }) {
-  const { samples, spanMs: windowMs, now } = props;
-  const x0 = now - windowMs;
-  const memLine = path(samples, s => s.memory, x0, windowMs);
-  const utilLine = path(samples, s => s.util, x0, windowMs);
+  const { samples, spanMs, now } = props;
+  const x0 = now - spanMs;
+  const memLine = path(samples, s => s.memory, x0, spanMs);
+  const utilLine = path(samples, s => s.util, x0, spanMs);
   let memArea = '';
   if (samples.length > 1) {
-    const first = ((samples[0].t - x0) / windowMs) * W;
-    const last = ((samples[samples.length - 1].t - x0) / windowMs) * W;
+    const first = ((samples[0].t - x0) / spanMs) * W;
+    const last = ((samples[samples.length - 1].t - x0) / spanMs) * W;
     memArea = `${memLine}L${last.toFixed(1)},${H}L${first.toFixed(1)},${H}Z`;
   }
   return (
-    <svg
-      className="jp-QwenSparkline"
-      viewBox={`0 0 ${W} ${H}`}
-      preserveAspectRatio="none"
-      role="img"
-      aria-label={`memory and utilisation, ${spanLabel(windowMs)}`}
-    >
-      <line className="jp-QwenSparkline-grid" x1="0" x2={W} y1={H / 2} y2={H / 2} />
-      {memArea && <path className="jp-QwenSparkline-memArea" d={memArea} />}
-      {memLine && <path className="jp-QwenSparkline-mem" d={memLine} />}
-      {utilLine && <path className="jp-QwenSparkline-util" d={utilLine} />}
-    </svg>
+    <div className="jp-QwenChart">
+      <div className="jp-QwenChart-y" aria-hidden="true">
+        <span>100 %</span>
+        <span>50 %</span>
+        <span>0 %</span>
+      </div>
+      <svg
+        className="jp-QwenSparkline"
+        viewBox={`0 0 ${W} ${H}`}
+        preserveAspectRatio="none"
+        role="img"
+        aria-label={`memory and utilisation, ${spanLabel(spanMs)}`}
+      >
+        <line className="jp-QwenSparkline-grid" x1="0" x2={W} y1={H / 2} y2={H / 2} />
+        {memArea && <path className="jp-QwenSparkline-memArea" d={memArea} />}
+        {memLine && <path className="jp-QwenSparkline-mem" d={memLine} />}
+        {utilLine && <path className="jp-QwenSparkline-util" d={utilLine} />}
+      </svg>
+      <div className="jp-QwenChart-x" aria-hidden="true">
+        <span>−{formatDuration(spanMs / 1000)}</span>
+        <span>now</span>
+      </div>
+      <div className="jp-QwenCard-legend">
+        <span className="jp-QwenLegend-mem">memory</span>
+        <span className="jp-QwenLegend-util">utilisation</span>
+        <span>{spanLabel(spanMs)}</span>
+      </div>
+    </div>
   );
 }

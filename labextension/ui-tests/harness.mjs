@@ -20,7 +20,7 @@ const t0 = Date.now();
 let shotPrefix = 'shot';
 
 /** What the check saw: printed as one JSON line at the end. */
-export const result = { steps: [], screenshots: [], pageErrors: [] };
+export const result = { steps: [], screenshots: [], pageErrors: [], consoleErrors: [] };
 
 /** Note a step done, with the seconds since the start (also on stderr, as it happens). */
 export function step(name) {
@@ -101,6 +101,12 @@ export function recordFailedRequests(page) {
   });
 }
 
+/** Add `text` to `list` once, shortened; at most 20 entries. */
+function keep(list, text) {
+  const short = String(text).slice(0, 800);
+  if (list.length < 20 && !list.includes(short)) list.push(short);
+}
+
 /**
  * Run `check(page)` in a fresh headless Chromium; print the result as one JSON line and exit
  * non-zero (with the reason in `result.error`, and a "failure" screenshot) when it throws.
@@ -113,7 +119,10 @@ export async function runCheck({ prefix, viewport, timeout = 60_000 }, check) {
     const context = await browser.newContext({ viewport });
     page = await context.newPage();
     page.setDefaultTimeout(timeout);
-    page.on('pageerror', err => result.pageErrors.push(String(err)));
+    page.on('pageerror', err => keep(result.pageErrors, err.stack || String(err)));
+    page.on('console', msg => {
+      if (msg.type() === 'error') keep(result.consoleErrors, msg.text());
+    });
     await check(page);
     result.ok = true;
   } catch (err) {
@@ -123,6 +132,7 @@ export async function runCheck({ prefix, viewport, timeout = 60_000 }, check) {
   } finally {
     await browser.close();
   }
+  // exitCode, not exit(): a long line on a pipe must be written out before node ends
   console.log(JSON.stringify(result));
-  process.exit(result.ok ? 0 : 1);
+  process.exitCode = result.ok ? 0 : 1;
 }

@@ -104,6 +104,9 @@ def start_lab(tmp_path):
             JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
             JUPYTER_PLATFORM_DIRS="1",
         )
+        if use_this_checkouts_build(tmp_path / "checkout"):
+            env["JUPYTER_PATH"] = os.pathsep.join(
+                p for p in (str(tmp_path / "checkout"), os.environ.get("JUPYTER_PATH")) if p)
         paths = [str(p) for p in pythonpath]
         if paths:
             env["PYTHONPATH"] = os.pathsep.join(
@@ -152,6 +155,19 @@ def write_kernel_spec(data_dir: Path) -> Path:
         "metadata": {"debugger": True},
     }))
     return spec
+
+
+def use_this_checkouts_build(data_dir: Path) -> bool:
+    """Link this checkout's built labextension (jupyter_qwen/labextension, from ``jlpm
+    build``) into ``data_dir``; put that first on JUPYTER_PATH so the lab serves it ahead of
+    an installed copy. False when the checkout has no build."""
+    built = REPO / "jupyter_qwen" / "labextension"
+    if not (built / "package.json").is_file():
+        return False
+    link = data_dir / "labextensions" / "jupyter-qwen"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(built, target_is_directory=True)
+    return True
 
 
 def _wait_ready(lab: Lab, timeout: float = 90) -> None:
@@ -215,5 +231,6 @@ def _text(output: str | bytes | None) -> str:
 
 
 def out_dir(tmp_path: Path) -> Path:
-    """Where screenshots go: ``$JUPYTER_QWEN_UI_OUT``, else a temporary ``out`` folder."""
-    return Path(os.environ.get("JUPYTER_QWEN_UI_OUT") or tmp_path / "out")
+    """Where screenshots go: ``$JUPYTER_QWEN_UI_OUT``, else the checkout's ``out/`` folder
+    (git ignores it; CI keeps it as an artefact)."""
+    return Path(os.environ.get("JUPYTER_QWEN_UI_OUT") or REPO / "out")

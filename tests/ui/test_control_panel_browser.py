@@ -5,7 +5,7 @@ demo model's folder into the model box and 0 into max-num-seqs, presses Start an
 message next to that field, fixes it, presses Start again, waits for the live dashboard,
 runs the second cell (requests to ``qwen_server``) and watches the numbers move, then
 presses the dashboard's Stop and sees the form come back. Screenshots (form, error, light,
-dark, stopped) land in ``$JUPYTER_QWEN_UI_OUT`` (default: a temporary ``out`` folder).
+dark, stopped) land in ``$JUPYTER_QWEN_UI_OUT`` (default: ``out/`` of the checkout).
 """
 
 from __future__ import annotations

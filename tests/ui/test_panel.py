@@ -6,7 +6,7 @@ keeping the kernel busy. labextension/ui-tests/panel.mjs runs both cells and che
 the panel renders, that its numbers move, that Clean reports while the request cell is
 still running (the browser asks the server extension, not the kernel), and that Stop
 leaves it "stopped" and still. Screenshots (light, dark, loading, stopped) land in
-``$JUPYTER_QWEN_UI_OUT`` (default: a temporary ``out`` folder); their paths are printed.
+``$JUPYTER_QWEN_UI_OUT`` (default: ``out/`` of the checkout); their paths are printed.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ its own process), then runs labextension/ui-tests/sidebar.mjs (Playwright drivin
 Debian's Chromium): the panel opens, shows the GPU section, lists the server with its
 model name, Clean reports, Stop makes the server leave the list and "Qwen: Stop all
 servers" stops the rest. Screenshots land in
-``$JUPYTER_QWEN_UI_OUT`` (default: a temporary ``out`` folder); their paths are printed.
+``$JUPYTER_QWEN_UI_OUT`` (default: ``out/`` of the checkout); their paths are printed.
 
 A second test gives the server a test double of ``pynvml`` (tests/ui/fake_nvml) so
 the GPU cards, sparkline and "which notebook holds memory" render on machines
@@ -19,45 +19,15 @@ Skipped, with the reason, when node, Chromium or the labextension's node_modules
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import lab
 from lab import Lab, api, needs_browser, out_dir, run_script
+from model_servers import start_model_server
 
 start_lab = lab.start_lab
-STAND_IN = Path(__file__).with_name("stand_in_server.py")
 FAKE_NVML = Path(__file__).with_name("fake_nvml")
 pytestmark = needs_browser
-
-
-@dataclass
-class ModelServer:
-    name: str  # served model name, as the sidebar shows it
-    id: str
-    proc: subprocess.Popen
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
-def start_model_server(lab: Lab, model: str) -> ModelServer:
-    """Start a model server that ``lab`` should list.
-
-    For now the stand-in test peer, in its own process, registered in lab's runtime
-    dir. (To be replaced by a notebook in ``lab.root_dir`` that runs ``%qwen_serve``.)
-    """
-    proc = subprocess.Popen(
-        [sys.executable, str(STAND_IN), "--model", model],
-        env=lab.env, stdout=subprocess.PIPE, text=True,
-    )
-    assert proc.stdout is not None
-    record = json.loads(proc.stdout.readline())
-    return ModelServer(name=record["served_model_name"], id=record["id"], proc=proc)
 
 
 def run_browser(lab: Lab, out: Path, **options: str) -> dict:
