@@ -15,6 +15,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from jupyter_qwen.nvml import gpu_snapshot
 from jupyter_qwen.server.health import Health, read_health
 from jupyter_qwen.server.registry import ServerRecord, get_record, list_records
+from jupyter_qwen.server.remote import probe
+from jupyter_qwen.server.scrape import MetricsReader
 
 HEALTH_TIMEOUT_S = 2.0  # each /health probe; probes run concurrently
 ADMIN_TIMEOUT_S = 120.0  # stop/clean may free a lot of GPU memory first
@@ -93,14 +95,24 @@ def _health_view(health: Health) -> dict[str, Any]:
     return {"status": health.status, "engine": health.engine, "health_error": health.error}
 
 
+_metrics_readers: dict[str, MetricsReader] = {}  # remote servers' /metrics, by record id
+
+
+def _read_server(rec: ServerRecord) -> Health:
+    """Our servers say it on /health; remote ones (vLLM, SGLang, ...) on /metrics."""
+    if rec.origin != "remote":
+        return read_health(rec.root_url, HEALTH_TIMEOUT_S)
+    reader = _metrics_readers.setdefault(rec.id, MetricsReader(rec.root_url))
+    return probe(reader, timeout=HEALTH_TIMEOUT_S)
+
+
 class ServersHandler(_Base):
     @tornado.web.authenticated
     async def get(self) -> None:
         records = list_records(prune=True)
         loop = asyncio.get_running_loop()
         replies = await asyncio.gather(
-            *(loop.run_in_executor(None, read_health, rec.root_url, HEALTH_TIMEOUT_S)
-              for rec in records)
+            *(loop.run_in_executor(None, _read_server, rec) for rec in records)
         )
         notebooks = await self.kernel_notebooks()
         servers = []
@@ -122,6 +134,9 @@ class AdminHandler(_Base):
         if rec is None:
             msg = f"no running jupyter_qwen server with id {server_id!r}"
             raise tornado.web.HTTPError(404, msg)
+        if rec.origin == "remote":
+            msg = f"{rec.served_model_name} at {rec.url} is remote: not ours to {action}"
+            raise tornado.web.HTTPError(409, msg)
         reply = _check_upstream(
             rec,
             action,

@@ -39,10 +39,12 @@ def add_serve_command(commands) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    import signal
     import time
 
     from jupyter_qwen.server.errors import ConfigError, ServerStartError
-    from jupyter_qwen.server.server import serve
+    from jupyter_qwen.server.process import parent_pid_from_env, watch_parent
+    from jupyter_qwen.server.server import QwenServer, find_model, start_or_stop
 
     prog = "python -m jupyter_qwen serve"
     if bool(args.model) == bool(args.demo):
@@ -50,13 +52,17 @@ def run_serve(args: argparse.Namespace) -> int:
               "--demo", file=sys.stderr)
         return 2
     options = server_kwargs(args)
+    signal.signal(signal.SIGTERM, _interrupt)  # a clean stop: the record goes, memory comes back
+    if (parent_pid := parent_pid_from_env()) is not None:
+        watch_parent(parent_pid)  # started by a kernel: end with it
     try:
         if args.demo:
             from jupyter_qwen.demo.cache import SERVED_NAME, demo_model_path
 
             options.setdefault("served_model_name", SERVED_NAME)
             args.model = str(demo_model_path())
-        server = serve(args.model, **options)
+        server = start_or_stop(QwenServer(args.model, model_path=find_model(args.model),
+                                          origin="process", **options))
     except (ConfigError, ServerStartError) as error:
         if args.debug:
             raise
@@ -73,3 +79,7 @@ def run_serve(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
