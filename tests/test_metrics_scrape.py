@@ -66,15 +66,24 @@ def test_two_scrapes_give_token_rates_and_a_latency_window():
              .replace('vllm:generation_tokens_total{engine="1",model_name="Qwen/Qwen3-32B"} '
                       '2000.0', 'vllm:generation_tokens_total{engine="1",'
                       'model_name="Qwen/Qwen3-32B"} 2400.0'))
+    itl = 'vllm:inter_token_latency_seconds_{}{{engine="0",model_name="Qwen/Qwen3-32B"{}}} '
+    for part, le, before, after in (("bucket", ',le="0.05"', 90, 100),
+                                    ("bucket", ',le="0.075"', 100, 110),
+                                    ("bucket", ',le="+Inf"', 100, 110), ("count", "", 100, 110)):
+        line = itl.format(part, le)
+        assert line + f"{before}.0" in later
+        later = later.replace(line + f"{before}.0", line + f"{after}.0")
     assert later != first
     reader = MetricsReader("http://unused")
     assert "prompt_tokens_per_s" not in reader.add(Scrape(100.0, parse_prometheus(first)))
     figures = reader.add(Scrape(102.0, parse_prometheus(later)))
     assert figures["prompt_tokens_per_s"] == 500.0  # 1000 tokens in 2 s
     assert figures["generation_tokens_per_s"] == 200.0
-    # no request finished between the scrapes: percentiles are unknown, not zero
+    # between the scrapes: ten inter-token gaps of 25-50 ms, and no first token (so the TTFT
+    # percentiles of the window are unknown, not zero)
     assert figures["latency"] == {"requests": 0, "window_s": 2, "ttft_p50_s": None,
-                                  "ttft_p95_s": None, "itl_p50_s": None, "itl_p95_s": None}
+                                  "ttft_p95_s": None, "itl_p50_s": pytest.approx(0.0375),
+                                  "itl_p95_s": pytest.approx(0.04875)}
 
 
 def test_a_page_without_known_names_reports_nothing():
