@@ -125,8 +125,11 @@ def free_port(host: str) -> int:
 
 
 def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on `port` now (as ours binds: SO_REUSEADDR, so closed
+    connections waiting out TIME_WAIT do not count)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -151,12 +154,9 @@ class ProcessServer(ServerHandle):
         options["port"] = port = server_options.port or free_port(host)
         shown_host = f"[{host}]" if ":" in host else host
         names = server_options.served_model_name
-        if names:
-            served = names[0]
-        elif demo:
-            from jupyter_qwen.demo.cache import SERVED_NAME as served
-        else:
-            served = str(model).rstrip("/").rsplit("/", 1)[-1]
+        # until the child registers (then its record's name is taken), a name to show
+        served = names[0] if names else "demo" if demo else str(model).rstrip("/").rsplit(
+            "/", 1)[-1]
         super().__init__(f"http://{shown_host}:{port}/v1", api_key, served)
         self.host, self.port, self.demo = host, port, demo
         self.argv = [sys.executable, "-m", "jupyter_qwen", "serve",
