@@ -5,6 +5,7 @@ as a separate process (`python -m jupyter_qwen serve --demo --port P`)."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -149,8 +150,9 @@ def own_server(demo_model):
             pytest.fail(f"the server did not start: {process.stdout.read()}")
         time.sleep(0.5)
     yield url
-    process.terminate()
-    process.wait(30)
+    if process.poll() is None:
+        process.kill()
+        process.wait(30)
 
 
 def test_connect_to_our_server_in_another_process(own_server, shell, peer):
@@ -180,3 +182,14 @@ def test_connect_to_our_server_in_another_process(own_server, shell, peer):
     # its own record (origin "process") and ours (remote) are both in the registry
     origins = {r.origin for r in registry.list_records() if r.url == own_server}
     assert origins == {"process", "remote"}
+
+
+def test_sigterm_stops_our_server_cleanly(own_server):  # last: it ends the server
+    (record,) = [r for r in registry.list_records()
+                 if r.url == own_server and r.origin == "process"]
+    os.kill(record.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while registry.registry_dir().joinpath(f"server-{record.id}.json").exists():
+        assert time.monotonic() < deadline, "the record stayed after SIGTERM"
+        time.sleep(0.1)
+
