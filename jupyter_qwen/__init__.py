@@ -18,6 +18,7 @@ _LAZY = {
     "EngineConfig": "jupyter_qwen.config",
     "serve": "jupyter_qwen.server.server",
     "QwenServer": "jupyter_qwen.server.server",
+    "connect": "jupyter_qwen.server.remote",
     "qwen3_inference": "jupyter_qwen.notebook.lifecycle",
     "clean": "jupyter_qwen.notebook.lifecycle",
     "panel": "jupyter_qwen.notebook.control_panel",

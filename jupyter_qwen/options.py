@@ -306,3 +306,27 @@ def describe(*classes: type) -> str:
             default = option.spec.default_text or repr(option.default)
             lines.append(f"    {option.name} (default {default}): {option.spec.help}")
     return "\n".join(lines)
+
+
+def command_line(values: dict[str, Any], *classes: type) -> list[str]:
+    """The flags that give `values` (options of `classes`), the inverse of `given_options`:
+    what a child process started with the same options is told. TypeError for a name that
+    is no option, or one kept off the command line."""
+    known = {option.name: option for cls in classes for option in options_of(cls)}
+    argv: list[str] = []
+    for name, value in values.items():
+        option = known.get(name)
+        if option is None or not option.spec.cli:
+            raise TypeError(f"{name!r} is not an option of the command line")
+        if value is None or value == option.default:
+            continue  # the child's default is the same
+        if option.kind is bool and not option.many:
+            flags = option.spec.on_flags if value else option.spec.off_flags
+            if not flags:
+                raise TypeError(f"{option.name} has no flag for {value!r}")
+            argv.append(flags[0])
+        elif option.many:
+            argv += [option.flag, ",".join(str(item) for item in split_values(value))]
+        else:
+            argv += [option.flag, str(value)]
+    return argv

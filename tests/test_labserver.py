@@ -180,7 +180,6 @@ async def test_dead_unreachable_and_stale_servers(jp_fetch, peers):
 
 async def test_health_figures_of_every_state_are_passed_on(jp_fetch, peers):
     loading, failed, ready = (peers(model=m, state=m) for m in ("loading", "failed", "ok"))
-    peers(model="far", origin="remote")
     by_model = {s["model"]: s for s in (await get_json(jp_fetch, "servers"))["servers"]}
     assert by_model["loading"]["status"] == "loading"
     assert by_model["loading"]["loading"] == {"phase": "loading weights", "fraction": 0.4}
@@ -195,9 +194,37 @@ async def test_health_figures_of_every_state_are_passed_on(jp_fetch, peers):
     assert ok["engine"]["memory"]["kv_blocks_total"] == 512
     assert [r["request_id"] for r in ok["engine"]["running"]] == [
         r["request_id"] for r in ready.running]
-    assert by_model["far"]["origin"] == "remote"
     assert by_model["failed"]["id"] == failed.record.id  # the record's fields stay its own
     assert by_model["loading"]["pid"] == loading.record.pid
+
+
+async def test_remote_servers_are_listed_with_figures_from_their_metrics(jp_fetch, jp_environ):
+    from openai_peer import OpenAIPeer
+
+    from jupyter_qwen.server.remote import connect
+
+    fixture = Path(__file__).with_name("fixtures") / "metrics" / "vllm.txt"
+    vllm, bare = OpenAIPeer(metrics=fixture.read_text()).start(), OpenAIPeer().start()
+    attached = [connect(vllm.url, name="big"), connect(bare.url)]
+    try:
+        servers = (await get_json(jp_fetch, "servers"))["servers"]
+        by_url = {s["url"]: s for s in servers}
+        item = by_url[vllm.url]
+        assert item["origin"] == "remote" and item["status"] == "ok"
+        assert item["pid"] == os.getpid() and item["served_model_name"] == "Qwen/Qwen3-32B"
+        assert item["engine"]["requests_running"] == 5
+        assert item["engine"]["kv_cache_usage"] == 0.3
+        assert item["engine"]["metric_names"] == "vllm"
+        # no /metrics: it answers, and its figures are not reported (no keys, no zeros)
+        assert by_url[bare.url]["status"] == "ok" and by_url[bare.url]["engine"] == {}
+        with pytest.raises(HTTPClientError) as refused:
+            await post_json(jp_fetch, "servers", item["id"], "stop")
+        assert refused.value.code == 409
+    finally:
+        for server in attached:
+            server.disconnect()
+        vllm.close()
+        bare.close()
 
 
 def _free_port() -> int:

@@ -22,6 +22,9 @@ LIGHT_PATHS = {
                                  "build_parser()",
     "the server's errors and options": "import jupyter_qwen.server.errors, "
                                        "jupyter_qwen.server.options",
+    "connect(), the /metrics reader and child-process servers":
+        "from jupyter_qwen.server.remote import connect\n"
+        "import jupyter_qwen.server.process",
 }
 
 

@@ -63,7 +63,7 @@ def test_the_command_line_offers_the_same_flags_plus_its_own():
 def test_the_magics_offer_the_same_flags_plus_their_own():
     from jupyter_qwen.notebook.magics import serve_parser
 
-    assert flags(serve_parser()) == ["--demo", "--replace", *SERVE_FLAGS]
+    assert flags(serve_parser()) == ["--demo", "--replace", "--process", *SERVE_FLAGS]
 
 
 def test_the_form_offers_the_same_fields(monkeypatch, tmp_path):
@@ -80,7 +80,8 @@ def test_the_form_offers_the_same_fields(monkeypatch, tmp_path):
 def test_serve_and_the_server_spell_out_every_option():
     from jupyter_qwen.server.server import QwenServer, serve
 
-    assert list(inspect.signature(serve).parameters) == SERVE_KEYWORDS
+    assert list(inspect.signature(serve).parameters) == [
+        *SERVE_KEYWORDS[:2], "process", *SERVE_KEYWORDS[2:]]
     assert list(inspect.signature(QwenServer).parameters) == [
         "model", "model_path", "origin", *SERVE_KEYWORDS[2:]]
     assert inspect.signature(serve).parameters["max_num_seqs"].default == 256
@@ -225,3 +226,21 @@ def test_reasoning_effort_budgets_read_as_levels_and_tokens():
         with pytest.raises(ConfigError) as caught:
             ServerOptions(reasoning_effort_budgets=bad)
         assert caught.value.field == "reasoning_effort_budgets"
+
+
+def test_command_line_gives_back_the_options_it_was_given():
+    from jupyter_qwen.__main__ import build_parser
+    from jupyter_qwen.options import command_line
+    from jupyter_qwen.server.cli import server_kwargs
+    from jupyter_qwen.server.options import ServerOptions
+
+    given = {"max_num_seqs": 8, "enable_prefix_caching": False, "enable_thinking": False,
+             "served_model_name": ("a", "b"), "port": 8123, "enforce_eager": True,
+             "dtype": "float32", "max_model_len": None, "seed": 0}
+    argv = command_line(given, ServerOptions, EngineConfig)
+    assert "--seed" not in argv and "--max-model-len" not in argv  # defaults stay unsaid
+    args = build_parser().parse_args(["serve", "m", *argv])
+    expected = {k: v for k, v in given.items() if k not in ("max_model_len", "seed")}
+    assert server_kwargs(args) == expected
+    with pytest.raises(TypeError, match="bogus"):
+        command_line({"bogus": 1}, ServerOptions, EngineConfig)

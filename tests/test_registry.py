@@ -112,6 +112,23 @@ def test_from_dict_ignores_unknown_keys():
     assert "admin_token" not in rec.to_dict(public=True)
 
 
+def test_origin_is_read_from_older_records_as_kernel():
+    rec = registry.new_record(host="127.0.0.1", port=8123, model="m")
+    assert rec.origin == "kernel" and rec.to_dict(public=True)["origin"] == "kernel"
+    older = rec.to_dict()
+    del older["origin"]  # written before records had an origin
+    assert ServerRecord.from_dict(older).origin == "kernel"
+    remote = registry.new_record(host="gpu-node", port=8000, model="m", origin="remote")
+    assert ServerRecord.from_dict(remote.to_dict()).origin == "remote"
+    with pytest.raises(ValueError, match="origin"):
+        ServerRecord.from_dict(rec.to_dict() | {"origin": "elsewhere"})
+
+
+def test_a_child_server_names_the_kernel_that_started_it(monkeypatch):
+    monkeypatch.setenv(registry.KERNEL_ID_ENV, "kernel-abc")
+    assert registry.new_record(host="127.0.0.1", port=1, model="m").kernel_id == "kernel-abc"
+
+
 def test_dead_pid_records_are_ignored_and_optionally_pruned():
     rec = registry.new_record(host="127.0.0.1", port=8123, model="m", pid=_dead_pid())
     path = registry.register(rec)

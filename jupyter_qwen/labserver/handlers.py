@@ -15,6 +15,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from jupyter_qwen.nvml import gpu_snapshot
 from jupyter_qwen.server.health import Health, read_health
 from jupyter_qwen.server.registry import ServerRecord, get_record, list_records
+from jupyter_qwen.server.remote import probe
+from jupyter_qwen.server.scrape import MetricsReader
 
 HEALTH_TIMEOUT_S = 2.0  # each /health probe; probes run concurrently
 ADMIN_TIMEOUT_S = 120.0  # stop/clean may free a lot of GPU memory first
@@ -101,14 +103,24 @@ def _health_view(health: Health) -> dict[str, Any]:
     return view
 
 
+_metrics_readers: dict[str, MetricsReader] = {}  # remote servers' /metrics, by record id
+
+
+def _read_server(rec: ServerRecord) -> Health:
+    """Our servers say it on /health; remote ones (vLLM, SGLang, ...) on /metrics."""
+    if rec.origin != "remote":
+        return read_health(rec.root_url, HEALTH_TIMEOUT_S)
+    reader = _metrics_readers.setdefault(rec.id, MetricsReader(rec.root_url))
+    return probe(reader, timeout=HEALTH_TIMEOUT_S)
+
+
 class ServersHandler(_Base):
     @tornado.web.authenticated
     async def get(self) -> None:
         records = list_records(prune=True)
         loop = asyncio.get_running_loop()
         replies = await asyncio.gather(
-            *(loop.run_in_executor(None, read_health, rec.root_url, HEALTH_TIMEOUT_S)
-              for rec in records)
+            *(loop.run_in_executor(None, _read_server, rec) for rec in records)
         )
         notebooks = await self.kernel_notebooks()
         servers = []
@@ -127,7 +139,7 @@ class AdminHandler(_Base):
 
     @tornado.web.authenticated
     async def post(self, server_id: str, action: str) -> None:
-        rec = _record_or_404(server_id)
+        rec = _own_record(server_id, action)
         result = await _forward(rec, action, {})
         if action == "stop":
             await _wait_unregistered(rec.id)
@@ -141,7 +153,7 @@ class AbortHandler(_Base):
     @tornado.web.authenticated
     async def post(self, server_id: str) -> None:
         request_id = _request_id(self.request.body)
-        rec = _record_or_404(server_id)
+        rec = _own_record(server_id, "abort requests of")
         self.finish(json.dumps(await _forward(rec, "abort", {"request_id": request_id})))
 
 
@@ -157,10 +169,15 @@ def _request_id(body: bytes) -> str:
     return request_id
 
 
-def _record_or_404(server_id: str) -> ServerRecord:
+def _own_record(server_id: str, action: str) -> ServerRecord:
+    """The record of a server this machine runs: 404 when there is none, 409 when it is a
+    remote one (attached with ``connect``: not ours to stop, clean or abort in)."""
     rec = get_record(server_id)
     if rec is None:
         raise tornado.web.HTTPError(404, f"no running jupyter_qwen server with id {server_id!r}")
+    if rec.origin == "remote":
+        msg = f"{rec.served_model_name} at {rec.url} is remote: not ours to {action}"
+        raise tornado.web.HTTPError(409, msg)
     return rec
 
 

@@ -19,7 +19,8 @@ class AlreadyServingError(RuntimeError):
 
 
 def start_server(model: str | None, options: dict[str, Any] | None = None, *,
-                 demo: bool = False, replace: bool = False, shell: Any = None):
+                 demo: bool = False, replace: bool = False, shell: Any = None,
+                 process: bool = False):
     """Start a server the way %qwen_serve does, and return it while its model loads.
 
     ``model`` is a Hugging Face id or a checkpoint folder (default Qwen/Qwen3-0.6B);
@@ -31,7 +32,13 @@ def start_server(model: str | None, options: dict[str, Any] | None = None, *,
     ModelNotFoundError (neither a checkpoint folder nor an id in the cache or hub),
     ConfigError or TypeError (a bad option), ServerStartError (the port is in use).
     Errors while the weights load come later, as ``server.load_error``.
+
+    With ``process`` the server runs in a child process (a `ProcessServer`, returned once it
+    answers; its errors come as ServerStartError with the child's last output), beside any
+    server of this kernel; ``replace`` stops this kernel's servers of both kinds first.
     """
+    if process:
+        return _start_process(model, options, demo=demo, replace=replace, shell=shell)
     from jupyter_qwen.server.server import QwenServer, find_model, running_servers
 
     running = running_servers()
@@ -58,4 +65,20 @@ def start_server(model: str | None, options: dict[str, Any] | None = None, *,
         shell.user_ns["qwen_server"] = server
     if not demo:
         remember_when_served(server, model)
+    return server
+
+
+def _start_process(model: str | None, options: dict[str, Any] | None, *, demo: bool,
+                   replace: bool, shell: Any):
+    from jupyter_qwen.server.handles import kernel_servers, origin_of
+    from jupyter_qwen.server.process import ProcessServer
+
+    if replace:
+        for server in kernel_servers():
+            if origin_of(server) != "remote":
+                server.stop()
+    server = ProcessServer(None if demo else (model or DEFAULT_MODEL), options, demo=demo)
+    server.start(wait=True)
+    if shell is not None:
+        shell.user_ns["qwen_server"] = server
     return server

@@ -1,5 +1,6 @@
-"""IPython magics: %qwen_serve, %qwen_panel, %qwen_status, %qwen_stop, %qwen_clean, %qwen_gpu,
-%%qwen (servers start through `launch.start_server`, as the control panel's do)."""
+"""IPython magics: %qwen_serve, %qwen_connect, %qwen_panel, %qwen_status, %qwen_stop,
+%qwen_clean, %qwen_gpu, %%qwen (servers start through `launch.start_server`, as the control
+panel's do)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,10 @@ def serve_parser(prog: str = "%qwen_serve", description: str | None = None) -> A
                              "scripted conversations; runs on CPU)")
     parser.add_argument("--replace", action="store_true",
                         help="stop the server this kernel runs and start this one")
+    if prog == "%qwen_serve":
+        parser.add_argument("--process", action="store_true",
+                            help="run the server in a child process of this kernel (same "
+                                 "flags; it ends with the kernel)")
     add_server_arguments(parser)
     add_engine_arguments(parser)
     return parser
@@ -80,7 +85,8 @@ class QwenMagics(Magics):
             raise UsageError("%qwen_serve: give a MODEL or --demo, not both")
         try:
             server = start_server(args.model, server_kwargs(args), demo=args.demo,
-                                  replace=args.replace, shell=self.shell)
+                                  replace=args.replace, shell=self.shell,
+                                  process=args.process)
         except AlreadyServingError as error:
             raise UsageError(f"{error}; use %qwen_stop first, or %qwen_serve --replace"
                              ) from None
@@ -90,7 +96,35 @@ class QwenMagics(Magics):
                              "%qwen_serve --demo.") from None
         except (ValueError, TypeError, RuntimeError) as error:
             raise UsageError(f"%qwen_serve: {error}") from None
+        if args.process:
+            print(f"serving {server.served_model_name} at {server.url} in process {server.pid}")
+            display(StatusTable([server.stats()]))
+            return
         self._display_panel(server, demo=args.demo)
+
+    @line_magic
+    def qwen_connect(self, line: str) -> None:
+        """Attach to a running OpenAI-compatible server (vLLM, SGLang, jupyter_qwen):
+        %qwen_connect URL [--api-key KEY] [--model MODEL] [--name NAME] (--help)."""
+        parser = ArgumentParser(prog="%qwen_connect", description=(
+            "Attach to a running OpenAI-compatible server: it joins %qwen_status and the "
+            "sidebar as remote, and %%qwen --server NAME talks to it."))
+        parser.add_argument("url", help="the server's address, e.g. http://host:8000/v1")
+        parser.add_argument("--api-key", help="the key its --api-key asks for")
+        parser.add_argument("--model", help="which of its models to talk to (default: first)")
+        parser.add_argument("--name", help="what %%qwen --server calls it (default: the model)")
+        args = parse(parser, line)
+        if args is None:
+            return
+        from jupyter_qwen.server.remote import RemoteServerError, connect
+
+        try:
+            server = connect(args.url, api_key=args.api_key, model=args.model, name=args.name)
+        except RemoteServerError as error:
+            raise UsageError(f"%qwen_connect: {error}") from None
+        self.shell.user_ns["qwen_remote"] = server
+        print(f"attached {server.name} ({server.served_model_name}) at {server.url}: remote")
+        display(StatusTable([server.stats()]))
 
     @line_magic
     def qwen_panel(self, line: str) -> None:
@@ -140,20 +174,34 @@ class QwenMagics(Magics):
     def qwen_stop(self, line: str) -> None:
         """Stop this kernel's server (or all with --all) and say how much memory came back."""
         parser = ArgumentParser(prog="%qwen_stop", description=self.qwen_stop.__doc__)
+        parser.add_argument("name", nargs="?", help="which server (name, model or URL; "
+                                                    "default: the newest)")
         parser.add_argument("--all", action="store_true", help="stop every server of this kernel")
         args = parse(parser, line)
         if args is None:
             return
         from jupyter_qwen.memory import collect, snapshot
-        from jupyter_qwen.server.server import running_servers
+        from jupyter_qwen.server.handles import kernel_servers, origin_of
 
-        servers = running_servers()
-        if not servers:
-            print("no jupyter_qwen server is running in this kernel")
-            return
-        targets = servers if args.all else servers[-1:]
-        before = snapshot()
+        if args.name:
+            targets = [pick_server("%qwen_stop", args.name)]
+            if origin_of(targets[0]) == "remote":
+                raise UsageError(f"%qwen_stop: {args.name} is a remote server: not ours to "
+                                 "stop (stop it where it runs)")
+        else:
+            servers = [s for s in kernel_servers() if origin_of(s) != "remote"]
+            if not servers:
+                print("no jupyter_qwen server is running in this kernel")
+                return
+            targets = servers if args.all else servers[-1:]
+        in_kernel = [s for s in targets if origin_of(s) == "kernel"]
         for server in targets:
+            if server not in in_kernel:
+                display(server.stop())  # a child process: its own figures, as it exits
+        if not in_kernel:
+            return
+        before = snapshot()
+        for server in in_kernel:
             server.stop()
             print(f"stopped {server.served_model_name} at {server.url}")
         report = collect()
@@ -192,10 +240,12 @@ class QwenMagics(Magics):
         parser.add_argument("--system", help="a system message for this turn")
         parser.add_argument("--max-tokens", type=int,
                             help="at most this many tokens (default: up to the context limit)")
+        parser.add_argument("--server", help="which server to talk to (its name, model or URL; "
+                                             "default: the newest of this kernel)")
         args = parse(parser, line)
         if args is None:
             return
-        server = self._current_server()
+        server = self._current_server(args.server)
         messages = self._conversation(args, cell.strip())
         import openai
 
@@ -207,13 +257,17 @@ class QwenMagics(Magics):
         if args.session:
             messages.append({"role": "assistant", "content": reply})
 
-    def _current_server(self):
-        from jupyter_qwen.server.server import running_servers
+    def _current_server(self, name: str | None = None):
+        from jupyter_qwen.server.handles import kernel_servers
 
-        servers = running_servers()
-        if not servers:
-            raise UsageError("%%qwen: no server is running; start one with %qwen_serve")
-        server = servers[-1]
+        if name:
+            server = pick_server("%%qwen", name)
+        else:
+            servers = kernel_servers()
+            if not servers:
+                raise UsageError("%%qwen: no server is running; start one with %qwen_serve "
+                                 "or attach one with %qwen_connect")
+            server = servers[-1]
         if server.state == "loading":
             server.wait_ready(progress=False)
         return server
@@ -226,8 +280,22 @@ class QwenMagics(Magics):
         return messages
 
 
+def pick_server(prog: str, name: str):
+    """This kernel's server called `name`; a UsageError listing the others when none is."""
+    from jupyter_qwen.server.handles import find_server, kernel_servers
+
+    server = find_server(name)
+    if server is None:
+        known = ", ".join(getattr(s, "name", s.served_model_name) for s in kernel_servers())
+        raise UsageError(f"{prog}: no server called {name!r} in this kernel"
+                         + (f" (there are: {known})" if known else ""))
+    return server
+
+
 def stream_reply(server, messages: list[dict], args) -> str:
     extra: dict[str, Any] = thinking_switch(server.chat_variant, args.no_think)
+    if getattr(server, "origin", "kernel") == "remote" and extra:
+        extra = {"chat_template_kwargs": extra}  # how vLLM and SGLang take the switch
     if args.session:
         extra["session_id"] = args.session
     limit = {"max_tokens": args.max_tokens} if args.max_tokens else {}
@@ -241,7 +309,8 @@ def stream_reply(server, messages: list[dict], args) -> str:
         if not chunk.choices:
             continue
         delta = chunk.choices[0].delta
-        reasoning += getattr(delta, "reasoning_content", None) or ""
+        reasoning += (getattr(delta, "reasoning_content", None)
+                      or getattr(delta, "reasoning", None) or "")
         content += delta.content or ""
         if time.monotonic() - shown > 0.1:
             handle.update(Markdown(reply_markdown(reasoning, content)))
@@ -269,29 +338,44 @@ def reply_markdown(reasoning: str, content: str) -> str:
 
 
 def status_rows() -> list[dict]:
-    """This kernel's servers with live figures, then other processes' from the registry."""
+    """This kernel's servers with live figures (in-kernel, child processes, remote ones),
+    then other processes' from the registry."""
+    from jupyter_qwen.server.handles import kernel_servers, origin_of
     from jupyter_qwen.server.registry import list_records
-    from jupyter_qwen.server.server import running_servers
 
-    rows = [server.stats() for server in running_servers()]
+    servers = kernel_servers()
+    rows = [{"origin": origin_of(server)} | server.stats() for server in servers]
     local = {row["url"] for row in rows}
+    mine = {server.record.id for server in servers if getattr(server, "record", None)}
     for record in list_records():
-        if record.url not in local:
+        if record.url not in local and record.id not in mine:
             rows.append(remote_status(record))
     return rows
 
 
+_record_readers: dict[str, Any] = {}  # registry id -> MetricsReader, for rates between calls
+
+
 def remote_status(record) -> dict:
+    """A registry record's row: /health for our servers, /metrics for remote ones."""
     from jupyter_qwen.server.health import read_health
 
-    row = {"model": record.served_model_name, "url": record.url,
-           "uptime": time.time() - record.started_at}
-    health = read_health(record.root_url, timeout=2)
+    row = {"model": record.served_model_name, "url": record.url, "origin": record.origin}
+    if record.origin == "remote":
+        from jupyter_qwen.server.remote import probe
+        from jupyter_qwen.server.scrape import MetricsReader
+
+        reader = _record_readers.setdefault(record.id, MetricsReader(record.root_url))
+        health = probe(reader)
+    else:
+        row["uptime"] = time.time() - record.started_at
+        health = read_health(record.root_url, timeout=2)
     return row | {"state": health.status} | (health.engine or {})
 
 
 STATUS_COLUMNS = [
     ("model", "model", str), ("URL", "url", str), ("state", "state", str),
+    ("origin", "origin", str),
     ("uptime", "uptime", format_duration), ("chat", "chat_variant", str),
     ("running", "requests_running", str),
     ("waiting", "requests_waiting", str),

@@ -39,9 +39,11 @@ def add_serve_command(commands) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    import signal
     import time
 
     from jupyter_qwen.server.errors import ConfigError, ServerStartError, summarize_error
+    from jupyter_qwen.server.process import parent_pid_from_env, watch_parent
     from jupyter_qwen.server.server import QwenServer, find_model, start_serving
 
     prog = "python -m jupyter_qwen serve"
@@ -50,6 +52,9 @@ def run_serve(args: argparse.Namespace) -> int:
               "--demo", file=sys.stderr)
         return 2
     options = server_kwargs(args)
+    signal.signal(signal.SIGTERM, _interrupt)  # a clean stop: the record goes, memory comes back
+    if (parent_pid := parent_pid_from_env()) is not None:
+        watch_parent(parent_pid)  # started by a kernel: end with it
     try:
         if args.demo:
             from jupyter_qwen.demo.cache import SERVED_NAME, demo_model_path
@@ -78,3 +83,6 @@ def run_serve(args: argparse.Namespace) -> int:
         server.stop()
     return 0
 
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -28,6 +28,7 @@ from typing import Any
 from jupyter_core.paths import jupyter_runtime_dir
 
 __all__ = [
+    "ORIGINS",
     "ServerRecord",
     "current_kernel_id",
     "get_record",
@@ -39,6 +40,8 @@ __all__ = [
     "unregister",
 ]
 
+ORIGINS = ("kernel", "process", "remote")
+KERNEL_ID_ENV = "JUPYTER_QWEN_KERNEL_ID"  # a child-process server's parent kernel
 _ID_RE = re.compile(r"^[0-9a-f]{12}$")
 _KERNEL_FILE_RE = re.compile(r"^kernel-(?P<id>.+)\.json$")
 
@@ -59,6 +62,8 @@ class ServerRecord:
     admin_token: str
     api_key_required: bool
     version: str
+    origin: str = "kernel"  # "kernel" (in a kernel's process), "process" (a server process
+    # of its own), "remote" (a server attached by connect(); pid is the attaching process)
 
     @property
     def root_url(self) -> str:
@@ -89,9 +94,12 @@ class ServerRecord:
             admin_token=str(data["admin_token"]),
             api_key_required=bool(data.get("api_key_required", False)),
             version=str(data.get("version", "")),
+            origin=str(data.get("origin") or "kernel"),
         )
         if not _ID_RE.match(rec.id):
             raise ValueError(f"bad server id {rec.id!r}")
+        if rec.origin not in ORIGINS:
+            raise ValueError(f"bad server origin {rec.origin!r}")
         return rec
 
 
@@ -139,10 +147,12 @@ def pid_alive(pid: int) -> bool:
 
 
 def new_record(**fields: Any) -> ServerRecord:
-    """A record for this process: id, admin token, start time, pid and kernel id filled in.
+    """A record for this process: id, admin token, start time, pid and kernel id filled in
+    (a server process started by a kernel names that kernel, from $JUPYTER_QWEN_KERNEL_ID).
 
     Give at least ``host``, ``port`` and ``model``; ``url`` defaults to
-    ``http://{host}:{port}/v1`` and ``served_model_name`` to the model's last path part.
+    ``http://{host}:{port}/v1``, ``served_model_name`` to the model's last path part and
+    ``origin`` to "kernel".
     Any field given explicitly wins.
     """
     from jupyter_qwen._version import __version__
@@ -159,10 +169,11 @@ def new_record(**fields: Any) -> ServerRecord:
         "model": model,
         "served_model_name": model.rstrip("/").rsplit("/", 1)[-1],
         "started_at": time.time(),
-        "kernel_id": current_kernel_id(),
+        "kernel_id": current_kernel_id() or os.environ.get(KERNEL_ID_ENV) or None,
         "admin_token": secrets.token_urlsafe(32),
         "api_key_required": False,
         "version": __version__,
+        "origin": "kernel",
     }
     unknown = set(fields) - set(values)
     if unknown:

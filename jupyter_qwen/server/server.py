@@ -50,8 +50,7 @@ class QwenServer:
     def __init__(self, model: str, *, model_path: Path | None = None, origin: str = "kernel",
                  **options: Any):
         """`model_path`: the folder `find_model(model)` already gave, if it was called;
-        `origin`: what `/health` says runs it ("kernel", or "process" for a server that is a
-        process of its own)."""
+        `origin`: "kernel", or "process" when this process is the server's own."""
         server_options, engine_options = split_options(options)
         self.options: ServerOptions = server_options
         self.config = EngineConfig.from_kwargs(model, **engine_options)
@@ -71,6 +70,7 @@ class QwenServer:
         self.ctx.on_stop = lambda: threading.Thread(target=self.stop, daemon=True).start()
         self.ctx.on_clean = self._clean
         self.model_path = model_path
+        self.origin = origin
         self._socket = _bind(host, server_options.port)
         self.port = self._socket.getsockname()[1]
         self.record = None
@@ -296,7 +296,7 @@ class QwenServer:
         self.record = registry.new_record(
             host=self.host, port=self.port, url=self.url, model=self.model,
             served_model_name=self.served_model_name, admin_token=self.admin_token,
-            api_key_required=self.api_key is not None)
+            api_key_required=self.api_key is not None, origin=self.origin)
         try:
             registry.register(self.record)
         except OSError as error:
@@ -330,14 +330,21 @@ def running_servers() -> list[QwenServer]:
     return sorted(alive, key=lambda server: server.ctx.started_at)
 
 
-def serve(model: str, progress: bool = True, **options: Any) -> QwenServer:
+def serve(model: str, progress: bool = True, process: bool = False, **options: Any):
     """Start a server for `model` and return once it answers /health.
 
     `model` is a Hugging Face id or a checkpoint folder; `progress` shows the loading
-    phases. Options (ValueError naming the option for a bad value):
+    phases. `process=True` runs it in a child process (`python -m jupyter_qwen serve` with
+    the same options) that ends with this one, and returns a `ProcessServer` handle.
+    Options (ValueError naming the option for a bad value):
 
     {options}
     """
+    if process:
+        from jupyter_qwen.server.process import serve_in_process
+
+        find_model(str(model))  # a model that is nowhere fails here, not in the child
+        return serve_in_process(str(model), progress, **options)
     return start_serving(QwenServer(model, model_path=find_model(str(model)), **options),
                          progress)
 

@@ -43,6 +43,15 @@ CLEAN_REPORT = {
 
 
 MIB = 1024**2
+# a remote server (origin "remote") is read from its Prometheus page, in vLLM's names
+REMOTE_METRICS = """\
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{model_name="stand-in/Qwen3-Far"} 3
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{model_name="stand-in/Qwen3-Far"} 1
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{model_name="stand-in/Qwen3-Far"} 0.25
+"""
 FAILED_ERROR = "stand-in/Qwen3-Missing is not in the local Hugging Face cache and the hub is \
 unreachable"
 FAILED_HINT = "download it (huggingface-cli download stand-in/Qwen3-Missing), or give a folder"
@@ -118,7 +127,8 @@ class StandInServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
         port = self._httpd.server_address[1]
-        fields: dict[str, Any] = {"host": "127.0.0.1", "port": port, "model": self.model}
+        fields: dict[str, Any] = {"host": "127.0.0.1", "port": port, "model": self.model,
+                                  "origin": self.origin}
         if self.kernel_id is not None:
             fields["kernel_id"] = self.kernel_id
         self.record = new_record(**fields)
@@ -144,9 +154,14 @@ def _make_handler(peer: StandInServer) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _reply(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
+            self._send(code, json.dumps(body).encode(), "application/json")
+
+        def _reply_text(self, code: int, text: str) -> None:
+            self._send(code, text.encode(), "text/plain; version=0.0.4")
+
+        def _send(self, code: int, data: bytes, content_type: str) -> None:
             self.send_response(code)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -154,6 +169,8 @@ def _make_handler(peer: StandInServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             if self.path == "/health":
                 self._reply(503 if peer.status == "dead" else 200, peer.health())
+            elif self.path == "/metrics" and peer.origin == "remote":
+                self._reply_text(200, REMOTE_METRICS)  # what a remote server is read from
             elif self.path == "/v1/models":
                 name = peer.record.served_model_name if peer.record else peer.model
                 self._reply(200, {"object": "list", "data": [{"id": name, "object": "model"}]})
