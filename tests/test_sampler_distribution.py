@@ -202,8 +202,15 @@ def test_a_seeded_row_draws_the_same_whatever_the_batch():
     assert len(set(alone)) > 3
 
 
-def test_seeded_keys_on_the_device_equal_the_python_reference():
-    from jupyter_qwen.engine.sampling_noise import MASK32, seeded_row_key, seeded_row_keys
+def test_seeded_keys_on_the_device_and_in_numpy_equal_the_python_reference():
+    import numpy as np
+
+    from jupyter_qwen.engine.sampling_noise import (
+        MASK32,
+        seeded_row_key,
+        seeded_row_keys,
+        seeded_row_keys_host,
+    )
 
     seeds = [0, 1, 77, 2**32 - 1, 2**32, 2**63 + 12345, 2**64 - 1]
     draws = [0, 1, 5, 1000, 2**31, 7, 3]
@@ -211,6 +218,8 @@ def test_seeded_keys_on_the_device_equal_the_python_reference():
     keys = seeded_row_keys(halves, torch.tensor(draws)).tolist()
     assert keys == [list(seeded_row_key(s, d)) for s, d in zip(seeds, draws, strict=True)]
     assert len({tuple(k) for k in keys}) == len(keys)
+    host = seeded_row_keys_host(np.array(seeds, dtype=np.uint64), np.array(draws, np.uint64))
+    assert host.tolist() == keys
 
 
 def test_every_seed_and_draw_has_its_own_noise():

@@ -25,7 +25,6 @@ import torch
 
 from jupyter_qwen.engine.penalty_state import PenaltyState
 from jupyter_qwen.engine.sampler import (
-    MASK32,
     TIE_MARGIN,
     TOP_P_WINDOW,
     PenaltyBatch,
@@ -34,7 +33,7 @@ from jupyter_qwen.engine.sampler import (
     sorted_tokens,
     window_draw,
 )
-from jupyter_qwen.engine.sampling_noise import seeded_row_keys
+from jupyter_qwen.engine.sampling_noise import seeded_row_keys_host
 from jupyter_qwen.engine.sequence import Sequence
 from jupyter_qwen.sampling_params import SamplingParams
 
@@ -57,9 +56,9 @@ DRAW_SHAPES = tuple(DrawShape(width, full, penalties) for penalties in (False, T
                     for width, full in WINDOWS)
 # per-row parameters, as rows of the static buffers
 TEMPERATURE, TOP_P, MIN_P, REPETITION, PRESENCE, FREQUENCY = range(6)
-TOP_K, GREEDY, SEEDED, SEED_LOW, SEED_HIGH, DRAWS, KEY_LOW, KEY_HIGH, SLOT = range(9)
+TOP_K, GREEDY, KEY_LOW, KEY_HIGH, SLOT = range(5)  # a row's noise key, made on the host
 PADDING_FLOATS = (1.0, 1.0, 0.0, 1.0, 0.0, 0.0)  # a greedy row with no filter, no penalty
-PADDING_INTS = (0, 1, 0, 0, 0, 0, 0, 0, -1)
+PADDING_INTS = (0, 1, 0, 0, -1)
 
 
 def draw_shape(params: Rows[SamplingParams], penalties: bool) -> DrawShape | None:
@@ -114,12 +113,8 @@ class GraphSampler:
 
     def _rows(self, size: int) -> WindowRows:
         temperatures, top_p, min_p = self.floats[TEMPERATURE:MIN_P + 1, :size]
-        ints = self.ints[:, :size]
-        seeds = torch.stack([ints[SEED_LOW], ints[SEED_HIGH]], dim=1)
-        random_keys = torch.stack([ints[KEY_LOW], ints[KEY_HIGH]], dim=1)
-        keys = torch.where(ints[SEEDED].bool()[:, None], seeded_row_keys(seeds, ints[DRAWS]),
-                           random_keys)
-        return WindowRows(temperatures, ints[TOP_K], top_p, min_p, keys)
+        keys = self.ints[KEY_LOW:KEY_HIGH + 1, :size].T
+        return WindowRows(temperatures, self.ints[TOP_K, :size], top_p, min_p, keys)
 
     def _penalised(self, logits: torch.Tensor, size: int) -> torch.Tensor:
         """The logits after each row's penalties (rows without any are unchanged)."""
@@ -202,7 +197,12 @@ class GraphSampler:
         count = len(seqs)
         params = [seq.params for seq in seqs]
         seeded = [param.seed is not None and not param.greedy for param in params]
-        seeds = [param.seed or 0 for param in params]
+        keys = self.rng.integers(0, 1 << 32, (count, 2))
+        if any(seeded):
+            rows = np.flatnonzero(seeded)
+            seeds = np.array([params[row].seed for row in rows], dtype=np.uint64)
+            draws = np.array([seqs[row].num_draws for row in rows], dtype=np.uint64)
+            keys[rows] = seeded_row_keys_host(seeds, draws)
         self.host_floats.numpy()[:, :count] = (
             [1.0 if param.greedy else param.temperature for param in params],
             [param.top_p for param in params], [param.min_p for param in params],
@@ -210,9 +210,7 @@ class GraphSampler:
             [param.presence_penalty for param in params],
             [param.frequency_penalty for param in params])
         self.host_ints.numpy()[:, :count] = (
-            [param.top_k for param in params], [param.greedy for param in params], seeded,
-            [seed & MASK32 for seed in seeds], [seed >> 32 for seed in seeds],
-            [seq.num_draws for seq in seqs], *self.rng.integers(0, 1 << 32, (2, count)),
+            [param.top_k for param in params], [param.greedy for param in params], *keys.T,
             [next(slots) if param.uses_penalties else -1 for param in params])
         for seq, is_seeded in zip(seqs, seeded, strict=True):
             seq.num_draws += is_seeded

@@ -8,6 +8,7 @@ and nothing overflows.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 MASK32 = 0xFFFFFFFF
@@ -41,6 +42,25 @@ def seeded_row_keys(seeds: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     first = mix32_tensor(both ^ draws)
     return torch.stack([first, mix32_tensor(((first + 0x13198A2E) & MASK32) ^ (draws >> 32))],
                        dim=1)
+
+
+def seeded_row_keys_host(seeds: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """`seeded_row_key` for many rows on the host: seeds and draws as uint64 arrays (below
+    2**64 and 2**32); returns [rows, 2] as int64. Products of two 32-bit values fit in 64
+    bits, so numpy computes the same bits as the device."""
+    low = _mix32_host((seeds & MASK32) ^ 0x243F6A88)
+    both = _mix32_host(low ^ (seeds >> np.uint64(32)))
+    first = _mix32_host(both ^ draws)
+    second = _mix32_host(((first + 0x13198A2E) & MASK32) ^ (draws >> np.uint64(32)))
+    return np.stack([first, second], axis=1).astype(np.int64)
+
+
+def _mix32_host(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint64(16))
+    x = (x * np.uint64(MIX_MULTIPLIERS[0])) & np.uint64(MASK32)
+    x = x ^ (x >> np.uint64(15))
+    x = (x * np.uint64(MIX_MULTIPLIERS[1])) & np.uint64(MASK32)
+    return x ^ (x >> np.uint64(16))
 
 
 def _mul32(x: torch.Tensor, multiplier: int) -> torch.Tensor:
