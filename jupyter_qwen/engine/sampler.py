@@ -142,7 +142,8 @@ def _add_sampling_rows(batch: SamplingBatch, seqs: list[Sequence], vocab_size: i
     widths = [p.top_k + TIE_MARGIN if p.top_k > 0 else TOP_P_WINDOW
               for p, in_window in zip(params, window, strict=True)
               if in_window and p.top_k <= MAX_WINDOW_TOP_K]
-    batch.window_width = min(vocab_size, max(widths, default=0))
+    widest = max(widths, default=0)  # rounded up to a power of two: the GPU's one-kernel draw
+    batch.window_width = min(vocab_size, 1 << (widest - 1).bit_length() if widest else 0)
     batch.uses_full_normaliser = any(w and p.top_k == 0 for p, w in zip(params, window,
                                                                         strict=True))
     batch.forced_fallback = [row for row, (p, w) in enumerate(zip(params, window, strict=True))
@@ -258,8 +259,17 @@ def window_draw(logits: torch.Tensor, rows: WindowRows, width: int, full_normali
     """Gumbel race over the filtered candidate window (the `width` largest logits); also
     which rows it cannot settle. `full_normaliser`: top-p rows without top-k are in the batch
     and need the whole vocabulary's normaliser. The tokens do not depend on `width` for the
-    rows it settles, so a draw here equals the full-sort draw."""
+    rows it settles, so a draw here equals the full-sort draw. On a GPU, with a power-of-two
+    width, the steps after `topk` run as one kernel (`window_kernel`)."""
     values, candidates = logits.topk(width, dim=-1)
+    if logits.is_cuda and width & (width - 1) == 0:
+        from jupyter_qwen.engine.window_kernel import window_draw_in_one_kernel
+
+        full = torch.logsumexp(logits / rows.temperatures[:, None], dim=-1) \
+            if full_normaliser else None
+        return window_draw_in_one_kernel(values, candidates, rows.temperatures, rows.top_k,
+                                         rows.top_p, rows.min_p, rows.row_keys, full,
+                                         logits.shape[-1])
     scaled = values / rows.temperatures[:, None]
     uses_top_k = rows.top_k > 0
     kth = scaled.gather(1, (rows.top_k - 1).clamp(0, width - 1)[:, None])

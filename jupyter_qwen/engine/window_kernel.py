@@ -1,0 +1,94 @@
+"""The window draw after `topk` in one Triton program per row (GPU; the interpreter in tests).
+
+`sampler.window_draw` in torch is about fifty small kernels after the `topk`: scaling, the
+top-k cut, the normaliser, the top-p cut with its tie floor, min-p, the counter-based Gumbel
+noise of each candidate and the race. On a GPU those launches, not the arithmetic, are the
+sampled step's cost at small batches. This kernel does the same steps, in the same order, for
+one row per program, on the `width` candidates `topk` gave (width a power of two).
+
+The noise is bit-identical to `sampling_noise.token_gumbel` up to the last step (the hash is
+integer arithmetic); the logarithms and sums may differ from torch's in the last bit, so a
+draw matches torch's except where that bit decides a cut or the race. Imported only where
+Triton runs (`sampler.window_draw` on a GPU).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from jupyter_qwen.engine.sampling_noise import MASK32, MIX_MULTIPLIERS, TOKEN_MULTIPLIER
+
+MASK = tl.constexpr(MASK32)
+MIX0 = tl.constexpr(MIX_MULTIPLIERS[0])
+MIX1 = tl.constexpr(MIX_MULTIPLIERS[1])
+TOKEN = tl.constexpr(TOKEN_MULTIPLIER)
+UNIFORM_STEP = tl.constexpr(2.0 ** -24)
+
+
+@triton.jit
+def _mix32(x):
+    x = x ^ (x >> 16)
+    x = (x * MIX0) & MASK
+    x = x ^ (x >> 15)
+    x = (x * MIX1) & MASK
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def _window_draw(values, candidates, temperatures, top_k, top_p, min_p, keys, full_log_norm,
+                 tokens_out, unsettled_out,
+                 WIDTH: tl.constexpr, NARROWED: tl.constexpr, FULL: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, WIDTH)
+    scaled = tl.load(values + row * WIDTH + offs) / tl.load(temperatures + row)
+    k = tl.load(top_k + row)
+    p = tl.load(top_p + row)
+    uses_k = k > 0
+    kth = tl.sum(tl.where(offs == tl.minimum(tl.maximum(k - 1, 0), WIDTH - 1), scaled, 0.0))
+    last = tl.sum(tl.where(offs == WIDTH - 1, scaled, 0.0))
+    keep = (k <= 0) | (scaled >= kth)
+    unsettled = NARROWED & uses_k & (last >= kth)
+    top = tl.max(tl.where(keep, scaled, float("-inf")))
+    log_norm = top + tl.log(tl.sum(tl.where(keep, tl.exp(scaled - top), 0.0)))
+    if FULL:
+        log_norm = tl.where(uses_k, log_norm, tl.load(full_log_norm + row))
+    probs = tl.where(keep, tl.exp(scaled - log_norm), 0.0)
+    cumulative = tl.cumsum(probs, 0)
+    within = keep & ((cumulative - probs < p) | (p >= 1.0))
+    floor = tl.min(tl.where(within, scaled, float("inf")))
+    keep = keep & (scaled >= floor)
+    if NARROWED:
+        mass = tl.sum(tl.where(offs == WIDTH - 1, cumulative, 0.0))
+        unsettled = unsettled | ((k <= 0) & (mass < p) & (p < 1.0)) | (last >= floor)
+    first = tl.sum(tl.where(offs == 0, probs, 0.0))
+    keep = keep & (probs >= first * tl.load(min_p + row))
+    token_ids = tl.load(candidates + row * WIDTH + offs)
+    key_low = tl.load(keys + row * 2).to(tl.uint64)
+    key_high = tl.load(keys + row * 2 + 1).to(tl.uint64)
+    hashed = (((token_ids.to(tl.uint64) * TOKEN) & MASK) + key_low) & MASK
+    hashed = _mix32(_mix32(hashed) ^ key_high)
+    uniform = ((hashed >> 8).to(tl.float32) + 0.5) * UNIFORM_STEP
+    scores = tl.where(keep, scaled - tl.log(-tl.log(uniform)), float("-inf"))
+    best = tl.argmax(scores, 0)
+    tl.store(tokens_out + row, tl.sum(tl.where(offs == best, token_ids, 0)))
+    tl.store(unsettled_out + row, unsettled.to(tl.int8))
+
+
+def window_draw_in_one_kernel(values: torch.Tensor, candidates: torch.Tensor,
+                              temperatures: torch.Tensor, top_k: torch.Tensor,
+                              top_p: torch.Tensor, min_p: torch.Tensor, row_keys: torch.Tensor,
+                              full_log_norm: torch.Tensor | None, vocab_size: int,
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokens and the rows the window cannot settle, from `topk`'s values and
+    candidates ([rows, width] each, width a power of two)."""
+    rows, width = values.shape
+    tokens = torch.empty(rows, dtype=torch.int64, device=values.device)
+    unsettled = torch.empty(rows, dtype=torch.int8, device=values.device)
+    _window_draw[(rows,)](
+        values.float().contiguous(), candidates.contiguous(), temperatures.contiguous(),
+        top_k.contiguous(), top_p.contiguous(), min_p.contiguous(), row_keys.contiguous(),
+        full_log_norm if full_log_norm is not None else values, tokens, unsettled,
+        WIDTH=width, NARROWED=width < vocab_size, FULL=full_log_norm is not None)
+    return tokens, unsettled.bool()
