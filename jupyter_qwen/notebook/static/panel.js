@@ -57,6 +57,15 @@ export function formatDuration(seconds) {
   return `${formatNumber(seconds / 3600, 0)} h`;
 }
 
+const MILLISECONDS_UNTIL_SECONDS = 0.9995;
+
+export function formatLatency(seconds) {
+  if (missing(seconds)) return MISSING;
+  if (Math.abs(seconds) < MILLISECONDS_UNTIL_SECONDS) return `${formatNumber(1000 * seconds, 0)} ms`;
+  if (Math.abs(seconds) < SECONDS_UNTIL_MINUTES) return `${formatNumber(seconds, 1)} s`;
+  return formatDuration(seconds);
+}
+
 function niceMax(v) {
   if (!(v > 0)) return 1;
   const p = Math.pow(10, Math.floor(Math.log10(v)));
