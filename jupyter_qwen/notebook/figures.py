@@ -172,6 +172,7 @@ class ServerView:
     tokens_per_s: str
     requests: str
     generated: str
+    prefix_hits: str
     running: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -205,6 +206,7 @@ def server_view(figures: dict, state: str, no_gpu_reason: str = "") -> ServerVie
                   if running is not None else missing(reason)),
         generated=known_or((figures or {}).get("generation_tokens_total"),
                            lambda n: format_number(n, 0), reason),
+        prefix_hits=known_or((figures or {}).get("prefix_cache_hit_rate"), format_percent, reason),
         running=running_rows(figures.get("running") if figures else None))
 
 
@@ -214,7 +216,8 @@ def view_lines(view: ServerView) -> list[tuple[str, str]]:
             ("memory", f"{view.memory_total}: " + ", ".join(
                 f"{p['label']} {p['text']}" for p in view.memory_parts)),
             ("TTFT", view.ttft), ("inter-token", view.itl),
-            ("tokens/s", view.tokens_per_s), ("requests", view.requests),
+            ("tokens/s", view.tokens_per_s), ("prefix hits", view.prefix_hits),
+            ("requests", view.requests),
             ("generated", view.generated)]
 
 
@@ -242,3 +245,26 @@ def stop_summary(reply: Any = None, last_memory: dict | None = None) -> str:
     pieces = ", ".join(f"{label} {format_bytes(memory[key])}" for label, key in MEMORY_PARTS
                        if memory.get(key))
     return f"stopped; {format_bytes(total, unit)} back: {pieces}"
+
+
+class StopReport:
+    """What ``%qwen_stop`` shows: each server's own memory given back, then this process's
+    RSS and torch figures before and after (never a whole-GPU difference, which would count
+    other processes)."""
+
+    def __init__(self, stopped: list[tuple[str, str]], report: Any):
+        self.stopped = stopped
+        self.rows = [row for row in report.rows() if not row[0].startswith("GPU")]
+
+    def _lines(self) -> list[tuple[str, str]]:
+        lines = list(self.stopped)
+        for name, before, after in self.rows:
+            lines.append((name, f"{format_bytes(before)} → {format_bytes(after)}"))
+        return lines
+
+    def _repr_html_(self) -> str:
+        return lines_html(self._lines())
+
+    def __repr__(self) -> str:
+        width = max(len(label) for label, _ in self._lines())
+        return "\n".join(f"{label:<{width}}  {text}" for label, text in self._lines())

@@ -7,14 +7,26 @@ import argparse
 import html
 import shlex
 import time
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import HTML, Markdown, display
 
-from jupyter_qwen.format import format_bytes, format_duration, format_number, format_percent
+from jupyter_qwen.format import MISSING
+from jupyter_qwen.notebook.chat_reply import ChatReply
+from jupyter_qwen.notebook.figures import (
+    ServerView,
+    StopReport,
+    memory_of,
+    server_view,
+    stop_summary,
+)
 from jupyter_qwen.notebook.launch import DEFAULT_MODEL, AlreadyServingError, start_server
+
+STREAM_REFRESH_S = 0.1
+"""How often a streaming answer's display is redrawn."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -149,16 +161,20 @@ class QwenMagics(Magics):
 
         servers = running_servers()
         if not servers:
-            print("no jupyter_qwen server is running in this kernel")
+            print("nothing to stop: no jupyter_qwen server is running in this kernel")
             return
         targets = servers if args.all else servers[-1:]
         before = snapshot()
+        stopped = []
         for server in targets:
-            server.stop()
+            last_memory = _memory_now(server)
+            summary = stop_summary(server.stop(), last_memory)
             print(f"stopped {server.served_model_name} at {server.url}")
+            stopped.append((server.served_model_name, summary))
+        _refresh_control_panels()
         report = collect()
         report.before = before
-        display(report)
+        display(StopReport(stopped, report))
 
     @line_magic
     def qwen_clean(self, line: str) -> None:
@@ -227,27 +243,30 @@ class QwenMagics(Magics):
 
 
 def stream_reply(server, messages: list[dict], args) -> str:
+    """Stream the answer into one display, updated in place, and end it with a footer."""
     extra: dict[str, Any] = thinking_switch(server.chat_variant, args.no_think)
     if args.session:
         extra["session_id"] = args.session
     limit = {"max_tokens": args.max_tokens} if args.max_tokens else {}
+    reply = ChatReply(max_tokens=args.max_tokens)
     stream = server.openai_client().chat.completions.create(
         model=server.served_model_name, messages=messages, stream=True, extra_body=extra,
-        **limit)
-    reasoning, content = "", ""
+        stream_options={"include_usage": True}, **limit)
     handle = display(Markdown(""), display_id=True)
-    shown = 0.0
+    shown, usage = 0.0, None
     for chunk in stream:
+        usage = chunk.usage or usage
         if not chunk.choices:
             continue
-        delta = chunk.choices[0].delta
-        reasoning += getattr(delta, "reasoning_content", None) or ""
-        content += delta.content or ""
-        if time.monotonic() - shown > 0.1:
-            handle.update(Markdown(reply_markdown(reasoning, content)))
+        choice = chunk.choices[0]
+        reply.add(getattr(choice.delta, "reasoning_content", None) or "",
+                  choice.delta.content or "", choice.finish_reason)
+        if time.monotonic() - shown > STREAM_REFRESH_S:
+            handle.update(Markdown(reply.markdown()))
             shown = time.monotonic()
-    handle.update(Markdown(reply_markdown(reasoning, content)))
-    return content
+    reply.finish(getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+    handle.update(Markdown(reply.markdown(done=True)))
+    return reply.content
 
 
 def thinking_switch(chat_variant: str, no_think: bool) -> dict[str, Any]:
@@ -262,10 +281,21 @@ def thinking_switch(chat_variant: str, no_think: bool) -> dict[str, Any]:
 
 
 def reply_markdown(reasoning: str, content: str) -> str:
-    if not reasoning:
-        return content
-    return (f"<details><summary>Reasoning</summary>\n\n{html.escape(reasoning)}\n\n</details>"
-            f"\n\n{content}")
+    """The Markdown of an answer so far (reasoning folded and muted, then the answer)."""
+    return ChatReply(reasoning=reasoning, content=content).markdown()
+
+
+def _memory_now(server) -> dict | None:
+    try:
+        return memory_of(server.stats())
+    except Exception:  # a server half way down reports nothing; the stop still goes on
+        return None
+
+
+def _refresh_control_panels() -> None:
+    from jupyter_qwen.notebook.control_panel import refresh_panels
+
+    refresh_panels()
 
 
 def status_rows() -> list[dict]:
@@ -290,15 +320,21 @@ def remote_status(record) -> dict:
     return row | {"state": health.status} | (health.engine or {})
 
 
-STATUS_COLUMNS = [
-    ("model", "model", str), ("URL", "url", str), ("state", "state", str),
-    ("uptime", "uptime", format_duration), ("chat", "chat_variant", str),
-    ("running", "requests_running", str),
-    ("waiting", "requests_waiting", str),
-    ("tokens/s", "generation_tokens_per_s", format_number),
-    ("KV cache", "kv_cache_usage", format_percent),
-    ("prefix hits", "prefix_cache_hit_rate", format_percent),
-    ("GPU memory", "gpu_memory", format_bytes)]
+STATUS_COLUMNS: list[tuple[str, Callable[[dict, ServerView], str]]] = [
+    ("model", lambda row, view: str(row.get("model") or MISSING)),
+    ("URL", lambda row, view: str(row.get("url") or MISSING)),
+    ("state", lambda row, view: view.state),
+    ("device", lambda row, view: view.device),
+    ("chat", lambda row, view: view.chat_variant),
+    ("uptime", lambda row, view: view.uptime),
+    ("memory", lambda row, view: view.memory_total),
+    ("KV cache", lambda row, view: view.kv),
+    ("TTFT", lambda row, view: view.ttft),
+    ("inter-token", lambda row, view: view.itl),
+    ("requests", lambda row, view: view.requests),
+    ("tokens/s", lambda row, view: view.tokens_per_s),
+    ("prefix hits", lambda row, view: view.prefix_hits)]
+"""The columns of %qwen_status: each a header and how a row's figures read."""
 
 
 class StatusTable:
@@ -308,17 +344,28 @@ class StatusTable:
         self.rows = rows
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{name}</th>" for name, _, _ in STATUS_COLUMNS)
+        head = "".join(f"<th>{name}</th>" for name, _ in STATUS_COLUMNS)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in line)
                        + "</tr>" for line in self._cells())
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
     def __repr__(self) -> str:
-        lines = [[name for name, _, _ in STATUS_COLUMNS], *self._cells()]
+        lines = [[name for name, _ in STATUS_COLUMNS], *self._cells()]
         widths = [max(len(line[i]) for line in lines) for i in range(len(STATUS_COLUMNS))]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
                          for line in lines)
 
     def _cells(self) -> list[list[str]]:
-        return [[fmt(row[key]) if row.get(key) is not None else "-"
-                 for _, key, fmt in STATUS_COLUMNS] for row in self.rows]
+        no_gpu = _no_gpu_reason()
+        cells = []
+        for row in self.rows:
+            view = server_view(row, str(row.get("state") or "unreachable"), no_gpu)
+            cells.append([cell(row, view) for _, cell in STATUS_COLUMNS])
+        return cells
+
+
+def _no_gpu_reason() -> str:
+    from jupyter_qwen.nvml import gpu_snapshot
+
+    snapshot = gpu_snapshot()
+    return "" if snapshot.available and snapshot.gpus else snapshot.reason or "no GPU"
