@@ -89,3 +89,15 @@ class ChatReply:
                 pieces.append(f"*{reason}*")
             pieces.append(f'<sub style="{FOOTER_STYLE}">{self.footer()}</sub>')
         return "\n\n".join(pieces)
+
+    def text(self, done: bool = False) -> str:
+        """The reply as plain text (what a saved notebook shows without Markdown)."""
+        pieces = [f"[reasoning]\n{self.reasoning.strip()}\n[/reasoning]"] if self.reasoning else []
+        pieces += [self.content] if self.content else []
+        if done:
+            pieces += [f"({reason})" for reason in [self.empty_reason()] if reason]
+            pieces.append(f"({self.footer()})")
+        return "\n\n".join(pieces)
+
+    def bundle(self, done: bool = False) -> dict[str, str]:
+        return {"text/markdown": self.markdown(done), "text/plain": self.text(done)}

@@ -37,6 +37,7 @@ from jupyter_qwen.notebook.models import (
     demo_folder,
     model_choices,
 )
+from jupyter_qwen.notebook.saved_view import SavedView
 from jupyter_qwen.options import Option, field_errors, options_of
 from jupyter_qwen.server.options import ServerOptions
 from jupyter_qwen.server.security import other_logged_in_users
@@ -98,7 +99,7 @@ def refresh_panels() -> None:
 
 # ---- the panel ---------------------------------------------------------------------------
 
-class ControlPanel(widgets.VBox):
+class ControlPanel(SavedView, widgets.VBox):
     """A form with the serve options and Start; then the server's live dashboard.
 
     ``model`` and ``options`` fill the form in (the form's fields: max_num_seqs,
@@ -452,9 +453,39 @@ class ControlPanel(widgets.VBox):
 
     def _set_phase(self, phase: str) -> None:
         self.remove_class(f"jqc-phase-{self.phase}")
-        self.phase = phase
+        changed, self.phase = phase != self.phase, phase
         self.add_class(f"jqc-phase-{phase}")
         self.form.layout.display = "none" if phase in ("loading", "serving", "failing") else None
+        if changed:
+            self.republish()
+
+    # ---- what a saved notebook shows ----
+
+    def static_text(self) -> str:
+        lines = ["Qwen3 server control panel"]
+        if self.dashboard is not None:
+            lines.append(self.dashboard.static_text())
+        else:
+            values = self.values()
+            shown = ", ".join(f"{_label(o.name)} {values[o.name]!s}" for o in FORM_OPTIONS
+                              if o.spec.form != "secret" and values[o.name] not in (None, ""))
+            lines.append(f"model {values['model'] or '(none)'}; {shown}")
+        if self.message:
+            lines.append(self.message)
+        return "\n".join(lines)
+
+    def static_html(self) -> str:
+        if self.dashboard is not None:
+            body = self.dashboard.static_html()
+        else:
+            body = f"<pre>{html.escape(self.static_text())}</pre>"
+        message = f"<p>{html.escape(self.message)}</p>" if self.message else ""
+        return f"<div><b>Qwen3 server control panel</b>{body}{message}</div>"
+
+    def refresh_saved_view(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.refresh()
+        self.republish()
 
     def _set_busy(self, busy: bool) -> None:
         self.start_button.disabled = busy

@@ -12,7 +12,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.display import HTML, Markdown, display
+from IPython.display import HTML, display
 
 from jupyter_qwen.format import MISSING
 from jupyter_qwen.notebook.chat_reply import ChatReply
@@ -125,7 +125,7 @@ class QwenMagics(Magics):
         except (ValueError, TypeError) as error:
             raise UsageError(f"%qwen_panel: {error}") from None
         self.shell.user_ns["qwen_panel"] = panel
-        display(panel)
+        panel.show()
 
     def _display_panel(self, server, demo: bool) -> None:
         try:
@@ -134,7 +134,7 @@ class QwenMagics(Magics):
             display(HTML(f"<p>serving <code>{html.escape(server.served_model_name)}</code> at "
                          f"<code>{html.escape(server.url)}</code> (loading)</p>"))
             return
-        display(ServerPanel(server, demo=demo))
+        ServerPanel(server, demo=demo).show()
 
     @line_magic
     def qwen_status(self, line: str) -> None:
@@ -142,6 +142,7 @@ class QwenMagics(Magics):
         if parse(ArgumentParser(prog="%qwen_status", description=self.qwen_status.__doc__),
                  line) is None:
             return
+        republish_shown()
         rows = status_rows()
         if not rows:
             print("no jupyter_qwen server is running")
@@ -169,12 +170,15 @@ class QwenMagics(Magics):
         for server in targets:
             last_memory = _memory_now(server)
             summary = stop_summary(server.stop(), last_memory)
+            for panel in panels_of(server):
+                panel.stopped_with(summary)
             print(f"stopped {server.served_model_name} at {server.url}")
             stopped.append((server.served_model_name, summary))
         _refresh_control_panels()
         report = collect()
         report.before = before
         display(StopReport(stopped, report))
+        republish_shown()
 
     @line_magic
     def qwen_clean(self, line: str) -> None:
@@ -197,7 +201,7 @@ class QwenMagics(Magics):
             return
         from jupyter_qwen.notebook.widgets import GpuDashboard
 
-        display(GpuDashboard())
+        GpuDashboard().show()
 
     @cell_magic
     def qwen(self, line: str, cell: str) -> None:
@@ -222,6 +226,7 @@ class QwenMagics(Magics):
             raise UsageError(f"%%qwen: the server answered: {error}") from None
         if args.session:
             messages.append({"role": "assistant", "content": reply})
+        republish_shown()
 
     def _current_server(self):
         from jupyter_qwen.server.server import running_servers
@@ -252,7 +257,7 @@ def stream_reply(server, messages: list[dict], args) -> str:
     stream = server.openai_client().chat.completions.create(
         model=server.served_model_name, messages=messages, stream=True, extra_body=extra,
         stream_options={"include_usage": True}, **limit)
-    handle = display(Markdown(""), display_id=True)
+    handle = display(reply.bundle(), raw=True, display_id=True)
     shown, usage = 0.0, None
     for chunk in stream:
         usage = chunk.usage or usage
@@ -262,10 +267,10 @@ def stream_reply(server, messages: list[dict], args) -> str:
         reply.add(getattr(choice.delta, "reasoning_content", None) or "",
                   choice.delta.content or "", choice.finish_reason)
         if time.monotonic() - shown > STREAM_REFRESH_S:
-            handle.update(Markdown(reply.markdown()))
+            handle.update(reply.bundle(), raw=True)
             shown = time.monotonic()
     reply.finish(getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
-    handle.update(Markdown(reply.markdown(done=True)))
+    handle.update(reply.bundle(done=True), raw=True)
     return reply.content
 
 
@@ -283,6 +288,18 @@ def thinking_switch(chat_variant: str, no_think: bool) -> dict[str, Any]:
 def reply_markdown(reasoning: str, content: str) -> str:
     """The Markdown of an answer so far (reasoning folded and muted, then the answer)."""
     return ChatReply(reasoning=reasoning, content=content).markdown()
+
+
+def panels_of(server) -> list:
+    from jupyter_qwen.notebook.widgets import panels_of as shown_panels
+
+    return shown_panels(server)
+
+
+def republish_shown() -> None:
+    from jupyter_qwen.notebook.saved_view import republish_shown as republish
+
+    republish()
 
 
 def _memory_now(server) -> dict | None:

@@ -8,7 +8,17 @@ figures settle (ready, failed, stopped) so that the saved notebook holds the fin
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
+
+_SHOWN: weakref.WeakSet = weakref.WeakSet()
+
+
+def republish_shown() -> None:
+    """Re-publish every shown view from the running cell (the magics call this), so that a
+    notebook run headless, which keeps only a cell's own messages, saves the latest figures."""
+    for view in list(_SHOWN):
+        view.refresh_saved_view()
 
 
 class SavedView:
@@ -33,6 +43,7 @@ class SavedView:
         from IPython.display import display
 
         self._display_handle = display(self, display_id=True)
+        _SHOWN.add(self)
         return self
 
     def republish(self) -> None:
@@ -40,3 +51,7 @@ class SavedView:
         handle = self._display_handle
         if handle is not None:
             handle.update(self)
+
+    def refresh_saved_view(self) -> None:
+        """Bring the figures up to date, then re-publish (a widget may do more first)."""
+        self.republish()

@@ -19,6 +19,7 @@ import math
 import threading
 import time
 import traceback
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,14 @@ class GpuDashboard(SavedView, _MonitorWidget):
                         "utilization": _mean_utilization(sample)}
 
 
+_PANELS: weakref.WeakSet = weakref.WeakSet()
+
+
+def panels_of(server: Any) -> list[ServerPanel]:
+    """The ServerPanels showing ``server`` in this kernel."""
+    return [panel for panel in list(_PANELS) if panel.server is server]
+
+
 class ServerPanel(SavedView, _MonitorWidget):
     """A model server's card: loading progress, then its live dashboard, Stop and Clean.
 
@@ -182,10 +191,12 @@ class ServerPanel(SavedView, _MonitorWidget):
                                     getattr(server, "api_key", None) is not None)
         self.finished = False
         self._last_memory: dict | None = None
+        self._last_figures: dict = {}
         self._stop_reply: Any = None
         self._stopped_at: float | None = None
         self._republish_due = False
         self.on_msg(self._on_custom_msg)
+        _PANELS.add(self)
         self.monitor.watch(server)  # a finished server is dropped by the next sample
         self.refresh(self.monitor.sample())
         if not self.finished:
@@ -211,10 +222,23 @@ class ServerPanel(SavedView, _MonitorWidget):
         raise ValueError(f"unknown action {action!r}")
 
     def refresh(self, sample: Sample | None = None) -> None:
-        super().refresh(sample)
+        if not self.finished:
+            super().refresh(sample)
         if self._republish_due:
             self._republish_due = False
             self.republish()
+
+    def refresh_saved_view(self) -> None:
+        self.refresh()
+        self.republish()
+
+    def stopped_with(self, report: str) -> None:
+        """The server was stopped from elsewhere (``%qwen_stop``): show the same report."""
+        self.refresh()
+        if not self.finished:
+            self.stop_report = report
+            self._finish()
+            self.refresh_saved_view()
 
     def _on_sample(self, sample: Sample) -> None:
         if self.finished:
@@ -241,15 +265,23 @@ class ServerPanel(SavedView, _MonitorWidget):
             self.error, self.hint, self.error_detail = error_parts(self.server, figures)
         else:
             self.error = self.hint = self.error_detail = ""
-        if figures and state not in ("stopping", "stopped"):
+        if figures and state == "ok":
             self._last_memory = memory_of(figures) or self._last_memory
-        live = figures if state == "ok" else {"uptime": figures.get("uptime")} | (
-            {"chat_variant": figures["chat_variant"]} if figures.get("chat_variant") else {})
-        self.view = server_view(live, state, sample.gpu_reason).to_dict()
+            self._last_figures = figures
+        self.view = self._view(state, figures, sample.gpu_reason)
         self.history = _columns(_thin(self.monitor.history()), sample.time,
                                 self._series(sample.has_gpu))
         self.current = _server_numbers(sample, server_figures) or self._last_numbers(sample)
         self._track_stop(sample, state)
+
+    def _view(self, state: str, figures: dict, no_gpu_reason: str) -> dict:
+        """The figures written out; once the server stops, the last ones it served with."""
+        if state == "ok" or not self._last_figures:
+            return server_view(figures if state == "ok" else {}, state, no_gpu_reason).to_dict()
+        idle = {"running": [], "requests_running": 0, "requests_waiting": 0,
+                "generation_tokens_per_s": 0.0} if state == "stopped" else {}
+        return server_view(self._last_figures | idle, "ok", no_gpu_reason).to_dict() | {
+            "state": state}
 
     def _last_numbers(self, sample: Sample) -> dict:
         """A stopped server's last figures, with nothing running any more."""
@@ -284,7 +316,8 @@ class ServerPanel(SavedView, _MonitorWidget):
             self._finish()
         elif state == "stopped" and self._stopped_at is None:
             self._stopped_at = sample.time
-        elif state == "stopped" and sample.time - self._stopped_at >= STOP_SETTLE_S:
+        elif state == "stopped" and sample.time - self._stopped_at >= STOP_SETTLE_S \
+                and not self.finished:
             self.stop_report = stop_summary(self._stop_reply, self._last_memory)
             self._republish_due = True
             self._finish()
