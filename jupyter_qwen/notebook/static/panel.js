@@ -359,7 +359,7 @@ function memorySplit(model) {
 /** The requests the engine holds now, each with Abort. */
 function runningTable(model) {
   const el = h('div', 'jqw-running');
-  const title = h('div', 'jqw-chart-title', 'running requests');
+  const title = h('div', 'jqw-section-title', 'running requests');
   const table = h('table', 'jqw-table');
   const head = h('tr');
   for (const name of ['request', 'state', 'age', 'prompt', 'cached', 'generated', 'session', '']) {
@@ -501,6 +501,24 @@ function gpuDashboard(model) {
   return { el, update };
 }
 
+/** What the last Stop or Clean said, kept on the model so that a redrawn view (the kernel
+ * re-publishes the output when the server settles) shows it again. */
+function keepResult(model, result) {
+  model.jqwLastResult = {
+    text: result.textContent,
+    error: result.classList.contains('jqw-error'),
+    data: { ...result.dataset }
+  };
+}
+
+function restoreResult(model, result) {
+  const last = model.jqwLastResult;
+  if (!last) return;
+  result.textContent = last.text;
+  result.classList.toggle('jqw-error', last.error);
+  Object.assign(result.dataset, last.data);
+}
+
 function actions(model, setResult) {
   const el = h('div', 'jqw-actions');
   const stop = h('button', 'jqw-button jqw-stop', 'Stop');
@@ -508,29 +526,36 @@ function actions(model, setResult) {
   stop.title = 'Stop this server and give its memory back';
   clean.title = 'gc, empty the CUDA cache, reset torch.compile: with a before/after report';
   const result = h('span', 'jqw-result');
+  restoreResult(model, result);
   const buttons = { stop, clean };
+  const busy = new Set();
   el.append(...model.get('actions').filter(a => buttons[a]).map(a => buttons[a]), result);
   const run = async (action, button) => {
+    busy.add(action);
     button.disabled = true;
     result.dataset.action = action;
     delete result.dataset.done;
     result.dataset.route = 'server';
     result.classList.remove('jqw-error');
     result.textContent = action === 'stop' ? 'stopping…' : 'cleaning…';
+    keepResult(model, result);
     try {
       let reply = await viaServerExtension(model.get('server_id'), action);
       if (reply === null) {
         result.dataset.route = 'kernel';
         result.textContent += ' (through the kernel: waits for the running cell)';
+        keepResult(model, result);
         reply = await viaKernel(model, action);
       }
-      result.textContent = action === 'stop' ? 'stopped' : cleanSummary(reply);
+      result.textContent = action === 'stop' ? model.get('stop_report') || 'stopped' : cleanSummary(reply);
       result.dataset.done = action;
     } catch (err) {
       result.classList.add('jqw-error');
       result.textContent = `${action} failed: ${err.message || err}`;
     } finally {
-      button.disabled = action === 'stop' || model.get('state') === 'stopped';
+      busy.delete(action);
+      keepResult(model, result);
+      update();
       setResult(action);
     }
   };
@@ -538,10 +563,13 @@ function actions(model, setResult) {
   clean.onclick = () => run('clean', clean);
   const update = () => {
     const state = model.get('state');
-    stop.disabled = stop.disabled || state === 'stopped' || state === 'stopping';
-    clean.disabled = state === 'stopping';
+    const stopping = state === 'stopped' || state === 'stopping' || busy.has('stop') ||
+      result.dataset.done === 'stop';
+    stop.disabled = stopping;
+    clean.disabled = busy.has('clean') || state === 'stopping';
     if (state === 'stopped' && result.dataset.action !== 'clean') {
       result.textContent = model.get('stop_report') || 'stopped';
+      keepResult(model, result);
     }
   };
   return { el, update };
