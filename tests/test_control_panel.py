@@ -303,7 +303,7 @@ def magics(monkeypatch):
     from jupyter_qwen.notebook import magics as module
 
     shown: list = []
-    monkeypatch.setattr(module, "display", shown.append)
+    monkeypatch.setattr(module, "display", lambda obj, **_options: shown.append(obj))
     magics = module.QwenMagics(SimpleNamespace(user_ns={}))
     magics.shown = shown
     return magics

@@ -125,7 +125,7 @@ class QwenMagics(Magics):
         except (ValueError, TypeError) as error:
             raise UsageError(f"%qwen_panel: {error}") from None
         self.shell.user_ns["qwen_panel"] = panel
-        panel.show()
+        panel.show(display)
 
     def _display_panel(self, server, demo: bool) -> None:
         try:
@@ -134,7 +134,7 @@ class QwenMagics(Magics):
             display(HTML(f"<p>serving <code>{html.escape(server.served_model_name)}</code> at "
                          f"<code>{html.escape(server.url)}</code> (loading)</p>"))
             return
-        ServerPanel(server, demo=demo).show()
+        ServerPanel(server, demo=demo).show(display)
 
     @line_magic
     def qwen_status(self, line: str) -> None:
@@ -201,7 +201,7 @@ class QwenMagics(Magics):
             return
         from jupyter_qwen.notebook.widgets import GpuDashboard
 
-        GpuDashboard().show()
+        GpuDashboard().show(display)
 
     @cell_magic
     def qwen(self, line: str, cell: str) -> None:

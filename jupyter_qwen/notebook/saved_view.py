@@ -38,9 +38,11 @@ class SavedView:
         data = data | {"text/plain": self.static_text(), "text/html": self.static_html()}
         return data if metadata is None else (data, metadata)
 
-    def show(self) -> SavedView:
-        """Display the widget in the running cell, under a display id ``republish`` updates."""
-        from IPython.display import display
+    def show(self, display: Any = None) -> SavedView:
+        """Display the widget in the running cell, under a display id ``republish`` updates
+        (``display``: IPython's, unless the caller has its own)."""
+        if display is None:
+            from IPython.display import display
 
         self._display_handle = display(self, display_id=True)
         _SHOWN.add(self)
