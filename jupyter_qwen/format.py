@@ -66,6 +66,21 @@ def format_duration(seconds: float | None) -> str:
     return f"{format_number(seconds / 3600, 0)} h"
 
 
+MILLISECONDS_UNTIL_SECONDS = 0.9995
+"""Latencies that round below 1,000 ms are written in milliseconds."""
+
+
+def format_latency(seconds: float | None) -> str:
+    """``45 ms`` below a second, ``1.3 s`` up to 2 minutes, then as ``format_duration``."""
+    if seconds is None:
+        return MISSING
+    if abs(seconds) < MILLISECONDS_UNTIL_SECONDS:
+        return f"{format_number(1000 * seconds, 0)} ms"
+    if abs(seconds) < SECONDS_UNTIL_MINUTES:
+        return f"{format_number(seconds, 1)} s"
+    return format_duration(seconds)
+
+
 API_KEY_REFERENCE = "qwen_server.api_key"
 """Where a notebook that started a server with a key finds it (``%qwen_serve``, the panel)."""
 

@@ -15,6 +15,7 @@ const FUNCTIONS = {
   percent: 'formatPercent',
   bytes: 'formatBytes',
   duration: 'formatDuration',
+  latency: 'formatLatency',
   snippet: 'chatSnippet'
 };
 

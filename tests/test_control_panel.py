@@ -16,7 +16,7 @@ from IPython.core.error import UsageError
 import jupyter_qwen
 from jupyter_qwen import nvml
 from jupyter_qwen.notebook import control_panel, models
-from jupyter_qwen.notebook.control_panel import ControlPanel
+from jupyter_qwen.notebook.control_panel import INVALID_CLASS, ControlPanel, labelled
 from jupyter_qwen.notebook.gpu import GpuMonitor
 from jupyter_qwen.notebook.models import model_choices, remember_model
 from jupyter_qwen.notebook.widgets import DEMO_LABEL, ServerPanel
@@ -185,14 +185,16 @@ def test_a_bad_value_is_explained_next_to_its_field_and_starts_nothing(
             assert "Nothing started" in panel.message
         assert running_servers() == []
         assert message in panel.errors.get(field, ""), (panel.errors, panel.message)
-        assert message in panel.notes[field].value.replace("&#x27;", "'")
+        assert labelled(message) in panel.notes[field].value.replace("&#x27;", "'")
         assert "jqc-error" in panel.notes[field].value
+        assert INVALID_CLASS in panel.fields[field]._dom_classes, "a red border"
         assert panel.form.layout.display is None and panel.slot.children == ()
         if field in values:
             assert str(panel.values()[field]) == str(values[field]), "the form keeps it"
 
         panel.fill(str(demo_model), **fix)
         assert field not in panel.errors, "editing a field clears its message"
+        assert INVALID_CLASS not in panel.fields[field]._dom_classes
         server = panel.start()
         assert serving(panel) is server and panel.errors == {}
     panel.stop()
@@ -202,7 +204,8 @@ def test_a_bad_value_is_explained_next_to_its_field_and_starts_nothing(
 def test_already_serving_offers_to_replace(make_panel, demo_model):
     other = QwenServer(str(demo_model), max_model_len=64).start(wait=True, progress=False)
     panel = make_panel("demo", max_model_len=64)
-    assert panel.rows["replace"].layout.display == "none"
+    assert panel.rows["replace"].layout.display is None, "said before Start"
+    assert "Already serving demo-tiny" in panel.message and "jqc-error" in panel.status.value
     assert panel.start() is None
     assert "Already serving demo-tiny" in panel.message and other.url in panel.message
     assert panel.rows["replace"].layout.display is None and running_servers() == [other]
@@ -300,7 +303,7 @@ def magics(monkeypatch):
     from jupyter_qwen.notebook import magics as module
 
     shown: list = []
-    monkeypatch.setattr(module, "display", shown.append)
+    monkeypatch.setattr(module, "display", lambda obj, **_options: shown.append(obj))
     magics = module.QwenMagics(SimpleNamespace(user_ns={}))
     magics.shown = shown
     return magics
@@ -361,3 +364,39 @@ def test_an_auto_key_from_the_form_is_carried_and_never_shown(make_panel, tiny_m
     assert server.api_key not in panel.dashboard.snippet
     assert isinstance(chat(server), str)
     panel.stop()
+
+
+def test_notes_name_fields_by_their_labels(make_panel):
+    panel = make_panel("demo").fill(max_num_seqs=0, gpu_memory_utilization=1.5)
+    assert panel.start() is None
+    notes = panel.notes["max_num_seqs"].value + panel.notes["gpu_memory_utilization"].value
+    assert "max-num-seqs must be an integer in [1, 4096], got 0" in notes
+    assert "GPU memory must be a number in (0, 1], got 1.5" in notes
+    assert "max_num_seqs" not in notes and "gpu_memory_utilization" not in notes
+    assert "check max-num-seqs, GPU memory" in panel.message
+
+
+def test_the_memory_slider_is_sized_from_free_memory_and_off_without_a_gpu(monkeypatch,
+                                                                          make_panel):
+    gpu = nvml.GpuInfo(index=0, name="NVIDIA H100", uuid="GPU-1", memory_used=60 * 2**30,
+                       memory_total=80 * 2**30, utilization_gpu=0, temperature_c=30)
+    monkeypatch.setattr(nvml, "gpu_snapshot",
+                        lambda: nvml.GpuSnapshot(available=True, gpus=[gpu]))
+    slider = make_panel().fields["gpu_memory_utilization"]
+    assert slider.max == 0.25 and slider.value == 0.25 and not slider.disabled
+    assert make_panel(device="cpu").fields["gpu_memory_utilization"].disabled
+    monkeypatch.setattr(nvml, "gpu_snapshot",
+                        lambda: nvml.GpuSnapshot(available=False, reason="no NVML"))
+    assert make_panel().fields["gpu_memory_utilization"].disabled
+
+
+def test_already_serving_is_taken_back_after_qwen_stop(make_panel, demo_model, magics, capsys):
+    other = QwenServer(str(demo_model), max_model_len=64).start(wait=True, progress=False)
+    panel = make_panel("demo", max_model_len=64)
+    assert panel.start() is None and "Already serving" in panel.message
+    magics.qwen_stop("")
+    assert other.state == "stopped" and "stopped" in capsys.readouterr().out
+    assert panel.message == "" and panel.status.value == ""
+    assert panel.rows["replace"].layout.display == "none"
+    magics.qwen_stop("--all")
+    assert "nothing to stop" in capsys.readouterr().out

@@ -20,11 +20,12 @@ CASES_FILE = REPO / "tests" / "format_cases.json"
 CASES = json.loads(CASES_FILE.read_text())
 PYTHON = {"number": fmt.format_number, "percent": fmt.format_percent,
           "bytes": fmt.format_bytes, "duration": fmt.format_duration,
-          "snippet": fmt.chat_snippet}
+          "latency": fmt.format_latency, "snippet": fmt.chat_snippet}
 SCRIPTS = {
     "widget": (REPO / "jupyter_qwen" / "notebook" / "static" / "panel.js",
-               ["number", "percent", "bytes", "duration"]),
-    "sidebar": (REPO / "labextension" / "src" / "format.ts", list(PYTHON)),
+               ["number", "percent", "bytes", "duration", "latency"]),
+    "sidebar": (REPO / "labextension" / "src" / "format.ts",
+                ["number", "percent", "bytes", "duration", "snippet"]),
 }
 
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from jupyter_qwen.notebook.models import (
     demo_folder,
     model_choices,
 )
+from jupyter_qwen.notebook.saved_view import SavedView
 from jupyter_qwen.options import Option, field_errors, options_of
 from jupyter_qwen.server.options import ServerOptions
 from jupyter_qwen.server.security import other_logged_in_users
@@ -49,6 +52,9 @@ FORM_OPTIONS: tuple[Option, ...] = tuple(o for cls in OPTION_CLASSES for o in op
 """The options on the form, declared with `form=` where they are defined."""
 FORM_FIELDS = ("model", *(o.name for o in FORM_OPTIONS))
 REPLACE_HINT = "stop the server this kernel runs, then start this one"
+SLIDER_LOW = 0.05
+INVALID_CLASS = "jqc-invalid"
+"""The class of a field whose value is wrong: a red border (control.css)."""
 LIVE_HINTS = ("gpu_memory_utilization", "api_key")
 """Fields whose note follows what is typed in them."""
 
@@ -57,21 +63,43 @@ LIVE_HINTS = ("gpu_memory_utilization", "api_key")
 
 def gpu_memory_total() -> tuple[int | None, str]:
     """Total memory of the GPU the engine would use (NVML), or None and why there is none."""
+    total, _free, name = gpu_memory()
+    return total, name
+
+
+def gpu_memory() -> tuple[int | None, int | None, str]:
+    """Total and free memory of the GPU the engine would use (NVML), and its name; without
+    one, (None, None, why there is none)."""
     snapshot = nvml.gpu_snapshot()
     if not snapshot.available or not snapshot.gpus:
-        return None, snapshot.reason
+        return None, None, snapshot.reason
     gpu = snapshot.gpus[0]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
     for candidate in snapshot.gpus:
         if visible and (visible == str(candidate.index)
                         or (len(visible) > 4 and candidate.uuid.startswith(visible))):
             gpu = candidate
-    return gpu.memory_total, f"GPU {gpu.index} {gpu.name}"
+    free = max(0, gpu.memory_total - gpu.memory_used)
+    return gpu.memory_total, free, f"GPU {gpu.index} {gpu.name}"
+
+
+def free_share(total: int, free: int, high: float) -> float:
+    """The largest memory share the slider offers: what is free now, in steps of 0.01."""
+    return max(SLIDER_LOW, min(high, math.floor(100 * free / total) / 100))
+
+
+_PANELS: weakref.WeakSet = weakref.WeakSet()
+
+
+def refresh_panels() -> None:
+    """Tell every control panel of this kernel that servers came or went (``%qwen_stop``)."""
+    for panel in list(_PANELS):
+        panel.refresh_serving()
 
 
 # ---- the panel ---------------------------------------------------------------------------
 
-class ControlPanel(widgets.VBox):
+class ControlPanel(SavedView, widgets.VBox):
     """A form with the serve options and Start; then the server's live dashboard.
 
     ``model`` and ``options`` fill the form in (the form's fields: max_num_seqs,
@@ -100,10 +128,11 @@ class ControlPanel(widgets.VBox):
         self.phase = "form"
         self.errors: dict[str, str] = {}
         self.message = ""
+        self._message_kind = ""
         self._unfit: dict[str, Any] = {}
         self._lock = threading.RLock()
         self._starting = False
-        self._gpu_total, self._gpu_name = gpu_memory_total()
+        self._gpu_total, self._gpu_free, self._gpu_name = gpu_memory()
         self._other_users = other_logged_in_users()
         self.fields = self._make_fields(model_choices(hf_cache_dir))
         self.notes = {name: widgets.HTML(layout=widgets.Layout(margin="0 0 0 8px"))
@@ -138,10 +167,40 @@ class ControlPanel(widgets.VBox):
                                               if k in FORM_FIELDS})
         if replace:
             self.rows["replace"].layout.display = None
+        self._size_memory_slider()
         for name in self.fields:
             self._render_note(name)
+        _PANELS.add(self)
+        self.refresh_serving()
 
     # ---- the form ----
+
+    def _size_memory_slider(self) -> None:
+        """Offer at most the GPU's free memory; no slider to move without a GPU."""
+        slider = self.fields["gpu_memory_utilization"]
+        on_cpu = self._gpu_total is None or self.extras.get("device") == "cpu"
+        slider.disabled = on_cpu
+        if not on_cpu and self._gpu_free is not None:
+            slider.max = free_share(self._gpu_total, self._gpu_free, slider.max)
+
+    def refresh_serving(self) -> None:
+        """Say "already serving" before Start when another server runs in this kernel; take
+        that message back once nothing runs."""
+        from jupyter_qwen.server.server import running_servers
+
+        with self._lock:
+            if self.phase not in ("form", "stopped") or self._starting:
+                return
+            others = [s for s in running_servers() if s is not self.server]
+            if others:
+                self.rows["replace"].layout.display = None
+                self._say(f"Already serving {_names(others)}: Start stops it only with "
+                          "“replace the running server” ticked (or stop it first: its Stop "
+                          "button, or %qwen_stop).", error=True, kind="serving")
+            elif self._message_kind == "serving":
+                self._say("")
+                if not self.fields["replace"].value:
+                    self.rows["replace"].layout.display = "none"
 
     def _make_fields(self, choices: list[str]) -> dict[str, widgets.Widget]:
         model = widgets.Combobox(
@@ -189,7 +248,12 @@ class ControlPanel(widgets.VBox):
     def _render_note(self, name: str) -> None:
         error = self.errors.get(name)
         if error:
-            self.notes[name].value = f'<span class="jqc-error">{html.escape(error)}</span>'
+            self.fields[name].add_class(INVALID_CLASS)
+        else:
+            self.fields[name].remove_class(INVALID_CLASS)
+        if error:
+            self.notes[name].value = (f'<span class="jqc-error">{html.escape(labelled(error))}'
+                                      "</span>")
             return
         if name == "api_key" and (warning := self._shared_host_warning()):
             self.notes[name].value = f'<span class="jqc-warning">{html.escape(warning)}</span>'
@@ -216,9 +280,12 @@ class ControlPanel(widgets.VBox):
     def _memory_hint(self) -> str:
         if self._gpu_total is None:
             return f"no GPU: the KV cache gets {format_bytes(CPU_KV_CACHE_BYTES)} on CPU"
+        if self.extras.get("device") == "cpu":
+            return "device=cpu: the model does not use the GPU"
         share = self.fields["gpu_memory_utilization"].value
+        free = "" if self._gpu_free is None else f"; {format_bytes(self._gpu_free)} free now"
         return (f"{format_bytes(share * self._gpu_total)} of {format_bytes(self._gpu_total)} on "
-                f"{self._gpu_name}: weights, activations and KV cache")
+                f"{self._gpu_name}: weights, activations and KV cache{free}")
 
     def _extras_html(self) -> str:
         if not self.extras:
@@ -303,7 +370,7 @@ class ControlPanel(widgets.VBox):
             self.rows["replace"].layout.display = None
             self._say(f"Already serving {_names(error.servers)}. Stop it first (the Stop "
                       "button of its dashboard, or %qwen_stop), or tick “replace the running "
-                      "server”.", error=True)
+                      "server”.", error=True, kind="serving")
             return None
         except ServerStartError as error:
             if error.field != "port":
@@ -386,16 +453,46 @@ class ControlPanel(widgets.VBox):
 
     def _set_phase(self, phase: str) -> None:
         self.remove_class(f"jqc-phase-{self.phase}")
-        self.phase = phase
+        changed, self.phase = phase != self.phase, phase
         self.add_class(f"jqc-phase-{phase}")
         self.form.layout.display = "none" if phase in ("loading", "serving", "failing") else None
+        if changed:
+            self.republish()
+
+    # ---- what a saved notebook shows ----
+
+    def static_text(self) -> str:
+        lines = ["Qwen3 server control panel"]
+        if self.dashboard is not None:
+            lines.append(self.dashboard.static_text())
+        else:
+            values = self.values()
+            shown = ", ".join(f"{_label(o.name)} {values[o.name]!s}" for o in FORM_OPTIONS
+                              if o.spec.form != "secret" and values[o.name] not in (None, ""))
+            lines.append(f"model {values['model'] or '(none)'}; {shown}")
+        if self.message:
+            lines.append(self.message)
+        return "\n".join(lines)
+
+    def static_html(self) -> str:
+        if self.dashboard is not None:
+            body = self.dashboard.static_html()
+        else:
+            body = f"<pre>{html.escape(self.static_text())}</pre>"
+        message = f"<p>{html.escape(self.message)}</p>" if self.message else ""
+        return f"<div><b>Qwen3 server control panel</b>{body}{message}</div>"
+
+    def refresh_saved_view(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.refresh()
+        self.republish()
 
     def _set_busy(self, busy: bool) -> None:
         self.start_button.disabled = busy
         self.start_button.description = "Starting…" if busy else "Start"
 
-    def _say(self, text: str, error: bool = False) -> None:
-        self.message = text
+    def _say(self, text: str, error: bool = False, kind: str = "") -> None:
+        self.message, self._message_kind = text, kind if text else ""
         kind = "jqc-error" if error else "jqc-hint"
         self.status.value = f'<span class="{kind}">{html.escape(text)}</span>' if text else ""
 
@@ -415,7 +512,7 @@ def option_widget(option: Option) -> widgets.Widget:
         return widgets.IntText(option.default, description=label, style=FIELD_STYLE,
                                layout=narrow)
     if spec.form == "slider":
-        return widgets.FloatSlider(option.default, min=0.05, max=float(spec.high or 1),
+        return widgets.FloatSlider(option.default, min=SLIDER_LOW, max=float(spec.high or 1),
                                    step=0.01, readout_format=".2f", style=FIELD_STYLE,
                                    description=label, layout=widgets.Layout(width=WIDE))
     if spec.form == "choice":
@@ -440,6 +537,14 @@ def _form_value(option: Option, raw: Any, errors: dict[str, str]) -> Any:
 
 def _label(name: str) -> str:
     return next((o.label for o in FORM_OPTIONS if o.name == name), name)
+
+
+def labelled(message: str) -> str:
+    """``message`` with each form option's name written as the form's label for it (the
+    checks name ``max_num_seqs``; the form shows max-num-seqs)."""
+    for option in sorted(FORM_OPTIONS, key=lambda o: -len(o.name)):
+        message = message.replace(option.name, option.label)
+    return message
 
 
 def _hint(name: str) -> str:
@@ -470,13 +575,14 @@ def _load_failure(error: BaseException | None) -> str:
     from jupyter_qwen.server.errors import ModelNotFoundError, OutOfKVCacheMemoryError
 
     if isinstance(error, OutOfKVCacheMemoryError):
-        return "Not enough memory for a KV cache this long: lower max-model-len, or give the " \
-               "server more memory."
+        return (f"Not enough memory for a KV cache this long: lower {_label('max_model_len')}, "
+                f"or give the server more {_label('gpu_memory_utilization')}.")
     if isinstance(error, ModelNotFoundError):
         return f"The model could not be loaded: {error}."
     if type(error).__name__ == "OutOfMemoryError":
-        return "The GPU ran out of memory while loading: lower GPU memory, or stop what " \
-               "else holds it (the Qwen sidebar shows who)."
+        return (f"The GPU ran out of memory while loading: lower "
+                f"{_label('gpu_memory_utilization')}, or stop what else holds it (the Qwen "
+                "sidebar shows who).")
     if _field_of(error):
         return "The model did not load with these settings (see above)."
     return f"The model did not load: {type(error).__name__}: {error}"

@@ -51,6 +51,8 @@ class ServerSample:
     prompt_tokens_total: int = 0
     requests_running: int = 0
     requests_waiting: int = 0
+    figures: dict[str, Any] = field(default_factory=dict)
+    """Everything ``server.stats()`` said (memory, latency, running, chat_variant, ...)."""
 
 
 @dataclass(slots=True)
@@ -98,7 +100,7 @@ def sample_server(server: Any) -> ServerSample:
         generation_tokens_total=int(stats.get("generation_tokens_total", 0)),
         prompt_tokens_total=int(stats.get("prompt_tokens_total", 0)),
         requests_running=int(stats.get("requests_running", 0)),
-        requests_waiting=int(stats.get("requests_waiting", 0)))
+        requests_waiting=int(stats.get("requests_waiting", 0)), figures=stats)
 
 
 class GpuMonitor:

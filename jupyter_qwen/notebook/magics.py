@@ -8,14 +8,26 @@ import argparse
 import html
 import shlex
 import time
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.display import HTML, Markdown, display
+from IPython.display import HTML, display
 
-from jupyter_qwen.format import format_bytes, format_duration, format_number, format_percent
+from jupyter_qwen.format import MISSING
+from jupyter_qwen.notebook.chat_reply import ChatReply
+from jupyter_qwen.notebook.figures import (
+    ServerView,
+    StopReport,
+    memory_of,
+    server_view,
+    stop_summary,
+)
 from jupyter_qwen.notebook.launch import DEFAULT_MODEL, AlreadyServingError, start_server
+
+STREAM_REFRESH_S = 0.1
+"""How often a streaming answer's display is redrawn."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -147,7 +159,7 @@ class QwenMagics(Magics):
         except (ValueError, TypeError) as error:
             raise UsageError(f"%qwen_panel: {error}") from None
         self.shell.user_ns["qwen_panel"] = panel
-        display(panel)
+        panel.show(display)
 
     def _display_panel(self, server, demo: bool) -> None:
         try:
@@ -156,7 +168,7 @@ class QwenMagics(Magics):
             display(HTML(f"<p>serving <code>{html.escape(server.served_model_name)}</code> at "
                          f"<code>{html.escape(server.url)}</code> (loading)</p>"))
             return
-        display(ServerPanel(server, demo=demo))
+        ServerPanel(server, demo=demo).show(display)
 
     @line_magic
     def qwen_status(self, line: str) -> None:
@@ -164,6 +176,7 @@ class QwenMagics(Magics):
         if parse(ArgumentParser(prog="%qwen_status", description=self.qwen_status.__doc__),
                  line) is None:
             return
+        republish_shown()
         rows = status_rows()
         if not rows:
             print("no jupyter_qwen server is running")
@@ -191,22 +204,26 @@ class QwenMagics(Magics):
         else:
             servers = [s for s in kernel_servers() if origin_of(s) != "remote"]
             if not servers:
-                print("no jupyter_qwen server is running in this kernel")
+                print("nothing to stop: no jupyter_qwen server is running in this kernel")
                 return
             targets = servers if args.all else servers[-1:]
-        in_kernel = [s for s in targets if origin_of(s) == "kernel"]
-        for server in targets:
-            if server not in in_kernel:
-                display(server.stop())  # a child process: its own figures, as it exits
-        if not in_kernel:
-            return
         before = snapshot()
-        for server in in_kernel:
-            server.stop()
+        stopped = []
+        for server in targets:
+            last_memory = _memory_now(server)
+            reply = server.stop()
+            if origin_of(server) == "process":
+                display(reply)  # the child's own figures, read as it exits
+            summary = stop_summary(reply, last_memory)
+            for panel in panels_of(server):
+                panel.stopped_with(summary)
             print(f"stopped {server.served_model_name} at {server.url}")
+            stopped.append((server.served_model_name, summary))
+        _refresh_control_panels()
         report = collect()
         report.before = before
-        display(report)
+        display(StopReport(stopped, report))
+        republish_shown()
 
     @line_magic
     def qwen_clean(self, line: str) -> None:
@@ -229,7 +246,7 @@ class QwenMagics(Magics):
             return
         from jupyter_qwen.notebook.widgets import GpuDashboard
 
-        display(GpuDashboard())
+        GpuDashboard().show(display)
 
     @cell_magic
     def qwen(self, line: str, cell: str) -> None:
@@ -256,6 +273,7 @@ class QwenMagics(Magics):
             raise UsageError(f"%%qwen: the server answered: {error}") from None
         if args.session:
             messages.append({"role": "assistant", "content": reply})
+        republish_shown()
 
     def _current_server(self, name: str | None = None):
         from jupyter_qwen.server.handles import kernel_servers
@@ -293,30 +311,33 @@ def pick_server(prog: str, name: str):
 
 
 def stream_reply(server, messages: list[dict], args) -> str:
+    """Stream the answer into one display, updated in place, and end it with a footer."""
     extra: dict[str, Any] = thinking_switch(server.chat_variant, args.no_think)
     if getattr(server, "origin", "kernel") == "remote" and extra:
         extra = {"chat_template_kwargs": extra}  # how vLLM and SGLang take the switch
     if args.session:
         extra["session_id"] = args.session
     limit = {"max_tokens": args.max_tokens} if args.max_tokens else {}
+    reply = ChatReply(max_tokens=args.max_tokens)
     stream = server.openai_client().chat.completions.create(
         model=server.served_model_name, messages=messages, stream=True, extra_body=extra,
-        **limit)
-    reasoning, content = "", ""
-    handle = display(Markdown(""), display_id=True)
-    shown = 0.0
+        stream_options={"include_usage": True}, **limit)
+    handle = display(reply.bundle(), raw=True, display_id=True)
+    shown, usage = 0.0, None
     for chunk in stream:
+        usage = chunk.usage or usage
         if not chunk.choices:
             continue
-        delta = chunk.choices[0].delta
-        reasoning += (getattr(delta, "reasoning_content", None)
-                      or getattr(delta, "reasoning", None) or "")
-        content += delta.content or ""
-        if time.monotonic() - shown > 0.1:
-            handle.update(Markdown(reply_markdown(reasoning, content)))
+        choice = chunk.choices[0]
+        reasoning = (getattr(choice.delta, "reasoning_content", None)
+                     or getattr(choice.delta, "reasoning", None) or "")
+        reply.add(reasoning, choice.delta.content or "", choice.finish_reason)
+        if time.monotonic() - shown > STREAM_REFRESH_S:
+            handle.update(reply.bundle(), raw=True)
             shown = time.monotonic()
-    handle.update(Markdown(reply_markdown(reasoning, content)))
-    return content
+    reply.finish(getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+    handle.update(reply.bundle(done=True), raw=True)
+    return reply.content
 
 
 def thinking_switch(chat_variant: str, no_think: bool) -> dict[str, Any]:
@@ -331,10 +352,33 @@ def thinking_switch(chat_variant: str, no_think: bool) -> dict[str, Any]:
 
 
 def reply_markdown(reasoning: str, content: str) -> str:
-    if not reasoning:
-        return content
-    return (f"<details><summary>Reasoning</summary>\n\n{html.escape(reasoning)}\n\n</details>"
-            f"\n\n{content}")
+    """The Markdown of an answer so far (reasoning folded and muted, then the answer)."""
+    return ChatReply(reasoning=reasoning, content=content).markdown()
+
+
+def panels_of(server) -> list:
+    from jupyter_qwen.notebook.widgets import panels_of as shown_panels
+
+    return shown_panels(server)
+
+
+def republish_shown() -> None:
+    from jupyter_qwen.notebook.saved_view import republish_shown as republish
+
+    republish()
+
+
+def _memory_now(server) -> dict | None:
+    try:
+        return memory_of(server.stats())
+    except Exception:  # a server half way down reports nothing; the stop still goes on
+        return None
+
+
+def _refresh_control_panels() -> None:
+    from jupyter_qwen.notebook.control_panel import refresh_panels
+
+    refresh_panels()
 
 
 def status_rows() -> list[dict]:
@@ -373,16 +417,22 @@ def remote_status(record) -> dict:
     return row | {"state": health.status} | (health.engine or {})
 
 
-STATUS_COLUMNS = [
-    ("model", "model", str), ("URL", "url", str), ("state", "state", str),
-    ("origin", "origin", str),
-    ("uptime", "uptime", format_duration), ("chat", "chat_variant", str),
-    ("running", "requests_running", str),
-    ("waiting", "requests_waiting", str),
-    ("tokens/s", "generation_tokens_per_s", format_number),
-    ("KV cache", "kv_cache_usage", format_percent),
-    ("prefix hits", "prefix_cache_hit_rate", format_percent),
-    ("GPU memory", "gpu_memory", format_bytes)]
+STATUS_COLUMNS: list[tuple[str, Callable[[dict, ServerView], str]]] = [
+    ("model", lambda row, view: str(row.get("model") or MISSING)),
+    ("URL", lambda row, view: str(row.get("url") or MISSING)),
+    ("state", lambda row, view: view.state),
+    ("origin", lambda row, view: str(row.get("origin") or "kernel")),
+    ("device", lambda row, view: view.device),
+    ("chat", lambda row, view: view.chat_variant),
+    ("uptime", lambda row, view: view.uptime),
+    ("memory", lambda row, view: view.memory_total),
+    ("KV cache", lambda row, view: view.kv),
+    ("TTFT", lambda row, view: view.ttft),
+    ("inter-token", lambda row, view: view.itl),
+    ("requests", lambda row, view: view.requests),
+    ("tokens/s", lambda row, view: view.tokens_per_s),
+    ("prefix hits", lambda row, view: view.prefix_hits)]
+"""The columns of %qwen_status: each a header and how a row's figures read."""
 
 
 class StatusTable:
@@ -392,17 +442,28 @@ class StatusTable:
         self.rows = rows
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{name}</th>" for name, _, _ in STATUS_COLUMNS)
+        head = "".join(f"<th>{name}</th>" for name, _ in STATUS_COLUMNS)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in line)
                        + "</tr>" for line in self._cells())
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
     def __repr__(self) -> str:
-        lines = [[name for name, _, _ in STATUS_COLUMNS], *self._cells()]
+        lines = [[name for name, _ in STATUS_COLUMNS], *self._cells()]
         widths = [max(len(line[i]) for line in lines) for i in range(len(STATUS_COLUMNS))]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
                          for line in lines)
 
     def _cells(self) -> list[list[str]]:
-        return [[fmt(row[key]) if row.get(key) is not None else "-"
-                 for _, key, fmt in STATUS_COLUMNS] for row in self.rows]
+        no_gpu = _no_gpu_reason()
+        cells = []
+        for row in self.rows:
+            view = server_view(row, str(row.get("state") or "unreachable"), no_gpu)
+            cells.append([cell(row, view) for _, cell in STATUS_COLUMNS])
+        return cells
+
+
+def _no_gpu_reason() -> str:
+    from jupyter_qwen.nvml import gpu_snapshot
+
+    snapshot = gpu_snapshot()
+    return "" if snapshot.available and snapshot.gpus else snapshot.reason or "no GPU"

@@ -13,10 +13,13 @@ handled here.
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import threading
 import time
+import traceback
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +27,18 @@ import anywidget
 import traitlets
 
 from jupyter_qwen import memory
-from jupyter_qwen.format import chat_snippet, format_bytes
+from jupyter_qwen.format import chat_snippet, format_bytes, format_percent
+from jupyter_qwen.notebook.figures import (
+    ServerView,
+    kv_used_bytes,
+    lines_html,
+    memory_of,
+    server_view,
+    stop_summary,
+    view_lines,
+)
 from jupyter_qwen.notebook.gpu import GpuMonitor, Sample, ServerSample, server_key
+from jupyter_qwen.notebook.saved_view import SavedView
 
 log = logging.getLogger("jupyter_qwen.notebook")
 STATIC = Path(__file__).with_name("static")
@@ -34,6 +47,12 @@ MAX_POINTS = 300
 STOP_SETTLE_S = 1.0
 IDLE_FIGURES = ("generation_tokens_per_s", "prompt_tokens_per_s", "requests_running",
                 "requests_waiting")
+SERVER_ACTIONS = ("stop", "clean", "abort")
+"""The server's buttons, in the order every view shows them: Start/Stop first, then Clean,
+then the others (Abort is per running request); the sidebar follows the same order."""
+SETTLED_STATES = ("ok", "failed", "dead", "stopped")
+"""States after which the saved view is re-published with the figures they settle on."""
+ONE_LINE_CHARS = 200
 SERVER_FIGURES = ("kv_cache_usage", "kv_cache_bytes", "prefix_cache_hit_rate",
                   "generation_tokens_total", "prompt_tokens_total", *IDLE_FIGURES)
 
@@ -92,8 +111,20 @@ class _MonitorWidget(anywidget.AnyWidget):
                      for g in sample.gpus]
 
 
-class GpuDashboard(_MonitorWidget):
+class GpuDashboard(SavedView, _MonitorWidget):
     """GPU memory and utilisation of the last minutes (process RSS without a GPU)."""
+
+    def static_text(self) -> str:
+        if not self.has_gpu:
+            return (f"GPU monitor: no GPU ({self.gpu_reason}); this process holds "
+                    f"{format_bytes(self.current.get('rss'))}")
+        return "GPU monitor\n" + "\n".join(
+            f"GPU {g['index']} {g['name']}: {format_bytes(g['used'])} of "
+            f"{format_bytes(g['total'])} used, {format_percent(_fraction(g['utilization']), 0)}"
+            " busy" for g in self.gpus)
+
+    def static_html(self) -> str:
+        return f"<pre>{html.escape(self.static_text())}</pre>"
 
     def __init__(self, monitor: GpuMonitor | None = None, **kwargs: Any):
         super().__init__(monitor, kind="gpu", **kwargs)
@@ -112,8 +143,22 @@ class GpuDashboard(_MonitorWidget):
                         "utilization": _mean_utilization(sample)}
 
 
-class ServerPanel(_MonitorWidget):
-    """A model server's card: loading progress, then its live dashboard, Stop and Clean."""
+_PANELS: weakref.WeakSet = weakref.WeakSet()
+
+
+def panels_of(server: Any) -> list[ServerPanel]:
+    """The ServerPanels showing ``server`` in this kernel."""
+    return [panel for panel in list(_PANELS) if panel.server is server]
+
+
+class ServerPanel(SavedView, _MonitorWidget):
+    """A model server's card: loading progress, then its live dashboard, Stop and Clean.
+
+    ``view`` holds the server's figures written out (``figures.server_view``): device, chat
+    variant, uptime, the memory split, KV cache, latency and the running requests (each
+    with Abort). A failed or dead server shows ``error`` (one line), ``hint`` and
+    ``error_detail`` (the full text, behind a disclosure). The saved notebook keeps a text
+    and HTML view with the last figures (``SavedView``)."""
 
     model_name = traitlets.Unicode("").tag(sync=True)
     model_path = traitlets.Unicode("").tag(sync=True)
@@ -126,6 +171,11 @@ class ServerPanel(_MonitorWidget):
     loading_phase = traitlets.Unicode("").tag(sync=True)
     loading_fraction = traitlets.Float(None, allow_none=True).tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
+    error_detail = traitlets.Unicode("").tag(sync=True)
+    hint = traitlets.Unicode("").tag(sync=True)
+    view = traitlets.Dict().tag(sync=True)
+    actions = traitlets.List(list(SERVER_ACTIONS)).tag(sync=True)
+    can_abort = traitlets.Bool(False).tag(sync=True)
     stop_report = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, server: Any, monitor: GpuMonitor | None = None, demo: bool = False,
@@ -136,35 +186,65 @@ class ServerPanel(_MonitorWidget):
         self.model_name = server.served_model_name
         self.model_path = str(server.model)
         self.url = server.url
+        self.can_abort = callable(getattr(server, "abort", None))
         self.snippet = chat_snippet(server.url, server.served_model_name,
                                     getattr(server, "api_key", None) is not None)
         self.finished = False
-        self._memory_before: int | None = None
+        self._last_memory: dict | None = None
+        self._last_figures: dict = {}
+        self._stop_reply: Any = None
         self._stopped_at: float | None = None
+        self._republish_due = False
         self.on_msg(self._on_custom_msg)
-        self.refresh()
+        _PANELS.add(self)
+        self.monitor.watch(server)  # a finished server is dropped by the next sample
+        self.refresh(self.monitor.sample())
         if not self.finished:
-            self.monitor.watch(server)
             self.monitor.subscribe(self._on_sample)
 
     @property
     def key(self) -> str:
         return server_key(self.server)
 
-    def run_action(self, action: str) -> dict:
-        """Stop or clean from the kernel (the fallback of the browser's buttons)."""
+    def run_action(self, action: str, request_id: str | None = None) -> dict:
+        """Stop, clean or abort from the kernel (the fallback of the browser's buttons)."""
         if action == "stop":
-            self.server.stop()
+            self._stop_reply = self.server.stop()
             return {"stopped": True}
         if action == "clean":
             return memory.collect().to_dict()
+        if action == "abort":
+            abort = getattr(self.server, "abort", None)
+            if abort is None:
+                raise RuntimeError("this server cannot abort requests")
+            reply = abort(request_id)
+            return reply if isinstance(reply, dict) else {"aborted": request_id}
         raise ValueError(f"unknown action {action!r}")
+
+    def refresh(self, sample: Sample | None = None) -> None:
+        if not self.finished:
+            super().refresh(sample)
+        if self._republish_due:
+            self._republish_due = False
+            self.republish()
+
+    def refresh_saved_view(self) -> None:
+        self.refresh()
+        self.republish()
+
+    def stopped_with(self, report: str) -> None:
+        """The server was stopped from elsewhere (``%qwen_stop``): show the same report."""
+        self.refresh()
+        if not self.finished:
+            self.stop_report = report
+            self._finish()
+            self.refresh_saved_view()
 
     def _on_sample(self, sample: Sample) -> None:
         if self.finished:
             return
         state = self.server.state
-        changed = state in ("stopped", "failed") and state != self.state
+        changed = state in ("stopped", "failed", "ok", "dead") and state != self.state
         settled = state == "stopped" and sample.time - (self._stopped_at or 0) >= STOP_SETTLE_S
         if changed or settled:
             self.refresh(sample)
@@ -174,23 +254,44 @@ class ServerPanel(_MonitorWidget):
     def _update(self, sample: Sample) -> None:
         super()._update(sample)
         state = self.server.state
+        if state != self.state and state in SETTLED_STATES:
+            self._republish_due = True
         self.state, self.server_id = state, self.key
         self.loading_phase, fraction = self.server.loading
         self.loading_fraction = None if fraction is None else float(fraction)
-        self.error = _error_text(self.server) if state in ("failed", "dead") else ""
-        figures = sample.servers.get(self.key)
+        server_figures = sample.servers.get(self.key)
+        figures = server_figures.figures if server_figures is not None else {}
+        if state in ("failed", "dead"):
+            self.error, self.hint, self.error_detail = error_parts(self.server, figures)
+        else:
+            self.error = self.hint = self.error_detail = ""
+        if figures and state == "ok":
+            self._last_memory = memory_of(figures) or self._last_memory
+            self._last_figures = figures
+        self.view = self._view(state, figures, sample.gpu_reason)
         self.history = _columns(_thin(self.monitor.history()), sample.time,
                                 self._series(sample.has_gpu))
-        self.current = _server_numbers(sample, figures) or self._last_numbers(sample)
+        self.current = _server_numbers(sample, server_figures) or self._last_numbers(sample)
         self._track_stop(sample, state)
+
+    def _view(self, state: str, figures: dict, no_gpu_reason: str) -> dict:
+        """The figures written out; once the server stops, the last ones it served with."""
+        if state == "ok" or not self._last_figures:
+            return server_view(figures if state == "ok" else {}, state, no_gpu_reason).to_dict()
+        idle = {"running": [], "requests_running": 0, "requests_waiting": 0,
+                "generation_tokens_per_s": 0.0} if state == "stopped" else {}
+        return server_view(self._last_figures | idle, "ok", no_gpu_reason).to_dict() | {
+            "state": state}
 
     def _last_numbers(self, sample: Sample) -> dict:
         """A stopped server's last figures, with nothing running any more."""
         idle = dict.fromkeys(IDLE_FIGURES, 0) if "kv_cache_usage" in self.current else {}
-        return self.current | idle | _memory_numbers(sample)
+        return self.current | idle | _memory_numbers(sample, None)
 
     def _series(self, has_gpu: bool) -> dict:
-        series = {"memory": _memory_used, "kv_cache_bytes": self._figure("kv_cache_bytes"),
+        series = {"memory": lambda s: _own_memory(s, s.servers.get(self.key)),
+                  "kv_cache_bytes": self._figure("kv_cache_bytes"),
+                  "kv_used_bytes": self._kv_used,
                   "generation_tokens_per_s": self._figure("generation_tokens_per_s"),
                   "prompt_tokens_per_s": self._figure("prompt_tokens_per_s"),
                   "requests_running": self._figure("requests_running"),
@@ -205,15 +306,20 @@ class ServerPanel(_MonitorWidget):
             return None if figures is None else getattr(figures, name)
         return value
 
+    def _kv_used(self, sample: Sample) -> int | None:
+        figures = sample.servers.get(self.key)
+        memory_figures = memory_of(figures.figures) if figures is not None else None
+        return kv_used_bytes(memory_figures) if memory_figures else None
+
     def _track_stop(self, sample: Sample, state: str) -> None:
-        if state not in ("stopping", "stopped"):
-            self._memory_before = _memory_used(sample)
         if state == "failed":
             self._finish()
         elif state == "stopped" and self._stopped_at is None:
             self._stopped_at = sample.time
-        elif state == "stopped" and sample.time - self._stopped_at >= STOP_SETTLE_S:
-            self.stop_report = _stop_report(self._memory_before, _memory_used(sample))
+        elif state == "stopped" and sample.time - self._stopped_at >= STOP_SETTLE_S \
+                and not self.finished:
+            self.stop_report = stop_summary(self._stop_reply, self._last_memory)
+            self._republish_due = True
             self._finish()
 
     def _finish(self) -> None:
@@ -222,22 +328,61 @@ class ServerPanel(_MonitorWidget):
 
     def _on_custom_msg(self, _widget: Any, content: dict, _buffers: list) -> None:
         action = content.get("action")
-        if action in ("stop", "clean"):
-            threading.Thread(target=self._reply, args=(action, content.get("id")),
+        if action in SERVER_ACTIONS:
+            threading.Thread(target=self._reply,
+                             args=(action, content.get("id"), content.get("request_id")),
                              name=f"jupyter-qwen-{action}", daemon=True).start()
 
-    def _reply(self, action: str, request_id: Any) -> None:
-        reply = {"kind": "action", "action": action, "id": request_id}
+    def _reply(self, action: str, message_id: Any, request_id: str | None = None) -> None:
+        reply = {"kind": "action", "action": action, "id": message_id}
         try:
-            reply |= {"ok": True, "result": self.run_action(action)}
+            reply |= {"ok": True, "result": self.run_action(action, request_id)}
         except Exception as error:
             log.exception("%s failed", action)
             reply |= {"ok": False, "error": f"{type(error).__name__}: {error}"}
         self.send(reply)
 
+    # ---- what a saved notebook shows ----
+
+    def static_lines(self) -> list[tuple[str, str]]:
+        lines = [("server", f"{self.model_name} ({self.state})"), ("URL", self.url)]
+        if self.state == "loading":
+            fraction = self.loading_fraction
+            progress = "" if fraction is None else f" ({format_percent(fraction, 0)})"
+            lines.append(("loading", f"{self.loading_phase or 'starting'}{progress}"))
+        if self.error:
+            lines += [("error", self.error)] + ([("hint", self.hint)] if self.hint else [])
+        if self.view:
+            lines += view_lines(ServerView(**self.view))
+        if self.stop_report:
+            lines.append(("stop", self.stop_report))
+        return lines
+
+    def static_text(self) -> str:
+        width = max(len(label) for label, _ in self.static_lines())
+        return "\n".join(f"{label:<{width}}  {text}" for label, text in self.static_lines())
+
+    def static_html(self) -> str:
+        detail = (f"<details><summary>full error</summary><pre>{html.escape(self.error_detail)}"
+                  "</pre></details>") if self.error_detail else ""
+        return f"<div>{lines_html(self.static_lines())}{detail}</div>"
+
 
 def _memory_used(sample: Sample) -> int:
     return sample.gpu_used if sample.has_gpu else sample.rss
+
+
+def _own_memory(sample: Sample, figures: ServerSample | None) -> int | None:
+    """This process's memory: its own NVML figure (or torch's reserved bytes) on a GPU,
+    its RSS without one; never the whole card."""
+    if not sample.has_gpu:
+        return sample.rss
+    memory_figures = (figures.figures.get("memory") if figures is not None else None) or {}
+    return memory_figures.get("process_gpu_bytes") or sample.torch_reserved
+
+
+def _fraction(percent: float | None) -> float | None:
+    return None if percent is None else percent / 100
 
 
 def _mean_utilization(sample: Sample) -> float | None:
@@ -261,29 +406,36 @@ def _round(value: Any) -> Any:
     return round(value, 3) if isinstance(value, float) else value
 
 
-def _memory_numbers(sample: Sample) -> dict:
-    return {"memory": _memory_used(sample), "memory_total": sample.gpu_total or None,
-            "torch_reserved": sample.torch_reserved, "rss": sample.rss}
+def _memory_numbers(sample: Sample, figures: ServerSample | None) -> dict:
+    return {"memory": _own_memory(sample, figures), "torch_reserved": sample.torch_reserved,
+            "rss": sample.rss}
 
 
 def _server_numbers(sample: Sample, figures: ServerSample | None) -> dict:
     """Memory and the server's figures; empty while the server has none (loading, stopped)."""
     if figures is None or figures.kv_cache_usage is None:
         return {}
-    return _memory_numbers(sample) | {name: getattr(figures, name) for name in SERVER_FIGURES}
+    return _memory_numbers(sample, figures) | {name: getattr(figures, name)
+                                               for name in SERVER_FIGURES}
 
 
-def _stop_report(before: int | None, after: int) -> str:
-    if before is None or before <= after:
-        return "stopped"
-    freed = before - after
-    return f"stopped; {format_bytes(freed, 'MiB' if freed < 1 << 30 else None)} back"
-
-
-def _error_text(server: Any) -> str:
+def error_parts(server: Any, figures: dict) -> tuple[str, str, str]:
+    """A failed or dead server's error: one line, what to do (or ""), and the full text."""
+    line, hint, detail = (figures.get(k) for k in ("error", "hint", "error_detail"))
     error = getattr(server, "load_error", None)
     if error is not None:
-        return f"{type(error).__name__}: {error}"
-    ctx = getattr(server, "ctx", None)
-    engine = getattr(ctx, "engine", None)
-    return getattr(ctx, "error", None) or getattr(engine, "error", None) or server.state
+        full = f"{type(error).__name__}: {error}"
+        detail = detail or "".join(traceback.format_exception(error)).rstrip()
+    else:
+        ctx = getattr(server, "ctx", None)
+        engine = getattr(ctx, "engine", None)
+        full = getattr(ctx, "error", None) or getattr(engine, "error", None) or server.state
+    line = one_line(line or full)
+    detail = detail or (full if full != line else "")
+    return line, hint or "", detail
+
+
+def one_line(text: str, limit: int = ONE_LINE_CHARS) -> str:
+    """The first line of ``text``, cut at ``limit`` characters."""
+    first = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    return first if len(first) <= limit else first[:limit - 1] + "…"

@@ -34,6 +34,7 @@ from jupyter_qwen.server.options import (
     signature_with_options,
     split_options,
 )
+from jupyter_qwen.server.progress import ProgressBar as _ProgressBar
 from jupyter_qwen.server.security import api_key_for, host_policy, other_logged_in_users
 
 if TYPE_CHECKING:
@@ -396,34 +397,6 @@ def _bind(host: str, port: int | None) -> socket.socket:
         raise ServerStartError(f"cannot listen on {host}:{port}: {error.strerror or error}",
                                field="port") from None
     return sock
-
-
-class _ProgressBar:
-    """A tqdm bar for the loading phases (a widget in notebooks), or nothing."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.bar = None
-
-    def __enter__(self) -> _ProgressBar:
-        if self.enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=100, desc="starting", bar_format="{desc}: {percentage:3.0f}%|"
-                            "{bar}| [{elapsed}]")
-        return self
-
-    def update(self, phase: str, fraction: float | None) -> None:
-        if self.bar is None:
-            return
-        self.bar.set_description_str(phase, refresh=False)
-        if fraction is not None:
-            self.bar.n = round(100 * fraction)
-        self.bar.refresh()
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 @atexit.register

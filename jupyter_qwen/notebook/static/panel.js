@@ -57,6 +57,15 @@ export function formatDuration(seconds) {
   return `${formatNumber(seconds / 3600, 0)} h`;
 }
 
+const MILLISECONDS_UNTIL_SECONDS = 0.9995;
+
+export function formatLatency(seconds) {
+  if (missing(seconds)) return MISSING;
+  if (Math.abs(seconds) < MILLISECONDS_UNTIL_SECONDS) return `${formatNumber(1000 * seconds, 0)} ms`;
+  if (Math.abs(seconds) < SECONDS_UNTIL_MINUTES) return `${formatNumber(seconds, 1)} s`;
+  return formatDuration(seconds);
+}
+
 function niceMax(v) {
   if (!(v > 0)) return 1;
   const p = Math.pow(10, Math.floor(Math.log10(v)));
@@ -169,14 +178,14 @@ function cookie(name) {
 }
 
 /** POST to the server extension; null when the route is not there (not JupyterLab). */
-async function viaServerExtension(serverId, action) {
+async function viaServerExtension(serverId, action, payload = {}) {
   const headers = { 'Content-Type': 'application/json', 'X-XSRFToken': cookie('_xsrf') };
   const token = pageConfig().token;
   if (token) headers.Authorization = `token ${token}`;
   const url = `${baseUrl()}jupyter-qwen/servers/${encodeURIComponent(serverId)}/${action}`;
   let response;
   try {
-    response = await fetch(url, { method: 'POST', headers, body: '{}', credentials: 'same-origin' });
+    response = await fetch(url, { method: 'POST', headers, body: JSON.stringify(payload), credentials: 'same-origin' });
   } catch {
     return null;
   }
@@ -194,7 +203,7 @@ async function viaServerExtension(serverId, action) {
 
 let nextRequest = 1;
 
-function viaKernel(model, action) {
+function viaKernel(model, action, extra = {}) {
   const id = `${Date.now()}-${nextRequest++}`;
   return new Promise((resolve, reject) => {
     const onMsg = msg => {
@@ -203,7 +212,7 @@ function viaKernel(model, action) {
       msg.ok ? resolve(msg.result) : reject(new Error(msg.error));
     };
     model.on('msg:custom', onMsg);
-    model.send({ action, id });
+    model.send({ ...extra, action, id });
   });
 }
 
@@ -227,20 +236,51 @@ function header(model) {
   const name = h('span', 'jqw-model');
   const state = h('span', 'jqw-state');
   title.append(name, state);
+  const chips = h('div', 'jqw-chips');
+  const device = h('span', 'jqw-chip jqw-device');
+  const variant = h('span', 'jqw-chip jqw-variant');
+  const uptime = h('span', 'jqw-chip jqw-uptime');
+  device.title = 'where the model runs';
+  variant.title = "how the chat template thinks (hybrid, instruct-2507, thinking-2507)";
+  chips.append(device, variant, uptime);
   const demo = h('div', 'jqw-demo');
   const url = h('a', 'jqw-url');
   url.target = '_blank';
   const path = h('div', 'jqw-path');
-  el.append(title, demo, url, path);
+  el.append(title, chips, demo, url, path);
   const update = () => {
+    const view = model.get('view') || {};
     name.textContent = model.get('model_name');
     state.textContent = model.get('state');
     state.dataset.state = model.get('state');
+    device.textContent = `device ${view.device || MISSING}`;
+    variant.textContent = `chat ${view.chat_variant || MISSING}`;
+    uptime.textContent = `up ${view.uptime || MISSING}`;
     demo.textContent = model.get('demo') ? model.get('demo_label') : '';
     demo.hidden = !model.get('demo');
     url.textContent = model.get('url');
     url.href = model.get('url').replace(/\/v1$/, '/v1/models');
     path.textContent = model.get('model_path');
+  };
+  return { el, update };
+}
+
+/** A failed or dead server: the cause in one line, what to do, the full text folded. */
+function errorView(model) {
+  const el = h('div', 'jqw-error-box');
+  const line = h('div', 'jqw-error-line');
+  const hint = h('div', 'jqw-hint');
+  const details = h('details', 'jqw-error-details');
+  const detail = h('pre', 'jqw-error-text');
+  details.append(h('summary', '', 'full error'), detail);
+  el.append(line, hint, details);
+  const update = () => {
+    el.hidden = !model.get('error');
+    line.textContent = model.get('error');
+    hint.textContent = model.get('hint');
+    hint.hidden = !model.get('hint');
+    detail.textContent = model.get('error_detail');
+    details.hidden = !model.get('error_detail');
   };
   return { el, update };
 }
@@ -264,26 +304,125 @@ function loadingView(model) {
 
 function memoryChart(model) {
   const gpu = model.get('has_gpu');
-  const kind = model.get('kind');
   const series = gpu ? [{ key: 'memory', label: 'GPU used (NVML)' }, { key: 'torch_reserved', label: 'torch reserved' }]
     : [{ key: 'memory', label: 'process RSS' }];
-  if (kind === 'server') series.push({ key: 'kv_cache_bytes', label: 'KV cache' });
   return new Chart(gpu ? 'GPU memory' : 'memory (no GPU)', series, formatBytes, niceBytes);
+}
+
+/** The server's own memory over time, scaled to the largest figure it shows. */
+function serverMemoryChart(model) {
+  const gpu = model.get('has_gpu');
+  const series = gpu
+    ? [{ key: 'memory', label: 'this process (GPU)' }, { key: 'torch_reserved', label: 'torch reserved' }]
+    : [{ key: 'memory', label: 'process RSS' }];
+  series.push({ key: 'kv_used_bytes', label: 'KV cache used' });
+  return new Chart(gpu ? 'GPU memory' : 'memory (no GPU)', series, formatBytes, niceBytes);
+}
+
+/** Where the server's memory goes: one bar split by part, scaled to the server's total. */
+function memorySplit(model) {
+  const el = h('div', 'jqw-split');
+  const head = h('div', 'jqw-split-head');
+  const bar = h('div', 'jqw-split-bar');
+  const legend = h('div', 'jqw-split-legend');
+  el.append(head, bar, legend);
+  const update = () => {
+    const view = model.get('view') || {};
+    const parts = view.memory_parts || [];
+    const total = parts.reduce((sum, p) => sum + (p.bytes || 0), 0);
+    head.textContent = `server memory ${view.memory_total || MISSING}`;
+    bar.replaceChildren(...parts.filter(p => p.bytes > 0 && total > 0).flatMap((p, i) => {
+      const pieces = [];
+      const used = p.used === null || p.used === undefined ? p.bytes : Math.min(p.used, p.bytes);
+      const part = h('span', `jqw-split-part jqw-p${parts.indexOf(p)}`);
+      part.style.width = `${(100 * used) / total}%`;
+      part.title = `${p.label}: ${p.text}`;
+      pieces.push(part);
+      if (used < p.bytes) {
+        const free = h('span', `jqw-split-part jqw-p${parts.indexOf(p)} jqw-split-free`);
+        free.style.width = `${(100 * (p.bytes - used)) / total}%`;
+        free.title = `${p.label} not in use`;
+        pieces.push(free);
+      }
+      return pieces;
+    }));
+    bar.hidden = !(total > 0);
+    legend.replaceChildren(...parts.map((p, i) => {
+      const item = h('span', 'jqw-legend-item');
+      item.append(h('span', `jqw-swatch jqw-p${i}`), h('span', '', p.label), h('span', 'jqw-legend-value', p.text));
+      return item;
+    }));
+  };
+  return { el, update };
+}
+
+/** The requests the engine holds now, each with Abort. */
+function runningTable(model) {
+  const el = h('div', 'jqw-running');
+  const title = h('div', 'jqw-section-title', 'running requests');
+  const table = h('table', 'jqw-table');
+  const head = h('tr');
+  for (const name of ['request', 'state', 'age', 'prompt', 'cached', 'generated', 'session', '']) {
+    head.append(h('th', '', name));
+  }
+  const body = h('tbody');
+  table.append(h('thead'), body);
+  table.firstChild.append(head);
+  const empty = h('div', 'jqw-note', 'no request is running');
+  const result = h('div', 'jqw-result');
+  el.append(title, table, empty, result);
+  const abort = async (requestId, button) => {
+    button.disabled = true;
+    result.classList.remove('jqw-error');
+    result.textContent = `aborting ${requestId}…`;
+    try {
+      let reply = await viaServerExtension(model.get('server_id'), 'abort', { request_id: requestId });
+      if (reply === null) reply = await viaKernel(model, 'abort', { request_id: requestId });
+      result.textContent = `aborted ${reply.aborted || requestId}`;
+    } catch (err) {
+      result.classList.add('jqw-error');
+      result.textContent = `abort failed: ${err.message || err}`;
+      button.disabled = false;
+    }
+  };
+  const update = () => {
+    const rows = (model.get('view') || {}).running || [];
+    body.replaceChildren(...rows.map(row => {
+      const tr = h('tr');
+      tr.dataset.requestId = row.id;
+      row.cells.forEach(cell => tr.append(h('td', '', cell)));
+      const button = h('button', 'jqw-button jqw-abort', 'Abort');
+      button.title = 'stop generating this request';
+      button.disabled = !model.get('can_abort') || model.get('state') !== 'ok';
+      button.onclick = () => abort(row.id, button);
+      const cell = h('td');
+      cell.append(button);
+      tr.append(cell);
+      return tr;
+    }));
+    table.hidden = rows.length === 0;
+    empty.hidden = rows.length > 0;
+  };
+  return { el, update };
 }
 
 function serverDashboard(model) {
   const el = h('div', 'jqw-dashboard');
   const stats = {
+    memory: stat('server memory', 'memory'),
     kv: stat('KV cache used', 'kv'),
-    hits: stat('prefix hits', 'hits'),
+    ttft: stat('time to first token', 'ttft'),
+    itl: stat('inter-token latency', 'itl'),
     gen: stat('generated tok/s', 'gen'),
     prompt: stat('prompt tok/s', 'prompt'),
+    hits: stat('prefix hits', 'hits'),
     total: stat('tokens generated', 'total'),
-    requests: stat('running · waiting', 'requests'),
-    memory: stat('memory', 'memory')
+    requests: stat('running · waiting', 'requests')
   };
   const row = h('div', 'jqw-stats');
   row.append(...Object.values(stats).map(s => s.el));
+  const split = memorySplit(model);
+  const table = runningTable(model);
   const charts = h('div', 'jqw-charts');
   let memory = null;
   const tokens = new Chart('tokens/s', [
@@ -294,24 +433,30 @@ function serverDashboard(model) {
     { key: 'requests_running', label: 'running' },
     { key: 'requests_waiting', label: 'waiting' }
   ], v => formatNumber(v, 0));
-  el.append(row, charts);
+  el.append(row, split.el, table.el, charts);
   const update = () => {
     if (!memory || memory.gpu !== model.get('has_gpu')) {
-      memory = memoryChart(model);
+      memory = serverMemoryChart(model);
       memory.gpu = model.get('has_gpu');
       charts.replaceChildren(memory.el, tokens.el, requests.el);
     }
     const c = model.get('current');
+    const view = model.get('view') || {};
     const history = model.get('history');
     const windowS = model.get('window_s');
+    stats.memory.set(view.memory_total || MISSING);
     stats.kv.set(formatPercent(c.kv_cache_usage));
+    stats.kv.el.title = view.kv || '';
+    stats.ttft.set(view.ttft || MISSING);
+    stats.itl.set(view.itl || MISSING);
     stats.hits.set(formatPercent(c.prefix_cache_hit_rate));
     stats.gen.set(formatNumber(c.generation_tokens_per_s));
     stats.prompt.set(formatNumber(c.prompt_tokens_per_s));
     stats.total.set(formatNumber(c.generation_tokens_total, 0));
     stats.requests.set(`${formatNumber(c.requests_running, 0)} · ${formatNumber(c.requests_waiting, 0)}`);
-    stats.memory.set(c.memory_total ? `${formatBytes(c.memory)} / ${formatBytes(c.memory_total)}` : formatBytes(c.memory));
-    memory.update(history, windowS, c.memory_total);
+    split.update();
+    table.update();
+    memory.update(history, windowS);
     tokens.update(history, windowS);
     requests.update(history, windowS);
   };
@@ -356,6 +501,24 @@ function gpuDashboard(model) {
   return { el, update };
 }
 
+/** What the last Stop or Clean said, kept on the model so that a redrawn view (the kernel
+ * re-publishes the output when the server settles) shows it again. */
+function keepResult(model, result) {
+  model.jqwLastResult = {
+    text: result.textContent,
+    error: result.classList.contains('jqw-error'),
+    data: { ...result.dataset }
+  };
+}
+
+function restoreResult(model, result) {
+  const last = model.jqwLastResult;
+  if (!last) return;
+  result.textContent = last.text;
+  result.classList.toggle('jqw-error', last.error);
+  Object.assign(result.dataset, last.data);
+}
+
 function actions(model, setResult) {
   const el = h('div', 'jqw-actions');
   const stop = h('button', 'jqw-button jqw-stop', 'Stop');
@@ -363,28 +526,36 @@ function actions(model, setResult) {
   stop.title = 'Stop this server and give its memory back';
   clean.title = 'gc, empty the CUDA cache, reset torch.compile: with a before/after report';
   const result = h('span', 'jqw-result');
-  el.append(stop, clean, result);
+  restoreResult(model, result);
+  const buttons = { stop, clean };
+  const busy = new Set();
+  el.append(...model.get('actions').filter(a => buttons[a]).map(a => buttons[a]), result);
   const run = async (action, button) => {
+    busy.add(action);
     button.disabled = true;
     result.dataset.action = action;
     delete result.dataset.done;
     result.dataset.route = 'server';
     result.classList.remove('jqw-error');
     result.textContent = action === 'stop' ? 'stopping…' : 'cleaning…';
+    keepResult(model, result);
     try {
       let reply = await viaServerExtension(model.get('server_id'), action);
       if (reply === null) {
         result.dataset.route = 'kernel';
         result.textContent += ' (through the kernel: waits for the running cell)';
+        keepResult(model, result);
         reply = await viaKernel(model, action);
       }
-      result.textContent = action === 'stop' ? 'stopped' : cleanSummary(reply);
+      result.textContent = action === 'stop' ? model.get('stop_report') || 'stopped' : cleanSummary(reply);
       result.dataset.done = action;
     } catch (err) {
       result.classList.add('jqw-error');
       result.textContent = `${action} failed: ${err.message || err}`;
     } finally {
-      button.disabled = action === 'stop' || model.get('state') === 'stopped';
+      busy.delete(action);
+      keepResult(model, result);
+      update();
       setResult(action);
     }
   };
@@ -392,9 +563,13 @@ function actions(model, setResult) {
   clean.onclick = () => run('clean', clean);
   const update = () => {
     const state = model.get('state');
-    stop.disabled = stop.disabled || state === 'stopped' || state === 'stopping';
+    const stopping = state === 'stopped' || state === 'stopping' || busy.has('stop') ||
+      result.dataset.done === 'stop';
+    stop.disabled = stopping;
+    clean.disabled = busy.has('clean') || state === 'stopping';
     if (state === 'stopped' && result.dataset.action !== 'clean') {
       result.textContent = model.get('stop_report') || 'stopped';
+      keepResult(model, result);
     }
   };
   return { el, update };
@@ -423,19 +598,16 @@ function snippet(model) {
 }
 
 function renderServer(model, root) {
-  const parts = [header(model), loadingView(model)];
-  const error = h('pre', 'jqw-error-text');
+  const parts = [header(model), loadingView(model), errorView(model)];
   const dashboard = serverDashboard(model);
   const buttons = actions(model, () => undefined);
   const code = snippet(model);
-  root.append(...parts.map(p => p.el), error, dashboard.el, buttons.el, code.el);
+  root.append(...parts.map(p => p.el), dashboard.el, buttons.el, code.el);
   return () => {
     const state = model.get('state');
     root.dataset.state = state;
     parts.forEach(p => p.update());
     parts[1].el.hidden = state !== 'loading';
-    error.hidden = !model.get('error');
-    error.textContent = model.get('error');
     dashboard.el.hidden = state === 'loading' || state === 'failed';
     if (!dashboard.el.hidden) dashboard.update();
     buttons.update();
@@ -466,8 +638,8 @@ function render({ model, el }) {
       });
     }
   };
-  const names = ['state', 'loading_phase', 'loading_fraction', 'error', 'history', 'current', 'gpus',
-    'has_gpu', 'stop_report', 'updated_at', 'demo', 'snippet', 'url'];
+  const names = ['state', 'loading_phase', 'loading_fraction', 'error', 'error_detail', 'hint', 'view',
+    'history', 'current', 'gpus', 'has_gpu', 'stop_report', 'updated_at', 'demo', 'snippet', 'url', 'can_abort'];
   names.forEach(n => model.on(`change:${n}`, schedule));
   root.dataset.updatedAt = String(model.get('updated_at'));
   draw();
