@@ -6,6 +6,7 @@ import textwrap
 import pytest
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
+from shells import ipython_shell
 
 import jupyter_qwen
 from jupyter_qwen.server.server import running_servers
@@ -13,12 +14,7 @@ from jupyter_qwen.server.server import running_servers
 
 @pytest.fixture(scope="module")
 def shell():
-    from IPython.testing.globalipapp import start_ipython
-
-    ip = start_ipython()
-    ip.display_formatter.active_types = ip.display_formatter.format_types
-    ip.run_line_magic("load_ext", "jupyter_qwen")
-    yield ip
+    yield ipython_shell()
     for server in running_servers():
         server.stop()
 

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 from IPython.utils.capture import capture_output
+from shells import ipython_shell
 
 from jupyter_qwen.server import registry
 from jupyter_qwen.server.handles import kernel_servers
@@ -94,11 +95,7 @@ def test_killing_the_parent_kills_the_child(demo_model):
 
 
 def test_the_magics_serve_list_and_stop_a_process(demo_model):
-    from IPython.testing.globalipapp import start_ipython
-
-    shell = start_ipython()
-    shell.display_formatter.active_types = shell.display_formatter.format_types
-    shell.run_line_magic("load_ext", "jupyter_qwen")
+    shell = ipython_shell()
     with capture_output() as served:
         shell.run_line_magic("qwen_serve", "--demo --process")
     server = shell.user_ns["qwen_server"]

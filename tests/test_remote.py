@@ -16,6 +16,7 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 from openai_peer import OpenAIPeer
+from shells import ipython_shell
 
 from jupyter_qwen.server import registry
 from jupyter_qwen.server.handles import attached_servers, kernel_servers
@@ -42,12 +43,7 @@ def peer():
 
 @pytest.fixture(scope="module")
 def shell():
-    from IPython.testing.globalipapp import start_ipython
-
-    ip = start_ipython()
-    ip.display_formatter.active_types = ip.display_formatter.format_types
-    ip.run_line_magic("load_ext", "jupyter_qwen")
-    return ip
+    return ipython_shell()
 
 
 def rich(captured, mime: str) -> str:
