@@ -259,10 +259,10 @@ def window_draw(logits: torch.Tensor, rows: WindowRows, width: int, full_normali
     """Gumbel race over the filtered candidate window (the `width` largest logits); also
     which rows it cannot settle. `full_normaliser`: top-p rows without top-k are in the batch
     and need the whole vocabulary's normaliser. The tokens do not depend on `width` for the
-    rows it settles, so a draw here equals the full-sort draw. On a GPU, with a power-of-two
-    width, the steps after `topk` run as one kernel (`window_kernel`)."""
+    rows it settles, so a draw here equals the full-sort draw. On a GPU, at the widths the
+    captured draws use (64, 256), the steps after `topk` run as one kernel (`window_kernel`)."""
     values, candidates = logits.topk(width, dim=-1)
-    if logits.is_cuda and width & (width - 1) == 0:
+    if logits.is_cuda and width in (64, 256):  # window_kernel.KERNEL_WIDTHS
         from jupyter_qwen.engine.window_kernel import window_draw_in_one_kernel
 
         full = torch.logsumexp(logits / rows.temperatures[:, None], dim=-1) \

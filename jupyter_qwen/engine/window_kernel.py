@@ -76,6 +76,25 @@ def _window_draw(values, candidates, temperatures, top_k, top_p, min_p, keys, fu
     tl.store(unsettled_out + row, unsettled.to(tl.int8))
 
 
+KERNEL_WIDTHS = (64, 256)  # the captured draws' widths; an eager window of another width
+# (a top-k above 32 and at most 96, or above 224) takes the torch steps instead
+
+
+def compile_window_kernels(vocab_size: int, device: torch.device) -> None:
+    """Run every variant a request can reach once (at start-up, so none compiles later)."""
+    rows = 2
+    logits = torch.randn(rows, vocab_size, device=device)
+    ones = torch.ones(rows, device=device)
+    top_k = torch.tensor([20, 0], device=device)
+    keys = torch.zeros(rows, 2, dtype=torch.int64, device=device)
+    for width, full in ((64, False), (256, False), (256, True)):
+        values, candidates = logits.topk(min(width, vocab_size), dim=-1)
+        log_norm = torch.logsumexp(logits, dim=-1) if full else None
+        if values.shape[1] == width:
+            window_draw_in_one_kernel(values, candidates, ones, top_k, ones * 0.9, ones * 0,
+                                      keys, log_norm, vocab_size)
+
+
 def window_draw_in_one_kernel(values: torch.Tensor, candidates: torch.Tensor,
                               temperatures: torch.Tensor, top_k: torch.Tensor,
                               top_p: torch.Tensor, min_p: torch.Tensor, row_keys: torch.Tensor,
