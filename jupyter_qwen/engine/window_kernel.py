@@ -37,14 +37,14 @@ def _mix32(x):
 
 
 @triton.jit
-def _window_draw(values, candidates, temperatures, top_k, top_p, min_p, keys, full_log_norm,
-                 tokens_out, unsettled_out,
+def _window_draw(values, candidates, floats, ints, full_log_norm, tokens_out, unsettled_out,
                  WIDTH: tl.constexpr, NARROWED: tl.constexpr, FULL: tl.constexpr):
+    # floats: [rows, 3] temperature, top_p, min_p; ints: [rows, 3] top_k, key low, key high
     row = tl.program_id(0)
     offs = tl.arange(0, WIDTH)
-    scaled = tl.load(values + row * WIDTH + offs) / tl.load(temperatures + row)
-    k = tl.load(top_k + row)
-    p = tl.load(top_p + row)
+    scaled = tl.load(values + row * WIDTH + offs) / tl.load(floats + row * 3)
+    k = tl.load(ints + row * 3)
+    p = tl.load(floats + row * 3 + 1)
     uses_k = k > 0
     kth = tl.sum(tl.where(offs == tl.minimum(tl.maximum(k - 1, 0), WIDTH - 1), scaled, 0.0))
     last = tl.sum(tl.where(offs == WIDTH - 1, scaled, 0.0))
@@ -63,10 +63,10 @@ def _window_draw(values, candidates, temperatures, top_k, top_p, min_p, keys, fu
         mass = tl.sum(tl.where(offs == WIDTH - 1, cumulative, 0.0))
         unsettled = unsettled | ((k <= 0) & (mass < p) & (p < 1.0)) | (last >= floor)
     first = tl.sum(tl.where(offs == 0, probs, 0.0))
-    keep = keep & (probs >= first * tl.load(min_p + row))
+    keep = keep & (probs >= first * tl.load(floats + row * 3 + 2))
     token_ids = tl.load(candidates + row * WIDTH + offs)
-    key_low = tl.load(keys + row * 2).to(tl.uint64)
-    key_high = tl.load(keys + row * 2 + 1).to(tl.uint64)
+    key_low = tl.load(ints + row * 3 + 1).to(tl.uint64)
+    key_high = tl.load(ints + row * 3 + 2).to(tl.uint64)
     hashed = (((token_ids.to(tl.uint64) * TOKEN) & MASK) + key_low) & MASK
     hashed = _mix32(_mix32(hashed) ^ key_high)
     uniform = ((hashed >> 8).to(tl.float32) + 0.5) * UNIFORM_STEP
@@ -105,9 +105,12 @@ def window_draw_in_one_kernel(values: torch.Tensor, candidates: torch.Tensor,
     rows, width = values.shape
     tokens = torch.empty(rows, dtype=torch.int64, device=values.device)
     unsettled = torch.empty(rows, dtype=torch.int8, device=values.device)
+    # fresh tensors: Triton specialises on pointer alignment, and rows of the callers'
+    # parameter buffers start wherever their row does
+    floats = torch.stack([temperatures, top_p, min_p], dim=1)
+    ints = torch.cat([top_k[:, None], row_keys], dim=1)
     _window_draw[(rows,)](
-        values.float().contiguous(), candidates.contiguous(), temperatures.contiguous(),
-        top_k.contiguous(), top_p.contiguous(), min_p.contiguous(), row_keys.contiguous(),
+        values.float().contiguous(), candidates.contiguous(), floats, ints,
         full_log_norm if full_log_norm is not None else values, tokens, unsettled,
         WIDTH=width, NARROWED=width < vocab_size, FULL=full_log_norm is not None)
     return tokens, unsettled.bool()
