@@ -162,3 +162,24 @@ def test_a_client_that_leaves_a_constrained_stream_does_not_stop_the_server(demo
         assert_matches(answer.json()["choices"][0]["text"], digits_schema("k", 5))
     finally:
         server.stop()
+
+
+def test_a_finished_grammar_with_ignore_eos_allows_only_its_end(demo_model):
+    """ignore_eos generates past the grammar's end: the row may then write only the stop
+    token, and the step (with another request in it) goes on instead of failing."""
+    with LLM(demo_model, max_model_len=256) as llm:
+        engine = llm.engine
+        done = engine.add_request([5, 6, 7], SamplingParams(
+            temperature=1.0, seed=1, max_tokens=12, ignore_eos=True,
+            structured_outputs=StructuredOutputs(regex="ab")))
+        other = engine.add_request([8, 9], SamplingParams(temperature=0, max_tokens=12,
+                                                          ignore_eos=True))
+        while engine.has_unfinished_requests():
+            engine.step()
+        assert done.finish_reason == other.finish_reason == "length"
+        ids = done.output_token_ids
+        end = next(i for i, token in enumerate(ids) if token in engine.eos_token_ids)
+        assert llm.tokenizer.decode(ids[:end]) == "ab"
+        assert set(ids[end:]) <= set(engine.eos_token_ids)
+        assert other.num_output_tokens == 12
+        assert_idle(llm)

@@ -175,8 +175,10 @@ class SequenceConstraint:
 
     def __init__(self, params: SamplingParams, matcher, think_open: int | None,
                  think_close: int | None, early_stop_ids: list[int],
-                 separator_ids: dict[int, str] | None = None):
+                 separator_ids: dict[int, str] | None = None,
+                 stop_token_ids: tuple[int, ...] = ()):
         self.matcher = matcher
+        self.stop_token_ids = stop_token_ids  # all a finished grammar allows after its end
         self.think_open = think_open
         self.think_close = think_close
         self.budget = params.thinking_token_budget
@@ -199,6 +201,8 @@ class SequenceConstraint:
         if self.phase == "forcing":
             return _allow_only(bitmask, row, self.forced[0])
         if self.phase in ("separator", "answer") and self.matcher is not None:
+            if self.matcher.is_terminated():  # ended, and generating on (ignore_eos)
+                return _allow_only(bitmask, row, *self.stop_token_ids)
             self.matcher.fill_next_token_bitmask(bitmask, row)
             if self.phase == "separator":
                 for token_id in self._separator_pieces():
@@ -242,9 +246,10 @@ class SequenceConstraint:
         self.phase = "forcing" if self.forced else "answer"
 
 
-def _allow_only(bitmask: torch.Tensor, row: int, token_id: int) -> bool:
+def _allow_only(bitmask: torch.Tensor, row: int, *token_ids: int) -> bool:
     bitmask[row] = 0
-    _allow_also(bitmask, row, token_id)
+    for token_id in token_ids:
+        _allow_also(bitmask, row, token_id)
     return True
 
 
@@ -276,7 +281,8 @@ class ConstraintFactory:
             compiled = self.grammars.compile(params.structured_outputs)
             matcher = xgrammar.GrammarMatcher(compiled)
         return SequenceConstraint(params, matcher, self.think_open, self.think_close,
-                                  self.early_stop_ids, self.separator_ids)
+                                  self.early_stop_ids, self.separator_ids,
+                                  tuple(self.grammars.stop_token_ids))
 
     def close(self) -> None:
         self.grammars.close()
