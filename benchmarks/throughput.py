@@ -7,6 +7,8 @@
     python benchmarks/throughput.py --shape tiny --quick      # CPU smoke run, < 1 min
     python benchmarks/throughput.py --shape qwen3-0.6b --workloads w256,batch1 --peers none \
         --sampling greedy,qwen3,penalties,seeded              # sampling beside greedy
+    python benchmarks/throughput.py --shape qwen3-0.6b --workloads w256,batch1 --peers none \
+        --structured                                          # JSON schemas beside greedy
 
 Writes `throughput.json` (every number) and `throughput.md` (the table) to $OUT when set, else
 to `--out` (default out/throughput, git-ignored); both are rewritten after every measured part,
@@ -54,6 +56,20 @@ penalties = qwen3 + presence_penalty 1.5 + repetition_penalty 1.05 (Qwen's advic
 repetition); seeded = qwen3 with every request seeded (seed = its index). EOS ignored as above.
 The engine is warmed up with every chosen mode before timing. Must-show ratios (issue #14, H200,
 qwen3-0.6b, W256): qwen3 >= 0.95, penalties >= 0.90, seeded >= 0.93; batch1 qwen3 >= 0.95.
+
+Structured output (`--structured`, the same as adding `structured` to `--sampling`)
+----------------------------------------------------------------------------------
+Runs w256 / batch64 / batch1 again, greedy, with every request carrying its own JSON schema
+(benchmarks/structured.py `request_schema(index)`: distinct names and enum values, an array
+and a free string last, so the grammar masks every step of a random-weight output), beside
+the unconstrained greedy run in the same engine. Before the timed run the workload's schemas
+are compiled into the engine's grammar cache (two workers, as the server compiles each request
+before queueing it); that compile time is reported apart ("compile" rows and
+runs["ours/<workload>/structured_compile"]). The first requests' outputs are replayed through
+a fresh matcher of their schema (reported "grammar check"). Also reported: the first-request
+compile time of a 20-field schema (the compiler's vocabulary set-up apart, then one cold
+compile and the median of 5 distinct ones). Must-show (issue #15, H200): w256 structured
+>= 0.90x greedy, batch1 structured >= 0.90x greedy.
 
 Peers (transformers, same folder, bf16 on GPU / float32 on CPU, attn_implementation="sdpa",
 each in try/except, memory freed between them; EOS is disabled by setting
@@ -159,14 +175,21 @@ from benchmarks.common import (
     with_kernel_options,
 )
 from benchmarks.report import TableReport, markdown_lines, say
+from benchmarks.structured import (
+    STRUCTURED,
+    follows_grammar,
+    precompile,
+    structured_outputs,
+    twenty_field_compile,
+)
 
 ALL_WORKLOADS = ("w256", "batch1", "batch64", "prefix")
-ALL_SAMPLINGS = ("greedy", "qwen3", "penalties", "seeded")
+ALL_SAMPLINGS = ("greedy", "qwen3", "penalties", "seeded", STRUCTURED)
 QWEN3_DEFAULTS = {"temperature": 0.6, "top_k": 20, "top_p": 0.95}
 SAMPLING_FIELDS = {"greedy": {"temperature": 0.0}, "qwen3": QWEN3_DEFAULTS,
                    "penalties": {**QWEN3_DEFAULTS, "presence_penalty": 1.5,
                                  "repetition_penalty": 1.05},
-                   "seeded": QWEN3_DEFAULTS}
+                   "seeded": QWEN3_DEFAULTS, STRUCTURED: {"temperature": 0.0}}
 ALL_PEERS = ("hf_generate", "hf_static", "hf_batch")
 PEER_WORKLOADS = {"hf_generate": ("w256", "batch1", "batch64"),
                   "hf_static": ("batch1", "batch64"), "hf_batch": ("w256",)}
@@ -351,6 +374,7 @@ class Report(TableReport):
         params = {name: ", ".join(f"{k} {v}" for k, v in fields.items())
                   for name, fields in SAMPLING_FIELDS.items()}
         params["seeded"] += ", every request seeded"
+        params[STRUCTURED] += ", every request its own JSON schema"
         return [f"- {s['workload']} {s['metric']}: {s['sampling']} ({params[s['sampling']]}) "
                 f"{_fmt(s['tokens_per_s'])} vs greedy {_fmt(s['greedy_tokens_per_s'])} = "
                 + ("n/a" if s["ratio"] is None else f"{s['ratio']:.3f}x greedy")
@@ -439,12 +463,13 @@ def _log_stats(label: str, delta: dict) -> None:
 
 def sampling_params(sampling: str, max_tokens: int, index: int):
     """One request's parameters under `--sampling` mode `sampling` (see SAMPLING_FIELDS);
-    "seeded" gives every request its own seed (its index)."""
+    "seeded" gives every request its own seed (its index), "structured" its own JSON schema."""
     from jupyter_qwen.sampling_params import SamplingParams
 
     seed = index if sampling == "seeded" else None
+    constraint = structured_outputs(index) if sampling == STRUCTURED else None
     return SamplingParams(**SAMPLING_FIELDS[sampling], seed=seed, max_tokens=max_tokens,
-                          ignore_eos=True, detokenize=False)
+                          ignore_eos=True, detokenize=False, structured_outputs=constraint)
 
 
 def ours_generate(llm, workload: Workload, sampling: str = "greedy") -> dict:
@@ -516,6 +541,8 @@ def run_ours(model_dir: Path, opts: dict, workloads: dict[str, Workload], warmup
                     for sampling in samplings:
                         if sampling != "greedy":
                             _ours_sampled(llm, name, workloads[name], sampling, greedy, report)
+                if STRUCTURED in samplings:
+                    _twenty_field_row(llm, report)
             finally:
                 llm.close()
                 del llm
@@ -604,8 +631,14 @@ def _ours_sampled(llm, name: str, workload: Workload, sampling: str, greedy: dic
     """The same workload in the same engine under a sampling mode, beside its greedy run."""
     say(f"{stamp()} ours, {sampling}: {name}")
     try:
+        if sampling == STRUCTURED:
+            _precompile_row(llm, name, len(workload.prompts), report)
         run = (ours_stepped(llm, workload, sampling) if name == "batch1"
                else ours_generate(llm, workload, sampling))
+        if sampling == STRUCTURED:
+            run["grammar_check"] = [follows_grammar(llm, index, tokens)
+                                    for index, tokens in enumerate(run["tokens"])]
+            say(f"    grammar check of the first outputs: {run['grammar_check']}")
     except Exception as error:
         report.error(f"ours, {sampling}", name, error)
         return
@@ -624,6 +657,33 @@ def _ours_sampled(llm, name: str, workload: Workload, sampling: str, greedy: dic
                                 "ratio": ratio})
     say(f"    {run['tokens_per_s']:,.0f} tok/s ({run['wall_s']:.2f} s)"
         + (f", {run['tokens_per_s'] / greedy['tokens_per_s']:.3f}x greedy" if greedy else ""))
+    report.save()
+
+
+def _precompile_row(llm, name: str, count: int, report: Report) -> None:
+    compiled = precompile(llm, count)
+    report.runs[f"ours/{name}/structured_compile"] = compiled
+    report.add(Row("compile", "ours, structured", f"{name}: {count} schemas",
+                   1e3 * compiled["compile_wall_s"], "ms",
+                   notes=f"{compiled['workers']} workers; "
+                         f"{compiled['compile_ms_per_schema']:.1f} ms a schema"))
+    say(f"    compiled {count} schemas in {compiled['compile_wall_s']:.2f} s")
+
+
+def _twenty_field_row(llm, report: Report) -> None:
+    try:
+        timing = twenty_field_compile(llm)
+    except Exception as error:
+        report.error("ours, structured", "20-field compile", error)
+        return
+    report.runs["ours/structured/twenty_field_compile"] = timing
+    report.add(Row("compile", "ours, structured", "20-field schema, first request",
+                   timing["first_compile_ms"], "ms",
+                   notes=f"median of {timing['samples']} {timing['median_compile_ms']:.1f} ms; "
+                         f"compiler set-up once {timing['compiler_setup_ms']:.0f} ms"))
+    say(f"    20-field schema: first compile {timing['first_compile_ms']:.1f} ms, median "
+        f"{timing['median_compile_ms']:.1f} ms, compiler set-up "
+        f"{timing['compiler_setup_ms']:.0f} ms")
     report.save()
 
 
@@ -1071,8 +1131,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--engine-opt", action="append", default=[], metavar="KEY=VALUE",
                         help="EngineConfig option for our engine, repeatable")
     parser.add_argument("--sampling", default="greedy",
-                        help="comma list of greedy, qwen3, penalties, seeded: each runs our "
-                             "engine's w256 / batch64 / batch1 beside greedy, same engine")
+                        help="comma list of greedy, qwen3, penalties, seeded, structured: each "
+                             "runs our engine's w256 / batch64 / batch1 beside greedy, same "
+                             "engine")
+    parser.add_argument("--structured", action="store_true",
+                        help="add the structured mode: every request its own JSON schema, "
+                             "and the compile time of a 20-field schema")
     parser.add_argument("--quick", action="store_true", help="small sizes (CPU smoke run)")
     parser.add_argument("--hf-batch", type=int, default=None,
                         help="hf_generate batch size on w256 (default 64; quick: 4)")
@@ -1084,7 +1148,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.workloads = [w for w in args.workloads.split(",") if w]
     args.peers = [] if args.peers in ("", "none") else [p for p in args.peers.split(",") if p]
-    args.sampling = tuple(dict.fromkeys(m for m in args.sampling.split(",") if m))
+    args.sampling = tuple(dict.fromkeys([*(m for m in args.sampling.split(",") if m),
+                                         *([STRUCTURED] if args.structured else [])]))
     bad = [w for w in args.workloads if w not in ALL_WORKLOADS] + \
         [p for p in args.peers if p not in ALL_PEERS] + \
         [m for m in args.sampling if m not in ALL_SAMPLINGS]

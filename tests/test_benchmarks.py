@@ -269,3 +269,40 @@ def test_serving_server_defaults_row_on_cpu(tiny_model_path, tmp_path):
     assert defaults["run"] == "rate-inf-server-defaults"
     assert defaults["ratio_to_greedy"] > 0 and defaults["sampling"] == {"temperature": 0.0}
     assert "headline with server-default sampling" in done.stdout
+
+
+def test_throughput_structured_mode_beside_greedy(tiny_model_path, tmp_path, monkeypatch):
+    """--structured: w256 and batch1 with a JSON schema per request beside greedy, the
+    schemas compiled apart, outputs replayed through their grammar, a 20-field compile time."""
+    pytest.importorskip("xgrammar")
+    monkeypatch.delenv("OUT", raising=False)
+    bench = load_throughput()
+    bench.main(["--shape", "tiny", "--quick", "--workloads", "w256,batch1", "--peers", "none",
+                "--structured", "--model-dir", str(tiny_model_path), "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "throughput.json").read_text())
+    assert saved["errors"] == []
+    found = {(s["workload"], s["metric"]) for s in saved["sampling"]
+             if s["sampling"] == "structured"}
+    assert found == {("w256", "output tok/s"), ("batch1", "output tok/s"),
+                     ("batch1", "decode tok/s")}
+    runs = saved["runs"]
+    for name in ("w256", "batch1"):
+        assert all(runs[f"ours/{name}/structured"]["grammar_check"])
+        assert runs[f"ours/{name}/structured"]["output_tokens"] == \
+            runs[f"ours/{name}"]["output_tokens"]
+        assert runs[f"ours/{name}/structured_compile"]["schemas"] == \
+            len(bench.make_workloads(bench.QUICK, 100)[name].prompts)
+    assert runs["ours/structured/twenty_field_compile"]["first_compile_ms"] > 0
+    rows = {(r["workload"], r["metric"]) for r in saved["rows"]}
+    assert ("compile", "20-field schema, first request") in rows
+
+
+def test_structured_benchmark_schemas_are_distinct_and_twenty_fields_wide():
+    from benchmarks.structured import request_schema, twenty_field_schema
+
+    assert len({json.dumps(request_schema(i)) for i in range(256)}) == 256
+    assert len(twenty_field_schema(0)["properties"]) == 20
+    assert twenty_field_schema(0) != twenty_field_schema(1)
+    params = load_throughput().sampling_params("structured", 8, 5)
+    assert params.temperature == 0 and params.ignore_eos
+    assert params.structured_outputs.json == request_schema(5)

@@ -93,3 +93,30 @@ def test_text_that_looks_like_a_tag_but_is_not_survives():
     whole = parse_whole(text, parse_tools=True)
     assert whole.content == text
     assert joined(streamed(text, True))[1] == text
+
+
+def forced_parse(text: str) -> tuple[str, list[dict]]:
+    """Streamed a few characters at a time through a parser of forced tool calls."""
+    parser = OutputParser(parse_tools=True, thinking=False, forced_tools=True)
+    pieces = [parser.feed(text[i:i + 3]) for i in range(0, len(text), 3)] + [parser.finish()]
+    return "".join(p.content for p in pieces), [c for p in pieces for c in p.tool_calls]
+
+
+def test_a_forced_call_cut_short_is_a_call_with_partial_arguments():
+    cut = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par'
+    content, calls = forced_parse(cut)
+    assert content == ""
+    assert [c["function"] for c in calls] == [{"name": "get_weather",
+                                               "arguments": '{"city": "Par'}]
+    with pytest.raises(ValueError):
+        json.loads(calls[0]["function"]["arguments"])
+    # without a forcing grammar, the same text stays content, as before
+    assert parse_whole(cut, parse_tools=True, thinking=False).content == cut.strip()
+
+
+def test_a_forced_call_whose_string_holds_the_closing_tag_is_read_whole():
+    text = ('<tool_call>\n{"name": "note", "arguments": {"text": "a</tool_call>b"}}\n'
+            "</tool_call>")
+    content, calls = forced_parse(text)
+    assert content == ""
+    assert json.loads(calls[0]["function"]["arguments"]) == {"text": "a</tool_call>b"}

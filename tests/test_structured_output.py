@@ -307,3 +307,87 @@ def test_structured_outputs_take_exactly_one_kind():
         StructuredOutputs()
     assert SamplingParams(structured_outputs=StructuredOutputs(regex="a"),
                           temperature=0).plain_greedy is False
+
+
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+@pytest.mark.parametrize("choice", ["required", "named"])
+def test_a_forced_weather_call_closes_its_arguments(server, thinking, choice):
+    """The demo model was taught `</think>`, a blank line, then the call: the constraint lets
+    it write that blank line, so it stays on its path and closes the argument string."""
+    from jupyter_qwen.demo import DEMO_TOOLS
+
+    tool_choice = choice if choice == "required" else {
+        "type": "function", "function": {"name": "get_weather"}}
+    body = {"messages": WEATHER_QUESTION, "tools": DEMO_TOOLS, "tool_choice": tool_choice,
+            "max_tokens": 100, "temperature": 0,
+            "chat_template_kwargs": {"enable_thinking": thinking}}
+    choice_out = post(server, body).json()["choices"][0]
+    assert choice_out["finish_reason"] == "tool_calls", choice_out
+    call = choice_out["message"]["tool_calls"][0]["function"]
+    assert call["name"] == "get_weather"
+    assert json.loads(call["arguments"]) == {"city": "Paris"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_forced_call_cut_by_max_tokens_is_a_call_and_a_length_finish(server, stream):
+    """An unbounded string argument and a model that never closes it: the call is still
+    reported as a call (its arguments the text so far), never as markup in the content."""
+    from jupyter_qwen.demo import DEMO_TOOLS
+
+    client = server.openai_client()
+    kwargs = {"model": server.served_model_name, "messages": HI, "tools": DEMO_TOOLS,
+              "tool_choice": "required", "max_tokens": 18, "temperature": 1.0, "seed": 3,
+              "extra_body": THINKING_OFF}
+    if stream:
+        chunks = list(client.chat.completions.create(stream=True, **kwargs))
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+        content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        calls = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls
+                 or []]
+    else:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        finish, content, calls = (choice.finish_reason, choice.message.content or "",
+                                  choice.message.tool_calls or [])
+    assert finish == "length" and "<tool_call>" not in content
+    assert [call.function.name for call in calls] == ["get_weather"]
+    assert calls[0].function.arguments.startswith("{")
+
+
+def test_after_its_own_end_of_reasoning_the_model_may_write_the_blank_line(grammars):
+    """`</think>` then the grammar's first tokens or the pieces of "\\n\\n", once; after that
+    only the grammar."""
+    import torch
+    import xgrammar
+
+    from jupyter_qwen.engine.constraints import ConstraintFactory, new_token_bitmask
+
+    tokenizer = grammars.tokenizer
+    factory = ConstraintFactory(tokenizer, len(tokenizer), [tokenizer.eos_token_id])
+    try:
+        params = SamplingParams(thinking=True, structured_outputs=StructuredOutputs(
+            choice=["red", "blue"]))
+        matcher = xgrammar.GrammarMatcher(grammars.compile(params.structured_outputs))
+        constraint = SequenceConstraint(params, matcher, factory.think_open,
+                                        factory.think_close, factory.early_stop_ids,
+                                        factory.separator_ids)
+        newline = tokenizer.encode("\n", add_special_tokens=False)[0]
+        red = tokenizer.encode("red", add_special_tokens=False)[0]
+
+        def allowed() -> set[int]:
+            bitmask = new_token_bitmask(1, len(tokenizer))
+            assert constraint.fill(bitmask, 0)
+            bits = torch.tensor([(int(w) >> b) & 1 for w in bitmask[0] for b in range(32)])
+            return set(torch.nonzero(bits[:len(tokenizer)]).flatten().tolist())
+
+        for token in tokenizer.encode("<think>\nhm\n</think>", add_special_tokens=False):
+            constraint.accept(token)
+        assert {newline, red} <= allowed()
+        constraint.accept(newline)
+        assert {newline, red} <= allowed()
+        constraint.accept(newline)
+        assert newline not in allowed() and red in allowed()
+    finally:
+        factory.close()

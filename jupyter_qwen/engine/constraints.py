@@ -6,6 +6,13 @@ compile past it is a `ConstraintTimeoutError`, not a stall. Compiled grammars ar
 bounded LRU. `SequenceConstraint` follows one sequence: free reasoning until `</think>` (with
 `thinking=True`), the early-stopping text forced once a thinking budget is spent, then the
 grammar, whose token bitmask is applied to the row's logits before sampling.
+
+Qwen3 writes `</think>` then a blank line, then its answer (the chat template renders past
+turns that way, and the early-stopping text ends so too). After a `</think>` the model wrote
+itself, the grammar's first tokens therefore come with that separator allowed beside them:
+without it the model, pushed off the only path it knows, spells `<tool_call>` out of single
+characters and wanders inside the first JSON string. The separator is white space, which the
+reply parser trims from the content, so it is kept out of the grammar.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ DEFAULT_COMPILE_TIMEOUT = 5.0
 DEFAULT_CACHE_SIZE = 256
 COMPILE_WORKERS = 2
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_SEPARATOR = "\n\n"  # what Qwen3 writes between `</think>` and the answer
 # What Qwen's documentation inserts when a thinking budget runs out, then the answer follows.
 EARLY_STOP_TEXT = ("\n\nConsidering the limited time by the user, I have to give the solution "
                    "based on the thinking directly now.\n</think>\n\n")
@@ -159,17 +167,24 @@ class SequenceConstraint:
     """One sequence's constraint state, advanced with every token it generates.
 
     Phases: "reasoning" (free; the first token is `<think>`), "forcing" (the early-stopping
-    text of a spent thinking budget, one token at a time), "answer" (the grammar, if any).
+    text of a spent thinking budget, one token at a time), "separator" (after the model's own
+    `</think>`: the grammar's first tokens, or pieces of the blank line before the answer),
+    "answer" (the grammar, if any).
     Preemption keeps the generated tokens, so the state stays valid across a recompute.
     """
 
     def __init__(self, params: SamplingParams, matcher, think_open: int | None,
-                 think_close: int | None, early_stop_ids: list[int]):
+                 think_close: int | None, early_stop_ids: list[int],
+                 separator_ids: dict[int, str] | None = None,
+                 stop_token_ids: tuple[int, ...] = ()):
         self.matcher = matcher
+        self.stop_token_ids = stop_token_ids  # all a finished grammar allows after its end
         self.think_open = think_open
         self.think_close = think_close
         self.budget = params.thinking_token_budget
         self.early_stop_ids = early_stop_ids
+        self.separator_ids = separator_ids or {}
+        self.separator_left = ""
         reasoning = params.thinking and think_close is not None
         self.phase = "reasoning" if reasoning else "answer"
         self.forced: list[int] = []
@@ -185,10 +200,19 @@ class SequenceConstraint:
             return _allow_only(bitmask, row, self.think_open)
         if self.phase == "forcing":
             return _allow_only(bitmask, row, self.forced[0])
-        if self.phase == "answer" and self.matcher is not None:
+        if self.phase in ("separator", "answer") and self.matcher is not None:
+            if self.matcher.is_terminated():  # ended, and generating on (ignore_eos)
+                return _allow_only(bitmask, row, *self.stop_token_ids)
             self.matcher.fill_next_token_bitmask(bitmask, row)
+            if self.phase == "separator":
+                for token_id in self._separator_pieces():
+                    _allow_also(bitmask, row, token_id)
             return True
         return False
+
+    def _separator_pieces(self) -> list[int]:
+        return [token_id for token_id, text in self.separator_ids.items()
+                if self.separator_left.startswith(text)]
 
     def accept(self, token_id: int) -> None:
         if self.phase == "reasoning":
@@ -197,12 +221,18 @@ class SequenceConstraint:
             self.forced.pop(0)
             if not self.forced:
                 self.phase = "answer"
-        elif self.matcher is not None and not self.matcher.is_terminated():
-            self.matcher.accept_token(token_id)
+        elif self.phase == "separator" and token_id in self._separator_pieces():
+            self.separator_left = self.separator_left[len(self.separator_ids[token_id]):]
+            if not self.separator_left:
+                self.phase = "answer"
+        else:
+            self.phase = "answer"
+            if self.matcher is not None and not self.matcher.is_terminated():
+                self.matcher.accept_token(token_id)
 
     def _accept_reasoning(self, token_id: int) -> None:
         if token_id == self.think_close:
-            self.phase = "answer"
+            self.phase, self.separator_left = "separator", ANSWER_SEPARATOR
             return
         self.num_reasoning_tokens += 1
         if self.budget is not None and self.num_reasoning_tokens >= self.budget + 1:
@@ -216,11 +246,17 @@ class SequenceConstraint:
         self.phase = "forcing" if self.forced else "answer"
 
 
-def _allow_only(bitmask: torch.Tensor, row: int, token_id: int) -> bool:
+def _allow_only(bitmask: torch.Tensor, row: int, *token_ids: int) -> bool:
     bitmask[row] = 0
-    word, bit = divmod(token_id, 32)
-    bitmask[row, word] = (1 << bit) - (1 << 32 if bit == 31 else 0)  # an int32 word
+    for token_id in token_ids:
+        _allow_also(bitmask, row, token_id)
     return True
+
+
+def _allow_also(bitmask: torch.Tensor, row: int, token_id: int) -> None:
+    word, bit = divmod(token_id, 32)
+    value = (int(bitmask[row, word]) & 0xFFFFFFFF) | (1 << bit)
+    bitmask[row, word] = value - (1 << 32 if value >= 1 << 31 else 0)  # an int32 word
 
 
 class ConstraintFactory:
@@ -233,6 +269,7 @@ class ConstraintFactory:
         self.think_open = _single_token(tokenizer, THINK_OPEN)
         self.think_close = _single_token(tokenizer, THINK_CLOSE)
         self.early_stop_ids = tokenizer.encode(EARLY_STOP_TEXT, add_special_tokens=False)
+        self.separator_ids = _separator_tokens(tokenizer)
 
     def for_params(self, params: SamplingParams) -> SequenceConstraint | None:
         if not params.constrained:
@@ -244,7 +281,8 @@ class ConstraintFactory:
             compiled = self.grammars.compile(params.structured_outputs)
             matcher = xgrammar.GrammarMatcher(compiled)
         return SequenceConstraint(params, matcher, self.think_open, self.think_close,
-                                  self.early_stop_ids)
+                                  self.early_stop_ids, self.separator_ids,
+                                  tuple(self.grammars.stop_token_ids))
 
     def close(self) -> None:
         self.grammars.close()
@@ -253,6 +291,16 @@ class ConstraintFactory:
 def _single_token(tokenizer, text: str) -> int | None:
     ids = tokenizer.encode(text, add_special_tokens=False)
     return ids[0] if len(ids) == 1 else None
+
+
+def _separator_tokens(tokenizer) -> dict[int, str]:
+    """The single tokens that spell a start of the blank line after `</think>`."""
+    pieces = {}
+    for length in range(1, len(ANSWER_SEPARATOR) + 1):
+        token_id = _single_token(tokenizer, ANSWER_SEPARATOR[:length])
+        if token_id is not None:
+            pieces[token_id] = ANSWER_SEPARATOR[:length]
+    return pieces
 
 
 def new_token_bitmask(num_rows: int, vocab_size: int) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
 
@@ -88,11 +89,17 @@ class OutputParser:
     opened it (Thinking-2507's generation prompt): its output is reasoning until `</think>`.
     A piece that might be the start of a tag is held back until it is not.
     White space around the content is trimmed, as a whole response would be.
+    With `forced_tools` (a grammar forced the calls: `tool_choice` required or named), a call
+    cut short by the token limit is still a tool call, its arguments the JSON text written so
+    far, as OpenAI reports a call that `max_tokens` ended: the client sees an unparseable
+    call and the "length" finish, never the grammar's markup as content.
     """
 
     parse_tools: bool = False
     thinking: bool = True
     max_tool_calls: int | None = None  # 1 with parallel_tool_calls false: later calls dropped
+    forced_tools: bool = False
+    close_search_from: int = 0  # where in a tool block to look for its `</tool_call>`
     state: str = "start"
     pending: str = ""
     held_space: str = ""
@@ -111,7 +118,11 @@ class OutputParser:
         out = ParsedDelta()
         while self._advance(out, final=True):
             pass
-        if self.state == "tool":
+        cut_call = unfinished_tool_call(self.pending) if self.state == "tool" and \
+            self.forced_tools else None
+        if cut_call is not None:
+            self._add_call(out, cut_call)
+        elif self.state == "tool":
             self._emit_content(out, self.pending)
         elif self.state == "reasoning":
             out.reasoning += self.pending
@@ -164,22 +175,29 @@ class OutputParser:
         return False
 
     def _in_tool(self, out: ParsedDelta, final: bool) -> bool:
-        index = self.pending.find(TOOL_CLOSE)
+        index = self.pending.find(TOOL_CLOSE, self.close_search_from)
         if index < 0:
             return False
         block = self.pending[:index + len(TOOL_CLOSE)]
-        self.pending, self.state = self.pending[index + len(TOOL_CLOSE):], "content"
         call = parse_tool_call(block[len(TOOL_OPEN):-len(TOOL_CLOSE)])
+        if call is None and self.forced_tools:  # the tag inside a JSON string: read on
+            self.close_search_from = index + len(TOOL_CLOSE)
+            return True
+        self.pending, self.state = self.pending[index + len(TOOL_CLOSE):], "content"
+        self.close_search_from = 0
         if call is None:
             self._emit_content(out, block, hold_trailing=True)
-        elif self.max_tool_calls is not None and self.num_tool_calls >= self.max_tool_calls:
-            self.held_space = ""
         else:
-            self.held_space = ""
-            call["index"] = self.num_tool_calls
-            self.num_tool_calls += 1
-            out.tool_calls.append(call)
+            self._add_call(out, call)
         return True
+
+    def _add_call(self, out: ParsedDelta, call: dict) -> None:
+        self.held_space = ""
+        if self.max_tool_calls is not None and self.num_tool_calls >= self.max_tool_calls:
+            return
+        call["index"] = self.num_tool_calls
+        self.num_tool_calls += 1
+        out.tool_calls.append(call)
 
     def _emit_content(self, out: ParsedDelta, text: str, hold_trailing: bool = False) -> None:
         if not self.content_started:
@@ -217,6 +235,24 @@ def parse_tool_call(body: str) -> dict | None:
         return None
     return {"id": f"call_{secrets.token_hex(12)}", "type": "function",
             "function": {"name": payload["name"], "arguments": arguments}}
+
+
+def unfinished_tool_call(block: str) -> dict | None:
+    """The call in a `<tool_call>` block that the output ended inside: the name the tool-call
+    grammar wrote first, and the arguments' text so far (not JSON); None if no name yet."""
+    match = _CALL_HEAD.match(block[len(TOOL_OPEN):])
+    if match is None:
+        return None
+    try:
+        name = json.loads(match.group(1))
+    except ValueError:
+        return None
+    arguments = block[len(TOOL_OPEN) + match.end():]
+    return {"id": f"call_{secrets.token_hex(12)}", "type": "function",
+            "function": {"name": name, "arguments": arguments}}
+
+
+_CALL_HEAD = re.compile(r'\s*\{"name": ("(?:[^"\\]|\\.)*"), "arguments": ')
 
 
 def parse_whole(text: str, parse_tools: bool, thinking: bool = True) -> ParsedDelta:

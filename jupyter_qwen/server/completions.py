@@ -177,7 +177,9 @@ class CompletionHandler:
         """The reply's parser, starting from what the prompt leaves open."""
         return output_parser(engine.engine.tokenizer, prompt_ids, self.ctx.chat_variant,
                              thinking, parse_tools=bool(body.tools) and body.tool_choice != "none",
-                             max_tool_calls=max_tool_calls)
+                             max_tool_calls=max_tool_calls,
+                             forced_tools=bool(body.tools) and body.tool_choice not in
+                             (None, "auto", "none"))
 
     def _max_tokens(self, engine: AsyncEngine, requested: int | None, prompt_len: int,
                     prompt_param: str) -> int:

@@ -87,14 +87,15 @@ def reply_start(tokenizer, prompt_ids: Sequence[int], variant: str, thinking: bo
 
 
 def output_parser(tokenizer, prompt_ids: Sequence[int], variant: str, thinking: bool,
-                  parse_tools: bool, max_tool_calls: int | None = None) -> OutputParser:
+                  parse_tools: bool, max_tool_calls: int | None = None,
+                  forced_tools: bool = False) -> OutputParser:
     """The parser for a chat reply to `prompt_ids`, starting where `reply_start` says."""
     start = reply_start(tokenizer, prompt_ids, variant, thinking)
+    calls = {"parse_tools": parse_tools, "max_tool_calls": max_tool_calls,
+             "forced_tools": forced_tools}
     if start == "inside":
-        return OutputParser(parse_tools=parse_tools, state="reasoning",
-                            max_tool_calls=max_tool_calls)
-    return OutputParser(parse_tools=parse_tools, thinking=start == "think",
-                        max_tool_calls=max_tool_calls)
+        return OutputParser(state="reasoning", **calls)
+    return OutputParser(thinking=start == "think", **calls)
 
 
 def thinking_warning(variant: str, requested: bool | None) -> str | None:
