@@ -3,11 +3,13 @@
 Each running jupyter_qwen model server writes one JSON record
 ``<jupyter_runtime_dir()>/jupyter_qwen/server-<id>.json`` and removes it when it
 stops. The JupyterLab sidebar (``jupyter_qwen.labserver``) lists these records to
-show what is running and to reach each server's ``/health`` and ``/admin`` routes.
+show what is running, to reach each server's ``/health`` and ``/admin`` routes, and
+to proxy its OpenAI routes under Jupyter's URL (``proxy_path``).
 
-The record holds an admin token, so files are written atomically with mode 0600
-in a 0700 directory. Readers skip files they cannot parse and records whose
-process is gone.
+The record holds the admin token (and the API key, when the server requires one, so
+that the Jupyter proxy can pass it on), so files are written atomically with mode 0600
+in a 0700 directory; ``to_dict(public=True)`` leaves both secrets out. Readers skip
+files they cannot parse and records whose process is gone.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "list_records",
     "new_record",
     "pid_alive",
+    "proxy_path",
     "register",
     "registry_dir",
     "unregister",
@@ -41,6 +44,7 @@ __all__ = [
 
 _ID_RE = re.compile(r"^[0-9a-f]{12}$")
 _KERNEL_FILE_RE = re.compile(r"^kernel-(?P<id>.+)\.json$")
+SECRET_FIELDS = ("admin_token", "api_key")  # never in a public view of a record
 
 
 @dataclass(slots=True)
@@ -59,6 +63,7 @@ class ServerRecord:
     admin_token: str
     api_key_required: bool
     version: str
+    api_key: str | None = None  # the key the server requires, for the Jupyter proxy
 
     @property
     def root_url(self) -> str:
@@ -67,10 +72,11 @@ class ServerRecord:
         return url[: -len("/v1")] if url.endswith("/v1") else url
 
     def to_dict(self, *, public: bool = False) -> dict[str, Any]:
-        """All fields as a plain dict; ``public=True`` leaves out the admin token."""
+        """All fields as a plain dict; ``public=True`` leaves out the admin token and API key."""
         data = dataclasses.asdict(self)
         if public:
-            del data["admin_token"]
+            for name in SECRET_FIELDS:
+                del data[name]
         return data
 
     @classmethod
@@ -89,6 +95,7 @@ class ServerRecord:
             admin_token=str(data["admin_token"]),
             api_key_required=bool(data.get("api_key_required", False)),
             version=str(data.get("version", "")),
+            api_key=None if data.get("api_key") is None else str(data["api_key"]),
         )
         if not _ID_RE.match(rec.id):
             raise ValueError(f"bad server id {rec.id!r}")
@@ -163,12 +170,19 @@ def new_record(**fields: Any) -> ServerRecord:
         "admin_token": secrets.token_urlsafe(32),
         "api_key_required": False,
         "version": __version__,
+        "api_key": None,
     }
     unknown = set(fields) - set(values)
     if unknown:
         raise TypeError(f"unknown ServerRecord fields: {sorted(unknown)}")
     values.update(fields)
     return ServerRecord(**values)
+
+
+def proxy_path(server_id: str) -> str:
+    """Where the Jupyter server extension proxies this server's OpenAI routes, relative
+    to Jupyter's base URL: ``jupyter-qwen/servers/<id>/v1``."""
+    return f"jupyter-qwen/servers/{server_id}/v1"
 
 
 def register(record: ServerRecord) -> Path:
