@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import stat
 import time
@@ -17,6 +18,7 @@ import time
 import httpx
 import openai
 import pytest
+from jupyter_server.auth import IdentityProvider
 
 from jupyter_qwen import serve
 from jupyter_qwen.demo import DEMO_PROMPTS
@@ -28,9 +30,18 @@ HELLO = DEMO_PROMPTS["hello"].messages
 LONG = 400  # tokens: on CPU this takes far longer than one chunk's trip through the proxy
 
 
+class TokenSchemeOnly(IdentityProvider):
+    """An identity provider that reads only ``Authorization: token ...`` (as older ones do)."""
+
+    auth_header_pat = re.compile(r"(token)\s+(.+)", re.IGNORECASE)
+
+
 @pytest.fixture
-def jp_server_config():
-    return {"ServerApp": {"jpserver_extensions": {"jupyter_qwen.labserver": True}}}
+def jp_server_config(request):
+    config = {"ServerApp": {"jpserver_extensions": {"jupyter_qwen.labserver": True}}}
+    if request.node.get_closest_marker("token_scheme_only"):
+        config["ServerApp"]["identity_provider_class"] = TokenSchemeOnly
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +258,20 @@ async def test_requests_without_the_jupyter_token_are_refused(model_server, jupy
             assert reply.status_code == 403, reply.text
             assert reply.json()["error"]["type"] == "permission_error"
     assert model_server.stats()["prompt_tokens_total"] == before  # nothing reached the model
+
+
+@pytest.mark.token_scheme_only
+async def test_bearer_works_where_jupyter_reads_only_token(
+        model_server, jupyter_url, jupyter_token):
+    """The proxy turns ``Bearer`` into ``token`` for its own route only."""
+    in_registry(model_server)
+    bearer = {"Authorization": f"Bearer {jupyter_token}"}
+    async with httpx.AsyncClient() as http:
+        reply = await http.get(f"{model_server.proxy_url(jupyter_url)}/models", headers=bearer)
+        assert reply.status_code == 200 and reply.json()["object"] == "list"
+    async with httpx.AsyncClient() as http:  # a new client: no login cookie from the above
+        reply = await http.get(f"{jupyter_url}jupyter-qwen/servers", headers=bearer)
+        assert reply.status_code == 403  # other routes keep the provider's own rules
 
 
 async def test_the_openai_sdk_with_a_wrong_key_gets_403(model_server, jupyter_url):
