@@ -150,6 +150,7 @@ async def test_servers_are_listed_with_health_and_notebook(jp_fetch, peers):
     assert rec.admin_token not in json.dumps(item)
     assert item["id"] == rec.id and item["pid"] == os.getpid()
     assert item["url"] == rec.url and item["root_url"] == rec.root_url
+    assert item["proxy_path"] == f"jupyter-qwen/servers/{rec.id}/v1"
     assert item["model"] == "Qwen/Qwen3-0.6B" and item["served_model_name"] == "Qwen3-0.6B"
     assert item["kernel_id"] == kernel_id and item["notebook_path"] == "work/demo.ipynb"
     assert item["status"] == "ok" and item["health_error"] is None

@@ -129,6 +129,23 @@ def test_a_child_server_names_the_kernel_that_started_it(monkeypatch):
     assert registry.new_record(host="127.0.0.1", port=1, model="m").kernel_id == "kernel-abc"
 
 
+def test_the_api_key_is_kept_for_the_proxy_but_never_public():
+    plain = registry.new_record(host="127.0.0.1", port=8123, model="m")
+    assert plain.api_key is None
+    keyed = registry.new_record(host="127.0.0.1", port=8124, model="m", api_key="sekret-key",
+                                api_key_required=True)
+    path = registry.register(keyed)
+    assert registry.get_record(keyed.id).api_key == "sekret-key"
+    assert "sekret-key" in path.read_text() and path.stat().st_mode & 0o777 == 0o600
+    public = keyed.to_dict(public=True)
+    assert "api_key" not in public and "admin_token" not in public
+    assert public["api_key_required"] is True
+    # records written before the key was kept still read
+    old = {k: v for k, v in keyed.to_dict().items() if k != "api_key"}
+    assert ServerRecord.from_dict(old).api_key is None
+    assert registry.proxy_path(keyed.id) == f"jupyter-qwen/servers/{keyed.id}/v1"
+
+
 def test_dead_pid_records_are_ignored_and_optionally_pruned():
     rec = registry.new_record(host="127.0.0.1", port=8123, model="m", pid=_dead_pid())
     path = registry.register(rec)

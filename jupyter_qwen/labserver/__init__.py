@@ -1,8 +1,9 @@
 """Jupyter server extension behind the JupyterLab "Qwen" sidebar.
 
 REST routes under ``{base_url}jupyter-qwen/``: ``gpus``, ``servers`` and
-``servers/{id}/stop|clean``. It runs in the Jupyter server process, so it must
-never import torch: it reads the model-server registry and NVML only.
+``servers/{id}/stop|clean``, and ``servers/{id}/v1/...``, each model server's OpenAI
+routes proxied under Jupyter's URL and auth (proxy.py). It runs in the Jupyter server
+process, so it must never import torch: it reads the model-server registry and NVML only.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""REST handlers for the sidebar: GPUs, model servers, and stop/clean/abort forwarding."""
+"""REST handlers for the sidebar: GPUs, model servers, and stop/clean/abort forwarding;
+the OpenAI proxy of each server is in proxy.py."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from jupyter_qwen.nvml import gpu_snapshot
 from jupyter_qwen.server.health import Health, read_health
-from jupyter_qwen.server.registry import ServerRecord, get_record, list_records
+from jupyter_qwen.server.registry import ServerRecord, get_record, list_records, proxy_path
 from jupyter_qwen.server.remote import probe
 from jupyter_qwen.server.scrape import MetricsReader
+
+from .proxy import ProxyHandler, proxy_route
 
 HEALTH_TIMEOUT_S = 2.0  # each /health probe; probes run concurrently
 ADMIN_TIMEOUT_S = 120.0  # stop/clean may free a lot of GPU memory first
@@ -125,8 +128,9 @@ class ServersHandler(_Base):
         notebooks = await self.kernel_notebooks()
         servers = []
         for rec, reply in zip(records, replies, strict=True):
-            item = rec.to_dict(public=True)  # the admin token never leaves the server
+            item = rec.to_dict(public=True)  # admin token and API key never leave the server
             item["root_url"] = rec.root_url
+            item["proxy_path"] = proxy_path(rec.id)  # relative to Jupyter's base URL
             item["notebook_path"] = notebooks.get(rec.kernel_id) if rec.kernel_id else None
             for key, value in _health_view(reply).items():
                 item.setdefault(key, value)  # the record's own fields win
@@ -238,5 +242,6 @@ def setup_handlers(web_app: tornado.web.Application) -> None:
             (url_path_join(base, "servers"), ServersHandler),
             (url_path_join(base, "servers", "([^/]+)", "(stop|clean)"), AdminHandler),
             (url_path_join(base, "servers", "([^/]+)", "abort"), AbortHandler),
+            (proxy_route(web_app.settings["base_url"]), ProxyHandler),
         ],
     )

@@ -3,11 +3,13 @@
 Each running jupyter_qwen model server writes one JSON record
 ``<jupyter_runtime_dir()>/jupyter_qwen/server-<id>.json`` and removes it when it
 stops. The JupyterLab sidebar (``jupyter_qwen.labserver``) lists these records to
-show what is running and to reach each server's ``/health`` and ``/admin`` routes.
+show what is running, to reach each server's ``/health`` and ``/admin`` routes, and
+to proxy its OpenAI routes under Jupyter's URL (``proxy_path``).
 
-The record holds an admin token, so files are written atomically with mode 0600
-in a 0700 directory. Readers skip files they cannot parse and records whose
-process is gone.
+The record holds the admin token (and the API key, when the server requires one, so
+that the Jupyter proxy can pass it on), so files are written atomically with mode 0600
+in a 0700 directory; ``to_dict(public=True)`` leaves both secrets out. Readers skip
+files they cannot parse and records whose process is gone.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "list_records",
     "new_record",
     "pid_alive",
+    "proxy_path",
     "register",
     "registry_dir",
     "unregister",
@@ -44,6 +47,7 @@ ORIGINS = ("kernel", "process", "remote")
 KERNEL_ID_ENV = "JUPYTER_QWEN_KERNEL_ID"  # a child-process server's parent kernel
 _ID_RE = re.compile(r"^[0-9a-f]{12}$")
 _KERNEL_FILE_RE = re.compile(r"^kernel-(?P<id>.+)\.json$")
+SECRET_FIELDS = ("admin_token", "api_key")  # never in a public view of a record
 
 
 @dataclass(slots=True)
@@ -64,6 +68,7 @@ class ServerRecord:
     version: str
     origin: str = "kernel"  # "kernel" (in a kernel's process), "process" (a server process
     # of its own), "remote" (a server attached by connect(); pid is the attaching process)
+    api_key: str | None = None  # the key the server requires, for the Jupyter proxy
 
     @property
     def root_url(self) -> str:
@@ -72,10 +77,11 @@ class ServerRecord:
         return url[: -len("/v1")] if url.endswith("/v1") else url
 
     def to_dict(self, *, public: bool = False) -> dict[str, Any]:
-        """All fields as a plain dict; ``public=True`` leaves out the admin token."""
+        """All fields as a plain dict; ``public=True`` leaves out the admin token and API key."""
         data = dataclasses.asdict(self)
         if public:
-            del data["admin_token"]
+            for name in SECRET_FIELDS:
+                del data[name]
         return data
 
     @classmethod
@@ -95,6 +101,7 @@ class ServerRecord:
             api_key_required=bool(data.get("api_key_required", False)),
             version=str(data.get("version", "")),
             origin=str(data.get("origin") or "kernel"),
+            api_key=None if data.get("api_key") is None else str(data["api_key"]),
         )
         if not _ID_RE.match(rec.id):
             raise ValueError(f"bad server id {rec.id!r}")
@@ -174,12 +181,19 @@ def new_record(**fields: Any) -> ServerRecord:
         "api_key_required": False,
         "version": __version__,
         "origin": "kernel",
+        "api_key": None,
     }
     unknown = set(fields) - set(values)
     if unknown:
         raise TypeError(f"unknown ServerRecord fields: {sorted(unknown)}")
     values.update(fields)
     return ServerRecord(**values)
+
+
+def proxy_path(server_id: str) -> str:
+    """Where the Jupyter server extension proxies this server's OpenAI routes, relative
+    to Jupyter's base URL: ``jupyter-qwen/servers/<id>/v1``."""
+    return f"jupyter-qwen/servers/{server_id}/v1"
 
 
 def register(record: ServerRecord) -> Path:

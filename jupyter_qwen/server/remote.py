@@ -113,8 +113,8 @@ class RemoteServer(ServerHandle):
         self.record = registry.new_record(
             host=parts.hostname or "", port=port, url=self.url, model=self.served_model_name,
             served_model_name=self.served_model_name, admin_token="",
-            api_key_required=self.api_key is not None, version="", origin="remote",
-            started_at=self.started_at)
+            api_key_required=self.api_key is not None, api_key=self.api_key, version="",
+            origin="remote", started_at=self.started_at)  # the key: for the Jupyter proxy
         try:
             registry.register(self.record)
         except OSError:

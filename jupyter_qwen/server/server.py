@@ -230,6 +230,18 @@ class QwenServer:
                    "model": self.served_model_name} | kwargs
         return ReasoningChatOpenAI(**options)
 
+    def proxy_url(self, jupyter_url: str) -> str:
+        """This server's OpenAI base URL through the Jupyter server at `jupyter_url` (its
+        address with the base URL, e.g. "https://hub.example/user/me/"): reachable wherever
+        Jupyter is, with the Jupyter token as API key. The Jupyter server must run
+        jupyter_qwen's server extension on the machine this server runs on."""
+        if self.record is None:
+            raise RuntimeError("the server has no registry record yet (call start() first), "
+                               "so Jupyter cannot proxy it")
+        from jupyter_qwen.server.registry import proxy_path
+
+        return f"{jupyter_url.rstrip('/')}/{proxy_path(self.record.id)}"
+
     def __repr__(self) -> str:
         return f"QwenServer({self.served_model_name!r}, url={self.url!r}, state={self.state!r})"
 
@@ -297,7 +309,8 @@ class QwenServer:
         self.record = registry.new_record(
             host=self.host, port=self.port, url=self.url, model=self.model,
             served_model_name=self.served_model_name, admin_token=self.admin_token,
-            api_key_required=self.api_key is not None, origin=self.origin)
+            api_key_required=self.api_key is not None, origin=self.origin,
+            api_key=self.api_key)
         try:
             registry.register(self.record)
         except OSError as error:
