@@ -21,10 +21,11 @@ from typing import Any
 
 from jupyter_qwen import memory, nvml
 from jupyter_qwen.nvml import GpuProcess
+from jupyter_qwen.server.handles import origin_of
 
 log = logging.getLogger("jupyter_qwen.notebook")
 Listener = Callable[["Sample"], None]
-FINISHED_STATES = ("stopped", "failed")
+FINISHED_STATES = ("stopped", "failed", "disconnected")
 
 
 @dataclass(slots=True)
@@ -39,18 +40,22 @@ class GpuSample:
 
 @dataclass(slots=True)
 class ServerSample:
+    """One server's figures at one sample; a figure its server did not report is None
+    (a remote server's /metrics may lack any of them), never 0."""
+
     key: str
     model: str
     state: str
+    origin: str = "kernel"
     kv_cache_usage: float | None = None
     kv_cache_bytes: int | None = None
     prefix_cache_hit_rate: float | None = None
-    generation_tokens_per_s: float = 0.0
-    prompt_tokens_per_s: float = 0.0
-    generation_tokens_total: int = 0
-    prompt_tokens_total: int = 0
-    requests_running: int = 0
-    requests_waiting: int = 0
+    generation_tokens_per_s: float | None = None
+    prompt_tokens_per_s: float | None = None
+    generation_tokens_total: int | None = None
+    prompt_tokens_total: int | None = None
+    requests_running: int | None = None
+    requests_waiting: int | None = None
     figures: dict[str, Any] = field(default_factory=dict)
     """Everything ``server.stats()`` said (memory, latency, running, chat_variant, ...)."""
 
@@ -88,19 +93,24 @@ def sample_gpus() -> tuple[list[GpuSample], str]:
     return gpus, "" if snap.available else snap.reason
 
 
+def _known(value: Any, kind: type) -> Any:
+    return None if value is None else kind(value)
+
+
 def sample_server(server: Any) -> ServerSample:
+    """``server.stats()`` of a server of any origin, read into a ServerSample."""
     stats = server.stats()
     return ServerSample(
         key=server_key(server), model=str(stats.get("model", "")),
-        state=str(stats.get("state", "")),
+        state=str(stats.get("state", "")), origin=origin_of(server),
         kv_cache_usage=stats.get("kv_cache_usage"), kv_cache_bytes=stats.get("kv_cache_bytes"),
         prefix_cache_hit_rate=stats.get("prefix_cache_hit_rate"),
-        generation_tokens_per_s=float(stats.get("generation_tokens_per_s", 0.0)),
-        prompt_tokens_per_s=float(stats.get("prompt_tokens_per_s", 0.0)),
-        generation_tokens_total=int(stats.get("generation_tokens_total", 0)),
-        prompt_tokens_total=int(stats.get("prompt_tokens_total", 0)),
-        requests_running=int(stats.get("requests_running", 0)),
-        requests_waiting=int(stats.get("requests_waiting", 0)), figures=stats)
+        generation_tokens_per_s=_known(stats.get("generation_tokens_per_s"), float),
+        prompt_tokens_per_s=_known(stats.get("prompt_tokens_per_s"), float),
+        generation_tokens_total=_known(stats.get("generation_tokens_total"), int),
+        prompt_tokens_total=_known(stats.get("prompt_tokens_total"), int),
+        requests_running=_known(stats.get("requests_running"), int),
+        requests_waiting=_known(stats.get("requests_waiting"), int), figures=stats)
 
 
 class GpuMonitor:

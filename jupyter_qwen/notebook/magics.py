@@ -13,7 +13,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.display import HTML, display
+from IPython.display import display
 
 from jupyter_qwen.format import MISSING
 from jupyter_qwen.notebook.chat_reply import ChatReply
@@ -110,8 +110,6 @@ class QwenMagics(Magics):
             raise UsageError(f"%qwen_serve: {error}") from None
         if args.process:
             print(f"serving {server.served_model_name} at {server.url} in process {server.pid}")
-            display(StatusTable([server.stats()]))
-            return
         self._display_panel(server, demo=args.demo)
 
     @line_magic
@@ -136,7 +134,7 @@ class QwenMagics(Magics):
             raise UsageError(f"%qwen_connect: {error}") from None
         self.shell.user_ns["qwen_remote"] = server
         print(f"attached {server.name} ({server.served_model_name}) at {server.url}: remote")
-        display(StatusTable([server.stats()]))
+        self._display_panel(server, demo=False)
 
     @line_magic
     def qwen_panel(self, line: str) -> None:
@@ -162,11 +160,13 @@ class QwenMagics(Magics):
         panel.show(display)
 
     def _display_panel(self, server, demo: bool) -> None:
+        """The server's card (``ServerPanel``), for a server of any origin."""
+        from jupyter_qwen.server.handles import origin_of
+
         try:
             from jupyter_qwen.notebook.widgets import ServerPanel
-        except ImportError:
-            display(HTML(f"<p>serving <code>{html.escape(server.served_model_name)}</code> at "
-                         f"<code>{html.escape(server.url)}</code> (loading)</p>"))
+        except ImportError:  # without anywidget: the status table says the same
+            display(StatusTable([{"origin": origin_of(server)} | server.stats()]))
             return
         ServerPanel(server, demo=demo).show(display)
 

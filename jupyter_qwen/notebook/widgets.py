@@ -39,6 +39,7 @@ from jupyter_qwen.notebook.figures import (
 )
 from jupyter_qwen.notebook.gpu import GpuMonitor, Sample, ServerSample, server_key
 from jupyter_qwen.notebook.saved_view import SavedView
+from jupyter_qwen.server.handles import kernel_servers, origin_of
 
 log = logging.getLogger("jupyter_qwen.notebook")
 STATIC = Path(__file__).with_name("static")
@@ -50,6 +51,9 @@ IDLE_FIGURES = ("generation_tokens_per_s", "prompt_tokens_per_s", "requests_runn
 SERVER_ACTIONS = ("stop", "clean", "abort")
 """The server's buttons, in the order every view shows them: Start/Stop first, then Clean,
 then the others (Abort is per running request); the sidebar follows the same order."""
+ACTIONS_BY_ORIGIN = {"kernel": SERVER_ACTIONS, "process": ("stop",), "remote": ()}
+"""What applies to a server of each origin: Stop ends a child process (Clean would clean this
+kernel, not the child); a remote server is not ours to stop or clean."""
 SETTLED_STATES = ("ok", "failed", "dead", "stopped")
 """States after which the saved view is re-published with the figures they settle on."""
 ONE_LINE_CHARS = 200
@@ -112,27 +116,80 @@ class _MonitorWidget(anywidget.AnyWidget):
 
 
 class GpuDashboard(SavedView, _MonitorWidget):
-    """GPU memory and utilisation of the last minutes (process RSS without a GPU)."""
+    """GPU memory and utilisation of the last minutes (process RSS without a GPU), and every
+    server of this kernel (``kernel_servers()``: in-kernel, child processes, remote ones),
+    each marked with its origin and written out by ``figures.server_view``."""
+
+    servers = traitlets.List().tag(sync=True)
+    """One row a server: id, name, url, origin, state, view (``ServerView``), actions."""
 
     def static_text(self) -> str:
         if not self.has_gpu:
-            return (f"GPU monitor: no GPU ({self.gpu_reason}); this process holds "
+            head = (f"GPU monitor: no GPU ({self.gpu_reason}); this process holds "
                     f"{format_bytes(self.current.get('rss'))}")
-        return "GPU monitor\n" + "\n".join(
-            f"GPU {g['index']} {g['name']}: {format_bytes(g['used'])} of "
-            f"{format_bytes(g['total'])} used, {format_percent(_fraction(g['utilization']), 0)}"
-            " busy" for g in self.gpus)
+        else:
+            head = "GPU monitor\n" + "\n".join(
+                f"GPU {g['index']} {g['name']}: {format_bytes(g['used'])} of "
+                f"{format_bytes(g['total'])} used, "
+                f"{format_percent(_fraction(g['utilization']), 0)} busy" for g in self.gpus)
+        return "\n".join([head, *(server_row_text(row) for row in self.servers)])
 
     def static_html(self) -> str:
         return f"<pre>{html.escape(self.static_text())}</pre>"
 
     def __init__(self, monitor: GpuMonitor | None = None, **kwargs: Any):
         super().__init__(monitor, kind="gpu", **kwargs)
-        self.refresh()
+        self._watching: weakref.WeakSet = weakref.WeakSet()
+        self._watch_servers()
+        self.on_msg(self._on_custom_msg)
+        self.refresh(self.monitor.sample())
         self.monitor.subscribe(self._on_sample)
+
+    def close(self) -> None:
+        """Stop listening; servers watched only for this dashboard are no longer sampled."""
+        for server in list(self._watching):
+            if not any(not panel.finished for panel in panels_of(server)):
+                self.monitor.unwatch(server)
+        super().close()
+
+    def run_action(self, server_id: str, action: str) -> dict:
+        """Stop a server of this kernel from its row (where its origin lets it)."""
+        server = next((s for s in kernel_servers() if server_key(s) == server_id), None)
+        if server is None:
+            raise ValueError(f"no server {server_id!r} in this kernel")
+        if action != "stop" or action not in server_actions(server):
+            raise ValueError(f"{action} does not apply to a {origin_of(server)} server")
+        reply = server.stop()
+        return {"stopped": True, "report": str(reply) if reply is not None else ""}
+
+    def _watch_servers(self) -> list[Any]:
+        servers = kernel_servers()
+        for server in servers:
+            if server not in self._watching:
+                self._watching.add(server)
+                self.monitor.watch(server)
+        return servers
+
+    def _on_custom_msg(self, _widget: Any, content: dict, _buffers: list) -> None:
+        if content.get("action") == "stop":
+            threading.Thread(target=self._reply, args=(content,), daemon=True,
+                             name="jupyter-qwen-stop").start()
+
+    def _reply(self, content: dict) -> None:
+        reply = {"kind": "action", "action": "stop", "id": content.get("id")}
+        try:
+            reply |= {"ok": True,
+                      "result": self.run_action(str(content.get("server_id")), "stop")}
+        except Exception as error:
+            log.exception("stop failed")
+            reply |= {"ok": False, "error": f"{type(error).__name__}: {error}"}
+        self.send(reply)
+        self.refresh(self.monitor.sample())
 
     def _update(self, sample: Sample) -> None:
         super()._update(sample)
+        self.servers = [server_row(server, sample) for server in self._watch_servers()
+                        if server_key(server) in sample.servers]
         samples = _thin(self.monitor.history())
         self.history = _columns(samples, sample.time, {
             "memory": _memory_used, "torch_reserved": lambda s: s.torch_reserved,
@@ -161,6 +218,7 @@ class ServerPanel(SavedView, _MonitorWidget):
     and HTML view with the last figures (``SavedView``)."""
 
     model_name = traitlets.Unicode("").tag(sync=True)
+    origin = traitlets.Unicode("kernel").tag(sync=True)
     model_path = traitlets.Unicode("").tag(sync=True)
     url = traitlets.Unicode("").tag(sync=True)
     snippet = traitlets.Unicode("").tag(sync=True)
@@ -186,7 +244,9 @@ class ServerPanel(SavedView, _MonitorWidget):
         self.model_name = server.served_model_name
         self.model_path = str(server.model)
         self.url = server.url
+        self.origin = origin_of(server)
         self.can_abort = callable(getattr(server, "abort", None))
+        self.actions = server_actions(server)
         self.snippet = chat_snippet(server.url, server.served_model_name,
                                     getattr(server, "api_key", None) is not None)
         self.finished = False
@@ -208,6 +268,8 @@ class ServerPanel(SavedView, _MonitorWidget):
 
     def run_action(self, action: str, request_id: str | None = None) -> dict:
         """Stop, clean or abort from the kernel (the fallback of the browser's buttons)."""
+        if action not in self.actions:
+            raise ValueError(f"{action} does not apply to a {self.origin} server")
         if action == "stop":
             self._stop_reply = self.server.stop()
             return {"stopped": True}
@@ -257,7 +319,7 @@ class ServerPanel(SavedView, _MonitorWidget):
         if state != self.state and state in SETTLED_STATES:
             self._republish_due = True
         self.state, self.server_id = state, self.key
-        self.loading_phase, fraction = self.server.loading
+        self.loading_phase, fraction = getattr(self.server, "loading", ("", None))
         self.loading_fraction = None if fraction is None else float(fraction)
         server_figures = sample.servers.get(self.key)
         figures = server_figures.figures if server_figures is not None else {}
@@ -271,7 +333,8 @@ class ServerPanel(SavedView, _MonitorWidget):
         self.view = self._view(state, figures, sample.gpu_reason)
         self.history = _columns(_thin(self.monitor.history()), sample.time,
                                 self._series(sample.has_gpu))
-        self.current = _server_numbers(sample, server_figures) or self._last_numbers(sample)
+        self.current = (_server_numbers(sample, server_figures, self.origin)
+                        or self._last_numbers(sample))
         self._track_stop(sample, state)
 
     def _view(self, state: str, figures: dict, no_gpu_reason: str) -> dict:
@@ -286,17 +349,17 @@ class ServerPanel(SavedView, _MonitorWidget):
     def _last_numbers(self, sample: Sample) -> dict:
         """A stopped server's last figures, with nothing running any more."""
         idle = dict.fromkeys(IDLE_FIGURES, 0) if "kv_cache_usage" in self.current else {}
-        return self.current | idle | _memory_numbers(sample, None)
+        return self.current | idle | _memory_numbers(sample, None, self.origin)
 
     def _series(self, has_gpu: bool) -> dict:
-        series = {"memory": lambda s: _own_memory(s, s.servers.get(self.key)),
+        series = {"memory": lambda s: _own_memory(s, s.servers.get(self.key), self.origin),
                   "kv_cache_bytes": self._figure("kv_cache_bytes"),
                   "kv_used_bytes": self._kv_used,
                   "generation_tokens_per_s": self._figure("generation_tokens_per_s"),
                   "prompt_tokens_per_s": self._figure("prompt_tokens_per_s"),
                   "requests_running": self._figure("requests_running"),
                   "requests_waiting": self._figure("requests_waiting")}
-        if has_gpu:
+        if has_gpu and self.origin == "kernel":
             series["torch_reserved"] = lambda s: s.torch_reserved
         return series
 
@@ -345,7 +408,8 @@ class ServerPanel(SavedView, _MonitorWidget):
     # ---- what a saved notebook shows ----
 
     def static_lines(self) -> list[tuple[str, str]]:
-        lines = [("server", f"{self.model_name} ({self.state})"), ("URL", self.url)]
+        lines = [("server", f"{self.model_name} ({self.state}, {self.origin})"),
+                 ("URL", self.url)]
         if self.state == "loading":
             fraction = self.loading_fraction
             progress = "" if fraction is None else f" ({format_percent(fraction, 0)})"
@@ -354,6 +418,7 @@ class ServerPanel(SavedView, _MonitorWidget):
             lines += [("error", self.error)] + ([("hint", self.hint)] if self.hint else [])
         if self.view:
             lines += view_lines(ServerView(**self.view))
+        lines.append(("actions", actions_text(self.actions, self.origin)))
         if self.stop_report:
             lines.append(("stop", self.stop_report))
         return lines
@@ -368,17 +433,41 @@ class ServerPanel(SavedView, _MonitorWidget):
         return f"<div>{lines_html(self.static_lines())}{detail}</div>"
 
 
+def server_row(server: Any, sample: Sample) -> dict:
+    """A server's row in the dashboard: who it is, where it runs, its figures written out."""
+    figures = sample.servers[server_key(server)]
+    state = figures.state or "unreachable"
+    view = server_view(figures.figures if state == "ok" else {}, state, sample.gpu_reason)
+    return {"id": server_key(server), "name": getattr(server, "name", server.served_model_name),
+            "model": server.served_model_name, "url": server.url, "origin": figures.origin,
+            "state": state, "view": view.to_dict(), "actions": server_actions(server)}
+
+
+def server_row_text(row: dict) -> str:
+    """A dashboard row as the saved notebook's text shows it."""
+    view = ServerView(**row["view"])
+    return (f"{row['name']} ({row['origin']}, {row['state']}) at {row['url']}: "
+            f"requests {view.requests}, tokens/s {view.tokens_per_s}, KV cache {view.kv}, "
+            f"TTFT {view.ttft}; actions: {actions_text(row['actions'], row['origin'])}")
+
+
 def _memory_used(sample: Sample) -> int:
     return sample.gpu_used if sample.has_gpu else sample.rss
 
 
-def _own_memory(sample: Sample, figures: ServerSample | None) -> int | None:
-    """This process's memory: its own NVML figure (or torch's reserved bytes) on a GPU,
-    its RSS without one; never the whole card."""
+def _own_memory(sample: Sample, figures: ServerSample | None,
+                origin: str = "kernel") -> int | None:
+    """The server's process's memory: its own NVML figure on a GPU, its RSS without one, as
+    the server reports them; for a server in this kernel, this process's figures (torch's
+    reserved bytes, the RSS) where it does not. Never the whole card; None when a server of
+    another process does not say."""
+    memory_figures = (figures.figures.get("memory") if figures is not None else None) or {}
+    reported = memory_figures.get("process_gpu_bytes" if sample.has_gpu else "rss_bytes")
+    if origin != "kernel":
+        return reported
     if not sample.has_gpu:
         return sample.rss
-    memory_figures = (figures.figures.get("memory") if figures is not None else None) or {}
-    return memory_figures.get("process_gpu_bytes") or sample.torch_reserved
+    return reported or sample.torch_reserved
 
 
 def _fraction(percent: float | None) -> float | None:
@@ -406,17 +495,38 @@ def _round(value: Any) -> Any:
     return round(value, 3) if isinstance(value, float) else value
 
 
-def _memory_numbers(sample: Sample, figures: ServerSample | None) -> dict:
-    return {"memory": _own_memory(sample, figures), "torch_reserved": sample.torch_reserved,
-            "rss": sample.rss}
+def _memory_numbers(sample: Sample, figures: ServerSample | None,
+                    origin: str = "kernel") -> dict:
+    here = origin == "kernel"
+    memory_figures = (figures.figures.get("memory") if figures is not None else None) or {}
+    return {"memory": _own_memory(sample, figures, origin),
+            "torch_reserved": sample.torch_reserved if here else None,
+            "rss": sample.rss if here else memory_figures.get("rss_bytes")}
 
 
-def _server_numbers(sample: Sample, figures: ServerSample | None) -> dict:
-    """Memory and the server's figures; empty while the server has none (loading, stopped)."""
-    if figures is None or figures.kv_cache_usage is None:
+def _server_numbers(sample: Sample, figures: ServerSample | None,
+                    origin: str = "kernel") -> dict:
+    """Memory and the server's figures (None for those it does not report); empty while the
+    server has none (loading, stopped)."""
+    if figures is None or figures.state != "ok" or not figures.figures:
         return {}
-    return _memory_numbers(sample, figures) | {name: getattr(figures, name)
-                                               for name in SERVER_FIGURES}
+    return _memory_numbers(sample, figures, origin) | {name: getattr(figures, name)
+                                                       for name in SERVER_FIGURES}
+
+
+def server_actions(server: Any) -> list[str]:
+    """The buttons a server's card shows: by its origin, Abort only where it can abort."""
+    actions = ACTIONS_BY_ORIGIN.get(origin_of(server), ())
+    can_abort = callable(getattr(server, "abort", None))
+    return [action for action in actions if action != "abort" or can_abort]
+
+
+def actions_text(actions: list[str], origin: str) -> str:
+    """``Stop, Clean`` or why there is none (a remote server is not ours to stop)."""
+    shown = [action.capitalize() for action in actions if action != "abort"]
+    if shown:
+        return ", ".join(shown)
+    return "none: a remote server is stopped where it runs" if origin == "remote" else "none"
 
 
 def error_parts(server: Any, figures: dict) -> tuple[str, str, str]:
@@ -430,6 +540,9 @@ def error_parts(server: Any, figures: dict) -> tuple[str, str, str]:
         ctx = getattr(server, "ctx", None)
         engine = getattr(ctx, "engine", None)
         full = getattr(ctx, "error", None) or getattr(engine, "error", None) or server.state
+        output_tail = getattr(server, "output_tail", None)  # a child process: its last words
+        if callable(output_tail) and not detail:
+            detail = output_tail() or None
     line = one_line(line or full)
     detail = detail or (full if full != line else "")
     return line, hint or "", detail

@@ -137,6 +137,12 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def exit_state(exit_code: int) -> str:
+    """A child that exited 0 was stopped (its /admin/stop, e.g. the sidebar's or a card's Stop
+    through Jupyter); any other exit is a death."""
+    return "stopped" if exit_code == 0 else "dead"
+
+
 class ProcessServer(ServerHandle):
     """A jupyter_qwen server in a child process of this one."""
 
@@ -177,7 +183,7 @@ class ProcessServer(ServerHandle):
         if self.process is None:
             return "starting"
         if self.process.poll() is not None:
-            return "dead"
+            return exit_state(self.process.returncode)
         return read_health(self.root_url, timeout=2).status
 
     def start(self, wait: bool = True, timeout: float | None = START_TIMEOUT_S,
@@ -234,7 +240,8 @@ class ProcessServer(ServerHandle):
 
     def stats(self) -> dict[str, Any]:
         health = read_health(self.root_url, timeout=2)
-        state = "dead" if self.process and self.process.poll() is not None else health.status
+        exited = self.process is not None and self.process.poll() is not None
+        state = exit_state(self.process.returncode) if exited else health.status
         return {"model": self.served_model_name, "url": self.url, "state": state,
                 "origin": self.origin, "pid": self.pid,
                 "uptime": time.time() - self.started_at, **(health.engine or {})}

@@ -240,9 +240,11 @@ function header(model) {
   const device = h('span', 'jqw-chip jqw-device');
   const variant = h('span', 'jqw-chip jqw-variant');
   const uptime = h('span', 'jqw-chip jqw-uptime');
+  const origin = h('span', 'jqw-chip jqw-origin');
+  origin.title = 'kernel: in this kernel; process: a child process of it; remote: attached, not ours to stop';
   device.title = 'where the model runs';
   variant.title = "how the chat template thinks (hybrid, instruct-2507, thinking-2507)";
-  chips.append(device, variant, uptime);
+  chips.append(origin, device, variant, uptime);
   const demo = h('div', 'jqw-demo');
   const url = h('a', 'jqw-url');
   url.target = '_blank';
@@ -256,6 +258,8 @@ function header(model) {
     device.textContent = `device ${view.device || MISSING}`;
     variant.textContent = `chat ${view.chat_variant || MISSING}`;
     uptime.textContent = `up ${view.uptime || MISSING}`;
+    origin.textContent = model.get('origin');
+    origin.dataset.origin = model.get('origin');
     demo.textContent = model.get('demo') ? model.get('demo_label') : '';
     demo.hidden = !model.get('demo');
     url.textContent = model.get('url');
@@ -615,12 +619,61 @@ function renderServer(model, root) {
   };
 }
 
+/** This kernel's servers of every origin, one row each; Stop where the origin allows it. */
+function serverList(model) {
+  const el = h('div', 'jqw-server-list');
+  const stopping = new Set();
+  const stop = async (row, button, result) => {
+    stopping.add(row.id);
+    button.disabled = true;
+    result.textContent = 'stopping…';
+    try {
+      let reply = await viaServerExtension(row.id, 'stop');
+      if (reply === null) reply = await viaKernel(model, 'stop', { server_id: row.id });
+      result.textContent = (reply && reply.report) || 'stopped';
+    } catch (err) {
+      result.classList.add('jqw-error');
+      result.textContent = `stop failed: ${err.message || err}`;
+      button.disabled = false;
+    } finally {
+      stopping.delete(row.id);
+    }
+  };
+  const update = () => {
+    const rows = model.get('servers') || [];
+    el.replaceChildren(...rows.map(row => {
+      const view = row.view || {};
+      const line = h('div', 'jqw-server-row');
+      line.dataset.origin = row.origin;
+      line.dataset.state = row.state;
+      const origin = h('span', 'jqw-chip jqw-origin', row.origin);
+      origin.dataset.origin = row.origin;
+      const figures = h('span', 'jqw-server-figures',
+        `${row.state} · requests ${view.requests || MISSING} · tok/s ${view.tokens_per_s || MISSING} · KV ${view.kv || MISSING}`);
+      line.append(h('span', 'jqw-model', row.name), origin, figures);
+      if ((row.actions || []).includes('stop')) {
+        const button = h('button', 'jqw-button jqw-stop', 'Stop');
+        const result = h('span', 'jqw-result');
+        button.disabled = stopping.has(row.id) || row.state === 'stopped';
+        button.onclick = () => stop(row, button, result);
+        line.append(button, result);
+      }
+      return line;
+    }));
+  };
+  return { el, update };
+}
+
 function renderGpu(model, root) {
   const title = h('div', 'jqw-title');
   title.append(h('span', 'jqw-model', 'GPU monitor'));
   const dashboard = gpuDashboard(model);
-  root.append(title, dashboard.el);
-  return () => dashboard.update();
+  const servers = serverList(model);
+  root.append(title, dashboard.el, servers.el);
+  return () => {
+    dashboard.update();
+    servers.update();
+  };
 }
 
 function render({ model, el }) {
@@ -639,7 +692,8 @@ function render({ model, el }) {
     }
   };
   const names = ['state', 'loading_phase', 'loading_fraction', 'error', 'error_detail', 'hint', 'view',
-    'history', 'current', 'gpus', 'has_gpu', 'stop_report', 'updated_at', 'demo', 'snippet', 'url', 'can_abort'];
+    'history', 'current', 'gpus', 'has_gpu', 'stop_report', 'updated_at', 'demo', 'snippet', 'url', 'can_abort',
+    'servers', 'origin', 'actions'];
   names.forEach(n => model.on(`change:${n}`, schedule));
   root.dataset.updatedAt = String(model.get('updated_at'));
   draw();
