@@ -457,7 +457,9 @@ class StatusTable:
         no_gpu = _no_gpu_reason()
         cells = []
         for row in self.rows:
-            view = server_view(row, str(row.get("state") or "unreachable"), no_gpu)
+            here = row.get("origin") != "remote"  # a remote server's device is not this GPU
+            view = server_view(row, str(row.get("state") or "unreachable"),
+                               no_gpu if here else "")
             cells.append([cell(row, view) for _, cell in STATUS_COLUMNS])
         return cells
 

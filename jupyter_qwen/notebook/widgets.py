@@ -241,7 +241,7 @@ class ServerPanel(SavedView, _MonitorWidget):
         super().__init__(monitor, kind="server", **kwargs)
         self.server = server
         self.demo = demo
-        self.model_name = server.served_model_name
+        self.model_name = getattr(server, "name", None) or server.served_model_name
         self.model_path = str(server.model)
         self.url = server.url
         self.origin = origin_of(server)
@@ -330,7 +330,7 @@ class ServerPanel(SavedView, _MonitorWidget):
         if figures and state == "ok":
             self._last_memory = memory_of(figures) or self._last_memory
             self._last_figures = figures
-        self.view = self._view(state, figures, sample.gpu_reason)
+        self.view = self._view(state, figures, local_gpu_reason(self.origin, sample))
         self.history = _columns(_thin(self.monitor.history()), sample.time,
                                 self._series(sample.has_gpu))
         self.current = (_server_numbers(sample, server_figures, self.origin)
@@ -437,10 +437,17 @@ def server_row(server: Any, sample: Sample) -> dict:
     """A server's row in the dashboard: who it is, where it runs, its figures written out."""
     figures = sample.servers[server_key(server)]
     state = figures.state or "unreachable"
-    view = server_view(figures.figures if state == "ok" else {}, state, sample.gpu_reason)
+    view = server_view(figures.figures if state == "ok" else {}, state,
+                       local_gpu_reason(figures.origin, sample))
     return {"id": server_key(server), "name": getattr(server, "name", server.served_model_name),
             "model": server.served_model_name, "url": server.url, "origin": figures.origin,
             "state": state, "view": view.to_dict(), "actions": server_actions(server)}
+
+
+def local_gpu_reason(origin: str, sample: Sample) -> str:
+    """Why this machine has no GPU, for a server on this machine; "" for a remote one (its
+    device is wherever it runs: "not reported" when it does not say)."""
+    return "" if origin == "remote" else sample.gpu_reason
 
 
 def server_row_text(row: dict) -> str:
