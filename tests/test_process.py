@@ -103,7 +103,7 @@ def test_the_magics_serve_list_and_stop_a_process(demo_model):
     with capture_output() as status:
         shell.run_line_magic("qwen_status", "")
     row = next(line for line in "\n".join(o.data.get("text/html", "") for o in status.outputs)
-               .split("<tr>") if server.url in line)
+               .split("<tr>") if f"<td>{server.url}</td>" in line)
     assert "<td>process</td>" in row and "<td>ok</td>" in row
     with capture_output() as reply:
         shell.run_cell_magic("qwen", "--max-tokens 6", "Hello!")

@@ -110,8 +110,9 @@ def test_magics_connect_status_chat_and_refuse_to_stop(shell, peer):
     with capture_output() as status:
         shell.run_line_magic("qwen_status", "")
     table = rich(status, "text/html")
-    row = next(line for line in table.split("<tr>") if sglang.url in line)
-    assert "<td>remote</td>" in row and "<td>7</td>" in row and "<td>42 %</td>" in row
+    row = next(line for line in table.split("<tr>") if f"<td>{sglang.url}</td>" in line)
+    assert "<td>remote</td>" in row and "<td>7 running · 2 waiting</td>" in row
+    assert "<td>42 % in use</td>" in row  # the KV cache share, all /metrics tells of it
     with capture_output() as reply:
         shell.run_cell_magic("qwen", "--server big --no-think", "Hi remote")
     assert "echo: Hi remote" in rich(reply, "text/markdown")
@@ -169,7 +170,7 @@ def test_connect_to_our_server_in_another_process(own_server, shell, peer):
     assert rich(reply, "text/markdown").strip()
     with capture_output() as status:
         shell.run_line_magic("qwen_status", "")
-    row = next(line for line in rich(status, "text/html").split("<tr>") if own_server in line)
+    row = next(line for line in rich(status, "text/html").split("<tr>") if f"<td>{own_server}</td>" in line)
     assert "<td>remote</td>" in row and "<td>ok</td>" in row
     later = server.stats()
     assert later["generation_tokens_total"] > first.get("generation_tokens_total", 0)

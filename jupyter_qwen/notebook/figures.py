@@ -104,6 +104,14 @@ def kv_text(memory: dict | None, reason: str = NOT_REPORTED) -> str:
             f"{format_number(used, 0)} of {format_number(total, 0)} blocks")
 
 
+def kv_view(memory: dict | None, usage: float | None, reason: str = NOT_REPORTED) -> str:
+    """The KV cache line: bytes and blocks where the server reports them, else only the share
+    in use (what a remote server's /metrics tells, e.g. vLLM's kv_cache_usage_perc)."""
+    if (not memory or memory.get("kv_cache_bytes") is None) and usage is not None:
+        return f"{format_percent(usage)} in use"
+    return kv_text(memory, reason)
+
+
 def memory_parts(memory: dict | None, reason: str = NOT_REPORTED) -> list[dict]:
     """Each piece of the server's memory: label, bytes (None when not known) and its text."""
     device = (memory or {}).get("device")
@@ -199,7 +207,8 @@ def server_view(figures: dict, state: str, no_gpu_reason: str = "") -> ServerVie
         chat_variant=(figures or {}).get("chat_variant") or missing(reason),
         uptime=known_or((figures or {}).get("uptime"), format_duration, NOT_REPORTED),
         memory_total=memory_total, memory_parts=memory_parts(memory, reason),
-        kv=kv_text(memory, reason), ttft=latency["ttft"], itl=latency["itl"],
+        kv=kv_view(memory, (figures or {}).get("kv_cache_usage"), reason),
+        ttft=latency["ttft"], itl=latency["itl"],
         tokens_per_s=known_or((figures or {}).get("generation_tokens_per_s"), format_number,
                               reason),
         requests=(f"{format_number(running, 0)} running · {format_number(waiting, 0)} waiting"
