@@ -170,7 +170,8 @@ def test_connect_to_our_server_in_another_process(own_server, shell, peer):
     assert rich(reply, "text/markdown").strip()
     with capture_output() as status:
         shell.run_line_magic("qwen_status", "")
-    row = next(line for line in rich(status, "text/html").split("<tr>") if f"<td>{own_server}</td>" in line)
+    row = next(line for line in rich(status, "text/html").split("<tr>")
+               if f"<td>{own_server}</td>" in line)
     assert "<td>remote</td>" in row and "<td>ok</td>" in row
     later = server.stats()
     assert later["generation_tokens_total"] > first.get("generation_tokens_total", 0)
