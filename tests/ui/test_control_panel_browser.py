@@ -16,7 +16,13 @@ from pathlib import Path
 
 import lab
 import pytest
-from lab import labextension_installed, needs_browser, out_dir, run_script
+from lab import (
+    check_theme_and_width_shots,
+    labextension_installed,
+    needs_browser,
+    out_dir,
+    run_script,
+)
 from test_panel import request_cell_source, write_notebook
 
 start_lab = lab.start_lab
@@ -69,6 +75,9 @@ def test_control_panel_starts_a_server_shows_it_and_stops(start_lab, tmp_path, d
     assert re.match(r"requests done: [1-9]\d*; server stopp(ing|ed)",
                     result["requestCellOutput"][-1])
     assert not [e for e in result["pageErrors"] if "jqc" in e or "widget" in e.lower()]
+    check_theme_and_width_shots(result, result["formOverflow"], prefix="error-")
+    check_theme_and_width_shots(result, result["overflow"])
+    assert result["consoleErrors"] == []
     runtime = Path(lab.env["JUPYTER_RUNTIME_DIR"]) / "jupyter_qwen"
     assert not list(runtime.glob("server-*.json"))
     for shot in result["screenshots"]:
