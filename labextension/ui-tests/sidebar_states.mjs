@@ -105,7 +105,7 @@ async function checkConnectRoutes(page, panel) {
   const routes = panel.locator('.jp-QwenConnect-route[data-route=proxy]');
   result.proxyRoutes = await routes.count();
   if (result.proxyRoutes) {
-    const c = panel.locator('.jp-QwenServer', { has: routes }).first();
+    const c = panel.locator('.jp-QwenServer', { has: page.locator('.jp-QwenConnect-route[data-route=proxy]') }).first();
     await c.locator('.jp-QwenConnect-route[data-route=proxy]').click();
     result.proxySnippet = await c.locator('.jp-QwenServer-snippet').textContent();
     await c.locator('.jp-QwenConnect-route[data-route=direct]').click();
