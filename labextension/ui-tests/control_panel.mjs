@@ -9,14 +9,13 @@
 // Prints one JSON line with what it saw; exits non-zero (with the reason) when a step fails.
 import {
   cellBusy,
-  lightAndDarkShots,
   openNotebook,
   result,
   risingNumbers,
   runCheck,
-  setTheme,
   shot,
   step,
+  themeAndWidthShots,
   waitCellDone
 } from './harness.mjs';
 
@@ -64,10 +63,7 @@ async function startWithAFix(page, panel) {
   result.fieldError = await note.textContent();
   result.statusAfterError = await panel.locator('.jqc-status').textContent();
   result.dashboardsAfterError = await panel.locator('.jqw-root').count();
-  await shot(panel, 'error');
-  await setTheme(page, 'JupyterLab Dark');
-  await shot(panel, 'error-dark');
-  await setTheme(page, 'JupyterLab Light');
+  result.formOverflow = await themeAndWidthShots(page, panel, { prefix: 'error-' });
   step('bad value explained next to its field');
 
   await type(panel, 'max-num-seqs', '8');
@@ -95,7 +91,7 @@ async function watchNumbers(page, dashboard) {
 
 async function screenshots(page, panel) {
   await panel.scrollIntoViewIfNeeded();
-  await lightAndDarkShots(page, panel);
+  result.overflow = await themeAndWidthShots(page, panel);
   step('screenshots');
 }
 

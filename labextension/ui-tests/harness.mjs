@@ -54,6 +54,52 @@ export async function lightAndDarkShots(page, target, alsoInLight = []) {
   await setTheme(page, 'JupyterLab Light');
 }
 
+/**
+ * Text inside `target` (a card) that does not fit: elements with text of their own whose
+ * content is wider than their box (scrollWidth > clientWidth + 1), unless they or the `pre`
+ * they sit in scroll sideways, or that reach past the card's edges. [class, text] of each.
+ */
+export async function overflowingText(target) {
+  return target.evaluate(cardEl => {
+    const found = [];
+    const scrolls = el => ['auto', 'scroll'].includes(getComputedStyle(el).overflowX);
+    const cardBox = cardEl.getBoundingClientRect();
+    for (const el of cardEl.querySelectorAll('*')) {
+      const ownText = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+      if (!ownText || el.closest('svg') || el.offsetParent === null) continue;
+      const scroller = el.closest('pre');
+      const box = (scroller && scrolls(scroller) ? scroller : el).getBoundingClientRect();
+      const display = getComputedStyle(el).display;
+      const spills = display !== 'inline' && !scrolls(el) && el.scrollWidth > el.clientWidth + 1;
+      const outside = box.right > cardBox.right + 1 || box.left < cardBox.left - 1;
+      if (spills || outside) found.push([String(el.className), el.textContent.slice(0, 60)]);
+    }
+    return found;
+  });
+}
+
+/**
+ * Screenshots of `target` in the light and dark themes at each viewport width
+ * (`{prefix}{theme}-{width}`), each checked for text that does not fit (`overflowingText`); back to
+ * the light theme and the first viewport at the end. {"{prefix}{theme}-{width}": [...], ...}.
+ */
+export async function themeAndWidthShots(page, target, { prefix = '', widths = [1400, 900] } = {}) {
+  const viewport = page.viewportSize();
+  const overflow = {};
+  for (const width of widths) {
+    await page.setViewportSize({ width, height: viewport.height });
+    for (const theme of ['light', 'dark']) {
+      await setTheme(page, theme === 'light' ? 'JupyterLab Light' : 'JupyterLab Dark');
+      await target.scrollIntoViewIfNeeded();
+      await shot(target, `${prefix}${theme}-${width}`);
+      overflow[`${prefix}${theme}-${width}`] = await overflowingText(target);
+    }
+  }
+  await setTheme(page, 'JupyterLab Light');
+  await page.setViewportSize(viewport);
+  return overflow;
+}
+
 /** Open a notebook in JupyterLab and wait for its kernel to be idle. */
 export async function openNotebook(page, url, timeout) {
   await page.goto(url);

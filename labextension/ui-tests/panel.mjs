@@ -8,7 +8,6 @@
 // Prints one JSON line with what it saw; exits non-zero (with the reason) when a step fails.
 import {
   cellBusy,
-  lightAndDarkShots,
   openNotebook,
   recordFailedRequests,
   result,
@@ -16,6 +15,7 @@ import {
   runCheck,
   shot,
   step,
+  themeAndWidthShots,
   waitCellDone
 } from './harness.mjs';
 
@@ -63,16 +63,17 @@ async function watchNumbers(page, panel) {
 async function clean(page, panel) {
   result.busyBeforeClean = await requestCellBusy(page);
   await panel.locator('.jqw-clean').click();
-  await panel.locator('.jqw-result[data-done="clean"]').waitFor({ timeout: TIMEOUT });
-  result.cleanText = await panel.locator('.jqw-result').textContent();
-  result.cleanRoute = await panel.locator('.jqw-result').getAttribute('data-route');
+  await panel.locator('.jqw-actions .jqw-result[data-done="clean"]').waitFor({ timeout: TIMEOUT });
+  result.cleanText = await panel.locator('.jqw-actions .jqw-result').textContent();
+  result.cleanRoute = await panel.locator('.jqw-actions .jqw-result').getAttribute('data-route');
   result.busyAfterClean = await requestCellBusy(page);
   step('cleaned while the request cell runs');
 }
 
 async function screenshots(page, panel) {
   await panel.scrollIntoViewIfNeeded();
-  await lightAndDarkShots(page, panel, [[page, 'page-light']]);
+  result.overflow = await themeAndWidthShots(page, panel);
+  await shot(page, 'page-light');
   step('screenshots');
 }
 
@@ -80,13 +81,13 @@ async function stop(page, panel) {
   result.busyBeforeStop = await requestCellBusy(page);
   await panel.locator('.jqw-stop').click();
   await page.waitForSelector('.jqw-root[data-kind="server"][data-state="stopped"]', { timeout: TIMEOUT });
-  await panel.locator('.jqw-result[data-done="stop"]').waitFor({ timeout: TIMEOUT }).catch(() => undefined);
+  await panel.locator('.jqw-actions .jqw-result[data-done="stop"]').waitFor({ timeout: TIMEOUT }).catch(() => undefined);
   step('stopped');
   await page.waitForTimeout(2500);
-  result.stopText = await panel.locator('.jqw-result').textContent();
+  result.stopText = await panel.locator('.jqw-actions .jqw-result').textContent();
   result.stateAfterStop = await panel.locator('.jqw-state').textContent();
   result.stopDisabled = await panel.locator('.jqw-stop').isDisabled();
-  result.stopRoute = await panel.locator('.jqw-result').getAttribute('data-route');
+  result.stopRoute = await panel.locator('.jqw-actions .jqw-result').getAttribute('data-route');
   const before = await panel.getAttribute('data-updated-at');
   await page.waitForTimeout(2500);
   result.updatesAfterStop = before !== (await panel.getAttribute('data-updated-at'));
@@ -101,11 +102,11 @@ async function stop(page, panel) {
 async function cleanThroughKernel(page, panel) {
   await panel.locator('.jqw-clean').click();
   await page.waitForFunction(() => {
-    const el = document.querySelector('.jqw-root[data-kind="server"] .jqw-result');
+    const el = document.querySelector('.jqw-root[data-kind="server"] .jqw-actions .jqw-result');
     return el.dataset.done === 'clean' && el.dataset.action === 'clean' && el.textContent.startsWith('cleaned');
   }, null, { timeout: TIMEOUT });
-  result.fallbackCleanText = await panel.locator('.jqw-result').textContent();
-  result.fallbackCleanRoute = await panel.locator('.jqw-result').getAttribute('data-route');
+  result.fallbackCleanText = await panel.locator('.jqw-actions .jqw-result').textContent();
+  result.fallbackCleanRoute = await panel.locator('.jqw-actions .jqw-result').getAttribute('data-route');
   step('cleaned through the kernel');
 }
 
@@ -121,5 +122,7 @@ await runCheck({ prefix: 'panel', viewport: { width: 1280, height: 900 } }, asyn
   await clean(page, panel);
   await screenshots(page, panel);
   await stop(page, panel);
+  // the fallback below asks a route that answers 404 on purpose: Chromium logs that one
+  result.consoleErrorsBeforeFallback = [...result.consoleErrors];
   await cleanThroughKernel(page, panel);
 });

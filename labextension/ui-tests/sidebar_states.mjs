@@ -14,26 +14,11 @@
 //
 // Prints one JSON line with what it saw; exits non-zero (with the reason) when a step fails.
 import { recordFailedRequests, result, runCheck, setTheme, shot, step } from './harness.mjs';
+import { card, openPanel } from './sidebar_parts.mjs';
 
 const { LAB_URL, CARDS, ABORT_MODEL, ABORT_REQUEST, NOTEBOOK, BROKEN } = process.env;
 const cards = JSON.parse(CARDS);
 const SIDEBAR_PX = 300;
-
-function card(page, panel, name) {
-  return panel.locator('.jp-QwenServer', {
-    has: page.locator('.jp-QwenServer-model', { hasText: name })
-  });
-}
-
-async function openPanel(page) {
-  await page.goto(LAB_URL);
-  await page.waitForSelector('#jupyterlab-splash', { state: 'detached' });
-  await page.locator('.jp-SideBar.jp-mod-left .lm-TabBar-tab[data-id="jupyter-qwen-panel"]').click();
-  const panel = page.locator('#jupyter-qwen-panel');
-  await panel.waitFor({ state: 'visible' });
-  step('panel opened');
-  return panel;
-}
 
 /** Drag the splitter right of the left area so the panel is `px` wide. */
 async function setSidebarWidth(page, panel, px) {
@@ -120,7 +105,7 @@ async function checkConnectRoutes(page, panel) {
   const routes = panel.locator('.jp-QwenConnect-route[data-route=proxy]');
   result.proxyRoutes = await routes.count();
   if (result.proxyRoutes) {
-    const c = panel.locator('.jp-QwenServer', { has: routes }).first();
+    const c = panel.locator('.jp-QwenServer', { has: page.locator('.jp-QwenConnect-route[data-route=proxy]') }).first();
     await c.locator('.jp-QwenConnect-route[data-route=proxy]').click();
     result.proxySnippet = await c.locator('.jp-QwenServer-snippet').textContent();
     await c.locator('.jp-QwenConnect-route[data-route=direct]').click();
@@ -157,7 +142,7 @@ async function checkAbort(page, panel) {
 
 await runCheck({ prefix: 'states', viewport: { width: 1400, height: 1000 } }, async page => {
   recordFailedRequests(page);
-  const panel = await openPanel(page);
+  const panel = await openPanel(page, LAB_URL);
   await panel.locator('.jp-QwenGpu, .jp-QwenPanel-gpuReason').first().waitFor();
   result.gpuSection = await panel.locator('.jp-QwenPanel-gpus').count();
   result.gpuCards = await panel.locator('.jp-QwenGpu').count();

@@ -230,6 +230,17 @@ def _text(output: str | bytes | None) -> str:
     return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
+def check_theme_and_width_shots(result: dict, overflow: dict, prefix: str = "") -> None:
+    """What harness.mjs ``themeAndWidthShots`` saw: a screenshot in light and dark at 1400
+    and 900 px, and no text wider than its box in any of them."""
+    names = {Path(p).name for p in result["screenshots"]}
+    for theme in ("light", "dark"):
+        for width in (1400, 900):
+            view = f"{prefix}{theme}-{width}"
+            assert any(name.endswith(f"-{view}.png") for name in names), (view, names)
+            assert overflow[view] == [], f"text overflows in {view}: {overflow[view]}"
+
+
 def out_dir(tmp_path: Path) -> Path:
     """Where screenshots go: ``$JUPYTER_QWEN_UI_OUT``, else the checkout's ``out/`` folder
     (git ignores it; CI keeps it as an artefact)."""

@@ -20,6 +20,7 @@ class ModelServer:
     name: str  # served model name, as the sidebar shows it
     id: str
     proc: subprocess.Popen
+    url: str | None = None  # OpenAI base URL (".../v1"), where the test talks to it directly
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -60,4 +61,5 @@ def start_demo_server(lab: Lab, demo_cache: Path) -> ModelServer:
     runtime = Path(lab.env["JUPYTER_RUNTIME_DIR"]) / "jupyter_qwen"
     records = [json.loads(f.read_text()) for f in runtime.glob("server-*.json")]
     (record,) = [r for r in records if r["pid"] == proc.pid]
-    return ModelServer(name=record["served_model_name"], id=record["id"], proc=proc)
+    return ModelServer(name=record["served_model_name"], id=record["id"], proc=proc,
+                       url=record["url"])

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import lab
 import pytest
-from lab import labextension_installed, needs_browser, out_dir, run_script
+from lab import (
+    check_theme_and_width_shots,
+    labextension_installed,
+    needs_browser,
+    out_dir,
+    run_script,
+)
 from test_panel import request_cell_source, write_notebook
 
 start_lab = lab.start_lab
@@ -46,13 +52,16 @@ def test_control_panel_starts_a_server_shows_it_and_stops(start_lab, tmp_path, d
         print("\ncontrol panel steps:", *result["steps"], sep="\n  ")
         print("control panel screenshots:", *result["screenshots"], sep="\n  ")
     assert result["ok"], f"{result.get('error')}\nsteps: {result['steps']}\n{lab.log_tail()}"
+    check_theme_and_width_shots(result, result["formOverflow"], prefix="error-")
+    check_theme_and_width_shots(result, result["overflow"])
+    assert result["consoleErrors"] == []
 
     assert result["kernelPython"] == sys.executable
     assert result["modelChoices"][-1] == "demo"
     assert "no GPU" in result["memoryNote"] or "GiB of" in result["memoryNote"]
     assert result["prefilledSeqs"] == "256"
 
-    assert "max_num_seqs must be an integer in [1, 4096], got 0" in result["fieldError"]
+    assert "max-num-seqs must be an integer in [1, 4096], got 0" in result["fieldError"]
     assert "Nothing started: check max-num-seqs" in result["statusAfterError"]
     assert result["dashboardsAfterError"] == 0
 

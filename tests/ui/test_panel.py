@@ -18,7 +18,13 @@ from pathlib import Path
 
 import lab
 import pytest
-from lab import labextension_installed, needs_browser, out_dir, run_script
+from lab import (
+    check_theme_and_width_shots,
+    labextension_installed,
+    needs_browser,
+    out_dir,
+    run_script,
+)
 
 start_lab = lab.start_lab
 pytestmark = needs_browser
@@ -88,6 +94,8 @@ def test_panel_updates_cleans_and_stops_while_a_cell_runs(start_lab, tmp_path, t
         print("\npanel steps:", *result["steps"], sep="\n  ")
         print("panel screenshots:", *result["screenshots"], sep="\n  ")
     assert result["ok"], f"{result.get('error')}\nsteps: {result['steps']}\n{lab.log_tail()}"
+    check_theme_and_width_shots(result, result["overflow"])
+    assert result["consoleErrorsBeforeFallback"] == []
 
     assert result["kernelPython"] == sys.executable
     assert result["firstState"] == "loading" and result["loadingText"].startswith("loading")
