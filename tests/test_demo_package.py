@@ -138,11 +138,14 @@ def test_shape_fields_are_qwen3_config_fields():
 
 def test_the_demo_package_stands_alone():
     """It builds checkpoints with transformers, not with jupyter_qwen's engine or server: of
-    the rest of the package it reads only the model's (torch-free) config."""
+    the rest of the package it reads only the model's (torch-free) config and, for FP8 and
+    AWQ folders, the quantized formats' tensor writer."""
     outside = {str(path.relative_to(PACKAGE)): sorted(
         name for name in imported_modules(path)
         if name.startswith("jupyter_qwen") and not name.startswith("jupyter_qwen.demo"))
         for path in sorted((PACKAGE / "demo").glob("*.py"))}
     assert len(outside) >= 9
     assert {path: names for path, names in outside.items() if names} == {
-        "demo/shapes.py": ["jupyter_qwen.model.config", "jupyter_qwen.model.config.Qwen3Config"]}
+        "demo/shapes.py": ["jupyter_qwen.model.config", "jupyter_qwen.model.config.Qwen3Config"],
+        "demo/weights.py": ["jupyter_qwen.model.quant.linear",
+                            "jupyter_qwen.model.quant.linear.quantized_tensors"]}

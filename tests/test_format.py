@@ -25,7 +25,7 @@ SCRIPTS = {
     "widget": (REPO / "jupyter_qwen" / "notebook" / "static" / "panel.js",
                ["number", "percent", "bytes", "duration", "latency"]),
     "sidebar": (REPO / "labextension" / "src" / "format.ts",
-                ["number", "percent", "bytes", "duration", "snippet"]),
+                ["number", "percent", "bytes", "duration", "latency", "snippet"]),
 }
 
 

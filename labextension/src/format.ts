@@ -82,11 +82,18 @@ export function chatSnippet(
 }
 
 /** A latency: `85 ms` below a second, else `1.25 s`. */
+const MILLISECONDS_UNTIL_SECONDS = 0.9995; // rounds to "1,000 ms" from here: say "1 s"
+
+/** `45 ms` below a second, `1.3 s` up to two minutes, then as `formatDuration`. */
 export function formatLatency(seconds: Figure): string {
   if (missing(seconds)) {
     return MISSING;
   }
-  return Math.abs(seconds) < 1
-    ? `${formatNumber(seconds * 1000, 0)} ms`
-    : `${formatNumber(seconds, 2)} s`;
+  if (Math.abs(seconds) < MILLISECONDS_UNTIL_SECONDS) {
+    return `${formatNumber(seconds * 1000, 0)} ms`;
+  }
+  if (Math.abs(seconds) < SECONDS_UNTIL_MINUTES) {
+    return `${formatNumber(seconds, 1)} s`;
+  }
+  return formatDuration(seconds);
 }
