@@ -505,18 +505,21 @@ function gpuDashboard(model) {
   return { el, update };
 }
 
-/** What the last Stop or Clean said, kept on the model so that a redrawn view (the kernel
- * re-publishes the output when the server settles) shows it again. */
+/** What the last Stop or Clean said, by server id, so that a redrawn view (the kernel
+ * re-publishes the output when the server settles) shows it again. Kept in this module: the
+ * model each view gets is a fresh proxy, so nothing set on it outlives the view. */
+const lastResults = new Map();
+
 function keepResult(model, result) {
-  model.jqwLastResult = {
+  lastResults.set(model.get('server_id'), {
     text: result.textContent,
     error: result.classList.contains('jqw-error'),
     data: { ...result.dataset }
-  };
+  });
 }
 
 function restoreResult(model, result) {
-  const last = model.jqwLastResult;
+  const last = lastResults.get(model.get('server_id'));
   if (!last) return;
   result.textContent = last.text;
   result.classList.toggle('jqw-error', last.error);
