@@ -62,9 +62,12 @@ def reserved_bytes(device: torch.device) -> int | None:
 def memory_figures(runner, num_free_blocks: int) -> MemoryFigures:
     """The figures of `runner` (a ModelRunner) now, given the block manager's free count.
 
-    On the GPU, activations are what torch holds beyond weights, KV cache and graph pools
-    (the scratch of the largest step, sampler buffers, cuBLAS workspaces); on the CPU the
-    allocator keeps no count of them, so they are None.
+    On the GPU, activations are measured, not inferred: the scratch of the largest step the
+    scheduler can make (its peak over what was allocated before it, taken when the engine
+    sized its KV cache) and the sampler's penalty rows. Weights, KV cache, activations and
+    graph pools then add up to torch's reserved memory only as far as the accounting is
+    complete (`tests/test_gpu_lifecycle.py` holds them within 5 %). On the CPU the allocator
+    keeps no count, so activations are None.
     """
     device = runner.device
     total_blocks = runner.num_kv_blocks
@@ -73,9 +76,7 @@ def memory_figures(runner, num_free_blocks: int) -> MemoryFigures:
     allocated = torch.cuda.memory_allocated(device) if on_gpu else None
     reserved = torch.cuda.memory_reserved(device) if on_gpu else None
     graphs = runner.cuda_graph_bytes if on_gpu else None
-    activations = None
-    if reserved is not None:
-        activations = max(0, reserved - runner.weights_bytes - kv_bytes - (graphs or 0))
+    activations = runner.activation_bytes if on_gpu else None
     return MemoryFigures(
         device=device_name(device), weights_bytes=runner.weights_bytes,
         kv_cache_bytes=kv_bytes, kv_blocks_used=total_blocks - num_free_blocks,

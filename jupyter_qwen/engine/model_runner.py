@@ -64,6 +64,7 @@ class ModelRunner:
         self.ops = build_ops(config.attention_backend, self.device, config.kernels)
         self.model.use_ops(self.ops)
         self.block_size = config.block_size
+        self.activation_bytes: int | None = None  # measured on a GPU (_kv_budget_on_gpu)
         self.penalty_state = PenaltyState(self.model_config.vocab_size, self.device)
         if self._uses_graphs():  # the captured draws read its rows in place
             self.penalty_state.reserve(self.config.max_num_seqs)
@@ -133,8 +134,10 @@ class ModelRunner:
     def _kv_budget_on_gpu(self) -> int:
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
         self._warm_up()
         peak = torch.cuda.max_memory_allocated(self.device)
+        self.activation_bytes = peak - before + self.penalty_state.nbytes
         free, total = torch.cuda.mem_get_info(self.device)
         budget = int(self.config.gpu_memory_utilization * total) - peak
         return max(0, min(budget, free + torch.cuda.memory_reserved(self.device)

@@ -37,6 +37,13 @@ class PenaltyState:
     def capacity(self) -> int:
         return 0 if self.output_counts is None else self.output_counts.shape[0]
 
+    @property
+    def nbytes(self) -> int:
+        """What the buffers hold on the device now."""
+        if self.output_counts is None:
+            return 0
+        return self.output_counts.nbytes + self.in_prompt.nbytes
+
     def slots(self, seqs: list[Sequence]) -> torch.Tensor:
         """The slot of each sequence, its row brought up to date with the sequence's tokens."""
         return long_tensor(self.slot_numbers(seqs), self.device)
