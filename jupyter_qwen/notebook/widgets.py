@@ -408,8 +408,8 @@ class ServerPanel(SavedView, _MonitorWidget):
     # ---- what a saved notebook shows ----
 
     def static_lines(self) -> list[tuple[str, str]]:
-        lines = [("server", f"{self.model_name} ({self.state}, {self.origin})"),
-                 ("URL", self.url)]
+        where = "" if self.origin == "kernel" else f", {self.origin}"  # kernel: the usual case
+        lines = [("server", f"{self.model_name} ({self.state}{where})"), ("URL", self.url)]
         if self.state == "loading":
             fraction = self.loading_fraction
             progress = "" if fraction is None else f" ({format_percent(fraction, 0)})"
