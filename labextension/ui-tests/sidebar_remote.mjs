@@ -11,7 +11,7 @@ import { openPanel } from './sidebar_parts.mjs';
 
 const { LAB_URL, REMOTE_ID } = process.env;
 
-await runCheck(async page => {
+await runCheck({ prefix: 'remote', viewport: { width: 1400, height: 1000 } }, async page => {
   const panel = await openPanel(page, LAB_URL);
   const remote = panel.locator(`.jp-QwenServer[data-server-id="${REMOTE_ID}"]`);
   await remote.waitFor({ timeout: 60_000 });
