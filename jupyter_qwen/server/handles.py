@@ -14,8 +14,10 @@ import threading
 import time
 from typing import Any
 
+from jupyter_qwen.server.clients import OpenAIClients
 
-class ServerHandle:
+
+class ServerHandle(OpenAIClients):
     """The client side shared by remote and child-process servers."""
 
     origin = "remote"
@@ -37,24 +39,6 @@ class ServerHandle:
     @property
     def model(self) -> str:
         return self.served_model_name
-
-    def openai_client(self, **kwargs):
-        import openai
-
-        return openai.OpenAI(base_url=self.url, api_key=self.api_key or "EMPTY", **kwargs)
-
-    def async_openai_client(self, **kwargs):
-        import openai
-
-        return openai.AsyncOpenAI(base_url=self.url, api_key=self.api_key or "EMPTY", **kwargs)
-
-    def chat_model(self, **kwargs):
-        """A LangChain ChatOpenAI bound to this server that keeps the model's reasoning."""
-        from jupyter_qwen.server.langchain import ReasoningChatOpenAI
-
-        options = {"base_url": self.url, "api_key": self.api_key or "EMPTY",
-                   "model": self.served_model_name} | kwargs
-        return ReasoningChatOpenAI(**options)
 
     def wait_ready(self, timeout: float | None = None, progress: bool = True) -> ServerHandle:
         return self

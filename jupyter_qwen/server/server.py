@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from jupyter_qwen.config import EngineConfig
 from jupyter_qwen.server.app import create_app
+from jupyter_qwen.server.clients import OpenAIClients
 from jupyter_qwen.server.context import ServerContext, engine_figures
 from jupyter_qwen.server.errors import ServerStartError
 from jupyter_qwen.server.health import read_health
@@ -45,7 +46,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _live_servers: weakref.WeakSet[QwenServer] = weakref.WeakSet()
 
 
-class QwenServer:
+class QwenServer(OpenAIClients):
     """A running (or starting) model server; see `jupyter_qwen.serve()` for the options."""
 
     def __init__(self, model: str, *, model_path: Path | None = None, origin: str = "kernel",
@@ -211,24 +212,6 @@ class QwenServer:
         return {"model": self.served_model_name, "url": self.url, "state": self.state,
                 "uptime": time.time() - self.ctx.started_at, "gpu_memory": _torch_reserved(),
                 **figures}
-
-    def openai_client(self, **kwargs):
-        import openai
-
-        return openai.OpenAI(base_url=self.url, api_key=self.api_key or "EMPTY", **kwargs)
-
-    def async_openai_client(self, **kwargs):
-        import openai
-
-        return openai.AsyncOpenAI(base_url=self.url, api_key=self.api_key or "EMPTY", **kwargs)
-
-    def chat_model(self, **kwargs):
-        """A LangChain ChatOpenAI bound to this server that keeps the model's reasoning."""
-        from jupyter_qwen.server.langchain import ReasoningChatOpenAI
-
-        options = {"base_url": self.url, "api_key": self.api_key or "EMPTY",
-                   "model": self.served_model_name} | kwargs
-        return ReasoningChatOpenAI(**options)
 
     def proxy_url(self, jupyter_url: str) -> str:
         """This server's OpenAI base URL through the Jupyter server at `jupyter_url` (its
