@@ -26,6 +26,7 @@ import torch
 from jupyter_qwen.engine.penalty_state import PenaltyState
 from jupyter_qwen.engine.sampler import (
     TIE_MARGIN,
+    TOP_K_WINDOW,
     TOP_P_WINDOW,
     PenaltyBatch,
     WindowRows,
@@ -51,7 +52,7 @@ class DrawShape:
         return top_k + TIE_MARGIN <= self.width and (self.full_normaliser or not top_p_only)
 
 
-WINDOWS = ((64, False), (TOP_P_WINDOW, True))
+WINDOWS = ((TOP_K_WINDOW, False), (TOP_P_WINDOW, True))
 DRAW_SHAPES = tuple(DrawShape(width, full, penalties) for penalties in (False, True)
                     for width, full in WINDOWS)
 # per-row parameters, as rows of the static buffers

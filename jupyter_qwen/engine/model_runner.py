@@ -16,6 +16,7 @@ from jupyter_qwen.engine.graph_sampling import GraphSampler
 from jupyter_qwen.engine.memory_figures import module_bytes, reserved_bytes
 from jupyter_qwen.engine.penalty_state import PenaltyState
 from jupyter_qwen.engine.sampler import (
+    KERNEL_VARIANTS,
     SamplerOutput,
     SamplingBatch,
     build_sampling_batch,
@@ -191,7 +192,7 @@ class ModelRunner:
             self._dummy_step(query_lens, context_lens)
         from jupyter_qwen.engine.window_kernel import compile_window_kernels
 
-        compile_window_kernels(self.model_config.vocab_size, self.device)
+        compile_window_kernels(self.model_config.vocab_size, self.device, KERNEL_VARIANTS)
         torch.cuda.synchronize(self.device)
 
     @property

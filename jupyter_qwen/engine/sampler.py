@@ -37,6 +37,11 @@ from jupyter_qwen.engine.sequence import Sequence, TokenLogprobs
 
 TIE_MARGIN = 32
 TOP_P_WINDOW = 256
+TOP_K_WINDOW = 64  # top-k up to 32 with its tie margin
+KERNEL_WIDTHS = (TOP_K_WINDOW, TOP_P_WINDOW)  # windows the captured draws use; on a GPU
+# these run as one kernel (`window_kernel`), a window of another width as torch steps
+KERNEL_VARIANTS = ((TOP_K_WINDOW, False), (TOP_P_WINDOW, False), (TOP_P_WINDOW, True))
+# (width, whole-vocabulary normaliser) of every one-kernel draw a step can reach
 MAX_WINDOW_TOP_K = 1024
 
 
@@ -260,9 +265,10 @@ def window_draw(logits: torch.Tensor, rows: WindowRows, width: int, full_normali
     which rows it cannot settle. `full_normaliser`: top-p rows without top-k are in the batch
     and need the whole vocabulary's normaliser. The tokens do not depend on `width` for the
     rows it settles, so a draw here equals the full-sort draw. On a GPU, at the widths the
-    captured draws use (64, 256), the steps after `topk` run as one kernel (`window_kernel`)."""
+    captured draws use (`KERNEL_WIDTHS`), the steps after `topk` run as one kernel
+    (`window_kernel`)."""
     values, candidates = logits.topk(width, dim=-1)
-    if logits.is_cuda and width in (64, 256):  # window_kernel.KERNEL_WIDTHS
+    if logits.is_cuda and width in KERNEL_WIDTHS:
         from jupyter_qwen.engine.window_kernel import window_draw_in_one_kernel
 
         full = torch.logsumexp(logits / rows.temperatures[:, None], dim=-1) \

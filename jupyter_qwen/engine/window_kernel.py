@@ -14,6 +14,8 @@ Triton runs (`sampler.window_draw` on a GPU).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import triton
 import triton.language as tl
@@ -76,18 +78,16 @@ def _window_draw(values, candidates, floats, ints, full_log_norm, tokens_out, un
     tl.store(unsettled_out + row, unsettled.to(tl.int8))
 
 
-KERNEL_WIDTHS = (64, 256)  # the captured draws' widths; an eager window of another width
-# (a top-k above 32 and at most 96, or above 224) takes the torch steps instead
-
-
-def compile_window_kernels(vocab_size: int, device: torch.device) -> None:
-    """Run every variant a request can reach once (at start-up, so none compiles later)."""
+def compile_window_kernels(vocab_size: int, device: torch.device,
+                           variants: Iterable[tuple[int, bool]]) -> None:
+    """Run each (width, whole-vocabulary normaliser) variant once, at start-up, so that none
+    compiles while serving."""
     rows = 2
     logits = torch.randn(rows, vocab_size, device=device)
     ones = torch.ones(rows, device=device)
     top_k = torch.tensor([20, 0], device=device)
     keys = torch.zeros(rows, 2, dtype=torch.int64, device=device)
-    for width, full in ((64, False), (256, False), (256, True)):
+    for width, full in variants:
         values, candidates = logits.topk(min(width, vocab_size), dim=-1)
         log_norm = torch.logsumexp(logits, dim=-1) if full else None
         if values.shape[1] == width:
