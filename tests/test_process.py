@@ -64,6 +64,28 @@ def test_start_serve_fifty_requests_stop(demo_model):
     assert server.stop() is report
 
 
+def test_a_child_stopped_from_outside_leaves_the_list(demo_model):
+    """The sidebar's Stop reaches the child's /admin/stop through Jupyter: once the child has
+    exited, this kernel's list forgets it as if `stop` had run here."""
+    import urllib.request
+
+    server = ProcessServer(None, {"max_num_seqs": 2}, demo=True).start(timeout=300)
+    try:
+        request = urllib.request.Request(
+            f"{server.root_url}/admin/stop", data=b"{}", method="POST",
+            headers={"X-Admin-Token": server.record.admin_token,
+                     "Content-Type": "application/json"})
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(request, timeout=10) as response:
+            assert response.status == 200
+        server.process.wait(60)
+        assert server.process.returncode == 0
+        assert server not in kernel_servers()
+        assert server.state == "stopped" and server.stop().how == "stopped elsewhere"
+    finally:
+        server.stop()
+
+
 def test_a_child_that_cannot_start_says_why():
     from jupyter_qwen.server.errors import ServerStartError
 

@@ -55,6 +55,10 @@ class ServerHandle(OpenAIClients):
     def state(self) -> str:
         raise NotImplementedError
 
+    def reap(self) -> bool:
+        """Forget this handle if what it points at ended on its own; True when it did."""
+        return False
+
 
 _attached: list[ServerHandle] = []
 _lock = threading.Lock()
@@ -81,7 +85,8 @@ def kernel_servers() -> list[Any]:
     loaded; nothing is imported for this), child processes and remote attachments."""
     server_module = sys.modules.get("jupyter_qwen.server.server")
     local = server_module.running_servers() if server_module is not None else []
-    return sorted([*local, *attached_servers()], key=started_at)
+    handles = [handle for handle in attached_servers() if not handle.reap()]
+    return sorted([*local, *handles], key=started_at)
 
 
 def started_at(server: Any) -> float:

@@ -102,7 +102,7 @@ class ProcessStopReport:
     name: str
     pid: int
     exit_code: int | None
-    how: str  # "admin stop", "SIGTERM", "SIGKILL" or "already gone"
+    how: str  # "admin stop", "SIGTERM", "SIGKILL", "already gone" or "stopped elsewhere"
     rss_bytes: int | None
     gpu_bytes: int | None  # None: no GPU, or not reported
 
@@ -259,6 +259,17 @@ class ProcessServer(ServerHandle):
                                              process.returncode, how, rss, gpu)
         self._forget()
         return self.stop_report
+
+    def reap(self) -> bool:
+        """A child stopped elsewhere (its /admin/stop, e.g. the sidebar's Stop) and exited 0
+        is forgotten, as `stop` would; one that died stays listed, "dead", with its output."""
+        process = self.process
+        if self.stop_report is not None or process is None or process.poll() != 0:
+            return False
+        self.stop_report = ProcessStopReport(self.served_model_name, process.pid, 0,
+                                             "stopped elsewhere", None, None)
+        self._forget()
+        return True
 
     def _end(self, process: subprocess.Popen) -> str:
         if self.record is not None and self._admin_stop():
