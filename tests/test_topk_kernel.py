@@ -30,9 +30,9 @@ def hard_rows(vocab: int, width: int, generator: torch.Generator) -> torch.Tenso
 
 
 def check_against_torch(logits: torch.Tensor, width: int, tiling=None) -> None:
-    from jupyter_qwen.engine.topk_kernel import top_window
+    from jupyter_qwen.engine.topk_kernel import many_program_topk
 
-    values, indices = top_window(logits, width, tiling)
+    values, indices = many_program_topk(logits, width, tiling)
     expected = logits.topk(width, dim=-1).values
     assert values.dtype == torch.float32 and indices.dtype == torch.int64
     assert torch.equal(values, expected)
@@ -63,12 +63,22 @@ def test_a_row_view_and_the_default_tiling(mode, generator):
 
 
 def test_bad_widths_are_refused(mode):
-    from jupyter_qwen.engine.topk_kernel import TopkTiling, top_window
+    from jupyter_qwen.engine.topk_kernel import TopkTiling, many_program_topk
 
     with pytest.raises(ValueError, match="top 64"):
-        top_window(torch.zeros(1, 32, device=mode.device), 64)
+        many_program_topk(torch.zeros(1, 32, device=mode.device), 64)
     with pytest.raises(ValueError, match="top 256"):
-        top_window(torch.zeros(1, 4096, device=mode.device), 256, TopkTiling(128, 4, 256, 4))
+        many_program_topk(torch.zeros(1, 4096, device=mode.device), 256, TopkTiling(128, 4, 256, 4))
+
+
+def test_every_kernel_width_has_a_tiling_that_holds_it():
+    from jupyter_qwen.engine.sampler import KERNEL_WIDTHS
+    from jupyter_qwen.engine.topk_kernel import TILINGS
+
+    assert set(KERNEL_WIDTHS) <= set(TILINGS)
+    for width, tiling in TILINGS.items():
+        for tile in (tiling.chunk, tiling.slab):
+            assert tile >= width and tile & (tile - 1) == 0, (width, tiling)
 
 
 CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -90,8 +90,8 @@ def _merge_top(keys_in, candidates, values_out, indices_out, WIDTH: tl.constexpr
     tl.store(indices_out + out, ~best & LOW_HALF)
 
 
-def top_window(logits: torch.Tensor, width: int, tiling: TopkTiling | None = None,
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def many_program_topk(logits: torch.Tensor, width: int, tiling: TopkTiling | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """`logits.topk(width, dim=-1)` for [rows, vocab] logits (vocab >= width): values
     ([rows, width] float32, descending) and indices ([rows, width] int64); among tied values
     the lowest indices, in ascending order. Two launches, no host read: CUDA-graph safe."""
