@@ -42,6 +42,8 @@ KERNEL_WIDTHS = (TOP_K_WINDOW, TOP_P_WINDOW)  # windows the captured draws use; 
 # these run as one kernel (`window_kernel`), a window of another width as torch steps
 KERNEL_VARIANTS = ((TOP_K_WINDOW, False), (TOP_P_WINDOW, False), (TOP_P_WINDOW, True))
 # (width, whole-vocabulary normaliser) of every one-kernel draw a step can reach
+TOPK_KERNEL_MAX_ROWS = 8  # on a GPU, batches up to this many rows take their window from
+# `topk_kernel` (one row over many programs); larger ones fill the GPU through torch.topk
 MAX_WINDOW_TOP_K = 1024
 
 
@@ -266,8 +268,8 @@ def window_draw(logits: torch.Tensor, rows: WindowRows, width: int, full_normali
     and need the whole vocabulary's normaliser. The tokens do not depend on `width` for the
     rows it settles, so a draw here equals the full-sort draw. On a GPU, at the widths the
     captured draws use (`KERNEL_WIDTHS`), the steps after `topk` run as one kernel
-    (`window_kernel`)."""
-    values, candidates = logits.topk(width, dim=-1)
+    (`window_kernel`), and for a few rows `topk` itself is `topk_kernel`."""
+    values, candidates = top_window(logits, width)
     if logits.is_cuda and width in KERNEL_WIDTHS:
         from jupyter_qwen.engine.window_kernel import window_draw_in_one_kernel
 
@@ -299,6 +301,18 @@ def window_draw(logits: torch.Tensor, rows: WindowRows, width: int, full_normali
     scores = (scaled + token_gumbel(rows.row_keys, candidates)).masked_fill(~keep,
                                                                             float("-inf"))
     return candidates.gather(1, scores.argmax(dim=-1, keepdim=True))[:, 0], unresolved
+
+
+def top_window(logits: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `width` largest logits of each row and their token ids, descending: Triton's
+    many-program top-W for few float32 rows on a GPU at the `KERNEL_WIDTHS`, else
+    `torch.topk` (the same values; tied tokens may come in another order)."""
+    if (logits.is_cuda and width in KERNEL_WIDTHS and logits.dtype == torch.float32
+            and logits.shape[0] <= TOPK_KERNEL_MAX_ROWS):
+        from jupyter_qwen.engine.topk_kernel import many_program_topk
+
+        return many_program_topk(logits, width)
+    return logits.topk(width, dim=-1)
 
 
 def _full_vocab_tokens(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
