@@ -88,6 +88,8 @@ def test_quant_tiling_reads_the_table_by_m_bucket(monkeypatch):
     assert quant_tiling(400, 4096, k=2048) == DEFAULT_LARGE_M["fp8"]
     assert quant_tiling(16, 4096, k=1024).block_m == 16  # decode tilings are not the table's
     assert quant_tiles.bucket_rows(1024) == [512]
+    assert quant_tiles.bucket_rows(300) == [300]
+    assert quant_tiles.bucket_rows(256) == []
     assert quant_tiles.m_bucket(10**6) == M_BUCKETS[-1]
 
 
@@ -195,3 +197,20 @@ def test_the_layer_table_sums_the_four_projections():
         _model, m, bf16, fp8_us, fp8_x, fp8_default, awq_us, awq_x, awq_default = line.split()
         assert (m, float(bf16), float(fp8_us), float(awq_us)) == ("512", 4000.0, 2000.0, 8000.0)
         assert (fp8_x, fp8_default, awq_x, awq_default) == ("2.00", "2.00", "0.50", "0.50")
+
+
+def test_start_up_reaches_every_m_bucket_the_table_names(monkeypatch):
+    """ModelRunner's start-up compile steps include a prefill in each bucket of the table
+    that the scheduler can produce, split into sequences no longer than max_model_len."""
+    from types import SimpleNamespace
+
+    from jupyter_qwen.engine.model_runner import ModelRunner
+
+    for bucket in (64, 2048, 8192):
+        monkeypatch.setitem(LARGE_M_TILES, ("awq", bucket, 4096, 1024), DEFAULT_LARGE_M["awq"])
+    steps = []
+    runner = SimpleNamespace(max_num_batched_tokens=4096, max_model_len=1024,
+                             config=SimpleNamespace(max_num_seqs=8),
+                             _dummy_step=steps.append)
+    ModelRunner._compile_quant_tilings(runner)
+    assert steps == [[64], [1024, 1024], [1024] * 4]  # 2049-4096 rows: the 8192 bucket

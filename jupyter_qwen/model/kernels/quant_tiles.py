@@ -55,10 +55,12 @@ def large_m_tiling(fmt: str, m: int, n: int, k: int) -> QuantTiling:
 
 
 def bucket_rows(max_rows: int) -> list[int]:
-    """One batch size in each M bucket up to `max_rows` that the table names: start-up steps
-    of these sizes compile every tiling a prefill can pick."""
+    """A batch size in each M bucket that the table names and a batch of at most `max_rows`
+    rows can fall in (the bucket's top, or `max_rows` inside it): start-up steps of these
+    sizes compile every tiling a prefill can pick."""
     named = sorted({bucket for _, bucket, _, _ in LARGE_M_TILES})
-    return [bucket for bucket in named if bucket <= max_rows]
+    below = dict(zip(M_BUCKETS, (0, *M_BUCKETS[:-1]), strict=True))
+    return [min(bucket, max_rows) for bucket in named if below[bucket] < max_rows]
 
 
 def tiling_problem(fmt: str, tiling: QuantTiling) -> str | None:
