@@ -190,10 +190,20 @@ class ModelRunner:
                                          ([1, 1], [40, 2000]), ([1] * 3, [30] * 3),
                                          ([16, 1, 1], [48, 17, 64]), ([128, 1], [128, 2000])):
             self._dummy_step(query_lens, context_lens)
+        self._compile_quant_tilings()
         from jupyter_qwen.engine.window_kernel import compile_window_kernels
 
         compile_window_kernels(self.model_config.vocab_size, self.device, KERNEL_VARIANTS)
         torch.cuda.synchronize(self.device)
+
+    def _compile_quant_tilings(self) -> None:
+        """A prefill in each M bucket that the quantized products' table of tilings names
+        (`model/kernels/quant_tiles.py`): each may pick its own tiling, one compile each."""
+        from jupyter_qwen.model.kernels.quant_tiles import bucket_rows
+
+        most = min(self.max_num_batched_tokens, self.config.max_num_seqs * self.max_model_len)
+        for rows in bucket_rows(most):
+            self._dummy_step(_split_evenly(rows, -(-rows // self.max_model_len)))
 
     @property
     def max_num_batched_tokens(self) -> int:

@@ -8,13 +8,17 @@ dequantizing in registers (no bf16 copy of W in memory).
 
 One kernel per format, two tilings (`quant_tiling`): decode steps (M <= SMALL_M: one row
 of x, summed with FMAs, or 16 rows on the tensor cores) with narrow N tiles so that every
-SM streams weights; and prefill (64-row M tiles, 128-wide N tiles, `tl.dot`). Each K step
+SM streams weights; and prefill (`tl.dot` on the tiling that `quant_tiles.py`'s measured
+table names for the batch's M bucket and the projection's N x K, else 64 x 128 tiles;
+optionally with grouped program order for L2 reuse of W tiles). Each K step
 stays inside one scale block / group, so the scale is applied once per step: FP8 adds
 `dot(a, w) * s[n]` to the fp32 accumulator; AWQ dequantizes its tile to x's dtype (the
 same rounding as the reference) before the dot. With `fp8_dot` (Hopper / Ada, prefill
 only) the FP8 product runs on FP8 tensor cores: each row's 128-wide K step of x is
 quantized to e4m3 with its own scale (dynamic per-token-group activations, as Qwen's
-FP8 checkpoints are meant to run), and the step adds `dot(a8, w) * a_scale[m] * s[n]`.
+FP8 checkpoints are meant to run), and the step adds `dot(a8, w) * a_scale[m] * s[n]`;
+a tiling with `quantize_x` quantizes x once in a separate launch (`_quantize_x_kernel`,
+the same arithmetic) instead of in every N tile's loop.
 
 M is not specialised (one compile serves every batch size of a tiling); nothing is read on
 the host, so launches are CUDA-graph safe. The reference is `QuantLinear.dequantize` and
@@ -23,42 +27,76 @@ F.linear (`model/quant/linear.py`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
+from jupyter_qwen.model.kernels.quant_tiles import (
+    AWQ_GROUP,
+    FP8_BLOCK,
+    QuantTiling,
+    large_m_tiling,
+)
+
+__all__ = ["QuantTiling", "TritonQuantKernels", "awq_linear", "fp8_linear", "quant_tiling"]
+
 SMALL_M = 16
-FP8_BLOCK = 128
-AWQ_GROUP = 128
 MIN_PROGRAMS = 128
 
 
-@dataclass(frozen=True)
-class QuantTiling:
-    block_m: int
-    block_n: int
-    block_k: int
-    num_warps: int = 4
-    num_stages: int = 3
-
-
-def quant_tiling(m: int, n: int, awq: bool = False) -> QuantTiling:
+def quant_tiling(m: int, n: int, awq: bool = False, k: int = 0) -> QuantTiling:
     """Decode steps: one row (FMAs) or 16 (tensor cores), N tiles of 16-64 rows so that at
-    least ~128 programs stream the weights; prefill: 64 x 128 tiles."""
+    least ~128 programs stream the weights; prefill: the measured table of quant_tiles.py
+    for this (M bucket, N, K), else 64 x 128 tiles."""
     if m <= SMALL_M:
         block_n = next((b for b in (64, 32) if triton.cdiv(n, b) >= MIN_PROGRAMS), 16)
         return QuantTiling(1 if m == 1 else 16, block_n, 128, num_warps=4, num_stages=3)
-    return QuantTiling(64, 128, 64 if awq else 128, num_warps=4, num_stages=3)
+    return large_m_tiling("awq" if awq else "fp8", m, n, k)
+
+
+@triton.jit
+def _tile_of_program(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     GROUP_M: tl.constexpr):
+    """(N tile, M tile) of this program. The grid is (N tiles, M tiles), launched N tiles
+    fastest; with GROUP_M > 1 the programs are renumbered so that runs of GROUP_M M tiles
+    take each N tile in turn: programs resident together share W tiles in L2."""
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    if GROUP_M > 1:
+        tiles_n = tl.cdiv(N, BLOCK_N)
+        tiles_m = tl.cdiv(M, BLOCK_M)
+        pid = pid_m * tiles_n + pid_n
+        per_group = GROUP_M * tiles_n
+        first_m = (pid // per_group) * GROUP_M
+        rows_in_group = tl.minimum(tiles_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % per_group) % rows_in_group
+        pid_n = (pid % per_group) // rows_in_group
+    return pid_n, pid_m
 
 
 @triton.jit(do_not_specialize=["M"])
-def _fp8_kernel(x_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride, w_stride, s_stride,
-                y_stride, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                FP8_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
+def _quantize_x_kernel(x_ptr, q_ptr, s_ptr, M, K, x_stride, s_stride,
+                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """x [M, K] -> e4m3 [M, K] and fp32 scales [M, K / BLOCK_K]: each row's BLOCK_K-wide
+    group divided by its absolute maximum / 448 (what the FP8 kernel does in its loop)."""
+    ms = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    ks = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    ok = (ms < M)[:, None] & (ks < K)[None, :]
+    a = tl.load(x_ptr + ms[:, None] * x_stride + ks[None, :], mask=ok, other=0.0)
+    a32 = a.to(tl.float32)
+    a_scale = tl.maximum(tl.max(tl.abs(a32), 1), 1e-12) / 448.0
+    tl.store(q_ptr + ms[:, None] * K + ks[None, :], (a32 / a_scale[:, None]).to(tl.float8e4nv),
+             mask=ok)
+    tl.store(s_ptr + ms * s_stride + tl.program_id(1), a_scale, mask=ms < M)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _fp8_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride, xs_stride,
+                w_stride, s_stride, y_stride, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, FP8_DOT: tl.constexpr,
+                X_FP8: tl.constexpr, PRECISION: tl.constexpr):
+    """X_FP8: x is already e4m3 with its scales at xs_ptr (`_quantize_x_kernel`)."""
+    pid_n, pid_m = _tile_of_program(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(ns, N - 1)  # the tail re-reads row N - 1 rather than masking
     ms = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -73,7 +111,10 @@ def _fp8_kernel(x_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride, w_strid
         w = tl.load(w_ptr + rows[:, None] * w_stride + ks[None, :], mask=k_ok[None, :],
                     other=0.0)
         scale = tl.load(scale_at + k0 // 128)
-        if FP8_DOT:
+        if X_FP8:
+            a_scale = tl.load(xs_ptr + ms * xs_stride + k0 // 128, mask=m_ok, other=1.0)
+            part = tl.dot(a, tl.trans(w)) * a_scale[:, None]
+        elif FP8_DOT:
             a32 = a.to(tl.float32)
             a_scale = tl.maximum(tl.max(tl.abs(a32), 1), 1e-12) / 448.0
             a8 = (a32 / a_scale[:, None]).to(tl.float8e4nv)
@@ -100,9 +141,9 @@ def _awq_unpack(packed, shifts):
 @triton.jit(do_not_specialize=["M"])
 def _awq_kernel(x_ptr, qw_ptr, qz_ptr, sc_ptr, y_ptr, M, N, K, x_stride, qw_stride, qz_stride,
                 sc_stride, y_stride, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                PRECISION: tl.constexpr):
+    pid_n, pid_m = _tile_of_program(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = ns < N
     words = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
@@ -150,24 +191,42 @@ def _precision(x: torch.Tensor) -> str:
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
                scale_rows: torch.Tensor, *, tiling: QuantTiling | None = None,
                fp8_dot: bool = False) -> torch.Tensor:
-    """x [..., K] @ dequantized(weight).T -> [..., N] in x's dtype. `fp8_dot` (prefill
-    tilings only): activations quantized per row and 128 columns, FP8 tensor cores."""
+    """x [..., K] @ dequantized(weight).T -> [..., N] in x's dtype. `fp8_dot` (the device
+    has FP8 tensor cores; prefill tilings whose `fp8_dot` is set): activations quantized per
+    row and 128 columns, FP8 tensor cores."""
     k, n = x.shape[-1], weight.shape[0]
     rows = _rows(x, k)
     m = rows.shape[0]
     y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
     if m == 0:
         return y
-    tiling = tiling or quant_tiling(m, n)
+    tiling = tiling or quant_tiling(m, n, k=k)
     if FP8_BLOCK % tiling.block_k:
         raise ValueError(f"block_k {tiling.block_k} must divide the scale block {FP8_BLOCK}")
-    use_fp8_dot = fp8_dot and tiling.block_m > SMALL_M and tiling.block_k == FP8_BLOCK
+    use_fp8_dot = (fp8_dot and tiling.fp8_dot and tiling.block_m > SMALL_M
+                   and tiling.block_k == FP8_BLOCK)
+    x_scales = rows  # not read unless the activations are quantized beforehand
+    if use_fp8_dot and tiling.quantize_x:
+        rows, x_scales = _quantize_x(rows)
     _fp8_kernel[_grid(m, n, tiling)](
-        rows, weight, scale_inv, scale_rows, y.view(-1, n), m, n, k, rows.stride(0),
-        weight.stride(0), scale_inv.stride(0), n, BLOCK_M=tiling.block_m,
-        BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k, FP8_DOT=use_fp8_dot,
+        rows, x_scales, weight, scale_inv, scale_rows, y.view(-1, n), m, n, k, rows.stride(0),
+        x_scales.stride(0), weight.stride(0), scale_inv.stride(0), n, BLOCK_M=tiling.block_m,
+        BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k, GROUP_M=tiling.group_m,
+        FP8_DOT=use_fp8_dot, X_FP8=use_fp8_dot and tiling.quantize_x,
         PRECISION=_precision(x), num_warps=tiling.num_warps, num_stages=tiling.num_stages)
     return y
+
+
+def _quantize_x(rows: torch.Tensor, block_m: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """rows [M, K] -> (e4m3 [M, K], fp32 scales [M, cdiv(K, 128)]), one launch."""
+    m, k = rows.shape
+    quantized = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=rows.device)
+    scales = torch.empty((m, triton.cdiv(k, FP8_BLOCK)), dtype=torch.float32,
+                         device=rows.device)
+    _quantize_x_kernel[(triton.cdiv(m, block_m), scales.shape[1])](
+        rows, quantized, scales, m, k, rows.stride(0), scales.stride(0), BLOCK_M=block_m,
+        BLOCK_K=FP8_BLOCK)
+    return quantized, scales
 
 
 def awq_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
@@ -180,7 +239,7 @@ def awq_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
     y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
     if m == 0:
         return y
-    tiling = tiling or quant_tiling(m, n, awq=True)
+    tiling = tiling or quant_tiling(m, n, awq=True, k=k)
     if group_size % tiling.block_k or tiling.block_n % 8:
         raise ValueError(f"block_k {tiling.block_k} must divide the group size {group_size} "
                          f"and block_n {tiling.block_n} be a multiple of 8")
@@ -188,7 +247,8 @@ def awq_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
         rows, qweight, qzeros, scales, y.view(-1, n), m, n, k, rows.stride(0),
         qweight.stride(0), qzeros.stride(0), scales.stride(0), n, GROUP=group_size,
         BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
-        PRECISION=_precision(x), num_warps=tiling.num_warps, num_stages=tiling.num_stages)
+        GROUP_M=tiling.group_m, PRECISION=_precision(x), num_warps=tiling.num_warps,
+        num_stages=tiling.num_stages)
     return y
 
 

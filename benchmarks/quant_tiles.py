@@ -1,0 +1,493 @@
+"""Sweep the prefill tilings of the FP8 and AWQ products against cuBLAS bf16 (one GPU call).
+
+    python benchmarks/quant_tiles.py                       # ~2-3 min on an H100 / H200
+    python benchmarks/quant_tiles.py --quick               # 6 tilings a format, 3 batch sizes
+    python benchmarks/quant_tiles.py --formats fp8 --shapes 4B --m 256,2048
+
+For Qwen3-0.6B's and Qwen3-4B's projections (qkv, o, gate_up, down) at M = 32 ... 8192 rows
+(bf16 activations): torch F.linear on the bf16 weight (cuBLAS) is the baseline; `fp8_linear`
+(FP8 tensor cores where the card has them) and `awq_linear` run over a grid of
+`QuantTiling`s (quant_tiles.py): tile sizes, warps, stages, grouped program order
+(`group_m`), activations quantized by a separate launch (`quantize_x`), and FP8 without its
+tensor cores (`fp8_dot=False`). Tilings whose M tile is past the batch (or whose grouping
+cannot regroup a single M tile) are skipped.
+
+Every variant is first checked at each (shape, M) against the dequantizing reference (a
+float32 product of the bf16 activations and the weight dequantized to bf16, fresh random
+weights per shape; output memory poisoned with NaN beforehand): relative error under 2e-2
+(bf16 output), 5e-2 on FP8 tensor cores (activations in e4m3); a failing variant is skipped
+with a FAIL line. Times are triton.testing.do_bench medians, which clears the L2 (256 MB
+write) before every timed launch, so weights and activations come from HBM as they do in a
+model whose layers each read their own weights.
+
+Every kernel variant is compiled first in parallel worker processes (Triton's disk cache),
+and the compile count and time are printed (compiles in this process, too: a kernel its
+workers did not reach). Past --budget seconds, the remaining points time only bf16, today's
+default and the tilings that have won so far.
+
+Printed last: per (shape, M) the best tiling of each format, its time and speed against bf16
+(bf16 time / format time: >= 1 is faster); per model and M the sum over the four
+projections (best tilings and today's default); and the `LARGE_M_TILES` literal for
+quant_tiles.py (entries whose winner beats the default by more than --min-gain). Full
+numbers: $OUT/quant_tiles.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jupyter_qwen.model.kernels.quant_tiles import (
+    DEFAULT_LARGE_M,
+    M_BUCKETS,
+    QuantTiling,
+    tiling_problem,
+)
+
+START = time.perf_counter()
+SHAPES = {  # model: projection: (N, K)
+    "0.6B": {"qkv": (4096, 1024), "o": (1024, 2048), "gate_up": (6144, 1024),
+             "down": (1024, 3072)},
+    "4B": {"qkv": (6144, 2560), "o": (2560, 4096), "gate_up": (19456, 2560),
+           "down": (2560, 9728)},
+}
+ROWS = M_BUCKETS
+QUICK_ROWS = (64, 256, 2048)
+FORMATS = ("fp8", "awq")
+TOLERANCE = 2e-2
+FP8_DOT_TOLERANCE = 5e-2
+WARMUP_MS, REP_MS = 5, 20
+
+T = QuantTiling
+
+
+def fp8_grid() -> list[QuantTiling]:
+    """Today's default first; then tile / warp / stage variants on FP8 tensor cores,
+    grouped order and separately quantized activations, and four without FP8 dot."""
+    dot = [T(64, 128, 128), T(32, 64, 128), T(32, 128, 128), T(32, 64, 128, 4, 4),
+           T(64, 64, 128), T(64, 64, 128, 4, 4), T(64, 128, 128, 4, 4), T(64, 128, 128, 4, 2),
+           T(64, 128, 128, 8, 3), T(64, 256, 128, 8, 3), T(128, 64, 128, 4, 3),
+           T(128, 128, 128, 4, 3), T(128, 128, 128, 8, 3), T(128, 128, 128, 8, 4),
+           T(128, 256, 128, 8, 3)]
+    grouped = [T(64, 128, 128, group_m=8), T(128, 128, 128, 8, 3, group_m=8),
+               T(128, 256, 128, 8, 3, group_m=8)]
+    quantized = [T(32, 64, 128, 4, 4, quantize_x=True), T(64, 128, 128, quantize_x=True),
+                 T(128, 128, 128, 8, 3, group_m=8, quantize_x=True),
+                 T(128, 256, 128, 8, 3, group_m=8, quantize_x=True)]
+    upcast = [replace(t, fp8_dot=False) for t in (T(32, 64, 128), T(64, 128, 128),
+                                                  T(128, 128, 128, 8, 3), T(64, 64, 128))]
+    return [*dot, *grouped, *quantized, *upcast]
+
+
+def awq_grid() -> list[QuantTiling]:
+    return [T(64, 128, 64), T(32, 64, 64), T(32, 128, 64), T(32, 64, 128), T(32, 128, 128, 4, 2),
+            T(64, 64, 64), T(64, 64, 128), T(64, 128, 128), T(64, 128, 64, 4, 4),
+            T(64, 128, 64, 4, 2), T(64, 128, 64, 8, 3), T(64, 256, 64, 8, 3),
+            T(128, 64, 64), T(128, 128, 64), T(128, 128, 64, 8, 3), T(128, 128, 64, 8, 4),
+            T(128, 128, 128, 8, 3), T(128, 256, 64, 8, 3), T(64, 128, 64, group_m=8),
+            T(128, 128, 64, 8, 3, group_m=8), T(128, 128, 128, 8, 3, group_m=8),
+            T(128, 256, 64, 8, 3, group_m=8)]
+
+
+QUICK_PICKS = {"fp8": (0, 1, 12, 16, 20, 22), "awq": (0, 1, 13, 14, 19, 18)}
+
+
+def grid(fmt: str, quick: bool) -> list[QuantTiling]:
+    tilings = fp8_grid() if fmt == "fp8" else awq_grid()
+    return [tilings[i] for i in QUICK_PICKS[fmt]] if quick else tilings
+
+
+def fits(tiling: QuantTiling, m: int) -> bool:
+    """Worth timing at M rows: the M tile is not past the batch (32 always runs), and a
+    grouped order has more than one M tile to regroup."""
+    if tiling.block_m > max(32, m):
+        return False
+    return tiling.group_m == 1 or -(-m // tiling.block_m) > 1
+
+
+def say(text: str) -> None:
+    print(f"[{time.perf_counter() - START:6.1f}s] {text}", flush=True)
+
+
+def label(tiling: QuantTiling) -> str:
+    text = (f"{tiling.block_m}x{tiling.block_n}x{tiling.block_k} "
+            f"w{tiling.num_warps}s{tiling.num_stages}")
+    if tiling.group_m > 1:
+        text += f" g{tiling.group_m}"
+    if not tiling.fp8_dot:
+        text += " upcast"
+    if tiling.quantize_x:
+        text += " qx"
+    return text
+
+
+# ---------------------------------------------------------------- operands and launches
+
+
+@dataclass(slots=True)
+class Projection:
+    """One N x K projection on the GPU: the bf16 weight, its FP8 and AWQ packings and the
+    weights each format dequantizes to (in bf16, the reference's operands)."""
+
+    weight: torch.Tensor
+    fp8: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    awq: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    dequantized: dict[str, torch.Tensor]
+
+
+def make_projection(n: int, k: int, generator: torch.Generator) -> Projection:
+    from jupyter_qwen.model.quant import awq, fp8
+
+    w = torch.randn(n, k, generator=generator, device="cuda") * k ** -0.5
+    values, scales = fp8.quantize_fp8_blocks(w)
+    rows = fp8.scale_rows_of([n]).cuda()
+    packed = awq.quantize_awq(w)
+    return Projection(
+        weight=w.to(torch.bfloat16), fp8=(values, scales, rows), awq=packed,
+        dequantized={"fp8": fp8.dequantize_fp8_blocks(values, scales, rows).to(torch.bfloat16),
+                     "awq": awq.dequantize_awq(*packed).to(torch.bfloat16)})
+
+
+def launcher(fmt: str, projection: Projection, tiling: QuantTiling, fp8_dot: bool):
+    from jupyter_qwen.model.kernels.quant_linear import awq_linear, fp8_linear
+
+    if fmt == "fp8":
+        return lambda x: fp8_linear(x, *projection.fp8, tiling=tiling, fp8_dot=fp8_dot)
+    return lambda x: awq_linear(x, *projection.awq, tiling=tiling)
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out = out.float()
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+def poisoned_call(run, x: torch.Tensor, n: int) -> torch.Tensor:
+    """run(x) after a NaN-filled block of the output's size was freed: the caching allocator
+    hands that block out again, so an element the kernel does not write stays NaN."""
+    poison = torch.full((x.shape[0], n), float("nan"), dtype=x.dtype, device=x.device)
+    del poison
+    return run(x)
+
+
+# ---------------------------------------------------------------- compiles
+
+
+def precompile_job(job: tuple[str, int, int]) -> tuple[str, int, float]:
+    """In a worker process: launch (format, tiling index, K) once on a 256-row W so that its
+    kernel lands in Triton's disk cache. Returns (error or "", compiles, compile seconds)."""
+    fmt, index, k = job
+    compiles = count_compiles()
+    try:
+        projection = make_projection(256, k, torch.Generator("cuda").manual_seed(index))
+        x = torch.randn(64, k, device="cuda", dtype=torch.bfloat16)
+        launcher(fmt, projection, grid(fmt, False)[index], fp8_dot=fp8_tensor_cores())(x)
+        torch.cuda.synchronize()
+    except Exception as error:
+        return f"{fmt} {label(grid(fmt, False)[index])}: {type(error).__name__}: {error}"[:300], \
+            compiles[0], compiles[1]
+    return "", compiles[0], compiles[1]
+
+
+def count_compiles() -> list:
+    """[compiles, seconds] of this process from now on (Triton's compile hooks)."""
+    from triton import knobs
+
+    tally: list = [0, 0.0]
+    began: list[float] = []
+
+    def before(**_) -> bool:
+        began.append(time.perf_counter())
+        return False
+
+    def after(**_) -> None:
+        tally[0] += 1
+        tally[1] += time.perf_counter() - began.pop() if began else 0.0
+
+    knobs.runtime.jit_cache_hook = before
+    knobs.runtime.jit_post_compile_hook = after
+    return tally
+
+
+def precompile(formats: list[str], quick: bool, ks: set[int]) -> dict:
+    """One job per (format, tiling, K's specialisation): FP8's scale stride is K / 128, which
+    Triton specialises on when it is a multiple of 16; nothing else of SHAPES differs."""
+    jobs: dict[tuple, tuple[str, int, int]] = {}
+    for fmt in formats:
+        picks = QUICK_PICKS[fmt] if quick else range(len(grid(fmt, False)))
+        for index in picks:
+            for k in sorted(ks):
+                key = (fmt, index, fmt == "fp8" and (k // 128) % 16 == 0)
+                jobs.setdefault(key, (fmt, index, k))
+    workers = max(1, min(12, (os.cpu_count() or 2) - 2, len(jobs)))
+    began = time.perf_counter()
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(precompile_job, jobs.values()))
+    for error, _, _ in results:
+        if error:
+            say(f"COMPILE FAIL {error}")
+    summary = {"jobs": len(jobs), "workers": workers,
+               "compiles": sum(r[1] for r in results),
+               "compile_s": sum(r[2] for r in results),
+               "wall_s": time.perf_counter() - began}
+    say(f"precompiled {summary['jobs']} jobs in {workers} processes: {summary['compiles']} "
+        f"kernels, {summary['compile_s']:.0f} s of compiles, {summary['wall_s']:.0f} s wall")
+    return summary
+
+
+def fp8_tensor_cores() -> bool:
+    from jupyter_qwen.model.kernels.quant_linear import fp8_tensor_cores as has
+
+    return has(torch.device("cuda"))
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def bench_ms(run, xs: list[torch.Tensor]) -> float:
+    import triton.testing
+
+    turn = [0]
+
+    def once():
+        turn[0] += 1
+        run(xs[turn[0] % len(xs)])
+
+    return triton.testing.do_bench(once, warmup=WARMUP_MS, rep=REP_MS, return_mode="median")
+
+
+def sweep_point(fmt: str, projection: Projection, m: int, xs, candidates, fp8_dot: bool,
+                failed: set) -> list[dict]:
+    """Check then time each candidate at M rows; returns one record per candidate timed."""
+    x = xs[0]
+    n = projection.weight.shape[0]
+    ref = x.float() @ projection.dequantized[fmt].float().T
+    records = []
+    for tiling in candidates:
+        run = launcher(fmt, projection, tiling, fp8_dot)
+        tolerance = FP8_DOT_TOLERANCE if fmt == "fp8" and fp8_dot and tiling.fp8_dot \
+            else TOLERANCE
+        try:
+            error = relative_error(poisoned_call(run, x, n), ref)
+        except Exception as exc:  # a tiling past the shared memory, say
+            failed.add((fmt, tiling))
+            say(f"FAIL {fmt} {label(tiling)} M={m}: {type(exc).__name__}: {str(exc)[:160]}")
+            continue
+        if not error < tolerance:
+            failed.add((fmt, tiling))
+            say(f"FAIL {fmt} {label(tiling)} M={m} N={n}: relative error {error:.2e}")
+            continue
+        records.append({"tiling": asdict(tiling), "label": label(tiling), "error": error,
+                        "ms": bench_ms(run, xs)})
+    return records
+
+
+def sweep(args) -> dict:
+    fp8_dot = fp8_tensor_cores()
+    say(f"{torch.cuda.get_device_name()}: FP8 tensor cores {'on' if fp8_dot else 'off'}")
+    generator = torch.Generator("cuda").manual_seed(args.seed)
+    points: list[dict] = []
+    failed: set = set()
+    winners: dict[str, set] = {fmt: set() for fmt in args.formats}
+    for model, projections in args.shapes.items():
+        for name, (n, k) in projections.items():
+            projection = make_projection(n, k, generator)
+            for m in args.m:
+                points.append(sweep_rows(args, projection, m, generator, fp8_dot, failed,
+                                         winners) | {"model": model, "projection": name})
+                say(progress(points[-1]))
+            projection = None
+            torch.cuda.empty_cache()
+    return {"points": points, "failed": [[fmt, asdict(t)] for fmt, t in failed]}
+
+
+def sweep_rows(args, projection: Projection, m: int, generator, fp8_dot: bool, failed: set,
+               winners: dict[str, set]) -> dict:
+    """bf16 and every format's candidates at M rows of one projection."""
+    n, k = projection.weight.shape
+    xs = [torch.randn(m, k, generator=generator, device="cuda", dtype=torch.bfloat16)
+          for _ in range(2)]
+    weight = projection.weight
+    point = {"n": n, "k": k, "m": m, "formats": {},
+             "bf16_ms": bench_ms(lambda x: torch.nn.functional.linear(x, weight), xs)}
+    late = time.perf_counter() - START > args.budget
+    point["late"] = late
+    for fmt in args.formats:
+        default = DEFAULT_LARGE_M[fmt]
+        candidates = [t for t in grid(fmt, args.quick) if fits(t, m) and (fmt, t) not in failed
+                      and (not late or t == default or t in winners[fmt])]
+        records = sweep_point(fmt, projection, m, xs, candidates, fp8_dot, failed)
+        point["formats"][fmt] = records
+        if records:
+            winners[fmt].add(T(**min(records, key=lambda r: r["ms"])["tiling"]))
+    return point
+
+
+def progress(point: dict) -> str:
+    text = f"{point['model']} {point['projection']} M={point['m']}: " \
+           f"bf16 {point['bf16_ms'] * 1e3:.1f} us"
+    for fmt, records in point["formats"].items():
+        if records:
+            best = min(records, key=lambda r: r["ms"])
+            text += f", {fmt} {best['ms'] * 1e3:.1f} us {best['label']} ({len(records)} timed)"
+    return text + (" [past the budget]" if point["late"] else "")
+
+
+# ---------------------------------------------------------------- reports
+
+
+def best_of(point: dict, fmt: str) -> dict | None:
+    records = point["formats"].get(fmt) or []
+    return min(records, key=lambda r: r["ms"]) if records else None
+
+
+def default_of(point: dict, fmt: str) -> dict | None:
+    default = asdict(DEFAULT_LARGE_M[fmt])
+    return next((r for r in point["formats"].get(fmt, []) if r["tiling"] == default), None)
+
+
+def point_table(points: list[dict], formats: list[str]) -> list[str]:
+    lines = [f"{'shape':<14}{'M':>6}{'bf16 us':>10}" + "".join(
+        f"{fmt + ' us':>10}{'x bf16':>8}{'default x':>10}  {fmt + ' tiling':<28}"
+        for fmt in formats)]
+    for point in points:
+        line = f"{point['model'] + ' ' + point['projection']:<14}{point['m']:>6}" \
+               f"{point['bf16_ms'] * 1e3:>10.1f}"
+        for fmt in formats:
+            best, default = best_of(point, fmt), default_of(point, fmt)
+            if best is None:
+                line += f"{'-':>10}{'-':>8}{'-':>10}  {'(none passed)':<28}"
+                continue
+            speed = point["bf16_ms"] / best["ms"]
+            was = f"{point['bf16_ms'] / default['ms']:.2f}" if default else "-"
+            line += f"{best['ms'] * 1e3:>10.1f}{speed:>8.2f}{was:>10}  {best['label']:<28}"
+        lines.append(line)
+    return lines
+
+
+def layer_table(points: list[dict], formats: list[str]) -> list[str]:
+    """Per model and M: the four projections summed (bf16, best tilings, today's default)."""
+    lines = [f"{'layer':<8}{'M':>6}{'bf16 us':>10}" + "".join(
+        f"{fmt + ' us':>10}{'x bf16':>8}{'default x':>10}" for fmt in formats)]
+    layers: dict[tuple[str, int], list[dict]] = {}
+    for point in points:
+        layers.setdefault((point["model"], point["m"]), []).append(point)
+    for (model, m), group in layers.items():
+        bf16 = sum(p["bf16_ms"] for p in group)
+        line = f"{model:<8}{m:>6}{bf16 * 1e3:>10.1f}"
+        for fmt in formats:
+            best = [best_of(p, fmt) for p in group]
+            default = [default_of(p, fmt) for p in group]
+            if None in best:
+                line += f"{'-':>10}{'-':>8}{'-':>10}"
+                continue
+            total = sum(r["ms"] for r in best)
+            was = f"{bf16 / sum(r['ms'] for r in default):.2f}" if None not in default else "-"
+            line += f"{total * 1e3:>10.1f}{bf16 / total:>8.2f}{was:>10}"
+        lines.append(line)
+    return lines
+
+
+def table_literal(points: list[dict], formats: list[str], min_gain: float) -> list[str]:
+    """LARGE_M_TILES entries: each point's winner where it beats today's default by more
+    than min_gain (else the default stays, one compile fewer)."""
+    entries = []
+    for point in points:
+        for fmt in formats:
+            best, default = best_of(point, fmt), default_of(point, fmt)
+            if best is None or (default and best["ms"] * (1 + min_gain) >= default["ms"]):
+                continue
+            tiling = T(**best["tiling"])
+            if tiling_problem(fmt, tiling) is None:
+                entries.append(f"    ({fmt!r}, {point['m']}, {point['n']}, {point['k']}): "
+                               f"{tiling_source(tiling)},")
+    distinct = {line.split(": ", 1)[1] for line in entries}
+    return ["LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {", *entries, "}",
+            f"# {len(entries)} entries, {len(distinct)} distinct tilings beside the defaults"]
+
+
+def tiling_source(tiling: QuantTiling) -> str:
+    base = T(tiling.block_m, tiling.block_n, tiling.block_k)
+    extra = [f"{key}={value!r}" for key, value in asdict(tiling).items()
+             if key not in ("block_m", "block_n", "block_k") and value != getattr(base, key)]
+    return f"QuantTiling({', '.join([str(tiling.block_m), str(tiling.block_n), str(tiling.block_k), *extra])})"  # noqa: E501
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--formats", default=",".join(FORMATS))
+    parser.add_argument("--shapes", default=",".join(SHAPES),
+                        help="models (0.6B, 4B) or model:projection, comma-separated")
+    parser.add_argument("--m", default=None, help="batch sizes, comma-separated")
+    parser.add_argument("--quick", action="store_true", help="6 tilings a format, 3 sizes")
+    parser.add_argument("--budget", type=float, default=150.0,
+                        help="seconds after which only bf16, defaults and winners are timed")
+    parser.add_argument("--min-gain", type=float, default=0.03)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-precompile", action="store_true")
+    args = parser.parse_args(argv)
+    args.formats = [f for f in args.formats.split(",") if f]
+    if set(args.formats) - set(FORMATS):
+        parser.error(f"formats are {', '.join(FORMATS)}")
+    args.shapes = select_shapes(parser, args.shapes)
+    rows = args.m.split(",") if args.m else (QUICK_ROWS if args.quick else ROWS)
+    args.m = [int(m) for m in rows]
+    return args
+
+
+def select_shapes(parser: argparse.ArgumentParser, spec: str) -> dict:
+    chosen: dict[str, dict] = {}
+    for item in filter(None, spec.split(",")):
+        model, _, name = item.partition(":")
+        if model not in SHAPES or (name and name not in SHAPES[model]):
+            parser.error(f"unknown shape {item!r}; models {', '.join(SHAPES)}, projections "
+                         f"{', '.join(SHAPES['4B'])}")
+        picked = {name: SHAPES[model][name]} if name else SHAPES[model]
+        chosen.setdefault(model, {}).update(picked)
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("quant_tiles.py times Triton kernels: it needs a CUDA GPU")
+    ks = {k for projections in args.shapes.values() for _, k in projections.values()}
+    compiles = {} if args.no_precompile else precompile(args.formats, args.quick, ks)
+    here = count_compiles()
+    results = sweep(args)
+    compiles |= {"compiles_here": here[0], "compile_here_s": here[1]}
+    say(f"kernels built: {compiles.get('compiles', 0)} in worker processes "
+        f"({compiles.get('compile_s', 0):.0f} s), {here[0]} built or loaded from the disk "
+        f"cache in this one ({here[1]:.0f} s)")
+    results |= {"compiles": compiles, "device": torch.cuda.get_device_name(),
+                "argv": sys.argv[1:] if argv is None else argv,
+                "wall_s": time.perf_counter() - START}
+    out = os.environ.get("OUT")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "quant_tiles.json").write_text(json.dumps(results, indent=1))
+    for line in [*table_literal(results["points"], args.formats, args.min_gain), "",
+                 *point_table(results["points"], args.formats), "",
+                 *layer_table(results["points"], args.formats)]:
+        print(line)
+    say("done")
+    return results
+
+
+if __name__ == "__main__":
+    main()

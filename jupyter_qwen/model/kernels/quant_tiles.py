@@ -1,0 +1,83 @@
+"""Tilings of the quantized products (`quant_linear.py`) for prefill-sized batches.
+
+`QuantTiling` is one launch configuration; `LARGE_M_TILES` maps (format, M bucket, N, K)
+to the tiling measured fastest there by `benchmarks/quant_tiles.py` (which prints this
+table's literal); `large_m_tiling` looks it up and falls back to `DEFAULT_LARGE_M` for
+shapes and buckets the table does not name. M buckets: a batch of M rows takes the first
+bucket >= M (past the last, the last), so every batch size of a bucket shares one compile.
+Each distinct tiling in the table is one more kernel to compile at start-up: the engine's
+start-up steps must reach every bucket the table names (`bucket_rows`).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+FP8_BLOCK = 128
+AWQ_GROUP = 128
+M_BUCKETS = (32, 64, 128, 256, 512, 2048, 8192)
+
+
+@dataclass(frozen=True, slots=True)
+class QuantTiling:
+    """One launch: the M x N tile and its K step, warps and pipeline stages, and
+    - `group_m`: M tiles per group in the program order (1: N tiles fastest, each row of
+      programs reading all of W; G > 1: G M tiles share each W tile while it is in L2);
+    - `fp8_dot` (FP8 only, on FP8 tensor cores): the product runs in e4m3 with activations
+      quantized per row and 128 columns; False: W is upcast to x's dtype for the dot;
+    - `quantize_x` (with `fp8_dot`): the activations are quantized once by a separate
+      kernel (e4m3 rows and their scales), not again by every N tile in its K loop."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+    group_m: int = 1
+    fp8_dot: bool = True
+    quantize_x: bool = False
+
+
+DEFAULT_LARGE_M = {"fp8": QuantTiling(64, 128, 128), "awq": QuantTiling(64, 128, 64)}
+
+# (format, M bucket, N, K) -> tiling; filled from benchmarks/quant_tiles.py's output.
+LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {}
+
+
+def m_bucket(m: int) -> int:
+    return M_BUCKETS[min(bisect.bisect_left(M_BUCKETS, m), len(M_BUCKETS) - 1)]
+
+
+def large_m_tiling(fmt: str, m: int, n: int, k: int) -> QuantTiling:
+    """The table's tiling for `fmt` ("fp8" or "awq") at M rows of an N x K projection."""
+    return LARGE_M_TILES.get((fmt, m_bucket(m), n, k), DEFAULT_LARGE_M[fmt])
+
+
+def bucket_rows(max_rows: int) -> list[int]:
+    """A batch size in each M bucket that the table names and a batch of at most `max_rows`
+    rows can fall in (the bucket's top, or `max_rows` inside it): start-up steps of these
+    sizes compile every tiling a prefill can pick."""
+    named = sorted({bucket for _, bucket, _, _ in LARGE_M_TILES})
+    below = dict(zip(M_BUCKETS, (0, *M_BUCKETS[:-1]), strict=True))
+    return [min(bucket, max_rows) for bucket in named if below[bucket] < max_rows]
+
+
+def tiling_problem(fmt: str, tiling: QuantTiling) -> str | None:
+    """Why `tiling` cannot run `fmt`'s kernel, or None: the K step stays inside one scale
+    block / group, AWQ's N tile holds whole packed words, tiles are powers of two that
+    tl.dot takes (>= 16), group_m >= 1."""
+    sizes = (tiling.block_m, tiling.block_n, tiling.block_k)
+    if any(size < 16 or size & (size - 1) for size in sizes):
+        return f"tile {sizes} must be powers of two >= 16"
+    if fmt == "fp8" and FP8_BLOCK % tiling.block_k:
+        return f"block_k {tiling.block_k} must divide the scale block {FP8_BLOCK}"
+    if fmt == "awq" and (AWQ_GROUP % tiling.block_k or tiling.block_n % 8):
+        return f"block_k {tiling.block_k} must divide the group {AWQ_GROUP}, block_n be 8k"
+    if fmt == "fp8" and tiling.fp8_dot and tiling.block_k != FP8_BLOCK:
+        return f"FP8 tensor cores quantize x per {FP8_BLOCK} columns: block_k must be that"
+    if tiling.quantize_x and not (fmt == "fp8" and tiling.fp8_dot):
+        return "quantize_x needs the FP8 tensor-core product"
+    if tiling.group_m < 1 or tiling.num_warps not in (1, 2, 4, 8, 16) or tiling.num_stages < 1:
+        return f"group_m {tiling.group_m}, num_warps {tiling.num_warps}, stages"
+    return None

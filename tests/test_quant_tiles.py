@@ -1,0 +1,216 @@
+"""The prefill tilings of the quantized products (model/kernels/quant_tiles.py): the measured
+table holds only tilings the kernels accept, `quant_tiling` reads it by M bucket, and every
+tiling of benchmarks/quant_tiles.py's sweep computes the dequantizing reference's product.
+
+Interpreter mode runs each tiling the interpreter can tell apart (warps and stages do not
+change what it computes) on M, N and K of two to three tiles, partial last tiles included.
+FP8 tensor-core tilings are held to FP8_DOT_TOLERANCE on the GPU; the interpreter's e4m3
+conversion drops the carry of a mantissa rounding up into the exponent (127.8 becomes 64),
+which about doubles the activations' quantization error there, hence its looser bound."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import torch
+from kernel_cases import relative_error
+from kernel_modes import TOLERANCE
+from test_quant_kernels import FP8_DOT_TOLERANCE, fp8_case, reference
+
+from jupyter_qwen.model.kernels import quant_tiles
+from jupyter_qwen.model.kernels.quant_tiles import (
+    DEFAULT_LARGE_M,
+    LARGE_M_TILES,
+    M_BUCKETS,
+    QuantTiling,
+    tiling_problem,
+)
+from jupyter_qwen.model.quant import awq, fp8
+
+INTERPRETER_FP8_DOT_TOLERANCE = 1e-1
+
+
+def sweep_module():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "quant_tiles.py"
+    spec = importlib.util.spec_from_file_location("quant_tiles_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+SWEEP = sweep_module()
+GRIDS = {"fp8": SWEEP.fp8_grid(), "awq": SWEEP.awq_grid()}
+
+
+def distinct_to_the_interpreter(tilings: list[QuantTiling]) -> list[QuantTiling]:
+    return list(dict.fromkeys(replace(t, num_warps=4, num_stages=1) for t in tilings))
+
+
+def test_table_defaults_and_sweep_grids_hold_valid_tilings():
+    for fmt, tiling in DEFAULT_LARGE_M.items():
+        assert tiling_problem(fmt, tiling) is None, (fmt, tiling)
+    for (fmt, bucket, n, k), tiling in LARGE_M_TILES.items():
+        assert fmt in DEFAULT_LARGE_M and bucket in M_BUCKETS and n > 0 and k > 0
+        assert tiling_problem(fmt, tiling) is None, (fmt, bucket, n, k, tiling)
+    for fmt, tilings in GRIDS.items():
+        assert tilings[0] == DEFAULT_LARGE_M[fmt], "the sweep times today's default first"
+        assert len(set(tilings)) == len(tilings)
+        for tiling in tilings:
+            assert tiling_problem(fmt, tiling) is None, (fmt, tiling)
+
+
+@pytest.mark.parametrize("fmt, tiling", [
+    ("fp8", QuantTiling(64, 128, 64)),  # FP8 tensor cores quantize 128 columns at a time
+    ("fp8", QuantTiling(64, 128, 256, fp8_dot=False)),
+    ("awq", QuantTiling(64, 100, 64)),
+    ("awq", QuantTiling(64, 128, 64, quantize_x=True)),
+    ("fp8", QuantTiling(48, 128, 128)),
+    ("fp8", QuantTiling(64, 128, 128, group_m=0)),
+])
+def test_tiling_problem_names_what_the_kernels_refuse(fmt, tiling):
+    assert tiling_problem(fmt, tiling) is not None
+
+
+def test_quant_tiling_reads_the_table_by_m_bucket(monkeypatch):
+    from jupyter_qwen.model.kernels.quant_linear import quant_tiling
+
+    picked = QuantTiling(128, 256, 128, 8, 3, group_m=8, quantize_x=True)
+    monkeypatch.setitem(LARGE_M_TILES, ("fp8", 512, 4096, 1024), picked)
+    assert [quant_tiling(m, 4096, k=1024) for m in (257, 400, 512)] == [picked] * 3
+    for m in (256, 513, 100000):
+        assert quant_tiling(m, 4096, k=1024) == DEFAULT_LARGE_M["fp8"]
+    assert quant_tiling(400, 4096, awq=True, k=1024) == DEFAULT_LARGE_M["awq"]
+    assert quant_tiling(400, 4096, k=2048) == DEFAULT_LARGE_M["fp8"]
+    assert quant_tiling(16, 4096, k=1024).block_m == 16  # decode tilings are not the table's
+    assert quant_tiles.bucket_rows(1024) == [512]
+    assert quant_tiles.bucket_rows(300) == [300]
+    assert quant_tiles.bucket_rows(256) == []
+    assert quant_tiles.m_bucket(10**6) == M_BUCKETS[-1]
+
+
+def case_size(tiling: QuantTiling) -> tuple[int, int, int]:
+    """M, N, K: two M tiles and a partial third, two N tiles and a partial third (whole
+    AWQ words), and a partial last K step."""
+    return 2 * tiling.block_m + 5, 2 * tiling.block_n + 24, 2 * tiling.block_k + 64
+
+
+def sweep_tilings(mode, fmt: str, tiling: QuantTiling) -> list[QuantTiling]:
+    """On the GPU, every tiling of the sweep that computes as `tiling` does; else itself."""
+    if not mode.large:
+        return [tiling]
+    return [t for t in GRIDS[fmt] if distinct_to_the_interpreter([t]) == [tiling]]
+
+
+def fp8_dot_tolerance(mode) -> float:
+    return FP8_DOT_TOLERANCE if mode.large else INTERPRETER_FP8_DOT_TOLERANCE
+
+
+@pytest.mark.parametrize("computation", distinct_to_the_interpreter(GRIDS["fp8"]), ids=SWEEP.label)
+def test_every_fp8_sweep_tiling_matches_the_reference(mode, generator, computation):
+    from jupyter_qwen.model.kernels.quant_linear import fp8_linear
+
+    for tiling in sweep_tilings(mode, "fp8", computation):
+        m, n, k = case_size(tiling)
+        values, scales, scale_rows = (t.to(mode.device) for t in fp8_case(generator, n, k))
+        weight = fp8.dequantize_fp8_blocks(values, scales, scale_rows)
+        x = torch.randn(m, k, generator=generator).to(torch.bfloat16).to(mode.device)
+        y = fp8_linear(x, values, scales, scale_rows, tiling=tiling, fp8_dot=True)
+        bound = fp8_dot_tolerance(mode) if tiling.fp8_dot else TOLERANCE[torch.bfloat16]
+        error = relative_error(y.float().cpu(), reference(x, weight).float().cpu())
+        assert error < bound, f"{tiling}: relative error {error:.2e}"
+        if tiling.quantize_x:  # the same arithmetic as quantizing inside the K loop
+            inline = fp8_linear(x, values, scales, scale_rows,
+                                tiling=replace(tiling, quantize_x=False), fp8_dot=True)
+            assert relative_error(y.float().cpu(), inline.float().cpu()) < 1e-3
+
+
+@pytest.mark.parametrize("computation", distinct_to_the_interpreter(GRIDS["awq"]), ids=SWEEP.label)
+def test_every_awq_sweep_tiling_matches_the_reference(mode, generator, computation):
+    from jupyter_qwen.model.kernels.quant_linear import awq_linear
+
+    for tiling in sweep_tilings(mode, "awq", computation):
+        m, n, k = case_size(tiling)
+        packed = awq.quantize_awq(torch.randn(n, k, generator=generator))
+        weight = awq.dequantize_awq(*packed)
+        x = torch.randn(m, k, generator=generator).to(torch.bfloat16)
+        y = awq_linear(x.to(mode.device), *(t.to(mode.device) for t in packed), tiling=tiling)
+        error = relative_error(y.float().cpu(), reference(x, weight).float())
+        assert error < TOLERANCE[torch.bfloat16], f"{tiling}: relative error {error:.2e}"
+
+
+def test_fp8_tensor_core_tilings_fall_back_without_fp8_tensor_cores(mode, generator):
+    """fp8_dot=False (a card without e4m3): a tensor-core tiling upcasts W instead, to the
+    bf16 product's accuracy."""
+    from jupyter_qwen.model.kernels.quant_linear import fp8_linear
+
+    tiling = QuantTiling(32, 64, 128, group_m=2, quantize_x=True)
+    m, n, k = case_size(tiling)
+    values, scales, scale_rows = (t.to(mode.device) for t in fp8_case(generator, n, k))
+    weight = fp8.dequantize_fp8_blocks(values, scales, scale_rows)
+    x = torch.randn(m, k, generator=generator).to(torch.bfloat16).to(mode.device)
+    y = fp8_linear(x, values, scales, scale_rows, tiling=tiling, fp8_dot=False)
+    error = relative_error(y.float().cpu(), reference(x, weight).float().cpu())
+    assert error < TOLERANCE[torch.bfloat16], f"relative error {error:.2e}"
+
+
+def synthetic_points(ms_of) -> list[dict]:
+    """Sweep records for both models' projections at M=512: bf16 1 ms each; each format's
+    grid timed by ms_of(fmt, index)."""
+    points = []
+    for model, projections in SWEEP.SHAPES.items():
+        for name, (n, k) in projections.items():
+            formats = {fmt: [{"tiling": asdict(t), "label": SWEEP.label(t), "error": 0.0,
+                              "ms": ms_of(fmt, index)} for index, t in enumerate(tilings)]
+                       for fmt, tilings in GRIDS.items()}
+            points.append({"model": model, "projection": name, "n": n, "k": k, "m": 512,
+                           "bf16_ms": 1.0, "formats": formats, "late": False})
+    return points
+
+
+def test_the_sweep_prints_a_table_literal_that_quant_tiles_reads():
+    """The last tiling of each grid wins by 10 % (past --min-gain): the printed literal names
+    it for every shape, evaluates to QuantTilings the kernels accept, and nothing beats the
+    default by 1 % when min_gain is 5 %."""
+    points = synthetic_points(lambda fmt, index: 0.9 if index == len(GRIDS[fmt]) - 1 else 1.0)
+    literal = "\n".join(SWEEP.table_literal(points, list(GRIDS), min_gain=0.03))
+    namespace = {"QuantTiling": QuantTiling}
+    exec(literal, namespace)
+    table = namespace["LARGE_M_TILES"]
+    assert len(table) == 2 * len(points)
+    for (fmt, bucket, n, k), tiling in table.items():
+        assert tiling == GRIDS[fmt][-1] and bucket == 512 and (n, k) in [
+            (p["n"], p["k"]) for p in points]
+    close = synthetic_points(lambda fmt, index: 0.99 if index else 1.0)
+    assert "QuantTiling(" not in "\n".join(SWEEP.table_literal(close, list(GRIDS), 0.05))
+
+
+def test_the_layer_table_sums_the_four_projections():
+    points = synthetic_points(lambda fmt, index: 0.5 if fmt == "fp8" else 2.0 + index)
+    lines = SWEEP.layer_table(points, ["fp8", "awq"])
+    assert len(lines) == 1 + len(SWEEP.SHAPES)
+    for line in lines[1:]:
+        _model, m, bf16, fp8_us, fp8_x, fp8_default, awq_us, awq_x, awq_default = line.split()
+        assert (m, float(bf16), float(fp8_us), float(awq_us)) == ("512", 4000.0, 2000.0, 8000.0)
+        assert (fp8_x, fp8_default, awq_x, awq_default) == ("2.00", "2.00", "0.50", "0.50")
+
+
+def test_start_up_reaches_every_m_bucket_the_table_names(monkeypatch):
+    """ModelRunner's start-up compile steps include a prefill in each bucket of the table
+    that the scheduler can produce, split into sequences no longer than max_model_len."""
+    from types import SimpleNamespace
+
+    from jupyter_qwen.engine.model_runner import ModelRunner
+
+    for bucket in (64, 2048, 8192):
+        monkeypatch.setitem(LARGE_M_TILES, ("awq", bucket, 4096, 1024), DEFAULT_LARGE_M["awq"])
+    steps = []
+    runner = SimpleNamespace(max_num_batched_tokens=4096, max_model_len=1024,
+                             config=SimpleNamespace(max_num_seqs=8),
+                             _dummy_step=steps.append)
+    ModelRunner._compile_quant_tilings(runner)
+    assert steps == [[64], [1024, 1024], [1024] * 4]  # 2049-4096 rows: the 8192 bucket
