@@ -4,10 +4,11 @@ The requests users send most (a checkpoint's sampling defaults: temperature, top
 maybe min-p, a seed, repetition / presence / frequency penalties) need no per-request change to
 the logits beyond the penalties, so their draw is the same few kernels every step: penalties
 from the device-side token counts (`PenaltyState`, reserved at start-up so its buffers never
-move), then a window draw (`sampler.window_draw`). This module captures that draw once per
-padded batch size, window width and with or without penalties, reading per-row parameters from
-static buffers filled by one copy each step, and reads back the tokens with the rows it could
-not settle; those few rows are redone exactly by the full sort, as `sample` does.
+move; on a GPU one kernel, `penalty_kernel`, reads them in place), then a window draw
+(`sampler.window_draw`). This module captures that draw once per padded batch size, window
+width and with or without penalties, reading per-row parameters from static buffers filled by
+one copy each step, and reads back the tokens with the rows it could not settle; those few
+rows are redone exactly by the full sort, as `sample` does.
 
 The tokens equal `sample`'s for the same rows and seeds: a settled window draw does not depend
 on the window's width. Steps with logit_bias, allowed tokens, min_tokens, structured output,
@@ -30,7 +31,7 @@ from jupyter_qwen.engine.sampler import (
     TOP_P_WINDOW,
     PenaltyBatch,
     WindowRows,
-    apply_penalties,
+    penalise_rows,
     sorted_tokens,
     window_draw,
 )
@@ -119,12 +120,10 @@ class GraphSampler:
 
     def _penalised(self, logits: torch.Tensor, size: int) -> torch.Tensor:
         """The logits after each row's penalties (rows without any are unchanged)."""
-        state = self.penalty_state
-        slots = self.ints[SLOT, :size].clamp(min=0)
-        counts, seen = state.gather(slots)
         repetition, presence, frequency = self.floats[REPETITION:FREQUENCY + 1, :size]
-        return apply_penalties(logits.clone(), PenaltyBatch(repetition, presence, frequency,
-                                                            counts, seen))
+        return penalise_rows(logits, self.ints[SLOT, :size],
+                             PenaltyBatch(repetition, presence, frequency, None, None),
+                             self.penalty_state)
 
     def _draw(self, size: int, shape: DrawShape) -> torch.Tensor:
         """[2, size]: the tokens, and whether each row is unsettled. A penalised draw also
