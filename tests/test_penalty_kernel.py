@@ -160,3 +160,20 @@ def test_captured_penalised_draws_equal_sample_with_the_torch_penalties():
             for seq, token in zip(seqs, drawn, strict=True):
                 seq.token_ids.append(token)
     sampler.close()
+
+
+def test_the_benchmark_checks_every_variant_before_timing_it(mode, monkeypatch):
+    """benchmarks/penalty_kernel.py's check passes the kernel and reports a variant that
+    computes something else (small vocabulary; the timing itself needs a GPU)."""
+    from test_benchmarks import load_benchmark
+
+    bench = load_benchmark("penalty_kernel")
+    monkeypatch.setattr(bench, "DEVICE", mode.device)
+    monkeypatch.setattr(bench, "VOCAB", mode.pick(2000, bench.VOCAB))
+    state = bench.random_state()
+    for rows in (1, 8):
+        assert bench.check(rows, state, 1024) == ""
+    kernel = bench.penalise_in_one_kernel
+    monkeypatch.setattr(bench, "penalise_in_one_kernel",
+                        lambda *args, **kwargs: kernel(*args, **kwargs).mul_(1.0001))
+    assert "entries differ" in bench.check(8, state, 1024)

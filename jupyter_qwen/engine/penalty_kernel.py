@@ -81,10 +81,9 @@ def _check(logits: torch.Tensor, out: torch.Tensor, slots: torch.Tensor,
         raise ValueError("penalties take and give [rows, vocab] float32 logits")
     if logits.stride(1) != 1 or out.stride(1) != 1:
         raise ValueError("the logits' rows must be contiguous")
-    if slots.dtype not in SLOT_DTYPES or slots.shape != (rows,) or slots.stride(0) != 1:
+    if slots.dtype not in SLOT_DTYPES or not _one_per_row(slots, rows):
         raise ValueError("slots must be one contiguous int64 or int32 entry per row")
-    if any(p.dtype != torch.float32 or p.shape != (rows,) or p.stride(0) != 1
-           for p in parameters):
+    if any(p.dtype != torch.float32 or not _one_per_row(p, rows) for p in parameters):
         raise ValueError("penalty parameters must be one contiguous float32 entry per row")
     state_shape = (output_counts.shape[0], vocab_size)
     if (output_counts.dtype != torch.int32 or in_prompt.dtype != torch.bool
@@ -92,6 +91,10 @@ def _check(logits: torch.Tensor, out: torch.Tensor, slots: torch.Tensor,
             or output_counts.stride() != in_prompt.stride() or output_counts.stride(1) != 1):
         raise ValueError("the penalty state must be int32 counts and bool prompt marks of "
                          "the logits' vocabulary, laid out alike")
+
+
+def _one_per_row(values: torch.Tensor, rows: int) -> bool:
+    return values.shape == (rows,) and (rows <= 1 or values.stride(0) == 1)
 
 
 def compile_penalty_kernels(vocab_size: int, device: torch.device) -> None:
