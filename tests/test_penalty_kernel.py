@@ -10,6 +10,7 @@ import torch
 from kernel_modes import COMPILED_ONLY, HAVE_TRITON
 from test_graph_sampling import PENALISED, logits_of
 
+from jupyter_qwen.engine import graph_sampling
 from jupyter_qwen.engine.graph_sampling import GraphSampler
 from jupyter_qwen.engine.penalty_state import PenaltyState
 from jupyter_qwen.engine.sampler import (
@@ -130,11 +131,13 @@ def test_bad_inputs_are_refused():
 
 @pytest.mark.gpu
 @COMPILED_ONLY
-def test_captured_penalised_draws_equal_sample_with_the_torch_penalties():
+def test_captured_penalised_draws_equal_sample_with_the_torch_penalties(monkeypatch):
     """Several steps of penalised, plain and greedy rows at Qwen3's vocabulary: the captured
     draw (the kernel, inside a CUDA graph) and `sample` with a penalty state (the kernel,
     eagerly) give the tokens of `sample` with counts built from the token lists (the torch
-    penalties), on the same GPU."""
+    penalties), on the same GPU. One step's tie runs make the captured draw redo two rows
+    (penalised again by the kernel, outside the graph); at this vocabulary the top-p-only
+    row's mass often reaches past the window too, and is redone alike."""
     cuda = torch.device("cuda")
     vocab, size = 151_936, 8
     generator = torch.Generator().manual_seed(4)
@@ -147,9 +150,18 @@ def test_captured_penalised_draws_equal_sample_with_the_torch_penalties():
     logits = torch.empty(size, vocab, device=cuda)
     sampler = GraphSampler({size: logits}, cuda, graph_state)
     sampler.capture()
+    redone = []
+    original = graph_sampling.sorted_tokens
+    monkeypatch.setattr(graph_sampling, "sorted_tokens",
+                        lambda logits, rows, index: redone.append(index.tolist())
+                        or original(logits, rows, index))
     for step in range(8):
         logits.copy_(logits_of(size, vocab, seed=20 + step))
+        if step == 3:  # tie runs across the window's edge at the top-k cut
+            logits[:2] = torch.cat([torch.tensor([5.0]), torch.full((vocab - 1,), 1.0)])
+        redone.clear()
         drawn = sampler.draw(graph, size)
+        assert step != 3 or {0, 1} <= set(*redone), redone
         rows = logits[:len(PENALISED)]
         expected = sample(rows.clone(), build_sampling_batch(reference, vocab, cuda)).token_ids
         with_state = build_sampling_batch(eager, vocab, cuda, eager_state)
