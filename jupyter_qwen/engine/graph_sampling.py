@@ -118,12 +118,15 @@ class GraphSampler:
         keys = self.ints[KEY_LOW:KEY_HIGH + 1, :size].T
         return WindowRows(temperatures, self.ints[TOP_K, :size], top_p, min_p, keys)
 
-    def _penalised(self, logits: torch.Tensor, size: int) -> torch.Tensor:
-        """The logits after each row's penalties (rows without any are unchanged)."""
-        repetition, presence, frequency = self.floats[REPETITION:FREQUENCY + 1, :size]
-        return penalise_rows(logits, self.ints[SLOT, :size],
-                             PenaltyBatch(repetition, presence, frequency, None, None),
-                             self.penalty_state)
+    def _penalised(self, logits: torch.Tensor, size: int,
+                   rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits after each row's penalties (rows without any are unchanged), as a new
+        tensor; with `rows`, `logits` holds only those rows of the batch, penalised in place."""
+        params, slots = self.floats[REPETITION:FREQUENCY + 1, :size], self.ints[SLOT, :size]
+        if rows is not None:
+            params, slots = params.index_select(1, rows), slots.index_select(0, rows)
+        return penalise_rows(logits, slots, PenaltyBatch(*params, None, None),
+                             self.penalty_state, out=None if rows is None else logits)
 
     def _draw(self, size: int, shape: DrawShape) -> torch.Tensor:
         """[2, size]: the tokens, and whether each row is unsettled. A penalised draw also
@@ -232,13 +235,13 @@ class GraphSampler:
         the same keys (the buffers still hold this step's parameters). A penalised draw
         counted the window's token for them: that count moves to the redone token."""
         index = torch.tensor(rows, dtype=torch.int64, device=self.device)
-        logits = self.logits[size]
+        logits = self.logits[size].index_select(0, index)
         slots = self.ints[SLOT].index_select(0, index)
         if shape.penalties:
             counted = torch.tensor([tokens[row] for row in rows], device=self.device)
             self._add_counts(slots, counted, -1)
-            logits = self._penalised(logits, size)
-        redone = sorted_tokens(logits[index], self._rows(size), index)
+            logits = self._penalised(logits, size, index)
+        redone = sorted_tokens(logits, self._rows(size), index)
         if shape.penalties:
             self._add_counts(slots, redone, 1)
         for row, token in zip(rows, redone.tolist(), strict=True):
