@@ -11,7 +11,7 @@ from test_sampler_distribution import chi2_critical, chi2_statistic, filtered_so
 from jupyter_qwen.engine import graph_sampling
 from jupyter_qwen.engine.graph_sampling import DRAW_SHAPES, GraphSampler, draw_shape
 from jupyter_qwen.engine.penalty_state import PenaltyState
-from jupyter_qwen.engine.sampler import TOP_P_WINDOW, build_sampling_batch, sample
+from jupyter_qwen.engine.sampler import TOP_P_WINDOW, apply_penalties, build_sampling_batch, sample
 from jupyter_qwen.engine.sequence import Sequence
 from jupyter_qwen.sampling_params import SamplingParams
 
@@ -176,3 +176,41 @@ def test_penalised_draws_step_aside_when_the_buffers_moved():
     assert state.capacity > 2
     assert sampler.draw(sequences(params[:2]), 4) is None
     assert sampler.draw(sequences([SamplingParams(**QWEN3)]), 4) is not None
+
+
+def test_redone_rows_keep_their_own_penalties(monkeypatch):
+    """Rows redone after the window, away from the batch's first rows, are penalised with
+    their own slots and parameters: the full sort sees the reference penalised logits of
+    exactly those rows, and the tokens equal `sample`'s."""
+    vocab, size = 2000, 6
+    params = [SamplingParams(**QWEN3, seed=1, presence_penalty=1.5),
+              SamplingParams(**QWEN3, seed=2, repetition_penalty=0.7, frequency_penalty=0.3),
+              SamplingParams(temperature=0.0, frequency_penalty=0.5),
+              SamplingParams(**QWEN3, seed=3, repetition_penalty=1.4, presence_penalty=-0.5)]
+    rng = torch.Generator().manual_seed(8)
+    prompts = [torch.randint(0, vocab, (12,), generator=rng).tolist() for _ in params]
+    graph_seqs, eager_seqs, reference_seqs = ([Sequence(str(i), list(p), q) for i, (p, q) in
+                                               enumerate(zip(prompts, params, strict=True))]
+                                              for _ in range(3))
+    graph_state, eager_state = PenaltyState(vocab, CPU), PenaltyState(vocab, CPU)
+    graph_state.reserve(size)
+    seen = []
+    original = graph_sampling.sorted_tokens
+    monkeypatch.setattr(graph_sampling, "sorted_tokens",
+                        lambda logits, rows, index: seen.append((index.tolist(), logits))
+                        or original(logits, rows, index))
+    tied = torch.cat([torch.tensor([2.0]), torch.full((vocab - 1,), 1.0)])
+    for step in range(4):
+        logits = logits_of(size, vocab, seed=30 + step)
+        logits[1] = logits[3] = tied
+        drawn = GraphSampler({size: logits}, CPU, graph_state).draw(graph_seqs, size)
+        reference = build_sampling_batch(reference_seqs, vocab, CPU).penalties
+        expected = apply_penalties(logits[:len(params)].clone(), reference)
+        [(rows, redone_logits)] = seen
+        assert rows == [1, 3] and torch.equal(redone_logits, expected[rows]), step
+        batch = build_sampling_batch(eager_seqs, vocab, CPU, eager_state)
+        assert drawn == sample(logits[:len(params)].clone(), batch).token_ids, step
+        seen.clear()
+        for seqs in (graph_seqs, eager_seqs, reference_seqs):
+            for seq, token in zip(seqs, drawn, strict=True):
+                seq.token_ids.append(token)

@@ -4,10 +4,11 @@ The requests users send most (a checkpoint's sampling defaults: temperature, top
 maybe min-p, a seed, repetition / presence / frequency penalties) need no per-request change to
 the logits beyond the penalties, so their draw is the same few kernels every step: penalties
 from the device-side token counts (`PenaltyState`, reserved at start-up so its buffers never
-move), then a window draw (`sampler.window_draw`). This module captures that draw once per
-padded batch size, window width and with or without penalties, reading per-row parameters from
-static buffers filled by one copy each step, and reads back the tokens with the rows it could
-not settle; those few rows are redone exactly by the full sort, as `sample` does.
+move; on a GPU one kernel, `penalty_kernel`, reads them in place), then a window draw
+(`sampler.window_draw`). This module captures that draw once per padded batch size, window
+width and with or without penalties, reading per-row parameters from static buffers filled by
+one copy each step, and reads back the tokens with the rows it could not settle; those few
+rows are redone exactly by the full sort, as `sample` does.
 
 The tokens equal `sample`'s for the same rows and seeds: a settled window draw does not depend
 on the window's width. Steps with logit_bias, allowed tokens, min_tokens, structured output,
@@ -30,7 +31,7 @@ from jupyter_qwen.engine.sampler import (
     TOP_P_WINDOW,
     PenaltyBatch,
     WindowRows,
-    apply_penalties,
+    penalise_rows,
     sorted_tokens,
     window_draw,
 )
@@ -117,14 +118,15 @@ class GraphSampler:
         keys = self.ints[KEY_LOW:KEY_HIGH + 1, :size].T
         return WindowRows(temperatures, self.ints[TOP_K, :size], top_p, min_p, keys)
 
-    def _penalised(self, logits: torch.Tensor, size: int) -> torch.Tensor:
-        """The logits after each row's penalties (rows without any are unchanged)."""
-        state = self.penalty_state
-        slots = self.ints[SLOT, :size].clamp(min=0)
-        counts, seen = state.gather(slots)
-        repetition, presence, frequency = self.floats[REPETITION:FREQUENCY + 1, :size]
-        return apply_penalties(logits.clone(), PenaltyBatch(repetition, presence, frequency,
-                                                            counts, seen))
+    def _penalised(self, logits: torch.Tensor, size: int,
+                   rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits after each row's penalties (rows without any are unchanged), as a new
+        tensor; with `rows`, `logits` holds only those rows of the batch, penalised in place."""
+        params, slots = self.floats[REPETITION:FREQUENCY + 1, :size], self.ints[SLOT, :size]
+        if rows is not None:
+            params, slots = params.index_select(1, rows), slots.index_select(0, rows)
+        return penalise_rows(logits, slots, PenaltyBatch(*params, None, None),
+                             self.penalty_state, out=None if rows is None else logits)
 
     def _draw(self, size: int, shape: DrawShape) -> torch.Tensor:
         """[2, size]: the tokens, and whether each row is unsettled. A penalised draw also
@@ -233,13 +235,13 @@ class GraphSampler:
         the same keys (the buffers still hold this step's parameters). A penalised draw
         counted the window's token for them: that count moves to the redone token."""
         index = torch.tensor(rows, dtype=torch.int64, device=self.device)
-        logits = self.logits[size]
+        logits = self.logits[size].index_select(0, index)
         slots = self.ints[SLOT].index_select(0, index)
         if shape.penalties:
             counted = torch.tensor([tokens[row] for row in rows], device=self.device)
             self._add_counts(slots, counted, -1)
-            logits = self._penalised(logits, size)
-        redone = sorted_tokens(logits[index], self._rows(size), index)
+            logits = self._penalised(logits, size, index)
+        redone = sorted_tokens(logits, self._rows(size), index)
         if shape.penalties:
             self._add_counts(slots, redone, 1)
         for row, token in zip(rows, redone.tolist(), strict=True):

@@ -185,15 +185,17 @@ class ModelRunner:
         """Steps that reach every kernel variant a request can need, so that none waits for
         a compile: prefill of one and of many sequences; decode of one sequence, and of
         several with their contexts split across programs or not; mixed steps likewise; and the
-        sampler's one-kernel window draws."""
+        sampler's one-kernel window draws and penalties."""
         for query_lens, context_lens in (([37], [37]), ([5] * 17, [90] * 17), ([1], [40]),
                                          ([1, 1], [40, 2000]), ([1] * 3, [30] * 3),
                                          ([16, 1, 1], [48, 17, 64]), ([128, 1], [128, 2000])):
             self._dummy_step(query_lens, context_lens)
         self._compile_quant_tilings()
+        from jupyter_qwen.engine.penalty_kernel import compile_penalty_kernels
         from jupyter_qwen.engine.window_kernel import compile_window_kernels
 
         compile_window_kernels(self.model_config.vocab_size, self.device, KERNEL_VARIANTS)
+        compile_penalty_kernels(self.model_config.vocab_size, self.device)
         torch.cuda.synchronize(self.device)
 
     def _compile_quant_tilings(self) -> None:

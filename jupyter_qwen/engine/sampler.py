@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from jupyter_qwen.engine.host_copy import host_to_device
+from jupyter_qwen.engine.host_copy import host_to_device, long_tensor
 from jupyter_qwen.engine.logit_adjustments import LogitAdjustments, build_logit_adjustments
 from jupyter_qwen.engine.penalty_state import PenaltyState
 from jupyter_qwen.engine.sampling_noise import (
@@ -49,11 +49,16 @@ MAX_WINDOW_TOP_K = 1024
 
 @dataclass(slots=True)
 class PenaltyBatch:
+    """Each row's penalties, and what it has seen: gathered counts and marks (the torch path),
+    or, on a GPU, each row's slot in a `PenaltyState` (-1 for none), read in place."""
+
     repetition: torch.Tensor
     presence: torch.Tensor
     frequency: torch.Tensor
-    output_counts: torch.Tensor
-    seen_in_context: torch.Tensor
+    output_counts: torch.Tensor | None  # [rows, vocab] float32
+    seen_in_context: torch.Tensor | None  # [rows, vocab] bool
+    slots: torch.Tensor | None = None
+    state: PenaltyState | None = None
 
 
 @dataclass(slots=True)
@@ -161,14 +166,20 @@ def _add_penalties(batch: SamplingBatch, seqs: list[Sequence], vocab_size: int,
                    device: torch.device, state: PenaltyState | None) -> None:
     as_tensor = lambda values: host_to_device(  # noqa: E731
         torch.tensor(values, dtype=torch.float32), device)
+    counts = seen = row_slots = None
     if state is None:
         counts, seen = _counts_from_token_lists(seqs, vocab_size, device)
     else:
         rows = [row for row, seq in enumerate(seqs) if seq.params.uses_penalties]
         penalised = [seqs[row] for row in rows]
-        slots = state.slots(penalised)
-        row_index = host_to_device(torch.tensor(rows, dtype=torch.int64), device)
-        if len(rows) == len(seqs):
+        slot_numbers = state.slot_numbers(penalised)
+        slots = long_tensor(slot_numbers, device)
+        row_index = long_tensor(rows, device)
+        if device.type == "cuda":  # the kernel reads the rows in place
+            numbers = iter(slot_numbers)
+            row_slots = long_tensor([next(numbers) if seq.params.uses_penalties else -1
+                                     for seq in seqs], device)
+        elif len(rows) == len(seqs):
             counts, seen = state.gather(slots)
         else:
             counts = torch.zeros(len(seqs), vocab_size, dtype=torch.float32, device=device)
@@ -179,7 +190,8 @@ def _add_penalties(batch: SamplingBatch, seqs: list[Sequence], vocab_size: int,
         repetition=as_tensor([seq.params.repetition_penalty for seq in seqs]),
         presence=as_tensor([seq.params.presence_penalty for seq in seqs]),
         frequency=as_tensor([seq.params.frequency_penalty for seq in seqs]),
-        output_counts=counts, seen_in_context=seen)
+        output_counts=counts, seen_in_context=seen, slots=row_slots,
+        state=state if row_slots is not None else None)
 
 
 def _counts_from_token_lists(seqs: list[Sequence], vocab_size: int,
@@ -195,12 +207,10 @@ def _counts_from_token_lists(seqs: list[Sequence], vocab_size: int,
 
 def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
     raw_logits = logits
-    if batch.adjustments is not None or batch.penalties is not None:
-        logits = logits.clone()
     if batch.adjustments is not None:
-        logits = batch.adjustments.apply(logits)
+        logits = batch.adjustments.apply(logits.clone())
     if batch.penalties is not None:
-        logits = apply_penalties(logits, batch.penalties)
+        logits = _penalise(logits, batch.penalties, in_place=logits is not raw_logits)
     token_ids, host_ids = _choose_tokens(logits, batch)
     if batch.penalty_record is not None:
         record = batch.penalty_record
@@ -209,7 +219,34 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
     return SamplerOutput(host_ids, logprobs)
 
 
+def _penalise(logits: torch.Tensor, penalties: PenaltyBatch, in_place: bool) -> torch.Tensor:
+    if penalties.slots is None:
+        return apply_penalties(logits if in_place else logits.clone(), penalties)
+    return penalise_rows(logits, penalties.slots, penalties, penalties.state,
+                         out=logits if in_place else None)
+
+
+def penalise_rows(logits: torch.Tensor, slots: torch.Tensor, penalties: PenaltyBatch,
+                  state: PenaltyState, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The logits after the penalties of `penalties` (its counts unused) over the rows
+    `slots` of `state` (-1: no row, the logits stay), into `out` (may be `logits`) or a new
+    tensor. On a GPU one kernel (`penalty_kernel`) reads the rows in place; on a CPU they are
+    gathered for `apply_penalties`."""
+    if logits.is_cuda:
+        from jupyter_qwen.engine.penalty_kernel import penalise_in_one_kernel
+
+        return penalise_in_one_kernel(logits, slots, penalties.repetition, penalties.presence,
+                                      penalties.frequency, state.output_counts,
+                                      state.in_prompt, out)
+    has_row = (slots >= 0)[:, None]
+    counts, seen = state.gather(slots.clamp(min=0))
+    gathered = PenaltyBatch(penalties.repetition, penalties.presence, penalties.frequency,
+                            counts * has_row, seen & has_row)
+    return apply_penalties(logits.clone() if out is None else out.copy_(logits), gathered)
+
+
 def apply_penalties(logits: torch.Tensor, penalties: PenaltyBatch) -> torch.Tensor:
+    """The reference penalties over gathered counts, in place."""
     repetition = penalties.repetition[:, None]
     penalised = torch.where(logits > 0, logits / repetition, logits * repetition)
     logits = torch.where(penalties.seen_in_context, penalised, logits)
