@@ -250,5 +250,6 @@ class Qwen3ForCausalLM(nn.Module):
                 module.fused = layers
                 module.backend = ops.attention if ops is not None else None
             if isinstance(module, Qwen3DecoderLayer) and not self.config.attention_bias:
-                takes = layers is not None and all(map(layers.takes, module.projections()))
+                takes = layers is not None and all(layers.takes(p) for p in module.projections()
+                                                   if isinstance(p, QuantLinear))
                 module.gemv = layers if takes else None
