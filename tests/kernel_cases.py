@@ -86,6 +86,15 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out64 - ref64).norm() / ref64.norm().clamp_min(1e-30))
 
 
+def exact_sum(x: torch.Tensor, residual: torch.Tensor, mode) -> torch.Tensor:
+    """x + residual as torch rounds it; Triton 3.6's interpreter truncates fp32 -> bf16
+    (compiled kernels round to nearest even), so under it the sum is truncated likewise."""
+    if mode.device == "cuda" or x.dtype != torch.bfloat16:
+        return x + residual
+    wide = (x.float() + residual.float()).view(torch.int32) & ~0xFFFF
+    return wide.view(torch.float32).to(torch.bfloat16)
+
+
 def fix_interpreter() -> None:
     """Work around gaps of Triton's CPU interpreter (3.6 to 3.9; use only under
     TRITON_INTERPRET=1).

@@ -10,7 +10,7 @@ import random
 
 import pytest
 import torch
-from kernel_cases import PagedCase, random_paged_case, relative_error
+from kernel_cases import PagedCase, exact_sum, random_paged_case, relative_error
 from kernel_modes import COMPILED_ONLY, HAVE_TRITON, TOLERANCE, Mode
 
 from jupyter_qwen.model.attention import (
@@ -328,15 +328,6 @@ def test_qk_norm_rope_store(mode, generator, dtype, heads):
 SMALL_M_ROWS = [1, 2, 3, 8, 16]
 SMALL_M_SHAPES_LARGE = [(4096, 1024), (1024, 2048), (6144, 1024), (1024, 3072), (7, 33)]
 SMALL_M_SHAPES_SMALL = [(64, 48), (24, 80), (40, 40), (20, 136), (7, 33)]  # (N, K)
-
-
-def exact_sum(x: torch.Tensor, residual: torch.Tensor, mode: Mode) -> torch.Tensor:
-    """x + residual as torch rounds it; Triton 3.6's interpreter truncates fp32 -> bf16
-    (compiled kernels round to nearest even), so under it the sum is truncated likewise."""
-    if mode.device == "cuda" or x.dtype != torch.bfloat16:
-        return x + residual
-    wide = (x.float() + residual.float()).view(torch.int32) & ~0xFFFF
-    return wide.view(torch.float32).to(torch.bfloat16)
 
 
 @pytest.mark.parametrize("dtype", FUSED_DTYPES)

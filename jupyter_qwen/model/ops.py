@@ -16,7 +16,7 @@ from typing import Protocol
 import torch
 
 from jupyter_qwen.model.attention import AttentionBackend, TorchAttention
-from jupyter_qwen.model.quant.linear import QuantKernels
+from jupyter_qwen.model.quant.linear import QuantKernels, QuantLinear
 
 
 class KernelChoices(Protocol):
@@ -50,13 +50,19 @@ class LayerKernels(Protocol):
 
     def use_small_m(self, m: int, n: int, k: int) -> bool: ...
 
-    def linear_small_m(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor: ...
+    def takes(self, projection: torch.nn.Module) -> bool:
+        """Whether the small-batch products below run this projection (plain or quantized)."""
+
+    # `weight`: a plain projection's weight tensor, or a quantized projection (`QuantLinear`)
+    def linear_small_m(self, x: torch.Tensor, weight: torch.Tensor | QuantLinear,
+                       ) -> torch.Tensor: ...
 
     def rms_norm_linear(self, x: torch.Tensor, norm_weight: torch.Tensor, eps: float,
-                        weight: torch.Tensor, residual: torch.Tensor | None = None,
+                        weight: torch.Tensor | QuantLinear, residual: torch.Tensor | None = None,
                         ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-    def silu_mul_linear(self, gate_up: torch.Tensor, weight: torch.Tensor) -> torch.Tensor: ...
+    def silu_mul_linear(self, gate_up: torch.Tensor, weight: torch.Tensor | QuantLinear,
+                        ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)

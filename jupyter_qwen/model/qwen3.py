@@ -164,24 +164,32 @@ class Qwen3DecoderLayer(nn.Module):
         return self.mlp(hidden), residual
 
     @property
-    def quantized(self) -> bool:
-        return any(isinstance(m, QuantLinear) for m in self.modules())
-
-    @property
     def _qkv_shape(self) -> tuple[int, int]:
-        return tuple(self.self_attn.qkv_proj.weight.shape)
+        qkv = self.self_attn.qkv_proj
+        return qkv.out_features, qkv.in_features
+
+    def projections(self) -> list[nn.Module]:
+        """q/k/v, o, gate/up and down, in the order a step runs them."""
+        attn, mlp = self.self_attn, self.mlp
+        return [attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj]
 
     def _forward_few_tokens(self, positions, hidden, residual, meta):
         """Decode steps of a few sequences: each norm rides in the product that follows it."""
         gemv, attn, mlp = self.gemv, self.self_attn, self.mlp
         eps = self.input_layernorm.eps
         qkv, residual = gemv.rms_norm_linear(hidden, self.input_layernorm.weight, eps,
-                                             attn.qkv_proj.weight, residual)
+                                             product(attn.qkv_proj), residual)
         hidden = gemv.linear_small_m(attn.attend_projected(positions, qkv, meta),
-                                     attn.o_proj.weight)
+                                     product(attn.o_proj))
         gate_up, residual = gemv.rms_norm_linear(hidden, self.post_attention_layernorm.weight,
-                                                 eps, mlp.gate_up_proj.weight, residual)
-        return gemv.silu_mul_linear(gate_up, mlp.down_proj.weight), residual
+                                                 eps, product(mlp.gate_up_proj), residual)
+        return gemv.silu_mul_linear(gate_up, product(mlp.down_proj)), residual
+
+
+def product(projection: nn.Module) -> torch.Tensor | QuantLinear:
+    """What the small-batch products take for a projection: its weight, or the quantized
+    projection itself (its kernels read the packed buffers)."""
+    return projection if isinstance(projection, QuantLinear) else projection.weight
 
 
 class Qwen3ForCausalLM(nn.Module):
@@ -228,9 +236,9 @@ class Qwen3ForCausalLM(nn.Module):
     def use_ops(self, ops: ModelOps | None) -> None:
         """Run on `ops` (`model/ops.py`): its attention backend in every layer, and where it
         has them, its fused layer kernels and small-batch products (not with biased q/k/v
-        projections), and its quantized products for quantized projections (whose layers
-        then skip the bf16 small-batch products with fused norms). None detaches them (the
-        model then runs no more steps)."""
+        projections; for quantized projections where the ops take their format, else those
+        layers run unfused), and its quantized products for quantized projections (outside
+        the small-batch path). None detaches them (the model then runs no more steps)."""
         layers = ops.layers if ops is not None else None
         self.gemv = layers
         for module in self.modules():
@@ -242,4 +250,6 @@ class Qwen3ForCausalLM(nn.Module):
                 module.fused = layers
                 module.backend = ops.attention if ops is not None else None
             if isinstance(module, Qwen3DecoderLayer) and not self.config.attention_bias:
-                module.gemv = None if module.quantized else layers
+                takes = layers is not None and all(layers.takes(p) for p in module.projections()
+                                                   if isinstance(p, QuantLinear))
+                module.gemv = layers if takes else None

@@ -89,6 +89,30 @@ def _operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ks, mask, inv_rms, K,
 
 
 @triton.jit
+def _inv_rms(x_ptr, res_ptr, res_out_ptr, rows, x_at, res_at, res_out_stride, M, K, eps,
+             writes_residual, PROLOGUE: tl.constexpr, BLOCK_M: tl.constexpr,
+             NORM_BLOCK: tl.constexpr):
+    """1 / rms of each row of h = x (+ residual) for the norm prologues (zeros otherwise),
+    NORM_BLOCK columns at a time; where `writes_residual`, h is stored to res_out as well.
+    rows: [BLOCK_M]; x_at, res_at: [BLOCK_M, 1] row offsets."""
+    inv_rms = tl.zeros([BLOCK_M], tl.float32)
+    if PROLOGUE == 1 or PROLOGUE == 2:
+        row_ok = rows < M
+        squares = tl.zeros([BLOCK_M], tl.float32)
+        for k0 in range(0, K, NORM_BLOCK):
+            ks = k0 + tl.arange(0, NORM_BLOCK)
+            mask = row_ok[:, None] & (ks < K)[None, :]
+            h = _load_h(x_ptr, res_ptr, x_at, res_at, ks[None, :], mask, PROLOGUE)
+            if PROLOGUE == 2:
+                tl.store(res_out_ptr + rows[:, None] * res_out_stride + ks[None, :], h,
+                         mask=mask & writes_residual)
+            h = h.to(tl.float32)
+            squares += tl.sum(h * h, 1)
+        inv_rms = tl.rsqrt(squares / K + eps)
+    return inv_rms
+
+
+@triton.jit
 def _load_w(w_base, ks, K, EVEN_K: tl.constexpr):
     if EVEN_K:
         return tl.load(w_base + ks[None, :])
@@ -117,19 +141,8 @@ def _small_m_kernel(x_ptr, res_ptr, norm_w_ptr, w_ptr, bias_ptr, y_ptr, res_out_
         w_next = _load_w(w_base, tl.arange(0, BLOCK_K), K, EVEN_K)
     pdl.after_previous_kernel(USE_GDC)
 
-    inv_rms = tl.zeros([BLOCK_M], tl.float32)
-    if PROLOGUE == 1 or PROLOGUE == 2:  # each row's sum of squares, NORM_BLOCK at a time
-        squares = tl.zeros([BLOCK_M], tl.float32)
-        for k0 in range(0, K, NORM_BLOCK):
-            ks = k0 + tl.arange(0, NORM_BLOCK)
-            mask = row_ok[:, None] & (ks < K)[None, :]
-            h = _load_h(x_ptr, res_ptr, x_at, res_at, ks[None, :], mask, PROLOGUE)
-            if PROLOGUE == 2:
-                tl.store(res_out_ptr + rows[:, None] * res_out_stride + ks[None, :], h,
-                         mask=mask & (pid == 0))
-            h = h.to(tl.float32)
-            squares += tl.sum(h * h, 1)
-        inv_rms = tl.rsqrt(squares / K + eps)
+    inv_rms = _inv_rms(x_ptr, res_ptr, res_out_ptr, rows, x_at, res_at, res_out_stride, M, K,
+                       eps, pid == 0, PROLOGUE, BLOCK_M, NORM_BLOCK)
 
     # The operand tile for step k0 + BLOCK_K loads while step k0 computes (x is read from L2,
     # whose latency would otherwise stall every step). W tiles are loaded one step ahead by

@@ -1,0 +1,293 @@
+"""Time the small-batch decode products of FP8 and AWQ projections (quant_gemv.py) against
+the bf16 ones (gemv.py, the model's path for bf16 checkpoints), one GPU call (<= ~3 min).
+
+    python benchmarks/quant_decode.py       # table on stdout; $OUT/quant_decode.json if OUT
+
+For Qwen3-0.6B's and Qwen3-4B's decoder layer at M = 1 and 2 rows (bf16 activations), the
+four products as the model runs them: qkv with the RMS norm, o plain, gate_up with add +
+RMS norm, down with SiLU·mul. Per product, every candidate tiling is checked against the
+dequantizing reference (relative 2-norm error; a failing variant is skipped, loudly) and
+then timed; then a whole layer (its four products, each on its fastest tiling, and on the
+defaults) is timed. Every figure is the replay of one CUDA graph over copies of the
+weights in rotation (>= 128 MB, more than the 50 MB L2), divided by the launch count; PDL
+as the engine launches. Weights are random bits of each format (FP8 values, AWQ words,
+scales and zeros), which is all the kernels' speed depends on. Kernels are compiled first
+in parallel worker processes (Triton's disk cache). Printed last: the per-product sweep,
+TUNED lines for quant_gemv.py, and the layer table with speed-ups over bf16.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.kernel_setup import launch_pdl, relative_error
+from benchmarks.kernels import LOG, graph_micros_per_call, measure_copy_gbps, say
+
+DTYPE = torch.bfloat16
+EPS = 1e-6
+MODELS = {  # product: (N, K, shards, prologue)
+    "0.6B": {"qkv": (4096, 1024, [2048, 1024, 1024], "norm"),
+             "o": (1024, 2048, [1024], "plain"),
+             "gate_up": (6144, 1024, [3072, 3072], "add_norm"),
+             "down": (1024, 3072, [1024], "silu")},
+    "4B": {"qkv": (6144, 2560, [4096, 1024, 1024], "norm"),
+           "o": (2560, 4096, [2560], "plain"),
+           "gate_up": (19456, 2560, [9728, 9728], "add_norm"),
+           "down": (2560, 9728, [2560], "silu")},
+}
+FORMATS = ("bf16", "fp8", "awq")
+ROWS = (1, 2)
+ROTATION_BYTES = 128 << 20
+REPLAYS = 10
+BUDGET_S = 170  # past this, sweeps keep only the default tiling
+
+
+def candidates(fmt: str, m: int, n: int, k: int) -> list:
+    """The default tiling first, then alternatives (deduplicated)."""
+    from jupyter_qwen.model.kernels import gemv, quant_gemv
+
+    if fmt == "bf16":
+        return [gemv.default_tiling(m, n, k)]
+    tile = quant_gemv.QuantTiling
+    if fmt == "fp8":
+        extra = ([tile(4, 1024), tile(16, 1024), tile(8, 2048), tile(16, 512)] if m == 1
+                 else [tile(16, 256), tile(32, 256), tile(16, 1024)])
+    else:
+        extra = ([tile(16, 512), tile(8, 512), tile(32, 1024), tile(64, 256)] if m == 1
+                 else [tile(16, 256), tile(32, 256), tile(8, 512)])
+    out = [quant_gemv.default_tiling(fmt, m, n, k)]
+    return out + [t for t in extra if t not in out]
+
+
+def random_layer(fmt: str, n: int, k: int, shards: list[int]):
+    """A projection of `fmt` on the GPU filled with random bits of its format."""
+    from jupyter_qwen.model.quant.linear import AwqLinear, Fp8Linear
+
+    if fmt == "bf16":
+        return torch.randn(n, k, device="cuda", dtype=DTYPE) * k**-0.5
+    if fmt == "fp8":
+        layer = Fp8Linear(k, shards).cuda()
+        layer.weight.copy_(torch.randn(n, k, device="cuda").to(layer.weight.dtype))
+        layer.weight_scale_inv.copy_(torch.rand_like(layer.weight_scale_inv) * 2e-3 / k**0.5)
+        return layer
+    layer = AwqLinear(k, shards).cuda()
+    for words in (layer.qweight, layer.qzeros):
+        words.copy_(torch.randint(-2**31, 2**31 - 1, words.shape, device="cuda",
+                                  dtype=torch.int64).to(torch.int32))
+    layer.scales.copy_(torch.rand_like(layer.scales, dtype=torch.float32) * 2e-2 / k**0.5)
+    return layer
+
+
+def weight_bytes(layer) -> int:
+    if isinstance(layer, torch.Tensor):
+        return layer.numel() * layer.element_size()
+    return sum(b.numel() * b.element_size() for name, b in layer.named_buffers()
+               if name != "scale_rows")
+
+
+def dequantized(layer) -> torch.Tensor:
+    return layer if isinstance(layer, torch.Tensor) else layer.dequantize(DTYPE)
+
+
+class Inputs:
+    def __init__(self, m: int, k: int):
+        self.x, self.residual = (torch.randn(m, k, device="cuda", dtype=DTYPE)
+                                 for _ in range(2))
+        self.norm_weight = 1 + 0.1 * torch.randn(k, device="cuda", dtype=DTYPE)
+        self.gate_up = torch.randn(m, 2 * k, device="cuda", dtype=DTYPE)
+
+
+def product(prologue: str, layer, inputs: Inputs, tiling):
+    """One fused product as the model runs it (gemv for a bf16 tensor, else quant_gemv)."""
+    from jupyter_qwen.model.kernels import gemv, quant_gemv
+
+    kernels = gemv if isinstance(layer, torch.Tensor) else quant_gemv
+    pdl = launch_pdl()
+    if prologue == "plain":
+        return kernels.linear_small_m(inputs.x, layer, tiling=tiling, launch_pdl=pdl)
+    if prologue == "silu":
+        return kernels.silu_mul_linear(inputs.gate_up, layer, tiling=tiling, launch_pdl=pdl)
+    residual = inputs.residual if prologue == "add_norm" else None
+    return kernels.rms_norm_linear(inputs.x, inputs.norm_weight, EPS, layer, residual,
+                                   tiling=tiling, launch_pdl=pdl)[0]
+
+
+def reference(prologue: str, layer, inputs: Inputs) -> torch.Tensor:
+    from jupyter_qwen.model.kernels import gemv
+
+    weight = dequantized(layer)
+    if prologue == "plain":
+        return gemv.linear_reference(inputs.x, weight)
+    if prologue == "silu":
+        return gemv.silu_mul_linear_reference(inputs.gate_up, weight)
+    residual = inputs.residual if prologue == "add_norm" else None
+    return gemv.rms_norm_linear_reference(inputs.x, inputs.norm_weight, EPS, weight,
+                                          residual)[0]
+
+
+def precompile_job(job: tuple) -> str:
+    """In a worker: launch one (format, prologue, M, K, tiling) once on a 1024-row layer so
+    that its kernel lands in Triton's disk cache. Returns "" or the error."""
+    fmt, prologue, m, k, tiling = job
+    try:
+        product(prologue, random_layer(fmt, 1024, k, [1024]), Inputs(m, k), tiling)
+        torch.cuda.synchronize()
+    except Exception as error:
+        return f"{job}: {type(error).__name__}: {error}"[:300]
+    return ""
+
+
+def precompile() -> None:
+    jobs = {}
+    for shapes in MODELS.values():
+        for n, k, _, prologue in shapes.values():
+            for fmt in FORMATS:
+                for m in ROWS:
+                    for tiling in candidates(fmt, m, n, k):
+                        jobs.setdefault((fmt, prologue, m, k, tiling),
+                                        (fmt, prologue, m, k, tiling))
+    workers = max(1, min(14, (os.cpu_count() or 2) - 2, len(jobs)))
+    began = time.perf_counter()
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            errors = [e for e in pool.map(precompile_job, jobs.values()) if e]
+    except Exception as error:
+        say(f"precompile failed ({type(error).__name__}: {error}); compiling on first use")
+        return
+    say(f"precompiled {len(jobs)} kernels in {workers} processes in "
+        f"{time.perf_counter() - began:.0f} s" + (f"; errors: {errors}" if errors else ""))
+
+
+def copies_for(nbytes: int, most: int = 64) -> int:
+    return max(2, min(most, math.ceil(ROTATION_BYTES / nbytes)))
+
+
+def sweep(model: str, fmt: str, m: int, began: float, rows: list[dict]) -> dict:
+    """Each product's candidates, checked then timed over rotated copies; the best tiling
+    of each product (None where every candidate failed)."""
+    best = {}
+    for name, (n, k, shards, prologue) in MODELS[model].items():
+        layers = [random_layer(fmt, n, k, shards)]
+        layers += [random_layer(fmt, n, k, shards)
+                   for _ in range(copies_for(weight_bytes(layers[0])) - 1)]
+        inputs = Inputs(m, k)
+        ref = reference(prologue, layers[0], inputs)
+        tilings = candidates(fmt, m, n, k)
+        if time.perf_counter() - began > BUDGET_S:
+            tilings = tilings[:1]
+        timed = []
+        for tiling in tilings:
+            row = dict(model=model, fmt=fmt, m=m, product=name, tiling=_name(tiling))
+            try:
+                error = relative_error(product(prologue, layers[0], inputs, tiling).float(),
+                                       ref.float())
+                row["error"] = error
+                if not error < 2e-2:
+                    raise AssertionError(f"relative error {error:.2e}")
+                calls = [lambda w=w, t=tiling, x=inputs, p=prologue: product(p, w, x, t)
+                         for w in layers]
+                micros = graph_micros_per_call(calls, REPLAYS)
+                row.update(micros=micros, gbps=weight_bytes(layers[0]) / micros / 1e3)
+                timed.append((micros, tiling))
+            except Exception as error:
+                row["failed"] = f"{type(error).__name__}: {error}"[:300]
+                say(f"SKIPPED {model} {fmt} M={m} {name} {_name(tiling)}: {row['failed']}")
+            rows.append(row)
+        best[name] = min(timed, key=lambda t: t[0])[1] if timed else None
+        del layers
+        torch.cuda.empty_cache()
+    return best
+
+
+def layer_micros(model: str, fmt: str, m: int, tilings: dict) -> float:
+    """One decoder layer's four products (the given tilings), replayed over rotated layers."""
+    shapes = MODELS[model]
+    one = {name: random_layer(fmt, n, k, shards) for name, (n, k, shards, _) in shapes.items()}
+    count = copies_for(sum(weight_bytes(w) for w in one.values()), most=32)
+    layers = [one] + [{name: random_layer(fmt, n, k, shards)
+                       for name, (n, k, shards, _) in shapes.items()} for _ in range(count - 1)]
+    inputs = {name: Inputs(m, k) for name, (_, k, _, _) in shapes.items()}
+    calls = [lambda w=w, name=name: product(shapes[name][3], w[name], inputs[name],
+                                            tilings.get(name))
+             for w in layers for name in shapes]
+    micros = graph_micros_per_call(calls, REPLAYS) * len(shapes)
+    del layers
+    torch.cuda.empty_cache()
+    return micros
+
+
+def _name(tiling) -> str:
+    return tiling.name() if tiling is not None else "default"
+
+
+def main() -> int:
+    began = time.perf_counter()
+    say(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; pdl {launch_pdl()}")
+    say(f"copy bandwidth {measure_copy_gbps():.0f} GB/s (read + write)")
+    torch.cuda.empty_cache()
+    precompile()
+    rows, layers = [], []
+    for model in MODELS:
+        for m in ROWS:
+            for fmt in FORMATS:
+                try:
+                    best = sweep(model, fmt, m, began, rows)
+                    chosen = {name: t for name, t in best.items() if t is not None}
+                    entry = dict(model=model, m=m, fmt=fmt,
+                                 best={k: _name(t) for k, t in chosen.items()},
+                                 best_code={k: repr(t) for k, t in chosen.items()},
+                                 best_us=layer_micros(model, fmt, m, chosen),
+                                 default_us=layer_micros(model, fmt, m, {}))
+                except Exception:
+                    say(f"FAILED {model} {fmt} M={m}:\n{traceback.format_exc()}")
+                    entry = dict(model=model, m=m, fmt=fmt, best_us=math.nan,
+                                 default_us=math.nan)
+                layers.append(entry)
+    report(rows, layers)
+    say(f"total {time.perf_counter() - began:.0f} s")
+    out = os.environ.get("OUT")
+    if out:
+        Path(out, "quant_decode.json").write_text(json.dumps(
+            dict(products=rows, layers=layers, log=LOG), indent=1))
+    return 0
+
+
+def report(rows: list[dict], layers: list[dict]) -> None:
+    say("\nper product (us per launch, GB/s of its weights; err vs dequantized reference)")
+    for row in rows:
+        if "micros" in row:
+            say(f"  {row['model']:5s} {row['fmt']:4s} M={row['m']} {row['product']:8s} "
+                f"{row['tiling']:22s} {row['micros']:7.2f} us {row['gbps']:6.0f} GB/s "
+                f"err {row['error']:.1e}")
+    say("\nTUNED lines for quant_gemv.py (fastest per product):")
+    for entry in layers:
+        if entry["fmt"] == "bf16":
+            continue
+        for name, tiling in entry.get("best_code", {}).items():
+            n, k, _, _ = MODELS[entry["model"]][name]
+            say(f"    ({entry['fmt']!r}, {entry['m']}, {n}, {k}): {tiling},")
+    say("\nwhole layer (4 products; us per layer; speed-up over bf16 at the same M)")
+    say(f"  {'model':5s} {'M':>2s} {'format':6s} {'best us':>8s} {'x bf16':>7s} "
+        f"{'default us':>10s} {'x bf16':>7s}")
+    for entry in layers:
+        base = next(e for e in layers if e["model"] == entry["model"] and e["m"] == entry["m"]
+                    and e["fmt"] == "bf16")
+        say(f"  {entry['model']:5s} {entry['m']:2d} {entry['fmt']:6s} {entry['best_us']:8.1f} "
+            f"{base['default_us'] / entry['best_us']:7.2f} {entry['default_us']:10.1f} "
+            f"{base['default_us'] / entry['default_us']:7.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

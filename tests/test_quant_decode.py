@@ -1,0 +1,254 @@
+"""Small-batch products of quantized projections with fused prologues
+(jupyter_qwen/model/kernels/quant_gemv.py) against the dequantizing reference: the prologue
+in torch (`gemv`'s references: torch's add, the fused rms_norm's rounding, SiLU·mul rounded
+once), then a float64 (CPU) / float32 (GPU) product with `QuantLinear.dequantize(x.dtype)`,
+as the reference path multiplies.
+
+Tolerances (relative 2-norm error of the whole output): kernel_modes.TOLERANCE, the output's
+own rounding (fp32 1e-5, bf16 2e-2); FP8 with its scale folded into the operand rounds
+a * s instead of q * s to bf16 for M > 1, an error of the same size. Both modes: `cuda`
+(Qwen3-0.6B / 4B shapes) and `interpreter` (small shapes on CPU). And a tiny quantized
+Qwen3 decodes the same greedy tokens on these kernels (interpreter) as on the reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_cases import exact_sum, relative_error
+from kernel_modes import COMPILED_ONLY, HAVE_TRITON, INTERPRET, TOLERANCE, Mode
+
+from jupyter_qwen.model.quant.linear import AwqLinear, Fp8Linear, quantized_tensors
+
+EPS = 1e-6
+PROLOGUES = ["plain", "norm", "add_norm", "silu"]
+ROWS = [1, 2, 5, 16]
+# (K, shards, tiling (block_n, block_k) or None for the default)
+FP8_SMALL = {
+    "folds": (200, [64, 32, 32], (16, 64)),  # q/k/v-like shards, partial K blocks
+    "straddles": (160, [40, 24], (16, 32)),  # a program spans two shards: the fallback
+    "n-tail": (96, [40], (16, 128)),  # N = 40 is not a multiple of 16
+    "default": (256, [128, 64], None),
+}
+FP8_LARGE = {
+    "0.6B qkv": (1024, [2048, 1024, 1024], None), "0.6B down": (3072, [1024], None),
+    "4B gate_up": (2560, [9728, 9728], None), "4B o": (4096, [2560], None),
+}
+AWQ_SMALL = {
+    "one group": (128, [64, 32], (32, 128)),
+    "k-tail": (200, [24, 16], (16, 256)),  # a partial group; N = 40 not a multiple of 16
+    "steps": (640, [48], (16, 256)),  # several K steps, the last one partial
+    "default": (256, [64], None),
+}
+AWQ_LARGE = {
+    "0.6B gate_up": (1024, [3072, 3072], None), "0.6B o": (2048, [1024], None),
+    "4B qkv": (2560, [4096, 1024, 1024], None), "4B down": (9728, [2560], None),
+}
+
+
+def fp8_layer(generator: torch.Generator, k: int, shards: list[int]) -> Fp8Linear:
+    """A packed FP8 projection, each shard quantized on its own (as checkpoints are)."""
+    layer = Fp8Linear(k, shards)
+    for index, rows in enumerate(shards):
+        tensors = quantized_tensors("fp8", torch.randn(rows, k, generator=generator))
+        for suffix, tensor in tensors.items():
+            layer.load(suffix, index, tensor)
+    return layer
+
+
+def awq_layer(generator: torch.Generator, k: int, shards: list[int]) -> AwqLinear:
+    layer = AwqLinear(k, shards)
+    for index, rows in enumerate(shards):
+        for suffix, tensor in quantized_tensors("awq", torch.randn(rows, k, generator=generator)
+                                                ).items():
+            layer.load(suffix, index, tensor)
+    return layer
+
+
+def run_case(mode: Mode, generator: torch.Generator, layer, prologue: str, rows: int,
+             dtype: torch.dtype, tiling) -> None:
+    """One product through the kernel and the reference, compared; the add + norm prologue's
+    new residual too."""
+    from jupyter_qwen.model.kernels import gemv, quant_gemv
+
+    k = layer.in_features
+    layer = layer.to(mode.device)
+    weight = layer.dequantize(dtype)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator).to(device=mode.device, dtype=dtype)
+
+    x, res, norm_weight = rand(rows, k), rand(rows, k), 1 + 0.1 * rand(k)
+    out = torch.full((rows, layer.out_features), float("nan"), dtype=dtype, device=mode.device)
+    if prologue == "plain":
+        y = quant_gemv.linear_small_m(x, layer, out=out, tiling=tiling)
+        ref = gemv.linear_reference(x, weight)
+    elif prologue == "silu":
+        gate_up = rand(rows, 2 * k)
+        y = quant_gemv.silu_mul_linear(gate_up, layer, out=out, tiling=tiling)
+        ref = gemv.silu_mul_linear_reference(gate_up, weight)
+    else:
+        residual = res if prologue == "add_norm" else None
+        y, summed = quant_gemv.rms_norm_linear(x, norm_weight, EPS, layer, residual, out=out,
+                                               tiling=tiling)
+        ref = gemv.rms_norm_linear_reference(x, norm_weight, EPS, weight, residual)[0]
+        if residual is not None:
+            assert torch.equal(summed, exact_sum(x, res, mode))
+    assert not y.isnan().any(), "unwritten outputs"
+    error = relative_error(y.cpu(), ref.cpu())
+    assert y.dtype == dtype and error < TOLERANCE[dtype], f"relative error {error:.2e}"
+
+
+def tiling_of(pair):
+    from jupyter_qwen.model.kernels.quant_gemv import QuantTiling
+
+    return QuantTiling(*pair) if pair is not None else None
+
+
+@pytest.mark.parametrize("prologue", PROLOGUES)
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("case", range(4))
+def test_fp8_small_m_matches_the_dequantized_product(mode, generator, case, rows, prologue):
+    k, shards, tiling = list(mode.pick(FP8_SMALL, FP8_LARGE).values())[case]
+    dtype = torch.bfloat16 if (case + rows) % 2 or mode.large else torch.float32
+    run_case(mode, generator, fp8_layer(generator, k, shards), prologue, rows, dtype,
+             tiling_of(tiling))
+
+
+@pytest.mark.parametrize("prologue", PROLOGUES)
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("case", range(4))
+def test_awq_small_m_matches_the_dequantized_product(mode, generator, case, rows, prologue):
+    k, shards, tiling = list(mode.pick(AWQ_SMALL, AWQ_LARGE).values())[case]
+    dtype = torch.bfloat16 if (case + rows) % 2 or mode.large else torch.float32
+    run_case(mode, generator, awq_layer(generator, k, shards), prologue, rows, dtype,
+             tiling_of(tiling))
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="needs triton")
+def test_fp8_scale_folds_only_where_each_program_reads_one_scale_row():
+    from jupyter_qwen.model.kernels.quant_gemv import folds
+    from jupyter_qwen.model.quant.fp8 import scale_rows_of
+
+    def one_row_per_program(shards: list[int], block_n: int) -> bool:
+        rows = scale_rows_of(shards)
+        return all(len(set(rows[i:i + block_n].tolist())) == 1
+                   for i in range(0, len(rows), block_n))
+
+    cases = [([2048, 1024, 1024], 16), ([64, 32, 32], 16), ([40, 24], 16), ([40], 16),
+             ([200, 56], 8), ([200, 56], 16), ([256], 256), ([96, 32], 32), ([100, 28], 4)]
+    for shards, block_n in cases:
+        want = block_n <= 128 and one_row_per_program(shards, block_n)
+        assert folds(tuple(shards), block_n) == want, (shards, block_n)
+
+
+def test_small_m_products_refuse_what_they_cannot_take(mode, generator):
+    from jupyter_qwen.model.kernels import quant_gemv
+
+    layer = awq_layer(generator, 128, [16]).to(mode.device)
+    with pytest.raises(ValueError, match="inputs"):
+        quant_gemv.linear_small_m(torch.randn(1, 64, device=mode.device), layer)
+    with pytest.raises(ValueError, match="at most"):
+        quant_gemv.linear_small_m(torch.randn(17, 128, device=mode.device), layer)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        quant_gemv.linear_small_m(torch.randn(1, 128, device=mode.device), layer,
+                                  tiling=quant_gemv.QuantTiling(12, 128))
+    with pytest.raises(TypeError):
+        quant_gemv.format_of(torch.nn.Linear(4, 4))
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory):
+    from jupyter_qwen.testing import make_tiny_qwen3
+
+    root = tmp_path_factory.mktemp("quantized-decode")
+    return {name: make_tiny_qwen3(root / name, quantization=name) for name in ("fp8", "awq")}
+
+
+def greedy_decode(folder, ops, prompt: list[int], steps: int) -> list[int]:
+    """Greedy tokens of one sequence: the prompt in one step, then one token per step (M = 1,
+    the small-batch path where the ops have it)."""
+    from jupyter_qwen.model.attention import AttentionMetadata
+    from jupyter_qwen.model.loader import load_model
+
+    model = load_model(folder, torch.float32, torch.device("cpu"))
+    model.use_ops(ops)
+    config = model.config
+    for attn in model.attention_layers():
+        attn.k_cache = torch.zeros(4, 16, config.num_key_value_heads, config.head_dim)
+        attn.v_cache = torch.zeros(4, 16, config.num_key_value_heads, config.head_dim)
+    tokens, done = list(prompt), 0
+    with torch.inference_mode():
+        for _ in range(steps):
+            new, total = len(tokens) - done, len(tokens)
+            meta = AttentionMetadata(
+                slot_mapping=torch.arange(done, total),
+                query_start_loc=torch.tensor([0, new], dtype=torch.int32),
+                seq_lens=torch.tensor([total], dtype=torch.int32),
+                block_tables=torch.arange(4, dtype=torch.int32)[None], max_query_len=new,
+                max_seq_len=total, query_start_loc_cpu=[0, new], seq_lens_cpu=[total])
+            hidden = model(torch.tensor(tokens[done:]), torch.arange(done, total), meta)
+            tokens.append(int(model.compute_logits(hidden[-1:]).argmax(-1)))
+            done = total
+    return tokens[len(prompt):]
+
+
+@pytest.mark.parametrize("method", ["fp8", "awq"])
+def test_tiny_quantized_model_decodes_the_reference_tokens_on_the_fused_path(
+        tiny_checkpoints, method, monkeypatch):
+    if not (HAVE_TRITON and INTERPRET):
+        pytest.skip("set TRITON_INTERPRET=1 to run the kernels on the CPU")
+    from kernel_cases import fix_interpreter
+
+    from jupyter_qwen.model.attention import TorchAttention
+    from jupyter_qwen.model.kernels import quant_gemv
+    from jupyter_qwen.model.kernels.layer_ops import TritonLayerKernels
+    from jupyter_qwen.model.kernels.quant_linear import TritonQuantKernels
+    from jupyter_qwen.model.ops import ModelOps, reference_ops
+
+    fix_interpreter()
+    launches = []
+    launch = quant_gemv._launch
+    monkeypatch.setattr(quant_gemv, "_launch",
+                        lambda prologue, x, *a, **kw: launches.append((prologue, x.shape[0]))
+                        or launch(prologue, x, *a, **kw))
+    prompt, steps = [5, 17, 300, 42, 9, 1000, 77], 5
+    fused = ModelOps(attention=TorchAttention(), layers=TritonLayerKernels(),
+                     quant=TritonQuantKernels(torch.device("cpu")))
+    ours = greedy_decode(tiny_checkpoints[method], fused, prompt, steps)
+    assert ours == greedy_decode(tiny_checkpoints[method], reference_ops(), prompt, steps)
+    layers = 4  # the tiny shape's layers: four fused products each per decode step
+    assert sorted(set(launches)) == [(0, 1), (1, 1), (2, 1), (3, 1)]
+    assert len(launches) == 4 * layers * (steps - 1)
+
+
+@COMPILED_ONLY
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["fp8", "awq"])
+def test_quantized_small_m_replays_in_cuda_graphs_bitwise(generator, method):
+    from jupyter_qwen.model.kernels import quant_gemv
+
+    build = fp8_layer if method == "fp8" else awq_layer
+    qkv = build(generator, 1024, [2048, 1024, 1024]).cuda()
+    down = build(generator, 3072, [1024]).cuda()
+    x, res = (torch.randn(2, 1024, generator=generator).to(torch.bfloat16).cuda()
+              for _ in range(2))
+    gate_up = torch.randn(2, 6144, generator=generator).to(torch.bfloat16).cuda()
+    norm_weight = torch.ones(1024, dtype=torch.bfloat16, device="cuda")
+
+    def step():
+        y, summed = quant_gemv.rms_norm_linear(x, norm_weight, EPS, qkv, res)
+        return y, summed, quant_gemv.silu_mul_linear(gate_up, down)
+
+    step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = step()
+    for tensor in (x, res, gate_up):
+        tensor.copy_(torch.randn(tensor.shape, generator=generator).to(tensor))
+    for out in outs:
+        out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(outs, step(), strict=True):
+        assert torch.equal(got, want)
