@@ -60,7 +60,7 @@ def candidates(fmt: str, m: int, n: int, k: int) -> list:
 
     if fmt == "bf16":
         return [gemv.default_tiling(m, n, k)]
-    tile = quant_gemv.QuantTiling
+    tile = quant_gemv.DecodeTiling
     if fmt == "fp8":
         extra = ([tile(4, 1024), tile(16, 1024), tile(8, 2048), tile(16, 512)] if m == 1
                  else [tile(16, 256), tile(32, 256), tile(16, 1024)])

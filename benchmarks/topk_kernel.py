@@ -174,13 +174,14 @@ def main() -> int:
         lines.append(f"           {width}: TopkTiling(chunk={tiling.chunk}, "
                      f"chunk_warps={tiling.chunk_warps}, slab={tiling.slab}, "
                      f"merge_warps={tiling.merge_warps}),")
-        max_rows.append(faster_up_to)
+        if faster_up_to:
+            max_rows.append(f"{width}: {faster_up_to}")
     say("\nTILINGS = {  # topk_kernel.py, best summed over rows 1-8")
     for line in lines:
         say(line)
     say("}")
-    say(f"TOPK_KERNEL_MAX_ROWS = {min(max_rows)}  # sampler.py: the kernel beats torch.topk "
-        "at both widths up to here")
+    say(f"TOPK_KERNEL_MAX_ROWS = {{{', '.join(max_rows)}}}  # sampler.py: per width, the kernel "
+        "beats torch.topk up to this many rows")
     if os.environ.get("OUT"):
         folder = Path(os.environ["OUT"])
         folder.mkdir(parents=True, exist_ok=True)

@@ -99,9 +99,9 @@ def run_case(mode: Mode, generator: torch.Generator, layer, prologue: str, rows:
 
 
 def tiling_of(pair):
-    from jupyter_qwen.model.kernels.quant_gemv import QuantTiling
+    from jupyter_qwen.model.kernels.quant_gemv import DecodeTiling
 
-    return QuantTiling(*pair) if pair is not None else None
+    return DecodeTiling(*pair) if pair is not None else None
 
 
 @pytest.mark.parametrize("prologue", PROLOGUES)
@@ -151,7 +151,7 @@ def test_small_m_products_refuse_what_they_cannot_take(mode, generator):
         quant_gemv.linear_small_m(torch.randn(17, 128, device=mode.device), layer)
     with pytest.raises(ValueError, match="multiple of 8"):
         quant_gemv.linear_small_m(torch.randn(1, 128, device=mode.device), layer,
-                                  tiling=quant_gemv.QuantTiling(12, 128))
+                                  tiling=quant_gemv.DecodeTiling(12, 128))
     with pytest.raises(TypeError):
         quant_gemv.format_of(torch.nn.Linear(4, 4))
 

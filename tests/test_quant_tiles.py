@@ -80,7 +80,7 @@ def test_quant_tiling_reads_the_table_by_m_bucket(monkeypatch):
     from jupyter_qwen.model.kernels.quant_linear import quant_tiling
 
     picked = QuantTiling(128, 256, 128, 8, 3, group_m=8, quantize_x=True)
-    monkeypatch.setitem(LARGE_M_TILES, ("fp8", 512, 4096, 1024), picked)
+    monkeypatch.setattr(quant_tiles, "LARGE_M_TILES", {("fp8", 512, 4096, 1024): picked})
     assert [quant_tiling(m, 4096, k=1024) for m in (257, 400, 512)] == [picked] * 3
     for m in (256, 513, 100000):
         assert quant_tiling(m, 4096, k=1024) == DEFAULT_LARGE_M["fp8"]
@@ -206,8 +206,8 @@ def test_start_up_reaches_every_m_bucket_the_table_names(monkeypatch):
 
     from jupyter_qwen.engine.model_runner import ModelRunner
 
-    for bucket in (64, 2048, 8192):
-        monkeypatch.setitem(LARGE_M_TILES, ("awq", bucket, 4096, 1024), DEFAULT_LARGE_M["awq"])
+    monkeypatch.setattr(quant_tiles, "LARGE_M_TILES", {
+        ("awq", bucket, 4096, 1024): DEFAULT_LARGE_M["awq"] for bucket in (64, 2048, 8192)})
     steps = []
     runner = SimpleNamespace(max_num_batched_tokens=4096, max_model_len=1024,
                              config=SimpleNamespace(max_num_seqs=8),

@@ -190,7 +190,8 @@ class ModelRunner:
                                          ([1, 1], [40, 2000]), ([1] * 3, [30] * 3),
                                          ([16, 1, 1], [48, 17, 64]), ([128, 1], [128, 2000])):
             self._dummy_step(query_lens, context_lens)
-        self._compile_quant_tilings()
+        if self.model.quantization is not None:
+            self._compile_quant_tilings()
         from jupyter_qwen.engine.penalty_kernel import compile_penalty_kernels
         from jupyter_qwen.engine.window_kernel import compile_window_kernels
 

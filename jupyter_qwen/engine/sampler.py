@@ -42,8 +42,11 @@ KERNEL_WIDTHS = (TOP_K_WINDOW, TOP_P_WINDOW)  # windows the captured draws use; 
 # these run as one kernel (`window_kernel`), a window of another width as torch steps
 KERNEL_VARIANTS = ((TOP_K_WINDOW, False), (TOP_P_WINDOW, False), (TOP_P_WINDOW, True))
 # (width, whole-vocabulary normaliser) of every one-kernel draw a step can reach
-TOPK_KERNEL_MAX_ROWS = 8  # on a GPU, batches up to this many rows take their window from
-# `topk_kernel` (one row over many programs); larger ones fill the GPU through torch.topk
+# per window width: on a GPU, batches up to this many rows take their window from
+# `topk_kernel` (one row over many programs); larger ones, and every width not named, fill
+# the GPU through torch.topk (benchmarks/topk_kernel.py, run 44 on an H100: at width 64 it
+# beats torch.topk up to 4 rows, 44 against 59 us at one; at 256 never)
+TOPK_KERNEL_MAX_ROWS = {TOP_K_WINDOW: 4}
 MAX_WINDOW_TOP_K = 1024
 
 
@@ -345,7 +348,7 @@ def top_window(logits: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Te
     many-program top-W for few float32 rows on a GPU at the `KERNEL_WIDTHS`, else
     `torch.topk` (the same values; tied tokens may come in another order)."""
     if (logits.is_cuda and width in KERNEL_WIDTHS and logits.dtype == torch.float32
-            and logits.shape[0] <= TOPK_KERNEL_MAX_ROWS):
+            and logits.shape[0] <= TOPK_KERNEL_MAX_ROWS.get(width, 0)):
         from jupyter_qwen.engine.topk_kernel import many_program_topk
 
         return many_program_topk(logits, width)

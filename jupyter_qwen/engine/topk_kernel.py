@@ -4,7 +4,7 @@
 while the rest of the GPU waits. Here stage 1 splits each row into chunks, one program per
 (row, chunk), each keeping its chunk's W largest; stage 2, one program per row, merges the
 chunks' candidates, a slab at a time, into the row's W largest. `sampler.window_draw` uses this
-for rows up to `sampler.TOPK_KERNEL_MAX_ROWS` at the widths of the one-kernel draw; more rows
+for rows up to `sampler.TOPK_KERNEL_MAX_ROWS` at the widths it names; more rows
 fill the GPU through `torch.topk` alone.
 
 Both stages select on one int64 key per logit: the float32 value mapped to an order-preserving
@@ -41,9 +41,10 @@ class TopkTiling:
     merge_warps: int
 
 
-# per window width; from benchmarks/topk_kernel.py on the GPU (update from its table)
-TILINGS = {64: TopkTiling(chunk=2048, chunk_warps=4, slab=4096, merge_warps=8),
-           256: TopkTiling(chunk=4096, chunk_warps=8, slab=4096, merge_warps=8)}
+# per window width; the fastest of benchmarks/topk_kernel.py's sweep summed over 1-8 rows
+# (run 44, H100)
+TILINGS = {64: TopkTiling(chunk=4096, chunk_warps=8, slab=4096, merge_warps=8),
+           256: TopkTiling(chunk=8192, chunk_warps=8, slab=2048, merge_warps=4)}
 
 
 @triton.jit

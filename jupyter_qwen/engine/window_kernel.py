@@ -81,15 +81,17 @@ def _window_draw(values, candidates, floats, ints, full_log_norm, tokens_out, un
 def compile_window_kernels(vocab_size: int, device: torch.device,
                            variants: Iterable[tuple[int, bool]]) -> None:
     """Run each (width, whole-vocabulary normaliser) variant once, and the top-W kernel
-    (`topk_kernel`) at each width, at start-up, so that none compiles while serving."""
-    from jupyter_qwen.engine.topk_kernel import TILINGS, many_program_topk
+    (`topk_kernel`) at each width it serves, at start-up, so that none compiles while serving."""
+    from jupyter_qwen.engine.sampler import TOPK_KERNEL_MAX_ROWS
+    from jupyter_qwen.engine.topk_kernel import many_program_topk
 
     rows = 2
     logits = torch.randn(rows, vocab_size, device=device)
     ones = torch.ones(rows, device=device)
     top_k = torch.tensor([20, 0], device=device)
     keys = torch.zeros(rows, 2, dtype=torch.int64, device=device)
-    for width in sorted({width for width, _ in variants if width <= vocab_size} & set(TILINGS)):
+    widths = {width for width, _ in variants if width <= vocab_size}
+    for width in sorted(widths & set(TOPK_KERNEL_MAX_ROWS)):
         many_program_topk(logits, width)
     for width, full in variants:
         values, candidates = logits.topk(min(width, vocab_size), dim=-1)

@@ -66,7 +66,7 @@ AWQ_GROUP = 128
 
 
 @dataclass(frozen=True)
-class QuantTiling:
+class DecodeTiling:
     """BLOCK_N outputs per program (AWQ: a multiple of 8, one word per 8), BLOCK_K inputs per
     step (FP8: any power of two >= 16; AWQ: a multiple of 128); `dot` (FP8, M = 1): tensor
     cores rather than FMAs (M > 1 always takes them for FP8; AWQ never does)."""
@@ -82,23 +82,57 @@ class QuantTiling:
 
 # Default tilings, key (format, M bucket, N, K); the lead updates them from
 # benchmarks/quant_decode.py. Shapes not listed take `guess_tiling`.
-TUNED: dict[tuple[str, int, int, int], QuantTiling] = {}
+# benchmarks/quant_decode.py on an H100 (2026-12-06, run 44): fastest per product
+TUNED: dict[tuple[str, int, int, int], DecodeTiling] = {
+    ('fp8', 1, 4096, 1024): DecodeTiling(block_n=16, block_k=1024, num_warps=4, dot=False),
+    ('fp8', 1, 1024, 2048): DecodeTiling(block_n=8, block_k=2048, num_warps=4, dot=False),
+    ('fp8', 1, 6144, 1024): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
+    ('fp8', 1, 1024, 3072): DecodeTiling(block_n=8, block_k=1024, num_warps=4, dot=False),
+    ('awq', 1, 4096, 1024): DecodeTiling(block_n=32, block_k=1024, num_warps=4, dot=False),
+    ('awq', 1, 1024, 2048): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
+    ('awq', 1, 6144, 1024): DecodeTiling(block_n=32, block_k=1024, num_warps=4, dot=False),
+    ('awq', 1, 1024, 3072): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
+    ('fp8', 2, 4096, 1024): DecodeTiling(block_n=16, block_k=1024, num_warps=4, dot=False),
+    ('fp8', 2, 1024, 2048): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
+    ('fp8', 2, 6144, 1024): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
+    ('fp8', 2, 1024, 3072): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
+    ('awq', 2, 4096, 1024): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
+    ('awq', 2, 1024, 2048): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
+    ('awq', 2, 6144, 1024): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
+    ('awq', 2, 1024, 3072): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
+    ('fp8', 1, 6144, 2560): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
+    ('fp8', 1, 2560, 4096): DecodeTiling(block_n=8, block_k=1024, num_warps=4, dot=False),
+    ('fp8', 1, 19456, 2560): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
+    ('fp8', 1, 2560, 9728): DecodeTiling(block_n=8, block_k=1024, num_warps=4, dot=False),
+    ('awq', 1, 6144, 2560): DecodeTiling(block_n=32, block_k=1024, num_warps=4, dot=False),
+    ('awq', 1, 2560, 4096): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
+    ('awq', 1, 19456, 2560): DecodeTiling(block_n=32, block_k=1024, num_warps=4, dot=False),
+    ('awq', 1, 2560, 9728): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
+    ('fp8', 2, 6144, 2560): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
+    ('fp8', 2, 2560, 4096): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
+    ('fp8', 2, 19456, 2560): DecodeTiling(block_n=32, block_k=256, num_warps=4, dot=False),
+    ('fp8', 2, 2560, 9728): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
+    ('awq', 2, 6144, 2560): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
+    ('awq', 2, 2560, 4096): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
+    ('awq', 2, 19456, 2560): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
+    ('awq', 2, 2560, 9728): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
+}
 
 
-def guess_tiling(fmt: str, m: int, n: int, k: int) -> QuantTiling:
+def guess_tiling(fmt: str, m: int, n: int, k: int) -> DecodeTiling:
     """~128 programs or more (an H100 has 132 SMs), each with about 8 KB of weights per
     tile (two tiles in flight), and no register spills in the sm_90 build (FP8 M = 1 at
     16 x 1024 takes 200 registers; AWQ M = 2 at 32 x 512 spills)."""
     if fmt == "fp8":
         if m > 1:
-            return QuantTiling(16, min(512, max(16, triton.next_power_of_2(k))))
+            return DecodeTiling(16, min(512, max(16, triton.next_power_of_2(k))))
         block_n = 8 if triton.cdiv(n, 8) >= 128 else 4
-        return QuantTiling(block_n, min(1024, max(16, triton.next_power_of_2(k))))
+        return DecodeTiling(block_n, min(1024, max(16, triton.next_power_of_2(k))))
     block_n = next((b for b in (32, 16) if triton.cdiv(n, b) >= 128), 8)
-    return QuantTiling(block_n, 512 if m == 1 and k > 256 else 256)
+    return DecodeTiling(block_n, 512 if m == 1 and k > 256 else 256)
 
 
-def default_tiling(fmt: str, m: int, n: int, k: int) -> QuantTiling:
+def default_tiling(fmt: str, m: int, n: int, k: int) -> DecodeTiling:
     return TUNED.get((fmt, m_bucket(m), n, k)) or guess_tiling(fmt, m, n, k)
 
 
@@ -280,7 +314,7 @@ def _norm_block(k: int, block_k: int, block_m: int, num_warps: int) -> int:
 def _launch(prologue: int, x: torch.Tensor, layer, k: int, y: torch.Tensor,
             residual: torch.Tensor | None = None, res_out: torch.Tensor | None = None,
             norm_weight: torch.Tensor | None = None, eps: float = 0.0,
-            tiling: QuantTiling | None = None, launch_pdl: bool = False) -> None:
+            tiling: DecodeTiling | None = None, launch_pdl: bool = False) -> None:
     """x: [M, K] ([M, 2K] for SILU_MUL) with contiguous rows; y: [M, N]."""
     fmt = format_of(layer)
     m, n = x.shape[0], layer.out_features
@@ -308,7 +342,7 @@ def _launch(prologue: int, x: torch.Tensor, layer, k: int, y: torch.Tensor,
         _launch_awq(grid, args, layer, tiling, m, k)
 
 
-def _launch_fp8(grid, args: dict, layer, tiling: QuantTiling, dtype: torch.dtype, m: int,
+def _launch_fp8(grid, args: dict, layer, tiling: DecodeTiling, dtype: torch.dtype, m: int,
                 k: int) -> None:
     weight = layer.weight
     use_dot = tiling.dot or m > 1
@@ -328,7 +362,7 @@ def _launch_fp8(grid, args: dict, layer, tiling: QuantTiling, dtype: torch.dtype
         **args)
 
 
-def _launch_awq(grid, args: dict, layer, tiling: QuantTiling, m: int, k: int) -> None:
+def _launch_awq(grid, args: dict, layer, tiling: DecodeTiling, m: int, k: int) -> None:
     if tiling.block_n % 8 or tiling.block_k % AWQ_GROUP:
         raise ValueError(f"AWQ tiles need block_n a multiple of 8 and block_k of "
                          f"{AWQ_GROUP}, not {tiling}")
@@ -344,7 +378,7 @@ def _launch_awq(grid, args: dict, layer, tiling: QuantTiling, m: int, k: int) ->
 
 
 def linear_small_m(x: torch.Tensor, layer, *, out: torch.Tensor | None = None,
-                   tiling: QuantTiling | None = None, launch_pdl: bool = False) -> torch.Tensor:
+                   tiling: DecodeTiling | None = None, launch_pdl: bool = False) -> torch.Tensor:
     """x [..., K] @ W.T for a quantized W and x with at most 16 rows; out: [..., N]."""
     k, n = x.shape[-1], layer.out_features
     y = _output(out, (*x.shape[:-1], n), x)
@@ -355,7 +389,7 @@ def linear_small_m(x: torch.Tensor, layer, *, out: torch.Tensor | None = None,
 def rms_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, layer,
                     residual: torch.Tensor | None = None, *, out: torch.Tensor | None = None,
                     residual_out: torch.Tensor | None = None,
-                    tiling: QuantTiling | None = None,
+                    tiling: DecodeTiling | None = None,
                     launch_pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(rms_norm(x + residual) * norm_weight @ W.T, x + residual); without a residual,
     (rms_norm(x) * norm_weight @ W.T, x). As `gemv.rms_norm_linear`."""
@@ -376,7 +410,7 @@ def rms_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, laye
 
 
 def silu_mul_linear(gate_up: torch.Tensor, layer, *, out: torch.Tensor | None = None,
-                    tiling: QuantTiling | None = None, launch_pdl: bool = False) -> torch.Tensor:
+                    tiling: DecodeTiling | None = None, launch_pdl: bool = False) -> torch.Tensor:
     """(silu(gate) * up) @ W.T for gate_up = [gate | up] of shape [..., 2K]."""
     k, n = gate_up.shape[-1] // 2, layer.out_features
     y = _output(out, (*gate_up.shape[:-1], n), gate_up)
