@@ -41,8 +41,8 @@ class QuantTiling:
 
 DEFAULT_LARGE_M = {"fp8": QuantTiling(64, 128, 128), "awq": QuantTiling(64, 128, 64)}
 
-# (format, M bucket, N, K) -> tiling; filled from benchmarks/quant_tiles.py's output.
-# benchmarks/quant_tiles.py on an H100 (2026-12-06, run 45): fastest per shape and bucket
+# (format, M bucket, N, K) -> the fastest tiling of benchmarks/quant_tiles.py's sweep on an
+# H100 (2026-12-06, run 45; printed by the script, pasted here)
 LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
     ('fp8', 32, 4096, 1024): QuantTiling(32, 64, 128, num_stages=4),
     ('awq', 32, 4096, 1024): QuantTiling(32, 64, 128),
