@@ -17,6 +17,7 @@ from jupyter_qwen.engine.memory_figures import module_bytes, reserved_bytes
 from jupyter_qwen.engine.penalty_state import PenaltyState
 from jupyter_qwen.engine.sampler import (
     KERNEL_VARIANTS,
+    TOPK_KERNEL_MAX_ROWS,
     SamplerOutput,
     SamplingBatch,
     build_sampling_batch,
@@ -195,7 +196,8 @@ class ModelRunner:
         from jupyter_qwen.engine.penalty_kernel import compile_penalty_kernels
         from jupyter_qwen.engine.window_kernel import compile_window_kernels
 
-        compile_window_kernels(self.model_config.vocab_size, self.device, KERNEL_VARIANTS)
+        compile_window_kernels(self.model_config.vocab_size, self.device, KERNEL_VARIANTS,
+                               TOPK_KERNEL_MAX_ROWS)
         compile_penalty_kernels(self.model_config.vocab_size, self.device)
         torch.cuda.synchronize(self.device)
 

@@ -79,10 +79,11 @@ def _window_draw(values, candidates, floats, ints, full_log_norm, tokens_out, un
 
 
 def compile_window_kernels(vocab_size: int, device: torch.device,
-                           variants: Iterable[tuple[int, bool]]) -> None:
+                           variants: Iterable[tuple[int, bool]],
+                           topk_widths: Iterable[int] = ()) -> None:
     """Run each (width, whole-vocabulary normaliser) variant once, and the top-W kernel
-    (`topk_kernel`) at each width it serves, at start-up, so that none compiles while serving."""
-    from jupyter_qwen.engine.sampler import TOPK_KERNEL_MAX_ROWS
+    (`topk_kernel`) at each of `topk_widths`, at start-up, so that none compiles while
+    serving."""
     from jupyter_qwen.engine.topk_kernel import many_program_topk
 
     rows = 2
@@ -90,8 +91,7 @@ def compile_window_kernels(vocab_size: int, device: torch.device,
     ones = torch.ones(rows, device=device)
     top_k = torch.tensor([20, 0], device=device)
     keys = torch.zeros(rows, 2, dtype=torch.int64, device=device)
-    widths = {width for width, _ in variants if width <= vocab_size}
-    for width in sorted(widths & set(TOPK_KERNEL_MAX_ROWS)):
+    for width in sorted(width for width in set(topk_widths) if width <= vocab_size):
         many_program_topk(logits, width)
     for width, full in variants:
         values, candidates = logits.topk(min(width, vocab_size), dim=-1)
