@@ -88,7 +88,7 @@ def fp8_grid() -> list[QuantTiling]:
                  T(128, 256, 128, 8, 3, group_m=8, quantize_x=True)]
     chained = [T(64, 128, 128, 4, 3, group_m=8, chain=True),
                T(64, 128, 128, 4, 4, group_m=8, chain=True),
-               T(64, 128, 128, 8, 3, chain=True),
+               T(128, 128, 128, 8, 3, group_m=8, chain=True, promote_k=128),
                T(128, 128, 128, 8, 3, group_m=8, chain=True),
                T(128, 128, 128, 8, 4, group_m=8, chain=True)]
     upcast = [replace(t, fp8_dot=False) for t in (T(32, 64, 128), T(64, 128, 128),
@@ -137,6 +137,8 @@ def label(tiling: QuantTiling) -> str:
         text += " qx"
     if tiling.chain:
         text += " chain"
+    if tiling.promote_k:
+        text += f" p{tiling.promote_k}"
     return text
 
 

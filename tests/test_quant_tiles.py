@@ -75,6 +75,8 @@ def test_table_defaults_and_sweep_grids_hold_valid_tilings():
     ("fp8", QuantTiling(64, 128, 128, quantize_x=True, chain=True)),
     ("fp8", QuantTiling(64, 128, 128, fp8_dot=False, chain=True)),
     ("awq", QuantTiling(64, 128, 64, chain=True)),
+    ("fp8", QuantTiling(64, 128, 128, promote_k=128)),  # promotes only a chain
+    ("fp8", QuantTiling(64, 128, 128, chain=True, promote_k=96)),
 ])
 def test_tiling_problem_names_what_the_kernels_refuse(fmt, tiling):
     assert tiling_problem(fmt, tiling) is not None

@@ -18,7 +18,12 @@ only) the FP8 product runs on FP8 tensor cores: each row's 128-wide K step of x 
 quantized to e4m3 with its own scale (dynamic per-token-group activations, as Qwen's
 FP8 checkpoints are meant to run), and the step adds `dot(a8, w) * a_scale[m] * s[n]`;
 a tiling with `quantize_x` quantizes x once in a separate launch (`_quantize_x_kernel`,
-the same arithmetic) instead of in every N tile's loop.
+the same arithmetic) instead of in every N tile's loop. A tiling with `chain` (where every
+N tile reads one weight scale row: `chains`) folds that row into x instead,
+x'[m, k] = x[m, k] * s[k // 128], quantizes x' with one scale per row over all of K (from
+each row's maxima per 128 columns, `_row_block_max_kernel`, and the tile's scale row), runs
+the K loop as one chain of FP8 dots with no scaling per step, and scales the rows once
+at the end; elsewhere it runs as without `chain`.
 
 M is not specialised (one compile serves every batch size of a tiling); nothing is read on
 the host, so launches are CUDA-graph safe. The reference is `QuantLinear.dequantize` and
@@ -127,10 +132,12 @@ def _chain_row_scale(max_ptr, max_stride, scale_at, ms, m_ok, K, BLOCK_M: tl.con
 def _fp8_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride, xs_stride,
                 w_stride, s_stride, y_stride, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, FP8_DOT: tl.constexpr,
-                X_FP8: tl.constexpr, CHAIN: tl.constexpr, PRECISION: tl.constexpr):
+                X_FP8: tl.constexpr, CHAIN: tl.constexpr, PROMOTE_K: tl.constexpr,
+                PRECISION: tl.constexpr):
     """X_FP8: x is already e4m3 with its scales at xs_ptr (`_quantize_x_kernel`). CHAIN
     (every row of the N tile reads one scale row): xs_ptr holds x's row-block maxima
-    (`_row_block_max_kernel`); the loop chains the FP8 dots and the epilogue scales."""
+    (`_row_block_max_kernel`); the loop chains the FP8 dots and the epilogue scales;
+    PROMOTE_K > 0: the dots' sums are promoted to fp32 every PROMOTE_K columns."""
     pid_n, pid_m = _tile_of_program(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(ns, N - 1)  # the tail re-reads row N - 1 rather than masking
@@ -153,7 +160,10 @@ def _fp8_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride,
         if CHAIN:  # x' = x * s[k // 128] / row_scale, in e4m3; no scaling of the sum
             fold = tl.load(tile_scale_at + k0 // 128) / row_scale
             a8 = (a.to(tl.float32) * fold[:, None]).to(tl.float8e4nv)
-            acc = tl.dot(a8, tl.trans(w), acc)
+            if PROMOTE_K > 0:
+                acc = tl.dot(a8, tl.trans(w), acc, max_num_imprecise_acc=PROMOTE_K)
+            else:
+                acc = tl.dot(a8, tl.trans(w), acc)
         else:
             scale = tl.load(scale_at + k0 // 128)
             if X_FP8:
@@ -265,8 +275,8 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
         x_scales.stride(0), weight.stride(0), scale_inv.stride(0), n, BLOCK_M=tiling.block_m,
         BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k, GROUP_M=tiling.group_m,
         FP8_DOT=use_fp8_dot, X_FP8=use_fp8_dot and tiling.quantize_x and not chain,
-        CHAIN=chain, PRECISION=_precision(x), num_warps=tiling.num_warps,
-        num_stages=tiling.num_stages)
+        CHAIN=chain, PROMOTE_K=tiling.promote_k if chain else 0, PRECISION=_precision(x),
+        num_warps=tiling.num_warps, num_stages=tiling.num_stages)
     return y
 
 

@@ -32,7 +32,10 @@ class QuantTiling:
       (`acc = dot(a8, w, acc)`, no scaling per step): the N tile's one weight scale row is
       folded into the activations, which take one e4m3 scale per row over all of K, applied
       once in the epilogue. Where a projection's shards put two scale rows in one N tile,
-      the product runs as without `chain`."""
+      the product runs as without `chain`;
+    - `promote_k` (with `chain`, 0: Triton's default, no promotion on Hopper): the chain's
+      tensor-core sums are added to a full fp32 accumulator every `promote_k` columns of K
+      (Triton's `max_num_imprecise_acc`: Hopper's FP8 MMA keeps fewer bits in its sums)."""
 
     block_m: int
     block_n: int
@@ -43,6 +46,7 @@ class QuantTiling:
     fp8_dot: bool = True
     quantize_x: bool = False
     chain: bool = False
+    promote_k: int = 0
 
 
 DEFAULT_LARGE_M = {"fp8": QuantTiling(64, 128, 128), "awq": QuantTiling(64, 128, 64)}
@@ -196,6 +200,9 @@ def tiling_problem(fmt: str, tiling: QuantTiling) -> str | None:
         return "chain needs the FP8 tensor-core product, activations quantized in the loop"
     if tiling.chain and FP8_BLOCK % tiling.block_n:
         return f"chain folds one scale row into x: block_n must divide {FP8_BLOCK}"
+    if tiling.promote_k and not (tiling.chain and 16 <= tiling.promote_k <= tiling.block_k
+                                 and not tiling.promote_k & (tiling.promote_k - 1)):
+        return f"promote_k {tiling.promote_k}: a power of two in 16 ... block_k, with chain"
     if tiling.group_m < 1 or tiling.num_warps not in (1, 2, 4, 8, 16) or tiling.num_stages < 1:
         return f"group_m {tiling.group_m}, num_warps {tiling.num_warps}, stages"
     return None
