@@ -71,6 +71,12 @@ def test_table_defaults_and_sweep_grids_hold_valid_tilings():
     ("awq", QuantTiling(64, 128, 64, quantize_x=True)),
     ("fp8", QuantTiling(48, 128, 128)),
     ("fp8", QuantTiling(64, 128, 128, group_m=0)),
+    ("fp8", QuantTiling(128, 256, 128, chain=True)),  # two scale rows in one N tile
+    ("fp8", QuantTiling(64, 128, 128, quantize_x=True, chain=True)),
+    ("fp8", QuantTiling(64, 128, 128, fp8_dot=False, chain=True)),
+    ("awq", QuantTiling(64, 128, 64, chain=True)),
+    ("fp8", QuantTiling(64, 128, 128, promote_k=128)),  # promotes only a chain
+    ("fp8", QuantTiling(64, 128, 128, chain=True, promote_k=96)),
 ])
 def test_tiling_problem_names_what_the_kernels_refuse(fmt, tiling):
     assert tiling_problem(fmt, tiling) is not None
@@ -119,7 +125,8 @@ def test_every_fp8_sweep_tiling_matches_the_reference(mode, generator, computati
         values, scales, scale_rows = (t.to(mode.device) for t in fp8_case(generator, n, k))
         weight = fp8.dequantize_fp8_blocks(values, scales, scale_rows)
         x = torch.randn(m, k, generator=generator).to(torch.bfloat16).to(mode.device)
-        y = fp8_linear(x, values, scales, scale_rows, tiling=tiling, fp8_dot=True)
+        y = fp8_linear(x, values, scales, scale_rows, tiling=tiling, fp8_dot=True,
+                       shard_sizes=[n])
         bound = fp8_dot_tolerance(mode) if tiling.fp8_dot else TOLERANCE[torch.bfloat16]
         error = relative_error(y.float().cpu(), reference(x, weight).float().cpu())
         assert error < bound, f"{tiling}: relative error {error:.2e}"
@@ -143,19 +150,70 @@ def test_every_awq_sweep_tiling_matches_the_reference(mode, generator, computati
         assert error < TOLERANCE[torch.bfloat16], f"{tiling}: relative error {error:.2e}"
 
 
-def test_fp8_tensor_core_tilings_fall_back_without_fp8_tensor_cores(mode, generator):
+@pytest.mark.parametrize("tiling", [QuantTiling(32, 64, 128, group_m=2, quantize_x=True),
+                                    QuantTiling(32, 64, 128, group_m=2, chain=True)],
+                         ids=SWEEP.label)
+def test_fp8_tensor_core_tilings_fall_back_without_fp8_tensor_cores(mode, generator, tiling):
     """fp8_dot=False (a card without e4m3): a tensor-core tiling upcasts W instead, to the
     bf16 product's accuracy."""
     from jupyter_qwen.model.kernels.quant_linear import fp8_linear
 
-    tiling = QuantTiling(32, 64, 128, group_m=2, quantize_x=True)
     m, n, k = case_size(tiling)
     values, scales, scale_rows = (t.to(mode.device) for t in fp8_case(generator, n, k))
     weight = fp8.dequantize_fp8_blocks(values, scales, scale_rows)
     x = torch.randn(m, k, generator=generator).to(torch.bfloat16).to(mode.device)
-    y = fp8_linear(x, values, scales, scale_rows, tiling=tiling, fp8_dot=False)
+    y = fp8_linear(x, values, scales, scale_rows, tiling=tiling, fp8_dot=False,
+                   shard_sizes=[n])
     error = relative_error(y.float().cpu(), reference(x, weight).float().cpu())
     assert error < TOLERANCE[torch.bfloat16], f"relative error {error:.2e}"
+
+
+def test_chain_runs_only_where_each_n_tile_reads_one_scale_row():
+    from jupyter_qwen.model.kernels.quant_linear import chains
+
+    chained = QuantTiling(64, 64, 128, chain=True)
+    assert chains(chained, [200]) and chains(chained, (128, 64, 64))
+    assert not chains(chained, None)  # shards unknown: the scale rows cannot be checked
+    assert not chains(chained, [96, 32])  # the second shard starts inside an N tile
+    assert not chains(QuantTiling(64, 64, 128), [200])
+    assert not chains(QuantTiling(64, 256, 128, chain=True), [512])
+
+
+def outlier_case(shards: list[int]):
+    """Rows of x with one entry of 2^20 (times a zero weight) in the first 128 columns and
+    ones in the next 128, and a W of ones there (each block's scale 1/448): y = 128."""
+    n, k = sum(shards), 256
+    w = torch.zeros(n, k)
+    w[:, 1] = 1.0
+    w[:, 128:] = 1.0
+    pieces = [fp8.quantize_fp8_blocks(w[:rows]) for rows in shards]
+    values = torch.cat([v for v, _ in pieces])
+    scales = torch.cat([s for _, s in pieces])
+    x = torch.zeros(5, k)
+    x[:, 0] = 2.0 ** 20
+    x[:, 128:] = 1.0
+    return x.to(torch.bfloat16), values, scales, fp8.scale_rows_of(shards)
+
+
+def test_chain_falls_back_where_the_shards_split_an_n_tile(mode):
+    """One e4m3 scale per row over all of K (chain): ones 2^20 below the row's largest
+    value flush to zero, y = 0; with q, k, v shards that put two scale rows in one N tile
+    the product runs per 128 columns as without chain, and keeps y = 128."""
+    from jupyter_qwen.model.kernels.quant_linear import fp8_linear
+
+    tiling = QuantTiling(32, 32, 128, chain=True)
+    for shards, expected in (([48, 16], 128.0), ([64], 0.0)):
+        x, values, scales, scale_rows = (t.to(mode.device) for t in outlier_case(shards))
+        y = fp8_linear(x, values, scales, scale_rows, tiling=tiling, fp8_dot=True,
+                       shard_sizes=shards)
+        assert torch.allclose(y.float().cpu(), torch.full_like(y.float().cpu(), expected)), \
+            (shards, y[0, :4])
+
+
+def test_every_sweep_tiling_prints_as_source_that_reads_back():
+    for tilings in GRIDS.values():
+        for tiling in tilings:
+            assert eval(SWEEP.tiling_source(tiling), {"QuantTiling": QuantTiling}) == tiling
 
 
 def synthetic_points(ms_of) -> list[dict]:

@@ -18,7 +18,12 @@ only) the FP8 product runs on FP8 tensor cores: each row's 128-wide K step of x 
 quantized to e4m3 with its own scale (dynamic per-token-group activations, as Qwen's
 FP8 checkpoints are meant to run), and the step adds `dot(a8, w) * a_scale[m] * s[n]`;
 a tiling with `quantize_x` quantizes x once in a separate launch (`_quantize_x_kernel`,
-the same arithmetic) instead of in every N tile's loop.
+the same arithmetic) instead of in every N tile's loop. A tiling with `chain` (where every
+N tile reads one weight scale row: `chains`) folds that row into x instead,
+x'[m, k] = x[m, k] * s[k // 128], quantizes x' with one scale per row over all of K (from
+each row's maxima per 128 columns, `_row_block_max_kernel`, and the tile's scale row), runs
+the K loop as one chain of FP8 dots with no scaling per step, and scales the rows once
+at the end; elsewhere it runs as without `chain`.
 
 M is not specialised (one compile serves every batch size of a tiling); nothing is read on
 the host, so launches are CUDA-graph safe. The reference is `QuantLinear.dequantize` and
@@ -27,10 +32,13 @@ F.linear (`model/quant/linear.py`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import triton
 import triton.language as tl
 
+from jupyter_qwen.model.kernels.quant_gemv import folds
 from jupyter_qwen.model.kernels.quant_tiles import (
     AWQ_GROUP,
     FP8_BLOCK,
@@ -91,17 +99,56 @@ def _quantize_x_kernel(x_ptr, q_ptr, s_ptr, M, K, x_stride, s_stride,
 
 
 @triton.jit(do_not_specialize=["M"])
+def _row_block_max_kernel(x_ptr, max_ptr, M, K, x_stride, max_stride,
+                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """x [M, K] -> fp32 [M, K / BLOCK_K]: the largest |x| of each row's BLOCK_K columns."""
+    ms = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    ks = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    ok = (ms < M)[:, None] & (ks < K)[None, :]
+    a = tl.load(x_ptr + ms[:, None] * x_stride + ks[None, :], mask=ok, other=0.0)
+    tl.store(max_ptr + ms * max_stride + tl.program_id(1), tl.max(tl.abs(a.to(tl.float32)), 1),
+             mask=ms < M)
+
+
+@triton.jit
+def _chain_row_scale(max_ptr, max_stride, scale_at, ms, m_ok, K, BLOCK_M: tl.constexpr,
+                     CHUNK: tl.constexpr):
+    """Each row's e4m3 scale of x folded with one weight scale row: max_k |x[m, k]| *
+    s[k // 128] / 448, from the row-block maxima (`_row_block_max_kernel`) and the N tile's
+    scale row (`scale_at`), CHUNK blocks at a time."""
+    row_max = tl.zeros((BLOCK_M,), tl.float32)
+    blocks = tl.cdiv(K, 128)
+    for b0 in range(0, blocks, CHUNK):
+        bs = b0 + tl.arange(0, CHUNK)
+        b_ok = bs < blocks
+        block_max = tl.load(max_ptr + ms[:, None] * max_stride + bs[None, :],
+                            mask=m_ok[:, None] & b_ok[None, :], other=0.0)
+        scales = tl.load(scale_at + bs, mask=b_ok, other=0.0)
+        row_max = tl.maximum(row_max, tl.max(block_max * scales[None, :], 1))
+    return tl.maximum(row_max, 1e-12) / 448.0
+
+
+@triton.jit(do_not_specialize=["M"])
 def _fp8_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride, xs_stride,
                 w_stride, s_stride, y_stride, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, FP8_DOT: tl.constexpr,
-                X_FP8: tl.constexpr, PRECISION: tl.constexpr):
-    """X_FP8: x is already e4m3 with its scales at xs_ptr (`_quantize_x_kernel`)."""
+                X_FP8: tl.constexpr, CHAIN: tl.constexpr, PROMOTE_K: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """X_FP8: x is already e4m3 with its scales at xs_ptr (`_quantize_x_kernel`). CHAIN
+    (every row of the N tile reads one scale row): xs_ptr holds x's row-block maxima
+    (`_row_block_max_kernel`); the loop chains the FP8 dots and the epilogue scales;
+    PROMOTE_K > 0: the dots' sums are promoted to fp32 every PROMOTE_K columns."""
     pid_n, pid_m = _tile_of_program(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(ns, N - 1)  # the tail re-reads row N - 1 rather than masking
     ms = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = ms < M
-    scale_at = s_ptr + tl.load(srow_ptr + rows) * s_stride
+    if CHAIN:
+        tile_scale_at = s_ptr + tl.load(srow_ptr + pid_n * BLOCK_N) * s_stride
+        row_scale = _chain_row_scale(xs_ptr, xs_stride, tile_scale_at, ms, m_ok, K, BLOCK_M,
+                                     16)
+    else:
+        scale_at = s_ptr + tl.load(srow_ptr + rows) * s_stride
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
@@ -110,20 +157,30 @@ def _fp8_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride,
                     mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_ptr + rows[:, None] * w_stride + ks[None, :], mask=k_ok[None, :],
                     other=0.0)
-        scale = tl.load(scale_at + k0 // 128)
-        if X_FP8:
-            a_scale = tl.load(xs_ptr + ms * xs_stride + k0 // 128, mask=m_ok, other=1.0)
-            part = tl.dot(a, tl.trans(w)) * a_scale[:, None]
-        elif FP8_DOT:
-            a32 = a.to(tl.float32)
-            a_scale = tl.maximum(tl.max(tl.abs(a32), 1), 1e-12) / 448.0
-            a8 = (a32 / a_scale[:, None]).to(tl.float8e4nv)
-            part = tl.dot(a8, tl.trans(w)) * a_scale[:, None]
-        elif BLOCK_M == 1:
-            part = tl.sum(a.to(tl.float32) * w.to(tl.float32), 1)[None, :]
+        if CHAIN:  # x' = x * s[k // 128] / row_scale, in e4m3; no scaling of the sum
+            fold = tl.load(tile_scale_at + k0 // 128) / row_scale
+            a8 = (a.to(tl.float32) * fold[:, None]).to(tl.float8e4nv)
+            if PROMOTE_K > 0:
+                acc = tl.dot(a8, tl.trans(w), acc, max_num_imprecise_acc=PROMOTE_K)
+            else:
+                acc = tl.dot(a8, tl.trans(w), acc)
         else:
-            part = tl.dot(a, tl.trans(w.to(a.dtype)), input_precision=PRECISION)
-        acc += part * scale[None, :]
+            scale = tl.load(scale_at + k0 // 128)
+            if X_FP8:
+                a_scale = tl.load(xs_ptr + ms * xs_stride + k0 // 128, mask=m_ok, other=1.0)
+                part = tl.dot(a, tl.trans(w)) * a_scale[:, None]
+            elif FP8_DOT:
+                a32 = a.to(tl.float32)
+                a_scale = tl.maximum(tl.max(tl.abs(a32), 1), 1e-12) / 448.0
+                a8 = (a32 / a_scale[:, None]).to(tl.float8e4nv)
+                part = tl.dot(a8, tl.trans(w)) * a_scale[:, None]
+            elif BLOCK_M == 1:
+                part = tl.sum(a.to(tl.float32) * w.to(tl.float32), 1)[None, :]
+            else:
+                part = tl.dot(a, tl.trans(w.to(a.dtype)), input_precision=PRECISION)
+            acc += part * scale[None, :]
+    if CHAIN:
+        acc = acc * row_scale[:, None]
     mask = m_ok[:, None] & (ns < N)[None, :]
     tl.store(y_ptr + ms[:, None] * y_stride + ns[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=mask)
@@ -190,10 +247,12 @@ def _precision(x: torch.Tensor) -> str:
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
                scale_rows: torch.Tensor, *, tiling: QuantTiling | None = None,
-               fp8_dot: bool = False) -> torch.Tensor:
+               fp8_dot: bool = False, shard_sizes: Sequence[int] | None = None,
+               ) -> torch.Tensor:
     """x [..., K] @ dequantized(weight).T -> [..., N] in x's dtype. `fp8_dot` (the device
     has FP8 tensor cores; prefill tilings whose `fp8_dot` is set): activations quantized per
-    row and 128 columns, FP8 tensor cores."""
+    row and 128 columns, FP8 tensor cores. `shard_sizes` (the rows of each shard packed in
+    weight, as `scale_rows` was built): lets a `chain` tiling run chained (`chains`)."""
     k, n = x.shape[-1], weight.shape[0]
     rows = _rows(x, k)
     m = rows.shape[0]
@@ -205,16 +264,38 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
         raise ValueError(f"block_k {tiling.block_k} must divide the scale block {FP8_BLOCK}")
     use_fp8_dot = (fp8_dot and tiling.fp8_dot and tiling.block_m > SMALL_M
                    and tiling.block_k == FP8_BLOCK)
+    chain = use_fp8_dot and chains(tiling, shard_sizes)
     x_scales = rows  # not read unless the activations are quantized beforehand
-    if use_fp8_dot and tiling.quantize_x:
+    if chain:
+        x_scales = _row_block_max(rows)
+    elif use_fp8_dot and tiling.quantize_x:
         rows, x_scales = _quantize_x(rows)
     _fp8_kernel[_grid(m, n, tiling)](
         rows, x_scales, weight, scale_inv, scale_rows, y.view(-1, n), m, n, k, rows.stride(0),
         x_scales.stride(0), weight.stride(0), scale_inv.stride(0), n, BLOCK_M=tiling.block_m,
         BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k, GROUP_M=tiling.group_m,
-        FP8_DOT=use_fp8_dot, X_FP8=use_fp8_dot and tiling.quantize_x,
-        PRECISION=_precision(x), num_warps=tiling.num_warps, num_stages=tiling.num_stages)
+        FP8_DOT=use_fp8_dot, X_FP8=use_fp8_dot and tiling.quantize_x and not chain,
+        CHAIN=chain, PROMOTE_K=tiling.promote_k if chain else 0, PRECISION=_precision(x),
+        num_warps=tiling.num_warps, num_stages=tiling.num_stages)
     return y
+
+
+def chains(tiling: QuantTiling, shard_sizes: Sequence[int] | None) -> bool:
+    """Whether a `chain` tiling runs chained on a projection packed from `shard_sizes`:
+    every N tile's rows (up to the last row) read one scale row. Unknown shards: no."""
+    return (tiling.chain and not tiling.quantize_x and shard_sizes is not None
+            and folds(tuple(shard_sizes), tiling.block_n))
+
+
+def _row_block_max(rows: torch.Tensor, block_m: int = 32) -> torch.Tensor:
+    """rows [M, K] -> fp32 [M, cdiv(K, 128)]: each row's largest |x| per 128 columns."""
+    m, k = rows.shape
+    maxima = torch.empty((m, triton.cdiv(k, FP8_BLOCK)), dtype=torch.float32,
+                         device=rows.device)
+    _row_block_max_kernel[(triton.cdiv(m, block_m), maxima.shape[1])](
+        rows, maxima, m, k, rows.stride(0), maxima.stride(0), BLOCK_M=block_m,
+        BLOCK_K=FP8_BLOCK)
+    return maxima
 
 
 def _quantize_x(rows: torch.Tensor, block_m: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,5 +352,5 @@ class TritonQuantKernels:
             if not self.fp8_kernels:
                 return torch.nn.functional.linear(x, layer.dequantize(x.dtype))
             return fp8_linear(x, layer.weight, layer.weight_scale_inv, layer.scale_rows,
-                              fp8_dot=self.fp8_dot)
+                              fp8_dot=self.fp8_dot, shard_sizes=layer.shard_sizes)
         return awq_linear(x, layer.qweight, layer.qzeros, layer.scales, layer.group_size)

@@ -27,7 +27,15 @@ class QuantTiling:
     - `fp8_dot` (FP8 only, on FP8 tensor cores): the product runs in e4m3 with activations
       quantized per row and 128 columns; False: W is upcast to x's dtype for the dot;
     - `quantize_x` (with `fp8_dot`): the activations are quantized once by a separate
-      kernel (e4m3 rows and their scales), not again by every N tile in its K loop."""
+      kernel (e4m3 rows and their scales), not again by every N tile in its K loop;
+    - `chain` (with `fp8_dot`, BLOCK_N dividing 128): the K loop is one chained FP8 dot
+      (`acc = dot(a8, w, acc)`, no scaling per step): the N tile's one weight scale row is
+      folded into the activations, which take one e4m3 scale per row over all of K, applied
+      once in the epilogue. Where a projection's shards put two scale rows in one N tile,
+      the product runs as without `chain`;
+    - `promote_k` (with `chain`, 0: Triton's default, no promotion on Hopper): the chain's
+      tensor-core sums are added to a full fp32 accumulator every `promote_k` columns of K
+      (Triton's `max_num_imprecise_acc`: Hopper's FP8 MMA keeps fewer bits in its sums)."""
 
     block_m: int
     block_n: int
@@ -37,6 +45,8 @@ class QuantTiling:
     group_m: int = 1
     fp8_dot: bool = True
     quantize_x: bool = False
+    chain: bool = False
+    promote_k: int = 0
 
 
 DEFAULT_LARGE_M = {"fp8": QuantTiling(64, 128, 128), "awq": QuantTiling(64, 128, 64)}
@@ -174,7 +184,7 @@ def bucket_rows(max_rows: int) -> list[int]:
 def tiling_problem(fmt: str, tiling: QuantTiling) -> str | None:
     """Why `tiling` cannot run `fmt`'s kernel, or None: the K step stays inside one scale
     block / group, AWQ's N tile holds whole packed words, tiles are powers of two that
-    tl.dot takes (>= 16), group_m >= 1."""
+    tl.dot takes (>= 16), group_m >= 1, `chain`'s N tile inside one scale row."""
     sizes = (tiling.block_m, tiling.block_n, tiling.block_k)
     if any(size < 16 or size & (size - 1) for size in sizes):
         return f"tile {sizes} must be powers of two >= 16"
@@ -186,6 +196,13 @@ def tiling_problem(fmt: str, tiling: QuantTiling) -> str | None:
         return f"FP8 tensor cores quantize x per {FP8_BLOCK} columns: block_k must be that"
     if tiling.quantize_x and not (fmt == "fp8" and tiling.fp8_dot):
         return "quantize_x needs the FP8 tensor-core product"
+    if tiling.chain and not (fmt == "fp8" and tiling.fp8_dot and not tiling.quantize_x):
+        return "chain needs the FP8 tensor-core product, activations quantized in the loop"
+    if tiling.chain and FP8_BLOCK % tiling.block_n:
+        return f"chain folds one scale row into x: block_n must divide {FP8_BLOCK}"
+    if tiling.promote_k and not (tiling.chain and 16 <= tiling.promote_k <= tiling.block_k
+                                 and not tiling.promote_k & (tiling.promote_k - 1)):
+        return f"promote_k {tiling.promote_k}: a power of two in 16 ... block_k, with chain"
     if tiling.group_m < 1 or tiling.num_warps not in (1, 2, 4, 8, 16) or tiling.num_stages < 1:
         return f"group_m {tiling.group_m}, num_warps {tiling.num_warps}, stages"
     return None
