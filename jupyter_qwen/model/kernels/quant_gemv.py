@@ -323,10 +323,12 @@ def _nibble_plane(packed, NIBBLE: tl.constexpr):
 
 
 @triton.jit
-def _awq_plane(packed, zw, sc_row, g_ok, a, rows, J: tl.constexpr, BLOCK_M: tl.constexpr):
+def _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, J: tl.constexpr,
+               BLOCK_M: tl.constexpr):
     """Column 8 w + J of every word w: the step's [BLOCK_M, LANES, WORDS] partial sums,
     sum over the step's groups of s * (sum_k q * a - z * sum_k a), the k sums taken over
-    the rows each lane holds (axis 2 of the [GROUPS, REPEAT, LANES, WORDS] tile)."""
+    the rows each lane holds (axis 1 of the [GROUPS, REPEAT, LANES, WORDS] tile; a_sums:
+    [BLOCK_M, GROUPS, LANES], those sums of a)."""
     NIBBLE: tl.constexpr = (J // 2) + (J % 2) * 4  # AWQ's nibble of column J of eight
     P: tl.constexpr = NIBBLE if NIBBLE < 5 else NIBBLE - 5
     FACTOR: tl.constexpr = 1.0 / (1 << (4 * P))
@@ -337,7 +339,7 @@ def _awq_plane(packed, zw, sc_row, g_ok, a, rows, J: tl.constexpr, BLOCK_M: tl.c
     for m in tl.static_range(BLOCK_M):
         a_m = tl.sum(tl.where((rows == m)[:, None, None, None], a, 0.0), 0)  # [G, R, L]
         qa = tl.sum(q * a_m[:, :, :, None], 1)  # [GROUPS, LANES, WORDS]
-        a_sum = tl.sum(a_m, 1)[:, :, None]  # [GROUPS, LANES, 1]
+        a_sum = tl.sum(tl.where((rows == m)[:, None, None], a_sums, 0.0), 0)[:, :, None]
         part = tl.sum(s * (qa * FACTOR - z * a_sum), 0)  # [LANES, WORDS]
         out += tl.where((rows == m)[:, None, None], part[None, :, :], 0.0)
     return out
@@ -410,20 +412,21 @@ def _awq_planes_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, y_ptr
         ahead = k0 + BLOCK_K + step_ks
         a_next = _operand(x_ptr, res_ptr, norm_w_ptr, x_at4, res_at4, ahead[None, :, :, :],
                           row_ok4 & (ahead < K)[None, :, :, :], inv_rms4, K, PROLOGUE)
+        a_sums = tl.sum(a, 2)  # [BLOCK_M, GROUPS, LANES], shared by the eight planes
         packed = q_next
         q_next = _load_plane_words(q_base, ahead, qw_stride, K, False)
         gs = k0 // GROUP + tl.arange(0, GROUPS)
         g_ok = (gs < groups)[:, None]
         zw = tl.load(qz_ptr + gs[:, None] * qz_stride + words[None, :], mask=g_ok, other=0)
         sc_row = sc_ptr + gs[:, None] * sc_stride + words[None, :] * 8  # [GROUPS, WORDS]
-        acc0 += _awq_plane(packed, zw, sc_row, g_ok, a, rows, 0, BLOCK_M)
-        acc1 += _awq_plane(packed, zw, sc_row, g_ok, a, rows, 1, BLOCK_M)
-        acc2 += _awq_plane(packed, zw, sc_row, g_ok, a, rows, 2, BLOCK_M)
-        acc3 += _awq_plane(packed, zw, sc_row, g_ok, a, rows, 3, BLOCK_M)
-        acc4 += _awq_plane(packed, zw, sc_row, g_ok, a, rows, 4, BLOCK_M)
-        acc5 += _awq_plane(packed, zw, sc_row, g_ok, a, rows, 5, BLOCK_M)
-        acc6 += _awq_plane(packed, zw, sc_row, g_ok, a, rows, 6, BLOCK_M)
-        acc7 += _awq_plane(packed, zw, sc_row, g_ok, a, rows, 7, BLOCK_M)
+        acc0 += _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, 0, BLOCK_M)
+        acc1 += _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, 1, BLOCK_M)
+        acc2 += _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, 2, BLOCK_M)
+        acc3 += _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, 3, BLOCK_M)
+        acc4 += _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, 4, BLOCK_M)
+        acc5 += _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, 5, BLOCK_M)
+        acc6 += _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, 6, BLOCK_M)
+        acc7 += _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, 7, BLOCK_M)
 
     store_ok = row_ok[:, None] & store_ok_words[None, :]
     _store_plane(y_ptr, acc0, rows, words, store_ok, y_stride, 0)
