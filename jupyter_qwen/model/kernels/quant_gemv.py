@@ -29,7 +29,11 @@ in steps of BLOCK_K (whole groups), a step's tile being [groups, 128, words]. Wi
 group, sum_k (q - z) * s * a = s * (sum_k q * a - z * sum_k a), so a weight costs one
 unpack (shift, mask), one int -> float convert and one FMA per row of x; the group's zero
 and scale are applied to the [groups, BLOCK_N] partial sums. Rows of x are summed one by
-one with FMAs (no tensor cores), which suits the decode cutoffs (M <= 2).
+one with FMAs (no tensor cores), which suits the decode cutoffs (M <= 2). A second AWQ
+kernel, `unpack="planes"` in the tiling (opt-in until measured; benchmarks/KERNEL_NOTES.md),
+loads the step's words as [groups, 128 / LANES, LANES, words] with 16-byte vectors and takes
+the eight nibble positions one at a time in place (no interleave, no int -> float convert),
+keeping each lane's sums over K in registers until the end of the K loop.
 
 Accuracy against the dequantizing reference (`QuantLinear.dequantize` + F.linear on the
 prologue's result): the output's own rounding for x in bf16 (relative 2-norm error under
