@@ -2,6 +2,7 @@
 the bf16 ones (gemv.py, the model's path for bf16 checkpoints), one GPU call (<= ~3 min).
 
     python benchmarks/quant_decode.py       # table on stdout; $OUT/quant_decode.json if OUT
+    python benchmarks/quant_decode.py --formats bf16,awq --models 4B   # a part of it
 
 For Qwen3-0.6B's and Qwen3-4B's decoder layer at M = 1 and 2 rows (bf16 activations), the
 four products as the model runs them: qkv with the RMS norm, o plain, gate_up with add +
@@ -18,6 +19,7 @@ TUNED lines for quant_gemv.py, and the layer table with speed-ups over bf16.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import multiprocessing
@@ -52,6 +54,11 @@ ROWS = (1, 2)
 ROTATION_BYTES = 128 << 20
 REPLAYS = 10
 BUDGET_S = 170  # past this, sweeps keep only the default tiling
+# the AWQ nibble-plane kernel's candidates (block_n, block_k, warps), [M > 1] and [M = 1]:
+# 8 to 16 words a thread (no spills in the sm_90 build; see KERNEL_NOTES.md)
+AWQ_PLANES = ([(64, 128, 4), (128, 128, 8), (128, 128, 4)],
+              [(64, 128, 4), (128, 128, 4), (64, 256, 4), (128, 256, 8), (256, 128, 8),
+               (256, 256, 8)])
 
 
 def candidates(fmt: str, m: int, n: int, k: int) -> list:
@@ -67,6 +74,8 @@ def candidates(fmt: str, m: int, n: int, k: int) -> list:
     else:
         extra = ([tile(16, 512), tile(8, 512), tile(32, 1024), tile(64, 256)] if m == 1
                  else [tile(16, 256), tile(32, 256), tile(8, 512)])
+        extra += [tile(n_, k_, w, unpack="planes") for n_, k_, w in AWQ_PLANES[m == 1]
+                  if n % n_ == 0 and n // n_ >= 8]
     out = [quant_gemv.default_tiling(fmt, m, n, k)]
     return out + [t for t in extra if t not in out]
 
@@ -149,11 +158,11 @@ def precompile_job(job: tuple) -> str:
     return ""
 
 
-def precompile() -> None:
+def precompile(models: list[str], formats: list[str]) -> None:
     jobs = {}
-    for shapes in MODELS.values():
-        for n, k, _, prologue in shapes.values():
-            for fmt in FORMATS:
+    for model in models:
+        for n, k, _, prologue in MODELS[model].values():
+            for fmt in formats:
                 for m in ROWS:
                     for tiling in candidates(fmt, m, n, k):
                         jobs.setdefault((fmt, prologue, m, k, tiling),
@@ -232,16 +241,34 @@ def _name(tiling) -> str:
     return tiling.name() if tiling is not None else "default"
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--formats", default=",".join(FORMATS),
+                        help="comma-separated, of bf16, fp8, awq (bf16 is always timed: the "
+                             "speed-ups are over it)")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, of "
+                        + ", ".join(MODELS))
+    args = parser.parse_args(argv)
+    args.formats = ["bf16"] + [f for f in args.formats.split(",") if f and f != "bf16"]
+    args.models = [m for m in args.models.split(",") if m]
+    for name, known in (("format", FORMATS), ("model", MODELS)):
+        wrong = [v for v in getattr(args, name + "s") if v not in known]
+        if wrong:
+            parser.error(f"unknown {name} {wrong}; known: {list(known)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     began = time.perf_counter()
     say(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; pdl {launch_pdl()}")
     say(f"copy bandwidth {measure_copy_gbps():.0f} GB/s (read + write)")
     torch.cuda.empty_cache()
-    precompile()
+    precompile(args.models, args.formats)
     rows, layers = [], []
-    for model in MODELS:
+    for model in args.models:
         for m in ROWS:
-            for fmt in FORMATS:
+            for fmt in args.formats:
                 try:
                     best = sweep(model, fmt, m, began, rows)
                     chosen = {name: t for name, t in best.items() if t is not None}

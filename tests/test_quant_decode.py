@@ -39,6 +39,17 @@ AWQ_SMALL = {
     "steps": (640, [48], (16, 256)),  # several K steps, the last one partial
     "default": (256, [64], None),
 }
+# the nibble-plane variant: (K, shards, (block_n, block_k, num_warps)), unpack="planes"
+AWQ_PLANES_SMALL = {
+    "n-tail": (200, [24, 16], (64, 256, 4)),  # N = 40 < BLOCK_N; a partial last group
+    "steps": (640, [48, 16], (32, 256, 4)),  # 2 programs, the last stepping back; 3 K steps
+    "wide": (384, [128, 64], (64, 128, 8)),  # 128 lanes along K, one group per step
+    "one word": (130, [8], (8, 128, 4)),  # BLOCK_N 8; 2 rows in the last group
+}
+AWQ_PLANES_LARGE = {
+    "0.6B gate_up": (1024, [3072, 3072], (256, 256, 8)), "0.6B o": (2048, [1024], (64, 512, 4)),
+    "4B qkv": (2560, [4096, 1024, 1024], (128, 512, 4)), "4B down": (9728, [2560], (128, 256, 4)),
+}
 AWQ_LARGE = {
     "0.6B gate_up": (1024, [3072, 3072], None), "0.6B o": (2048, [1024], None),
     "4B qkv": (2560, [4096, 1024, 1024], None), "4B down": (9728, [2560], None),
@@ -124,6 +135,19 @@ def test_awq_small_m_matches_the_dequantized_product(mode, generator, case, rows
              tiling_of(tiling))
 
 
+@pytest.mark.parametrize("prologue", PROLOGUES)
+@pytest.mark.parametrize("rows", [1, 2, 5])
+@pytest.mark.parametrize("case", range(4))
+def test_awq_planes_matches_the_dequantized_product(mode, generator, case, rows, prologue):
+    from jupyter_qwen.model.kernels.quant_gemv import DecodeTiling
+
+    k, shards, (block_n, block_k, warps) = list(
+        mode.pick(AWQ_PLANES_SMALL, AWQ_PLANES_LARGE).values())[case]
+    dtype = torch.bfloat16 if (case + rows) % 2 or mode.large else torch.float32
+    run_case(mode, generator, awq_layer(generator, k, shards), prologue, rows, dtype,
+             DecodeTiling(block_n, block_k, warps, unpack="planes"))
+
+
 @pytest.mark.skipif(not HAVE_TRITON, reason="needs triton")
 def test_fp8_scale_folds_only_where_each_program_reads_one_scale_row():
     from jupyter_qwen.model.kernels.quant_gemv import folds
@@ -152,6 +176,11 @@ def test_small_m_products_refuse_what_they_cannot_take(mode, generator):
     with pytest.raises(ValueError, match="multiple of 8"):
         quant_gemv.linear_small_m(torch.randn(1, 128, device=mode.device), layer,
                                   tiling=quant_gemv.DecodeTiling(12, 128))
+    for bad, message in ((quant_gemv.DecodeTiling(96, 128, unpack="planes"), "power of two"),
+                         (quant_gemv.DecodeTiling(64, 128, unpack="bytes"), "unpack")):
+        with pytest.raises(ValueError, match=message):
+            quant_gemv.linear_small_m(torch.randn(1, 128, device=mode.device), layer,
+                                      tiling=bad)
     with pytest.raises(TypeError):
         quant_gemv.format_of(torch.nn.Linear(4, 4))
 

@@ -29,7 +29,11 @@ in steps of BLOCK_K (whole groups), a step's tile being [groups, 128, words]. Wi
 group, sum_k (q - z) * s * a = s * (sum_k q * a - z * sum_k a), so a weight costs one
 unpack (shift, mask), one int -> float convert and one FMA per row of x; the group's zero
 and scale are applied to the [groups, BLOCK_N] partial sums. Rows of x are summed one by
-one with FMAs (no tensor cores), which suits the decode cutoffs (M <= 2).
+one with FMAs (no tensor cores), which suits the decode cutoffs (M <= 2). A second AWQ
+kernel, `unpack="planes"` in the tiling (opt-in until measured; benchmarks/KERNEL_NOTES.md),
+loads the step's words as [groups, 128 / LANES, LANES, words] with 16-byte vectors and takes
+the eight nibble positions one at a time in place (no interleave, no int -> float convert),
+keeping each lane's sums over K in registers until the end of the K loop.
 
 Accuracy against the dequantizing reference (`QuantLinear.dequantize` + F.linear on the
 prologue's result): the output's own rounding for x in bf16 (relative 2-norm error under
@@ -69,15 +73,19 @@ AWQ_GROUP = 128
 class DecodeTiling:
     """BLOCK_N outputs per program (AWQ: a multiple of 8, one word per 8), BLOCK_K inputs per
     step (FP8: any power of two >= 16; AWQ: a multiple of 128); `dot` (FP8, M = 1): tensor
-    cores rather than FMAs (M > 1 always takes them for FP8; AWQ never does)."""
+    cores rather than FMAs (M > 1 always takes them for FP8; AWQ never does); `unpack` (AWQ):
+    "interleave" widens words into a [K, BLOCK_N] tile, "planes" takes the eight nibble
+    positions one at a time (BLOCK_N a power of two)."""
 
     block_n: int
     block_k: int
     num_warps: int = 4
     dot: bool = False
+    unpack: str = "interleave"  # AWQ: "interleave" or "planes" (see _awq_planes_kernel)
 
     def name(self) -> str:
-        return f"{'dot' if self.dot else 'fma'} n{self.block_n} k{self.block_k} w{self.num_warps}"
+        kind = "planes" if self.unpack == "planes" else ("dot" if self.dot else "fma")
+        return f"{kind} n{self.block_n} k{self.block_k} w{self.num_warps}"
 
 
 # Default tilings, key (format, M bucket, N, K); the lead updates them from
@@ -307,6 +315,143 @@ def _awq_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, y_ptr, res_o
              mask=out_mask)
 
 
+@triton.jit
+def _nibble_plane(packed, NIBBLE: tl.constexpr):
+    """(nibble NIBBLE of each word) * 16**P as float32, P = NIBBLE - SHIFT / 4: masked in
+    place (nibbles 0-4, bits below 2**20) or shifted down by 20 bits first (5-7), then or-ed
+    into the mantissa of 2**23 (0x4B000000, whose low 23 bits hold an integer exactly) and
+    2**23 taken off: a logic op and an add instead of an int -> float convert."""
+    SHIFT: tl.constexpr = 0 if NIBBLE < 5 else 20
+    bits = ((packed >> SHIFT) & (0xF << (4 * NIBBLE - SHIFT))) | 0x4B000000
+    return bits.to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, J: tl.constexpr,
+               BLOCK_M: tl.constexpr):
+    """Column 8 w + J of every word w: the step's [BLOCK_M, LANES, WORDS] partial sums,
+    sum over the step's groups of s * (sum_k q * a - z * sum_k a), the k sums taken over
+    the rows each lane holds (axis 1 of the [GROUPS, REPEAT, LANES, WORDS] tile; a_sums:
+    [BLOCK_M, GROUPS, LANES], those sums of a)."""
+    NIBBLE: tl.constexpr = (J // 2) + (J % 2) * 4  # AWQ's nibble of column J of eight
+    P: tl.constexpr = NIBBLE if NIBBLE < 5 else NIBBLE - 5
+    FACTOR: tl.constexpr = 1.0 / (1 << (4 * P))
+    q = _nibble_plane(packed, NIBBLE)  # [GROUPS, REPEAT, LANES, WORDS], q * 16**P
+    z = ((zw >> (4 * NIBBLE)) & 0xF).to(tl.float32)[:, None, :]  # [GROUPS, 1, WORDS]
+    s = tl.load(sc_row + J, mask=g_ok, other=0.0).to(tl.float32)[:, None, :]
+    out = tl.zeros([BLOCK_M, a.shape[3], q.shape[3]], tl.float32)
+    for m in tl.static_range(BLOCK_M):
+        a_m = tl.sum(tl.where((rows == m)[:, None, None, None], a, 0.0), 0)  # [G, R, L]
+        qa = tl.sum(q * a_m[:, :, :, None], 1)  # [GROUPS, LANES, WORDS]
+        a_sum = tl.sum(tl.where((rows == m)[:, None, None], a_sums, 0.0), 0)[:, :, None]
+        part = tl.sum(s * (qa * FACTOR - z * a_sum), 0)  # [LANES, WORDS]
+        out += tl.where((rows == m)[:, None, None], part[None, :, :], 0.0)
+    return out
+
+
+@triton.jit
+def _store_plane(y_ptr, acc, rows, words, store_ok, y_stride, J: tl.constexpr):
+    """Column 8 w + J of each word's outputs, the lanes' partial sums added up."""
+    tl.store(y_ptr + rows[:, None] * y_stride + (words * 8 + J)[None, :],
+             tl.sum(acc, 1).to(y_ptr.dtype.element_ty), mask=store_ok)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _awq_planes_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, y_ptr, res_out_ptr,
+                       M, N, K, eps, x_stride, res_stride, qw_stride, qz_stride, sc_stride,
+                       y_stride, res_out_stride, PROLOGUE: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr,
+                       LANES: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+                       NORM_BLOCK: tl.constexpr, USE_GDC: tl.constexpr):
+    """AWQ by nibble planes: the step's words are loaded once as [GROUPS, REPEAT, LANES,
+    WORDS] (input row k = 128 g + LANES r + l; words contiguous, 16-byte loads) and each of
+    the eight nibble positions is taken from them in place; the sums over k stay in each
+    lane's registers across the whole K loop (axis 1 is the rows a thread holds when the
+    compiler puts LANES threads along k), and lanes are added up once, at the end."""
+    GROUP: tl.constexpr = 128
+    WORDS: tl.constexpr = BLOCK_N // 8
+    REPEAT: tl.constexpr = GROUP // LANES
+    BLOCK_K: tl.constexpr = GROUPS * GROUP
+    pid = tl.program_id(0)
+    word_count = N // 8
+    owned = pid * WORDS + tl.arange(0, WORDS)
+    if EVEN_N:
+        at = owned
+        words = owned
+    else:  # the last program steps back to stay contiguous; it stores only its own words
+        at = tl.maximum(tl.minimum(pid * WORDS, word_count - WORDS), 0) + tl.arange(0, WORDS)
+        words = tl.minimum(at, word_count - 1)
+    store_ok_words = (at >= pid * WORDS) & (at < word_count)
+    step_ks = (tl.arange(0, GROUPS)[:, None, None] * GROUP
+               + tl.arange(0, REPEAT)[None, :, None] * LANES
+               + tl.arange(0, LANES)[None, None, :])  # [GROUPS, REPEAT, LANES]
+    q_base = qw_ptr + words[None, None, None, :]
+    rows = tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    x_at = rows[:, None] * x_stride
+    res_at = rows[:, None] * res_stride
+    x_at4 = rows[:, None, None, None] * x_stride
+    res_at4 = rows[:, None, None, None] * res_stride
+    groups = tl.cdiv(K, GROUP)
+
+    q_next = _load_plane_words(q_base, step_ks, qw_stride, K, EVEN_K)
+    pdl.after_previous_kernel(USE_GDC)
+    inv_rms = _inv_rms(x_ptr, res_ptr, res_out_ptr, rows, x_at, res_at, res_out_stride, M, K,
+                       eps, pid == 0, PROLOGUE, BLOCK_M, NORM_BLOCK)
+    inv_rms4 = inv_rms[:, None, None, None]
+    row_ok4 = row_ok[:, None, None, None]
+    ks = step_ks[None, :, :, :]
+    a_next = _operand(x_ptr, res_ptr, norm_w_ptr, x_at4, res_at4, ks, row_ok4 & (ks < K),
+                      inv_rms4, K, PROLOGUE)
+    acc0 = tl.zeros([BLOCK_M, LANES, WORDS], tl.float32)
+    acc1 = tl.zeros([BLOCK_M, LANES, WORDS], tl.float32)
+    acc2 = tl.zeros([BLOCK_M, LANES, WORDS], tl.float32)
+    acc3 = tl.zeros([BLOCK_M, LANES, WORDS], tl.float32)
+    acc4 = tl.zeros([BLOCK_M, LANES, WORDS], tl.float32)
+    acc5 = tl.zeros([BLOCK_M, LANES, WORDS], tl.float32)
+    acc6 = tl.zeros([BLOCK_M, LANES, WORDS], tl.float32)
+    acc7 = tl.zeros([BLOCK_M, LANES, WORDS], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        a = a_next.to(tl.float32)  # [BLOCK_M, GROUPS, REPEAT, LANES]
+        ahead = k0 + BLOCK_K + step_ks
+        a_next = _operand(x_ptr, res_ptr, norm_w_ptr, x_at4, res_at4, ahead[None, :, :, :],
+                          row_ok4 & (ahead < K)[None, :, :, :], inv_rms4, K, PROLOGUE)
+        a_sums = tl.sum(a, 2)  # [BLOCK_M, GROUPS, LANES], shared by the eight planes
+        packed = q_next
+        q_next = _load_plane_words(q_base, ahead, qw_stride, K, False)
+        gs = k0 // GROUP + tl.arange(0, GROUPS)
+        g_ok = (gs < groups)[:, None]
+        zw = tl.load(qz_ptr + gs[:, None] * qz_stride + words[None, :], mask=g_ok, other=0)
+        sc_row = sc_ptr + gs[:, None] * sc_stride + words[None, :] * 8  # [GROUPS, WORDS]
+        acc0 += _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, 0, BLOCK_M)
+        acc1 += _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, 1, BLOCK_M)
+        acc2 += _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, 2, BLOCK_M)
+        acc3 += _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, 3, BLOCK_M)
+        acc4 += _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, 4, BLOCK_M)
+        acc5 += _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, 5, BLOCK_M)
+        acc6 += _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, 6, BLOCK_M)
+        acc7 += _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, 7, BLOCK_M)
+
+    store_ok = row_ok[:, None] & store_ok_words[None, :]
+    _store_plane(y_ptr, acc0, rows, words, store_ok, y_stride, 0)
+    _store_plane(y_ptr, acc1, rows, words, store_ok, y_stride, 1)
+    _store_plane(y_ptr, acc2, rows, words, store_ok, y_stride, 2)
+    _store_plane(y_ptr, acc3, rows, words, store_ok, y_stride, 3)
+    _store_plane(y_ptr, acc4, rows, words, store_ok, y_stride, 4)
+    _store_plane(y_ptr, acc5, rows, words, store_ok, y_stride, 5)
+    _store_plane(y_ptr, acc6, rows, words, store_ok, y_stride, 6)
+    _store_plane(y_ptr, acc7, rows, words, store_ok, y_stride, 7)
+
+
+@triton.jit
+def _load_plane_words(q_base, ks, stride, K, EVEN_K: tl.constexpr):
+    """The [GROUPS, REPEAT, LANES, WORDS] tile of qweight for input rows ks."""
+    if EVEN_K:
+        return tl.load(q_base + ks[:, :, :, None] * stride)
+    return tl.load(q_base + ks[:, :, :, None] * stride, mask=(ks < K)[:, :, :, None],
+                   other=0)
+
+
 def _norm_block(k: int, block_k: int, block_m: int, num_warps: int) -> int:
     return min(triton.next_power_of_2(k), max(block_k, 2048 * num_warps // block_m))
 
@@ -362,16 +507,45 @@ def _launch_fp8(grid, args: dict, layer, tiling: DecodeTiling, dtype: torch.dtyp
         **args)
 
 
+def planes_lanes(words: int, num_warps: int) -> int:
+    """The threads Triton's default layout puts along K for a [.., WORDS] int32 tile whose
+    words are contiguous: 16-byte vectors (4 words a thread), the warp's other threads and
+    every warp along K (for WORDS <= 128); at most a group's 128 rows."""
+    across_words = min(32, max(1, words // 4))
+    return min(AWQ_GROUP, 32 // across_words * num_warps)
+
+
 def _launch_awq(grid, args: dict, layer, tiling: DecodeTiling, m: int, k: int) -> None:
     if tiling.block_n % 8 or tiling.block_k % AWQ_GROUP:
         raise ValueError(f"AWQ tiles need block_n a multiple of 8 and block_k of "
                          f"{AWQ_GROUP}, not {tiling}")
     groups = min(tiling.block_k, triton.next_power_of_2(k)) // AWQ_GROUP
     groups = triton.next_power_of_2(max(1, groups))
+    if tiling.unpack == "planes":
+        _launch_awq_planes(grid, args, layer, tiling, groups, k)
+        return
+    if tiling.unpack != "interleave":
+        raise ValueError(f"AWQ unpack is 'interleave' or 'planes', not {tiling.unpack!r}")
     _awq_kernel[grid](
         qw_ptr=layer.qweight, qz_ptr=layer.qzeros, sc_ptr=layer.scales,
         qw_stride=layer.qweight.stride(0), qz_stride=layer.qzeros.stride(0),
         sc_stride=layer.scales.stride(0), BLOCK_N=tiling.block_n, GROUPS=groups,
+        EVEN_K=k % (groups * AWQ_GROUP) == 0,
+        NORM_BLOCK=_norm_block(k, groups * AWQ_GROUP, args["BLOCK_M"], tiling.num_warps),
+        **args)
+
+
+def _launch_awq_planes(grid, args: dict, layer, tiling: DecodeTiling, groups: int,
+                       k: int) -> None:
+    words = tiling.block_n // 8
+    if words & (words - 1):
+        raise ValueError(f"AWQ planes need block_n a power of two (8 to 512), not {tiling}")
+    _awq_planes_kernel[grid](
+        qw_ptr=layer.qweight, qz_ptr=layer.qzeros, sc_ptr=layer.scales,
+        qw_stride=layer.qweight.stride(0), qz_stride=layer.qzeros.stride(0),
+        sc_stride=layer.scales.stride(0), BLOCK_N=tiling.block_n, GROUPS=groups,
+        LANES=planes_lanes(words, tiling.num_warps),
+        EVEN_N=layer.out_features % tiling.block_n == 0,
         EVEN_K=k % (groups * AWQ_GROUP) == 0,
         NORM_BLOCK=_norm_block(k, groups * AWQ_GROUP, args["BLOCK_M"], tiling.num_warps),
         **args)
