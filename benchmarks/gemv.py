@@ -22,13 +22,11 @@ decode (28 layers).
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import sys
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.kernel_setup import launch_pdl, relative_error
+from benchmarks.kernel_setup import compile_in_workers, launch_pdl, relative_error
 from benchmarks.kernels import LOG, graph_micros_per_call, measure_copy_gbps, say
 
 DTYPE = torch.bfloat16
@@ -112,16 +110,7 @@ def precompile() -> None:
                     key = (kind, m, index, k % block_k == 0,
                            1 << (k - 1).bit_length() if kind == "norm" else 0)
                     jobs.setdefault(key, (kind, m, k, index))
-    workers = max(1, min(12, (os.cpu_count() or 2) - 2, len(jobs)))
-    began = time.perf_counter()
-    try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            errors = [e for e in pool.map(precompile_job, jobs.values()) if e]
-    except Exception as error:
-        say(f"precompile failed ({type(error).__name__}: {error}); compiling on first use")
-        return
-    say(f"precompiled {len(jobs)} kernels in {workers} processes in "
-        f"{time.perf_counter() - began:.0f} s" + (f"; errors: {errors}" if errors else ""))
+    say(compile_in_workers(precompile_job, list(jobs.values()), most=12))
 
 
 def graph_output_equals_eager(call: Callable[[], torch.Tensor]) -> bool:

@@ -22,19 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import os
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.kernel_setup import launch_pdl, relative_error
+from benchmarks.kernel_setup import compile_in_workers, launch_pdl, relative_error
 from benchmarks.kernels import LOG, graph_micros_per_call, measure_copy_gbps, say
 
 DTYPE = torch.bfloat16
@@ -167,16 +165,7 @@ def precompile(models: list[str], formats: list[str]) -> None:
                     for tiling in candidates(fmt, m, n, k):
                         jobs.setdefault((fmt, prologue, m, k, tiling),
                                         (fmt, prologue, m, k, tiling))
-    workers = max(1, min(14, (os.cpu_count() or 2) - 2, len(jobs)))
-    began = time.perf_counter()
-    try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            errors = [e for e in pool.map(precompile_job, jobs.values()) if e]
-    except Exception as error:
-        say(f"precompile failed ({type(error).__name__}: {error}); compiling on first use")
-        return
-    say(f"precompiled {len(jobs)} kernels in {workers} processes in "
-        f"{time.perf_counter() - began:.0f} s" + (f"; errors: {errors}" if errors else ""))
+    say(compile_in_workers(precompile_job, list(jobs.values()), most=14))
 
 
 def copies_for(nbytes: int, most: int = 64) -> int:

@@ -18,18 +18,16 @@ tiling, and the TILINGS / TOPK_KERNEL_MAX_ROWS lines to paste.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import sys
-import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.kernel_setup import compile_in_workers
 from benchmarks.kernels import LOG, graph_micros_per_call, say
 from jupyter_qwen.engine.sampler import TOPK_KERNEL_MAX_ROWS
 from jupyter_qwen.engine.topk_kernel import TILINGS, TopkTiling, many_program_topk
@@ -69,16 +67,7 @@ def precompile_job(job: tuple[int, TopkTiling]) -> str:
 
 def precompile() -> None:
     jobs = [(width, tiling) for width in WIDTHS for tiling in tilings(width)]
-    began = time.perf_counter()
-    workers = min(len(jobs), os.cpu_count() or 1, 16)
-    try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            errors = [error for error in pool.map(precompile_job, jobs) if error]
-    except Exception as error:
-        say(f"precompile failed ({type(error).__name__}: {error}); compiling on first use")
-        return
-    say(f"precompiled {len(jobs)} variants in {workers} processes in "
-        f"{time.perf_counter() - began:.0f} s" + (f"; errors: {errors}" if errors else ""))
+    say(compile_in_workers(precompile_job, jobs))
 
 
 def logits_for(rows: int, seed: int) -> torch.Tensor:

@@ -10,7 +10,13 @@ import random
 
 import pytest
 import torch
-from kernel_cases import PagedCase, exact_sum, random_paged_case, relative_error
+from kernel_cases import (
+    PagedCase,
+    assert_replays_bitwise,
+    exact_sum,
+    random_paged_case,
+    relative_error,
+)
 from kernel_modes import COMPILED_ONLY, HAVE_TRITON, TOLERANCE, Mode
 
 from jupyter_qwen.model.attention import (
@@ -455,16 +461,4 @@ def test_small_m_replays_in_cuda_graph_bitwise(rows):
         y, summed = gemv.rms_norm_linear(x, norm_weight, 1e-6, w_qkv, res)
         return y, summed, gemv.silu_mul_linear(gate_up, w_down), gemv.linear_small_m(x, w_o)
 
-    step()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outs = step()
-    for tensor in (x, res, gate_up):
-        tensor.copy_(torch.randn(tensor.shape, generator=generator).to(tensor))
-    for out in outs:
-        out.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
-    for got, want in zip(outs, step(), strict=True):
-        assert torch.equal(got, want)
+    assert_replays_bitwise(step, (x, res, gate_up), generator)

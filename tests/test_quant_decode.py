@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_cases import exact_sum, relative_error
+from kernel_cases import assert_replays_bitwise, exact_sum, relative_error
 from kernel_modes import COMPILED_ONLY, HAVE_TRITON, INTERPRET, TOLERANCE, Mode
 
 from jupyter_qwen.model.quant.linear import AwqLinear, Fp8Linear, quantized_tensors
@@ -268,16 +268,4 @@ def test_quantized_small_m_replays_in_cuda_graphs_bitwise(generator, method):
         y, summed = quant_gemv.rms_norm_linear(x, norm_weight, EPS, qkv, res)
         return y, summed, quant_gemv.silu_mul_linear(gate_up, down)
 
-    step()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outs = step()
-    for tensor in (x, res, gate_up):
-        tensor.copy_(torch.randn(tensor.shape, generator=generator).to(tensor))
-    for out in outs:
-        out.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
-    for got, want in zip(outs, step(), strict=True):
-        assert torch.equal(got, want)
+    assert_replays_bitwise(step, (x, res, gate_up), generator)
