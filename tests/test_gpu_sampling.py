@@ -114,14 +114,21 @@ def test_no_kernel_compiles_after_start_up_with_sampled_batches(tmp_path):
 
 
 def test_gpu_captured_draws_equal_the_eager_sampler_in_the_engine(tiny_model_path):
-    """Seeded requests of every captured shape, penalised or not, give the same tokens whether
-    their decode steps draw inside the CUDA graphs or through `sample` on the same logits."""
+    """Seeded requests of every captured shape, penalised or not, with logit adjustments
+    (bias, min_tokens, allowed tokens, a grammar) or not, give the same tokens whether their
+    decode steps draw inside the CUDA graphs or through `sample` on the same logits."""
+    from jupyter_qwen.sampling_params import StructuredOutputs
+
     rng = random.Random(9)
     prompts = [[rng.randrange(2000) for _ in range(rng.randint(5, 60))] for _ in range(24)]
     kinds = [dict(QWEN3), {"temperature": 0.9, "top_p": 0.8}, {"temperature": 1.0, "top_k": 90},
              {**QWEN3, "min_p": 0.05}, {"temperature": 0.0},
              {**QWEN3, "presence_penalty": 1.5, "repetition_penalty": 1.05},
-             {"temperature": 0.0, "frequency_penalty": 0.5}]
+             {"temperature": 0.0, "frequency_penalty": 0.5},
+             {**QWEN3, "logit_bias": {5: 3.0, 9: -2.0}, "min_tokens": 6},
+             {"temperature": 0.0, "allowed_token_ids": list(range(100, 400))},
+             {**QWEN3, "structured_outputs": StructuredOutputs(regex="[a-z ]{4,60}")},
+             {"temperature": 0.0, "structured_outputs": StructuredOutputs(choice=["yes", "no"])}]
     params = [SamplingParams(**kinds[row % len(kinds)], seed=row, max_tokens=16,
                              ignore_eos=True) for row in range(len(prompts))]
     with LLM(tiny_model_path, dtype="float32", max_model_len=512) as llm:
@@ -129,9 +136,10 @@ def test_gpu_captured_draws_equal_the_eager_sampler_in_the_engine(tiny_model_pat
         assert sampler is not None and sampler.graphs
         drawn_in_graphs = []
         draw = sampler.draw
-        sampler.draw = lambda seqs, size: drawn_in_graphs.append(len(seqs)) or draw(seqs, size)
+        sampler.draw = lambda seqs, size, *adjustments: drawn_in_graphs.append(len(seqs)) \
+            or draw(seqs, size, *adjustments)
         captured = [out.token_ids for out in llm.generate(prompts, params)]
-        sampler.draw = lambda seqs, size: None
+        sampler.draw = lambda seqs, size, *adjustments: None
         eager = [out.token_ids for out in llm.generate(prompts, params)]
     assert sum(drawn_in_graphs) > len(prompts) * 10
     assert captured == eager

@@ -391,3 +391,36 @@ def test_after_its_own_end_of_reasoning_the_model_may_write_the_blank_line(gramm
         assert newline not in allowed() and red in allowed()
     finally:
         factory.close()
+
+
+def test_the_matcher_takes_sampled_tokens_at_the_next_fill(grammars):
+    """`accept` only notes the token (the engine calls it between steps, while the GPU
+    waits); the next `fill`, which runs beside the next forward pass, advances the matcher
+    over every noted token in order. The masks equal a constraint advanced token by token."""
+    import torch
+    import xgrammar
+
+    from jupyter_qwen.engine.constraints import new_token_bitmask
+
+    tokenizer = grammars.tokenizer
+    spec = StructuredOutputs(json={"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 8}}, "required": ["name"]})
+    compiled = grammars.compile(spec)
+    params = SamplingParams(structured_outputs=spec)
+    text = tokenizer.encode('{"name": "ab', add_special_tokens=False)
+    stepped, deferred = (SequenceConstraint(params, xgrammar.GrammarMatcher(compiled), None,
+                                            None, []) for _ in range(2))
+    masks = {}
+    for name, constraint in (("stepped", stepped), ("deferred", deferred)):
+        for token in text:
+            constraint.accept(token)
+            if name == "stepped":
+                assert constraint.fill(new_token_bitmask(1, len(tokenizer)), 0)
+        masks[name] = new_token_bitmask(1, len(tokenizer))
+    untouched, fresh = new_token_bitmask(1, len(tokenizer)), new_token_bitmask(1, len(tokenizer))
+    deferred.matcher.fill_next_token_bitmask(untouched, 0)
+    xgrammar.GrammarMatcher(compiled).fill_next_token_bitmask(fresh, 0)
+    assert deferred.pending == text and torch.equal(untouched, fresh)
+    assert stepped.fill(masks["stepped"], 0) and deferred.fill(masks["deferred"], 0)
+    assert deferred.pending == [] and torch.equal(masks["stepped"], masks["deferred"])
+    assert not torch.equal(masks["deferred"], fresh)

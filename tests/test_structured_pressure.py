@@ -183,3 +183,22 @@ def test_a_finished_grammar_with_ignore_eos_allows_only_its_end(demo_model):
         assert set(ids[end:]) <= set(engine.eos_token_ids)
         assert other.num_output_tokens == 12
         assert_idle(llm)
+
+
+def test_between_steps_the_matcher_has_not_taken_the_new_token(demo_model):
+    """The engine notes each sampled token on the constraint and the matcher takes it at
+    the next step's bitmask fill, beside that step's forward pass; the output still
+    follows the grammar to its end."""
+    schema = digits_schema("k", 6)
+    with LLM(demo_model, max_model_len=256) as llm:
+        engine = llm.engine
+        seq = engine.add_request([5, 6, 7], constrained(schema, 3))
+        noted = []
+        while engine.has_unfinished_requests():
+            engine.step()
+            if seq.constraint is not None and seq.output_token_ids:
+                noted.append(seq.constraint.pending == seq.output_token_ids[-1:])
+        assert noted and all(noted)
+        assert seq.finish_reason == "stop"
+        assert_matches(llm.tokenizer.decode(seq.output_token_ids, skip_special_tokens=True),
+                       schema)

@@ -171,6 +171,12 @@ class SequenceConstraint:
     `</think>`: the grammar's first tokens, or pieces of the blank line before the answer),
     "answer" (the grammar, if any).
     Preemption keeps the generated tokens, so the state stays valid across a recompute.
+
+    `accept` only notes a sampled token; the matcher takes the noted tokens at the next
+    `fill` (or read of `phase`). The runner fills once the next forward pass is queued, so
+    the matcher's work runs while the GPU computes instead of between steps. Nothing that
+    ends a sequence reads the matcher: a grammar's end lets only the stop tokens through, and
+    the engine's stop check sees those.
     """
 
     def __init__(self, params: SamplingParams, matcher, think_open: int | None,
@@ -186,25 +192,44 @@ class SequenceConstraint:
         self.separator_ids = separator_ids or {}
         self.separator_left = ""
         reasoning = params.thinking and think_close is not None
-        self.phase = "reasoning" if reasoning else "answer"
+        self._phase = "reasoning" if reasoning else "answer"
+        self.pending: list[int] = []  # sampled tokens the matcher has not taken yet
         self.forced: list[int] = []
         # counted from the opening `<think>`: a prompt that opened it counts it already
         self.num_reasoning_tokens = 1 if reasoning and params.reasoning_open else 0
         if reasoning and self.budget == 0:
             self._start_forcing()
 
+    @property
+    def phase(self) -> str:
+        self.catch_up()
+        return self._phase
+
+    def accept(self, token_id: int) -> None:
+        """Note the sequence's new token (the matcher takes it at the next `catch_up`)."""
+        self.pending.append(token_id)
+
+    def catch_up(self) -> None:
+        """Advance the state over the noted tokens, in order."""
+        if self.pending:
+            pending, self.pending = self.pending, []
+            for token_id in pending:
+                self._advance(token_id)
+
     def fill(self, bitmask: torch.Tensor, row: int) -> bool:
-        """Write this step's allowed tokens into `bitmask[row]`; False when unconstrained."""
-        if self.phase == "reasoning" and self.num_reasoning_tokens == 0 and self.think_open \
+        """Write this step's allowed tokens into `bitmask[row]` (the whole row); False when
+        unconstrained (the row is left as it was)."""
+        self.catch_up()
+        if self._phase == "reasoning" and self.num_reasoning_tokens == 0 and self.think_open \
                 is not None:
             return _allow_only(bitmask, row, self.think_open)
-        if self.phase == "forcing":
+        if self._phase == "forcing":
             return _allow_only(bitmask, row, self.forced[0])
-        if self.phase in ("separator", "answer") and self.matcher is not None:
+        if self._phase in ("separator", "answer") and self.matcher is not None:
             if self.matcher.is_terminated():  # ended, and generating on (ignore_eos)
                 return _allow_only(bitmask, row, *self.stop_token_ids)
             self.matcher.fill_next_token_bitmask(bitmask, row)
-            if self.phase == "separator":
+            if self._phase == "separator":
                 for token_id in self._separator_pieces():
                     _allow_also(bitmask, row, token_id)
             return True
@@ -214,25 +239,25 @@ class SequenceConstraint:
         return [token_id for token_id, text in self.separator_ids.items()
                 if self.separator_left.startswith(text)]
 
-    def accept(self, token_id: int) -> None:
-        if self.phase == "reasoning":
+    def _advance(self, token_id: int) -> None:
+        if self._phase == "reasoning":
             self._accept_reasoning(token_id)
-        elif self.phase == "forcing":
+        elif self._phase == "forcing":
             self.forced.pop(0)
             if not self.forced:
-                self.phase = "answer"
-        elif self.phase == "separator" and token_id in self._separator_pieces():
+                self._phase = "answer"
+        elif self._phase == "separator" and token_id in self._separator_pieces():
             self.separator_left = self.separator_left[len(self.separator_ids[token_id]):]
             if not self.separator_left:
-                self.phase = "answer"
+                self._phase = "answer"
         else:
-            self.phase = "answer"
+            self._phase = "answer"
             if self.matcher is not None and not self.matcher.is_terminated():
                 self.matcher.accept_token(token_id)
 
     def _accept_reasoning(self, token_id: int) -> None:
         if token_id == self.think_close:
-            self.phase, self.separator_left = "separator", ANSWER_SEPARATOR
+            self._phase, self.separator_left = "separator", ANSWER_SEPARATOR
             return
         self.num_reasoning_tokens += 1
         if self.budget is not None and self.num_reasoning_tokens >= self.budget + 1:
@@ -243,7 +268,7 @@ class SequenceConstraint:
         if self.think_open is not None and self.num_reasoning_tokens == 0:
             self.forced.insert(0, self.think_open)
             self.num_reasoning_tokens = 1
-        self.phase = "forcing" if self.forced else "answer"
+        self._phase = "forcing" if self.forced else "answer"
 
 
 def _allow_only(bitmask: torch.Tensor, row: int, *token_ids: int) -> bool:
@@ -303,13 +328,16 @@ def _separator_tokens(tokenizer) -> dict[int, str]:
     return pieces
 
 
-def new_token_bitmask(num_rows: int, vocab_size: int) -> torch.Tensor:
+def new_token_bitmask(num_rows: int, vocab_size: int, pin_memory: bool = False) -> torch.Tensor:
     """Packed bits, every token allowed: 32 tokens per int32 word."""
-    return torch.full((num_rows, (vocab_size + 31) // 32), -1, dtype=torch.int32)
+    return torch.full((num_rows, (vocab_size + 31) // 32), -1, dtype=torch.int32,
+                      pin_memory=pin_memory)
 
 
-def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
-    """Set the logits of the tokens `bitmask` leaves out to -inf, in place, on `rows`."""
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor,
+                        rows: torch.Tensor) -> None:
+    """Set the logits of the tokens `bitmask` leaves out to -inf, in place, on `rows` (int32,
+    on the logits' device; row r of `bitmask` masks row r of `logits`)."""
     import xgrammar
 
     xgrammar.apply_token_bitmask_inplace(logits, bitmask, indices=rows,

@@ -10,16 +10,23 @@ width and with or without penalties, reading per-row parameters from static buff
 one copy each step, and reads back the tokens with the rows it could not settle; those few
 rows are redone exactly by the full sort, as `sample` does.
 
+Rows with logit adjustments (logit_bias, allowed tokens, min_tokens, the token bitmask of
+structured output) draw here too when the caller passes them to `draw`: they are applied in
+place on the forward graph's logits buffer first (the next replay overwrites it), which is
+what `sample` does to its copy; a step of greedy rows only then takes the argmax of the
+adjusted rows.
+
 The tokens equal `sample`'s for the same rows and seeds: a settled window draw does not depend
-on the window's width. Steps with logit_bias, allowed tokens, min_tokens, structured output,
-log probabilities, full-vocabulary rows or a top-k above the widest window use `sample`.
+on the window's width. Steps with log probabilities, full-vocabulary rows or a top-k above the
+widest window use `sample`, and so do adjusted rows when `draw` is not given the adjustments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from collections.abc import Sequence as Rows
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +45,9 @@ from jupyter_qwen.engine.sampler import (
 from jupyter_qwen.engine.sampling_noise import seeded_row_keys_host
 from jupyter_qwen.engine.sequence import Sequence
 from jupyter_qwen.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from jupyter_qwen.engine.logit_adjustments import LogitAdjustments
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,15 +71,20 @@ TEMPERATURE, TOP_P, MIN_P, REPETITION, PRESENCE, FREQUENCY = range(6)
 TOP_K, GREEDY, KEY_LOW, KEY_HIGH, SLOT = range(5)  # a row's noise key, made on the host
 PADDING_FLOATS = (1.0, 1.0, 0.0, 1.0, 0.0, 0.0)  # a greedy row with no filter, no penalty
 PADDING_INTS = (0, 1, 0, 0, -1)
+ARGMAX = DrawShape(0, False)  # greedy rows without penalties: the argmax of adjusted logits
 
 
-def draw_shape(params: Rows[SamplingParams], penalties: bool) -> DrawShape | None:
+def draw_shape(params: Rows[SamplingParams], penalties: bool,
+               adjusted: bool = False) -> DrawShape | None:
     """The narrowest captured draw that samples every row as `sample` would; None when a
-    row needs `sample` itself. `penalties`: whether penalised draws were captured."""
-    top_k, top_p_only, penalised, sampled = 0, False, False, False
+    row needs `sample` itself. `penalties`: whether penalised draws were captured;
+    `adjusted`: whether the rows' logit adjustments are applied to the logits before the
+    draw (without, a row that has any needs `sample`)."""
+    top_k, top_p_only, penalised, sampled, adjusts = 0, False, False, False, False
     for param in params:
-        if param.adjusts_logits or param.logprobs is not None:
+        if param.logprobs is not None or (param.adjusts_logits and not adjusted):
             return None
+        adjusts |= param.adjusts_logits
         penalised |= param.uses_penalties
         if param.greedy:
             continue
@@ -77,8 +92,10 @@ def draw_shape(params: Rows[SamplingParams], penalties: bool) -> DrawShape | Non
             return None  # a full-vocabulary draw
         sampled = True
         top_k, top_p_only = max(top_k, param.top_k), top_p_only or param.top_k == 0
-    if (penalised and not penalties) or not (sampled or penalised):
+    if penalised and not penalties:
         return None
+    if not (sampled or penalised):  # the forward graph's argmax, unless adjusted
+        return ARGMAX if adjusts else None
     return next((shape for shape in DRAW_SHAPES
                  if shape.penalties == penalised and shape.holds(top_k, top_p_only)), None)
 
@@ -164,17 +181,27 @@ class GraphSampler:
                 self.graphs[size, shape] = graph
         torch.cuda.synchronize()
 
-    def draw(self, seqs: list[Sequence], size: int) -> list[int] | None:
+    def draw(self, seqs: list[Sequence], size: int,
+             adjustments: Callable[[], LogitAdjustments | None] | None = None,
+             ) -> list[int] | None:
         """The tokens of these sequences from the logits of batch size `size` (already
-        computed by its forward graph); None when a row needs `sample`. Counts the draw on
-        seeded sequences and the tokens of penalised ones, as `sample` does."""
-        shape = draw_shape([seq.params for seq in seqs], self._penalties_in_place())
+        computed by its forward graph); None when a row needs `sample`, and then nothing was
+        changed. Counts the draw on seeded sequences and the tokens of penalised ones, as
+        `sample` does. `adjustments` builds the step's logit adjustments (called only when
+        the draw happens here), applied in place on the logits buffer before the draw."""
+        shape = draw_shape([seq.params for seq in seqs], self._penalties_in_place(),
+                           adjustments is not None)
         if shape is None:
             return None
         penalised = [seq for seq in seqs if seq.params.uses_penalties]
         slots = self.penalty_state.slot_numbers(penalised) if penalised else []
         if penalised and not self._penalties_in_place():
             return None  # the rows grew past the reservation; `sample` reads them anew
+        adjusted = adjustments() if adjustments is not None else None
+        if adjusted is not None:
+            adjusted.apply(self.logits[size][:len(seqs)])
+        if shape is ARGMAX:
+            return self.logits[size][:len(seqs)].argmax(dim=-1).tolist()
         self._fill(seqs, size, iter(slots))
         if self.graphs:
             self.graphs[size, shape].replay()

@@ -1,6 +1,11 @@
 """Per-request changes to the logits before penalties and sampling: allowed_token_ids,
 min_tokens (end-of-sequence and stop token ids masked), logit_bias, then the token bitmask of
-constrained rows (structured output, a forced end of reasoning), in that order."""
+constrained rows (structured output, a forced end of reasoning), in that order.
+
+The bitmask lives in `TokenBitmasks`, kept from step to step: the constrained rows are filled
+in place on the host (pinned memory on a GPU) while the GPU runs the step's forward pass, and
+copied on a side stream, so the copy overlaps the forward pass instead of queueing behind it.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ class LogitAdjustments:
     allowed: tuple[torch.Tensor, torch.Tensor] | None  # (row, token) pairs they allow
     masked: tuple[torch.Tensor, torch.Tensor] | None  # (row, token) pairs set to -inf
     bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # (row, token, value)
-    token_bitmask: tuple[torch.Tensor, list[int]] | None = None  # (packed bits, rows)
+    token_bitmask: tuple[torch.Tensor, torch.Tensor] | None = None  # (packed bits, rows)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """Adjust `logits` in place and return them."""
@@ -40,26 +45,61 @@ class LogitAdjustments:
 
 
 def build_logit_adjustments(seqs: list[Sequence], eos_token_ids: Collection[int],
-                            device: torch.device,
-                            vocab_size: int | None = None) -> LogitAdjustments | None:
+                            device: torch.device, vocab_size: int | None = None,
+                            bitmasks: TokenBitmasks | None = None) -> LogitAdjustments | None:
+    """The step's adjustments, None when no row has any. Constrained rows get their bitmask
+    from `bitmasks` (or, given only `vocab_size`, from a buffer made for this step)."""
     if not any(seq.params.adjusts_logits for seq in seqs):
         return None
     adjustments = _token_adjustments(seqs, eos_token_ids, device)
-    if vocab_size is not None and any(seq.constraint is not None for seq in seqs):
-        adjustments.token_bitmask = build_token_bitmask(seqs, vocab_size, device)
+    if any(seq.constraint is not None for seq in seqs):
+        if bitmasks is None and vocab_size is not None:
+            bitmasks = TokenBitmasks(vocab_size, device, len(seqs))
+        if bitmasks is not None:
+            adjustments.token_bitmask = bitmasks.fill(seqs)
     return adjustments
 
 
-def build_token_bitmask(seqs: list[Sequence], vocab_size: int,
-                        device: torch.device) -> tuple[torch.Tensor, list[int]] | None:
-    """The constrained rows' allowed tokens, filled on the host and copied without waiting;
-    None when no row is constrained this step (reasoning is free)."""
-    bitmask = new_token_bitmask(len(seqs), vocab_size)
-    rows = [row for row, seq in enumerate(seqs)
-            if seq.constraint is not None and seq.constraint.fill(bitmask, row)]
-    if not rows:
-        return None
-    return host_to_device(bitmask, device), rows
+class TokenBitmasks:
+    """Packed allowed-token bits for up to `max_rows` rows, allocated once (grown when a
+    step has more rows). Row r belongs to the step's row r; rows a step does not constrain
+    keep stale bits and are left out of its `rows`."""
+
+    def __init__(self, vocab_size: int, device: torch.device, max_rows: int = 1):
+        self.vocab_size = vocab_size
+        self.device = device
+        self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._allocate(max_rows)
+
+    def _allocate(self, max_rows: int) -> None:
+        pinned = self.copy_stream is not None
+        self.host = new_token_bitmask(max_rows, self.vocab_size, pin_memory=pinned)
+        self.host_rows = torch.zeros(max_rows, dtype=torch.int32, pin_memory=pinned)
+        self.on_device, self.device_rows = self.host, self.host_rows
+        if pinned:
+            self.on_device = torch.empty_like(self.host, device=self.device)
+            self.device_rows = torch.empty_like(self.host_rows, device=self.device)
+
+    def fill(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(bits on the device, the constrained rows' numbers there) for this step; None when
+        no row is constrained (reasoning is free). Only the rows up to the last constrained
+        one travel, on the side stream, which the current stream then waits for. The previous
+        step's copies and reads of these buffers are done: its tokens were read back."""
+        if len(seqs) > self.host.shape[0]:
+            self._allocate(len(seqs))
+        rows = [row for row, seq in enumerate(seqs)
+                if seq.constraint is not None and seq.constraint.fill(self.host, row)]
+        if not rows:
+            return None
+        count, used = len(rows), rows[-1] + 1
+        self.host_rows.numpy()[:count] = rows
+        if self.copy_stream is None:
+            return self.host, self.host_rows[:count]
+        with torch.cuda.stream(self.copy_stream):
+            self.on_device[:used].copy_(self.host[:used], non_blocking=True)
+            self.device_rows[:count].copy_(self.host_rows[:count], non_blocking=True)
+        torch.cuda.current_stream(self.device).wait_stream(self.copy_stream)
+        return self.on_device, self.device_rows[:count]
 
 
 def _token_adjustments(seqs: list[Sequence], eos_token_ids: Collection[int],

@@ -13,6 +13,11 @@ from jupyter_qwen.config import CPU_KV_CACHE_BYTES, EngineConfig
 from jupyter_qwen.engine.cuda_graphs import DecodeGraphs
 from jupyter_qwen.engine.errors import OutOfKVCacheMemoryError
 from jupyter_qwen.engine.graph_sampling import GraphSampler
+from jupyter_qwen.engine.logit_adjustments import (
+    LogitAdjustments,
+    TokenBitmasks,
+    build_logit_adjustments,
+)
 from jupyter_qwen.engine.memory_figures import module_bytes, reserved_bytes
 from jupyter_qwen.engine.penalty_state import PenaltyState
 from jupyter_qwen.engine.sampler import (
@@ -70,6 +75,8 @@ class ModelRunner:
         self.penalty_state = PenaltyState(self.model_config.vocab_size, self.device)
         if self._uses_graphs():  # the captured draws read its rows in place
             self.penalty_state.reserve(self.config.max_num_seqs)
+        self.token_bitmasks = TokenBitmasks(self.model_config.vocab_size, self.device,
+                                            self.config.max_num_seqs)
         self.progress("measuring memory", None)
         num_blocks = self._count_kv_blocks()
         self.progress("allocating the KV cache", None)
@@ -243,7 +250,14 @@ class ModelRunner:
         """Built once the forward pass is queued: its copies come from pinned memory and
         wait for nothing, so the host prepares the batch while the GPU runs the model."""
         return build_sampling_batch(seqs, self.model_config.vocab_size, self.device,
-                                    self.penalty_state, self.eos_token_ids)
+                                    self.penalty_state, self.eos_token_ids,
+                                    self.token_bitmasks)
+
+    def _adjustments(self, seqs: list[Sequence]) -> LogitAdjustments | None:
+        """The step's logit adjustments for a captured draw, built (the constrained rows'
+        bitmasks filled) while the forward graph runs."""
+        return build_logit_adjustments(seqs, self.eos_token_ids, self.device,
+                                       bitmasks=self.token_bitmasks)
 
     def release(self, seq: Sequence) -> None:
         """Forget a sequence's sampler state (it finished, was aborted or preempted)."""
@@ -264,7 +278,7 @@ class ModelRunner:
         if all(seq.params.plain_greedy for seq in seqs):
             token_ids = self.graphs.greedy_tokens[graph_size][:len(seqs)].tolist()
             return seqs, SamplerOutput(token_ids, [None] * len(seqs))
-        token_ids = self.graph_sampler.draw(seqs, graph_size)
+        token_ids = self.graph_sampler.draw(seqs, graph_size, lambda: self._adjustments(seqs))
         if token_ids is not None:
             return seqs, SamplerOutput(token_ids, [None] * len(seqs))
         batch = self._sampling_batch(seqs)
@@ -324,6 +338,7 @@ class ModelRunner:
             self.graphs.close()
             self.graphs = None
         self.penalty_state.close()
+        self.token_bitmasks = None
         self._detach_kv_cache()
         self.model.use_ops(None)
         self.kv_cache = None

@@ -24,7 +24,11 @@ from dataclasses import dataclass
 import torch
 
 from jupyter_qwen.engine.host_copy import host_to_device, long_tensor
-from jupyter_qwen.engine.logit_adjustments import LogitAdjustments, build_logit_adjustments
+from jupyter_qwen.engine.logit_adjustments import (
+    LogitAdjustments,
+    TokenBitmasks,
+    build_logit_adjustments,
+)
 from jupyter_qwen.engine.penalty_state import PenaltyState
 from jupyter_qwen.engine.sampling_noise import (
     MASK32,
@@ -112,17 +116,20 @@ class SamplerOutput:
 
 def build_sampling_batch(seqs: list[Sequence], vocab_size: int, device: torch.device,
                          penalty_state: PenaltyState | None = None,
-                         eos_token_ids: Collection[int] = ()) -> SamplingBatch:
+                         eos_token_ids: Collection[int] = (),
+                         token_bitmasks: TokenBitmasks | None = None) -> SamplingBatch:
     """The batch for one draw of each sequence; counts the draw on seeded sequences.
 
     Without `penalty_state` the penalty counts are built from the token lists (a reference
-    for tests); with it they come from the state's device buffers.
+    for tests); with it they come from the state's device buffers. Constrained rows fill
+    `token_bitmasks` (or a buffer made for this batch).
     """
     params = [seq.params for seq in seqs]
     requested = [p.logprobs for p in params if p.logprobs is not None]
     batch = SamplingBatch(None, None, None, None, None, None,
                           max(requested) if requested else None)
-    batch.adjustments = build_logit_adjustments(seqs, eos_token_ids, device, vocab_size)
+    batch.adjustments = build_logit_adjustments(seqs, eos_token_ids, device, vocab_size,
+                                                token_bitmasks)
     if any(p.uses_penalties for p in params):
         _add_penalties(batch, seqs, vocab_size, device, penalty_state)
     if not all(p.greedy for p in params):
