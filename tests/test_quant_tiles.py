@@ -77,6 +77,8 @@ def test_table_defaults_and_sweep_grids_hold_valid_tilings():
     ("awq", QuantTiling(64, 128, 64, chain=True)),
     ("fp8", QuantTiling(64, 128, 128, promote_k=128)),  # promotes only a chain
     ("fp8", QuantTiling(64, 128, 128, chain=True, promote_k=96)),
+    ("fp8", QuantTiling(64, 128, 128, tile_scale=True)),  # needs x quantized beforehand
+    ("fp8", QuantTiling(64, 256, 128, quantize_x=True, tile_scale=True)),  # two scale rows
 ])
 def test_tiling_problem_names_what_the_kernels_refuse(fmt, tiling):
     assert tiling_problem(fmt, tiling) is not None
@@ -208,6 +210,33 @@ def test_chain_falls_back_where_the_shards_split_an_n_tile(mode):
                        shard_sizes=shards)
         assert torch.allclose(y.float().cpu(), torch.full_like(y.float().cpu(), expected)), \
             (shards, y[0, :4])
+
+
+def test_tile_scale_reads_one_scale_row_only_where_the_shards_allow(mode, generator):
+    """q / k / v-like shards whose scales differ 1000-fold: where a shard starts inside an
+    N tile (48 + 80 rows, 32-row tiles) the product keeps a scale per row; where tiles
+    never straddle shards (64 + 64) it takes one scale row a tile. Both match the
+    reference (a tile scaled by the wrong shard's row would be off ~1000x)."""
+    from jupyter_qwen.model.kernels.quant_linear import fp8_linear, one_scale_row
+
+    tiling = QuantTiling(32, 32, 128, quantize_x=True, tile_scale=True)
+    k = 320
+    for shards in ([48, 80], [64, 64]):
+        assert one_scale_row(tiling.block_n, shards) == (shards == [64, 64])
+        w = torch.cat([torch.randn(rows, k, generator=generator) * magnitude
+                       for rows, magnitude in zip(shards, (1.0, 1e3), strict=True)])
+        pieces = [fp8.quantize_fp8_blocks(part) for part in w.split(shards)]
+        values = torch.cat([v for v, _ in pieces])
+        scales = torch.cat([s for _, s in pieces])
+        scale_rows = fp8.scale_rows_of(shards)
+        weight = fp8.dequantize_fp8_blocks(values, scales, scale_rows)
+        x = torch.randn(37, k, generator=generator).to(torch.bfloat16)
+        y = fp8_linear(*(t.to(mode.device) for t in (x, values, scales, scale_rows)),
+                       tiling=tiling, fp8_dot=True, shard_sizes=shards)
+        expected = reference(x, weight).float()
+        for rows in (slice(0, shards[0]), slice(shards[0], None)):  # each shard on its own
+            error = relative_error(y.float().cpu()[:, rows], expected[:, rows])
+            assert error < fp8_dot_tolerance(mode), (shards, rows, error)
 
 
 def test_every_sweep_tiling_prints_as_source_that_reads_back():

@@ -23,7 +23,10 @@ N tile reads one weight scale row: `chains`) folds that row into x instead,
 x'[m, k] = x[m, k] * s[k // 128], quantizes x' with one scale per row over all of K (from
 each row's maxima per 128 columns, `_row_block_max_kernel`, and the tile's scale row), runs
 the K loop as one chain of FP8 dots with no scaling per step, and scales the rows once
-at the end; elsewhere it runs as without `chain`.
+at the end; elsewhere it runs as without `chain`. A `quantize_x` tiling with `tile_scale`
+on such a projection reads the N tile's one scale row too and adds
+`dot(a8, w) * (a_scale[m] * s)` per step: one FMA an accumulator element and no scale
+vector in registers (fewer registers: more programs resident per SM).
 
 M is not specialised (one compile serves every batch size of a tiling); nothing is read on
 the host, so launches are CUDA-graph safe. The reference is `QuantLinear.dequantize` and
@@ -133,22 +136,25 @@ def _fp8_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride,
                 w_stride, s_stride, y_stride, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, FP8_DOT: tl.constexpr,
                 X_FP8: tl.constexpr, CHAIN: tl.constexpr, PROMOTE_K: tl.constexpr,
-                PRECISION: tl.constexpr):
+                TILE_SCALE: tl.constexpr, PRECISION: tl.constexpr):
     """X_FP8: x is already e4m3 with its scales at xs_ptr (`_quantize_x_kernel`). CHAIN
     (every row of the N tile reads one scale row): xs_ptr holds x's row-block maxima
     (`_row_block_max_kernel`); the loop chains the FP8 dots and the epilogue scales;
-    PROMOTE_K > 0: the dots' sums are promoted to fp32 every PROMOTE_K columns."""
+    PROMOTE_K > 0: the dots' sums are promoted to fp32 every PROMOTE_K columns. TILE_SCALE
+    (with X_FP8, one scale row per N tile): each step's dot is scaled by the vector
+    a_scale[m] * s, one FMA per accumulator element."""
     pid_n, pid_m = _tile_of_program(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(ns, N - 1)  # the tail re-reads row N - 1 rather than masking
     ms = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = ms < M
-    if CHAIN:
+    if CHAIN or TILE_SCALE:
         tile_scale_at = s_ptr + tl.load(srow_ptr + pid_n * BLOCK_N) * s_stride
-        row_scale = _chain_row_scale(xs_ptr, xs_stride, tile_scale_at, ms, m_ok, K, BLOCK_M,
-                                     16)
     else:
         scale_at = s_ptr + tl.load(srow_ptr + rows) * s_stride
+    if CHAIN:
+        row_scale = _chain_row_scale(xs_ptr, xs_stride, tile_scale_at, ms, m_ok, K, BLOCK_M,
+                                     16)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
@@ -164,6 +170,10 @@ def _fp8_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride,
                 acc = tl.dot(a8, tl.trans(w), acc, max_num_imprecise_acc=PROMOTE_K)
             else:
                 acc = tl.dot(a8, tl.trans(w), acc)
+        elif TILE_SCALE:  # x in e4m3; the N tile's one weight scale row
+            a_scale = tl.load(xs_ptr + ms * xs_stride + k0 // 128, mask=m_ok, other=1.0)
+            step_scale = a_scale * tl.load(tile_scale_at + k0 // 128)
+            acc += tl.dot(a, tl.trans(w)) * step_scale[:, None]
         else:
             scale = tl.load(scale_at + k0 // 128)
             if X_FP8:
@@ -265,6 +275,8 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
     use_fp8_dot = (fp8_dot and tiling.fp8_dot and tiling.block_m > SMALL_M
                    and tiling.block_k == FP8_BLOCK)
     chain = use_fp8_dot and chains(tiling, shard_sizes)
+    x_fp8 = use_fp8_dot and tiling.quantize_x and not chain
+    tile_scale = x_fp8 and tiling.tile_scale and one_scale_row(tiling.block_n, shard_sizes)
     x_scales = rows  # not read unless the activations are quantized beforehand
     if chain:
         x_scales = _row_block_max(rows)
@@ -274,8 +286,9 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
         rows, x_scales, weight, scale_inv, scale_rows, y.view(-1, n), m, n, k, rows.stride(0),
         x_scales.stride(0), weight.stride(0), scale_inv.stride(0), n, BLOCK_M=tiling.block_m,
         BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k, GROUP_M=tiling.group_m,
-        FP8_DOT=use_fp8_dot, X_FP8=use_fp8_dot and tiling.quantize_x and not chain,
-        CHAIN=chain, PROMOTE_K=tiling.promote_k if chain else 0, PRECISION=_precision(x),
+        FP8_DOT=use_fp8_dot, X_FP8=x_fp8, CHAIN=chain,
+        PROMOTE_K=tiling.promote_k if chain else 0, TILE_SCALE=tile_scale,
+        PRECISION=_precision(x),
         num_warps=tiling.num_warps, num_stages=tiling.num_stages)
     return y
 
@@ -283,8 +296,14 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
 def chains(tiling: QuantTiling, shard_sizes: Sequence[int] | None) -> bool:
     """Whether a `chain` tiling runs chained on a projection packed from `shard_sizes`:
     every N tile's rows (up to the last row) read one scale row. Unknown shards: no."""
-    return (tiling.chain and not tiling.quantize_x and shard_sizes is not None
-            and folds(tuple(shard_sizes), tiling.block_n))
+    return (tiling.chain and not tiling.quantize_x
+            and one_scale_row(tiling.block_n, shard_sizes))
+
+
+def one_scale_row(block_n: int, shard_sizes: Sequence[int] | None) -> bool:
+    """Whether every N tile of block_n rows reads one weight scale row on a projection
+    packed from `shard_sizes` (no shard starts inside a tile). Unknown shards: no."""
+    return shard_sizes is not None and folds(tuple(shard_sizes), block_n)
 
 
 def _row_block_max(rows: torch.Tensor, block_m: int = 32) -> torch.Tensor:

@@ -35,7 +35,11 @@ class QuantTiling:
       the product runs as without `chain`;
     - `promote_k` (with `chain`, 0: Triton's default, no promotion on Hopper): the chain's
       tensor-core sums are added to a full fp32 accumulator every `promote_k` columns of K
-      (Triton's `max_num_imprecise_acc`: Hopper's FP8 MMA keeps fewer bits in its sums)."""
+      (Triton's `max_num_imprecise_acc`: Hopper's FP8 MMA keeps fewer bits in its sums);
+    - `tile_scale` (with `quantize_x`, BLOCK_N dividing 128): where every N tile reads one
+      weight scale row (as `chain` needs), each K step scales its dot by one vector,
+      a_scale[m] * s (one FMA an accumulator element, no [BLOCK_N] scale vector held in
+      registers); elsewhere the product runs as without `tile_scale`."""
 
     block_m: int
     block_n: int
@@ -47,6 +51,7 @@ class QuantTiling:
     quantize_x: bool = False
     chain: bool = False
     promote_k: int = 0
+    tile_scale: bool = False
 
 
 DEFAULT_LARGE_M = {"fp8": QuantTiling(64, 128, 128), "awq": QuantTiling(64, 128, 64)}
@@ -184,7 +189,8 @@ def bucket_rows(max_rows: int) -> list[int]:
 def tiling_problem(fmt: str, tiling: QuantTiling) -> str | None:
     """Why `tiling` cannot run `fmt`'s kernel, or None: the K step stays inside one scale
     block / group, AWQ's N tile holds whole packed words, tiles are powers of two that
-    tl.dot takes (>= 16), group_m >= 1, `chain`'s N tile inside one scale row."""
+    tl.dot takes (>= 16), group_m >= 1, `chain`'s and `tile_scale`'s N tile inside one
+    scale row."""
     sizes = (tiling.block_m, tiling.block_n, tiling.block_k)
     if any(size < 16 or size & (size - 1) for size in sizes):
         return f"tile {sizes} must be powers of two >= 16"
@@ -200,6 +206,8 @@ def tiling_problem(fmt: str, tiling: QuantTiling) -> str | None:
         return "chain needs the FP8 tensor-core product, activations quantized in the loop"
     if tiling.chain and FP8_BLOCK % tiling.block_n:
         return f"chain folds one scale row into x: block_n must divide {FP8_BLOCK}"
+    if tiling.tile_scale and not (tiling.quantize_x and FP8_BLOCK % tiling.block_n == 0):
+        return f"tile_scale needs quantize_x and block_n dividing {FP8_BLOCK}"
     if tiling.promote_k and not (tiling.chain and 16 <= tiling.promote_k <= tiling.block_k
                                  and not tiling.promote_k & (tiling.promote_k - 1)):
         return f"promote_k {tiling.promote_k}: a power of two in 16 ... block_k, with chain"
