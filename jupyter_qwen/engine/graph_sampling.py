@@ -34,6 +34,7 @@ from jupyter_qwen.engine.sampler import (
     WindowRows,
     penalise_rows,
     sorted_tokens,
+    top_window,
     window_draw,
 )
 from jupyter_qwen.engine.sampling_noise import seeded_row_keys_host
@@ -173,6 +174,7 @@ class GraphSampler:
     def _draw_in_one_kernel(self, logits: torch.Tensor, size: int,
                             shape: DrawShape) -> torch.Tensor:
         """`_draw` after the penalties as one kernel past the window (see the class)."""
+        from jupyter_qwen.engine.topk_kernel import threshold_fits
         from jupyter_qwen.engine.window_kernel import GraphDrawRows, graph_window_draw
 
         greedy = None if shape.penalties else self.greedy_tokens.get(size)
@@ -181,9 +183,14 @@ class GraphSampler:
         rows = GraphDrawRows(*self.floats[TEMPERATURE:MIN_P + 1, :size],
                              *self.ints[TOP_K:KEY_HIGH + 1, :size], self.ints[SLOT, :size])
         counts = self.penalty_state.output_counts if shape.penalties else None
-        threshold = self.draw_kernels == "threshold" and size <= THRESHOLD_MAX_ROWS
-        return graph_window_draw(logits, rows, shape.width, shape.full_normaliser, greedy,
-                                 counts, threshold, self.threshold_tilings.get(shape.width))
+        width = min(shape.width, logits.shape[-1])
+        tiling = self.threshold_tilings.get(width)
+        window = None
+        if not (self.draw_kernels == "threshold" and size <= THRESHOLD_MAX_ROWS
+                and threshold_fits(logits.shape[-1], width, tiling)):
+            window = top_window(logits, width)
+        return graph_window_draw(logits, rows, width, shape.full_normaliser, greedy, counts,
+                                 window, tiling)
 
     def _add_counts(self, slots: torch.Tensor, tokens: torch.Tensor, step: int) -> None:
         """Count each row's token `step` times in its penalty row (slot -1: no row)."""

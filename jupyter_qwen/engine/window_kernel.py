@@ -27,7 +27,6 @@ from jupyter_qwen.engine.topk_kernel import (
     ThresholdTiling,
     decode_keys,
     threshold_candidates,
-    threshold_fits,
     top_of_candidates,
 )
 
@@ -200,27 +199,27 @@ class GraphDrawRows:
 
 def graph_window_draw(logits: torch.Tensor, rows: GraphDrawRows, width: int,
                       full_normaliser: bool, greedy_tokens: torch.Tensor,
-                      output_counts: torch.Tensor | None = None, threshold: bool = False,
+                      output_counts: torch.Tensor | None = None,
+                      window: tuple[torch.Tensor, torch.Tensor] | None = None,
                       tiling: ThresholdTiling | None = None) -> torch.Tensor:
     """[2, rows] int64: each row's token and whether the window cannot settle it (greedy
-    rows take `greedy_tokens` and are settled). The window is `topk_kernel`'s threshold
-    candidate list when `threshold` (and the vocabulary has the chunks), else `top_window`.
-    With `output_counts`, each row's token is counted in its slot's row. No host read:
+    rows take `greedy_tokens` and are settled). The window: `window` (the `width` largest
+    values and their token ids, as `sampler.top_window` gives them), or when None
+    `topk_kernel`'s threshold candidate lists (`threshold_fits` must hold). With
+    `output_counts`, each row's token is counted in its slot's row. No host read:
     CUDA-graph safe."""
-    from jupyter_qwen.engine.sampler import top_window
-
     count, vocab = logits.shape
     out = torch.empty(2, count, dtype=torch.int64, device=logits.device)
     full = (torch.logsumexp(logits / rows.temperature[:, None], dim=-1)
             if full_normaliser else None)
     width = min(width, vocab)
-    if threshold and threshold_fits(vocab, width, tiling):
+    if window is None:
         tiling = tiling or THRESHOLD_TILINGS[width]
         candidates = threshold_candidates(logits, width, tiling)
         values = indices = None
         keys, counts, capacity = candidates.keys, candidates.counts, tiling.capacity
     else:
-        values, indices = top_window(logits, width)
+        values, indices = window
         keys = counts = None
         capacity = width
     placeholder = logits
