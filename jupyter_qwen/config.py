@@ -127,7 +127,8 @@ class KernelOptions:
     and merge) instead of three kernels; on an H200 that is faster at batch 1 and not at 8
     or 64 (benchmarks/KERNEL_NOTES.md). `pdl`: kernels launch with programmatic dependent
     launch on Hopper and later GPUs; the default comes from the environment variable
-    `JUPYTER_QWEN_PDL` (0 turns it off), read when the options are made.
+    `JUPYTER_QWEN_PDL` (0 turns it off), read when the options are made. `sampled_draw`:
+    which kernels the captured sampled draws use (`graph_sampling.GraphSampler`).
     """
 
     fused_decode_step: bool = option(True, "one-launch attention for small decode steps",
@@ -140,6 +141,10 @@ class KernelOptions:
     decode_step_min_chunk: int | None = option(
         None, "the fewest KV positions one split of the one-launch attention takes",
         default_text="the kernel's", low=1, high=1 << 20, cli=False)
+    sampled_draw: str = option(
+        "threshold", "how a captured sampled draw runs: torch steps around the window kernel "
+        "(split), one kernel after the window (fused), or that over a threshold top-W "
+        "(threshold)", choices=("split", "fused", "threshold"), cli=False)
 
     def __post_init__(self) -> None:
         try:

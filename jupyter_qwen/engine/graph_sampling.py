@@ -40,6 +40,7 @@ from jupyter_qwen.engine.sampler import (
     WindowRows,
     penalise_rows,
     sorted_tokens,
+    top_window,
     window_draw,
 )
 from jupyter_qwen.engine.sampling_noise import seeded_row_keys_host
@@ -48,6 +49,7 @@ from jupyter_qwen.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from jupyter_qwen.engine.logit_adjustments import LogitAdjustments
+    from jupyter_qwen.engine.topk_kernel import ThresholdTiling
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,17 +102,38 @@ def draw_shape(params: Rows[SamplingParams], penalties: bool,
                  if shape.penalties == penalised and shape.holds(top_k, top_p_only)), None)
 
 
+DRAW_KERNELS = ("split", "fused", "threshold")
+THRESHOLD_MAX_ROWS = 8  # larger batches take their window from torch.topk
+
+
 class GraphSampler:
     """Window draws over the forward graphs' logits buffers, one per batch size and shape.
 
-    `logits` maps each padded batch size to the static logits its forward graph writes.
-    `penalty_state`, when given, has reserved rows for every sequence that can run at once;
-    penalised steps then draw here too. Captured on a GPU (`capture`); on a CPU the same draw
-    runs eagerly, which is how tests compare it with `sample`.
+    `logits` maps each padded batch size to the static logits its forward graph writes, and
+    `greedy_tokens` (optional) to the argmax the forward graph took of them. `penalty_state`,
+    when given, has reserved rows for every sequence that can run at once; penalised steps
+    then draw here too. Captured on a GPU (`capture`); on a CPU the same draw runs eagerly,
+    which is how tests compare it with `sample`.
+
+    `draw_kernels` picks how a draw runs: "split" is `window_draw` and torch steps around it
+    (about a dozen launches at batch 1); "fused" is one kernel after the window
+    (`window_kernel.graph_window_draw`: greedy rows, the result, the penalty counts);
+    "threshold" is that kernel over `topk_kernel`'s threshold candidate lists for batches up
+    to `THRESHOLD_MAX_ROWS`. The default: "threshold" on a GPU, "split" (the torch steps)
+    elsewhere; the kernels run on a CPU only under Triton's interpreter (tests).
     """
 
     def __init__(self, logits: dict[int, torch.Tensor], device: torch.device,
-                 penalty_state: PenaltyState | None = None):
+                 penalty_state: PenaltyState | None = None,
+                 greedy_tokens: dict[int, torch.Tensor] | None = None,
+                 draw_kernels: str | None = None,
+                 threshold_tilings: dict[int, ThresholdTiling] | None = None):
+        draw_kernels = draw_kernels or ("threshold" if device.type == "cuda" else "split")
+        if draw_kernels not in DRAW_KERNELS:
+            raise ValueError(f"draw_kernels must be one of {DRAW_KERNELS}, got {draw_kernels!r}")
+        self.draw_kernels = draw_kernels
+        self.threshold_tilings = threshold_tilings or {}
+        self.greedy_tokens = greedy_tokens or {}
         self.logits = logits
         self.device = device
         self.penalty_state = penalty_state
@@ -151,6 +174,8 @@ class GraphSampler:
         logits = self.logits[size]
         if shape.penalties:
             logits = self._penalised(logits, size)
+        if self.draw_kernels != "split":
+            return self._draw_in_one_kernel(logits, size, shape)
         rows = self._rows(size)
         width = min(shape.width, logits.shape[-1])
         tokens, unsettled = window_draw(logits, rows, width, shape.full_normaliser)
@@ -159,6 +184,27 @@ class GraphSampler:
         if shape.penalties:
             self._add_counts(self.ints[SLOT, :size], tokens, 1)
         return torch.stack([tokens, (unsettled & ~greedy).long()])
+
+    def _draw_in_one_kernel(self, logits: torch.Tensor, size: int,
+                            shape: DrawShape) -> torch.Tensor:
+        """`_draw` after the penalties as one kernel past the window (see the class)."""
+        from jupyter_qwen.engine.topk_kernel import threshold_fits
+        from jupyter_qwen.engine.window_kernel import GraphDrawRows, graph_window_draw
+
+        greedy = None if shape.penalties else self.greedy_tokens.get(size)
+        if greedy is None:  # penalised greedy rows take the argmax of penalised logits
+            greedy = logits.argmax(dim=-1)
+        rows = GraphDrawRows(*self.floats[TEMPERATURE:MIN_P + 1, :size],
+                             *self.ints[TOP_K:KEY_HIGH + 1, :size], self.ints[SLOT, :size])
+        counts = self.penalty_state.output_counts if shape.penalties else None
+        width = min(shape.width, logits.shape[-1])
+        tiling = self.threshold_tilings.get(width)
+        window = None
+        if not (self.draw_kernels == "threshold" and size <= THRESHOLD_MAX_ROWS
+                and threshold_fits(logits.shape[-1], width, tiling)):
+            window = top_window(logits, width)
+        return graph_window_draw(logits, rows, width, shape.full_normaliser, greedy, counts,
+                                 window, tiling)
 
     def _add_counts(self, slots: torch.Tensor, tokens: torch.Tensor, step: int) -> None:
         """Count each row's token `step` times in its penalty row (slot -1: no row)."""
@@ -199,7 +245,7 @@ class GraphSampler:
             return None  # the rows grew past the reservation; `sample` reads them anew
         adjusted = adjustments() if adjustments is not None else None
         if adjusted is not None:
-            adjusted.apply(self.logits[size][:len(seqs)])
+            self._adjust(adjusted, seqs, size)
         if shape is ARGMAX:
             return self.logits[size][:len(seqs)].argmax(dim=-1).tolist()
         self._fill(seqs, size, iter(slots))
@@ -215,6 +261,15 @@ class GraphSampler:
         if penalised:
             self.penalty_state.mark_recorded(penalised)
         return tokens
+
+    def _adjust(self, adjusted: LogitAdjustments, seqs: list[Sequence], size: int) -> None:
+        """Apply the step's adjustments to the logits buffer in place; the forward graph's
+        argmax, which the one-kernel draws give greedy rows, is taken again from them."""
+        logits = self.logits[size][:len(seqs)]
+        adjusted.apply(logits)
+        greedy = self.greedy_tokens.get(size)
+        if greedy is not None and any(seq.params.greedy for seq in seqs):
+            greedy[:len(seqs)] = logits.argmax(dim=-1)
 
     def _penalties_in_place(self) -> bool:
         """Penalised draws read the buffers captured with them: only while those stay."""

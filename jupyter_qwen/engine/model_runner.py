@@ -110,7 +110,8 @@ class ModelRunner:
     def _capture_sampling(self) -> GraphSampler:
         """Capture the draws beside the decode graphs; their pool counts as graph memory."""
         before = reserved_bytes(self.device)
-        sampler = GraphSampler(self.graphs.logits, self.device, self.penalty_state)
+        sampler = GraphSampler(self.graphs.logits, self.device, self.penalty_state,
+                               self.graphs.greedy_tokens, self.config.kernels.sampled_draw)
         sampler.capture()
         self.cuda_graph_bytes += reserved_bytes(self.device) - before
         return sampler

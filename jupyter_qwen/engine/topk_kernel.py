@@ -59,6 +59,14 @@ def _sort_keys(values, index):
 
 
 @triton.jit
+def decode_keys(keys):
+    """(float32 values, int64 token ids) of sort keys."""
+    high = (keys >> 32).to(tl.int32)
+    bits = tl.where(high < 0, high ^ MAGNITUDE, high)
+    return bits.to(tl.float32, bitcast=True), ~keys & LOW_HALF
+
+
+@triton.jit
 def _chunk_top(logits, row_stride, vocab, keys_out, CHUNK: tl.constexpr, WIDTH: tl.constexpr):
     """Stage 1, program (row, chunk): the WIDTH largest keys of CHUNK logits, descending."""
     row = tl.program_id(0)
@@ -84,11 +92,10 @@ def _merge_top(keys_in, candidates, values_out, indices_out, WIDTH: tl.constexpr
         slab = tl.load(keys + start + offs, mask=start + offs < candidates, other=PADDING)
         rising = tl.flip(tl.topk(slab, WIDTH), 0)
         best = tl.bitonic_merge(tl.maximum(best, rising), descending=True)
-    high = (best >> 32).to(tl.int32)
-    bits = tl.where(high < 0, high ^ MAGNITUDE, high)
+    values, indices = decode_keys(best)
     out = row.to(tl.int64) * WIDTH + tl.arange(0, WIDTH)
-    tl.store(values_out + out, bits.to(tl.float32, bitcast=True))
-    tl.store(indices_out + out, ~best & LOW_HALF)
+    tl.store(values_out + out, values)
+    tl.store(indices_out + out, indices)
 
 
 def many_program_topk(logits: torch.Tensor, width: int, tiling: TopkTiling | None = None,
@@ -111,3 +118,118 @@ def many_program_topk(logits: torch.Tensor, width: int, tiling: TopkTiling | Non
     _merge_top[(rows,)](keys, chunks * width, values, indices, WIDTH=width, SLAB=tiling.slab,
                         num_warps=tiling.merge_warps)
     return values, indices
+
+
+# --------------------------------------------------------------------------- threshold top-W
+#
+# The bitonic stages above cost most of their time in the partial sorts of 4096-long runs.
+# `threshold_candidates` selects less: stage 1 keeps only each chunk's largest key; stage 2
+# (every (row, chunk) again) takes the W-th largest of the row's chunk maxima as a threshold
+# (W chunk maxima are at least it, so it is at most the row's W-th largest key: every one of
+# the W largest keys passes) and appends its chunk's keys at or above it to the row's list,
+# at a place taken by an atomic add. For i.i.d. logits about W * 1.5 keys pass; the consumer
+# (`window_kernel.graph_window_draw`) takes the W largest of the list with one `tl.topk`. A
+# list longer than its capacity (long tie runs, -inf rows) loses keys: the consumer then
+# marks the row unsettled, and the sampler redoes it by the full sort. The list's order
+# depends on the atomics; its set, and so the W largest, does not.
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdTiling:
+    """Logits per program (the row then has at least `width` chunks), and how many keys a
+    row's candidate list holds (a power of two, at least the width)."""
+
+    chunk: int
+    capacity: int
+
+
+THRESHOLD_TILINGS = {64: ThresholdTiling(chunk=1024, capacity=512),
+                     256: ThresholdTiling(chunk=512, capacity=1024)}
+
+
+@dataclass(slots=True)
+class Candidates:
+    """Each row's keys at or above its threshold ([rows, capacity] int64, `counts` of them
+    written, in any order; a count above the capacity means keys were lost)."""
+
+    keys: torch.Tensor
+    counts: torch.Tensor  # [rows] int32
+
+
+@triton.jit
+def _chunk_max(logits, row_stride, vocab, maxima, CHUNK: tl.constexpr):
+    """Stage 1, program (row, chunk): the chunk's largest key."""
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    index = chunk * CHUNK + tl.arange(0, CHUNK)
+    inside = index < vocab
+    values = tl.load(logits + row.to(tl.int64) * row_stride + index, mask=inside, other=0.0)
+    keys = tl.where(inside, _sort_keys(values.to(tl.float32), index), PADDING)
+    tl.store(maxima + row.to(tl.int64) * tl.num_programs(1) + chunk, tl.max(keys, 0))
+
+
+@triton.jit
+def _gather_above(logits, row_stride, vocab, maxima, keys_out, counts, CHUNK: tl.constexpr,
+                  WIDTH: tl.constexpr, MAXIMA: tl.constexpr, CAPACITY: tl.constexpr):
+    """Stage 2, program (row, chunk): the chunk's keys at or above the W-th largest chunk
+    maximum, appended to the row's list."""
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    chunks = tl.num_programs(1)
+    offs = tl.arange(0, MAXIMA)
+    best = tl.load(maxima + row.to(tl.int64) * chunks + offs, mask=offs < chunks,
+                   other=PADDING)
+    threshold = tl.min(tl.topk(best, WIDTH), 0)
+    index = chunk * CHUNK + tl.arange(0, CHUNK)
+    inside = index < vocab
+    values = tl.load(logits + row.to(tl.int64) * row_stride + index, mask=inside, other=0.0)
+    keys = tl.where(inside, _sort_keys(values.to(tl.float32), index), PADDING)
+    above = (keys >= threshold).to(tl.int32)
+    count = tl.sum(above, 0)
+    if count > 0:
+        start = tl.atomic_add(counts + row, count)
+        place = start + tl.cumsum(above, 0) - 1
+        tl.store(keys_out + row.to(tl.int64) * CAPACITY + place, keys,
+                 mask=(above > 0) & (place < CAPACITY))
+
+
+def threshold_fits(vocab: int, width: int, tiling: ThresholdTiling | None = None) -> bool:
+    """Whether a row of `vocab` logits has the `width` chunks the threshold needs."""
+    tiling = tiling or THRESHOLD_TILINGS.get(width)
+    return tiling is not None and triton.cdiv(vocab, tiling.chunk) >= width
+
+
+def threshold_candidates(logits: torch.Tensor, width: int,
+                         tiling: ThresholdTiling | None = None) -> Candidates:
+    """Lists holding each row's `width` largest keys (see above). Two launches and one
+    memset, no host read: CUDA-graph safe. `decode_keys` turns keys back into values and
+    token ids."""
+    rows, vocab = logits.shape
+    tiling = tiling or THRESHOLD_TILINGS[width]
+    if not threshold_fits(vocab, width, tiling) or tiling.capacity < width:
+        raise ValueError(f"a threshold top {width} needs {width} chunks of {tiling.chunk} "
+                         f"logits and a list of at least {width}")
+    if logits.stride(-1) != 1 or logits.data_ptr() % 16:
+        logits = logits.contiguous() if logits.stride(-1) != 1 else logits.clone()
+    chunks = triton.cdiv(vocab, tiling.chunk)
+    maxima = torch.empty(rows, chunks, dtype=torch.int64, device=logits.device)
+    keys = torch.empty(rows, tiling.capacity, dtype=torch.int64, device=logits.device)
+    counts = torch.zeros(rows, dtype=torch.int32, device=logits.device)
+    _chunk_max[(rows, chunks)](logits, logits.stride(0), vocab, maxima, CHUNK=tiling.chunk)
+    _gather_above[(rows, chunks)](logits, logits.stride(0), vocab, maxima, keys, counts,
+                                  CHUNK=tiling.chunk, WIDTH=width,
+                                  MAXIMA=triton.next_power_of_2(chunks),
+                                  CAPACITY=tiling.capacity)
+    return Candidates(keys, counts)
+
+
+@triton.jit
+def top_of_candidates(keys, counts, row, WIDTH: tl.constexpr, CAPACITY: tl.constexpr):
+    """The WIDTH largest keys of row `row`'s list, descending, and whether the list lost
+    keys (then they may not be the row's largest)."""
+    count = tl.load(counts + row)
+    offs = tl.arange(0, CAPACITY)
+    listed = tl.load(keys + row.to(tl.int64) * CAPACITY + offs, mask=offs < count,
+                     other=PADDING)
+    return tl.topk(listed, WIDTH), count > CAPACITY
+
