@@ -75,15 +75,20 @@ class DecodeTiling:
     step (FP8: any power of two >= 16; AWQ: a multiple of 128); `dot` (FP8, M = 1): tensor
     cores rather than FMAs (M > 1 always takes them for FP8; AWQ never does); `unpack` (AWQ):
     "interleave" widens words into a [K, BLOCK_N] tile, "planes" takes the eight nibble
-    positions one at a time (BLOCK_N a power of two)."""
+    positions one at a time (BLOCK_N a power of two), "split" is planes with K split over
+    about `split_k` programs per N tile and a second launch adding the splits up
+    (awq_split.py; BLOCK_N a power of two >= 32)."""
 
     block_n: int
     block_k: int
     num_warps: int = 4
     dot: bool = False
-    unpack: str = "interleave"  # AWQ: "interleave" or "planes" (see _awq_planes_kernel)
+    unpack: str = "interleave"  # AWQ: "interleave", "planes" or "split"
+    split_k: int = 1  # AWQ "split": K splits per N tile (fewer where K has fewer steps)
 
     def name(self) -> str:
+        if self.unpack == "split":
+            return f"split n{self.block_n} k{self.block_k} s{self.split_k} w{self.num_warps}"
         kind = "planes" if self.unpack == "planes" else ("dot" if self.dot else "fma")
         return f"{kind} n{self.block_n} k{self.block_k} w{self.num_warps}"
 
@@ -524,8 +529,14 @@ def _launch_awq(grid, args: dict, layer, tiling: DecodeTiling, m: int, k: int) -
     if tiling.unpack == "planes":
         _launch_awq_planes(grid, args, layer, tiling, groups, k)
         return
+    if tiling.unpack == "split":
+        from jupyter_qwen.model.kernels import awq_split  # it builds on this module's planes
+
+        awq_split.launch(args, layer, tiling, m, k)
+        return
     if tiling.unpack != "interleave":
-        raise ValueError(f"AWQ unpack is 'interleave' or 'planes', not {tiling.unpack!r}")
+        raise ValueError(f"AWQ unpack is 'interleave', 'planes' or 'split', not "
+                         f"{tiling.unpack!r}")
     _awq_kernel[grid](
         qw_ptr=layer.qweight, qz_ptr=layer.qzeros, sc_ptr=layer.scales,
         qw_stride=layer.qweight.stride(0), qz_stride=layer.qzeros.stride(0),
