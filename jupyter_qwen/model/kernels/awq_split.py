@@ -12,7 +12,8 @@ to reset), every launch is CUDA-graph safe (the partials are an ordinary allocat
 caching allocator, captured like any other), and the cost is one small launch reading
 SPLITS x M x N floats from L2.
 
-The body is quant_gemv's nibble-plane step (`_awq_plane`): the tile is loaded as [GROUPS,
+The body is the nibble-plane step (`_awq_plane`, defined here and shared with quant_gemv's
+`_awq_planes_kernel`, which has no K split): the tile is loaded as [GROUPS,
 REPEAT, LANES, WORDS] (input row 128 g + LANES r + l), nibble j of word w is column
 8 w + j' (AWQ's order) taken in place, sums over a thread's own rows stay in its
 registers, the group's scale and zero are applied once per group and column to the
@@ -31,10 +32,43 @@ import triton.language as tl
 
 from jupyter_qwen.model.kernels import pdl
 from jupyter_qwen.model.kernels.gemv import _inv_rms, _operand
-from jupyter_qwen.model.kernels.quant_gemv import _awq_plane, _norm_block
 
 GROUP = 128
 SUM_TILE = 4096  # elements of partials one program of the sum adds per row of x
+
+
+@triton.jit
+def _nibble_plane(packed, NIBBLE: tl.constexpr):
+    """(nibble NIBBLE of each word) * 16**P as float32, P = NIBBLE - SHIFT / 4: masked in
+    place (nibbles 0-4, bits below 2**20) or shifted down by 20 bits first (5-7), then or-ed
+    into the mantissa of 2**23 (0x4B000000, whose low 23 bits hold an integer exactly) and
+    2**23 taken off: a logic op and an add instead of an int -> float convert."""
+    SHIFT: tl.constexpr = 0 if NIBBLE < 5 else 20
+    bits = ((packed >> SHIFT) & (0xF << (4 * NIBBLE - SHIFT))) | 0x4B000000
+    return bits.to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, J: tl.constexpr,
+               BLOCK_M: tl.constexpr):
+    """Column 8 w + J of every word w: the step's [BLOCK_M, LANES, WORDS] partial sums,
+    sum over the step's groups of s * (sum_k q * a - z * sum_k a), the k sums taken over
+    the rows each lane holds (axis 1 of the [GROUPS, REPEAT, LANES, WORDS] tile; a_sums:
+    [BLOCK_M, GROUPS, LANES], those sums of a)."""
+    NIBBLE: tl.constexpr = (J // 2) + (J % 2) * 4  # AWQ's nibble of column J of eight
+    P: tl.constexpr = NIBBLE if NIBBLE < 5 else NIBBLE - 5
+    FACTOR: tl.constexpr = 1.0 / (1 << (4 * P))
+    q = _nibble_plane(packed, NIBBLE)  # [GROUPS, REPEAT, LANES, WORDS], q * 16**P
+    z = ((zw >> (4 * NIBBLE)) & 0xF).to(tl.float32)[:, None, :]  # [GROUPS, 1, WORDS]
+    s = tl.load(sc_row + J, mask=g_ok, other=0.0).to(tl.float32)[:, None, :]
+    out = tl.zeros([BLOCK_M, a.shape[3], q.shape[3]], tl.float32)
+    for m in tl.static_range(BLOCK_M):
+        a_m = tl.sum(tl.where((rows == m)[:, None, None, None], a, 0.0), 0)  # [G, R, L]
+        qa = tl.sum(q * a_m[:, :, :, None], 1)  # [GROUPS, LANES, WORDS]
+        a_sum = tl.sum(tl.where((rows == m)[:, None, None], a_sums, 0.0), 0)[:, :, None]
+        part = tl.sum(s * (qa * FACTOR - z * a_sum), 0)  # [LANES, WORDS]
+        out += tl.where((rows == m)[:, None, None], part[None, :, :], 0.0)
+    return out
 
 
 @triton.jit
@@ -165,7 +199,7 @@ def chunk_of(k: int, block_k: int, split_k: int) -> int:
     return triton.cdiv(steps, max(1, min(split_k, steps))) * block_k
 
 
-def launch(args: dict, layer, tiling, m: int, k: int) -> None:
+def launch(args: dict, layer, tiling, m: int, k: int, groups: int, norm_block: int) -> None:
     """The split product then the sum of its splits; args as quant_gemv._launch builds
     them (x, residual, norm weight, strides, prologue, BLOCK_M, PDL, warps)."""
     words = tiling.block_n // 8
@@ -175,8 +209,7 @@ def launch(args: dict, layer, tiling, m: int, k: int) -> None:
     if tiling.split_k < 1:
         raise ValueError(f"split_k is at least 1, not {tiling}")
     n, y = layer.out_features, args["y_ptr"]
-    block_k = min(tiling.block_k, triton.next_power_of_2(k))
-    block_k = triton.next_power_of_2(max(GROUP, block_k))
+    block_k = groups * GROUP
     chunk = chunk_of(k, block_k, tiling.split_k)
     splits = triton.cdiv(k, chunk)
     partials = torch.empty((splits, m, n), device=y.device, dtype=torch.float32)
@@ -186,9 +219,9 @@ def launch(args: dict, layer, tiling, m: int, k: int) -> None:
     _awq_split_kernel[(triton.cdiv(n, tiling.block_n), splits)](
         qw_ptr=layer.qweight, qz_ptr=layer.qzeros, sc_ptr=layer.scales, part_ptr=partials,
         K_CHUNK=chunk, qw_stride=layer.qweight.stride(0), qz_stride=layer.qzeros.stride(0),
-        sc_stride=layer.scales.stride(0), BLOCK_N=tiling.block_n, GROUPS=block_k // GROUP,
+        sc_stride=layer.scales.stride(0), BLOCK_N=tiling.block_n, GROUPS=groups,
         LANES=split_lanes(words, tiling.num_warps), EVEN_N=n % tiling.block_n == 0,
-        NORM_BLOCK=_norm_block(k, block_k, args["BLOCK_M"], tiling.num_warps), **split_args)
+        NORM_BLOCK=norm_block, **split_args)
     splits_p2 = triton.next_power_of_2(splits)
     block = max(32, min(1024, SUM_TILE // splits_p2))
     _sum_splits_kernel[(triton.cdiv(n, block),)](
