@@ -12,9 +12,12 @@ then timed; then a whole layer (its four products, each on its fastest tiling, a
 defaults) is timed. Every figure is the replay of one CUDA graph over copies of the
 weights in rotation (>= 128 MB, more than the 50 MB L2), divided by the launch count; PDL
 as the engine launches. Weights are random bits of each format (FP8 values, AWQ words,
-scales and zeros), which is all the kernels' speed depends on. Kernels are compiled first
-in parallel worker processes (Triton's disk cache). Printed last: the per-product sweep,
-TUNED lines for quant_gemv.py, and the layer table with speed-ups over bf16.
+scales and zeros), which is all the kernels' speed depends on. AWQ sweeps its three
+decode kernels: interleaving, nibble planes, and planes with K split across programs
+(tiles x split counts for about 4 and 8 programs an SM, `split_candidates`). Kernels are
+compiled first in parallel worker processes (Triton's disk cache). Printed last: the
+per-product sweep, TUNED lines for quant_gemv.py, and the layer table with speed-ups over
+bf16.
 """
 
 from __future__ import annotations
