@@ -12,9 +12,12 @@ then timed; then a whole layer (its four products, each on its fastest tiling, a
 defaults) is timed. Every figure is the replay of one CUDA graph over copies of the
 weights in rotation (>= 128 MB, more than the 50 MB L2), divided by the launch count; PDL
 as the engine launches. Weights are random bits of each format (FP8 values, AWQ words,
-scales and zeros), which is all the kernels' speed depends on. Kernels are compiled first
-in parallel worker processes (Triton's disk cache). Printed last: the per-product sweep,
-TUNED lines for quant_gemv.py, and the layer table with speed-ups over bf16.
+scales and zeros), which is all the kernels' speed depends on. AWQ sweeps its three
+decode kernels: interleaving, nibble planes, and planes with K split across programs
+(tiles x split counts for about 4 and 8 programs an SM, `split_candidates`). Kernels are
+compiled first in parallel worker processes (Triton's disk cache). Printed last: the
+per-product sweep, TUNED lines for quant_gemv.py, and the layer table with speed-ups over
+bf16.
 """
 
 from __future__ import annotations
@@ -53,10 +56,14 @@ ROTATION_BYTES = 128 << 20
 REPLAYS = 10
 BUDGET_S = 170  # past this, sweeps keep only the default tiling
 # the AWQ nibble-plane kernel's candidates (block_n, block_k, warps), [M > 1] and [M = 1]:
-# 8 to 16 words a thread (no spills in the sm_90 build; see KERNEL_NOTES.md)
-AWQ_PLANES = ([(64, 128, 4), (128, 128, 8), (128, 128, 4)],
-              [(64, 128, 4), (128, 128, 4), (64, 256, 4), (128, 256, 8), (256, 128, 8),
-               (256, 256, 8)])
+# 8 to 16 words a thread (no spills in the sm_90 build; see KERNEL_NOTES.md); the wider
+# ones measured 2-40x slower on an H100 (run 47) and are left out
+AWQ_PLANES = ([(64, 128, 4)], [(64, 128, 4), (128, 128, 4)])
+# the K-split kernel's tiles (block_n, block_k, warps), [M > 1] and [M = 1] (sm_90 builds
+# without spills, KERNEL_NOTES.md "AWQ decode with K split"), each with K split for about
+# AWQ_SPLIT_WAVES programs per SM
+AWQ_SPLIT = ([(256, 128, 8), (128, 128, 4)], [(128, 128, 4), (256, 128, 8), (256, 128, 4)])
+AWQ_SPLIT_WAVES = (4, 8)
 
 
 def candidates(fmt: str, m: int, n: int, k: int) -> list:
@@ -74,8 +81,31 @@ def candidates(fmt: str, m: int, n: int, k: int) -> list:
                  else [tile(16, 256), tile(32, 256), tile(8, 512)])
         extra += [tile(n_, k_, w, unpack="planes") for n_, k_, w in AWQ_PLANES[m == 1]
                   if n % n_ == 0 and n // n_ >= 8]
+        extra += split_candidates(m, n, k)
     out = [quant_gemv.default_tiling(fmt, m, n, k)]
     return out + [t for t in extra if t not in out]
+
+
+def split_candidates(m: int, n: int, k: int) -> list:
+    """The K-split tilings: each tile of AWQ_SPLIT with K split so that about 4 and 8
+    programs per SM run (at most one split per step of 128 rows); n64 too where n128
+    cannot reach 4 programs per SM."""
+    from jupyter_qwen.model.kernels import quant_gemv
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    tiles = AWQ_SPLIT[m == 1]
+    if m == 1 and math.ceil(n / 128) * math.ceil(k / 128) < 4 * sms:  # Qwen3-0.6B's
+        tiles = [(64, 128, 4), *tiles]  # 32 bytes of each row, but 4 programs per SM
+    out = []
+    for block_n, block_k, warps in tiles:
+        tiles, steps = math.ceil(n / block_n), math.ceil(k / block_k)
+        for waves in AWQ_SPLIT_WAVES:
+            split_k = max(1, min(steps, round(waves * sms / tiles)))
+            tiling = quant_gemv.DecodeTiling(block_n, block_k, warps, unpack="split",
+                                             split_k=split_k)
+            if tiling not in out:
+                out.append(tiling)
+    return out
 
 
 def random_layer(fmt: str, n: int, k: int, shards: list[int]):

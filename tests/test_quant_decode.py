@@ -50,6 +50,19 @@ AWQ_PLANES_LARGE = {
     "0.6B gate_up": (1024, [3072, 3072], (256, 256, 8)), "0.6B o": (2048, [1024], (64, 512, 4)),
     "4B qkv": (2560, [4096, 1024, 1024], (128, 512, 4)), "4B down": (9728, [2560], (128, 256, 4)),
 }
+# K split over programs: (K, shards, (block_n, block_k, num_warps, split_k)), unpack="split"
+AWQ_SPLIT_SMALL = {
+    "odd splits": (640, [48, 16], (32, 128, 4, 3)),  # 5 groups in splits of 2, 2 and 1
+    "k-tail": (200, [24, 16], (64, 128, 4, 2)),  # N = 40 < BLOCK_N; the 2nd split partial
+    "steps": (900, [64], (64, 256, 4, 2)),  # 2 steps a split, the last one partial
+    "n-tail": (384, [256, 64], (256, 128, 8, 5)),  # 3 steps (split_k capped); N = 320
+}
+AWQ_SPLIT_LARGE = {
+    "0.6B qkv": (1024, [2048, 1024, 1024], (256, 128, 4, 8)),
+    "0.6B down": (3072, [1024], (128, 128, 4, 24)),
+    "4B gate_up": (2560, [9728, 9728], (256, 256, 8, 7)),
+    "4B o": (4096, [2560], (128, 128, 4, 32)),
+}
 AWQ_LARGE = {
     "0.6B gate_up": (1024, [3072, 3072], None), "0.6B o": (2048, [1024], None),
     "4B qkv": (2560, [4096, 1024, 1024], None), "4B down": (9728, [2560], None),
@@ -148,6 +161,34 @@ def test_awq_planes_matches_the_dequantized_product(mode, generator, case, rows,
              DecodeTiling(block_n, block_k, warps, unpack="planes"))
 
 
+@pytest.mark.parametrize("prologue", PROLOGUES)
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("case", range(4))
+def test_awq_split_k_matches_the_dequantized_product(mode, generator, case, rows, prologue):
+    from jupyter_qwen.model.kernels.quant_gemv import DecodeTiling
+
+    k, shards, (block_n, block_k, warps, split_k) = list(
+        mode.pick(AWQ_SPLIT_SMALL, AWQ_SPLIT_LARGE).values())[case]
+    dtype = torch.bfloat16 if (case + rows) % 2 or mode.large else torch.float32
+    run_case(mode, generator, awq_layer(generator, k, shards), prologue, rows, dtype,
+             DecodeTiling(block_n, block_k, warps, unpack="split", split_k=split_k))
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="needs triton")
+def test_awq_split_k_chunks_cover_k_in_whole_steps():
+    from jupyter_qwen.model.kernels.awq_split import chunk_of
+
+    for k in (100, 128, 200, 640, 2560, 9728):
+        for block_k in (128, 256, 512):
+            for split_k in (1, 2, 3, 7, 40, 1000):
+                chunk = chunk_of(k, block_k, split_k)
+                splits = -(-k // chunk)
+                steps = -(-k // block_k)
+                assert chunk % block_k == 0 and (splits - 1) * chunk < k <= splits * chunk
+                assert splits <= min(split_k, steps), (k, block_k, split_k)
+                assert splits >= min(split_k, steps) // 2, (k, block_k, split_k)
+
+
 @pytest.mark.skipif(not HAVE_TRITON, reason="needs triton")
 def test_fp8_scale_folds_only_where_each_program_reads_one_scale_row():
     from jupyter_qwen.model.kernels.quant_gemv import folds
@@ -177,7 +218,10 @@ def test_small_m_products_refuse_what_they_cannot_take(mode, generator):
         quant_gemv.linear_small_m(torch.randn(1, 128, device=mode.device), layer,
                                   tiling=quant_gemv.DecodeTiling(12, 128))
     for bad, message in ((quant_gemv.DecodeTiling(96, 128, unpack="planes"), "power of two"),
-                         (quant_gemv.DecodeTiling(64, 128, unpack="bytes"), "unpack")):
+                         (quant_gemv.DecodeTiling(64, 128, unpack="bytes"), "unpack"),
+                         (quant_gemv.DecodeTiling(16, 128, unpack="split"), "power of two"),
+                         (quant_gemv.DecodeTiling(64, 128, unpack="split", split_k=0),
+                          "split_k")):
         with pytest.raises(ValueError, match=message):
             quant_gemv.linear_small_m(torch.randn(1, 128, device=mode.device), layer,
                                       tiling=bad)
@@ -267,5 +311,25 @@ def test_quantized_small_m_replays_in_cuda_graphs_bitwise(generator, method):
     def step():
         y, summed = quant_gemv.rms_norm_linear(x, norm_weight, EPS, qkv, res)
         return y, summed, quant_gemv.silu_mul_linear(gate_up, down)
+
+    assert_replays_bitwise(step, (x, res, gate_up), generator)
+
+
+@COMPILED_ONLY
+@pytest.mark.gpu
+def test_awq_split_k_replays_in_cuda_graphs_bitwise(generator):
+    from jupyter_qwen.model.kernels import quant_gemv
+
+    split = quant_gemv.DecodeTiling(128, 128, 4, unpack="split", split_k=5)
+    qkv = awq_layer(generator, 1024, [2048, 1024, 1024]).cuda()
+    down = awq_layer(generator, 3072, [1024]).cuda()
+    x, res = (torch.randn(2, 1024, generator=generator).to(torch.bfloat16).cuda()
+              for _ in range(2))
+    gate_up = torch.randn(2, 6144, generator=generator).to(torch.bfloat16).cuda()
+    norm_weight = torch.ones(1024, dtype=torch.bfloat16, device="cuda")
+
+    def step():
+        y, summed = quant_gemv.rms_norm_linear(x, norm_weight, EPS, qkv, res, tiling=split)
+        return y, summed, quant_gemv.silu_mul_linear(gate_up, down, tiling=split)
 
     assert_replays_bitwise(step, (x, res, gate_up), generator)

@@ -33,7 +33,10 @@ one with FMAs (no tensor cores), which suits the decode cutoffs (M <= 2). A seco
 kernel, `unpack="planes"` in the tiling (opt-in until measured; benchmarks/KERNEL_NOTES.md),
 loads the step's words as [groups, 128 / LANES, LANES, words] with 16-byte vectors and takes
 the eight nibble positions one at a time in place (no interleave, no int -> float convert),
-keeping each lane's sums over K in registers until the end of the K loop.
+keeping each lane's sums over K in registers until the end of the K loop. A third,
+`unpack="split"` (awq_split.py), runs the same plane step with K split across programs
+(grid N tiles x K splits, for products whose N alone gives fewer programs than SMs) and
+adds the splits' fp32 partial sums up in a second launch, in a fixed order.
 
 Accuracy against the dequantizing reference (`QuantLinear.dequantize` + F.linear on the
 prologue's result): the output's own rounding for x in bf16 (relative 2-norm error under
@@ -50,7 +53,8 @@ import torch
 import triton
 import triton.language as tl
 
-from jupyter_qwen.model.kernels import pdl
+from jupyter_qwen.model.kernels import awq_split, pdl
+from jupyter_qwen.model.kernels.awq_split import _awq_plane
 from jupyter_qwen.model.kernels.gemv import (
     ADD_RMS_NORM,
     MAX_M,
@@ -75,15 +79,20 @@ class DecodeTiling:
     step (FP8: any power of two >= 16; AWQ: a multiple of 128); `dot` (FP8, M = 1): tensor
     cores rather than FMAs (M > 1 always takes them for FP8; AWQ never does); `unpack` (AWQ):
     "interleave" widens words into a [K, BLOCK_N] tile, "planes" takes the eight nibble
-    positions one at a time (BLOCK_N a power of two)."""
+    positions one at a time (BLOCK_N a power of two), "split" is planes with K split over
+    about `split_k` programs per N tile and a second launch adding the splits up
+    (awq_split.py; BLOCK_N a power of two >= 32)."""
 
     block_n: int
     block_k: int
     num_warps: int = 4
     dot: bool = False
-    unpack: str = "interleave"  # AWQ: "interleave" or "planes" (see _awq_planes_kernel)
+    unpack: str = "interleave"  # AWQ: "interleave", "planes" or "split"
+    split_k: int = 1  # AWQ "split": K splits per N tile (fewer where K has fewer steps)
 
     def name(self) -> str:
+        if self.unpack == "split":
+            return f"split n{self.block_n} k{self.block_k} s{self.split_k} w{self.num_warps}"
         kind = "planes" if self.unpack == "planes" else ("dot" if self.dot else "fma")
         return f"{kind} n{self.block_n} k{self.block_k} w{self.num_warps}"
 
@@ -316,40 +325,6 @@ def _awq_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, y_ptr, res_o
 
 
 @triton.jit
-def _nibble_plane(packed, NIBBLE: tl.constexpr):
-    """(nibble NIBBLE of each word) * 16**P as float32, P = NIBBLE - SHIFT / 4: masked in
-    place (nibbles 0-4, bits below 2**20) or shifted down by 20 bits first (5-7), then or-ed
-    into the mantissa of 2**23 (0x4B000000, whose low 23 bits hold an integer exactly) and
-    2**23 taken off: a logic op and an add instead of an int -> float convert."""
-    SHIFT: tl.constexpr = 0 if NIBBLE < 5 else 20
-    bits = ((packed >> SHIFT) & (0xF << (4 * NIBBLE - SHIFT))) | 0x4B000000
-    return bits.to(tl.float32, bitcast=True) - 8388608.0
-
-
-@triton.jit
-def _awq_plane(packed, zw, sc_row, g_ok, a, a_sums, rows, J: tl.constexpr,
-               BLOCK_M: tl.constexpr):
-    """Column 8 w + J of every word w: the step's [BLOCK_M, LANES, WORDS] partial sums,
-    sum over the step's groups of s * (sum_k q * a - z * sum_k a), the k sums taken over
-    the rows each lane holds (axis 1 of the [GROUPS, REPEAT, LANES, WORDS] tile; a_sums:
-    [BLOCK_M, GROUPS, LANES], those sums of a)."""
-    NIBBLE: tl.constexpr = (J // 2) + (J % 2) * 4  # AWQ's nibble of column J of eight
-    P: tl.constexpr = NIBBLE if NIBBLE < 5 else NIBBLE - 5
-    FACTOR: tl.constexpr = 1.0 / (1 << (4 * P))
-    q = _nibble_plane(packed, NIBBLE)  # [GROUPS, REPEAT, LANES, WORDS], q * 16**P
-    z = ((zw >> (4 * NIBBLE)) & 0xF).to(tl.float32)[:, None, :]  # [GROUPS, 1, WORDS]
-    s = tl.load(sc_row + J, mask=g_ok, other=0.0).to(tl.float32)[:, None, :]
-    out = tl.zeros([BLOCK_M, a.shape[3], q.shape[3]], tl.float32)
-    for m in tl.static_range(BLOCK_M):
-        a_m = tl.sum(tl.where((rows == m)[:, None, None, None], a, 0.0), 0)  # [G, R, L]
-        qa = tl.sum(q * a_m[:, :, :, None], 1)  # [GROUPS, LANES, WORDS]
-        a_sum = tl.sum(tl.where((rows == m)[:, None, None], a_sums, 0.0), 0)[:, :, None]
-        part = tl.sum(s * (qa * FACTOR - z * a_sum), 0)  # [LANES, WORDS]
-        out += tl.where((rows == m)[:, None, None], part[None, :, :], 0.0)
-    return out
-
-
-@triton.jit
 def _store_plane(y_ptr, acc, rows, words, store_ok, y_stride, J: tl.constexpr):
     """Column 8 w + J of each word's outputs, the lanes' partial sums added up."""
     tl.store(y_ptr + rows[:, None] * y_stride + (words * 8 + J)[None, :],
@@ -524,8 +499,13 @@ def _launch_awq(grid, args: dict, layer, tiling: DecodeTiling, m: int, k: int) -
     if tiling.unpack == "planes":
         _launch_awq_planes(grid, args, layer, tiling, groups, k)
         return
+    if tiling.unpack == "split":
+        awq_split.launch(args, layer, tiling, m, k, groups, _norm_block(
+            k, groups * AWQ_GROUP, args["BLOCK_M"], tiling.num_warps))
+        return
     if tiling.unpack != "interleave":
-        raise ValueError(f"AWQ unpack is 'interleave' or 'planes', not {tiling.unpack!r}")
+        raise ValueError(f"AWQ unpack is 'interleave', 'planes' or 'split', not "
+                         f"{tiling.unpack!r}")
     _awq_kernel[grid](
         qw_ptr=layer.qweight, qz_ptr=layer.qzeros, sc_ptr=layer.scales,
         qw_stride=layer.qweight.stride(0), qz_stride=layer.qzeros.stride(0),
