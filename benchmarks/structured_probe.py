@@ -189,7 +189,7 @@ def main() -> None:
     model_dir = ensure_checkpoint(args.model_dir, "qwen3-0.6b")
     batch = prompts(args.rows, usable_id_high(model_dir, FULL.id_high))
     results, tables = [], {}
-    with LLM(str(model_dir), max_num_seqs=args.rows) as llm:
+    with LLM(str(model_dir), max_num_seqs=args.rows, enable_prefix_caching=False) as llm:
         compiled = precompile(llm, args.rows)
         print(f"compiled {args.rows} schemas in {compiled['compile_wall_s']:.1f} s; "
               f"engine ready at {time.perf_counter() - begin:.0f} s", flush=True)
