@@ -214,6 +214,7 @@ def step_times(llm: LLM, samplers: dict[str, GraphSampler], size: int, vocab: in
     return out
 
 
+@torch.inference_mode()  # the graphs' buffers are inference tensors, refilled in place
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="qwen3-0.6b")

@@ -136,3 +136,35 @@ def test_online_fp8_serves_a_bf16_checkpoint_with_fp8_weights(prompts):
     stored, stored_logits, _, _ = run_engine(quantized_checkpoint("fp8"), prompts)
     assert online == stored
     assert all(torch.equal(a, b) for a, b in zip(online_logits, stored_logits, strict=True))
+
+
+@pytest.mark.parametrize("m", [2048, 2049, 2100])
+def test_cublas_block_scaled_product_computes_what_the_fp8_kernel_does(m):
+    """Prefill rows from BLOCK_SCALED_MIN_M on go to cuBLAS's block-scaled FP8 product on a
+    Hopper GPU: the same quantized activations and block scales as the kernel's quantize_x
+    tilings, so the same product up to summation order; rows padded to 16 where needed."""
+    from jupyter_qwen.model.kernels.quant_linear import (
+        QuantTiling,
+        block_scaled_mm,
+        block_scaled_mm_works,
+        fp8_linear,
+    )
+
+    device = torch.device("cuda")
+    if torch.cuda.get_device_capability(device) != (9, 0):
+        pytest.skip("cuBLAS's block-scaled FP8 product is taken on compute capability 9.0")
+    assert block_scaled_mm_works(device)
+    generator = torch.Generator(device=device).manual_seed(m)
+    n, k = 4096, 1024  # Qwen3-0.6B's qkv: shards 2048 + 1024 + 1024
+    x = torch.randn(m, k, device=device, generator=generator).bfloat16()
+    weight = (torch.randn(n, k, device=device, generator=generator) * 40).to(torch.float8_e4m3fn)
+    scale_inv = torch.rand(n // 128, k // 128, device=device, generator=generator) / 100
+    scale_rows = torch.arange(n, device=device, dtype=torch.int32) // 128
+    wide = scale_inv.repeat_interleave(128, 0).repeat_interleave(128, 1)
+    reference = x.float() @ (weight.float() * wide).t()
+    kernel = fp8_linear(x, weight, scale_inv, scale_rows, fp8_dot=True,
+                        tiling=QuantTiling(64, 128, 128, quantize_x=True))
+    cublas = block_scaled_mm(x, weight, scale_inv)
+    assert cublas.shape == (m, n) and cublas.dtype == torch.bfloat16
+    assert relative_error(cublas.float(), kernel.float()) < 5e-3
+    assert relative_error(cublas.float(), reference) < 5e-2

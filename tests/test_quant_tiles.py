@@ -301,3 +301,25 @@ def test_start_up_reaches_every_m_bucket_the_table_names(monkeypatch):
                              _dummy_step=steps.append)
     ModelRunner._compile_quant_tilings(runner)
     assert steps == [[64], [1024, 1024], [1024] * 4]  # 2049-4096 rows: the 8192 bucket
+
+
+def test_only_large_batches_of_whole_scale_blocks_go_to_cublas():
+    """`takes_block_scaled`: from BLOCK_SCALED_MIN_M rows, and only where every shard is
+    whole 128-row scale blocks (else the scale rows are not the weight's rows // 128)."""
+    from types import SimpleNamespace
+
+    from jupyter_qwen.model.kernels.quant_linear import (
+        BLOCK_SCALED_MIN_M,
+        block_scaled_mm_works,
+        takes_block_scaled,
+    )
+
+    def layer(shards, k=1024):
+        return SimpleNamespace(weight=torch.empty(sum(shards), k), shard_sizes=list(shards))
+
+    whole = layer([2048, 1024, 1024])
+    assert takes_block_scaled(whole, BLOCK_SCALED_MIN_M)
+    assert not takes_block_scaled(whole, BLOCK_SCALED_MIN_M - 1)
+    assert not takes_block_scaled(layer([2048 + 64, 1024 - 64]), BLOCK_SCALED_MIN_M)
+    assert not takes_block_scaled(layer([1024], k=1000), BLOCK_SCALED_MIN_M)
+    assert not block_scaled_mm_works(torch.device("cpu"))

@@ -99,7 +99,8 @@ class DecodeTiling:
 
 # Default tilings, key (format, M bucket, N, K); the lead updates them from
 # benchmarks/quant_decode.py. Shapes not listed take `guess_tiling`.
-# benchmarks/quant_decode.py on an H100 (2026-12-06, run 44): fastest per product
+# benchmarks/quant_decode.py on an H100 (2026-12-06, run 44; three AWQ products from runs 47 and
+# 49, marked): fastest per product
 TUNED: dict[tuple[str, int, int, int], DecodeTiling] = {
     ('fp8', 1, 4096, 1024): DecodeTiling(block_n=16, block_k=1024, num_warps=4, dot=False),
     ('fp8', 1, 1024, 2048): DecodeTiling(block_n=8, block_k=2048, num_warps=4, dot=False),
@@ -108,7 +109,8 @@ TUNED: dict[tuple[str, int, int, int], DecodeTiling] = {
     ('awq', 1, 4096, 1024): DecodeTiling(block_n=32, block_k=1024, num_warps=4, dot=False),
     ('awq', 1, 1024, 2048): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
     ('awq', 1, 6144, 1024): DecodeTiling(block_n=32, block_k=1024, num_warps=4, dot=False),
-    ('awq', 1, 1024, 3072): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
+    ('awq', 1, 1024, 3072): DecodeTiling(block_n=64, block_k=128, num_warps=4, dot=False,
+                                         unpack='split', split_k=24),  # run 49
     ('fp8', 2, 4096, 1024): DecodeTiling(block_n=16, block_k=1024, num_warps=4, dot=False),
     ('fp8', 2, 1024, 2048): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
     ('fp8', 2, 6144, 1024): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
@@ -123,8 +125,10 @@ TUNED: dict[tuple[str, int, int, int], DecodeTiling] = {
     ('fp8', 1, 2560, 9728): DecodeTiling(block_n=8, block_k=1024, num_warps=4, dot=False),
     ('awq', 1, 6144, 2560): DecodeTiling(block_n=32, block_k=1024, num_warps=4, dot=False),
     ('awq', 1, 2560, 4096): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
-    ('awq', 1, 19456, 2560): DecodeTiling(block_n=32, block_k=1024, num_warps=4, dot=False),
-    ('awq', 1, 2560, 9728): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
+    ('awq', 1, 19456, 2560): DecodeTiling(block_n=64, block_k=128, num_warps=4, dot=False,
+                                          unpack='planes'),  # runs 47, 49
+    ('awq', 1, 2560, 9728): DecodeTiling(block_n=128, block_k=128, num_warps=4, dot=False,
+                                         unpack='split', split_k=26),  # run 49
     ('fp8', 2, 6144, 2560): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
     ('fp8', 2, 2560, 4096): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
     ('fp8', 2, 19456, 2560): DecodeTiling(block_n=32, block_k=256, num_warps=4, dot=False),

@@ -28,6 +28,13 @@ on such a projection reads the N tile's one scale row too and adds
 `dot(a8, w) * (a_scale[m] * s)` per step: one FMA an accumulator element and no scale
 vector in registers (fewer registers: more programs resident per SM).
 
+From `BLOCK_SCALED_MIN_M` rows on a Hopper GPU (compute capability 9.0), FP8 projections
+whose shards are whole 128-row blocks go to cuBLAS's block-scaled FP8 product instead
+(`block_scaled_mm`: torch._scaled_mm with x's per-row, per-128-column scales and the
+weight's 128 x 128 block scales, the same arithmetic as the kernel's `quantize_x`
+tilings); `TritonQuantKernels` checks once, on a small product against the reference,
+that this torch build takes those scales, else keeps the kernel.
+
 M is not specialised (one compile serves every batch size of a tiling); nothing is read on
 the host, so launches are CUDA-graph safe. The reference is `QuantLinear.dequantize` and
 F.linear (`model/quant/linear.py`).
@@ -329,6 +336,58 @@ def _quantize_x(rows: torch.Tensor, block_m: int = 32) -> tuple[torch.Tensor, to
     return quantized, scales
 
 
+BLOCK_SCALED_MIN_M = 2048  # run 49 (H100): from here cuBLAS's block-scaled FP8 beat bf16
+ROW_MULTIPLE = 16  # rows padded to this for cuBLAS's FP8 product
+
+
+def block_scaled_mm(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor
+                    ) -> torch.Tensor:
+    """`fp8_linear`'s product by cuBLAS (torch._scaled_mm's block-wise scaling): x quantized
+    per row and 128 columns (`_quantize_x`, scales laid out column-major as cuBLAS reads
+    them), the weight's e4m3 values and its [N / 128, K / 128] block scales as stored. Rows
+    are padded to a multiple of 16 (zeros, scale 1) where needed."""
+    k, n = x.shape[-1], weight.shape[0]
+    rows = _rows(x, k)
+    m = rows.shape[0]
+    padded = -m % ROW_MULTIPLE
+    if padded:
+        rows = torch.nn.functional.pad(rows, (0, 0, 0, padded))
+    x8, x_scales = _quantize_x(rows)
+    y = torch._scaled_mm(x8, weight.t(), scale_a=x_scales.t().contiguous().t(),
+                         scale_b=scale_inv.float().t(), out_dtype=x.dtype)
+    return y[:m].view(*x.shape[:-1], n)
+
+
+def takes_block_scaled(layer, m: int) -> bool:
+    """Whether a projection of m rows goes to `block_scaled_mm`: enough rows, and its scale
+    rows are the weight's rows // 128 (every shard whole 128-row blocks, K too)."""
+    n, k = layer.weight.shape
+    return (m >= BLOCK_SCALED_MIN_M and n % FP8_BLOCK == 0 and k % FP8_BLOCK == 0
+            and one_scale_row(FP8_BLOCK, layer.shard_sizes))
+
+
+def block_scaled_mm_works(device: torch.device) -> bool:
+    """Hopper, and this torch build's _scaled_mm takes block-wise scales and matches the
+    dequantizing product on a small case (checked once, at start-up)."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) != (9, 0):
+        return False
+    generator = torch.Generator(device=device).manual_seed(0)
+    m, n, k = 40, 256, 384
+    x = torch.randn(m, k, device=device, generator=generator).bfloat16()
+    weight = (torch.randn(n, k, device=device, generator=generator) * 8).to(
+        torch.float8_e4m3fn)
+    scale_inv = torch.rand(n // FP8_BLOCK, k // FP8_BLOCK, device=device,
+                           generator=generator) + 0.5
+    wide = scale_inv.repeat_interleave(FP8_BLOCK, 0).repeat_interleave(FP8_BLOCK, 1)
+    reference = x.float() @ (weight.float() * wide).t()
+    try:
+        y = block_scaled_mm(x, weight, scale_inv).float()
+    except (RuntimeError, TypeError, ValueError, NotImplementedError):
+        return False
+    error = (y - reference).norm() / reference.norm()
+    return bool(error < 5e-2)
+
+
 def awq_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
                scales: torch.Tensor, group_size: int = AWQ_GROUP, *,
                tiling: QuantTiling | None = None) -> torch.Tensor:
@@ -365,11 +424,14 @@ class TritonQuantKernels:
     def __init__(self, device: torch.device) -> None:
         self.fp8_dot = fp8_tensor_cores(device)
         self.fp8_kernels = self.fp8_dot or device.type != "cuda"
+        self.block_scaled = block_scaled_mm_works(device)
 
     def linear(self, x: torch.Tensor, layer) -> torch.Tensor:
         if hasattr(layer, "weight_scale_inv"):
             if not self.fp8_kernels:
                 return torch.nn.functional.linear(x, layer.dequantize(x.dtype))
+            if self.block_scaled and takes_block_scaled(layer, x.numel() // x.shape[-1]):
+                return block_scaled_mm(x, layer.weight, layer.weight_scale_inv)
             return fp8_linear(x, layer.weight, layer.weight_scale_inv, layer.scale_rows,
                               fp8_dot=self.fp8_dot, shard_sizes=layer.shard_sizes)
         return awq_linear(x, layer.qweight, layer.qzeros, layer.scales, layer.group_size)
