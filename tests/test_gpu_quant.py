@@ -168,3 +168,16 @@ def test_cublas_block_scaled_product_computes_what_the_fp8_kernel_does(m):
     assert cublas.shape == (m, n) and cublas.dtype == torch.bfloat16
     assert relative_error(cublas.float(), kernel.float()) < 5e-3
     assert relative_error(cublas.float(), reference) < 5e-2
+
+
+@pytest.mark.parametrize("n, k", [(4096, 1024), (1024, 2048), (6144, 1024), (1024, 3072),
+                                  (6144, 2560), (2560, 4096), (19456, 2560), (2560, 9728)])
+def test_cublas_block_scaled_product_takes_every_qwen3_projection(n, k):
+    """The start-up check passes for each projection of Qwen3-0.6B and Qwen3-4B on a Hopper
+    GPU (it refuses shapes whose cuBLAS product is wrong: some small ones were)."""
+    from jupyter_qwen.model.kernels.quant_linear import block_scaled_mm_works
+
+    device = torch.device("cuda")
+    if torch.cuda.get_device_capability(device) != (9, 0):
+        pytest.skip("cuBLAS's block-scaled FP8 product is taken on compute capability 9.0")
+    assert block_scaled_mm_works(device, n, k)

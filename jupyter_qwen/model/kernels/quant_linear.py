@@ -366,14 +366,14 @@ def takes_block_scaled(layer, m: int) -> bool:
             and one_scale_row(FP8_BLOCK, layer.shard_sizes))
 
 
-def block_scaled_mm_works(device: torch.device) -> bool:
+def block_scaled_mm_works(device: torch.device, n: int = 4096, k: int = 1024) -> bool:
     """Hopper, and this torch build's _scaled_mm takes block-wise scales and matches the
-    dequantizing product on a small case (checked once, at start-up)."""
+    dequantizing product for an N x K projection (256 rows of random data; cuBLAS was seen
+    to return wrong products for some small shapes, so each shape is checked once)."""
     if device.type != "cuda" or torch.cuda.get_device_capability(device) != (9, 0):
         return False
     generator = torch.Generator(device=device).manual_seed(0)
-    m, n, k = 40, 256, 384
-    x = torch.randn(m, k, device=device, generator=generator).bfloat16()
+    x = torch.randn(256, k, device=device, generator=generator).bfloat16()
     weight = (torch.randn(n, k, device=device, generator=generator) * 8).to(
         torch.float8_e4m3fn)
     scale_inv = torch.rand(n // FP8_BLOCK, k // FP8_BLOCK, device=device,
@@ -424,14 +424,23 @@ class TritonQuantKernels:
     def __init__(self, device: torch.device) -> None:
         self.fp8_dot = fp8_tensor_cores(device)
         self.fp8_kernels = self.fp8_dot or device.type != "cuda"
-        self.block_scaled = block_scaled_mm_works(device)
+        self.device = device
+        self.block_scaled: dict[tuple[int, int], bool] = {}  # (N, K): checked once
 
     def linear(self, x: torch.Tensor, layer) -> torch.Tensor:
         if hasattr(layer, "weight_scale_inv"):
             if not self.fp8_kernels:
                 return torch.nn.functional.linear(x, layer.dequantize(x.dtype))
-            if self.block_scaled and takes_block_scaled(layer, x.numel() // x.shape[-1]):
+            if (takes_block_scaled(layer, x.numel() // x.shape[-1])
+                    and self._block_scaled_works(*layer.weight.shape)):
                 return block_scaled_mm(x, layer.weight, layer.weight_scale_inv)
             return fp8_linear(x, layer.weight, layer.weight_scale_inv, layer.scale_rows,
                               fp8_dot=self.fp8_dot, shard_sizes=layer.shard_sizes)
         return awq_linear(x, layer.qweight, layer.qzeros, layer.scales, layer.group_size)
+
+    def _block_scaled_works(self, n: int, k: int) -> bool:
+        """`block_scaled_mm_works` for this shape, checked the first time (the start-up's
+        memory measurement runs a batch this large, so before serving)."""
+        if (n, k) not in self.block_scaled:
+            self.block_scaled[n, k] = block_scaled_mm_works(self.device, n, k)
+        return self.block_scaled[n, k]
