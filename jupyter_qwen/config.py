@@ -144,7 +144,8 @@ class KernelOptions:
     sampled_draw: str = option(
         "threshold", "how a captured sampled draw runs: torch steps around the window kernel "
         "(split), one kernel after the window (fused), or that over a threshold top-W "
-        "(threshold)", choices=("split", "fused", "threshold"), cli=False)
+        "(threshold; up to 8 rows, split above)", choices=("split", "fused", "threshold"),
+        cli=False)
 
     def __post_init__(self) -> None:
         try:
