@@ -153,12 +153,11 @@ def test_cublas_block_scaled_product_computes_what_the_fp8_kernel_does(m):
     device = torch.device("cuda")
     if torch.cuda.get_device_capability(device) != (9, 0):
         pytest.skip("cuBLAS's block-scaled FP8 product is taken on compute capability 9.0")
-    assert block_scaled_mm_works(device)
     generator = torch.Generator(device=device).manual_seed(m)
     n, k = 4096, 1024  # Qwen3-0.6B's qkv: shards 2048 + 1024 + 1024
     x = torch.randn(m, k, device=device, generator=generator).bfloat16()
-    weight = (torch.randn(n, k, device=device, generator=generator) * 40).to(torch.float8_e4m3fn)
-    scale_inv = torch.rand(n // 128, k // 128, device=device, generator=generator) / 100
+    weight, scale_inv = random_fp8_projection(n, k, generator)
+    assert block_scaled_mm_works(device, weight, scale_inv)
     scale_rows = torch.arange(n, device=device, dtype=torch.int32) // 128
     wide = scale_inv.repeat_interleave(128, 0).repeat_interleave(128, 1)
     reference = x.float() @ (weight.float() * wide).t()
@@ -172,12 +171,31 @@ def test_cublas_block_scaled_product_computes_what_the_fp8_kernel_does(m):
 
 @pytest.mark.parametrize("n, k", [(4096, 1024), (1024, 2048), (6144, 1024), (1024, 3072),
                                   (6144, 2560), (2560, 4096), (19456, 2560), (2560, 9728)])
-def test_cublas_block_scaled_product_takes_every_qwen3_projection(n, k):
+def test_cublas_block_scaled_product_takes_every_qwen3_projection(n, k, monkeypatch):
     """The start-up check passes for each projection of Qwen3-0.6B and Qwen3-4B on a Hopper
     GPU (it refuses shapes whose cuBLAS product is wrong: some small ones were)."""
+    from jupyter_qwen.model.kernels import quant_linear
     from jupyter_qwen.model.kernels.quant_linear import block_scaled_mm_works
 
     device = torch.device("cuda")
     if torch.cuda.get_device_capability(device) != (9, 0):
         pytest.skip("cuBLAS's block-scaled FP8 product is taken on compute capability 9.0")
-    assert block_scaled_mm_works(device, n, k)
+    weight, scale_inv = random_fp8_projection(n, k, torch.Generator(device).manual_seed(n))
+    assert block_scaled_mm_works(device, weight, scale_inv)
+    right = quant_linear.block_scaled_mm
+
+    def wrong_at_the_end(*args):  # a product whose last 128 outputs are off: refused
+        y = right(*args)
+        y[:, -128:] *= 1.5
+        return y
+
+    monkeypatch.setattr(quant_linear, "block_scaled_mm", wrong_at_the_end)
+    assert not block_scaled_mm_works(device, weight, scale_inv)
+
+
+def random_fp8_projection(n: int, k: int, generator: torch.Generator):
+    """An e4m3 weight [n, k] and its fp32 block scales [n / 128, k / 128] on the GPU."""
+    device = generator.device
+    weight = (torch.randn(n, k, device=device, generator=generator) * 40).to(
+        torch.float8_e4m3fn)
+    return weight, torch.rand(n // 128, k // 128, device=device, generator=generator) / 100

@@ -322,4 +322,4 @@ def test_only_large_batches_of_whole_scale_blocks_go_to_cublas():
     assert not takes_block_scaled(whole, BLOCK_SCALED_MIN_M - 1)
     assert not takes_block_scaled(layer([2048 + 64, 1024 - 64]), BLOCK_SCALED_MIN_M)
     assert not takes_block_scaled(layer([1024], k=1000), BLOCK_SCALED_MIN_M)
-    assert not block_scaled_mm_works(torch.device("cpu"))
+    assert not block_scaled_mm_works(torch.device("cpu"), whole.weight, torch.ones(32, 8))
