@@ -56,13 +56,13 @@ ROTATION_BYTES = 128 << 20
 REPLAYS = 10
 BUDGET_S = 170  # past this, sweeps keep only the default tiling
 # the AWQ nibble-plane kernel's candidates (block_n, block_k, warps), [M > 1] and [M = 1]:
-# 8 to 16 words a thread (no spills in the sm_90 build; see KERNEL_NOTES.md); the wider
-# ones measured 2-40x slower on an H100 (run 47) and are left out
-AWQ_PLANES = ([(64, 128, 4)], [(64, 128, 4), (128, 128, 4)])
-# the K-split kernel's tiles (block_n, block_k, warps), [M > 1] and [M = 1] (sm_90 builds
-# without spills, KERNEL_NOTES.md "AWQ decode with K split"), each with K split for about
-# AWQ_SPLIT_WAVES programs per SM
-AWQ_SPLIT = ([(256, 128, 8), (128, 128, 4)], [(128, 128, 4), (256, 128, 8), (256, 128, 4)])
+# 8 words a thread; n128 (63-309 GB/s, never a product's best in runs 47 and 49) and the
+# wider ones are left out (KERNEL_NOTES.md "AWQ decode: what limits the kernels we have")
+AWQ_PLANES = ([(64, 128, 4)], [(64, 128, 4)])
+# the K-split kernel's tiles (block_n, block_k, warps), [M > 1] and [M = 1], each with K
+# split for about AWQ_SPLIT_WAVES programs per SM. Left out after run 49: n256 w4 (4.5 KB of
+# spills a thread in Triton 3.6's sm_90 build, 10-16 GB/s) and M > 1 n128 w4 (19-68 GB/s)
+AWQ_SPLIT = ([(256, 128, 8)], [(128, 128, 4), (256, 128, 8)])
 AWQ_SPLIT_WAVES = (4, 8)
 
 
@@ -77,7 +77,7 @@ def candidates(fmt: str, m: int, n: int, k: int) -> list:
         extra = ([tile(4, 1024), tile(16, 1024), tile(8, 2048), tile(16, 512)] if m == 1
                  else [tile(16, 256), tile(32, 256), tile(16, 1024)])
     else:
-        extra = ([tile(16, 512), tile(8, 512), tile(32, 1024), tile(64, 256)] if m == 1
+        extra = ([tile(16, 512), tile(8, 512), tile(32, 1024)] if m == 1
                  else [tile(16, 256), tile(32, 256), tile(8, 512)])
         extra += [tile(n_, k_, w, unpack="planes") for n_, k_, w in AWQ_PLANES[m == 1]
                   if n % n_ == 0 and n // n_ >= 8]
@@ -301,13 +301,42 @@ def main(argv: list[str] | None = None) -> int:
                     entry = dict(model=model, m=m, fmt=fmt, best_us=math.nan,
                                  default_us=math.nan)
                 layers.append(entry)
+    compiled = compiled_awq_kernels()
     report(rows, layers)
     say(f"total {time.perf_counter() - began:.0f} s")
     out = os.environ.get("OUT")
     if out:
         Path(out, "quant_decode.json").write_text(json.dumps(
-            dict(products=rows, layers=layers, log=LOG), indent=1))
+            dict(products=rows, layers=layers, compiled=compiled, log=LOG), indent=1))
     return 0
+
+
+def compiled_awq_kernels() -> list[dict]:
+    """Registers and spills of every AWQ decode kernel this process compiled or loaded (as
+    ptxas built them for this GPU; benchmarks/awq_sm90_build.py builds them on a CPU)."""
+    from jupyter_qwen.model.kernels import awq_split, quant_gemv
+
+    found = []
+    try:
+        for fn in (quant_gemv._awq_kernel, quant_gemv._awq_planes_kernel,
+                   awq_split._awq_split_kernel):
+            for caches in getattr(fn, "device_caches", {}).values():
+                for kernel in caches[0].values():
+                    constants = {key[0] if isinstance(key, tuple) else fn.arg_names.index(key):
+                                 value for key, value in kernel.src.constants.items()}
+                    entry = {key: constants.get(fn.arg_names.index(key))
+                             for key in ("BLOCK_M", "BLOCK_N", "GROUPS", "PROLOGUE")}
+                    entry.update(kernel=fn.__name__, warps=kernel.metadata.num_warps,
+                                 registers=getattr(kernel, "n_regs", None),
+                                 spills=getattr(kernel, "n_spills", None))
+                    found.append(entry)
+    except Exception as error:  # a report only: never lose the sweep's figures to it
+        say(f"compiled-kernel report failed: {type(error).__name__}: {error}")
+    say("\nAWQ kernels as built here (registers, spilled registers)")
+    for e in found:
+        say(f"  {e['kernel']:20s} M{e['BLOCK_M']} n{e['BLOCK_N']} g{e['GROUPS']} "
+            f"w{e['warps']} p{e['PROLOGUE']}: {e['registers']} regs, {e['spills']} spills")
+    return found
 
 
 def report(rows: list[dict], layers: list[dict]) -> None:
