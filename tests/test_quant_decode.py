@@ -346,10 +346,11 @@ def test_quantized_small_m_replays_in_cuda_graphs_bitwise(generator, method):
 
 @COMPILED_ONLY
 @pytest.mark.gpu
-def test_awq_split_k_replays_in_cuda_graphs_bitwise(generator):
+@pytest.mark.parametrize("unpack", ["split", "lop3"])
+def test_awq_split_k_replays_in_cuda_graphs_bitwise(generator, unpack):
     from jupyter_qwen.model.kernels import quant_gemv
 
-    split = quant_gemv.DecodeTiling(128, 128, 4, unpack="split", split_k=5)
+    split = quant_gemv.DecodeTiling(128, 128, 4, unpack=unpack, split_k=5)
     qkv = awq_layer(generator, 1024, [2048, 1024, 1024]).cuda()
     down = awq_layer(generator, 3072, [1024]).cuda()
     x, res = (torch.randn(2, 1024, generator=generator).to(torch.bfloat16).cuda()
