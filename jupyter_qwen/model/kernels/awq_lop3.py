@@ -9,7 +9,7 @@ sums over k stay in its registers) and loads, one step ahead of their use, the n
 words, zero words, scales (as int32 pairs: the 8 fp16 scales of a word are 4 int32 words) and
 operand. Nibbles s and s + 4 of a word (AWQ columns 2 s and 2 s + 1) are taken together:
 `(w >> 4 s) & 0x000F000F | 0x43004300` is two bf16 128 + q (bf16 holds 128..143 exactly),
-one `sub.bf16x2` of the group's 128 + z (the same lop3 on the zero word) leaves q - z exactly,
+one bf16x2 add of the group's -(128 + z) (the same lop3 on the zero word) leaves q - z exactly,
 and each half widens to fp32 exactly (bf16 is fp32's top half: a shift or a mask). Then one
 FMA per row of x; the group's scale multiplies the step's [rows, lanes, words] sums in fp32
 (s * sum_k (q - z) a, as the other AWQ kernels), lanes are added once per program.
@@ -55,25 +55,30 @@ def _low_half(bits):
 
 @triton.jit
 def _zero_pair(zw, S: tl.constexpr):
-    """bf16x2 (128 + z of nibble S, 128 + z of nibble S + 4) of each zero word."""
-    return ((zw >> (4 * S)) & 0x000F000F) | 0x43004300
+    """bf16x2 (-(128 + z) of nibble S, -(128 + z) of nibble S + 4) of each zero word:
+    the nibbles or-ed into the mantissas of -128.0 (0xC300C300, as a signed int32)."""
+    return ((zw >> (4 * S)) & 0x000F000F) | -1023360256
 
 
 @triton.jit
 def _pair(packed, zero_pair, S: tl.constexpr, ASM: tl.constexpr):
-    """q - z of nibbles S (columns 2 S: low) and S + 4 (2 S + 1: high) of each word, fp32."""
+    """q - z of nibbles S (columns 2 S: low) and S + 4 (2 S + 1: high) of each word, fp32:
+    (w >> 4 S) & 0x000F000F | 0x43004300 is bf16x2 (128 + q, 128 + q'), plus the zero pair
+    (-(128 + z), -(128 + z')) is exact in bf16 (|q - z| <= 15), and so are its halves in
+    fp32. On the GPU one lop3 and one bf16x2 FMA (x 1.0 + zero pair: sm_80 has it, where
+    sub.bf16x2 needs sm_90); under the interpreter the same sums in fp32."""
     shifted = packed >> (4 * S)
     if ASM:
-        diff = tl.inline_asm_elementwise(  # (w & 0x000F000F) | 0x43004300, minus 128 + z
-            "{ .reg .b32 t; lop3.b32 t, $1, 0x000F000F, 0x43004300, 0xEA; "
-            "sub.rn.bf16x2 $0, t, $2; }", "=r,r,r", [shifted, zero_pair], dtype=tl.int32,
-            is_pure=True, pack=1)
+        diff = tl.inline_asm_elementwise(
+            "{ .reg .b32 t, one; mov.b32 one, 0x3F803F80; "
+            "lop3.b32 t, $1, 0x000F000F, 0x43004300, 0xEA; fma.rn.bf16x2 $0, t, one, $2; }",
+            "=r,r,r", [shifted, zero_pair], dtype=tl.int32, is_pure=True, pack=1)
         low = _low_half(diff)
         high = _high_half(diff)
     else:
         biased = (shifted & 0x000F000F) | 0x43004300
-        low = _low_half(biased) - _low_half(zero_pair)
-        high = _high_half(biased) - _high_half(zero_pair)
+        low = _low_half(biased) + _low_half(zero_pair)
+        high = _high_half(biased) + _high_half(zero_pair)
     return low, high
 
 
