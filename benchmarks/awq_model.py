@@ -82,7 +82,8 @@ def predict_us(spec: Spec, n: int, k: int, split_k: int) -> tuple[float, str]:
     if spec.kernel in ("split", "lop3"):
         per_split = math.ceil(steps / max(1, min(split_k, steps)))
         splits = math.ceil(steps / per_split)
-        programs, steps, launches = tiles * splits, per_split, 2
+        programs, steps = tiles * splits, per_split
+        launches = 2 if splits > 1 or spec.kernel == "split" else 1  # lop3: no sum if unsplit
     else:
         programs, launches = tiles, 1
     slots = SMS * facts(spec).per_sm
@@ -130,7 +131,7 @@ def predict_lop3(m: int) -> None:
 
 # quant_decode.py's AWQ_LOP3 tiles ([M > 1], [M = 1]) and a wider choice of programs per SM
 LOP3_TILES = ([(128, 4), (256, 8)], [(128, 4), (64, 2)])
-LOP3_WAVES = ((1, 2), (1.5, 3, 6))
+LOP3_WAVES = ((1, 2), (1, 1.5, 3, 6))
 
 
 def main() -> None:

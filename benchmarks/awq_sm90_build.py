@@ -74,8 +74,8 @@ def _types(spec: Spec) -> dict:
     if spec.kernel in ("split", "lop3"):
         del types["y_ptr"], types["y_stride"]
         types = {**types, "part_ptr": "*fp32", "K_CHUNK": "i32"}
-    if spec.kernel == "lop3":  # the scales as int32 pairs
-        types["sc_ptr"] = "*i32"
+    if spec.kernel == "lop3":  # the scales as int32 pairs; partials' row stride
+        types = {**types, "sc_ptr": "*i32", "part_stride": "i32"}
     return types
 
 
@@ -152,7 +152,7 @@ def build(spec: Spec, out: Path | None) -> Build:
     types = _types(spec)
     hinted = [a for a in types if a.endswith("_ptr")] + [
         a for a in ("N", "K", "qw_stride", "qz_stride", "sc_stride", "x_stride", "y_stride",
-                    "res_stride", "K_CHUNK") if a in types]
+                    "res_stride", "K_CHUNK", "part_stride") if a in types]
     hints = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in hinted}
     compiled = compile(ASTSource(kernel, types | dict.fromkeys(constants, "constexpr"),
                                  constexprs=constants, attrs=hints),

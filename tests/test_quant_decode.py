@@ -69,12 +69,14 @@ AWQ_LOP3_SMALL = {
     "k-tail": (200, [24, 16], (32, 1, 2)),  # N = 40 > BLOCK_N; the 2nd split a partial group
     "partial": (900, [64], (64, 2, 2)),  # 8 steps in splits of 4, the last group 4 rows
     "n-tail": (384, [96, 64], (128, 4, 5)),  # 3 steps (split_k capped); N = 160
+    "one split": (300, [64, 32], (64, 2, 1)),  # no partials: y written by the product
 }
 AWQ_LOP3_LARGE = {
     "0.6B qkv": (1024, [2048, 1024, 1024], (128, 4, 4)),
     "0.6B down": (3072, [1024], (128, 4, 24)),
     "4B gate_up": (2560, [9728, 9728], (256, 8, 3)),
     "4B o": (4096, [2560], (128, 4, 8)),
+    "4B gate_up, one split": (2560, [9728, 9728], (128, 4, 1)),
 }
 AWQ_LARGE = {
     "0.6B gate_up": (1024, [3072, 3072], None), "0.6B o": (2048, [1024], None),
@@ -189,7 +191,7 @@ def test_awq_split_k_matches_the_dequantized_product(mode, generator, case, rows
 
 @pytest.mark.parametrize("prologue", PROLOGUES)
 @pytest.mark.parametrize("rows", [1, 2, 3, 4])
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(5))
 def test_awq_lop3_matches_the_dequantized_product(mode, generator, case, rows, prologue):
     from jupyter_qwen.model.kernels.quant_gemv import DecodeTiling
 

@@ -128,10 +128,13 @@ def _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k0, lanes, row_ok, k
 @triton.jit(do_not_specialize=["M"])
 def _awq_lop3_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, part_ptr,
                      res_out_ptr, M, N, K, K_CHUNK, eps, x_stride, res_stride, qw_stride,
-                     qz_stride, sc_stride, res_out_stride, PROLOGUE: tl.constexpr,
+                     qz_stride, sc_stride, res_out_stride, part_stride,
+                     PROLOGUE: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
                      NORM_BLOCK: tl.constexpr, USE_GDC: tl.constexpr, ASM: tl.constexpr):
-    """sc_ptr: the scales as int32 pairs ([groups, N / 2], sc_stride in int32 words)."""
+    """sc_ptr: the scales as int32 pairs ([groups, N / 2], sc_stride in int32 words);
+    part_ptr: partials [splits, M, N] fp32 (part_stride N), or y itself (in its dtype, its
+    row stride) where there is one split."""
     WORDS: tl.constexpr = BLOCK_N // 8
     L: tl.constexpr = 32
     STEP: tl.constexpr = 128
@@ -238,8 +241,8 @@ def _awq_lop3_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, part_pt
                              tl.sum(acc6, 1), tl.sum(acc7, 1))  # [BLOCK_M, BLOCK_N]
     columns = first * 8 + tl.arange(0, BLOCK_N)
     store_ok = row_ok[:, None] & ((columns >= pid_n * BLOCK_N) & (columns < N))[None, :]
-    tl.store(part_ptr + (split * M + rows[:, None]) * N + columns[None, :], sums,
-             mask=store_ok)
+    tl.store(part_ptr + split * M * N + rows[:, None] * part_stride + columns[None, :],
+             sums.to(part_ptr.dtype.element_ty), mask=store_ok)
 
 
 def uses_asm() -> bool:
@@ -262,20 +265,27 @@ def check_tiling(tiling) -> None:
 
 
 def launch(args: dict, layer, tiling, m: int, k: int, norm_block: int) -> None:
-    """The lop3 product then the sum of its splits; args as quant_gemv._launch builds them."""
+    """The lop3 product then the sum of its splits (one launch where K is not split: the
+    product writes y); args as quant_gemv._launch builds them."""
     check_tiling(tiling)
     n, y = layer.out_features, args["y_ptr"]
     chunk = chunk_of(k, GROUP, tiling.split_k)
     splits = triton.cdiv(k, chunk)
-    partials = torch.empty((splits, m, n), device=y.device, dtype=torch.float32)
+    if splits == 1:
+        partials, part_stride = y, y.stride(0)
+    else:
+        partials, part_stride = torch.empty((splits, m, n), device=y.device,
+                                            dtype=torch.float32), n
     scales = layer.scales.view(torch.int32)
     split_args = {key: value for key, value in args.items()
                   if key not in ("y_ptr", "y_stride")}
     _awq_lop3_kernel[(triton.cdiv(n, tiling.block_n), splits)](
         qw_ptr=layer.qweight, qz_ptr=layer.qzeros, sc_ptr=scales, part_ptr=partials,
         K_CHUNK=chunk, qw_stride=layer.qweight.stride(0), qz_stride=layer.qzeros.stride(0),
-        sc_stride=scales.stride(0), BLOCK_N=tiling.block_n,
+        sc_stride=scales.stride(0), part_stride=part_stride, BLOCK_N=tiling.block_n,
         EVEN_N=n % tiling.block_n == 0, NORM_BLOCK=norm_block, ASM=uses_asm(), **split_args)
+    if splits == 1:
+        return
     splits_p2 = triton.next_power_of_2(splits)
     block = max(32, min(1024, SUM_TILE // splits_p2))
     _sum_splits_kernel[(triton.cdiv(n, block),)](
