@@ -20,6 +20,7 @@ adds T0 (one more for the K-split's sum).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import re
@@ -45,12 +46,13 @@ SHAPES = {"4B": {"qkv": (6144, 2560, "norm"), "o": (2560, 4096, "plain"),
           "0.6B": {"qkv": (4096, 1024, "norm"), "o": (1024, 2048, "plain"),
                    "gate_up": (6144, 1024, "add_norm"), "down": (1024, 3072, "silu")}}
 # kernels whose steps wait on loads they issued themselves (lop3 loads everything a step ahead)
-IN_STEP_LOADS = {"interleave": True, "planes": True, "split": True, "lop3": False}
+IN_STEP_LOADS = {"interleave": True, "planes": True, "split": True, "lop3": False,
+                 "lop3_one": False}
 
 
 def parse(name: str, m: int, prologue: str) -> tuple[Spec, int]:
     """(Spec, split_k) of a tiling name as quant_decode.py prints it."""
-    found = re.match(r"(fma|planes|split|lop3) n(\d+) k(\d+)(?: s(\d+))? w(\d+)", name)
+    found = re.match(r"(fma|planes|split|lop3_one|lop3) n(\d+) k(\d+)(?: s(\d+))? w(\d+)", name)
     kind, n, k, splits, warps = found.groups()
     kernel = "interleave" if kind == "fma" else kind
     return Spec(kernel, int(n), int(k), int(warps), m, prologue), int(splits or 1)
@@ -79,11 +81,12 @@ def step_cycles(spec: Spec, per_sm: int) -> tuple[float, str]:
 def predict_us(spec: Spec, n: int, k: int, split_k: int) -> tuple[float, str]:
     tiles = math.ceil(n / spec.block_n)
     steps = math.ceil(k / spec.block_k)
-    if spec.kernel in ("split", "lop3"):
+    if spec.kernel in ("split", "lop3", "lop3_one"):
         per_split = math.ceil(steps / max(1, min(split_k, steps)))
         splits = math.ceil(steps / per_split)
         programs, steps = tiles * splits, per_split
-        launches = 2 if splits > 1 or spec.kernel == "split" else 1  # lop3: no sum if unsplit
+        # lop3: no sum launch if unsplit; lop3_one: never (the last split sums)
+        launches = 2 if spec.kernel == "split" or (splits > 1 and spec.kernel == "lop3") else 1
     else:
         programs, launches = tiles, 1
     slots = SMS * facts(spec).per_sm
@@ -111,22 +114,23 @@ def predict_lop3(m: int) -> None:
 
     print(f"{'model':<6}{'product':<9}{'tiling':<26}{'pred us':>8}{'pred GB/s':>10}  bound")
     for model, products in SHAPES.items():
-        layer = 0.0
+        layer = dict.fromkeys(("lop3", "lop3_one"), 0.0)
         for product, (n, k, prologue) in products.items():
-            best = math.inf
-            for block_n, warps in LOP3_TILES[m == 1]:
+            best = dict.fromkeys(layer, math.inf)
+            for (block_n, warps), wave, unpack in itertools.product(
+                    LOP3_TILES[m == 1], LOP3_WAVES[m == 1], layer):
                 tiles, steps = math.ceil(n / block_n), math.ceil(k / 128)
-                for wave in LOP3_WAVES[m == 1]:
-                    split_k = max(1, min(steps, round(wave * SMS / tiles)))
-                    name = DecodeTiling(block_n, 128, warps, unpack="lop3",
-                                        split_k=split_k).name()
-                    spec, _ = parse(name, m, prologue)
-                    micros, bound = predict_us(spec, n, k, split_k)
-                    best = min(best, micros)
-                    print(f"{model:<6}{product:<9}{name:<26}{micros:>8.1f}"
-                          f"{n * k / 2 / micros / 1e3:>10.0f}  {bound}", flush=True)
-            layer += best
-        print(f"{model:<6}{'layer':<9}{'best of each':<26}{layer:>8.1f}")
+                split_k = max(1, min(steps, round(wave * SMS / tiles)))
+                name = DecodeTiling(block_n, 128, warps, unpack=unpack, split_k=split_k).name()
+                spec, _ = parse(name, m, prologue)
+                micros, bound = predict_us(spec, n, k, split_k)
+                best[unpack] = min(best[unpack], micros)
+                print(f"{model:<6}{product:<9}{name:<26}{micros:>8.1f}"
+                      f"{n * k / 2 / micros / 1e3:>10.0f}  {bound}", flush=True)
+            for unpack in layer:
+                layer[unpack] += best[unpack]
+        for unpack, micros in layer.items():
+            print(f"{model:<6}{'layer':<9}{'best ' + unpack:<26}{micros:>8.1f}")
 
 
 # quant_decode.py's AWQ_LOP3 tiles ([M > 1], [M = 1]) and a wider choice of programs per SM

@@ -42,7 +42,7 @@ CATEGORIES = ("ldg128", "ldg64", "ldg32", "ldg16", "local", "lds", "sts", "bar",
 
 @dataclass(frozen=True, slots=True)
 class Spec:
-    kernel: str  # "interleave", "planes", "split" or "lop3"
+    kernel: str  # "interleave", "planes", "split", "lop3" or "lop3_one"
     block_n: int
     block_k: int
     num_warps: int
@@ -71,11 +71,12 @@ def _types(spec: Spec) -> dict:
                  N="i32", K="i32", eps="fp32", x_stride="i32", res_stride="i32",
                  qw_stride="i32", qz_stride="i32", sc_stride="i32", y_stride="i32",
                  res_out_stride="i32")
-    if spec.kernel in ("split", "lop3"):
+    if spec.kernel == "split":
         del types["y_ptr"], types["y_stride"]
         types = {**types, "part_ptr": "*fp32", "K_CHUNK": "i32"}
-    if spec.kernel == "lop3":  # the scales as int32 pairs; partials' row stride
-        types = {**types, "sc_ptr": "*i32", "part_stride": "i32"}
+    if spec.kernel.startswith("lop3"):  # the scales as int32 pairs; partials, split counts
+        types = {**types, "sc_ptr": "*i32", "part_ptr": "*fp32", "K_CHUNK": "i32",
+                 "part_stride": "i32", "count_ptr": "*i32", "SPLITS": "i32"}
     return types
 
 
@@ -92,9 +93,11 @@ def _kernel_and_constants(spec: Spec):
         lanes = quant_gemv.planes_lanes(words, spec.num_warps)
         return quant_gemv._awq_planes_kernel, constants | dict(LANES=lanes, EVEN_N=True,
                                                                 EVEN_K=True)
-    if spec.kernel == "lop3":
+    if spec.kernel.startswith("lop3"):  # "lop3_one": the last split sums (16 splits)
         del constants["GROUPS"]
-        return awq_lop3._awq_lop3_kernel, constants | dict(EVEN_N=True, ASM=True)
+        one = spec.kernel == "lop3_one"
+        return awq_lop3._awq_lop3_kernel, constants | dict(
+            EVEN_N=True, ASM=True, LAST_SUMS=one, SPLITS_P2=16 if one else 1)
     lanes = awq_split.split_lanes(words, spec.num_warps)
     return awq_split._awq_split_kernel, constants | dict(LANES=lanes, EVEN_N=True)
 
@@ -191,6 +194,8 @@ SPECS = (
     Spec("lop3", 128, 128, 4, prologue="norm"), Spec("lop3", 128, 128, 4, prologue="add_norm"),
     Spec("lop3", 256, 128, 8), Spec("lop3", 64, 128, 2), Spec("lop3", 128, 128, 4, m=2),
     Spec("lop3", 256, 128, 8, m=2), Spec("lop3", 128, 128, 4, m=4),
+    Spec("lop3_one", 128, 128, 4), Spec("lop3_one", 64, 128, 2),
+    Spec("lop3_one", 128, 128, 4, prologue="silu"), Spec("lop3_one", 256, 128, 8, m=2),
 )
 
 
@@ -207,7 +212,7 @@ def main() -> None:
     print(f"{'tiling':<36}{'regs':>5}{'stack':>6}{'smem':>6}{'/SM':>4}{'w/thr':>6}{'loop':>6}  "
           + " ".join(f"{c:>6}" for c in CATEGORIES))
     for spec in SPECS:
-        if args.kernel and spec.kernel != args.kernel:
+        if args.kernel and not spec.kernel.startswith(args.kernel):
             continue
         b = build(spec, args.out)
         print(f"{spec.label():<36}{b.registers:>5}{b.stack:>6}{b.shared:>6}{b.per_sm:>4}"

@@ -66,11 +66,14 @@ AWQ_PLANES = ([(64, 128, 4)], [(64, 128, 4)])
 # spills a thread in Triton 3.6's sm_90 build, 10-16 GB/s) and M > 1 n128 w4 (19-68 GB/s)
 AWQ_SPLIT = ([(256, 128, 8)], [(128, 128, 4), (256, 128, 8)])
 AWQ_SPLIT_WAVES = (4, 8)
-# the lop3 kernel's tiles (block_n, warps, programs per SM wanted; one group a step), [M > 1]
-# and [M = 1], K split for about that many programs per SM (its Triton 3.6 sm_90 build: n128
-# w4 M = 1 167 registers, 3 programs an SM; n64 w2 6; M = 2 255; KERNEL_NOTES.md "AWQ decode
-# by lop3 pairs"); n64 at 1 leaves 4B gate_up's K unsplit: one launch, no partials
-AWQ_LOP3 = ([(128, 4, (2,)), (256, 8, (2,))], [(128, 4, (3, 6)), (64, 2, (1, 6))])
+# the lop3 kernel's tiles (unpack, block_n, warps, programs per SM wanted; one group a step),
+# [M > 1] and [M = 1], K split for about that many programs per SM (its Triton 3.6 sm_90
+# build: n128 w4 M = 1 167 registers, 3 programs an SM; n64 w2 6; M = 2 255; KERNEL_NOTES.md
+# "AWQ decode by lop3 pairs"); "lop3_one" sums the splits in the product's last program (one
+# launch); n64 at 1 leaves 4B gate_up's K unsplit: one launch, no partials
+AWQ_LOP3 = ([("lop3", 128, 4, (2,)), ("lop3_one", 128, 4, (2,)), ("lop3_one", 256, 8, (2,))],
+            [("lop3", 128, 4, (3,)), ("lop3_one", 128, 4, (3,)),
+             ("lop3_one", 64, 2, (1, 6))])
 AWQ_KERNELS_ENV = "QUANT_DECODE_AWQ_KERNELS"
 
 
@@ -127,11 +130,11 @@ def lop3_candidates(m: int, n: int, k: int) -> list:
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     out = []
-    for block_n, warps, waves in AWQ_LOP3[m == 1]:
+    for unpack, block_n, warps, waves in AWQ_LOP3[m == 1]:
         tiles, steps = math.ceil(n / block_n), math.ceil(k / 128)
         for wave in waves:
             split_k = max(1, min(steps, round(wave * sms / tiles)))
-            tiling = quant_gemv.DecodeTiling(block_n, 128, warps, unpack="lop3",
+            tiling = quant_gemv.DecodeTiling(block_n, 128, warps, unpack=unpack,
                                              split_k=split_k)
             if tiling not in out:
                 out.append(tiling)

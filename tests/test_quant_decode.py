@@ -192,14 +192,35 @@ def test_awq_split_k_matches_the_dequantized_product(mode, generator, case, rows
 @pytest.mark.parametrize("prologue", PROLOGUES)
 @pytest.mark.parametrize("rows", [1, 2, 3, 4])
 @pytest.mark.parametrize("case", range(5))
-def test_awq_lop3_matches_the_dequantized_product(mode, generator, case, rows, prologue):
+@pytest.mark.parametrize("unpack", ["lop3", "lop3_one"])
+def test_awq_lop3_matches_the_dequantized_product(mode, generator, unpack, case, rows,
+                                                  prologue):
     from jupyter_qwen.model.kernels.quant_gemv import DecodeTiling
 
     k, shards, (block_n, warps, split_k) = list(
         mode.pick(AWQ_LOP3_SMALL, AWQ_LOP3_LARGE).values())[case]
     dtype = torch.bfloat16 if (case + rows) % 2 or mode.large else torch.float32
     run_case(mode, generator, awq_layer(generator, k, shards), prologue, rows, dtype,
-             DecodeTiling(block_n, 128, warps, unpack="lop3", split_k=split_k))
+             DecodeTiling(block_n, 128, warps, unpack=unpack, split_k=split_k))
+
+
+def test_awq_lop3_one_launch_sums_as_the_second_launch_and_resets_its_counts(mode,
+                                                                            generator):
+    """The last split of each tile adds the partials in the sum kernel's order: the same
+    bits as the two-launch product, again on a second launch (its counters back at 0)."""
+    from jupyter_qwen.model.kernels import quant_gemv
+
+    layer = awq_layer(generator, 640, [96, 64]).to(mode.device)
+    x = torch.randn(3, 640, generator=generator).to(device=mode.device, dtype=torch.bfloat16)
+    tiling = dict(block_n=64, block_k=128, num_warps=2, split_k=3)
+    two = quant_gemv.linear_small_m(x, layer, tiling=quant_gemv.DecodeTiling(
+        **tiling, unpack="lop3"))
+    one = quant_gemv.DecodeTiling(**tiling, unpack="lop3_one")
+    first = quant_gemv.linear_small_m(x, layer, tiling=one)
+    assert torch.equal(layer._lop3_counts, torch.zeros_like(layer._lop3_counts))
+    second = quant_gemv.linear_small_m(x, layer, tiling=one)
+    assert torch.equal(first, two) and torch.equal(second, two)
+    assert torch.equal(layer._lop3_counts, torch.zeros_like(layer._lop3_counts))
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="needs triton")
@@ -348,7 +369,7 @@ def test_quantized_small_m_replays_in_cuda_graphs_bitwise(generator, method):
 
 @COMPILED_ONLY
 @pytest.mark.gpu
-@pytest.mark.parametrize("unpack", ["split", "lop3"])
+@pytest.mark.parametrize("unpack", ["split", "lop3", "lop3_one"])
 def test_awq_split_k_replays_in_cuda_graphs_bitwise(generator, unpack):
     from jupyter_qwen.model.kernels import quant_gemv
 

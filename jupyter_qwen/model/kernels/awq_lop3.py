@@ -128,13 +128,16 @@ def _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k0, lanes, row_ok, k
 @triton.jit(do_not_specialize=["M"])
 def _awq_lop3_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, part_ptr,
                      res_out_ptr, M, N, K, K_CHUNK, eps, x_stride, res_stride, qw_stride,
-                     qz_stride, sc_stride, res_out_stride, part_stride,
-                     PROLOGUE: tl.constexpr,
+                     qz_stride, sc_stride, res_out_stride, part_stride, y_ptr, y_stride,
+                     count_ptr, SPLITS, PROLOGUE: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
-                     NORM_BLOCK: tl.constexpr, USE_GDC: tl.constexpr, ASM: tl.constexpr):
+                     NORM_BLOCK: tl.constexpr, USE_GDC: tl.constexpr, ASM: tl.constexpr,
+                     LAST_SUMS: tl.constexpr, SPLITS_P2: tl.constexpr):
     """sc_ptr: the scales as int32 pairs ([groups, N / 2], sc_stride in int32 words);
     part_ptr: partials [splits, M, N] fp32 (part_stride N), or y itself (in its dtype, its
-    row stride) where there is one split."""
+    row stride) where there is one split. LAST_SUMS: the last of an N tile's SPLITS programs
+    to finish (count_ptr[pid_n], an int32 that it resets to 0) adds the tile's partials up
+    in a fixed order and writes y (no second launch)."""
     WORDS: tl.constexpr = BLOCK_N // 8
     L: tl.constexpr = 32
     STEP: tl.constexpr = 128
@@ -243,6 +246,28 @@ def _awq_lop3_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, part_pt
     store_ok = row_ok[:, None] & ((columns >= pid_n * BLOCK_N) & (columns < N))[None, :]
     tl.store(part_ptr + split * M * N + rows[:, None] * part_stride + columns[None, :],
              sums.to(part_ptr.dtype.element_ty), mask=store_ok)
+    if LAST_SUMS:
+        _sum_if_last(part_ptr, y_ptr, count_ptr + pid_n, M, N, SPLITS, y_stride, columns,
+                     (columns >= pid_n * BLOCK_N) & (columns < N), SPLITS_P2)
+
+
+@triton.jit
+def _sum_if_last(part_ptr, y_ptr, count_at, M, N, SPLITS, y_stride, columns, ok,
+                 SPLITS_P2: tl.constexpr):
+    """Count this program's partials in (release: every thread's stores first); the last
+    of the SPLITS programs (acquire) sums the tile's columns over the splits, as
+    `_sum_splits_kernel` does, and resets the count for the next launch or graph replay."""
+    tl.debug_barrier()
+    done = tl.atomic_add(count_at, 1, sem="acq_rel", scope="gpu")
+    if done == SPLITS - 1:
+        splits = tl.arange(0, SPLITS_P2)
+        at = splits[:, None] * M * N + columns[None, :]
+        load_ok = (splits < SPLITS)[:, None] & ok[None, :]
+        for m in range(M):
+            part = tl.load(part_ptr + at + m * N, mask=load_ok, other=0.0, cache_modifier=".cg")
+            tl.store(y_ptr + m * y_stride + columns,
+                     tl.sum(part, 0).to(y_ptr.dtype.element_ty), mask=ok)
+        tl.atomic_xchg(count_at, 0, sem="relaxed", scope="gpu")
 
 
 def uses_asm() -> bool:
@@ -264,9 +289,22 @@ def check_tiling(tiling) -> None:
         raise ValueError(f"split_k is at least 1, not {tiling}")
 
 
+def _counts(layer, device: torch.device) -> torch.Tensor:
+    """The layer's per-N-tile split counters for `lop3_one` (zeros; every launch leaves them
+    zero again): one int32 per 32 columns, enough for any tile width. Made on the first
+    launch; outside a graph capture in the engine (warm-up runs every product first)."""
+    counts = getattr(layer, "_lop3_counts", None)
+    if counts is None or counts.device != device:
+        counts = torch.zeros(triton.cdiv(layer.out_features, 32), dtype=torch.int32,
+                             device=device)
+        layer._lop3_counts = counts
+    return counts
+
+
 def launch(args: dict, layer, tiling, m: int, k: int, norm_block: int) -> None:
     """The lop3 product then the sum of its splits (one launch where K is not split: the
-    product writes y); args as quant_gemv._launch builds them."""
+    product writes y; "lop3_one": the last split of each N tile sums it); args as
+    quant_gemv._launch builds them."""
     check_tiling(tiling)
     n, y = layer.out_features, args["y_ptr"]
     chunk = chunk_of(k, GROUP, tiling.split_k)
@@ -277,16 +315,17 @@ def launch(args: dict, layer, tiling, m: int, k: int, norm_block: int) -> None:
         partials, part_stride = torch.empty((splits, m, n), device=y.device,
                                             dtype=torch.float32), n
     scales = layer.scales.view(torch.int32)
-    split_args = {key: value for key, value in args.items()
-                  if key not in ("y_ptr", "y_stride")}
+    last_sums = splits > 1 and tiling.unpack == "lop3_one"
+    splits_p2 = triton.next_power_of_2(splits)
     _awq_lop3_kernel[(triton.cdiv(n, tiling.block_n), splits)](
         qw_ptr=layer.qweight, qz_ptr=layer.qzeros, sc_ptr=scales, part_ptr=partials,
         K_CHUNK=chunk, qw_stride=layer.qweight.stride(0), qz_stride=layer.qzeros.stride(0),
-        sc_stride=scales.stride(0), part_stride=part_stride, BLOCK_N=tiling.block_n,
-        EVEN_N=n % tiling.block_n == 0, NORM_BLOCK=norm_block, ASM=uses_asm(), **split_args)
-    if splits == 1:
+        sc_stride=scales.stride(0), part_stride=part_stride,
+        count_ptr=_counts(layer, y.device) if last_sums else partials, SPLITS=splits,
+        BLOCK_N=tiling.block_n, EVEN_N=n % tiling.block_n == 0, NORM_BLOCK=norm_block,
+        ASM=uses_asm(), LAST_SUMS=last_sums, SPLITS_P2=splits_p2 if last_sums else 1, **args)
+    if splits == 1 or last_sums:
         return
-    splits_p2 = triton.next_power_of_2(splits)
     block = max(32, min(1024, SUM_TILE // splits_p2))
     _sum_splits_kernel[(triton.cdiv(n, block),)](
         partials, y, m, n, splits, y.stride(0), SPLITS_P2=splits_p2, BLOCK=block,

@@ -87,17 +87,18 @@ class DecodeTiling:
     about `split_k` programs per N tile and a second launch adding the splits up
     (awq_split.py; BLOCK_N a power of two >= 32), "lop3" splits K the same way with one
     group a step and nibble pairs unpacked by one lop3 each (awq_lop3.py; BLOCK_K 128,
-    32 threads along K: n32 w1, n64 w2, n128 w4, n256 w8)."""
+    32 threads along K: n32 w1, n64 w2, n128 w4, n256 w8); "lop3_one" is lop3 with the last
+    split of each N tile adding the partials up (one launch)."""
 
     block_n: int
     block_k: int
     num_warps: int = 4
     dot: bool = False
-    unpack: str = "interleave"  # AWQ: "interleave", "planes", "split" or "lop3"
-    split_k: int = 1  # AWQ "split" and "lop3": K splits per N tile (fewer where K has fewer steps)
+    unpack: str = "interleave"  # AWQ: "interleave", "planes", "split", "lop3", "lop3_one"
+    split_k: int = 1  # AWQ "split" and "lop3*": K splits per N tile (fewer where K has fewer steps)
 
     def name(self) -> str:
-        if self.unpack in ("split", "lop3"):
+        if self.unpack in ("split", "lop3", "lop3_one"):
             return (f"{self.unpack} n{self.block_n} k{self.block_k} s{self.split_k} "
                     f"w{self.num_warps}")
         kind = "planes" if self.unpack == "planes" else ("dot" if self.dot else "fma")
@@ -514,12 +515,13 @@ def _launch_awq(grid, args: dict, layer, tiling: DecodeTiling, m: int, k: int) -
         awq_split.launch(args, layer, tiling, m, k, groups, _norm_block(
             k, groups * AWQ_GROUP, args["BLOCK_M"], tiling.num_warps))
         return
-    if tiling.unpack == "lop3":
+    if tiling.unpack in ("lop3", "lop3_one"):
         awq_lop3.launch(args, layer, tiling, m, k, _norm_block(
             k, AWQ_GROUP, args["BLOCK_M"], tiling.num_warps))
         return
     if tiling.unpack != "interleave":
-        raise ValueError(f"AWQ unpack is 'interleave', 'planes', 'split' or 'lop3', not "
+        raise ValueError(f"AWQ unpack is 'interleave', 'planes', 'split', 'lop3' or "
+                         f"'lop3_one', not "
                          f"{tiling.unpack!r}")
     _awq_kernel[grid](
         qw_ptr=layer.qweight, qz_ptr=layer.qzeros, sc_ptr=layer.scales,
