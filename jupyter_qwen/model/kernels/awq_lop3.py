@@ -292,7 +292,8 @@ def check_tiling(tiling) -> None:
 def _counts(layer, device: torch.device) -> torch.Tensor:
     """The layer's per-N-tile split counters for `lop3_one` (zeros; every launch leaves them
     zero again): one int32 per 32 columns, enough for any tile width. Made on the first
-    launch; outside a graph capture in the engine (warm-up runs every product first)."""
+    launch; if that launch is being captured, the zeros are a captured memset that every
+    replay repeats, which is as correct."""
     counts = getattr(layer, "_lop3_counts", None)
     if counts is None or counts.device != device:
         counts = torch.zeros(triton.cdiv(layer.out_features, 32), dtype=torch.int32,
