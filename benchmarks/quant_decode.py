@@ -3,7 +3,7 @@ the bf16 ones (gemv.py, the model's path for bf16 checkpoints), one GPU call (<=
 
     python benchmarks/quant_decode.py       # table on stdout; $OUT/quant_decode.json if OUT
     python benchmarks/quant_decode.py --formats bf16,awq --models 4B   # a part of it
-    python benchmarks/quant_decode.py --formats bf16,awq --awq-kernels lop3,split
+    python benchmarks/quant_decode.py --formats bf16,awq --awq-kernels lop3,lop3_one,split
 
 For Qwen3-0.6B's and Qwen3-4B's decoder layer at M = 1 and 2 rows (bf16 activations), the
 four products as the model runs them: qkv with the RMS norm, o plain, gate_up with add +
