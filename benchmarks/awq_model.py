@@ -2,6 +2,7 @@
 each measured AWQ product of a quant_decode.json, predicted from its sm_90 build (no device).
 
     python benchmarks/awq_model.py /path/to/quant_decode.json [--m 1]
+    python benchmarks/awq_model.py --lop3 [--m 1]   # the lop3 kernel's predicted products
 
 Per K step a program costs max(pipes, chain, L) cycles:
 - pipes: the SM's issue slots and pipes shared by the P programs resident on it,
@@ -19,6 +20,7 @@ adds T0 (one more for the K-split's sum).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import re
@@ -43,12 +45,14 @@ SHAPES = {"4B": {"qkv": (6144, 2560, "norm"), "o": (2560, 4096, "plain"),
                  "gate_up": (19456, 2560, "add_norm"), "down": (2560, 9728, "silu")},
           "0.6B": {"qkv": (4096, 1024, "norm"), "o": (1024, 2048, "plain"),
                    "gate_up": (6144, 1024, "add_norm"), "down": (1024, 3072, "silu")}}
-IN_STEP_LOADS = {"interleave": True, "planes": True, "split": True}
+# kernels whose steps wait on loads they issued themselves (lop3 loads everything a step ahead)
+IN_STEP_LOADS = {"interleave": True, "planes": True, "split": True, "lop3": False,
+                 "lop3_one": False}
 
 
 def parse(name: str, m: int, prologue: str) -> tuple[Spec, int]:
     """(Spec, split_k) of a tiling name as quant_decode.py prints it."""
-    found = re.match(r"(fma|planes|split) n(\d+) k(\d+)(?: s(\d+))? w(\d+)", name)
+    found = re.match(r"(fma|planes|split|lop3_one|lop3) n(\d+) k(\d+)(?: s(\d+))? w(\d+)", name)
     kind, n, k, splits, warps = found.groups()
     kernel = "interleave" if kind == "fma" else kind
     return Spec(kernel, int(n), int(k), int(warps), m, prologue), int(splits or 1)
@@ -77,10 +81,12 @@ def step_cycles(spec: Spec, per_sm: int) -> tuple[float, str]:
 def predict_us(spec: Spec, n: int, k: int, split_k: int) -> tuple[float, str]:
     tiles = math.ceil(n / spec.block_n)
     steps = math.ceil(k / spec.block_k)
-    if spec.kernel == "split":
+    if spec.kernel in ("split", "lop3", "lop3_one"):
         per_split = math.ceil(steps / max(1, min(split_k, steps)))
         splits = math.ceil(steps / per_split)
-        programs, steps, launches = tiles * splits, per_split, 2
+        programs, steps = tiles * splits, per_split
+        # lop3: no sum launch if unsplit; lop3_one: never (the last split sums)
+        launches = 2 if spec.kernel == "split" or (splits > 1 and spec.kernel == "lop3") else 1
     else:
         programs, launches = tiles, 1
     slots = SMS * facts(spec).per_sm
@@ -101,11 +107,47 @@ def predict_us(spec: Spec, n: int, k: int, split_k: int) -> tuple[float, str]:
     return T0_US * launches + micros, bound
 
 
+def predict_lop3(m: int) -> None:
+    """The model's figures for quant_decode.py's lop3 candidates (no measurement needed):
+    per product each candidate, then the layer on each product's best."""
+    from jupyter_qwen.model.kernels.quant_gemv import DecodeTiling
+
+    print(f"{'model':<6}{'product':<9}{'tiling':<26}{'pred us':>8}{'pred GB/s':>10}  bound")
+    for model, products in SHAPES.items():
+        layer = dict.fromkeys(("lop3", "lop3_one"), 0.0)
+        for product, (n, k, prologue) in products.items():
+            best = dict.fromkeys(layer, math.inf)
+            for (block_n, warps), wave, unpack in itertools.product(
+                    LOP3_TILES[m == 1], LOP3_WAVES[m == 1], layer):
+                tiles, steps = math.ceil(n / block_n), math.ceil(k / 128)
+                split_k = max(1, min(steps, round(wave * SMS / tiles)))
+                name = DecodeTiling(block_n, 128, warps, unpack=unpack, split_k=split_k).name()
+                spec, _ = parse(name, m, prologue)
+                micros, bound = predict_us(spec, n, k, split_k)
+                best[unpack] = min(best[unpack], micros)
+                print(f"{model:<6}{product:<9}{name:<26}{micros:>8.1f}"
+                      f"{n * k / 2 / micros / 1e3:>10.0f}  {bound}", flush=True)
+            for unpack in layer:
+                layer[unpack] += best[unpack]
+        for unpack, micros in layer.items():
+            print(f"{model:<6}{'layer':<9}{'best ' + unpack:<26}{micros:>8.1f}")
+
+
+# quant_decode.py's AWQ_LOP3 tiles ([M > 1], [M = 1]) and a wider choice of programs per SM
+LOP3_TILES = ([(128, 4), (256, 8)], [(128, 4), (64, 2)])
+LOP3_WAVES = ((1, 2), (1, 1.5, 3, 6))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path)
+    parser.add_argument("results", type=Path, nargs="?")
     parser.add_argument("--m", type=int, default=1)
+    parser.add_argument("--lop3", action="store_true",
+                        help="predict the lop3 kernel's candidates (no results file)")
     args = parser.parse_args()
+    if args.lop3:
+        predict_lop3(args.m)
+        return
     rows = json.loads(args.results.read_text())["products"]
     print(f"{'model':<6}{'product':<9}{'tiling':<24}{'meas us':>8}{'pred us':>8}{'meas GB/s':>10}"
           f"{'pred GB/s':>10}{'pred/meas':>10}  bound")

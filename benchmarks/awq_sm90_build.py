@@ -42,7 +42,7 @@ CATEGORIES = ("ldg128", "ldg64", "ldg32", "ldg16", "local", "lds", "sts", "bar",
 
 @dataclass(frozen=True, slots=True)
 class Spec:
-    kernel: str  # "interleave", "planes" or "split"
+    kernel: str  # "interleave", "planes", "split", "lop3" or "lop3_one"
     block_n: int
     block_k: int
     num_warps: int
@@ -74,11 +74,14 @@ def _types(spec: Spec) -> dict:
     if spec.kernel == "split":
         del types["y_ptr"], types["y_stride"]
         types = {**types, "part_ptr": "*fp32", "K_CHUNK": "i32"}
+    if spec.kernel.startswith("lop3"):  # the scales as int32 pairs; partials, split counts
+        types = {**types, "sc_ptr": "*i32", "part_ptr": "*fp32", "K_CHUNK": "i32",
+                 "part_stride": "i32", "count_ptr": "*i32", "SPLITS": "i32"}
     return types
 
 
 def _kernel_and_constants(spec: Spec):
-    from jupyter_qwen.model.kernels import awq_split, quant_gemv
+    from jupyter_qwen.model.kernels import awq_lop3, awq_split, quant_gemv
 
     groups = spec.block_k // 128
     constants = dict(PROLOGUE=PROLOGUES[spec.prologue], BLOCK_M=spec.m, BLOCK_N=spec.block_n,
@@ -90,6 +93,11 @@ def _kernel_and_constants(spec: Spec):
         lanes = quant_gemv.planes_lanes(words, spec.num_warps)
         return quant_gemv._awq_planes_kernel, constants | dict(LANES=lanes, EVEN_N=True,
                                                                 EVEN_K=True)
+    if spec.kernel.startswith("lop3"):  # "lop3_one": the last split sums (16 splits)
+        del constants["GROUPS"]
+        one = spec.kernel == "lop3_one"
+        return awq_lop3._awq_lop3_kernel, constants | dict(
+            EVEN_N=True, ASM=True, LAST_SUMS=one, SPLITS_P2=16 if one else 1)
     lanes = awq_split.split_lanes(words, spec.num_warps)
     return awq_split._awq_split_kernel, constants | dict(LANES=lanes, EVEN_N=True)
 
@@ -147,7 +155,7 @@ def build(spec: Spec, out: Path | None) -> Build:
     types = _types(spec)
     hinted = [a for a in types if a.endswith("_ptr")] + [
         a for a in ("N", "K", "qw_stride", "qz_stride", "sc_stride", "x_stride", "y_stride",
-                    "res_stride", "K_CHUNK") if a in types]
+                    "res_stride", "K_CHUNK", "part_stride") if a in types]
     hints = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in hinted}
     compiled = compile(ASTSource(kernel, types | dict.fromkeys(constants, "constexpr"),
                                  constexprs=constants, attrs=hints),
@@ -182,12 +190,19 @@ SPECS = (
     Spec("split", 128, 128, 4, prologue="silu"), Spec("split", 256, 128, 8),
     Spec("split", 256, 128, 4), Spec("interleave", 8, 512, 4, m=2),
     Spec("planes", 64, 128, 4, m=2), Spec("split", 256, 128, 8, m=2),
+    Spec("lop3", 128, 128, 4), Spec("lop3", 128, 128, 4, prologue="silu"),
+    Spec("lop3", 128, 128, 4, prologue="norm"), Spec("lop3", 128, 128, 4, prologue="add_norm"),
+    Spec("lop3", 256, 128, 8), Spec("lop3", 64, 128, 2), Spec("lop3", 128, 128, 4, m=2),
+    Spec("lop3", 256, 128, 8, m=2), Spec("lop3", 128, 128, 4, m=4),
+    Spec("lop3_one", 128, 128, 4), Spec("lop3_one", 64, 128, 2),
+    Spec("lop3_one", 128, 128, 4, prologue="silu"), Spec("lop3_one", 256, 128, 8, m=2),
 )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--kernel", default=None, help="only this kernel's tilings (e.g. lop3)")
     args = parser.parse_args()
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -197,6 +212,8 @@ def main() -> None:
     print(f"{'tiling':<36}{'regs':>5}{'stack':>6}{'smem':>6}{'/SM':>4}{'w/thr':>6}{'loop':>6}  "
           + " ".join(f"{c:>6}" for c in CATEGORIES))
     for spec in SPECS:
+        if args.kernel and not spec.kernel.startswith(args.kernel):
+            continue
         b = build(spec, args.out)
         print(f"{spec.label():<36}{b.registers:>5}{b.stack:>6}{b.shared:>6}{b.per_sm:>4}"
               f"{b.words_per_thread:>6}{b.loop_length:>6}  "

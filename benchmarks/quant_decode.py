@@ -3,6 +3,7 @@ the bf16 ones (gemv.py, the model's path for bf16 checkpoints), one GPU call (<=
 
     python benchmarks/quant_decode.py       # table on stdout; $OUT/quant_decode.json if OUT
     python benchmarks/quant_decode.py --formats bf16,awq --models 4B   # a part of it
+    python benchmarks/quant_decode.py --formats bf16,awq --awq-kernels lop3,lop3_one,split
 
 For Qwen3-0.6B's and Qwen3-4B's decoder layer at M = 1 and 2 rows (bf16 activations), the
 four products as the model runs them: qkv with the RMS norm, o plain, gate_up with add +
@@ -12,9 +13,10 @@ then timed; then a whole layer (its four products, each on its fastest tiling, a
 defaults) is timed. Every figure is the replay of one CUDA graph over copies of the
 weights in rotation (>= 128 MB, more than the 50 MB L2), divided by the launch count; PDL
 as the engine launches. Weights are random bits of each format (FP8 values, AWQ words,
-scales and zeros), which is all the kernels' speed depends on. AWQ sweeps its three
-decode kernels: interleaving, nibble planes, and planes with K split across programs
-(tiles x split counts for about 4 and 8 programs an SM, `split_candidates`). Kernels are
+scales and zeros), which is all the kernels' speed depends on. AWQ sweeps its four
+decode kernels: interleaving, nibble planes, planes with K split across programs
+(tiles x split counts for about 4 and 8 programs an SM, `split_candidates`) and nibble
+pairs by lop3 with K split (`lop3_candidates`). Kernels are
 compiled first in parallel worker processes (Triton's disk cache). Printed last: the
 per-product sweep, TUNED lines for quant_gemv.py, and the layer table with speed-ups over
 bf16.
@@ -64,6 +66,15 @@ AWQ_PLANES = ([(64, 128, 4)], [(64, 128, 4)])
 # spills a thread in Triton 3.6's sm_90 build, 10-16 GB/s) and M > 1 n128 w4 (19-68 GB/s)
 AWQ_SPLIT = ([(256, 128, 8)], [(128, 128, 4), (256, 128, 8)])
 AWQ_SPLIT_WAVES = (4, 8)
+# the lop3 kernel's tiles (unpack, block_n, warps, programs per SM wanted; one group a step),
+# [M > 1] and [M = 1], K split for about that many programs per SM (its Triton 3.6 sm_90
+# build: n128 w4 M = 1 167 registers, 3 programs an SM; n64 w2 6; M = 2 255; KERNEL_NOTES.md
+# "AWQ decode by lop3 pairs"); "lop3_one" sums the splits in the product's last program (one
+# launch); n64 at 1 leaves 4B gate_up's K unsplit: one launch, no partials
+AWQ_LOP3 = ([("lop3", 128, 4, (2,)), ("lop3_one", 128, 4, (2,)), ("lop3_one", 256, 8, (2,))],
+            [("lop3", 128, 4, (3,)), ("lop3_one", 128, 4, (3,)),
+             ("lop3_one", 64, 2, (1, 6))])
+AWQ_KERNELS_ENV = "QUANT_DECODE_AWQ_KERNELS"
 
 
 def candidates(fmt: str, m: int, n: int, k: int) -> list:
@@ -82,6 +93,10 @@ def candidates(fmt: str, m: int, n: int, k: int) -> list:
         extra += [tile(n_, k_, w, unpack="planes") for n_, k_, w in AWQ_PLANES[m == 1]
                   if n % n_ == 0 and n // n_ >= 8]
         extra += split_candidates(m, n, k)
+        extra += lop3_candidates(m, n, k)
+        kept = os.environ.get(AWQ_KERNELS_ENV)  # --awq-kernels (set before the workers start)
+        if kept:
+            extra = [t for t in extra if t.unpack in kept.split(",")]
     out = [quant_gemv.default_tiling(fmt, m, n, k)]
     return out + [t for t in extra if t not in out]
 
@@ -102,6 +117,24 @@ def split_candidates(m: int, n: int, k: int) -> list:
         for waves in AWQ_SPLIT_WAVES:
             split_k = max(1, min(steps, round(waves * sms / tiles)))
             tiling = quant_gemv.DecodeTiling(block_n, block_k, warps, unpack="split",
+                                             split_k=split_k)
+            if tiling not in out:
+                out.append(tiling)
+    return out
+
+
+def lop3_candidates(m: int, n: int, k: int) -> list:
+    """The lop3 tilings: each tile of AWQ_LOP3 with K split for about its programs per SM
+    (at most one split per step of 128 rows)."""
+    from jupyter_qwen.model.kernels import quant_gemv
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    out = []
+    for unpack, block_n, warps, waves in AWQ_LOP3[m == 1]:
+        tiles, steps = math.ceil(n / block_n), math.ceil(k / 128)
+        for wave in waves:
+            split_k = max(1, min(steps, round(wave * sms / tiles)))
+            tiling = quant_gemv.DecodeTiling(block_n, 128, warps, unpack=unpack,
                                              split_k=split_k)
             if tiling not in out:
                 out.append(tiling)
@@ -267,7 +300,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "speed-ups are over it)")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, of "
                         + ", ".join(MODELS))
+    parser.add_argument("--awq-kernels", default="",
+                        help="comma-separated unpack kinds (interleave, planes, split, lop3): "
+                             "only these AWQ candidates besides the default tiling")
     args = parser.parse_args(argv)
+    if args.awq_kernels:
+        os.environ[AWQ_KERNELS_ENV] = args.awq_kernels
     args.formats = ["bf16"] + [f for f in args.formats.split(",") if f and f != "bf16"]
     args.models = [m for m in args.models.split(",") if m]
     for name, known in (("format", FORMATS), ("model", MODELS)):
@@ -314,17 +352,18 @@ def main(argv: list[str] | None = None) -> int:
 def compiled_awq_kernels() -> list[dict]:
     """Registers and spills of every AWQ decode kernel this process compiled or loaded (as
     ptxas built them for this GPU; benchmarks/awq_sm90_build.py builds them on a CPU)."""
-    from jupyter_qwen.model.kernels import awq_split, quant_gemv
+    from jupyter_qwen.model.kernels import awq_lop3, awq_split, quant_gemv
 
     found = []
     try:
         for fn in (quant_gemv._awq_kernel, quant_gemv._awq_planes_kernel,
-                   awq_split._awq_split_kernel):
+                   awq_split._awq_split_kernel, awq_lop3._awq_lop3_kernel):
             for caches in getattr(fn, "device_caches", {}).values():
                 for kernel in caches[0].values():
                     constants = {key[0] if isinstance(key, tuple) else fn.arg_names.index(key):
                                  value for key, value in kernel.src.constants.items()}
                     entry = {key: constants.get(fn.arg_names.index(key))
+                             if key in fn.arg_names else 1
                              for key in ("BLOCK_M", "BLOCK_N", "GROUPS", "PROLOGUE")}
                     entry.update(kernel=fn.__name__, warps=kernel.metadata.num_warps,
                                  registers=getattr(kernel, "n_regs", None),

@@ -63,6 +63,21 @@ AWQ_SPLIT_LARGE = {
     "4B gate_up": (2560, [9728, 9728], (256, 256, 8, 7)),
     "4B o": (4096, [2560], (128, 128, 4, 32)),
 }
+# nibble pairs by lop3, K split: (K, shards, (block_n, num_warps, split_k)), unpack="lop3"
+AWQ_LOP3_SMALL = {
+    "odd splits": (640, [48, 16], (64, 2, 3)),  # 5 groups in splits of 2, 2 and 1
+    "k-tail": (200, [24, 16], (32, 1, 2)),  # N = 40 > BLOCK_N; the 2nd split a partial group
+    "partial": (900, [64], (64, 2, 2)),  # 8 steps in splits of 4, the last group 4 rows
+    "n-tail": (384, [96, 64], (128, 4, 5)),  # 3 steps (split_k capped); N = 160
+    "one split": (300, [64, 32], (64, 2, 1)),  # no partials: y written by the product
+}
+AWQ_LOP3_LARGE = {
+    "0.6B qkv": (1024, [2048, 1024, 1024], (128, 4, 4)),
+    "0.6B down": (3072, [1024], (128, 4, 24)),
+    "4B gate_up": (2560, [9728, 9728], (256, 8, 3)),
+    "4B o": (4096, [2560], (128, 4, 8)),
+    "4B gate_up, one split": (2560, [9728, 9728], (128, 4, 1)),
+}
 AWQ_LARGE = {
     "0.6B gate_up": (1024, [3072, 3072], None), "0.6B o": (2048, [1024], None),
     "4B qkv": (2560, [4096, 1024, 1024], None), "4B down": (9728, [2560], None),
@@ -174,6 +189,40 @@ def test_awq_split_k_matches_the_dequantized_product(mode, generator, case, rows
              DecodeTiling(block_n, block_k, warps, unpack="split", split_k=split_k))
 
 
+@pytest.mark.parametrize("prologue", PROLOGUES)
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("case", range(5))
+@pytest.mark.parametrize("unpack", ["lop3", "lop3_one"])
+def test_awq_lop3_matches_the_dequantized_product(mode, generator, unpack, case, rows,
+                                                  prologue):
+    from jupyter_qwen.model.kernels.quant_gemv import DecodeTiling
+
+    k, shards, (block_n, warps, split_k) = list(
+        mode.pick(AWQ_LOP3_SMALL, AWQ_LOP3_LARGE).values())[case]
+    dtype = torch.bfloat16 if (case + rows) % 2 or mode.large else torch.float32
+    run_case(mode, generator, awq_layer(generator, k, shards), prologue, rows, dtype,
+             DecodeTiling(block_n, 128, warps, unpack=unpack, split_k=split_k))
+
+
+def test_awq_lop3_one_launch_sums_as_the_second_launch_and_resets_its_counts(mode,
+                                                                            generator):
+    """The last split of each tile adds the partials in the sum kernel's order: the same
+    bits as the two-launch product, again on a second launch (its counters back at 0)."""
+    from jupyter_qwen.model.kernels import quant_gemv
+
+    layer = awq_layer(generator, 640, [96, 64]).to(mode.device)
+    x = torch.randn(3, 640, generator=generator).to(device=mode.device, dtype=torch.bfloat16)
+    tiling = dict(block_n=64, block_k=128, num_warps=2, split_k=3)
+    two = quant_gemv.linear_small_m(x, layer, tiling=quant_gemv.DecodeTiling(
+        **tiling, unpack="lop3"))
+    one = quant_gemv.DecodeTiling(**tiling, unpack="lop3_one")
+    first = quant_gemv.linear_small_m(x, layer, tiling=one)
+    assert torch.equal(layer._lop3_counts, torch.zeros_like(layer._lop3_counts))
+    second = quant_gemv.linear_small_m(x, layer, tiling=one)
+    assert torch.equal(first, two) and torch.equal(second, two)
+    assert torch.equal(layer._lop3_counts, torch.zeros_like(layer._lop3_counts))
+
+
 @pytest.mark.skipif(not HAVE_TRITON, reason="needs triton")
 def test_awq_split_k_chunks_cover_k_in_whole_steps():
     from jupyter_qwen.model.kernels.awq_split import chunk_of
@@ -221,7 +270,10 @@ def test_small_m_products_refuse_what_they_cannot_take(mode, generator):
                          (quant_gemv.DecodeTiling(64, 128, unpack="bytes"), "unpack"),
                          (quant_gemv.DecodeTiling(16, 128, unpack="split"), "power of two"),
                          (quant_gemv.DecodeTiling(64, 128, unpack="split", split_k=0),
-                          "split_k")):
+                          "split_k"),
+                         (quant_gemv.DecodeTiling(128, 256, unpack="lop3"), "one group"),
+                         (quant_gemv.DecodeTiling(128, 128, 8, unpack="lop3"), "threads"),
+                         (quant_gemv.DecodeTiling(96, 128, unpack="lop3"), "power of two")):
         with pytest.raises(ValueError, match=message):
             quant_gemv.linear_small_m(torch.randn(1, 128, device=mode.device), layer,
                                       tiling=bad)
@@ -317,10 +369,11 @@ def test_quantized_small_m_replays_in_cuda_graphs_bitwise(generator, method):
 
 @COMPILED_ONLY
 @pytest.mark.gpu
-def test_awq_split_k_replays_in_cuda_graphs_bitwise(generator):
+@pytest.mark.parametrize("unpack", ["split", "lop3", "lop3_one"])
+def test_awq_split_k_replays_in_cuda_graphs_bitwise(generator, unpack):
     from jupyter_qwen.model.kernels import quant_gemv
 
-    split = quant_gemv.DecodeTiling(128, 128, 4, unpack="split", split_k=5)
+    split = quant_gemv.DecodeTiling(128, 128, 4, unpack=unpack, split_k=5)
     qkv = awq_layer(generator, 1024, [2048, 1024, 1024]).cuda()
     down = awq_layer(generator, 3072, [1024]).cuda()
     x, res = (torch.randn(2, 1024, generator=generator).to(torch.bfloat16).cuda()

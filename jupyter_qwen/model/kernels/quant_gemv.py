@@ -36,7 +36,11 @@ the eight nibble positions one at a time in place (no interleave, no int -> floa
 keeping each lane's sums over K in registers until the end of the K loop. A third,
 `unpack="split"` (awq_split.py), runs the same plane step with K split across programs
 (grid N tiles x K splits, for products whose N alone gives fewer programs than SMs) and
-adds the splits' fp32 partial sums up in a second launch, in a fixed order.
+adds the splits' fp32 partial sums up in a second launch, in a fixed order. A fourth,
+`unpack="lop3"` (awq_lop3.py, opt-in until measured), splits K the same way with one group
+a step, loads the step's scales, zeros and operand one step ahead with its words, and takes
+nibbles in pairs (one lop3 and one bf16x2 subtract of the zero each, inline asm on the GPU),
+applying the group's scale to the fp32 sums of (q - z) * a.
 
 Accuracy against the dequantizing reference (`QuantLinear.dequantize` + F.linear on the
 prologue's result): the output's own rounding for x in bf16 (relative 2-norm error under
@@ -53,7 +57,7 @@ import torch
 import triton
 import triton.language as tl
 
-from jupyter_qwen.model.kernels import awq_split, pdl
+from jupyter_qwen.model.kernels import awq_lop3, awq_split, pdl
 from jupyter_qwen.model.kernels.awq_split import _awq_plane
 from jupyter_qwen.model.kernels.gemv import (
     ADD_RMS_NORM,
@@ -81,18 +85,22 @@ class DecodeTiling:
     "interleave" widens words into a [K, BLOCK_N] tile, "planes" takes the eight nibble
     positions one at a time (BLOCK_N a power of two), "split" is planes with K split over
     about `split_k` programs per N tile and a second launch adding the splits up
-    (awq_split.py; BLOCK_N a power of two >= 32)."""
+    (awq_split.py; BLOCK_N a power of two >= 32), "lop3" splits K the same way with one
+    group a step and nibble pairs unpacked by one lop3 each (awq_lop3.py; BLOCK_K 128,
+    32 threads along K: n32 w1, n64 w2, n128 w4, n256 w8); "lop3_one" is lop3 with the last
+    split of each N tile adding the partials up (one launch)."""
 
     block_n: int
     block_k: int
     num_warps: int = 4
     dot: bool = False
-    unpack: str = "interleave"  # AWQ: "interleave", "planes" or "split"
-    split_k: int = 1  # AWQ "split": K splits per N tile (fewer where K has fewer steps)
+    unpack: str = "interleave"  # AWQ: "interleave", "planes", "split", "lop3", "lop3_one"
+    split_k: int = 1  # AWQ "split" and "lop3*": K splits per N tile (fewer where K has fewer steps)
 
     def name(self) -> str:
-        if self.unpack == "split":
-            return f"split n{self.block_n} k{self.block_k} s{self.split_k} w{self.num_warps}"
+        if self.unpack in ("split", "lop3", "lop3_one"):
+            return (f"{self.unpack} n{self.block_n} k{self.block_k} s{self.split_k} "
+                    f"w{self.num_warps}")
         kind = "planes" if self.unpack == "planes" else ("dot" if self.dot else "fma")
         return f"{kind} n{self.block_n} k{self.block_k} w{self.num_warps}"
 
@@ -507,8 +515,13 @@ def _launch_awq(grid, args: dict, layer, tiling: DecodeTiling, m: int, k: int) -
         awq_split.launch(args, layer, tiling, m, k, groups, _norm_block(
             k, groups * AWQ_GROUP, args["BLOCK_M"], tiling.num_warps))
         return
+    if tiling.unpack in ("lop3", "lop3_one"):
+        awq_lop3.launch(args, layer, tiling, m, k, _norm_block(
+            k, AWQ_GROUP, args["BLOCK_M"], tiling.num_warps))
+        return
     if tiling.unpack != "interleave":
-        raise ValueError(f"AWQ unpack is 'interleave', 'planes' or 'split', not "
+        raise ValueError(f"AWQ unpack is 'interleave', 'planes', 'split', 'lop3' or "
+                         f"'lop3_one', not "
                          f"{tiling.unpack!r}")
     _awq_kernel[grid](
         qw_ptr=layer.qweight, qz_ptr=layer.qzeros, sc_ptr=layer.scales,

@@ -1,0 +1,333 @@
+"""The AWQ small-M product with nibble pairs unpacked by one `lop3` each
+(`DecodeTiling(..., unpack="lop3")`, launched by quant_gemv): K split over programs as
+awq_split.py does (its `chunk_of` split bookkeeping and its `_sum_splits_kernel`, a fixed-order
+sum of the splits' fp32 partials), one group (128 input rows) a step.
+
+Per step a program holds a [128 k, BLOCK_N] tile as REPEAT = 4 [LANES = 32, WORDS] tiles of
+qweight words (rows k0 + 32 r + l; a thread keeps the same lanes and words in all four, so the
+sums over k stay in its registers) and loads, one step ahead of their use, the next step's
+words, zero words, scales (as int32 pairs: the 8 fp16 scales of a word are 4 int32 words) and
+operand. Nibbles s and s + 4 of a word (AWQ columns 2 s and 2 s + 1) are taken together:
+`(w >> 4 s) & 0x000F000F | 0x43004300` is two bf16 128 + q (bf16 holds 128..143 exactly),
+one bf16x2 add of the group's -(128 + z) (the same lop3 on the zero word) leaves q - z exactly,
+and each half widens to fp32 exactly (bf16 is fp32's top half: a shift or a mask). Then one
+FMA per row of x; the group's scale multiplies the step's [rows, lanes, words] sums in fp32
+(s * sum_k (q - z) a, as the other AWQ kernels), lanes are added once per program.
+
+`ASM` picks how the pair is taken: on the GPU one `tl.inline_asm_elementwise` (lop3 + sub),
+under TRITON_INTERPRET (which cannot run PTX) the same arithmetic in tl ops (fp32 subtraction
+of the two exact halves: the same values). Everything else is the same code, so the CPU tests
+check the arithmetic the GPU runs; the asm path itself is checked only in the sm_90 build
+(benchmarks/awq_sm90_build.py) until a GPU runs it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from jupyter_qwen.model.kernels import pdl
+from jupyter_qwen.model.kernels.awq_split import (
+    GROUP,
+    SUM_TILE,
+    _columns_in_order,
+    _sum_splits_kernel,
+    chunk_of,
+    split_lanes,
+)
+from jupyter_qwen.model.kernels.gemv import _inv_rms, _operand
+
+LANES = 32  # rows of a [LANES, WORDS] tile; REPEAT = 128 / LANES tiles a step
+
+
+@triton.jit
+def _high_half(bits):
+    return (bits & -65536).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _low_half(bits):
+    return (bits << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _zero_pair(zw, S: tl.constexpr):
+    """bf16x2 (-(128 + z) of nibble S, -(128 + z) of nibble S + 4) of each zero word:
+    the nibbles or-ed into the mantissas of -128.0 (0xC300C300, as a signed int32)."""
+    return ((zw >> (4 * S)) & 0x000F000F) | -1023360256
+
+
+@triton.jit
+def _pair(packed, zero_pair, S: tl.constexpr, ASM: tl.constexpr):
+    """q - z of nibbles S (columns 2 S: low) and S + 4 (2 S + 1: high) of each word, fp32:
+    (w >> 4 S) & 0x000F000F | 0x43004300 is bf16x2 (128 + q, 128 + q'), plus the zero pair
+    (-(128 + z), -(128 + z')) is exact in bf16 (|q - z| <= 15), and so are its halves in
+    fp32. On the GPU one lop3 and one bf16x2 FMA (x 1.0 + zero pair: sm_80 has it, where
+    sub.bf16x2 needs sm_90); under the interpreter the same sums in fp32."""
+    shifted = packed >> (4 * S)
+    if ASM:
+        diff = tl.inline_asm_elementwise(
+            "{ .reg .b32 t, one; mov.b32 one, 0x3F803F80; "
+            "lop3.b32 t, $1, 0x000F000F, 0x43004300, 0xEA; fma.rn.bf16x2 $0, t, one, $2; }",
+            "=r,r,r", [shifted, zero_pair], dtype=tl.int32, is_pure=True, pack=1)
+        low = _low_half(diff)
+        high = _high_half(diff)
+    else:
+        biased = (shifted & 0x000F000F) | 0x43004300
+        low = _low_half(biased) + _low_half(zero_pair)
+        high = _high_half(biased) + _high_half(zero_pair)
+    return low, high
+
+
+@triton.jit
+def _scale_pair(pair):
+    """fp32 (low fp16, high fp16) of an int32 holding two scales."""
+    low = (pair & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    high = (pair >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return low, high
+
+
+@triton.jit
+def _tile_sums(q0, q1, q2, q3, zw, a0, a1, a2, a3, S: tl.constexpr, ASM: tl.constexpr):
+    """The step's [BLOCK_M, LANES, WORDS] sums of (q - z) a for columns 2 S and 2 S + 1."""
+    zp = _zero_pair(zw, S)
+    lo, hi = _pair(q0, zp, S, ASM)
+    sum_lo = lo * a0
+    sum_hi = hi * a0
+    lo, hi = _pair(q1, zp, S, ASM)
+    sum_lo += lo * a1
+    sum_hi += hi * a1
+    lo, hi = _pair(q2, zp, S, ASM)
+    sum_lo += lo * a2
+    sum_hi += hi * a2
+    lo, hi = _pair(q3, zp, S, ASM)
+    sum_lo += lo * a3
+    sum_hi += hi * a3
+    return sum_lo, sum_hi
+
+
+@triton.jit
+def _load_words(q_base, k0, lanes, stride, k_end):
+    """[1, LANES, WORDS] words of rows k0 + lanes (q_base: [1, 1, WORDS])."""
+    ks = k0 + lanes
+    return tl.load(q_base + ks * stride, mask=ks < k_end, other=0)
+
+
+@triton.jit
+def _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k0, lanes, row_ok, k_end, inv_rms,
+                  K, PROLOGUE: tl.constexpr):
+    """[BLOCK_M, LANES, 1] operand of rows k0 + lanes (lanes: [1, LANES, 1])."""
+    ks = k0 + lanes
+    return _operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ks, row_ok & (ks < k_end),
+                    inv_rms, K, PROLOGUE).to(tl.float32)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _awq_lop3_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, part_ptr,
+                     res_out_ptr, M, N, K, K_CHUNK, eps, x_stride, res_stride, qw_stride,
+                     qz_stride, sc_stride, res_out_stride, part_stride, y_ptr, y_stride,
+                     count_ptr, SPLITS, PROLOGUE: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
+                     NORM_BLOCK: tl.constexpr, USE_GDC: tl.constexpr, ASM: tl.constexpr,
+                     LAST_SUMS: tl.constexpr, SPLITS_P2: tl.constexpr):
+    """sc_ptr: the scales as int32 pairs ([groups, N / 2], sc_stride in int32 words);
+    part_ptr: partials [splits, M, N] fp32 (part_stride N), or y itself (in its dtype, its
+    row stride) where there is one split. LAST_SUMS: the last of an N tile's SPLITS programs
+    to finish (count_ptr[pid_n], an int32 that it resets to 0) adds the tile's partials up
+    in a fixed order and writes y (no second launch)."""
+    WORDS: tl.constexpr = BLOCK_N // 8
+    L: tl.constexpr = 32
+    STEP: tl.constexpr = 128
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    k_begin = split * K_CHUNK
+    k_end = tl.minimum(k_begin + K_CHUNK, K)
+    word_count = N // 8
+    if EVEN_N:
+        first = pid_n * WORDS
+        words = first + tl.arange(0, WORDS)
+    else:  # the last tile steps back to stay contiguous; it stores only its own columns
+        first = tl.maximum(tl.minimum(pid_n * WORDS, word_count - WORDS), 0)
+        words = tl.minimum(first + tl.arange(0, WORDS), word_count - 1)
+    # every tile is 3-d ([rows of x, lanes, words]) so that one layout, the words' load's,
+    # serves the whole step: no layout conversion of the unpacked weights
+    lanes = tl.arange(0, L)[None, :, None]
+    q_base = qw_ptr + words[None, None, :]
+    z_base = qz_ptr + words[None, None, :]
+    s_base = sc_ptr + words[None, None, :] * 4
+    rows = tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    x_at = rows[:, None, None] * x_stride
+    res_at = rows[:, None, None] * res_stride
+
+    # the first step's words, zeros and scales (weights only: before the previous kernel ends)
+    q0 = _load_words(q_base, k_begin, lanes, qw_stride, k_end)
+    q1 = _load_words(q_base, k_begin + L, lanes, qw_stride, k_end)
+    q2 = _load_words(q_base, k_begin + 2 * L, lanes, qw_stride, k_end)
+    q3 = _load_words(q_base, k_begin + 3 * L, lanes, qw_stride, k_end)
+    g = k_begin // STEP
+    zw = tl.load(z_base + g * qz_stride)
+    s01 = tl.load(s_base + g * sc_stride)
+    s23 = tl.load(s_base + g * sc_stride + 1)
+    s45 = tl.load(s_base + g * sc_stride + 2)
+    s67 = tl.load(s_base + g * sc_stride + 3)
+    pdl.after_previous_kernel(USE_GDC)
+    inv_rms = _inv_rms(x_ptr, res_ptr, res_out_ptr, rows, rows[:, None] * x_stride,
+                       rows[:, None] * res_stride, res_out_stride, M, K,
+                       eps, (pid_n == 0) & (split == 0), PROLOGUE, BLOCK_M,
+                       NORM_BLOCK)[:, None, None]
+    row_ok2 = row_ok[:, None, None]
+    a0 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin, lanes, row_ok2,
+                       k_end, inv_rms, K, PROLOGUE)
+    a1 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin + L, lanes, row_ok2,
+                       k_end, inv_rms, K, PROLOGUE)
+    a2 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin + 2 * L, lanes,
+                       row_ok2, k_end, inv_rms, K, PROLOGUE)
+    a3 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin + 3 * L, lanes,
+                       row_ok2, k_end, inv_rms, K, PROLOGUE)
+    acc0 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
+    acc1 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
+    acc2 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
+    acc3 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
+    acc4 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
+    acc5 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
+    acc6 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
+    acc7 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
+    for k0 in range(k_begin, k_end, STEP):
+        # this step's tiles; the next step's requested before any arithmetic
+        c0, c1, c2, c3, czw = q0, q1, q2, q3, zw
+        b0, b1, b2, b3 = a0, a1, a2, a3
+        t01, t23, t45, t67 = s01, s23, s45, s67
+        ahead = k0 + STEP
+        q0 = _load_words(q_base, ahead, lanes, qw_stride, k_end)
+        q1 = _load_words(q_base, ahead + L, lanes, qw_stride, k_end)
+        q2 = _load_words(q_base, ahead + 2 * L, lanes, qw_stride, k_end)
+        q3 = _load_words(q_base, ahead + 3 * L, lanes, qw_stride, k_end)
+        g_next = ahead // STEP
+        more = ahead < k_end
+        zw = tl.load(z_base + g_next * qz_stride, mask=more, other=0)
+        s01 = tl.load(s_base + g_next * sc_stride, mask=more, other=0)
+        s23 = tl.load(s_base + g_next * sc_stride + 1, mask=more, other=0)
+        s45 = tl.load(s_base + g_next * sc_stride + 2, mask=more, other=0)
+        s67 = tl.load(s_base + g_next * sc_stride + 3, mask=more, other=0)
+        a0 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ahead, lanes, row_ok2,
+                           k_end, inv_rms, K, PROLOGUE)
+        a1 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ahead + L, lanes,
+                           row_ok2, k_end, inv_rms, K, PROLOGUE)
+        a2 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ahead + 2 * L, lanes,
+                           row_ok2, k_end, inv_rms, K, PROLOGUE)
+        a3 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ahead + 3 * L, lanes,
+                           row_ok2, k_end, inv_rms, K, PROLOGUE)
+
+        lo, hi = _tile_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 0, ASM)
+        s_lo, s_hi = _scale_pair(t01)
+        acc0 += s_lo * lo
+        acc1 += s_hi * hi
+        lo, hi = _tile_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 1, ASM)
+        s_lo, s_hi = _scale_pair(t23)
+        acc2 += s_lo * lo
+        acc3 += s_hi * hi
+        lo, hi = _tile_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 2, ASM)
+        s_lo, s_hi = _scale_pair(t45)
+        acc4 += s_lo * lo
+        acc5 += s_hi * hi
+        lo, hi = _tile_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 3, ASM)
+        s_lo, s_hi = _scale_pair(t67)
+        acc6 += s_lo * lo
+        acc7 += s_hi * hi
+
+    sums = _columns_in_order(tl.sum(acc0, 1), tl.sum(acc1, 1), tl.sum(acc2, 1),
+                             tl.sum(acc3, 1), tl.sum(acc4, 1), tl.sum(acc5, 1),
+                             tl.sum(acc6, 1), tl.sum(acc7, 1))  # [BLOCK_M, BLOCK_N]
+    columns = first * 8 + tl.arange(0, BLOCK_N)
+    store_ok = row_ok[:, None] & ((columns >= pid_n * BLOCK_N) & (columns < N))[None, :]
+    tl.store(part_ptr + split * M * N + rows[:, None] * part_stride + columns[None, :],
+             sums.to(part_ptr.dtype.element_ty), mask=store_ok)
+    if LAST_SUMS:
+        _sum_if_last(part_ptr, y_ptr, count_ptr + pid_n, M, N, SPLITS, y_stride, columns,
+                     (columns >= pid_n * BLOCK_N) & (columns < N), SPLITS_P2)
+
+
+@triton.jit
+def _sum_if_last(part_ptr, y_ptr, count_at, M, N, SPLITS, y_stride, columns, ok,
+                 SPLITS_P2: tl.constexpr):
+    """Count this program's partials in (release: every thread's stores first); the last
+    of the SPLITS programs (acquire) sums the tile's columns over the splits, as
+    `_sum_splits_kernel` does, and resets the count for the next launch or graph replay."""
+    tl.debug_barrier()
+    done = tl.atomic_add(count_at, 1, sem="acq_rel", scope="gpu")
+    if done == SPLITS - 1:
+        splits = tl.arange(0, SPLITS_P2)
+        at = splits[:, None] * M * N + columns[None, :]
+        load_ok = (splits < SPLITS)[:, None] & ok[None, :]
+        for m in range(M):
+            part = tl.load(part_ptr + at + m * N, mask=load_ok, other=0.0, cache_modifier=".cg")
+            tl.store(y_ptr + m * y_stride + columns,
+                     tl.sum(part, 0).to(y_ptr.dtype.element_ty), mask=ok)
+        tl.atomic_xchg(count_at, 0, sem="relaxed", scope="gpu")
+
+
+def uses_asm() -> bool:
+    """The inline-asm pair on a GPU; its tl-op twin under TRITON_INTERPRET."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true", "True")
+
+
+def check_tiling(tiling) -> None:
+    """What the lop3 kernel takes: one group a step, 32 lanes (4 rows of words a thread)."""
+    words = tiling.block_n // 8
+    if words < 4 or words & (words - 1):
+        raise ValueError(f"AWQ lop3 tiles need block_n a power of two >= 32, not {tiling}")
+    if tiling.block_k != GROUP:
+        raise ValueError(f"AWQ lop3 tiles take one group ({GROUP} rows) a step, not {tiling}")
+    if split_lanes(words, tiling.num_warps) != LANES:
+        raise ValueError(f"AWQ lop3 tiles need {LANES} threads along K (block_n 32 w1, 64 w2, "
+                         f"128 w4, 256 w8, ...), not {tiling}")
+    if tiling.split_k < 1:
+        raise ValueError(f"split_k is at least 1, not {tiling}")
+
+
+def _counts(layer, device: torch.device) -> torch.Tensor:
+    """The layer's per-N-tile split counters for `lop3_one` (zeros; every launch leaves them
+    zero again): one int32 per 32 columns, enough for any tile width. Made on the first
+    launch; if that launch is being captured, the zeros are a captured memset that every
+    replay repeats, which is as correct."""
+    counts = getattr(layer, "_lop3_counts", None)
+    if counts is None or counts.device != device:
+        counts = torch.zeros(triton.cdiv(layer.out_features, 32), dtype=torch.int32,
+                             device=device)
+        layer._lop3_counts = counts
+    return counts
+
+
+def launch(args: dict, layer, tiling, m: int, k: int, norm_block: int) -> None:
+    """The lop3 product then the sum of its splits (one launch where K is not split: the
+    product writes y; "lop3_one": the last split of each N tile sums it); args as
+    quant_gemv._launch builds them."""
+    check_tiling(tiling)
+    n, y = layer.out_features, args["y_ptr"]
+    chunk = chunk_of(k, GROUP, tiling.split_k)
+    splits = triton.cdiv(k, chunk)
+    if splits == 1:
+        partials, part_stride = y, y.stride(0)
+    else:
+        partials, part_stride = torch.empty((splits, m, n), device=y.device,
+                                            dtype=torch.float32), n
+    scales = layer.scales.view(torch.int32)
+    last_sums = splits > 1 and tiling.unpack == "lop3_one"
+    splits_p2 = triton.next_power_of_2(splits)
+    _awq_lop3_kernel[(triton.cdiv(n, tiling.block_n), splits)](
+        qw_ptr=layer.qweight, qz_ptr=layer.qzeros, sc_ptr=scales, part_ptr=partials,
+        K_CHUNK=chunk, qw_stride=layer.qweight.stride(0), qz_stride=layer.qzeros.stride(0),
+        sc_stride=scales.stride(0), part_stride=part_stride,
+        count_ptr=_counts(layer, y.device) if last_sums else partials, SPLITS=splits,
+        BLOCK_N=tiling.block_n, EVEN_N=n % tiling.block_n == 0, NORM_BLOCK=norm_block,
+        ASM=uses_asm(), LAST_SUMS=last_sums, SPLITS_P2=splits_p2 if last_sums else 1, **args)
+    if splits == 1 or last_sums:
+        return
+    block = max(32, min(1024, SUM_TILE // splits_p2))
+    _sum_splits_kernel[(triton.cdiv(n, block),)](
+        partials, y, m, n, splits, y.stride(0), SPLITS_P2=splits_p2, BLOCK=block,
+        USE_GDC=args["USE_GDC"], num_warps=4, num_stages=1, launch_pdl=args["launch_pdl"])
