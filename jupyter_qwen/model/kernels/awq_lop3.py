@@ -15,15 +15,13 @@ FMA per row of x; the group's scale multiplies the step's [rows, lanes, words] s
 (s * sum_k (q - z) a, as the other AWQ kernels), lanes are added once per program.
 
 `ASM` picks how the pair is taken: on the GPU one `tl.inline_asm_elementwise` (lop3 + sub),
-under TRITON_INTERPRET (which cannot run PTX) the same arithmetic in tl ops (fp32 subtraction
-of the two exact halves: the same values). Everything else is the same code, so the CPU tests
-check the arithmetic the GPU runs; the asm path itself is checked only in the sm_90 build
-(benchmarks/awq_sm90_build.py) until a GPU runs it.
+for CPU tensors (Triton's interpreter cannot run PTX) the same arithmetic in tl ops (fp32
+subtraction of the two exact halves: the same values). Everything else is the same code, so
+the CPU tests check the arithmetic the GPU runs; the asm path itself is checked only in the
+sm_90 build (benchmarks/awq_sm90_build.py) until a GPU runs it.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
@@ -270,9 +268,10 @@ def _sum_if_last(part_ptr, y_ptr, count_at, M, N, SPLITS, y_stride, columns, ok,
         tl.atomic_xchg(count_at, 0, sem="relaxed", scope="gpu")
 
 
-def uses_asm() -> bool:
-    """The inline-asm pair on a GPU; its tl-op twin under TRITON_INTERPRET."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true", "True")
+def uses_asm(device: torch.device) -> bool:
+    """The inline-asm pair on a GPU; its tl-op twin for CPU tensors (Triton's interpreter,
+    which cannot run PTX)."""
+    return device.type == "cuda"
 
 
 def check_tiling(tiling) -> None:
@@ -324,7 +323,8 @@ def launch(args: dict, layer, tiling, m: int, k: int, norm_block: int) -> None:
         sc_stride=scales.stride(0), part_stride=part_stride,
         count_ptr=_counts(layer, y.device) if last_sums else partials, SPLITS=splits,
         BLOCK_N=tiling.block_n, EVEN_N=n % tiling.block_n == 0, NORM_BLOCK=norm_block,
-        ASM=uses_asm(), LAST_SUMS=last_sums, SPLITS_P2=splits_p2 if last_sums else 1, **args)
+        ASM=uses_asm(y.device), LAST_SUMS=last_sums,
+        SPLITS_P2=splits_p2 if last_sums else 1, **args)
     if splits == 1 or last_sums:
         return
     block = max(32, min(1024, SUM_TILE // splits_p2))
