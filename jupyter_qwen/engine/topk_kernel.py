@@ -67,14 +67,20 @@ def decode_keys(keys):
 
 
 @triton.jit
+def _chunk_keys(logits, row, chunk, row_stride, vocab, CHUNK: tl.constexpr):
+    """The sort keys of one chunk of a row's logits (PADDING past the vocabulary)."""
+    index = chunk * CHUNK + tl.arange(0, CHUNK)
+    inside = index < vocab
+    values = tl.load(logits + row.to(tl.int64) * row_stride + index, mask=inside, other=0.0)
+    return tl.where(inside, _sort_keys(values.to(tl.float32), index), PADDING)
+
+
+@triton.jit
 def _chunk_top(logits, row_stride, vocab, keys_out, CHUNK: tl.constexpr, WIDTH: tl.constexpr):
     """Stage 1, program (row, chunk): the WIDTH largest keys of CHUNK logits, descending."""
     row = tl.program_id(0)
     chunk = tl.program_id(1)
-    index = chunk * CHUNK + tl.arange(0, CHUNK)
-    inside = index < vocab
-    values = tl.load(logits + row.to(tl.int64) * row_stride + index, mask=inside, other=0.0)
-    keys = tl.where(inside, _sort_keys(values.to(tl.float32), index), PADDING)
+    keys = _chunk_keys(logits, row, chunk, row_stride, vocab, CHUNK)
     first = (row.to(tl.int64) * tl.num_programs(1) + chunk) * WIDTH
     tl.store(keys_out + first + tl.arange(0, WIDTH), tl.topk(keys, WIDTH))
 
@@ -161,10 +167,7 @@ def _chunk_max(logits, row_stride, vocab, maxima, CHUNK: tl.constexpr):
     """Stage 1, program (row, chunk): the chunk's largest key."""
     row = tl.program_id(0)
     chunk = tl.program_id(1)
-    index = chunk * CHUNK + tl.arange(0, CHUNK)
-    inside = index < vocab
-    values = tl.load(logits + row.to(tl.int64) * row_stride + index, mask=inside, other=0.0)
-    keys = tl.where(inside, _sort_keys(values.to(tl.float32), index), PADDING)
+    keys = _chunk_keys(logits, row, chunk, row_stride, vocab, CHUNK)
     tl.store(maxima + row.to(tl.int64) * tl.num_programs(1) + chunk, tl.max(keys, 0))
 
 
@@ -180,10 +183,7 @@ def _gather_above(logits, row_stride, vocab, maxima, keys_out, counts, CHUNK: tl
     best = tl.load(maxima + row.to(tl.int64) * chunks + offs, mask=offs < chunks,
                    other=PADDING)
     threshold = tl.min(tl.topk(best, WIDTH), 0)
-    index = chunk * CHUNK + tl.arange(0, CHUNK)
-    inside = index < vocab
-    values = tl.load(logits + row.to(tl.int64) * row_stride + index, mask=inside, other=0.0)
-    keys = tl.where(inside, _sort_keys(values.to(tl.float32), index), PADDING)
+    keys = _chunk_keys(logits, row, chunk, row_stride, vocab, CHUNK)
     above = (keys >= threshold).to(tl.int32)
     count = tl.sum(above, 0)
     if count > 0:
