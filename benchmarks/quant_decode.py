@@ -16,7 +16,8 @@ as the engine launches. Weights are random bits of each format (FP8 values, AWQ 
 scales and zeros), which is all the kernels' speed depends on. AWQ sweeps its four
 decode kernels: interleaving, nibble planes, planes with K split across programs
 (tiles x split counts for about 4 and 8 programs an SM, `split_candidates`) and nibble
-pairs by lop3 with K split (`lop3_candidates`). Kernels are
+pairs by lop3 with K split (`lop3_candidates`); FP8 sweeps its first kernel's tilings and
+the int32-word kernel's (`FP8_WORDS`, fp8_words.py). Kernels are
 compiled first in parallel worker processes (Triton's disk cache). Printed last: the
 per-product sweep, TUNED lines for quant_gemv.py, and the layer table with speed-ups over
 bf16.
@@ -75,6 +76,12 @@ AWQ_LOP3 = ([("lop3", 128, 4, (2,)), ("lop3_one", 128, 4, (2,)), ("lop3_one", 25
             [("lop3", 128, 4, (3,)), ("lop3_one", 128, 4, (3,)),
              ("lop3_one", 64, 2, (1, 6))])
 AWQ_KERNELS_ENV = "QUANT_DECODE_AWQ_KERNELS"
+# the FP8 words kernel's tiles (block_n, block_k, warps), [M > 1] and [M = 1]; two words a
+# thread, so block_k = 256 x warps. Its Triton 3.6 sm_90 build (benchmarks/fp8_words_build.py):
+# n8 w4 72 registers, n16 w4 168, n16 w2 M = 2 200; n32 spills
+FP8_WORDS = ([(8, 512, 2), (16, 512, 2), (8, 1024, 4)],
+             [(4, 1024, 4), (8, 1024, 4), (16, 1024, 4), (8, 512, 2), (16, 512, 2),
+              (8, 2048, 8)])
 
 
 def candidates(fmt: str, m: int, n: int, k: int) -> list:
@@ -87,6 +94,7 @@ def candidates(fmt: str, m: int, n: int, k: int) -> list:
     if fmt == "fp8":
         extra = ([tile(4, 1024), tile(16, 1024), tile(8, 2048), tile(16, 512)] if m == 1
                  else [tile(16, 256), tile(32, 256), tile(16, 1024)])
+        extra += [tile(n_, k_, w, unpack="words") for n_, k_, w in FP8_WORDS[m == 1]]
     else:
         extra = ([tile(16, 512), tile(8, 512), tile(32, 1024)] if m == 1
                  else [tile(16, 256), tile(32, 256), tile(8, 512)])

@@ -78,6 +78,21 @@ AWQ_LOP3_LARGE = {
     "4B o": (4096, [2560], (128, 4, 8)),
     "4B gate_up, one split": (2560, [9728, 9728], (128, 4, 1)),
 }
+# FP8 as int32 words: (K, shards, (block_n, block_k, num_warps)), unpack="words"
+FP8_WORDS_SMALL = {
+    "one step": (256, [64, 32], (16, 256, 1)),  # 32 lanes x 8 inputs
+    "k-tail": (200, [40, 24], (8, 256, 1)),  # one partial step and scale block
+    "steps": (1280, [48, 16], (16, 512, 2)),  # 64 lanes; 2.5 steps
+    "n-tail": (384, [40], (16, 256, 1)),  # N = 40 is not a multiple of 16
+    "wide": (1024, [32], (32, 1024, 4)),  # 128 lanes, one step
+}
+FP8_WORDS_LARGE = {
+    "0.6B qkv": (1024, [2048, 1024, 1024], (16, 512, 2)),
+    "0.6B down": (3072, [1024], (8, 1024, 4)),
+    "4B qkv": (2560, [4096, 1024, 1024], (16, 1024, 4)),  # 2.5 steps
+    "4B down": (9728, [2560], (4, 1024, 4)),
+    "4B o, 8 warps": (4096, [2560], (8, 2048, 8)),
+}
 AWQ_LARGE = {
     "0.6B gate_up": (1024, [3072, 3072], None), "0.6B o": (2048, [1024], None),
     "4B qkv": (2560, [4096, 1024, 1024], None), "4B down": (9728, [2560], None),
@@ -204,6 +219,60 @@ def test_awq_lop3_matches_the_dequantized_product(mode, generator, unpack, case,
              DecodeTiling(block_n, 128, warps, unpack=unpack, split_k=split_k))
 
 
+@pytest.mark.parametrize("prologue", PROLOGUES)
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("case", range(5))
+def test_fp8_words_match_the_dequantized_product(mode, generator, case, rows, prologue):
+    from jupyter_qwen.model.kernels.quant_gemv import DecodeTiling
+
+    k, shards, (block_n, block_k, warps) = list(
+        mode.pick(FP8_WORDS_SMALL, FP8_WORDS_LARGE).values())[case]
+    run_case(mode, generator, fp8_layer(generator, k, shards), prologue, rows, torch.bfloat16,
+             DecodeTiling(block_n, block_k, warps, unpack="words"))
+
+
+def test_fp8_words_run_where_they_can_and_fall_back_elsewhere(mode, generator, monkeypatch):
+    """bf16 x on folding shards takes the words kernel; fp32 x, or shards that put two scale
+    rows in one program, take the first FP8 kernel's guessed tiling, with the right
+    product either way."""
+    from jupyter_qwen.model.kernels import fp8_words
+    from jupyter_qwen.model.kernels.quant_gemv import DecodeTiling
+
+    launches = []
+    real = fp8_words.launch
+    monkeypatch.setattr(fp8_words, "launch", lambda *a, **kw: launches.append(1) or real(*a,
+                                                                                       **kw))
+    tiling = DecodeTiling(16, 256, 1, unpack="words")
+    folding, straddling = fp8_layer(generator, 256, [64, 32]), fp8_layer(generator, 256, [40, 24])
+    for layer, dtype, words in ((folding, torch.bfloat16, 1), (folding, torch.float32, 0),
+                                (straddling, torch.bfloat16, 0)):
+        launches.clear()
+        run_case(mode, generator, layer, "norm", 2, dtype, tiling)
+        assert len(launches) == words, (layer.shard_sizes, dtype)
+
+
+def test_fp8_words_convert_every_byte_exactly(mode):
+    """Every finite e4m3 value (zeros, subnormals, both signs) at every byte position of a
+    word comes out of the words kernel unchanged: the weights are the 254 finite codes
+    repeated (254 is not a multiple of 4, so each code meets every position), the scale 1
+    and x the identity (bf16 holds every e4m3 value)."""
+    from jupyter_qwen.model.kernels import quant_gemv
+
+    codes = torch.arange(256, dtype=torch.int32)
+    codes = codes[(codes & 0x7F) != 0x7F].to(torch.uint8)  # 0x7F and 0xFF are NaN
+    k, n = 256, 128
+    weight = codes[torch.arange(n * k) % codes.numel()].view(n, k).view(torch.float8_e4m3fn)
+    layer = Fp8Linear(k, [n])
+    layer.load("weight", 0, weight)
+    layer.load("weight_scale_inv", 0, torch.ones(1, 2))
+    layer = layer.to(mode.device)
+    identity = torch.eye(k, device=mode.device, dtype=torch.bfloat16)
+    tiling = quant_gemv.DecodeTiling(16, 256, 1, unpack="words")
+    got = torch.cat([quant_gemv.linear_small_m(identity[i:i + 16], layer, tiling=tiling)
+                     for i in range(0, k, 16)])  # [input, output row]
+    assert torch.equal(got.float().cpu(), weight.float().T)
+
+
 def test_awq_lop3_one_launch_sums_as_the_second_launch_and_resets_its_counts(mode,
                                                                             generator):
     """The last split of each tile adds the partials in the sum kernel's order: the same
@@ -276,6 +345,13 @@ def test_small_m_products_refuse_what_they_cannot_take(mode, generator):
                          (quant_gemv.DecodeTiling(96, 128, unpack="lop3"), "power of two")):
         with pytest.raises(ValueError, match=message):
             quant_gemv.linear_small_m(torch.randn(1, 128, device=mode.device), layer,
+                                      tiling=bad)
+    fp8 = fp8_layer(generator, 256, [32]).to(mode.device)
+    for bad, message in ((quant_gemv.DecodeTiling(16, 512, 1, unpack="words"), "two words"),
+                         (quant_gemv.DecodeTiling(24, 256, 1, unpack="words"), "power of two"),
+                         (quant_gemv.DecodeTiling(16, 256, unpack="planes"), "unpack")):
+        with pytest.raises(ValueError, match=message):
+            quant_gemv.linear_small_m(torch.randn(1, 256, device=mode.device), fp8,
                                       tiling=bad)
     with pytest.raises(TypeError):
         quant_gemv.format_of(torch.nn.Linear(4, 4))

@@ -42,6 +42,14 @@ a step, loads the step's scales, zeros and operand one step ahead with its words
 nibbles in pairs (one lop3 and one bf16x2 subtract of the zero each, inline asm on the GPU),
 applying the group's scale to the fp32 sums of (q - z) * a.
 
+FP8 has a second kernel too, `unpack="words"` (fp8_words.py, opt-in until measured): the
+weights read as int32 words of four e4m3 each, [BLOCK_N, 32 x num_warps, VEC] words a
+step, converted by two `cvt.rn.f16x2.e4m3x2` a word (inline asm on the GPU), the products
+kept per thread in the words' layout and summed across threads once after the K loop (the
+first kernel sums across threads every step). It takes projections whose programs each
+read one scale row (`folds`) with x in bf16 (its operand is read as int64 quads of bf16);
+others run on the first kernel's guessed tiling.
+
 Accuracy against the dequantizing reference (`QuantLinear.dequantize` + F.linear on the
 prologue's result): the output's own rounding for x in bf16 (relative 2-norm error under
 2e-2, kernel_modes.TOLERANCE) and 1e-5 in fp32; FP8 with the scale folded rounds a * s
@@ -57,7 +65,7 @@ import torch
 import triton
 import triton.language as tl
 
-from jupyter_qwen.model.kernels import awq_lop3, awq_split, pdl
+from jupyter_qwen.model.kernels import awq_lop3, awq_split, fp8_words, pdl
 from jupyter_qwen.model.kernels.awq_split import _awq_plane
 from jupyter_qwen.model.kernels.gemv import (
     ADD_RMS_NORM,
@@ -81,7 +89,9 @@ AWQ_GROUP = 128
 class DecodeTiling:
     """BLOCK_N outputs per program (AWQ: a multiple of 8, one word per 8), BLOCK_K inputs per
     step (FP8: any power of two >= 16; AWQ: a multiple of 128); `dot` (FP8, M = 1): tensor
-    cores rather than FMAs (M > 1 always takes them for FP8; AWQ never does); `unpack` (AWQ):
+    cores rather than FMAs (M > 1 always takes them for FP8; AWQ never does); `unpack` (FP8):
+    "interleave" (the default) is the [BLOCK_N, BLOCK_K] kernel, "words" the int32-word one
+    (fp8_words.py; BLOCK_K = 4 x VEC x 32 x num_warps, BLOCK_N a power of two <= 128); (AWQ):
     "interleave" widens words into a [K, BLOCK_N] tile, "planes" takes the eight nibble
     positions one at a time (BLOCK_N a power of two), "split" is planes with K split over
     about `split_k` programs per N tile and a second launch adding the splits up
@@ -94,13 +104,16 @@ class DecodeTiling:
     block_k: int
     num_warps: int = 4
     dot: bool = False
-    unpack: str = "interleave"  # AWQ: "interleave", "planes", "split", "lop3", "lop3_one"
+    unpack: str = "interleave"  # AWQ: "interleave", "planes", "split", "lop3", "lop3_one";
+    # FP8: "interleave", "words"
     split_k: int = 1  # AWQ "split" and "lop3*": K splits per N tile (fewer where K has fewer steps)
 
     def name(self) -> str:
         if self.unpack in ("split", "lop3", "lop3_one"):
             return (f"{self.unpack} n{self.block_n} k{self.block_k} s{self.split_k} "
                     f"w{self.num_warps}")
+        if self.unpack == "words":
+            return f"words n{self.block_n} k{self.block_k} w{self.num_warps}"
         kind = "planes" if self.unpack == "planes" else ("dot" if self.dot else "fma")
         return f"{kind} n{self.block_n} k{self.block_k} w{self.num_warps}"
 
@@ -476,6 +489,18 @@ def _launch(prologue: int, x: torch.Tensor, layer, k: int, y: torch.Tensor,
 
 def _launch_fp8(grid, args: dict, layer, tiling: DecodeTiling, dtype: torch.dtype, m: int,
                 k: int) -> None:
+    if tiling.unpack not in ("interleave", "words"):
+        raise ValueError(f"FP8 unpack is 'interleave' or 'words', not {tiling.unpack!r}")
+    if tiling.unpack == "words":
+        fp8_words.check_tiling(tiling)
+        quads = fp8_words.operand_quads(args)
+        if (quads is not None and k % 4 == 0 and layer.weight.stride(0) % 4 == 0
+                and folds(tuple(layer.shard_sizes), tiling.block_n)):
+            fp8_words.launch(args, layer, tiling, k, _norm_block(
+                k, tiling.block_k, args["BLOCK_M"], tiling.num_warps), quads)
+            return
+        tiling = guess_tiling("fp8", m, layer.out_features, k)
+        grid = (triton.cdiv(layer.out_features, tiling.block_n),)
     weight = layer.weight
     use_dot = tiling.dot or m > 1
     block_k = min(tiling.block_k, max(16, triton.next_power_of_2(k)))
