@@ -9,7 +9,8 @@ shared memory, how many programs fit on one SM (registers, shared memory), the w
 instructions and their element type, the wgmma waits (`wait_group N`: 0 is a full wait
 after the dot), and the fp32 FMAs / multiplies per thread in the K loop's scaling. Pointers,
 strides and N / K carry the divisibility-by-16 hints they get at run time; one scale row
-per N tile (`tile_scale`) as on a projection whose shards fold.
+per N tile (`tile_scale`, `swap_ab`) as on a projection whose shards fold. `swap_ab` tilings
+build `_fp8_swap_kernel` (y.T = W' @ x.T on bf16 tensor cores, W' made in registers).
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ class Build:
 
 
 def signature(tiling: QuantTiling) -> tuple[dict, dict]:
+    if tiling.swap_ab:  # quant_linear._fp8_swap_kernel
+        types = {"x_ptr": "*bf16", "w_ptr": "*fp8e4nv", "s_ptr": "*fp32", "srow_ptr": "*i32",
+                 "y_ptr": "*bf16"}
+        types |= {name: "i32" for name in ("M", "N", "K", "x_stride", "w_stride", "s_stride",
+                                           "y_stride")}
+        constants = dict(BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n,
+                         GROUP_M=tiling.group_m, PRECISION="tf32")
+        return types | dict.fromkeys(constants, "constexpr"), constants
     x_fp8 = tiling.fp8_dot and tiling.quantize_x
     types = {"x_ptr": "*fp8e4nv" if x_fp8 else "*bf16", "xs_ptr": "*fp32",
              "w_ptr": "*fp8e4nv", "s_ptr": "*fp32", "srow_ptr": "*i32", "y_ptr": "*bf16"}
@@ -61,11 +70,13 @@ def build(tiling: QuantTiling, out: Path | None, name: str) -> Build:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile
 
-    from jupyter_qwen.model.kernels.quant_linear import _fp8_kernel
+    from jupyter_qwen.model.kernels.quant_linear import _fp8_kernel, _fp8_swap_kernel
 
+    source = _fp8_swap_kernel if tiling.swap_ab else _fp8_kernel
     types, constants = signature(tiling)
-    hints = {(_fp8_kernel.arg_names.index(arg),): [["tt.divisibility", 16]] for arg in HINTED}
-    kernel = compile(ASTSource(_fp8_kernel, types, constexprs=constants, attrs=hints),
+    hints = {(source.arg_names.index(arg),): [["tt.divisibility", 16]] for arg in HINTED
+             if arg in source.arg_names}
+    kernel = compile(ASTSource(source, types, constexprs=constants, attrs=hints),
                      target=GPUTarget("cuda", 90, 32),
                      options={"num_warps": tiling.num_warps, "num_stages": tiling.num_stages})
     ptx = kernel.asm["ptx"]

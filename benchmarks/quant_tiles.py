@@ -76,10 +76,11 @@ T = QuantTiling
 def fp8_grid() -> list[QuantTiling]:
     """Today's default first; then tile / warp / stage variants on FP8 tensor cores,
     separately quantized activations with and without one weight scale a tile
-    (`tile_scale`), and two without FP8 dot. Dropped after run 47 (H100): tilings that won
-    no point and came within 5 % of a point's best at most once: every `chain` tiling,
-    128 x 128 and 128 x 256 without `quantize_x`, 128 x 256 with it, grouped 64 x 128,
-    upcast 64 x 128 / 128 x 128."""
+    (`tile_scale`), two without FP8 dot, and W8A16 tilings (`swap_ab`: y.T = W' @ x.T on
+    bf16 tensor cores, W' made in registers; not yet measured). Dropped after run 47
+    (H100): tilings that won no point and came within 5 % of a point's best at most once:
+    every `chain` tiling, 128 x 128 and 128 x 256 without `quantize_x`, 128 x 256 with it,
+    grouped 64 x 128, upcast 64 x 128 / 128 x 128."""
     dot = [T(64, 128, 128), T(32, 64, 128), T(32, 64, 128, 4, 4), T(64, 64, 128),
            T(64, 128, 128, 4, 4), T(64, 128, 128, 8, 3), T(64, 256, 128, 8, 3)]
     quantized = [T(32, 64, 128, 4, 4, quantize_x=True), T(64, 128, 128, quantize_x=True),
@@ -92,7 +93,11 @@ def fp8_grid() -> list[QuantTiling]:
                  T(128, 128, 128, 8, 3, group_m=8, quantize_x=True, tile_scale=True),
                  T(128, 128, 128, 8, 4, group_m=8, quantize_x=True, tile_scale=True)]
     upcast = [replace(t, fp8_dot=False) for t in (T(32, 64, 128), T(64, 64, 128))]
-    return [*dot, *quantized, *one_scale, *upcast]
+    swapped = [replace(t, fp8_dot=False, swap_ab=True) for t in (
+        T(16, 128, 128, 4, 4), T(32, 128, 128, 4, 4), T(64, 128, 128, 4, 3),
+        T(64, 128, 128, 4, 4), T(64, 64, 128, 4, 4), T(128, 128, 128, 8, 3, group_m=8),
+        T(128, 128, 128, 4, 3, group_m=8), T(256, 128, 128, 8, 3, group_m=8))]
+    return [*dot, *quantized, *one_scale, *upcast, *swapped]
 
 
 def awq_grid() -> list[QuantTiling]:
@@ -105,7 +110,7 @@ def awq_grid() -> list[QuantTiling]:
             T(128, 256, 64, 8, 3, group_m=8)]
 
 
-QUICK_PICKS = {"fp8": (0, 1, 8, 12, 15, 17), "awq": (0, 1, 13, 14, 19, 18)}
+QUICK_PICKS = {"fp8": (0, 1, 8, 12, 15, 17, 21, 24), "awq": (0, 1, 13, 14, 19, 18)}
 
 
 def grid(fmt: str, quick: bool) -> list[QuantTiling]:
@@ -130,7 +135,9 @@ def label(tiling: QuantTiling) -> str:
             f"w{tiling.num_warps}s{tiling.num_stages}")
     if tiling.group_m > 1:
         text += f" g{tiling.group_m}"
-    if not tiling.fp8_dot:
+    if tiling.swap_ab:
+        text += " swap"
+    elif not tiling.fp8_dot:
         text += " upcast"
     if tiling.quantize_x:
         text += " qx"

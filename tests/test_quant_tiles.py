@@ -79,6 +79,10 @@ def test_table_defaults_and_sweep_grids_hold_valid_tilings():
     ("fp8", QuantTiling(64, 128, 128, chain=True, promote_k=96)),
     ("fp8", QuantTiling(64, 128, 128, tile_scale=True)),  # needs x quantized beforehand
     ("fp8", QuantTiling(64, 256, 128, quantize_x=True, tile_scale=True)),  # two scale rows
+    ("fp8", QuantTiling(64, 256, 128, fp8_dot=False, swap_ab=True)),  # two scale rows
+    ("fp8", QuantTiling(64, 128, 64, fp8_dot=False, swap_ab=True)),  # half a scale block
+    ("fp8", QuantTiling(64, 128, 128, quantize_x=True, swap_ab=True)),
+    ("awq", QuantTiling(64, 128, 64, swap_ab=True)),
 ])
 def test_tiling_problem_names_what_the_kernels_refuse(fmt, tiling):
     assert tiling_problem(fmt, tiling) is not None
@@ -179,6 +183,32 @@ def test_chain_runs_only_where_each_n_tile_reads_one_scale_row():
     assert not chains(chained, [96, 32])  # the second shard starts inside an N tile
     assert not chains(QuantTiling(64, 64, 128), [200])
     assert not chains(QuantTiling(64, 256, 128, chain=True), [512])
+
+
+def test_swap_ab_reads_one_scale_row_only_where_the_shards_allow(mode, generator):
+    """As tile_scale: shards whose scales differ 1000-fold, one straddling the N tiles
+    (48 + 80 rows) and one not (64 + 64); the swapped product where each tile reads one
+    scale row, the plain one elsewhere, both the reference's product to bf16 accuracy."""
+    from jupyter_qwen.model.kernels.quant_linear import fp8_linear, swaps
+
+    tiling = QuantTiling(16, 32, 128, fp8_dot=False, swap_ab=True)
+    k = 320
+    for shards in ([48, 80], [64, 64]):
+        assert swaps(tiling, shards) == (shards == [64, 64])
+        w = torch.cat([torch.randn(rows, k, generator=generator) * magnitude
+                       for rows, magnitude in zip(shards, (1.0, 1e3), strict=True)])
+        pieces = [fp8.quantize_fp8_blocks(part) for part in w.split(shards)]
+        values = torch.cat([v for v, _ in pieces])
+        scales = torch.cat([s for _, s in pieces])
+        scale_rows = fp8.scale_rows_of(shards)
+        weight = fp8.dequantize_fp8_blocks(values, scales, scale_rows)
+        x = torch.randn(37, k, generator=generator).to(torch.bfloat16)
+        y = fp8_linear(*(t.to(mode.device) for t in (x, values, scales, scale_rows)),
+                       tiling=tiling, shard_sizes=shards)
+        expected = reference(x, weight).float()
+        for rows in (slice(0, shards[0]), slice(shards[0], None)):
+            error = relative_error(y.float().cpu()[:, rows], expected[:, rows])
+            assert error < TOLERANCE[torch.bfloat16], (shards, rows, error)
 
 
 def outlier_case(shards: list[int]):

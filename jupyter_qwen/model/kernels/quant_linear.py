@@ -26,7 +26,11 @@ the K loop as one chain of FP8 dots with no scaling per step, and scales the row
 at the end; elsewhere it runs as without `chain`. A `quantize_x` tiling with `tile_scale`
 on such a projection reads the N tile's one scale row too and adds
 `dot(a8, w) * (a_scale[m] * s)` per step: one FMA an accumulator element and no scale
-vector in registers (fewer registers: more programs resident per SM).
+vector in registers (fewer registers: more programs resident per SM). A `swap_ab` tiling on
+such a projection computes y.T = W' @ x.T (`_fp8_swap_kernel`): the step's weight tile
+times its one scale, rounded to x's dtype as the reference dequantizes, is the dot's left
+operand, made in registers, and the K loop is one chain of dots on x's dtype's tensor
+cores with no scaling of the sums and no FP8 activations.
 
 From `BLOCK_SCALED_MIN_M` rows on a Hopper GPU (compute capability 9.0), FP8 projections
 whose shards are whole 128-row blocks go to cuBLAS's block-scaled FP8 product instead
@@ -203,6 +207,35 @@ def _fp8_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride,
              mask=mask)
 
 
+@triton.jit(do_not_specialize=["M"])
+def _fp8_swap_kernel(x_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride, w_stride,
+                     s_stride, y_stride, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     GROUP_M: tl.constexpr, PRECISION: tl.constexpr):
+    """y.T [BLOCK_N, BLOCK_M] tiles = W' @ x.T, one 128-column scale block a step: W' = the
+    N tile's weights times their one scale row's step scale, rounded to x's dtype (the
+    left operand, made in registers), then one dot chained over K."""
+    BLOCK_K: tl.constexpr = 128
+    pid_n, pid_m = _tile_of_program(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.minimum(ns, N - 1)  # the tail re-reads row N - 1 rather than masking
+    ms = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = ms < M
+    scale_at = s_ptr + tl.load(srow_ptr + pid_n * BLOCK_N) * s_stride
+    acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        a = tl.load(x_ptr + ms[:, None] * x_stride + ks[None, :],
+                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_ptr + rows[:, None] * w_stride + ks[None, :], mask=k_ok[None, :],
+                    other=0.0)
+        w_scaled = (w.to(tl.float32) * tl.load(scale_at + k0 // BLOCK_K)).to(a.dtype)
+        acc = tl.dot(w_scaled, tl.trans(a), acc, input_precision=PRECISION)
+    mask = (ns < N)[:, None] & m_ok[None, :]
+    tl.store(y_ptr + ms[None, :] * y_stride + ns[:, None], acc.to(y_ptr.dtype.element_ty),
+             mask=mask)
+
+
 @triton.jit
 def _awq_unpack(packed, shifts):
     """[R, C / 8] int32 -> [R, C] 4-bit values: each word widened to its eight columns."""
@@ -279,6 +312,13 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
     tiling = tiling or quant_tiling(m, n, k=k)
     if FP8_BLOCK % tiling.block_k:
         raise ValueError(f"block_k {tiling.block_k} must divide the scale block {FP8_BLOCK}")
+    if swaps(tiling, shard_sizes):
+        _fp8_swap_kernel[_grid(m, n, tiling)](
+            rows, weight, scale_inv, scale_rows, y.view(-1, n), m, n, k, rows.stride(0),
+            weight.stride(0), scale_inv.stride(0), n, BLOCK_M=tiling.block_m,
+            BLOCK_N=tiling.block_n, GROUP_M=tiling.group_m, PRECISION=_precision(x),
+            num_warps=tiling.num_warps, num_stages=tiling.num_stages)
+        return y
     use_fp8_dot = (fp8_dot and tiling.fp8_dot and tiling.block_m > SMALL_M
                    and tiling.block_k == FP8_BLOCK)
     chain = use_fp8_dot and chains(tiling, shard_sizes)
@@ -298,6 +338,13 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
         PRECISION=_precision(x),
         num_warps=tiling.num_warps, num_stages=tiling.num_stages)
     return y
+
+
+def swaps(tiling: QuantTiling, shard_sizes: Sequence[int] | None) -> bool:
+    """Whether a `swap_ab` tiling runs swapped on a projection packed from `shard_sizes`:
+    one scale block a K step and every N tile's rows reading one scale row."""
+    return (tiling.swap_ab and tiling.block_k == FP8_BLOCK
+            and one_scale_row(tiling.block_n, shard_sizes))
 
 
 def chains(tiling: QuantTiling, shard_sizes: Sequence[int] | None) -> bool:

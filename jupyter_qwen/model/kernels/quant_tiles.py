@@ -39,7 +39,14 @@ class QuantTiling:
     - `tile_scale` (with `quantize_x`, BLOCK_N dividing 128): where every N tile reads one
       weight scale row (as `chain` needs), each K step scales its dot by one vector,
       a_scale[m] * s (one FMA an accumulator element, no [BLOCK_N] scale vector held in
-      registers); elsewhere the product runs as without `tile_scale`."""
+      registers); elsewhere the product runs as without `tile_scale`;
+    - `swap_ab` (FP8, BLOCK_K 128, BLOCK_N dividing 128): where every N tile reads one
+      weight scale row, the product runs as y.T = W' @ x.T: the N tile's weights times its
+      step's scale, in x's dtype (the reference's dequantization), built in registers as
+      the dot's left operand, x's tile the right one from shared memory, and the K loop
+      one chained dot on x's dtype's tensor cores (no scaling of the sums, no FP8
+      activations; BLOCK_M may be as small as 16); elsewhere the product runs as without
+      `swap_ab` (`fp8_dot` and the options above are not read when it runs)."""
 
     block_m: int
     block_n: int
@@ -52,6 +59,7 @@ class QuantTiling:
     chain: bool = False
     promote_k: int = 0
     tile_scale: bool = False
+    swap_ab: bool = False
 
 
 DEFAULT_LARGE_M = {"fp8": QuantTiling(64, 128, 128), "awq": QuantTiling(64, 128, 64)}
@@ -189,8 +197,8 @@ def bucket_rows(max_rows: int) -> list[int]:
 def tiling_problem(fmt: str, tiling: QuantTiling) -> str | None:
     """Why `tiling` cannot run `fmt`'s kernel, or None: the K step stays inside one scale
     block / group, AWQ's N tile holds whole packed words, tiles are powers of two that
-    tl.dot takes (>= 16), group_m >= 1, `chain`'s and `tile_scale`'s N tile inside one
-    scale row."""
+    tl.dot takes (>= 16), group_m >= 1, `chain`'s, `tile_scale`'s and `swap_ab`'s N tile
+    inside one scale row."""
     sizes = (tiling.block_m, tiling.block_n, tiling.block_k)
     if any(size < 16 or size & (size - 1) for size in sizes):
         return f"tile {sizes} must be powers of two >= 16"
@@ -208,6 +216,11 @@ def tiling_problem(fmt: str, tiling: QuantTiling) -> str | None:
         return f"chain folds one scale row into x: block_n must divide {FP8_BLOCK}"
     if tiling.tile_scale and not (tiling.quantize_x and FP8_BLOCK % tiling.block_n == 0):
         return f"tile_scale needs quantize_x and block_n dividing {FP8_BLOCK}"
+    if tiling.swap_ab and not (fmt == "fp8" and tiling.block_k == FP8_BLOCK
+                               and FP8_BLOCK % tiling.block_n == 0):
+        return f"swap_ab takes FP8, block_k {FP8_BLOCK} and block_n dividing {FP8_BLOCK}"
+    if tiling.swap_ab and (tiling.chain or tiling.quantize_x or tiling.tile_scale):
+        return "swap_ab runs without FP8 activations: no chain, quantize_x or tile_scale"
     if tiling.promote_k and not (tiling.chain and 16 <= tiling.promote_k <= tiling.block_k
                                  and not tiling.promote_k & (tiling.promote_k - 1)):
         return f"promote_k {tiling.promote_k}: a power of two in 16 ... block_k, with chain"
