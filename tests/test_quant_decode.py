@@ -445,6 +445,26 @@ def test_quantized_small_m_replays_in_cuda_graphs_bitwise(generator, method):
 
 @COMPILED_ONLY
 @pytest.mark.gpu
+def test_fp8_words_replay_in_cuda_graphs_bitwise(generator):
+    from jupyter_qwen.model.kernels import quant_gemv
+
+    words = quant_gemv.DecodeTiling(8, 1024, 4, unpack="words")
+    qkv = fp8_layer(generator, 1024, [2048, 1024, 1024]).cuda()
+    down = fp8_layer(generator, 3072, [1024]).cuda()
+    x, res = (torch.randn(2, 1024, generator=generator).to(torch.bfloat16).cuda()
+              for _ in range(2))
+    gate_up = torch.randn(2, 6144, generator=generator).to(torch.bfloat16).cuda()
+    norm_weight = torch.ones(1024, dtype=torch.bfloat16, device="cuda")
+
+    def step():
+        y, summed = quant_gemv.rms_norm_linear(x, norm_weight, EPS, qkv, res, tiling=words)
+        return y, summed, quant_gemv.silu_mul_linear(gate_up, down, tiling=words)
+
+    assert_replays_bitwise(step, (x, res, gate_up), generator)
+
+
+@COMPILED_ONLY
+@pytest.mark.gpu
 @pytest.mark.parametrize("unpack", ["split", "lop3", "lop3_one"])
 def test_awq_split_k_replays_in_cuda_graphs_bitwise(generator, unpack):
     from jupyter_qwen.model.kernels import quant_gemv
