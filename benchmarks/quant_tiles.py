@@ -454,7 +454,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shapes", default=",".join(SHAPES),
                         help="models (0.6B, 4B) or model:projection, comma-separated")
     parser.add_argument("--m", default=None, help="batch sizes, comma-separated")
-    parser.add_argument("--quick", action="store_true", help="6-8 tilings a format (QUICK_PICKS), 3 sizes")
+    parser.add_argument("--quick", action="store_true",
+                        help="6-8 tilings a format (QUICK_PICKS), 3 sizes")
     parser.add_argument("--budget", type=float, default=150.0,
                         help="seconds after which only bf16, defaults and winners are timed")
     parser.add_argument("--min-gain", type=float, default=0.03)

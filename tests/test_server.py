@@ -161,6 +161,19 @@ def test_unknown_model_is_404(client, server):
     assert info.value.body["code"] == "model_not_found"
 
 
+def test_chat_fields_on_a_text_completion_are_ignored_whatever_their_value(server):
+    """reasoning_effort belongs to chat; on /v1/completions it is an unknown field (named
+    in the ignored-fields header), also when its value is not one a chat would take."""
+    from jupyter_qwen.server.fields import IGNORED_FIELDS_HEADER
+
+    for effort in ("high", [], {"level": 1}):
+        response = httpx.post(f"{server.url}/completions", json={
+            "model": server.served_model_name, "prompt": "hi", "max_tokens": 2,
+            "reasoning_effort": effort}, timeout=60)
+        assert response.status_code == 200, (effort, response.text)
+        assert "reasoning_effort" in response.headers[IGNORED_FIELDS_HEADER]
+
+
 def test_oversized_body_is_413(server):
     response = httpx.post(f"{server.url}/chat/completions", content=b"x" * (33 << 20),
                           headers={"content-type": "application/json"})

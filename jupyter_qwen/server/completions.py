@@ -386,7 +386,9 @@ class Constraint:
     reasoning_open: bool = False  # the prompt already opened the think block (Thinking-2507)
 
     def fields(self, body: SamplingFields, ctx: ServerContext) -> dict:
-        effort = getattr(body, "reasoning_effort", None)
+        # a chat field; on a text completion a field of that name is an ignored extra, and
+        # may be anything
+        effort = body.reasoning_effort if isinstance(body, ChatCompletionRequest) else None
         budget = _first(body.thinking_token_budget, ctx.effort_budgets.get(effort),
                         ctx.default_thinking_token_budget)
         return {"structured_outputs": self.structured, "thinking": self.thinking,
