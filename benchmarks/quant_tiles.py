@@ -107,10 +107,14 @@ def awq_grid() -> list[QuantTiling]:
             T(128, 64, 64), T(128, 128, 64), T(128, 128, 64, 8, 3), T(128, 128, 64, 8, 4),
             T(128, 128, 128, 8, 3), T(128, 256, 64, 8, 3), T(64, 128, 64, group_m=8),
             T(128, 128, 64, 8, 3, group_m=8), T(128, 128, 128, 8, 3, group_m=8),
-            T(128, 256, 64, 8, 3, group_m=8)]
+            T(128, 256, 64, 8, 3, group_m=8),
+            # the tile as the dot's left operand (not yet measured)
+            *(replace(t, swap_ab=True) for t in (
+                T(16, 128, 64), T(32, 128, 64), T(64, 128, 64), T(64, 64, 128, 4, 4),
+                T(128, 128, 64, 8, 3, group_m=8), T(64, 128, 64, 4, 4, group_m=8)))]
 
 
-QUICK_PICKS = {"fp8": (0, 1, 8, 12, 15, 17, 21, 24), "awq": (0, 1, 13, 14, 19, 18)}
+QUICK_PICKS = {"fp8": (0, 1, 8, 12, 15, 17, 21, 24), "awq": (0, 1, 13, 14, 19, 18, 24, 26)}
 
 
 def grid(fmt: str, quick: bool) -> list[QuantTiling]:

@@ -82,7 +82,6 @@ def test_table_defaults_and_sweep_grids_hold_valid_tilings():
     ("fp8", QuantTiling(64, 256, 128, fp8_dot=False, swap_ab=True)),  # two scale rows
     ("fp8", QuantTiling(64, 128, 64, fp8_dot=False, swap_ab=True)),  # half a scale block
     ("fp8", QuantTiling(64, 128, 128, quantize_x=True, swap_ab=True)),
-    ("awq", QuantTiling(64, 128, 64, swap_ab=True)),
 ])
 def test_tiling_problem_names_what_the_kernels_refuse(fmt, tiling):
     assert tiling_problem(fmt, tiling) is not None

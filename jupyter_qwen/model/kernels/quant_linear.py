@@ -30,7 +30,9 @@ vector in registers (fewer registers: more programs resident per SM). A `swap_ab
 such a projection computes y.T = W' @ x.T (`_fp8_swap_kernel`): the step's weight tile
 times its one scale, rounded to x's dtype as the reference dequantizes, is the dot's left
 operand, made in registers, and the K loop is one chain of dots on x's dtype's tensor
-cores with no scaling of the sums and no FP8 activations.
+cores with no scaling of the sums and no FP8 activations. AWQ's `swap_ab` tilings likewise
+make the dequantized tile the left operand (y.T = W @ x.T), where the plain form waits for
+every step's tensor-core product.
 
 From `BLOCK_SCALED_MIN_M` rows on a Hopper GPU (compute capability 9.0), FP8 projections
 whose shards are whole 128-row blocks go to cuBLAS's block-scaled FP8 product instead
@@ -245,41 +247,69 @@ def _awq_unpack(packed, shifts):
     return (wide >> shifts[None, :]) & 0xF
 
 
+@triton.jit
+def _awq_columns(pid_n, N, BLOCK_N: tl.constexpr):
+    """The N tile's columns and their packed words (with validity) and each column's nibble
+    shift in its word (AWQ's order)."""
+    ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    words = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
+    column = ns % 8
+    shifts = ((column // 2) + (column % 2) * 4) * 4  # AWQ's nibble of column j of eight
+    return ns, words, words < N // 8, shifts
+
+
+@triton.jit
+def _awq_tile(qw_ptr, qz_ptr, sc_ptr, k0, ns, words, words_ok, shifts, K, N, qw_stride,
+              qz_stride, sc_stride, dtype, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """W.T's [BLOCK_K, BLOCK_N] tile at rows k0.., dequantized to `dtype` as the reference
+    does: (q - z) * s in fp32, rounded once."""
+    ks = k0 + tl.arange(0, BLOCK_K)
+    k_ok = ks < K
+    packed = tl.load(qw_ptr + ks[:, None] * qw_stride + words[None, :],
+                     mask=k_ok[:, None] & words_ok[None, :], other=0)
+    q = _awq_unpack(packed, shifts)
+    group = k0 // GROUP
+    zeros = tl.load(qz_ptr + group * qz_stride + words, mask=words_ok, other=0)
+    z = _awq_unpack(zeros[None, :], shifts)
+    s = tl.load(sc_ptr + group * sc_stride + ns, mask=ns < N, other=0.0).to(tl.float32)
+    return ((q - z).to(tl.float32) * s[None, :]).to(dtype)
+
+
 @triton.jit(do_not_specialize=["M"])
 def _awq_kernel(x_ptr, qw_ptr, qz_ptr, sc_ptr, y_ptr, M, N, K, x_stride, qw_stride, qz_stride,
                 sc_stride, y_stride, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                PRECISION: tl.constexpr):
+                SWAP_AB: tl.constexpr, PRECISION: tl.constexpr):
+    """SWAP_AB: y.T tiles = W @ x.T, the dequantized tile the dot's left operand (made in
+    registers) and x's the right one (shared memory), so the tensor cores' K chain runs
+    asynchronously; else y = x @ W.T with the tile as the right operand."""
     pid_n, pid_m = _tile_of_program(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = ns < N
-    words = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
-    words_ok = words < N // 8
-    column = ns % 8
-    shifts = ((column // 2) + (column % 2) * 4) * 4  # AWQ's nibble of column j of eight
+    ns, words, words_ok, shifts = _awq_columns(pid_n, N, BLOCK_N)
     ms = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = ms < M
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    dtype = x_ptr.dtype.element_ty
+    if SWAP_AB:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < K
         a = tl.load(x_ptr + ms[:, None] * x_stride + ks[None, :],
-                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        packed = tl.load(qw_ptr + ks[:, None] * qw_stride + words[None, :],
-                         mask=k_ok[:, None] & words_ok[None, :], other=0)
-        q = _awq_unpack(packed, shifts)
-        group = k0 // GROUP
-        zeros = tl.load(qz_ptr + group * qz_stride + words, mask=words_ok, other=0)
-        z = _awq_unpack(zeros[None, :], shifts)
-        s = tl.load(sc_ptr + group * sc_stride + ns, mask=n_ok, other=0.0).to(tl.float32)
-        w = ((q - z).to(tl.float32) * s[None, :]).to(x_ptr.dtype.element_ty)
-        if BLOCK_M == 1:
+                    mask=m_ok[:, None] & (ks < K)[None, :], other=0.0)
+        w = _awq_tile(qw_ptr, qz_ptr, sc_ptr, k0, ns, words, words_ok, shifts, K, N,
+                      qw_stride, qz_stride, sc_stride, dtype, GROUP, BLOCK_K)
+        if SWAP_AB:
+            acc = tl.dot(tl.trans(w), tl.trans(a), acc, input_precision=PRECISION)
+        elif BLOCK_M == 1:
             acc += tl.sum(tl.trans(a).to(tl.float32) * w.to(tl.float32), 0)[None, :]
         else:
             acc = tl.dot(a, w, acc, input_precision=PRECISION)
-    mask = m_ok[:, None] & n_ok[None, :]
-    tl.store(y_ptr + ms[:, None] * y_stride + ns[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=mask)
+    if SWAP_AB:
+        tl.store(y_ptr + ms[None, :] * y_stride + ns[:, None],
+                 acc.to(y_ptr.dtype.element_ty), mask=(ns < N)[:, None] & m_ok[None, :])
+    else:
+        tl.store(y_ptr + ms[:, None] * y_stride + ns[None, :],
+                 acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (ns < N)[None, :])
 
 
 def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -456,8 +486,8 @@ def awq_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
         rows, qweight, qzeros, scales, y.view(-1, n), m, n, k, rows.stride(0),
         qweight.stride(0), qzeros.stride(0), scales.stride(0), n, GROUP=group_size,
         BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
-        GROUP_M=tiling.group_m, PRECISION=_precision(x), num_warps=tiling.num_warps,
-        num_stages=tiling.num_stages)
+        GROUP_M=tiling.group_m, SWAP_AB=tiling.swap_ab and tiling.block_m > 1,
+        PRECISION=_precision(x), num_warps=tiling.num_warps, num_stages=tiling.num_stages)
     return y
 
 

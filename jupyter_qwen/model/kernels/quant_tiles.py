@@ -46,7 +46,8 @@ class QuantTiling:
       the dot's left operand, x's tile the right one from shared memory, and the K loop
       one chained dot on x's dtype's tensor cores (no scaling of the sums, no FP8
       activations; BLOCK_M may be as small as 16); elsewhere the product runs as without
-      `swap_ab` (`fp8_dot` and the options above are not read when it runs)."""
+      `swap_ab` (`fp8_dot` and the options above are not read when it runs). AWQ: the
+      dequantized tile is the left operand the same way (y.T = W @ x.T), on any tiling."""
 
     block_m: int
     block_n: int
@@ -216,9 +217,9 @@ def tiling_problem(fmt: str, tiling: QuantTiling) -> str | None:
         return f"chain folds one scale row into x: block_n must divide {FP8_BLOCK}"
     if tiling.tile_scale and not (tiling.quantize_x and FP8_BLOCK % tiling.block_n == 0):
         return f"tile_scale needs quantize_x and block_n dividing {FP8_BLOCK}"
-    if tiling.swap_ab and not (fmt == "fp8" and tiling.block_k == FP8_BLOCK
-                               and FP8_BLOCK % tiling.block_n == 0):
-        return f"swap_ab takes FP8, block_k {FP8_BLOCK} and block_n dividing {FP8_BLOCK}"
+    if tiling.swap_ab and fmt == "fp8" and not (tiling.block_k == FP8_BLOCK
+                                                and FP8_BLOCK % tiling.block_n == 0):
+        return f"FP8 swap_ab takes block_k {FP8_BLOCK} and block_n dividing {FP8_BLOCK}"
     if tiling.swap_ab and (tiling.chain or tiling.quantize_x or tiling.tile_scale):
         return "swap_ab runs without FP8 activations: no chain, quantize_x or tile_scale"
     if tiling.promote_k and not (tiling.chain and 16 <= tiling.promote_k <= tiling.block_k
