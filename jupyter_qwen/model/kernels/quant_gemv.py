@@ -43,12 +43,12 @@ nibbles in pairs (one lop3 and one bf16x2 subtract of the zero each, inline asm 
 applying the group's scale to the fp32 sums of (q - z) * a.
 
 FP8 has a second kernel too, `unpack="words"` (fp8_words.py, opt-in until measured): the
-weights read as int32 words of four e4m3 each, [BLOCK_N, 32 x num_warps, VEC] words a
-step, converted by two `cvt.rn.f16x2.e4m3x2` a word (inline asm on the GPU), the products
-kept per thread in the words' layout and summed across threads once after the K loop (the
-first kernel sums across threads every step). It takes projections whose programs each
-read one scale row (`folds`) with x in bf16 (its operand is read as int64 quads of bf16);
-others run on the first kernel's guessed tiling.
+weights read as int32 words of four e4m3 each, two words of each of the BLOCK_N rows a
+thread, 32 x num_warps threads along K a step, converted by two `cvt.rn.f16x2.e4m3x2` a
+word (inline asm on the GPU), the products kept per thread in the words' layout and summed
+across threads once after the K loop (the first kernel sums across threads every step).
+It takes projections whose programs each read one scale row (`folds`) with x in bf16 (its
+operand is read as int64 quads of bf16); others run on the first kernel's guessed tiling.
 
 Accuracy against the dequantizing reference (`QuantLinear.dequantize` + F.linear on the
 prologue's result): the output's own rounding for x in bf16 (relative 2-norm error under
@@ -91,7 +91,7 @@ class DecodeTiling:
     step (FP8: any power of two >= 16; AWQ: a multiple of 128); `dot` (FP8, M = 1): tensor
     cores rather than FMAs (M > 1 always takes them for FP8; AWQ never does); `unpack` (FP8):
     "interleave" (the default) is the [BLOCK_N, BLOCK_K] kernel, "words" the int32-word one
-    (fp8_words.py; BLOCK_K = 4 x VEC x 32 x num_warps, BLOCK_N a power of two <= 128); (AWQ):
+    (fp8_words.py; BLOCK_K = 256 x num_warps, BLOCK_N a power of two <= 128); (AWQ):
     "interleave" widens words into a [K, BLOCK_N] tile, "planes" takes the eight nibble
     positions one at a time (BLOCK_N a power of two), "split" is planes with K split over
     about `split_k` programs per N tile and a second launch adding the splits up
@@ -501,6 +501,7 @@ def _launch_fp8(grid, args: dict, layer, tiling: DecodeTiling, dtype: torch.dtyp
             return
         tiling = guess_tiling("fp8", m, layer.out_features, k)
         grid = (triton.cdiv(layer.out_features, tiling.block_n),)
+        args = {**args, "num_warps": tiling.num_warps}
     weight = layer.weight
     use_dot = tiling.dot or m > 1
     block_k = min(tiling.block_k, max(16, triton.next_power_of_2(k)))
