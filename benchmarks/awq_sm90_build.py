@@ -147,31 +147,39 @@ def loop_counts(sass: str) -> tuple[Counter, int]:
     return Counter(category(opcode) for opcode in body), len(body)
 
 
-def build(spec: Spec, out: Path | None) -> Build:
+def compile_sm90(kernel, types: dict, constants: dict, hinted: list[str], num_warps: int,
+                 cubin: Path, num_stages: int = 1):
+    """`kernel` compiled for sm_90 with `hinted` arguments divisible by 16 (as at run time),
+    its cubin written to `cubin`: (the compiled kernel, registers, stack bytes, SASS)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile
 
-    kernel, constants = _kernel_and_constants(spec)
-    types = _types(spec)
-    hinted = [a for a in types if a.endswith("_ptr")] + [
-        a for a in ("N", "K", "qw_stride", "qz_stride", "sc_stride", "x_stride", "y_stride",
-                    "res_stride", "K_CHUNK", "part_stride") if a in types]
     hints = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in hinted}
     compiled = compile(ASTSource(kernel, types | dict.fromkeys(constants, "constexpr"),
                                  constexprs=constants, attrs=hints),
                        target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": spec.num_warps, "num_stages": 1})
-    name = spec.label().replace(" ", "_")
-    cubin = (out or Path("/tmp")) / f"{name}.cubin"
+                       options={"num_warps": num_warps, "num_stages": num_stages})
     cubin.write_bytes(compiled.asm["cubin"])
     usage = subprocess.run([_tool("cuobjdump"), "-res-usage", str(cubin)], capture_output=True,
                            text=True, check=True).stdout
     sass = subprocess.run([_tool("cuobjdump"), "-sass", str(cubin)], capture_output=True,
                           text=True, check=True).stdout
+    registers, stack = map(int, re.search(r"REG:(\d+) STACK:(\d+)", usage).groups())
+    return compiled, registers, stack, sass
+
+
+def build(spec: Spec, out: Path | None) -> Build:
+    kernel, constants = _kernel_and_constants(spec)
+    types = _types(spec)
+    hinted = [a for a in types if a.endswith("_ptr")] + [
+        a for a in ("N", "K", "qw_stride", "qz_stride", "sc_stride", "x_stride", "y_stride",
+                    "res_stride", "K_CHUNK", "part_stride") if a in types]
+    name = spec.label().replace(" ", "_")
+    compiled, registers, stack, sass = compile_sm90(
+        kernel, types, constants, hinted, spec.num_warps, (out or Path("/tmp")) / f"{name}.cubin")
     if out:
         (out / f"{name}.ptx").write_text(compiled.asm["ptx"])
         (out / f"{name}.sass").write_text(sass)
-    registers, stack = map(int, re.search(r"REG:(\d+) STACK:(\d+)", usage).groups())
     threads = 32 * spec.num_warps
     shared = compiled.metadata.shared
     warp_registers = -(-registers * 32 // 256) * 256

@@ -11,15 +11,13 @@ stack (spills), shared memory, the K loop's length and its instructions per weig
 
 from __future__ import annotations
 
-import re
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from awq_sm90_build import CATEGORIES, PROLOGUES, _tool, loop_counts
+from awq_sm90_build import CATEGORIES, PROLOGUES, compile_sm90, loop_counts
 
 TYPES = dict(x_ptr="*bf16", res_ptr="*bf16", norm_w_ptr="*bf16", xq_ptr="*i64",
              resq_ptr="*i64", normq_ptr="*i64", w_ptr="*fp8e4nv", s_ptr="*fp32",
@@ -43,9 +41,6 @@ SPECS = (
 
 
 def build(kernel_name: str, block_n: int, block_k: int, warps: int, prologue: str, m: int):
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, compile
-
     from jupyter_qwen.model.kernels import fp8_words, quant_gemv
 
     constants = dict(PROLOGUE=PROLOGUES[prologue], BLOCK_M=m, BLOCK_N=block_n,
@@ -60,18 +55,8 @@ def build(kernel_name: str, block_n: int, block_k: int, warps: int, prologue: st
     constants = {k: v for k, v in constants.items() if k in kernel.arg_names}
     types = {k: v for k, v in types.items() if k in kernel.arg_names}
     hinted = [a for a in types if a.endswith("_ptr") or a in HINTED]
-    hints = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in hinted}
-    compiled = compile(ASTSource(kernel, types | dict.fromkeys(constants, "constexpr"),
-                                 constexprs=constants, attrs=hints),
-                       target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": warps, "num_stages": 1})
-    cubin = Path("/tmp/fp8_decode_build.cubin")
-    cubin.write_bytes(compiled.asm["cubin"])
-    usage = subprocess.run([_tool("cuobjdump"), "-res-usage", str(cubin)], capture_output=True,
-                           text=True, check=True).stdout
-    sass = subprocess.run([_tool("cuobjdump"), "-sass", str(cubin)], capture_output=True,
-                          text=True, check=True).stdout
-    registers, stack = map(int, re.search(r"REG:(\d+) STACK:(\d+)", usage).groups())
+    compiled, registers, stack, sass = compile_sm90(
+        kernel, types, constants, hinted, warps, Path("/tmp/fp8_decode_build.cubin"))
     counts, length = loop_counts(sass)
     words = block_n * block_k / (4 * 32 * warps)  # weight words a thread takes a step
     return registers, stack, compiled.metadata.shared, length, words, counts
