@@ -422,13 +422,11 @@ def test_tiny_quantized_model_decodes_the_reference_tokens_on_the_fused_path(
     assert len(launches) == 4 * layers * (steps - 1)
 
 
-@COMPILED_ONLY
-@pytest.mark.gpu
-@pytest.mark.parametrize("method", ["fp8", "awq"])
-def test_quantized_small_m_replays_in_cuda_graphs_bitwise(generator, method):
+def assert_decode_step_replays_bitwise(generator, build, tiling=None) -> None:
+    """A 0.6B-shaped decode step's qkv (add + norm) and down (SiLU·mul) products on
+    projections from `build`, replayed in a CUDA graph: the same bits every time."""
     from jupyter_qwen.model.kernels import quant_gemv
 
-    build = fp8_layer if method == "fp8" else awq_layer
     qkv = build(generator, 1024, [2048, 1024, 1024]).cuda()
     down = build(generator, 3072, [1024]).cuda()
     x, res = (torch.randn(2, 1024, generator=generator).to(torch.bfloat16).cuda()
@@ -437,48 +435,33 @@ def test_quantized_small_m_replays_in_cuda_graphs_bitwise(generator, method):
     norm_weight = torch.ones(1024, dtype=torch.bfloat16, device="cuda")
 
     def step():
-        y, summed = quant_gemv.rms_norm_linear(x, norm_weight, EPS, qkv, res)
-        return y, summed, quant_gemv.silu_mul_linear(gate_up, down)
+        y, summed = quant_gemv.rms_norm_linear(x, norm_weight, EPS, qkv, res, tiling=tiling)
+        return y, summed, quant_gemv.silu_mul_linear(gate_up, down, tiling=tiling)
 
     assert_replays_bitwise(step, (x, res, gate_up), generator)
 
 
 @COMPILED_ONLY
 @pytest.mark.gpu
+@pytest.mark.parametrize("method", ["fp8", "awq"])
+def test_quantized_small_m_replays_in_cuda_graphs_bitwise(generator, method):
+    assert_decode_step_replays_bitwise(generator, fp8_layer if method == "fp8" else awq_layer)
+
+
+@COMPILED_ONLY
+@pytest.mark.gpu
 def test_fp8_words_replay_in_cuda_graphs_bitwise(generator):
-    from jupyter_qwen.model.kernels import quant_gemv
+    from jupyter_qwen.model.kernels.quant_gemv import DecodeTiling
 
-    words = quant_gemv.DecodeTiling(8, 1024, 4, unpack="words")
-    qkv = fp8_layer(generator, 1024, [2048, 1024, 1024]).cuda()
-    down = fp8_layer(generator, 3072, [1024]).cuda()
-    x, res = (torch.randn(2, 1024, generator=generator).to(torch.bfloat16).cuda()
-              for _ in range(2))
-    gate_up = torch.randn(2, 6144, generator=generator).to(torch.bfloat16).cuda()
-    norm_weight = torch.ones(1024, dtype=torch.bfloat16, device="cuda")
-
-    def step():
-        y, summed = quant_gemv.rms_norm_linear(x, norm_weight, EPS, qkv, res, tiling=words)
-        return y, summed, quant_gemv.silu_mul_linear(gate_up, down, tiling=words)
-
-    assert_replays_bitwise(step, (x, res, gate_up), generator)
+    assert_decode_step_replays_bitwise(generator, fp8_layer,
+                                       DecodeTiling(8, 1024, 4, unpack="words"))
 
 
 @COMPILED_ONLY
 @pytest.mark.gpu
 @pytest.mark.parametrize("unpack", ["split", "lop3", "lop3_one"])
 def test_awq_split_k_replays_in_cuda_graphs_bitwise(generator, unpack):
-    from jupyter_qwen.model.kernels import quant_gemv
+    from jupyter_qwen.model.kernels.quant_gemv import DecodeTiling
 
-    split = quant_gemv.DecodeTiling(128, 128, 4, unpack=unpack, split_k=5)
-    qkv = awq_layer(generator, 1024, [2048, 1024, 1024]).cuda()
-    down = awq_layer(generator, 3072, [1024]).cuda()
-    x, res = (torch.randn(2, 1024, generator=generator).to(torch.bfloat16).cuda()
-              for _ in range(2))
-    gate_up = torch.randn(2, 6144, generator=generator).to(torch.bfloat16).cuda()
-    norm_weight = torch.ones(1024, dtype=torch.bfloat16, device="cuda")
-
-    def step():
-        y, summed = quant_gemv.rms_norm_linear(x, norm_weight, EPS, qkv, res, tiling=split)
-        return y, summed, quant_gemv.silu_mul_linear(gate_up, down, tiling=split)
-
-    assert_replays_bitwise(step, (x, res, gate_up), generator)
+    assert_decode_step_replays_bitwise(generator, awq_layer,
+                                       DecodeTiling(128, 128, 4, unpack=unpack, split_k=5))

@@ -184,6 +184,20 @@ def test_chain_runs_only_where_each_n_tile_reads_one_scale_row():
     assert not chains(QuantTiling(64, 256, 128, chain=True), [512])
 
 
+def scale_contrast_case(generator, shards: list[int], k: int):
+    """x [37, k] and an FP8 projection of two shards whose scales differ 1000-fold, each
+    quantized on its own: (x, values, scales, scale_rows, the dequantized weight)."""
+    w = torch.cat([torch.randn(rows, k, generator=generator) * magnitude
+                   for rows, magnitude in zip(shards, (1.0, 1e3), strict=True)])
+    pieces = [fp8.quantize_fp8_blocks(part) for part in w.split(shards)]
+    values = torch.cat([v for v, _ in pieces])
+    scales = torch.cat([s for _, s in pieces])
+    scale_rows = fp8.scale_rows_of(shards)
+    weight = fp8.dequantize_fp8_blocks(values, scales, scale_rows)
+    x = torch.randn(37, k, generator=generator).to(torch.bfloat16)
+    return x, values, scales, scale_rows, weight
+
+
 def test_swap_ab_reads_one_scale_row_only_where_the_shards_allow(mode, generator):
     """As tile_scale: shards whose scales differ 1000-fold, one straddling the N tiles
     (48 + 80 rows) and one not (64 + 64); the swapped product where each tile reads one
@@ -194,14 +208,7 @@ def test_swap_ab_reads_one_scale_row_only_where_the_shards_allow(mode, generator
     k = 320
     for shards in ([48, 80], [64, 64]):
         assert swaps(tiling, shards) == (shards == [64, 64])
-        w = torch.cat([torch.randn(rows, k, generator=generator) * magnitude
-                       for rows, magnitude in zip(shards, (1.0, 1e3), strict=True)])
-        pieces = [fp8.quantize_fp8_blocks(part) for part in w.split(shards)]
-        values = torch.cat([v for v, _ in pieces])
-        scales = torch.cat([s for _, s in pieces])
-        scale_rows = fp8.scale_rows_of(shards)
-        weight = fp8.dequantize_fp8_blocks(values, scales, scale_rows)
-        x = torch.randn(37, k, generator=generator).to(torch.bfloat16)
+        x, values, scales, scale_rows, weight = scale_contrast_case(generator, shards, k)
         y = fp8_linear(*(t.to(mode.device) for t in (x, values, scales, scale_rows)),
                        tiling=tiling, shard_sizes=shards)
         expected = reference(x, weight).float()
@@ -252,14 +259,7 @@ def test_tile_scale_reads_one_scale_row_only_where_the_shards_allow(mode, genera
     k = 320
     for shards in ([48, 80], [64, 64]):
         assert one_scale_row(tiling.block_n, shards) == (shards == [64, 64])
-        w = torch.cat([torch.randn(rows, k, generator=generator) * magnitude
-                       for rows, magnitude in zip(shards, (1.0, 1e3), strict=True)])
-        pieces = [fp8.quantize_fp8_blocks(part) for part in w.split(shards)]
-        values = torch.cat([v for v, _ in pieces])
-        scales = torch.cat([s for _, s in pieces])
-        scale_rows = fp8.scale_rows_of(shards)
-        weight = fp8.dequantize_fp8_blocks(values, scales, scale_rows)
-        x = torch.randn(37, k, generator=generator).to(torch.bfloat16)
+        x, values, scales, scale_rows, weight = scale_contrast_case(generator, shards, k)
         y = fp8_linear(*(t.to(mode.device) for t in (x, values, scales, scale_rows)),
                        tiling=tiling, fp8_dot=True, shard_sizes=shards)
         expected = reference(x, weight).float()

@@ -144,6 +144,20 @@ def _chain_row_scale(max_ptr, max_stride, scale_at, ms, m_ok, K, BLOCK_M: tl.con
     return tl.maximum(row_max, 1e-12) / 448.0
 
 
+@triton.jit
+def _fp8_step_tiles(x_ptr, w_ptr, ms, m_ok, rows, k0, K, x_stride, w_stride,
+                    BLOCK_K: tl.constexpr):
+    """x's [BLOCK_M, BLOCK_K] and W's [BLOCK_N, BLOCK_K] tiles at columns k0.. (zeros past
+    K and past M)."""
+    ks = k0 + tl.arange(0, BLOCK_K)
+    k_ok = ks < K
+    a = tl.load(x_ptr + ms[:, None] * x_stride + ks[None, :],
+                mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+    w = tl.load(w_ptr + rows[:, None] * w_stride + ks[None, :], mask=k_ok[None, :],
+                other=0.0)
+    return a, w
+
+
 @triton.jit(do_not_specialize=["M"])
 def _fp8_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride, xs_stride,
                 w_stride, s_stride, y_stride, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -170,12 +184,8 @@ def _fp8_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride,
                                      16)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < K
-        a = tl.load(x_ptr + ms[:, None] * x_stride + ks[None, :],
-                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(w_ptr + rows[:, None] * w_stride + ks[None, :], mask=k_ok[None, :],
-                    other=0.0)
+        a, w = _fp8_step_tiles(x_ptr, w_ptr, ms, m_ok, rows, k0, K, x_stride, w_stride,
+                               BLOCK_K)
         if CHAIN:  # x' = x * s[k // 128] / row_scale, in e4m3; no scaling of the sum
             fold = tl.load(tile_scale_at + k0 // 128) / row_scale
             a8 = (a.to(tl.float32) * fold[:, None]).to(tl.float8e4nv)
@@ -225,12 +235,8 @@ def _fp8_swap_kernel(x_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride, w_
     scale_at = s_ptr + tl.load(srow_ptr + pid_n * BLOCK_N) * s_stride
     acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < K
-        a = tl.load(x_ptr + ms[:, None] * x_stride + ks[None, :],
-                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(w_ptr + rows[:, None] * w_stride + ks[None, :], mask=k_ok[None, :],
-                    other=0.0)
+        a, w = _fp8_step_tiles(x_ptr, w_ptr, ms, m_ok, rows, k0, K, x_stride, w_stride,
+                               BLOCK_K)
         w_scaled = (w.to(tl.float32) * tl.load(scale_at + k0 // BLOCK_K)).to(a.dtype)
         acc = tl.dot(w_scaled, tl.trans(a), acc, input_precision=PRECISION)
     mask = (ns < N)[:, None] & m_ok[None, :]
