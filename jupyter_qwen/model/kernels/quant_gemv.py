@@ -37,12 +37,14 @@ keeping each lane's sums over K in registers until the end of the K loop. A thir
 `unpack="split"` (awq_split.py), runs the same plane step with K split across programs
 (grid N tiles x K splits, for products whose N alone gives fewer programs than SMs) and
 adds the splits' fp32 partial sums up in a second launch, in a fixed order. A fourth,
-`unpack="lop3"` (awq_lop3.py, opt-in until measured), splits K the same way with one group
+`unpack="lop3"` (awq_lop3.py; the default for every AWQ product at M = 1 and 2 since
+runs 51-52), splits K the same way with one group
 a step, loads the step's scales, zeros and operand one step ahead with its words, and takes
 nibbles in pairs (one lop3 and one bf16x2 subtract of the zero each, inline asm on the GPU),
 applying the group's scale to the fp32 sums of (q - z) * a.
 
-FP8 has a second kernel too, `unpack="words"` (fp8_words.py, opt-in until measured): the
+FP8 has a second kernel too, `unpack="words"` (fp8_words.py; the default at M = 1 and 2
+since run 51): the
 weights read as int32 words of four e4m3 each, two words of each of the BLOCK_N rows a
 thread, 32 x num_warps threads along K a step, converted by two `cvt.rn.f16x2.e4m3x2` a
 word (inline asm on the GPU), the products kept per thread in the words' layout and summed
@@ -120,44 +122,41 @@ class DecodeTiling:
 
 # Default tilings, key (format, M bucket, N, K); the lead updates them from
 # benchmarks/quant_decode.py. Shapes not listed take `guess_tiling`.
-# benchmarks/quant_decode.py on an H100 (2026-12-06, run 44; three AWQ products from runs 47 and
-# 49, marked): fastest per product
+# benchmarks/quant_decode.py on an H200 (2026-12-06, runs 51-52, with the FP8 words and AWQ
+# lop3 kernels among the candidates): fastest per product
 TUNED: dict[tuple[str, int, int, int], DecodeTiling] = {
-    ('fp8', 1, 4096, 1024): DecodeTiling(block_n=16, block_k=1024, num_warps=4, dot=False),
-    ('fp8', 1, 1024, 2048): DecodeTiling(block_n=8, block_k=2048, num_warps=4, dot=False),
-    ('fp8', 1, 6144, 1024): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
-    ('fp8', 1, 1024, 3072): DecodeTiling(block_n=8, block_k=1024, num_warps=4, dot=False),
-    ('awq', 1, 4096, 1024): DecodeTiling(block_n=32, block_k=1024, num_warps=4, dot=False),
-    ('awq', 1, 1024, 2048): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
-    ('awq', 1, 6144, 1024): DecodeTiling(block_n=32, block_k=1024, num_warps=4, dot=False),
-    ('awq', 1, 1024, 3072): DecodeTiling(block_n=64, block_k=128, num_warps=4, dot=False,
-                                         unpack='split', split_k=24),  # run 49
-    ('fp8', 2, 4096, 1024): DecodeTiling(block_n=16, block_k=1024, num_warps=4, dot=False),
-    ('fp8', 2, 1024, 2048): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
-    ('fp8', 2, 6144, 1024): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
-    ('fp8', 2, 1024, 3072): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
-    ('awq', 2, 4096, 1024): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
-    ('awq', 2, 1024, 2048): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
-    ('awq', 2, 6144, 1024): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
-    ('awq', 2, 1024, 3072): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
-    ('fp8', 1, 6144, 2560): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
-    ('fp8', 1, 2560, 4096): DecodeTiling(block_n=8, block_k=1024, num_warps=4, dot=False),
-    ('fp8', 1, 19456, 2560): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
-    ('fp8', 1, 2560, 9728): DecodeTiling(block_n=8, block_k=1024, num_warps=4, dot=False),
-    ('awq', 1, 6144, 2560): DecodeTiling(block_n=32, block_k=1024, num_warps=4, dot=False),
-    ('awq', 1, 2560, 4096): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
-    ('awq', 1, 19456, 2560): DecodeTiling(block_n=64, block_k=128, num_warps=4, dot=False,
-                                          unpack='planes'),  # runs 47, 49
-    ('awq', 1, 2560, 9728): DecodeTiling(block_n=128, block_k=128, num_warps=4, dot=False,
-                                         unpack='split', split_k=26),  # run 49
-    ('fp8', 2, 6144, 2560): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
-    ('fp8', 2, 2560, 4096): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
-    ('fp8', 2, 19456, 2560): DecodeTiling(block_n=32, block_k=256, num_warps=4, dot=False),
-    ('fp8', 2, 2560, 9728): DecodeTiling(block_n=16, block_k=512, num_warps=4, dot=False),
-    ('awq', 2, 6144, 2560): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
-    ('awq', 2, 2560, 4096): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
-    ('awq', 2, 19456, 2560): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
-    ('awq', 2, 2560, 9728): DecodeTiling(block_n=8, block_k=512, num_warps=4, dot=False),
+    ('fp8', 1, 4096, 1024): DecodeTiling(16, 1024, 4, dot=False, unpack='words'),
+    ('fp8', 1, 1024, 2048): DecodeTiling(8, 2048, 8, dot=False, unpack='words'),
+    ('fp8', 1, 6144, 1024): DecodeTiling(16, 1024, 4, dot=False, unpack='words'),
+    ('fp8', 1, 1024, 3072): DecodeTiling(8, 2048, 8, dot=False, unpack='words'),
+    ('awq', 1, 4096, 1024): DecodeTiling(128, 128, 4, dot=False, unpack='lop3', split_k=8),
+    ('awq', 1, 1024, 2048): DecodeTiling(128, 128, 4, dot=False, unpack='lop3', split_k=16),
+    ('awq', 1, 6144, 1024): DecodeTiling(64, 128, 2, dot=False, unpack='lop3_one', split_k=8),
+    ('awq', 1, 1024, 3072): DecodeTiling(64, 128, 2, dot=False, unpack='lop3_one', split_k=24),
+    ('fp8', 2, 4096, 1024): DecodeTiling(16, 512, 2, dot=False, unpack='words'),
+    ('fp8', 2, 1024, 2048): DecodeTiling(8, 1024, 4, dot=False, unpack='words'),
+    ('fp8', 2, 6144, 1024): DecodeTiling(16, 512, 2, dot=False, unpack='words'),
+    ('fp8', 2, 1024, 3072): DecodeTiling(8, 1024, 4, dot=False, unpack='words'),
+    ('awq', 2, 4096, 1024): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=8),
+    ('awq', 2, 1024, 2048): DecodeTiling(128, 128, 4, dot=False, unpack='lop3', split_k=16),
+    ('awq', 2, 6144, 1024): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=6),
+    ('awq', 2, 1024, 3072): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=24),
+    ('fp8', 1, 6144, 2560): DecodeTiling(16, 1024, 4, dot=False, unpack='words'),
+    ('fp8', 1, 2560, 4096): DecodeTiling(8, 2048, 8, dot=False, unpack='words'),
+    ('fp8', 1, 19456, 2560): DecodeTiling(16, 512, 2, dot=False, unpack='words'),
+    ('fp8', 1, 2560, 9728): DecodeTiling(8, 2048, 8, dot=False, unpack='words'),
+    ('awq', 1, 6144, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=8),
+    ('awq', 1, 2560, 4096): DecodeTiling(64, 128, 2, dot=False, unpack='lop3_one', split_k=20),
+    ('awq', 1, 19456, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='lop3', split_k=3),
+    ('awq', 1, 2560, 9728): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=20),
+    ('fp8', 2, 6144, 2560): DecodeTiling(8, 512, 2, dot=False, unpack='words'),
+    ('fp8', 2, 2560, 4096): DecodeTiling(8, 1024, 4, dot=False, unpack='words'),
+    ('fp8', 2, 19456, 2560): DecodeTiling(16, 512, 2, dot=False, unpack='words'),
+    ('fp8', 2, 2560, 9728): DecodeTiling(8, 1024, 4, dot=False, unpack='words'),
+    ('awq', 2, 6144, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=6),
+    ('awq', 2, 2560, 4096): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=13),
+    ('awq', 2, 19456, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='lop3', split_k=2),
+    ('awq', 2, 2560, 9728): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=13),
 }
 
 
