@@ -87,12 +87,19 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def exact_sum(x: torch.Tensor, residual: torch.Tensor, mode) -> torch.Tensor:
-    """x + residual as torch rounds it; Triton 3.6's interpreter truncates fp32 -> bf16
-    (compiled kernels round to nearest even), so under it the sum is truncated likewise."""
+    """x + residual as torch rounds it, or under the interpreter as it rounds (see
+    `as_kernel_rounds`)."""
     if mode.device == "cuda" or x.dtype != torch.bfloat16:
         return x + residual
-    wide = (x.float() + residual.float()).view(torch.int32) & ~0xFFFF
-    return wide.view(torch.float32).to(torch.bfloat16)
+    return as_kernel_rounds(x.float() + residual.float(), torch.bfloat16, mode)
+
+
+def as_kernel_rounds(wide: torch.Tensor, dtype: torch.dtype, mode) -> torch.Tensor:
+    """float32 `wide` in `dtype` as a kernel's cast rounds it: Triton 3.6's interpreter
+    truncates fp32 -> bf16 (compiled kernels round to nearest even, as torch does)."""
+    if mode.device == "cuda" or dtype != torch.bfloat16:
+        return wide.to(dtype)
+    return (wide.float().contiguous().view(torch.int32) & ~0xFFFF).view(torch.float32).to(dtype)
 
 
 def fix_interpreter() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_cases import relative_error
+from kernel_cases import as_kernel_rounds, relative_error
 from kernel_modes import COMPILED_ONLY, TOLERANCE
 
 from jupyter_qwen.model.quant import awq, fp8
@@ -83,6 +83,40 @@ def test_awq_linear_matches_the_dequantized_product(mode, generator, dtype, rows
     weight = awq.dequantize_awq(qweight, qzeros, scales)
     error = relative_error(y.cpu(), reference(x, weight))
     assert y.dtype == dtype and error < TOLERANCE[dtype], f"relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", range(3))
+def test_awq_dequantize_equals_the_reference_bit_for_bit(mode, generator, dtype, shape):
+    """The large-batch AWQ path's weights: every value as the reference dequantizes it
+    (partial groups and N tiles included), so its product is the reference path's."""
+    from jupyter_qwen.model.kernels.quant_linear import awq_dequantize
+
+    n, k = mode.pick(SMALL_SHAPES, LARGE_SHAPES)[shape]
+    packed = awq.quantize_awq(torch.randn(n, k, generator=generator))
+    weight = awq_dequantize(*(t.to(mode.device) for t in packed), dtype=dtype)
+    expected = as_kernel_rounds(awq.dequantize_awq(*packed), dtype, mode)
+    assert weight.shape == (n, k) and torch.equal(weight.cpu(), expected)
+
+
+def test_large_awq_batches_multiply_the_dequantized_weights(mode, generator):
+    """From AWQ_VIA_BF16_MIN_M rows the product is F.linear on the reference's weights (as
+    the kernel rounds them, in [N, K] order): the reference path's numbers; one row fewer
+    (the dequantizing GEMM) within the output's rounding of them."""
+    from jupyter_qwen.model.kernels.quant_linear import awq_linear
+    from jupyter_qwen.model.kernels.quant_tiles import AWQ_VIA_BF16_MIN_M
+
+    n, k = mode.pick(SMALL_SHAPES, LARGE_SHAPES)[0]
+    packed = awq.quantize_awq(torch.randn(n, k, generator=generator))
+    x = torch.randn(AWQ_VIA_BF16_MIN_M, k, generator=generator).to(torch.bfloat16)
+    on = [t.to(mode.device) for t in (x, *packed)]
+    y = awq_linear(*on)
+    weight = as_kernel_rounds(awq.dequantize_awq(*on[1:]), x.dtype, mode).contiguous()
+    expected = torch.nn.functional.linear(on[0], weight)
+    assert torch.equal(y, expected)
+    fewer = awq_linear(on[0][1:], *on[1:])
+    assert relative_error(fewer.cpu(), reference(x[1:], awq.dequantize_awq(*packed))) < (
+        TOLERANCE[torch.bfloat16])
 
 
 def test_quantized_products_take_strided_and_batched_rows(mode, generator):

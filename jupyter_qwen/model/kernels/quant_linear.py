@@ -34,6 +34,11 @@ cores with no scaling of the sums and no FP8 activations. AWQ's `swap_ab` tiling
 make the dequantized tile the left operand (y.T = W @ x.T), where the plain form waits for
 every step's tensor-core product.
 
+From `AWQ_VIA_BF16_MIN_M` rows (quant_tiles.py) an AWQ product dequantizes W once into a
+scratch [N, K] tensor of x's dtype (`awq_dequantize`: the reference's arithmetic, one pass
+over the packed words) and runs F.linear on it, as the reference path does: for batches
+this large cuBLAS's bf16 product plus the pass beats the dequantizing GEMM.
+
 From `BLOCK_SCALED_MIN_M` rows on a Hopper GPU (compute capability 9.0), FP8 projections
 whose shards are whole 128-row blocks go to cuBLAS's block-scaled FP8 product instead
 (`block_scaled_mm`: torch._scaled_mm with x's per-row, per-128-column scales and the
@@ -57,14 +62,18 @@ import triton.language as tl
 from jupyter_qwen.model.kernels.quant_gemv import folds
 from jupyter_qwen.model.kernels.quant_tiles import (
     AWQ_GROUP,
+    AWQ_VIA_BF16_MIN_M,
     FP8_BLOCK,
     QuantTiling,
     large_m_tiling,
 )
 
-__all__ = ["QuantTiling", "TritonQuantKernels", "awq_linear", "fp8_linear", "quant_tiling"]
+__all__ = ["QuantTiling", "TritonQuantKernels", "awq_dequantize", "awq_linear", "fp8_linear",
+           "quant_tiling"]
 
 SMALL_M = 16
+AWQ_DEQUANT_BLOCK_N = 64  # a program of awq_dequantize: 128 x 64 values, 4 KB of words
+AWQ_DEQUANT_BLOCK_K = 128
 MIN_PROGRAMS = 128
 
 
@@ -318,6 +327,21 @@ def _awq_kernel(x_ptr, qw_ptr, qz_ptr, sc_ptr, y_ptr, M, N, K, x_stride, qw_stri
                  acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (ns < N)[None, :])
 
 
+@triton.jit
+def _awq_dequantize_kernel(qw_ptr, qz_ptr, sc_ptr, w_ptr, N, K, qw_stride, qz_stride,
+                           sc_stride, w_stride, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_K: tl.constexpr):
+    """W [N, K]: one [BLOCK_K, BLOCK_N] tile of W.T a program, dequantized as the GEMM's
+    K steps do (`_awq_tile`) and stored transposed."""
+    ns, words, words_ok, shifts = _awq_columns(tl.program_id(0), N, BLOCK_N)
+    k0 = tl.program_id(1) * BLOCK_K
+    w = _awq_tile(qw_ptr, qz_ptr, sc_ptr, k0, ns, words, words_ok, shifts, K, N, qw_stride,
+                  qz_stride, sc_stride, w_ptr.dtype.element_ty, GROUP, BLOCK_K)
+    ks = k0 + tl.arange(0, BLOCK_K)
+    tl.store(w_ptr + ns[None, :] * w_stride + ks[:, None], w,
+             mask=(ks < K)[:, None] & (ns < N)[None, :])
+
+
 def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
     rows = x.reshape(-1, k)
     return rows if rows.stride(-1) == 1 else rows.contiguous()
@@ -477,10 +501,14 @@ def block_scaled_mm_works(device: torch.device, weight: torch.Tensor,
 def awq_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
                scales: torch.Tensor, group_size: int = AWQ_GROUP, *,
                tiling: QuantTiling | None = None) -> torch.Tensor:
-    """x [..., K] @ W -> [..., N] for AWQ's packed W.T (qweight [K, N / 8])."""
+    """x [..., K] @ W -> [..., N] for AWQ's packed W.T (qweight [K, N / 8]); from
+    AWQ_VIA_BF16_MIN_M rows (no tiling given) F.linear on `awq_dequantize`'s W."""
     k, n = x.shape[-1], scales.shape[1]
     rows = _rows(x, k)
     m = rows.shape[0]
+    if tiling is None and m >= AWQ_VIA_BF16_MIN_M:
+        weight = awq_dequantize(qweight, qzeros, scales, group_size, x.dtype)
+        return torch.nn.functional.linear(x, weight)
     y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
     if m == 0:
         return y
@@ -495,6 +523,23 @@ def awq_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
         GROUP_M=tiling.group_m, SWAP_AB=tiling.swap_ab and tiling.block_m > 1,
         PRECISION=_precision(x), num_warps=tiling.num_warps, num_stages=tiling.num_stages)
     return y
+
+
+def awq_dequantize(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                   group_size: int = AWQ_GROUP, dtype: torch.dtype = torch.bfloat16,
+                   ) -> torch.Tensor:
+    """W [N, K] in `dtype`, equal to the reference's `dequantize_awq(...).to(dtype)`: one
+    pass over the packed words into a fresh tensor."""
+    k, n = qweight.shape[0], scales.shape[1]
+    if group_size % AWQ_DEQUANT_BLOCK_K:
+        raise ValueError(f"group size {group_size} is not a multiple of {AWQ_DEQUANT_BLOCK_K}")
+    weight = torch.empty((n, k), dtype=dtype, device=qweight.device)
+    grid = (triton.cdiv(n, AWQ_DEQUANT_BLOCK_N), triton.cdiv(k, AWQ_DEQUANT_BLOCK_K))
+    _awq_dequantize_kernel[grid](
+        qweight, qzeros, scales, weight, n, k, qweight.stride(0), qzeros.stride(0),
+        scales.stride(0), weight.stride(0), GROUP=group_size, BLOCK_N=AWQ_DEQUANT_BLOCK_N,
+        BLOCK_K=AWQ_DEQUANT_BLOCK_K, num_warps=4)
+    return weight
 
 
 def fp8_tensor_cores(device: torch.device) -> bool:

@@ -17,6 +17,11 @@ from dataclasses import dataclass
 FP8_BLOCK = 128
 AWQ_GROUP = 128
 M_BUCKETS = (32, 64, 128, 256, 512, 2048, 8192)
+# From this many rows an AWQ projection dequantizes its weights to x's dtype in one pass and
+# multiplies with cuBLAS (quant_linear.awq_dequantize): the dequantizing GEMM kernels are
+# ~0.3-0.4x bf16 there (run 51), the pass costs about a fifth of a bf16 product's read.
+# benchmarks/awq_via_bf16.py measures the crossover.
+AWQ_VIA_BF16_MIN_M = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +71,9 @@ class QuantTiling:
 DEFAULT_LARGE_M = {"fp8": QuantTiling(64, 128, 128), "awq": QuantTiling(64, 128, 64)}
 
 # (format, M bucket, N, K) -> the fastest tiling of benchmarks/quant_tiles.py's sweep on an
-# H100 (2026-12-06, run 45; printed by the script, pasted here)
+# H100 (2026-12-06, run 45) and, for the 4B FP8 and all AWQ entries at 256 and 2,048 rows, an
+# H200 (runs 51-52); printed by the script, pasted here. AWQ batches of AWQ_VIA_BF16_MIN_M
+# rows and more take the dequantized copy, so no AWQ entry names a bucket past 256.
 LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
     ('fp8', 32, 4096, 1024): QuantTiling(32, 64, 128, num_stages=4),
     ('awq', 32, 4096, 1024): QuantTiling(32, 64, 128),
@@ -75,11 +82,8 @@ LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
     ('awq', 128, 4096, 1024): QuantTiling(128, 64, 64),
     ('awq', 256, 4096, 1024): QuantTiling(128, 64, 64),
     ('fp8', 512, 4096, 1024): QuantTiling(64, 128, 128, group_m=8),
-    ('awq', 512, 4096, 1024): QuantTiling(128, 128, 128, num_warps=8, group_m=8),
     ('fp8', 2048, 4096, 1024): QuantTiling(64, 256, 128, num_warps=8),
-    ('awq', 2048, 4096, 1024): QuantTiling(128, 128, 64),
     ('fp8', 8192, 4096, 1024): QuantTiling(64, 128, 128, quantize_x=True),
-    ('awq', 8192, 4096, 1024): QuantTiling(128, 128, 64),
     ('fp8', 32, 1024, 2048): QuantTiling(32, 64, 128, num_stages=4),
     ('awq', 32, 1024, 2048): QuantTiling(32, 64, 64),
     ('fp8', 64, 1024, 2048): QuantTiling(64, 128, 128, num_warps=8),
@@ -87,13 +91,10 @@ LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
     ('fp8', 128, 1024, 2048): QuantTiling(32, 64, 128, fp8_dot=False),
     ('awq', 128, 1024, 2048): QuantTiling(64, 64, 128),
     ('fp8', 256, 1024, 2048): QuantTiling(32, 64, 128, num_stages=4),
-    ('awq', 256, 1024, 2048): QuantTiling(64, 64, 128),
+    ('awq', 256, 1024, 2048): QuantTiling(32, 64, 128),
     ('fp8', 512, 1024, 2048): QuantTiling(32, 64, 128, fp8_dot=False),
-    ('awq', 512, 1024, 2048): QuantTiling(64, 64, 128),
     ('fp8', 2048, 1024, 2048): QuantTiling(64, 256, 128, num_warps=8),
-    ('awq', 2048, 1024, 2048): QuantTiling(128, 128, 128, num_warps=8, group_m=8),
     ('fp8', 8192, 1024, 2048): QuantTiling(64, 128, 128, quantize_x=True),
-    ('awq', 8192, 1024, 2048): QuantTiling(128, 128, 64),
     ('fp8', 32, 6144, 1024): QuantTiling(32, 64, 128, fp8_dot=False),
     ('awq', 32, 6144, 1024): QuantTiling(32, 64, 128),
     ('fp8', 64, 6144, 1024): QuantTiling(32, 64, 128, fp8_dot=False),
@@ -101,11 +102,8 @@ LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
     ('awq', 128, 6144, 1024): QuantTiling(128, 64, 64),
     ('fp8', 256, 6144, 1024): QuantTiling(64, 128, 128, group_m=8),
     ('awq', 256, 6144, 1024): QuantTiling(128, 128, 128, num_warps=8),
-    ('awq', 512, 6144, 1024): QuantTiling(128, 128, 64),
     ('fp8', 2048, 6144, 1024): QuantTiling(64, 128, 128, quantize_x=True),
-    ('awq', 2048, 6144, 1024): QuantTiling(128, 128, 64),
     ('fp8', 8192, 6144, 1024): QuantTiling(64, 128, 128, quantize_x=True),
-    ('awq', 8192, 6144, 1024): QuantTiling(128, 128, 64),
     ('fp8', 32, 1024, 3072): QuantTiling(32, 64, 128, fp8_dot=False),
     ('awq', 32, 1024, 3072): QuantTiling(32, 64, 128),
     ('fp8', 64, 1024, 3072): QuantTiling(32, 64, 128, fp8_dot=False),
@@ -115,23 +113,16 @@ LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
     ('fp8', 256, 1024, 3072): QuantTiling(32, 64, 128, fp8_dot=False),
     ('awq', 256, 1024, 3072): QuantTiling(64, 64, 128),
     ('fp8', 512, 1024, 3072): QuantTiling(64, 128, 128, quantize_x=True),
-    ('awq', 512, 1024, 3072): QuantTiling(64, 64, 128),
     ('fp8', 2048, 1024, 3072): QuantTiling(64, 256, 128, num_warps=8),
-    ('awq', 2048, 1024, 3072): QuantTiling(128, 128, 128, num_warps=8, group_m=8),
     ('fp8', 8192, 1024, 3072): QuantTiling(64, 128, 128, quantize_x=True),
-    ('awq', 8192, 1024, 3072): QuantTiling(128, 128, 64),
     ('fp8', 32, 6144, 2560): QuantTiling(32, 64, 128, fp8_dot=False),
     ('awq', 32, 6144, 2560): QuantTiling(32, 64, 128),
     ('fp8', 64, 6144, 2560): QuantTiling(32, 64, 128, num_stages=4, quantize_x=True),
     ('awq', 64, 6144, 2560): QuantTiling(64, 64, 128),
     ('awq', 128, 6144, 2560): QuantTiling(64, 64, 128),
     ('fp8', 256, 6144, 2560): QuantTiling(64, 256, 128, num_warps=8),
-    ('awq', 256, 6144, 2560): QuantTiling(128, 128, 128, num_warps=8, group_m=8),
-    ('awq', 512, 6144, 2560): QuantTiling(128, 128, 64),
     ('fp8', 2048, 6144, 2560): QuantTiling(64, 128, 128, quantize_x=True),
-    ('awq', 2048, 6144, 2560): QuantTiling(128, 128, 64),
     ('fp8', 8192, 6144, 2560): QuantTiling(64, 128, 128, quantize_x=True),
-    ('awq', 8192, 6144, 2560): QuantTiling(128, 128, 64),
     ('fp8', 32, 2560, 4096): QuantTiling(32, 64, 128, num_stages=4, quantize_x=True),
     ('awq', 32, 2560, 4096): QuantTiling(32, 64, 128),
     ('fp8', 64, 2560, 4096): QuantTiling(32, 64, 128, num_stages=4, quantize_x=True),
@@ -139,13 +130,9 @@ LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
     ('fp8', 128, 2560, 4096): QuantTiling(64, 128, 128, quantize_x=True),
     ('awq', 128, 2560, 4096): QuantTiling(64, 64, 128),
     ('fp8', 256, 2560, 4096): QuantTiling(64, 128, 128, quantize_x=True),
-    ('awq', 256, 2560, 4096): QuantTiling(64, 64, 128),
     ('fp8', 512, 2560, 4096): QuantTiling(64, 128, 128, quantize_x=True),
-    ('awq', 512, 2560, 4096): QuantTiling(128, 128, 128, num_warps=8, group_m=8),
     ('fp8', 2048, 2560, 4096): QuantTiling(64, 128, 128, quantize_x=True),
-    ('awq', 2048, 2560, 4096): QuantTiling(128, 64, 64),
     ('fp8', 8192, 2560, 4096): QuantTiling(64, 128, 128, quantize_x=True),
-    ('awq', 8192, 2560, 4096): QuantTiling(128, 128, 64),
     ('fp8', 32, 19456, 2560): QuantTiling(32, 64, 128, num_stages=4, quantize_x=True),
     ('awq', 32, 19456, 2560): QuantTiling(32, 64, 64),
     ('fp8', 64, 19456, 2560): QuantTiling(64, 128, 128, quantize_x=True),
@@ -153,13 +140,9 @@ LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
     ('fp8', 128, 19456, 2560): QuantTiling(64, 128, 128, quantize_x=True),
     ('awq', 128, 19456, 2560): QuantTiling(128, 64, 64),
     ('fp8', 256, 19456, 2560): QuantTiling(128, 128, 128, num_warps=8, group_m=8, quantize_x=True),
-    ('awq', 256, 19456, 2560): QuantTiling(128, 128, 128, num_warps=8, group_m=8),
     ('fp8', 512, 19456, 2560): QuantTiling(128, 128, 128, num_warps=8, group_m=8, quantize_x=True),
-    ('awq', 512, 19456, 2560): QuantTiling(128, 128, 128, num_warps=8, group_m=8),
     ('fp8', 2048, 19456, 2560): QuantTiling(64, 128, 128, quantize_x=True),
-    ('awq', 2048, 19456, 2560): QuantTiling(128, 128, 64),
     ('fp8', 8192, 19456, 2560): QuantTiling(64, 128, 128, quantize_x=True),
-    ('awq', 8192, 19456, 2560): QuantTiling(128, 128, 64),
     ('fp8', 32, 2560, 9728): QuantTiling(32, 64, 128, fp8_dot=False),
     ('awq', 32, 2560, 9728): QuantTiling(32, 64, 128),
     ('fp8', 64, 2560, 9728): QuantTiling(32, 64, 128, fp8_dot=False),
@@ -167,13 +150,13 @@ LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
     ('fp8', 128, 2560, 9728): QuantTiling(32, 64, 128, num_stages=4, quantize_x=True),
     ('awq', 128, 2560, 9728): QuantTiling(64, 64, 128),
     ('fp8', 256, 2560, 9728): QuantTiling(64, 128, 128, quantize_x=True),
-    ('awq', 256, 2560, 9728): QuantTiling(64, 64, 128),
     ('fp8', 512, 2560, 9728): QuantTiling(64, 128, 128, quantize_x=True),
-    ('awq', 512, 2560, 9728): QuantTiling(128, 128, 128, num_warps=8, group_m=8),
     ('fp8', 2048, 2560, 9728): QuantTiling(64, 128, 128, quantize_x=True),
-    ('awq', 2048, 2560, 9728): QuantTiling(128, 128, 128, num_warps=8, group_m=8),
     ('fp8', 8192, 2560, 9728): QuantTiling(64, 128, 128, quantize_x=True),
-    ('awq', 8192, 2560, 9728): QuantTiling(128, 128, 64),
+    ('awq', 256, 6144, 2560): QuantTiling(128, 128, 128, num_warps=8, group_m=8),
+    ('awq', 256, 2560, 4096): QuantTiling(64, 64, 128),
+    ('awq', 256, 19456, 2560): QuantTiling(128, 64, 64),
+    ('awq', 256, 2560, 9728): QuantTiling(64, 64, 128),
 }
 
 
