@@ -42,7 +42,7 @@ CATEGORIES = ("ldg128", "ldg64", "ldg32", "ldg16", "local", "lds", "sts", "bar",
 
 @dataclass(frozen=True, slots=True)
 class Spec:
-    kernel: str  # "interleave", "planes", "split", "lop3" or "lop3_one"
+    kernel: str  # "interleave", "planes", "split", "lop3", "lop3_one" or "mma"
     block_n: int
     block_k: int
     num_warps: int
@@ -77,11 +77,14 @@ def _types(spec: Spec) -> dict:
     if spec.kernel.startswith("lop3"):  # the scales as int32 pairs; partials, split counts
         types = {**types, "sc_ptr": "*i32", "part_ptr": "*fp32", "K_CHUNK": "i32",
                  "part_stride": "i32", "count_ptr": "*i32", "SPLITS": "i32"}
+    if spec.kernel == "mma":  # partials, split counts
+        types = {**types, "part_ptr": "*fp32", "K_CHUNK": "i32", "part_stride": "i32",
+                 "count_ptr": "*i32", "SPLITS": "i32"}
     return types
 
 
 def _kernel_and_constants(spec: Spec):
-    from jupyter_qwen.model.kernels import awq_lop3, awq_split, quant_gemv
+    from jupyter_qwen.model.kernels import awq_lop3, awq_mma, awq_split, quant_gemv
 
     groups = spec.block_k // 128
     constants = dict(PROLOGUE=PROLOGUES[spec.prologue], BLOCK_M=spec.m, BLOCK_N=spec.block_n,
@@ -98,6 +101,11 @@ def _kernel_and_constants(spec: Spec):
         one = spec.kernel == "lop3_one"
         return awq_lop3._awq_lop3_kernel, constants | dict(
             EVEN_N=True, ASM=True, LAST_SUMS=one, SPLITS_P2=16 if one else 1)
+    if spec.kernel == "mma":  # the last split sums (16 splits); 16 rows in the dot
+        del constants["GROUPS"]
+        return awq_mma._awq_mma_kernel, constants | dict(
+            BLOCK_M=awq_mma.prologue_rows(spec.m), ASM=True, LAST_SUMS=True, SPLITS_P2=16,
+            PRECISION="tf32")
     lanes = awq_split.split_lanes(words, spec.num_warps)
     return awq_split._awq_split_kernel, constants | dict(LANES=lanes, EVEN_N=True)
 
@@ -204,6 +212,9 @@ SPECS = (
     Spec("lop3", 256, 128, 8, m=2), Spec("lop3", 128, 128, 4, m=4),
     Spec("lop3_one", 128, 128, 4), Spec("lop3_one", 64, 128, 2),
     Spec("lop3_one", 128, 128, 4, prologue="silu"), Spec("lop3_one", 256, 128, 8, m=2),
+    Spec("mma", 64, 128, 4), Spec("mma", 128, 128, 4), Spec("mma", 128, 128, 8),
+    Spec("mma", 256, 128, 8), Spec("mma", 128, 128, 4, prologue="silu"),
+    Spec("mma", 128, 128, 4, prologue="add_norm"),
 )
 
 

@@ -13,11 +13,11 @@ then timed; then a whole layer (its four products, each on its fastest tiling, a
 defaults) is timed. Every figure is the replay of one CUDA graph over copies of the
 weights in rotation (>= 128 MB, more than the 50 MB L2), divided by the launch count; PDL
 as the engine launches. Weights are random bits of each format (FP8 values, AWQ words,
-scales and zeros), which is all the kernels' speed depends on. AWQ sweeps its four
+scales and zeros), which is all the kernels' speed depends on. AWQ sweeps its five
 decode kernels: interleaving, nibble planes, planes with K split across programs
-(tiles x split counts for about 4 and 8 programs an SM, `split_candidates`) and nibble
-pairs by lop3 with K split (`lop3_candidates`); FP8 sweeps its first kernel's tilings and
-the int32-word kernel's (`FP8_WORDS`, fp8_words.py). Kernels are
+(tiles x split counts for about 4 and 8 programs an SM, `split_candidates`), nibble pairs
+by lop3 with K split and the tensor-core kernel (`lop3_candidates`); FP8 sweeps its first
+kernel's tilings and the int32-word kernel's (`FP8_WORDS`, fp8_words.py). Kernels are
 compiled first in parallel worker processes (Triton's disk cache). Printed last: the
 per-product sweep, TUNED lines for quant_gemv.py, and the layer table with speed-ups over
 bf16.
@@ -75,6 +75,10 @@ AWQ_SPLIT_WAVES = (4, 8)
 AWQ_LOP3 = ([("lop3", 128, 4, (2,)), ("lop3_one", 128, 4, (2,)), ("lop3_one", 256, 8, (2,))],
             [("lop3", 128, 4, (3,)), ("lop3_one", 128, 4, (3,)),
              ("lop3_one", 64, 2, (1, 6))])
+# the tensor-core kernel's tiles, the same form (awq_mma.py; KERNEL_NOTES "AWQ decode on the
+# tensor cores"): one 16-row dot a group, so M = 1 and 2 take the same tiles
+AWQ_MMA = [("mma", 64, 4, (2, 4)), ("mma", 128, 4, (2, 4)), ("mma", 128, 8, (2,)),
+           ("mma", 256, 8, (1, 2))]
 AWQ_KERNELS_ENV = "QUANT_DECODE_AWQ_KERNELS"
 # the FP8 words kernel's tiles (block_n, block_k, warps), [M > 1] and [M = 1]; two words a
 # thread, so block_k = 256 x warps. Its Triton 3.6 sm_90 build (benchmarks/fp8_words_build.py):
@@ -132,13 +136,13 @@ def split_candidates(m: int, n: int, k: int) -> list:
 
 
 def lop3_candidates(m: int, n: int, k: int) -> list:
-    """The lop3 tilings: each tile of AWQ_LOP3 with K split for about its programs per SM
-    (at most one split per step of 128 rows)."""
+    """The lop3 and mma tilings: each tile of AWQ_LOP3 and AWQ_MMA with K split for about
+    its programs per SM (at most one split per step of 128 rows)."""
     from jupyter_qwen.model.kernels import quant_gemv
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     out = []
-    for unpack, block_n, warps, waves in AWQ_LOP3[m == 1]:
+    for unpack, block_n, warps, waves in AWQ_LOP3[m == 1] + AWQ_MMA:
         tiles, steps = math.ceil(n / block_n), math.ceil(k / 128)
         for wave in waves:
             split_k = max(1, min(steps, round(wave * sms / tiles)))
@@ -309,7 +313,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, of "
                         + ", ".join(MODELS))
     parser.add_argument("--awq-kernels", default="",
-                        help="comma-separated unpack kinds (interleave, planes, split, lop3): "
+                        help="comma-separated unpack kinds (interleave, planes, split, lop3, "
+                             "lop3_one, mma): "
                              "only these AWQ candidates besides the default tiling")
     args = parser.parse_args(argv)
     if args.awq_kernels:
@@ -360,12 +365,13 @@ def main(argv: list[str] | None = None) -> int:
 def compiled_awq_kernels() -> list[dict]:
     """Registers and spills of every AWQ decode kernel this process compiled or loaded (as
     ptxas built them for this GPU; benchmarks/awq_sm90_build.py builds them on a CPU)."""
-    from jupyter_qwen.model.kernels import awq_lop3, awq_split, quant_gemv
+    from jupyter_qwen.model.kernels import awq_lop3, awq_mma, awq_split, quant_gemv
 
     found = []
     try:
         for fn in (quant_gemv._awq_kernel, quant_gemv._awq_planes_kernel,
-                   awq_split._awq_split_kernel, awq_lop3._awq_lop3_kernel):
+                   awq_split._awq_split_kernel, awq_lop3._awq_lop3_kernel,
+                   awq_mma._awq_mma_kernel):
             for caches in getattr(fn, "device_caches", {}).values():
                 for kernel in caches[0].values():
                     constants = {key[0] if isinstance(key, tuple) else fn.arg_names.index(key):

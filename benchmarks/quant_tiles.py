@@ -50,6 +50,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jupyter_qwen.model.kernels.quant_tiles import (
+    AWQ_VIA_BF16_MIN_M,
     DEFAULT_LARGE_M,
     M_BUCKETS,
     QuantTiling,
@@ -426,10 +427,14 @@ def layer_table(points: list[dict], formats: list[str]) -> list[str]:
 
 def table_literal(points: list[dict], formats: list[str], min_gain: float) -> list[str]:
     """LARGE_M_TILES entries: each point's winner where it beats today's default by more
-    than min_gain (else the default stays, one compile fewer)."""
+    than min_gain (else the default stays, one compile fewer). AWQ points whose bucket
+    serves only batches of AWQ_VIA_BF16_MIN_M rows or more are left out: those batches
+    multiply a dequantized copy and never read the table."""
     entries = []
     for point in points:
         for fmt in formats:
+            if fmt == "awq" and point["m"] > AWQ_VIA_BF16_MIN_M:
+                continue
             best, default = best_of(point, fmt), default_of(point, fmt)
             if best is None or (default and best["ms"] * (1 + min_gain) >= default["ms"]):
                 continue

@@ -23,6 +23,7 @@ from test_quant_kernels import FP8_DOT_TOLERANCE, fp8_case, reference
 
 from jupyter_qwen.model.kernels import quant_tiles
 from jupyter_qwen.model.kernels.quant_tiles import (
+    AWQ_VIA_BF16_MIN_M,
     DEFAULT_LARGE_M,
     LARGE_M_TILES,
     M_BUCKETS,
@@ -274,8 +275,8 @@ def test_every_sweep_tiling_prints_as_source_that_reads_back():
             assert eval(SWEEP.tiling_source(tiling), {"QuantTiling": QuantTiling}) == tiling
 
 
-def synthetic_points(ms_of) -> list[dict]:
-    """Sweep records for both models' projections at M=512: bf16 1 ms each; each format's
+def synthetic_points(ms_of, m: int = 512) -> list[dict]:
+    """Sweep records for both models' projections at M rows: bf16 1 ms each; each format's
     grid timed by ms_of(fmt, index)."""
     points = []
     for model, projections in SWEEP.SHAPES.items():
@@ -283,24 +284,29 @@ def synthetic_points(ms_of) -> list[dict]:
             formats = {fmt: [{"tiling": asdict(t), "label": SWEEP.label(t), "error": 0.0,
                               "ms": ms_of(fmt, index)} for index, t in enumerate(tilings)]
                        for fmt, tilings in GRIDS.items()}
-            points.append({"model": model, "projection": name, "n": n, "k": k, "m": 512,
+            points.append({"model": model, "projection": name, "n": n, "k": k, "m": m,
                            "bf16_ms": 1.0, "formats": formats, "late": False})
     return points
 
 
 def test_the_sweep_prints_a_table_literal_that_quant_tiles_reads():
     """The last tiling of each grid wins by 10 % (past --min-gain): the printed literal names
-    it for every shape, evaluates to QuantTilings the kernels accept, and nothing beats the
-    default by 1 % when min_gain is 5 %."""
-    points = synthetic_points(lambda fmt, index: 0.9 if index == len(GRIDS[fmt]) - 1 else 1.0)
-    literal = "\n".join(SWEEP.table_literal(points, list(GRIDS), min_gain=0.03))
-    namespace = {"QuantTiling": QuantTiling}
-    exec(literal, namespace)
-    table = namespace["LARGE_M_TILES"]
-    assert len(table) == 2 * len(points)
-    for (fmt, bucket, n, k), tiling in table.items():
-        assert tiling == GRIDS[fmt][-1] and bucket == 512 and (n, k) in [
-            (p["n"], p["k"]) for p in points]
+    it for every shape (AWQ only in buckets below its dequantized-copy threshold), evaluates
+    to QuantTilings the kernels accept, and nothing beats the default by 1 % when min_gain
+    is 5 %."""
+    def last_wins(fmt, index):
+        return 0.9 if index == len(GRIDS[fmt]) - 1 else 1.0
+
+    for m, formats in ((AWQ_VIA_BF16_MIN_M, {"fp8", "awq"}), (512, {"fp8"})):
+        points = synthetic_points(last_wins, m)
+        literal = "\n".join(SWEEP.table_literal(points, list(GRIDS), min_gain=0.03))
+        namespace = {"QuantTiling": QuantTiling}
+        exec(literal, namespace)
+        table = namespace["LARGE_M_TILES"]
+        assert len(table) == len(formats) * len(points)
+        for (fmt, bucket, n, k), tiling in table.items():
+            assert fmt in formats and tiling == GRIDS[fmt][-1] and bucket == m and (n, k) in [
+                (p["n"], p["k"]) for p in points]
     close = synthetic_points(lambda fmt, index: 0.99 if index else 1.0)
     assert "QuantTiling(" not in "\n".join(SWEEP.table_literal(close, list(GRIDS), 0.05))
 

@@ -67,7 +67,7 @@ import torch
 import triton
 import triton.language as tl
 
-from jupyter_qwen.model.kernels import awq_lop3, awq_split, fp8_words, pdl
+from jupyter_qwen.model.kernels import awq_lop3, awq_mma, awq_split, fp8_words, pdl
 from jupyter_qwen.model.kernels.awq_split import _awq_plane
 from jupyter_qwen.model.kernels.gemv import (
     ADD_RMS_NORM,
@@ -100,18 +100,21 @@ class DecodeTiling:
     (awq_split.py; BLOCK_N a power of two >= 32), "lop3" splits K the same way with one
     group a step and nibble pairs unpacked by one lop3 each (awq_lop3.py; BLOCK_K 128,
     32 threads along K: n32 w1, n64 w2, n128 w4, n256 w8); "lop3_one" is lop3 with the last
-    split of each N tile adding the partials up (one launch)."""
+    split of each N tile adding the partials up (one launch); "mma" splits K likewise and
+    multiplies on the tensor cores, the tile unpacked to bf16 q - z (awq_mma.py; BLOCK_K
+    128, BLOCK_N a power of two >= 32, the last split summing as lop3_one does)."""
 
     block_n: int
     block_k: int
     num_warps: int = 4
     dot: bool = False
-    unpack: str = "interleave"  # AWQ: "interleave", "planes", "split", "lop3", "lop3_one";
-    # FP8: "interleave", "words"
-    split_k: int = 1  # AWQ "split" and "lop3*": K splits per N tile (fewer where K has fewer steps)
+    unpack: str = "interleave"  # AWQ: "interleave", "planes", "split", "lop3", "lop3_one",
+    # "mma"; FP8: "interleave", "words"
+    split_k: int = 1  # AWQ "split", "lop3*", "mma": K splits per N tile (fewer where K has fewer
+    # steps)
 
     def name(self) -> str:
-        if self.unpack in ("split", "lop3", "lop3_one"):
+        if self.unpack in ("split", "lop3", "lop3_one", "mma"):
             return (f"{self.unpack} n{self.block_n} k{self.block_k} s{self.split_k} "
                     f"w{self.num_warps}")
         if self.unpack == "words":
@@ -544,10 +547,13 @@ def _launch_awq(grid, args: dict, layer, tiling: DecodeTiling, m: int, k: int) -
         awq_lop3.launch(args, layer, tiling, m, k, _norm_block(
             k, AWQ_GROUP, args["BLOCK_M"], tiling.num_warps))
         return
+    if tiling.unpack == "mma":
+        awq_mma.launch(args, layer, tiling, m, k, _norm_block(
+            k, AWQ_GROUP, awq_mma.prologue_rows(m), tiling.num_warps))
+        return
     if tiling.unpack != "interleave":
-        raise ValueError(f"AWQ unpack is 'interleave', 'planes', 'split', 'lop3' or "
-                         f"'lop3_one', not "
-                         f"{tiling.unpack!r}")
+        raise ValueError(f"AWQ unpack is 'interleave', 'planes', 'split', 'lop3', "
+                         f"'lop3_one' or 'mma', not {tiling.unpack!r}")
     _awq_kernel[grid](
         qw_ptr=layer.qweight, qz_ptr=layer.qzeros, sc_ptr=layer.scales,
         qw_stride=layer.qweight.stride(0), qz_stride=layer.qzeros.stride(0),
