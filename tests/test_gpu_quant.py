@@ -16,6 +16,7 @@ from test_gpu import (
     bf16_ulp,
     drop_compiled_kernels,
     first_divergence,
+    first_logits,
     free_memory,
     greedy_hf,
     relative_error,
@@ -26,9 +27,14 @@ from jupyter_qwen import LLM, SamplingParams
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
                                                   reason="needs a CUDA GPU")]
-# Relative error of the Triton path's logits to the reference path's (both bf16): FP8
-# prefill runs on FP8 tensor cores with activations quantized per token and 128 columns.
-TRITON_LOGITS_TOLERANCE = {"fp8": 0.08, "awq": 0.03}
+# How far the Triton path's first-token logits may stray from the fp32 reference path
+# (relative errors summed over the prompts), as a multiple of the bf16 reference path's own
+# distance: random weights amplify rounding, so bf16 arithmetic alone strays 0.01-0.06 a
+# prompt here. AWQ computes the reference's products up to summation order (decode steps
+# apply the scales to fp32 sums); FP8 prefill quantizes activations to e4m3 per token and
+# 128 columns (3 mantissa bits against bf16's 7), ~4.7x the bf16 path's distance on an
+# H100 (run 55). A wrong kernel strays by O(1) a prompt.
+TRITON_ERROR_BUDGET = {"fp8": 8.0, "awq": 2.0}
 
 
 def quantized_checkpoint(method: str, layers: int = 2) -> Path:
@@ -87,7 +93,11 @@ def test_transformers_fine_grained_fp8_gives_our_greedy_tokens(prompts):
 
 @pytest.mark.parametrize("method", ["fp8", "awq"])
 def test_triton_path_computes_what_the_reference_path_does(method, prompts):
+    """Eager and graph-replayed Triton steps pick the same tokens, and their first-token
+    logits stay within TRITON_ERROR_BUDGET of the fp32 reference path (on the CPU), against
+    how far the bf16 reference path itself strays."""
     folder = quantized_checkpoint(method)
+    truth = cpu_first_logits(folder, prompts)
     _, reference_logits, _, _ = run_engine(folder, prompts, attention_backend="torch",
                                            enforce_eager=True, max_num_seqs=1)
     eager, eager_logits, before, after = run_engine(folder, prompts, attention_backend="triton",
@@ -95,12 +105,26 @@ def test_triton_path_computes_what_the_reference_path_does(method, prompts):
     graphs, graph_logits, _, after_graphs = run_engine(folder, prompts,
                                                        attention_backend="triton")
     assert graphs == eager, "decode steps replayed from CUDA graphs compute what eager ones do"
-    for name, values in (("eager", eager_logits), ("graphs", graph_logits)):
-        errors = [relative_error(o.float(), r.float())
-                  for o, r in zip(values, reference_logits, strict=True)]
-        print(method, name, [f"{e:.3f}" for e in errors])
-        assert max(errors) < TRITON_LOGITS_TOLERANCE[method], (name, errors)
+    errors = {name: [relative_error(o.float(), t) for o, t in zip(values, truth, strict=True)]
+              for name, values in (("reference bf16", reference_logits),
+                                   ("eager", eager_logits), ("graphs", graph_logits))}
+    for name, values in errors.items():
+        print(method, name, [f"{e:.3f}" for e in values], f"sum {sum(values):.3f}")
+    budget = TRITON_ERROR_BUDGET[method] * sum(errors["reference bf16"])
+    for name in ("eager", "graphs"):
+        assert sum(errors[name]) <= budget, (name, budget, errors)
     assert after == before and after_graphs == before
+
+
+def cpu_first_logits(folder: Path, prompts: list[list[int]]) -> list[torch.Tensor]:
+    """The fp32 reference path's first-token logits on the CPU, one prompt at a time."""
+    llm = LLM(str(folder), dtype="float32", device="cpu", max_model_len=4096,
+              attention_backend="torch", enforce_eager=True, max_num_seqs=1,
+              enable_prefix_caching=False)
+    try:
+        return [first_logits(llm, prompt).float() for prompt in prompts]
+    finally:
+        llm.close()
 
 
 @pytest.mark.parametrize("method", ["fp8", "awq"])
@@ -136,6 +160,21 @@ def test_online_fp8_serves_a_bf16_checkpoint_with_fp8_weights(prompts):
     stored, stored_logits, _, _ = run_engine(quantized_checkpoint("fp8"), prompts)
     assert online == stored
     assert all(torch.equal(a, b) for a, b in zip(online_logits, stored_logits, strict=True))
+
+
+def test_fp8_quantization_gives_the_same_bits_on_the_gpu_as_on_the_cpu():
+    """Online FP8 quantizes on the GPU what checkpoints were quantized from on the CPU: the
+    same values and scales, bit for bit (a scale divided by a Python number on CUDA is a
+    multiply by its rounded reciprocal, one ulp off for about half the blocks)."""
+    from jupyter_qwen.model.quant.fp8 import quantize_fp8_blocks
+
+    generator = torch.Generator().manual_seed(3)
+    weight = (torch.randn(1000, 2000, generator=generator)
+              * torch.rand(1000, 1, generator=generator) * 0.1).bfloat16()
+    values, scale = quantize_fp8_blocks(weight)
+    gpu_values, gpu_scale = quantize_fp8_blocks(weight.cuda())
+    assert torch.equal(gpu_scale.cpu(), scale)
+    assert torch.equal(gpu_values.cpu().view(torch.uint8), values.view(torch.uint8))
 
 
 @pytest.mark.parametrize("m", [2048, 2049, 2100])

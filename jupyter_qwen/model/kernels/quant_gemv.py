@@ -125,25 +125,26 @@ class DecodeTiling:
 
 # Default tilings, key (format, M bucket, N, K); the lead updates them from
 # benchmarks/quant_decode.py. Shapes not listed take `guess_tiling`.
-# benchmarks/quant_decode.py on an H200 (2026-12-06, runs 51-52, with the FP8 words and AWQ
-# lop3 kernels among the candidates): fastest per product
+# benchmarks/quant_decode.py, fastest per product: FP8 on an H200 (2026-12-06, run 51, with
+# the FP8 words kernel among the candidates), AWQ on an H100 (2026-12-06, run 55, with the
+# lop3 and mma kernels)
 TUNED: dict[tuple[str, int, int, int], DecodeTiling] = {
     ('fp8', 1, 4096, 1024): DecodeTiling(16, 1024, 4, dot=False, unpack='words'),
     ('fp8', 1, 1024, 2048): DecodeTiling(8, 2048, 8, dot=False, unpack='words'),
     ('fp8', 1, 6144, 1024): DecodeTiling(16, 1024, 4, dot=False, unpack='words'),
     ('fp8', 1, 1024, 3072): DecodeTiling(8, 2048, 8, dot=False, unpack='words'),
-    ('awq', 1, 4096, 1024): DecodeTiling(128, 128, 4, dot=False, unpack='lop3', split_k=8),
-    ('awq', 1, 1024, 2048): DecodeTiling(128, 128, 4, dot=False, unpack='lop3', split_k=16),
-    ('awq', 1, 6144, 1024): DecodeTiling(64, 128, 2, dot=False, unpack='lop3_one', split_k=8),
-    ('awq', 1, 1024, 3072): DecodeTiling(64, 128, 2, dot=False, unpack='lop3_one', split_k=24),
+    ('awq', 1, 4096, 1024): DecodeTiling(64, 128, 4, dot=False, unpack='mma', split_k=8),
+    ('awq', 1, 1024, 2048): DecodeTiling(64, 128, 4, dot=False, unpack='mma', split_k=16),
+    ('awq', 1, 6144, 1024): DecodeTiling(128, 128, 4, dot=False, unpack='mma', split_k=8),
+    ('awq', 1, 1024, 3072): DecodeTiling(64, 128, 4, dot=False, unpack='mma', split_k=24),
     ('fp8', 2, 4096, 1024): DecodeTiling(16, 512, 2, dot=False, unpack='words'),
     ('fp8', 2, 1024, 2048): DecodeTiling(8, 1024, 4, dot=False, unpack='words'),
     ('fp8', 2, 6144, 1024): DecodeTiling(16, 512, 2, dot=False, unpack='words'),
     ('fp8', 2, 1024, 3072): DecodeTiling(8, 1024, 4, dot=False, unpack='words'),
-    ('awq', 2, 4096, 1024): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=8),
-    ('awq', 2, 1024, 2048): DecodeTiling(128, 128, 4, dot=False, unpack='lop3', split_k=16),
+    ('awq', 2, 4096, 1024): DecodeTiling(128, 128, 4, dot=False, unpack='mma', split_k=8),
+    ('awq', 2, 1024, 2048): DecodeTiling(64, 128, 4, dot=False, unpack='mma', split_k=16),
     ('awq', 2, 6144, 1024): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=6),
-    ('awq', 2, 1024, 3072): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=24),
+    ('awq', 2, 1024, 3072): DecodeTiling(64, 128, 4, dot=False, unpack='mma', split_k=24),
     ('fp8', 1, 6144, 2560): DecodeTiling(16, 1024, 4, dot=False, unpack='words'),
     ('fp8', 1, 2560, 4096): DecodeTiling(8, 2048, 8, dot=False, unpack='words'),
     ('fp8', 1, 19456, 2560): DecodeTiling(16, 512, 2, dot=False, unpack='words'),
@@ -157,7 +158,7 @@ TUNED: dict[tuple[str, int, int, int], DecodeTiling] = {
     ('fp8', 2, 19456, 2560): DecodeTiling(16, 512, 2, dot=False, unpack='words'),
     ('fp8', 2, 2560, 9728): DecodeTiling(8, 1024, 4, dot=False, unpack='words'),
     ('awq', 2, 6144, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=6),
-    ('awq', 2, 2560, 4096): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=13),
+    ('awq', 2, 2560, 4096): DecodeTiling(64, 128, 4, dot=False, unpack='mma', split_k=13),
     ('awq', 2, 19456, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='lop3', split_k=2),
     ('awq', 2, 2560, 9728): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=13),
 }

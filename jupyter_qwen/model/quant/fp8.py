@@ -26,7 +26,12 @@ def quantize_fp8_blocks(weight: torch.Tensor, block: tuple[int, int] = (128, 128
     padded = torch.zeros(nb * bn, kb * bk, dtype=torch.float32, device=weight.device)
     padded[:rows, :columns] = weight.float()
     tiles = padded.view(nb, bn, kb, bk)
-    scale = (tiles.abs().amax(dim=(1, 3)) / FP8_MAX).clamp_min(TINIEST_SCALE)
+    # the divisor is a tensor on the weight's device: CUDA divides by a Python number as a
+    # multiply by its float32 reciprocal (one ulp off for about half the values), and the
+    # scales must be the same wherever the weights are quantized (a checkpoint written on
+    # the CPU, `quantization="fp8"` on the GPU)
+    largest = torch.full((), FP8_MAX, dtype=torch.float32, device=weight.device)
+    scale = (tiles.abs().amax(dim=(1, 3)) / largest).clamp_min(TINIEST_SCALE)
     values = (tiles / scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     return values.view(nb * bn, kb * bk)[:rows, :columns].contiguous(), scale
 
