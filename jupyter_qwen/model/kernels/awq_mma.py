@@ -30,7 +30,13 @@ import triton
 import triton.language as tl
 
 from jupyter_qwen.model.kernels import pdl
-from jupyter_qwen.model.kernels.awq_lop3 import _counts, _sum_if_last, uses_asm
+from jupyter_qwen.model.kernels.awq_lop3 import (
+    _counts,
+    _pair,
+    _sum_if_last,
+    _zero_pair,
+    uses_asm,
+)
 from jupyter_qwen.model.kernels.awq_split import GROUP, chunk_of
 from jupyter_qwen.model.kernels.gemv import _inv_rms, _operand
 
@@ -39,21 +45,10 @@ _MMA_ROWS = tl.constexpr(MMA_ROWS)
 
 
 @triton.jit
-def _zero_pair(zw, K: tl.constexpr):
-    """bf16x2 (-(128 + z), -(128 + z')) of columns 2 K and 2 K + 1 (AWQ's nibbles K and
-    K + 4) of each zero word: the nibbles or-ed into the mantissas of -128.0 (0xC300C300,
-    as a signed int32)."""
-    return ((zw >> (4 * K)) & 0x000F000F) | -1023360256
-
-
-@triton.jit
-def _pair_of(words, zero_pair, K: tl.constexpr):
-    """The tl-op twin of the asm: bf16x2 (q - z, q' - z') of nibbles K and K + 4, as int32."""
-    biased = ((words >> (4 * K)) & 0x000F000F) | 0x43004300
-    low = ((biased << 16).to(tl.float32, bitcast=True)
-           + (zero_pair << 16).to(tl.float32, bitcast=True))
-    high = ((biased & -65536).to(tl.float32, bitcast=True)
-            + (zero_pair & -65536).to(tl.float32, bitcast=True))
+def _packed_pair(words, zero_pair, K: tl.constexpr):
+    """The tl-op twin of the asm: the lop3 kernel's exact fp32 halves of the pair (its CPU
+    form), put back together as bf16x2 bits in an int32."""
+    low, high = _pair(words, zero_pair, K, False)
     return ((low.to(tl.int32, bitcast=True) >> 16) & 0xFFFF) | (
         high.to(tl.int32, bitcast=True) & -65536)
 
@@ -80,10 +75,10 @@ def _unpack(words, zw, ASM: tl.constexpr):
             "=r,=r,=r,=r,r,r,r,r,r", [words, z0, z1, z2, z3],
             dtype=(tl.int32,) * 4, is_pure=True, pack=1)
     else:
-        p0 = _pair_of(words, z0, 0)
-        p1 = _pair_of(words, z1, 1)
-        p2 = _pair_of(words, z2, 2)
-        p3 = _pair_of(words, z3, 3)
+        p0 = _packed_pair(words, z0, 0)
+        p1 = _packed_pair(words, z1, 1)
+        p2 = _packed_pair(words, z2, 2)
+        p3 = _packed_pair(words, z3, 3)
     # [R, WORDS, 2 (a), 2 (b)]: pair K = 2 a + b, then each pair's two bf16
     pairs = tl.reshape(tl.join(tl.join(p0, p2), tl.join(p1, p3)),
                        [words.shape[0], words.shape[1] * 4])
