@@ -301,19 +301,24 @@ def _counts(layer, device: torch.device) -> torch.Tensor:
     return counts
 
 
+def split_partials(y: torch.Tensor, m: int, n: int, k: int, split_k: int):
+    """K split into whole groups for about `split_k` programs per N tile: (rows a split,
+    splits, where the splits write, its row stride): y itself where there is one split,
+    else fp32 partials [splits, M, N] for a fixed-order sum."""
+    chunk = chunk_of(k, GROUP, split_k)
+    splits = triton.cdiv(k, chunk)
+    if splits == 1:
+        return chunk, splits, y, y.stride(0)
+    return chunk, splits, torch.empty((splits, m, n), device=y.device, dtype=torch.float32), n
+
+
 def launch(args: dict, layer, tiling, m: int, k: int, norm_block: int) -> None:
     """The lop3 product then the sum of its splits (one launch where K is not split: the
     product writes y; "lop3_one": the last split of each N tile sums it); args as
     quant_gemv._launch builds them."""
     check_tiling(tiling)
     n, y = layer.out_features, args["y_ptr"]
-    chunk = chunk_of(k, GROUP, tiling.split_k)
-    splits = triton.cdiv(k, chunk)
-    if splits == 1:
-        partials, part_stride = y, y.stride(0)
-    else:
-        partials, part_stride = torch.empty((splits, m, n), device=y.device,
-                                            dtype=torch.float32), n
+    chunk, splits, partials, part_stride = split_partials(y, m, n, k, tiling.split_k)
     scales = layer.scales.view(torch.int32)
     last_sums = splits > 1 and tiling.unpack == "lop3_one"
     splits_p2 = triton.next_power_of_2(splits)

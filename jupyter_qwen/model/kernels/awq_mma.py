@@ -35,9 +35,10 @@ from jupyter_qwen.model.kernels.awq_lop3 import (
     _pair,
     _sum_if_last,
     _zero_pair,
+    split_partials,
     uses_asm,
 )
-from jupyter_qwen.model.kernels.awq_split import GROUP, chunk_of
+from jupyter_qwen.model.kernels.awq_split import GROUP
 from jupyter_qwen.model.kernels.gemv import _inv_rms, _operand
 
 MMA_ROWS = 16  # the dot's rows of x: tl.dot takes at least 16
@@ -173,13 +174,7 @@ def launch(args: dict, layer, tiling, m: int, k: int, norm_block: int) -> None:
     each N tile: one launch); args as quant_gemv._launch builds them."""
     check_tiling(tiling)
     n, y = layer.out_features, args["y_ptr"]
-    chunk = chunk_of(k, GROUP, tiling.split_k)
-    splits = triton.cdiv(k, chunk)
-    if splits == 1:
-        partials, part_stride = y, y.stride(0)
-    else:
-        partials, part_stride = torch.empty((splits, m, n), device=y.device,
-                                            dtype=torch.float32), n
+    chunk, splits, partials, part_stride = split_partials(y, m, n, k, tiling.split_k)
     last_sums = splits > 1
     splits_p2 = triton.next_power_of_2(splits)
     precision = "ieee" if y.dtype == torch.float32 else "tf32"
