@@ -78,7 +78,8 @@ def fp8_grid() -> list[QuantTiling]:
     """Today's default first; then tile / warp / stage variants on FP8 tensor cores,
     separately quantized activations with and without one weight scale a tile
     (`tile_scale`), two without FP8 dot, and W8A16 tilings (`swap_ab`: y.T = W' @ x.T on
-    bf16 tensor cores, W' made in registers; not yet measured). Dropped after run 47
+    bf16 tensor cores, W' made in registers), and the Gluon kernel's tilings (`wgmma`, last:
+    QUICK_PICKS index the list). Dropped after run 47
     (H100): tilings that won no point and came within 5 % of a point's best at most once:
     every `chain` tiling, 128 x 128 and 128 x 256 without `quantize_x`, 128 x 256 with it,
     grouped 64 x 128, upcast 64 x 128 / 128 x 128."""
@@ -98,7 +99,12 @@ def fp8_grid() -> list[QuantTiling]:
         T(16, 128, 128, 4, 4), T(32, 128, 128, 4, 4), T(64, 128, 128, 4, 3),
         T(64, 128, 128, 4, 4), T(64, 64, 128, 4, 4), T(128, 128, 128, 8, 3, group_m=8),
         T(128, 128, 128, 4, 3, group_m=8), T(256, 128, 128, 8, 3, group_m=8))]
-    return [*dot, *quantized, *one_scale, *upcast, *swapped]
+    # the Gluon kernel (fp8_wgmma.py): each step's scaling while the next step's wgmma runs
+    wgmma = [T(64, 128, 128, 4, 4, quantize_x=True, wgmma=True),
+             T(64, 128, 128, 4, 3, quantize_x=True, wgmma=True),
+             T(64, 64, 128, 4, 4, quantize_x=True, wgmma=True),
+             T(128, 128, 128, 8, 4, quantize_x=True, wgmma=True)]
+    return [*dot, *quantized, *one_scale, *upcast, *swapped, *wgmma]
 
 
 def awq_grid() -> list[QuantTiling]:
@@ -152,6 +158,8 @@ def label(tiling: QuantTiling) -> str:
         text += f" p{tiling.promote_k}"
     if tiling.tile_scale:
         text += " ts"
+    if tiling.wgmma:
+        text += " wgmma"
     return text
 
 

@@ -269,6 +269,39 @@ def test_tile_scale_reads_one_scale_row_only_where_the_shards_allow(mode, genera
             assert error < fp8_dot_tolerance(mode), (shards, rows, error)
 
 
+WGMMA_TILINGS = [t for t in GRIDS["fp8"] if t.wgmma]
+
+
+@pytest.mark.parametrize("tiling", WGMMA_TILINGS, ids=SWEEP.label)
+def test_wgmma_tilings_compute_what_the_triton_kernel_does(mode, generator, tiling):
+    """A `wgmma` tiling on shards whose scales differ 1000-fold (256 + 64 rows: a partial
+    last N tile), M with a partial last tile, K of 8 steps (two chunks; 4 + 2 where K is
+    not a multiple of 4 steps and the Triton kernel takes over). On a Hopper GPU
+    `fp8_wgmma.py` runs and must give the `tile_scale` Triton kernel's products (the same
+    arithmetic) and the reference's to FP8 accuracy; elsewhere (the interpreter, other
+    GPUs) the tiling runs as without `wgmma`."""
+    from jupyter_qwen.model.kernels.quant_linear import fp8_linear, hopper, runs_wgmma
+
+    shards = [256, 64]
+    triton_tiling = replace(tiling, wgmma=False, tile_scale=True)
+    for k in (1024, 768):
+        x, values, scales, scale_rows, weight = scale_contrast_case(generator, shards, k)
+        x = torch.cat([x] * 4)[: 2 * tiling.block_m + 5]
+        device = torch.device(mode.device)
+        runs = runs_wgmma(tiling, shards, k, device)
+        assert runs == (k == 1024 and hopper(device))
+        operands = [t.to(device) for t in (x, values, scales, scale_rows)]
+        y = fp8_linear(*operands, tiling=tiling, fp8_dot=True, shard_sizes=shards).float()
+        y_triton = fp8_linear(*operands, tiling=triton_tiling, fp8_dot=True,
+                              shard_sizes=shards).float()
+        expected = reference(x, weight).float()
+        for rows in (slice(0, shards[0]), slice(shards[0], None)):  # each shard on its own
+            error = relative_error(y.cpu()[:, rows], expected[:, rows])
+            assert error < fp8_dot_tolerance(mode), (k, rows, error)
+            same = relative_error(y.cpu()[:, rows], y_triton.cpu()[:, rows])
+            assert same < 1e-3, (k, rows, same)
+
+
 def test_every_sweep_tiling_prints_as_source_that_reads_back():
     for tilings in GRIDS.values():
         for tiling in tilings:

@@ -32,7 +32,9 @@ times its one scale, rounded to x's dtype as the reference dequantizes, is the d
 operand, made in registers, and the K loop is one chain of dots on x's dtype's tensor
 cores with no scaling of the sums and no FP8 activations. AWQ's `swap_ab` tilings likewise
 make the dequantized tile the left operand (y.T = W @ x.T), where the plain form waits for
-every step's tensor-core product.
+every step's tensor-core product. A `wgmma` tiling (with `quantize_x`) on a Hopper GPU runs
+`fp8_wgmma.py`'s Gluon kernel instead of `_fp8_kernel` where `runs_wgmma` allows: the same
+arithmetic with each step's scaling done while the next step's product runs.
 
 From `AWQ_VIA_BF16_MIN_M` rows (quant_tiles.py) an AWQ product dequantizes W once into a
 scratch [N, K] tensor of x's dtype (`awq_dequantize`: the reference's arithmetic, one pass
@@ -53,6 +55,7 @@ F.linear (`model/quant/linear.py`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -72,6 +75,7 @@ __all__ = ["QuantTiling", "TritonQuantKernels", "awq_dequantize", "awq_linear", 
            "quant_tiling"]
 
 SMALL_M = 16
+WGMMA_CHUNK_STEPS = 4  # K steps fp8_wgmma.py runs as straight-line code
 AWQ_DEQUANT_BLOCK_N = 64  # a program of awq_dequantize: 128 x 64 values, 4 KB of words
 AWQ_DEQUANT_BLOCK_K = 128
 MIN_PROGRAMS = 128
@@ -385,6 +389,13 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
     x_fp8 = use_fp8_dot and tiling.quantize_x and not chain
     tile_scale = x_fp8 and tiling.tile_scale and one_scale_row(tiling.block_n, shard_sizes)
     x_scales = rows  # not read unless the activations are quantized beforehand
+    if x_fp8 and runs_wgmma(tiling, shard_sizes, k, x.device):
+        from .fp8_wgmma import fp8_wgmma_product
+
+        rows8, x_scales = _quantize_x(rows)
+        fp8_wgmma_product(rows8, x_scales, weight, scale_inv, scale_rows, y.view(-1, n),
+                          tiling.block_m, tiling.block_n, tiling.num_stages, WGMMA_CHUNK_STEPS)
+        return y
     if chain:
         x_scales = _row_block_max(rows)
     elif use_fp8_dot and tiling.quantize_x:
@@ -405,6 +416,21 @@ def swaps(tiling: QuantTiling, shard_sizes: Sequence[int] | None) -> bool:
     one scale block a K step and every N tile's rows reading one scale row."""
     return (tiling.swap_ab and tiling.block_k == FP8_BLOCK
             and one_scale_row(tiling.block_n, shard_sizes))
+
+
+def runs_wgmma(tiling: QuantTiling, shard_sizes: Sequence[int] | None, k: int,
+               device: torch.device) -> bool:
+    """Whether a `wgmma` tiling runs `fp8_wgmma.py`'s kernel: a Hopper GPU, every N tile
+    reading one scale row, K a multiple of its chunk of 128-column steps (every Qwen3
+    projection: K / 128 is 8 to 76, a multiple of 4)."""
+    return (tiling.wgmma and k % (WGMMA_CHUNK_STEPS * FP8_BLOCK) == 0 and hopper(device)
+            and one_scale_row(tiling.block_n, shard_sizes))
+
+
+@functools.cache
+def hopper(device: torch.device) -> bool:
+    """Compute capability 9.0 (H100, H200): wgmma and TMA, what `fp8_wgmma.py` runs on."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
 
 
 def chains(tiling: QuantTiling, shard_sizes: Sequence[int] | None) -> bool:

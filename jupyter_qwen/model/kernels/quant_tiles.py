@@ -52,7 +52,13 @@ class QuantTiling:
       one chained dot on x's dtype's tensor cores (no scaling of the sums, no FP8
       activations; BLOCK_M may be as small as 16); elsewhere the product runs as without
       `swap_ab` (`fp8_dot` and the options above are not read when it runs). AWQ: the
-      dequantized tile is the left operand the same way (y.T = W @ x.T), on any tiling."""
+      dequantized tile is the left operand the same way (y.T = W @ x.T), on any tiling;
+    - `wgmma` (FP8 with `quantize_x`, BLOCK_K 128, BLOCK_M 64 or 128 on BLOCK_M / 16 warps,
+      BLOCK_N 64 or 128, group_m 1): on a Hopper GPU, where every N tile reads one weight
+      scale row and K is a multiple of 4 128-column steps (`quant_linear.runs_wgmma`), the product
+      runs in `fp8_wgmma.py` (Gluon): each step's wgmma issued asynchronously and the one
+      before it scaled while it runs, `num_stages` TMA slots; elsewhere as without
+      `wgmma`."""
 
     block_m: int
     block_n: int
@@ -66,14 +72,16 @@ class QuantTiling:
     promote_k: int = 0
     tile_scale: bool = False
     swap_ab: bool = False
+    wgmma: bool = False
 
 
 DEFAULT_LARGE_M = {"fp8": QuantTiling(64, 128, 128), "awq": QuantTiling(64, 128, 64)}
 
-# (format, M bucket, N, K) -> the fastest tiling of benchmarks/quant_tiles.py's sweep on an
-# H100 (2026-12-06, run 45) and, for the 4B FP8 and all AWQ entries at 256 and 2,048 rows, an
-# H200 (runs 51-52); printed by the script, pasted here. AWQ batches of AWQ_VIA_BF16_MIN_M
-# rows and more take the dequantized copy, so no AWQ entry names a bucket past 256.
+# (format, M bucket, N, K) -> the fastest tiling of benchmarks/quant_tiles.py's sweep,
+# printed by the script and pasted here: FP8 at 256, 512 and 2,048 rows from run 58 (H100,
+# 2026-12-06, with the `wgmma` tilings), the other FP8 buckets from run 45 (H100), AWQ from
+# runs 51-52 (H200). AWQ batches of AWQ_VIA_BF16_MIN_M rows and more take the dequantized
+# copy, so no AWQ entry names a bucket past 256.
 LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
     ('fp8', 32, 4096, 1024): QuantTiling(32, 64, 128, num_stages=4),
     ('awq', 32, 4096, 1024): QuantTiling(32, 64, 128),
@@ -81,8 +89,8 @@ LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
     ('fp8', 128, 4096, 1024): QuantTiling(64, 128, 128, group_m=8),
     ('awq', 128, 4096, 1024): QuantTiling(128, 64, 64),
     ('awq', 256, 4096, 1024): QuantTiling(128, 64, 64),
-    ('fp8', 512, 4096, 1024): QuantTiling(64, 128, 128, group_m=8),
-    ('fp8', 2048, 4096, 1024): QuantTiling(64, 256, 128, num_warps=8),
+    ('fp8', 512, 4096, 1024): QuantTiling(64, 128, 128, quantize_x=True, tile_scale=True),
+    ('fp8', 2048, 4096, 1024): QuantTiling(64, 128, 128, group_m=8, quantize_x=True, tile_scale=True),
     ('fp8', 8192, 4096, 1024): QuantTiling(64, 128, 128, quantize_x=True),
     ('fp8', 32, 1024, 2048): QuantTiling(32, 64, 128, num_stages=4),
     ('awq', 32, 1024, 2048): QuantTiling(32, 64, 64),
@@ -90,19 +98,19 @@ LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
     ('awq', 64, 1024, 2048): QuantTiling(64, 128, 64, num_warps=8),
     ('fp8', 128, 1024, 2048): QuantTiling(32, 64, 128, fp8_dot=False),
     ('awq', 128, 1024, 2048): QuantTiling(64, 64, 128),
-    ('fp8', 256, 1024, 2048): QuantTiling(32, 64, 128, num_stages=4),
+    ('fp8', 256, 1024, 2048): QuantTiling(64, 64, 128, quantize_x=True, tile_scale=True),
     ('awq', 256, 1024, 2048): QuantTiling(32, 64, 128),
-    ('fp8', 512, 1024, 2048): QuantTiling(32, 64, 128, fp8_dot=False),
-    ('fp8', 2048, 1024, 2048): QuantTiling(64, 256, 128, num_warps=8),
+    ('fp8', 512, 1024, 2048): QuantTiling(64, 64, 128, quantize_x=True, tile_scale=True),
+    ('fp8', 2048, 1024, 2048): QuantTiling(64, 128, 128, group_m=8, quantize_x=True, tile_scale=True),
     ('fp8', 8192, 1024, 2048): QuantTiling(64, 128, 128, quantize_x=True),
     ('fp8', 32, 6144, 1024): QuantTiling(32, 64, 128, fp8_dot=False),
     ('awq', 32, 6144, 1024): QuantTiling(32, 64, 128),
     ('fp8', 64, 6144, 1024): QuantTiling(32, 64, 128, fp8_dot=False),
     ('awq', 64, 6144, 1024): QuantTiling(64, 64, 128),
     ('awq', 128, 6144, 1024): QuantTiling(128, 64, 64),
-    ('fp8', 256, 6144, 1024): QuantTiling(64, 128, 128, group_m=8),
+    ('fp8', 256, 6144, 1024): QuantTiling(64, 64, 128, quantize_x=True, tile_scale=True),
     ('awq', 256, 6144, 1024): QuantTiling(128, 128, 128, num_warps=8),
-    ('fp8', 2048, 6144, 1024): QuantTiling(64, 128, 128, quantize_x=True),
+    ('fp8', 2048, 6144, 1024): QuantTiling(64, 128, 128, group_m=8, quantize_x=True, tile_scale=True),
     ('fp8', 8192, 6144, 1024): QuantTiling(64, 128, 128, quantize_x=True),
     ('fp8', 32, 1024, 3072): QuantTiling(32, 64, 128, fp8_dot=False),
     ('awq', 32, 1024, 3072): QuantTiling(32, 64, 128),
@@ -110,18 +118,18 @@ LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
     ('awq', 64, 1024, 3072): QuantTiling(64, 64, 128),
     ('fp8', 128, 1024, 3072): QuantTiling(32, 64, 128, fp8_dot=False),
     ('awq', 128, 1024, 3072): QuantTiling(64, 64, 128),
-    ('fp8', 256, 1024, 3072): QuantTiling(32, 64, 128, fp8_dot=False),
+    ('fp8', 256, 1024, 3072): QuantTiling(64, 64, 128, quantize_x=True, tile_scale=True),
     ('awq', 256, 1024, 3072): QuantTiling(64, 64, 128),
-    ('fp8', 512, 1024, 3072): QuantTiling(64, 128, 128, quantize_x=True),
-    ('fp8', 2048, 1024, 3072): QuantTiling(64, 256, 128, num_warps=8),
+    ('fp8', 512, 1024, 3072): QuantTiling(64, 64, 128, quantize_x=True, tile_scale=True),
+    ('fp8', 2048, 1024, 3072): QuantTiling(64, 128, 128, group_m=8, quantize_x=True, tile_scale=True),
     ('fp8', 8192, 1024, 3072): QuantTiling(64, 128, 128, quantize_x=True),
     ('fp8', 32, 6144, 2560): QuantTiling(32, 64, 128, fp8_dot=False),
     ('awq', 32, 6144, 2560): QuantTiling(32, 64, 128),
     ('fp8', 64, 6144, 2560): QuantTiling(32, 64, 128, num_stages=4, quantize_x=True),
     ('awq', 64, 6144, 2560): QuantTiling(64, 64, 128),
     ('awq', 128, 6144, 2560): QuantTiling(64, 64, 128),
-    ('fp8', 256, 6144, 2560): QuantTiling(64, 256, 128, num_warps=8),
-    ('fp8', 2048, 6144, 2560): QuantTiling(64, 128, 128, quantize_x=True),
+    ('fp8', 256, 6144, 2560): QuantTiling(64, 128, 128, group_m=8, quantize_x=True, tile_scale=True),
+    ('fp8', 2048, 6144, 2560): QuantTiling(128, 128, 128, num_warps=8, num_stages=4, quantize_x=True, wgmma=True),
     ('fp8', 8192, 6144, 2560): QuantTiling(64, 128, 128, quantize_x=True),
     ('fp8', 32, 2560, 4096): QuantTiling(32, 64, 128, num_stages=4, quantize_x=True),
     ('awq', 32, 2560, 4096): QuantTiling(32, 64, 128),
@@ -129,9 +137,9 @@ LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
     ('awq', 64, 2560, 4096): QuantTiling(64, 64, 128),
     ('fp8', 128, 2560, 4096): QuantTiling(64, 128, 128, quantize_x=True),
     ('awq', 128, 2560, 4096): QuantTiling(64, 64, 128),
-    ('fp8', 256, 2560, 4096): QuantTiling(64, 128, 128, quantize_x=True),
-    ('fp8', 512, 2560, 4096): QuantTiling(64, 128, 128, quantize_x=True),
-    ('fp8', 2048, 2560, 4096): QuantTiling(64, 128, 128, quantize_x=True),
+    ('fp8', 256, 2560, 4096): QuantTiling(64, 128, 128, num_stages=4, quantize_x=True, tile_scale=True),
+    ('fp8', 512, 2560, 4096): QuantTiling(64, 64, 128, quantize_x=True, tile_scale=True),
+    ('fp8', 2048, 2560, 4096): QuantTiling(64, 128, 128, quantize_x=True, wgmma=True),
     ('fp8', 8192, 2560, 4096): QuantTiling(64, 128, 128, quantize_x=True),
     ('fp8', 32, 19456, 2560): QuantTiling(32, 64, 128, num_stages=4, quantize_x=True),
     ('awq', 32, 19456, 2560): QuantTiling(32, 64, 64),
@@ -139,9 +147,9 @@ LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
     ('awq', 64, 19456, 2560): QuantTiling(64, 64, 128),
     ('fp8', 128, 19456, 2560): QuantTiling(64, 128, 128, quantize_x=True),
     ('awq', 128, 19456, 2560): QuantTiling(128, 64, 64),
-    ('fp8', 256, 19456, 2560): QuantTiling(128, 128, 128, num_warps=8, group_m=8, quantize_x=True),
-    ('fp8', 512, 19456, 2560): QuantTiling(128, 128, 128, num_warps=8, group_m=8, quantize_x=True),
-    ('fp8', 2048, 19456, 2560): QuantTiling(64, 128, 128, quantize_x=True),
+    ('fp8', 256, 19456, 2560): QuantTiling(64, 128, 128, num_stages=4, quantize_x=True, wgmma=True),
+    ('fp8', 512, 19456, 2560): QuantTiling(64, 128, 128, group_m=8, quantize_x=True, tile_scale=True),
+    ('fp8', 2048, 19456, 2560): QuantTiling(128, 128, 128, num_warps=8, num_stages=4, quantize_x=True, wgmma=True),
     ('fp8', 8192, 19456, 2560): QuantTiling(64, 128, 128, quantize_x=True),
     ('fp8', 32, 2560, 9728): QuantTiling(32, 64, 128, fp8_dot=False),
     ('awq', 32, 2560, 9728): QuantTiling(32, 64, 128),
@@ -149,14 +157,17 @@ LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
     ('awq', 64, 2560, 9728): QuantTiling(64, 64, 128),
     ('fp8', 128, 2560, 9728): QuantTiling(32, 64, 128, num_stages=4, quantize_x=True),
     ('awq', 128, 2560, 9728): QuantTiling(64, 64, 128),
-    ('fp8', 256, 2560, 9728): QuantTiling(64, 128, 128, quantize_x=True),
-    ('fp8', 512, 2560, 9728): QuantTiling(64, 128, 128, quantize_x=True),
-    ('fp8', 2048, 2560, 9728): QuantTiling(64, 128, 128, quantize_x=True),
+    ('fp8', 256, 2560, 9728): QuantTiling(64, 64, 128, num_stages=4, quantize_x=True, wgmma=True),
+    ('fp8', 512, 2560, 9728): QuantTiling(64, 128, 128, num_stages=4, quantize_x=True, wgmma=True),
+    ('fp8', 2048, 2560, 9728): QuantTiling(128, 128, 128, num_warps=8, num_stages=4, quantize_x=True, wgmma=True),
     ('fp8', 8192, 2560, 9728): QuantTiling(64, 128, 128, quantize_x=True),
     ('awq', 256, 6144, 2560): QuantTiling(128, 128, 128, num_warps=8, group_m=8),
     ('awq', 256, 2560, 4096): QuantTiling(64, 64, 128),
     ('awq', 256, 19456, 2560): QuantTiling(128, 64, 64),
     ('awq', 256, 2560, 9728): QuantTiling(64, 64, 128),
+    ('fp8', 512, 6144, 2560): QuantTiling(64, 128, 128, quantize_x=True, tile_scale=True),
+    ('fp8', 256, 4096, 1024): QuantTiling(64, 128, 128, num_stages=4, quantize_x=True, tile_scale=True),
+    ('fp8', 512, 6144, 1024): QuantTiling(64, 128, 128, quantize_x=True, tile_scale=True),
 }
 
 
@@ -182,7 +193,7 @@ def tiling_problem(fmt: str, tiling: QuantTiling) -> str | None:
     """Why `tiling` cannot run `fmt`'s kernel, or None: the K step stays inside one scale
     block / group, AWQ's N tile holds whole packed words, tiles are powers of two that
     tl.dot takes (>= 16), group_m >= 1, `chain`'s, `tile_scale`'s and `swap_ab`'s N tile
-    inside one scale row."""
+    inside one scale row, `wgmma`'s tiles those its kernel takes."""
     sizes = (tiling.block_m, tiling.block_n, tiling.block_k)
     if any(size < 16 or size & (size - 1) for size in sizes):
         return f"tile {sizes} must be powers of two >= 16"
@@ -208,6 +219,12 @@ def tiling_problem(fmt: str, tiling: QuantTiling) -> str | None:
     if tiling.promote_k and not (tiling.chain and 16 <= tiling.promote_k <= tiling.block_k
                                  and not tiling.promote_k & (tiling.promote_k - 1)):
         return f"promote_k {tiling.promote_k}: a power of two in 16 ... block_k, with chain"
+    if tiling.wgmma and not (fmt == "fp8" and tiling.quantize_x and tiling.block_k == FP8_BLOCK
+                             and tiling.block_m in (64, 128) and tiling.block_n in (64, 128)
+                             and tiling.num_warps == tiling.block_m // 16
+                             and tiling.group_m == 1 and not tiling.tile_scale):
+        return ("wgmma takes FP8 with quantize_x, block_k 128, block_m 64 or 128 on "
+                "block_m / 16 warps, block_n 64 or 128, group_m 1")
     if tiling.group_m < 1 or tiling.num_warps not in (1, 2, 4, 8, 16) or tiling.num_stages < 1:
         return f"group_m {tiling.group_m}, num_warps {tiling.num_warps}, stages"
     return None
