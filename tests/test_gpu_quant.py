@@ -34,7 +34,26 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 # apply the scales to fp32 sums); FP8 prefill quantizes activations to e4m3 per token and
 # 128 columns (3 mantissa bits against bf16's 7), ~4.7x the bf16 path's distance on an
 # H100 (run 55). A wrong kernel strays by O(1) a prompt.
-TRITON_ERROR_BUDGET = {"fp8": 8.0, "awq": 2.0}
+TRITON_ERROR_BUDGET = {"fp8": 8.0, "awq": 2.0, "fp8-wgmma": 8.0}
+# "fp8-wgmma": the FP8 checkpoint with every FP8 table entry on the Gluon kernel
+# (`fp8_wgmma.py`), which the measured table picks only for Qwen3-4B's products.
+METHODS = ["fp8", "awq", "fp8-wgmma"]
+
+
+def serve_method(method: str, monkeypatch) -> Path:
+    """The checkpoint of `method`; for "fp8-wgmma" the larger FP8 batches (the table's
+    entries) go to the Gluon kernel, on a Hopper GPU."""
+    if method == "fp8-wgmma":
+        from jupyter_qwen.model.kernels import quant_tiles
+        from jupyter_qwen.model.kernels.quant_linear import hopper
+
+        if not hopper(torch.device("cuda")):
+            pytest.skip("the Gluon kernel runs on a Hopper GPU only")
+        tiling = quant_tiles.QuantTiling(64, 128, 128, 4, 4, quantize_x=True, wgmma=True)
+        table = {key: tiling if key[0] == "fp8" else value
+                 for key, value in quant_tiles.LARGE_M_TILES.items()}
+        monkeypatch.setattr(quant_tiles, "LARGE_M_TILES", table)
+    return quantized_checkpoint(method.split("-")[0])
 
 
 def quantized_checkpoint(method: str, layers: int = 2) -> Path:
@@ -91,12 +110,12 @@ def test_transformers_fine_grained_fp8_gives_our_greedy_tokens(prompts):
     assert after == before
 
 
-@pytest.mark.parametrize("method", ["fp8", "awq"])
-def test_triton_path_computes_what_the_reference_path_does(method, prompts):
+@pytest.mark.parametrize("method", METHODS)
+def test_triton_path_computes_what_the_reference_path_does(method, prompts, monkeypatch):
     """Eager and graph-replayed Triton steps pick the same tokens, and their first-token
     logits stay within TRITON_ERROR_BUDGET of the fp32 reference path (on the CPU), against
     how far the bf16 reference path itself strays."""
-    folder = quantized_checkpoint(method)
+    folder = serve_method(method, monkeypatch)
     truth = cpu_first_logits(folder, prompts)
     _, reference_logits, _, _ = run_engine(folder, prompts, attention_backend="torch",
                                            enforce_eager=True, max_num_seqs=1)
@@ -127,11 +146,11 @@ def cpu_first_logits(folder: Path, prompts: list[list[int]]) -> list[torch.Tenso
         llm.close()
 
 
-@pytest.mark.parametrize("method", ["fp8", "awq"])
-def test_no_quantized_kernel_compiles_after_start_up(method):
+@pytest.mark.parametrize("method", METHODS)
+def test_no_quantized_kernel_compiles_after_start_up(method, monkeypatch):
     from triton import knobs
 
-    folder = quantized_checkpoint(method)
+    folder = serve_method(method, monkeypatch)
     drop_compiled_kernels()
     compiled = []
     rng = random.Random(5)

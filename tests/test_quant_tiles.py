@@ -302,6 +302,34 @@ def test_wgmma_tilings_compute_what_the_triton_kernel_does(mode, generator, tili
             assert same < 1e-3, (k, rows, same)
 
 
+@pytest.mark.parametrize("tiling", WGMMA_TILINGS[:1], ids=SWEEP.label)
+def test_wgmma_products_replay_from_a_cuda_graph(mode, generator, tiling):
+    """Decode steps of up to 256 rows replay captured graphs: the kernel's TMA descriptors
+    are made at capture, so a replay must read the static input's new values (and the
+    activation scratch the capture allocated), giving the eager product's bits."""
+    from jupyter_qwen.model.kernels.quant_linear import fp8_linear, hopper
+
+    if mode.device != "cuda" or not hopper(torch.device("cuda")):
+        pytest.skip("the Gluon kernel runs on a Hopper GPU only")
+    shards, k = [256, 64], 1024
+    _, values, scales, scale_rows, _ = scale_contrast_case(generator, shards, k)
+    operands = [t.cuda() for t in (values, scales, scale_rows)]
+    static_x = torch.zeros(2 * tiling.block_m + 5, k, dtype=torch.bfloat16, device="cuda")
+
+    def run():
+        return fp8_linear(static_x, *operands, tiling=tiling, fp8_dot=True, shard_sizes=shards)
+
+    run()  # compiled before the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = run()
+    for trial in range(2):
+        fresh = torch.randn(static_x.shape, generator=generator).to(torch.bfloat16)
+        static_x.copy_(fresh.cuda())
+        graph.replay()
+        assert torch.equal(static_y, run()), trial
+
+
 def test_every_sweep_tiling_prints_as_source_that_reads_back():
     for tilings in GRIDS.values():
         for tiling in tilings:
