@@ -19,7 +19,11 @@ weights per shape; output memory poisoned with NaN beforehand): relative error u
 (bf16 output), 5e-2 on FP8 tensor cores (activations in e4m3); a failing variant is skipped
 with a FAIL line. Times are triton.testing.do_bench medians, which clears the L2 (256 MB
 write) before every timed launch, so weights and activations come from HBM as they do in a
-model whose layers each read their own weights.
+model whose layers each read their own weights. Batches of up to --graph-rows rows (256,
+the engine's decode steps, which replay CUDA graphs) are timed as graph replays, the GPU's
+time alone; larger ones (prefill, launched from Python) as Python launches: a product whose
+launch costs the host more than the L2 clear takes is timed host-bound there, as it runs
+(`benchmarks/fp8_host_cost.py`: ~60-110 us for the FP8 paths).
 
 Every kernel variant is compiled first in parallel worker processes (Triton's disk cache),
 and the compile count and time are printed (compiles in this process, too: a kernel its
@@ -289,20 +293,35 @@ def fp8_tensor_cores() -> bool:
 # ---------------------------------------------------------------- the sweep
 
 
-def bench_ms(run, xs: list[torch.Tensor]) -> float:
+def bench_ms(run, xs: list[torch.Tensor], graphs: bool) -> float:
+    """Median ms of run(x), x taking each of `xs` in turn. `graphs`: each run(x) captured in
+    a CUDA graph once and replayed, as decode steps run (the GPU's time alone); else
+    launched from Python, as prefill runs (a product whose launch costs the host more than
+    the L2 clear before it takes is timed host-bound)."""
     import triton.testing
 
     turn = [0]
+    if graphs:
+        replays = []
+        for x in xs:
+            run(x)  # compiled before the capture
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                run(x)
+            replays.append(graph.replay)
+        step = lambda: replays[turn[0] % len(replays)]()  # noqa: E731
+    else:
+        step = lambda: run(xs[turn[0] % len(xs)])  # noqa: E731
 
     def once():
         turn[0] += 1
-        run(xs[turn[0] % len(xs)])
+        step()
 
     return triton.testing.do_bench(once, warmup=WARMUP_MS, rep=REP_MS, return_mode="median")
 
 
 def sweep_point(fmt: str, projection: Projection, m: int, xs, candidates, fp8_dot: bool,
-                failed: set) -> list[dict]:
+                failed: set, graphs: bool) -> list[dict]:
     """Check then time each candidate at M rows; returns one record per candidate timed."""
     x = xs[0]
     n = projection.weight.shape[0]
@@ -323,7 +342,7 @@ def sweep_point(fmt: str, projection: Projection, m: int, xs, candidates, fp8_do
             say(f"FAIL {fmt} {label(tiling)} M={m} N={n}: relative error {error:.2e}")
             continue
         records.append({"tiling": asdict(tiling), "label": label(tiling), "error": error,
-                        "ms": bench_ms(run, xs)})
+                        "ms": bench_ms(run, xs, graphs)})
     return records
 
 
@@ -353,15 +372,16 @@ def sweep_rows(args, projection: Projection, m: int, generator, fp8_dot: bool, f
     xs = [torch.randn(m, k, generator=generator, device="cuda", dtype=torch.bfloat16)
           for _ in range(2)]
     weight = projection.weight
-    point = {"n": n, "k": k, "m": m, "formats": {},
-             "bf16_ms": bench_ms(lambda x: torch.nn.functional.linear(x, weight), xs)}
+    graphs = m <= args.graph_rows
+    point = {"n": n, "k": k, "m": m, "formats": {}, "graphs": graphs,
+             "bf16_ms": bench_ms(lambda x: torch.nn.functional.linear(x, weight), xs, graphs)}
     late = time.perf_counter() - START > args.budget
     point["late"] = late
     for fmt in args.formats:
         default = DEFAULT_LARGE_M[fmt]
         candidates = [t for t in grid(fmt, args.quick) if fits(t, m) and (fmt, t) not in failed
                       and (not late or t == default or t in winners[fmt])]
-        records = sweep_point(fmt, projection, m, xs, candidates, fp8_dot, failed)
+        records = sweep_point(fmt, projection, m, xs, candidates, fp8_dot, failed, graphs)
         point["formats"][fmt] = records
         if records:
             winners[fmt].add(T(**min(records, key=lambda r: r["ms"])["tiling"]))
@@ -476,6 +496,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=150.0,
                         help="seconds after which only bf16, defaults and winners are timed")
     parser.add_argument("--min-gain", type=float, default=0.03)
+    parser.add_argument("--graph-rows", type=int, default=256,
+                        help="time batches up to this many rows as CUDA graph replays (the "
+                             "engine's decode steps); larger ones launched from Python")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-precompile", action="store_true")
     args = parser.parse_args(argv)
