@@ -341,8 +341,15 @@ def sweep_point(fmt: str, projection: Projection, m: int, xs, candidates, fp8_do
             failed.add((fmt, tiling))
             say(f"FAIL {fmt} {label(tiling)} M={m} N={n}: relative error {error:.2e}")
             continue
+        try:
+            ms = bench_ms(run, xs, graphs)
+        except Exception as exc:  # a launch that cannot be captured, say
+            failed.add((fmt, tiling))
+            say(f"FAIL {fmt} {label(tiling)} M={m} timing: {type(exc).__name__}: "
+                f"{str(exc)[:160]}")
+            continue
         records.append({"tiling": asdict(tiling), "label": label(tiling), "error": error,
-                        "ms": bench_ms(run, xs, graphs)})
+                        "ms": ms})
     return records
 
 
