@@ -283,7 +283,7 @@ def test_wgmma_tilings_compute_what_the_triton_kernel_does(mode, generator, tili
     from jupyter_qwen.model.kernels.quant_linear import fp8_linear, hopper, runs_wgmma
 
     shards = [256, 64]
-    triton_tiling = replace(tiling, wgmma=False, tile_scale=True)
+    triton_tiling = replace(tiling, wgmma=False, wgmma_chunk=4, tile_scale=True)
     for k in (1024, 768):
         x, values, scales, scale_rows, weight = scale_contrast_case(generator, shards, k)
         x = torch.cat([x] * 4)[: 2 * tiling.block_m + 5]

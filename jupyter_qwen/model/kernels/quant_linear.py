@@ -75,7 +75,6 @@ __all__ = ["QuantTiling", "TritonQuantKernels", "awq_dequantize", "awq_linear", 
            "quant_tiling"]
 
 SMALL_M = 16
-WGMMA_CHUNK_STEPS = 4  # K steps fp8_wgmma.py runs as straight-line code
 AWQ_DEQUANT_BLOCK_N = 64  # a program of awq_dequantize: 128 x 64 values, 4 KB of words
 AWQ_DEQUANT_BLOCK_K = 128
 MIN_PROGRAMS = 128
@@ -394,7 +393,7 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
 
         rows8, x_scales = _quantize_x(rows)
         fp8_wgmma_product(rows8, x_scales, weight, scale_inv, scale_rows, y.view(-1, n),
-                          tiling.block_m, tiling.block_n, tiling.num_stages, WGMMA_CHUNK_STEPS)
+                          tiling.block_m, tiling.block_n, tiling.num_stages, tiling.wgmma_chunk)
         return y
     if chain:
         x_scales = _row_block_max(rows)
@@ -422,8 +421,8 @@ def runs_wgmma(tiling: QuantTiling, shard_sizes: Sequence[int] | None, k: int,
                device: torch.device) -> bool:
     """Whether a `wgmma` tiling runs `fp8_wgmma.py`'s kernel: a Hopper GPU, every N tile
     reading one scale row, K a multiple of its chunk of 128-column steps (every Qwen3
-    projection: K / 128 is 8 to 76, a multiple of 4)."""
-    return (tiling.wgmma and k % (WGMMA_CHUNK_STEPS * FP8_BLOCK) == 0 and hopper(device)
+    projection at chunks of 4: K / 128 is 8 to 76, a multiple of 4)."""
+    return (tiling.wgmma and k % (tiling.wgmma_chunk * FP8_BLOCK) == 0 and hopper(device)
             and one_scale_row(tiling.block_n, shard_sizes))
 
 

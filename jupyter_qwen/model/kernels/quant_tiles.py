@@ -55,10 +55,11 @@ class QuantTiling:
       dequantized tile is the left operand the same way (y.T = W @ x.T), on any tiling;
     - `wgmma` (FP8 with `quantize_x`, BLOCK_K 128, BLOCK_M 64 or 128 on BLOCK_M / 16 warps,
       BLOCK_N 64 or 128, group_m 1): on a Hopper GPU, where every N tile reads one weight
-      scale row and K is a multiple of 4 128-column steps (`quant_linear.runs_wgmma`), the product
-      runs in `fp8_wgmma.py` (Gluon): each step's wgmma issued asynchronously and the one
-      before it scaled while it runs, `num_stages` TMA slots; elsewhere as without
-      `wgmma`."""
+      scale row and K is a multiple of `wgmma_chunk` 128-column steps
+      (`quant_linear.runs_wgmma`), the product runs in `fp8_wgmma.py` (Gluon): each step's
+      wgmma issued asynchronously and the one before it scaled while it runs, `num_stages`
+      TMA slots, K in chunks of `wgmma_chunk` steps of straight-line code (2, 4 or 8; each
+      chunk's last scaling runs alone); elsewhere as without `wgmma`."""
 
     block_m: int
     block_n: int
@@ -73,6 +74,7 @@ class QuantTiling:
     tile_scale: bool = False
     swap_ab: bool = False
     wgmma: bool = False
+    wgmma_chunk: int = 4
 
 
 DEFAULT_LARGE_M = {"fp8": QuantTiling(64, 128, 128), "awq": QuantTiling(64, 128, 64)}
@@ -222,9 +224,12 @@ def tiling_problem(fmt: str, tiling: QuantTiling) -> str | None:
     if tiling.wgmma and not (fmt == "fp8" and tiling.quantize_x and tiling.block_k == FP8_BLOCK
                              and tiling.block_m in (64, 128) and tiling.block_n in (64, 128)
                              and tiling.num_warps == tiling.block_m // 16
-                             and tiling.group_m == 1 and not tiling.tile_scale):
+                             and tiling.group_m == 1 and not tiling.tile_scale
+                             and tiling.wgmma_chunk in (2, 4, 8)):
         return ("wgmma takes FP8 with quantize_x, block_k 128, block_m 64 or 128 on "
-                "block_m / 16 warps, block_n 64 or 128, group_m 1")
+                "block_m / 16 warps, block_n 64 or 128, group_m 1, wgmma_chunk 2, 4 or 8")
+    if tiling.wgmma_chunk != 4 and not tiling.wgmma:
+        return "wgmma_chunk is read by wgmma tilings only"
     if tiling.group_m < 1 or tiling.num_warps not in (1, 2, 4, 8, 16) or tiling.num_stages < 1:
         return f"group_m {tiling.group_m}, num_warps {tiling.num_warps}, stages"
     return None
