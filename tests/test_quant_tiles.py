@@ -288,8 +288,8 @@ def test_wgmma_tilings_compute_what_the_triton_kernel_does(mode, generator, tili
         x, values, scales, scale_rows, weight = scale_contrast_case(generator, shards, k)
         x = torch.cat([x] * 4)[: 2 * tiling.block_m + 5]
         device = torch.device(mode.device)
-        runs = runs_wgmma(tiling, shards, k, device)
-        assert runs == (k == 1024 and hopper(device))
+        runs = runs_wgmma(tiling, shards, values.to(device))
+        assert runs == (k % (tiling.wgmma_chunk * 128) == 0 and hopper(device))
         operands = [t.to(device) for t in (x, values, scales, scale_rows)]
         y = fp8_linear(*operands, tiling=tiling, fp8_dot=True, shard_sizes=shards).float()
         y_triton = fp8_linear(*operands, tiling=triton_tiling, fp8_dot=True,

@@ -6,10 +6,12 @@ y = x @ W.T for a Qwen FP8 projection whose every N tile reads one weight scale 
 scales (`quant_linear._quantize_x`). Each 128-column K step's FP8 product must be scaled by
 a_scale[m] * s before it joins the fp32 sum, so the Triton-language kernels wait for every
 step's wgmma before scaling it and the tensor cores idle meanwhile. Here the wait is
-explicit: step i's wgmma is issued asynchronously into a fresh register tile, then the
+explicit: step i's wgmma is issued asynchronously into one of two register tiles, then the
 kernel waits only for step i - 1's (`warpgroup_mma_wait(num_outstanding=1)`), scales that
 one into the accumulator while step i's runs, and refills step i - 1's shared-memory slot
-with the tile of step i + STAGES - 1 (TMA, one mbarrier a slot). The arithmetic is the
+with the tiles of step i + STAGES - 1 (TMA, one mbarrier a slot). K runs in chunks of
+straight-line steps with nothing in flight between chunks (what ptxas needs to keep the
+wgmma asynchronous: `benchmarks/KERNEL_NOTES.md`). The arithmetic is the
 `quantize_x` / `tile_scale` kernel's: e4m3 x e4m3 products of one 128-column block summed
 by the tensor cores, times a_scale[m] * s in fp32, added in K order.
 

@@ -388,7 +388,7 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
     x_fp8 = use_fp8_dot and tiling.quantize_x and not chain
     tile_scale = x_fp8 and tiling.tile_scale and one_scale_row(tiling.block_n, shard_sizes)
     x_scales = rows  # not read unless the activations are quantized beforehand
-    if x_fp8 and runs_wgmma(tiling, shard_sizes, k, x.device):
+    if x_fp8 and runs_wgmma(tiling, shard_sizes, weight):
         from .fp8_wgmma import fp8_wgmma_product
 
         rows8, x_scales = _quantize_x(rows)
@@ -417,13 +417,16 @@ def swaps(tiling: QuantTiling, shard_sizes: Sequence[int] | None) -> bool:
             and one_scale_row(tiling.block_n, shard_sizes))
 
 
-def runs_wgmma(tiling: QuantTiling, shard_sizes: Sequence[int] | None, k: int,
-               device: torch.device) -> bool:
-    """Whether a `wgmma` tiling runs `fp8_wgmma.py`'s kernel: a Hopper GPU, every N tile
-    reading one scale row, K a multiple of its chunk of 128-column steps (every Qwen3
-    projection at chunks of 4: K / 128 is 8 to 76, a multiple of 4)."""
-    return (tiling.wgmma and k % (tiling.wgmma_chunk * FP8_BLOCK) == 0 and hopper(device)
-            and one_scale_row(tiling.block_n, shard_sizes))
+def runs_wgmma(tiling: QuantTiling, shard_sizes: Sequence[int] | None,
+               weight: torch.Tensor) -> bool:
+    """Whether a `wgmma` tiling runs `fp8_wgmma.py`'s kernel on this [N, K] weight: a Hopper
+    GPU, every N tile reading one scale row, K a multiple of its chunk of 128-column steps
+    (every Qwen3 projection at chunks of 4: K / 128 is 8 to 76, a multiple of 4), and rows
+    TMA can read (contiguous, 16-byte aligned)."""
+    k = weight.shape[1]
+    return (tiling.wgmma and k % (tiling.wgmma_chunk * FP8_BLOCK) == 0
+            and hopper(weight.device) and weight.stride(1) == 1 and weight.stride(0) % 16 == 0
+            and weight.data_ptr() % 16 == 0 and one_scale_row(tiling.block_n, shard_sizes))
 
 
 @functools.cache
