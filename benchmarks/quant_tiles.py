@@ -303,22 +303,21 @@ def bench_ms(run, xs: list[torch.Tensor], graphs: bool) -> float:
     the L2 clear before it takes is timed host-bound)."""
     import triton.testing
 
-    turn = [0]
+    calls = [lambda x=x: run(x) for x in xs]
     if graphs:
         replays = []
-        for x in xs:
-            run(x)  # compiled before the capture
+        for call in calls:
+            call()  # compiled before the capture
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                run(x)
+                call()
             replays.append(graph.replay)
-        step = lambda: replays[turn[0] % len(replays)]()  # noqa: E731
-    else:
-        step = lambda: run(xs[turn[0] % len(xs)])  # noqa: E731
+        calls = replays
+    turn = [0]
 
     def once():
         turn[0] += 1
-        step()
+        calls[turn[0] % len(calls)]()
 
     return triton.testing.do_bench(once, warmup=WARMUP_MS, rep=REP_MS, return_mode="median")
 

@@ -80,20 +80,8 @@ AWQ_LOP3_LARGE = {
 }
 # unpacked to bf16 q - z for the tensor cores, K split: (K, shards, (block_n, num_warps,
 # split_k)), unpack="mma"
-AWQ_MMA_SMALL = {
-    "odd splits": (640, [48, 16], (64, 2, 3)),  # 5 groups in splits of 2, 2 and 1
-    "k-tail": (200, [24, 16], (32, 1, 2)),  # N = 40 > BLOCK_N; the 2nd split a partial group
-    "partial": (900, [64], (64, 4, 2)),  # 8 steps in splits of 4, the last group 4 rows
-    "n-tail": (384, [96, 64], (128, 4, 5)),  # 3 steps (split_k capped); N = 160
-    "one split": (300, [64, 32], (64, 2, 1)),  # no partials: y written by the product
-}
-AWQ_MMA_LARGE = {
-    "0.6B qkv": (1024, [2048, 1024, 1024], (128, 4, 4)),
-    "0.6B down": (3072, [1024], (64, 4, 24)),
-    "4B gate_up": (2560, [9728, 9728], (256, 8, 3)),
-    "4B o": (4096, [2560], (128, 4, 8)),
-    "4B gate_up, one split": (2560, [9728, 9728], (128, 4, 1)),
-}
+AWQ_MMA_SMALL = {**AWQ_LOP3_SMALL, "partial": (900, [64], (64, 4, 2))}  # lop3's cases
+AWQ_MMA_LARGE = {**AWQ_LOP3_LARGE, "0.6B down": (3072, [1024], (64, 4, 24))}
 # FP8 as int32 words: (K, shards, (block_n, block_k, num_warps)), unpack="words"
 FP8_WORDS_SMALL = {
     "one step": (256, [64, 32], (16, 256, 1)),  # 32 lanes x 8 inputs

@@ -388,17 +388,16 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
     x_fp8 = use_fp8_dot and tiling.quantize_x and not chain
     tile_scale = x_fp8 and tiling.tile_scale and one_scale_row(tiling.block_n, shard_sizes)
     x_scales = rows  # not read unless the activations are quantized beforehand
-    if x_fp8 and runs_wgmma(tiling, shard_sizes, weight):
-        from .fp8_wgmma import fp8_wgmma_product
-
-        rows8, x_scales = _quantize_x(rows)
-        fp8_wgmma_product(rows8, x_scales, weight, scale_inv, scale_rows, y.view(-1, n),
-                          tiling.block_m, tiling.block_n, tiling.num_stages, tiling.wgmma_chunk)
-        return y
     if chain:
         x_scales = _row_block_max(rows)
     elif use_fp8_dot and tiling.quantize_x:
         rows, x_scales = _quantize_x(rows)
+    if x_fp8 and runs_wgmma(tiling, shard_sizes, weight):
+        from .fp8_wgmma import fp8_wgmma_product
+
+        fp8_wgmma_product(rows, x_scales, weight, scale_inv, scale_rows, y.view(-1, n),
+                          tiling.block_m, tiling.block_n, tiling.num_stages, tiling.wgmma_chunk)
+        return y
     _fp8_kernel[_grid(m, n, tiling)](
         rows, x_scales, weight, scale_inv, scale_rows, y.view(-1, n), m, n, k, rows.stride(0),
         x_scales.stride(0), weight.stride(0), scale_inv.stride(0), n, BLOCK_M=tiling.block_m,
