@@ -86,6 +86,28 @@ def test_a_child_stopped_from_outside_leaves_the_list(demo_model):
         server.stop()
 
 
+def test_a_stop_while_the_start_waits_is_not_a_failed_start(demo_model, monkeypatch):
+    """/health says ok, the sidebar's Stop arrives at once, and the start-up's own /health
+    read then finds the server stopping: `wait_ready` returns (the child exits 0, "stopped
+    elsewhere") instead of raising ServerStartError (a child exit of 2)."""
+    from jupyter_qwen.server import server as server_module
+    from jupyter_qwen.server.health import UNREACHABLE, Health
+    from jupyter_qwen.server.server import QwenServer
+
+    qwen = QwenServer(str(demo_model), model_path=demo_model)
+    qwen.ctx.state = "ok"
+
+    def stopped_meanwhile(root_url: str, timeout: float = 2.0) -> Health:
+        qwen.ctx.state = "stopping"  # what the /admin/stop handler's release sets
+        return Health(UNREACHABLE, error="connection refused")
+
+    monkeypatch.setattr(server_module, "read_health", stopped_meanwhile)
+    assert qwen.wait_ready(progress=False) is qwen
+    qwen.ctx.state, qwen.ctx.error = "failed", "the model did not load"  # a real failure
+    with pytest.raises(server_module.ServerStartError, match="the server is failed"):
+        qwen.wait_ready(progress=False)
+
+
 def test_a_child_that_cannot_start_says_why():
     from jupyter_qwen.server.errors import ServerStartError
 

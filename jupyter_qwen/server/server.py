@@ -149,13 +149,20 @@ class QwenServer(OpenAIClients):
             bar.update("ready" if self.ctx.state == "ok" else self.ctx.state, 1.0)
         if self.load_error is not None:
             raise self.load_error
+        if self._stopped_while_starting():
+            return self
         if self.ctx.state != "ok":
             raise ServerStartError(f"the server is {self.ctx.state}: {self.ctx.error}")
         health = read_health(self.root_url, timeout=10)
-        if not health.ok:
+        if not health.ok and not self._stopped_while_starting():
             raise ServerStartError(f"/health answered {health.code or health.error}: "
                                    f"{health.body}")
         return self
+
+    def _stopped_while_starting(self) -> bool:
+        """A stop came in while `wait_ready` waited (its /admin/stop as soon as /health said
+        ok, say): the start did not fail, the server is just no longer serving."""
+        return self.ctx.state in ("stopping", "stopped") and self.ctx.error is None
 
     def stop(self) -> CleanReport | None:
         """Stop serving and release the engine's memory. Safe to call more than once;
