@@ -275,8 +275,8 @@ WGMMA_TILINGS = [t for t in GRIDS["fp8"] if t.wgmma]
 @pytest.mark.parametrize("tiling", WGMMA_TILINGS, ids=SWEEP.label)
 def test_wgmma_tilings_compute_what_the_triton_kernel_does(mode, generator, tiling):
     """A `wgmma` tiling on shards whose scales differ 1000-fold (256 + 64 rows: a partial
-    last N tile), M with a partial last tile, K of 8 steps (two chunks; 4 + 2 where K is
-    not a multiple of 4 steps and the Triton kernel takes over). On a Hopper GPU
+    last N tile), M with a partial last tile, K of 8 steps (whole chunks of 4 or 8) and of 6
+    (not a multiple of the chunk: the Triton kernel takes over). On a Hopper GPU
     `fp8_wgmma.py` runs and must give the `tile_scale` Triton kernel's products (the same
     arithmetic) and the reference's to FP8 accuracy; elsewhere (the interpreter, other
     GPUs) the tiling runs as without `wgmma`."""
