@@ -23,7 +23,10 @@ model whose layers each read their own weights. Batches of up to --graph-rows ro
 the engine's decode steps, which replay CUDA graphs) are timed as graph replays, the GPU's
 time alone; larger ones (prefill, launched from Python) as Python launches: a product whose
 launch costs the host more than the L2 clear takes is timed host-bound there, as it runs
-(`benchmarks/fp8_host_cost.py`: ~60-110 us for the FP8 paths).
+(`benchmarks/fp8_host_cost.py`: ~60-110 us for the FP8 paths). As in the engine, the
+`quantize_x` tilings of qkv, gate_up and down take their rows already quantized (the fused
+norms and SiLU·mul make them so, `Fp8Rows`; quantized before the timing); o's quantize in
+a launch of their own.
 
 Every kernel variant is compiled first in parallel worker processes (Triton's disk cache),
 and the compile count and time are printed (compiles in this process, too: a kernel its
@@ -197,14 +200,33 @@ def make_projection(n: int, k: int, generator: torch.Generator) -> Projection:
                      "awq": awq.dequantize_awq(*packed).to(torch.bfloat16)})
 
 
-def launcher(fmt: str, projection: Projection, tiling: QuantTiling, fp8_dot: bool):
-    from jupyter_qwen.model.kernels.quant_linear import awq_linear, fp8_linear
+def launcher(fmt: str, projection: Projection, tiling: QuantTiling, fp8_dot: bool,
+             handed: dict | None = None):
+    """run(x) for one candidate. `handed` (id(x) -> `Fp8Rows`, for the projections whose
+    rows a fused norm or SiLU·mul makes): a tiling that quantizes its rows in a launch of
+    its own takes them quantized beforehand, as the engine runs it."""
+    from jupyter_qwen.model.kernels.quant_linear import awq_linear, fp8_linear, quantizes_x
 
     if fmt == "fp8":  # one shard: every N tile of a chain tiling reads one scale row
         shards = (projection.weight.shape[0],)
+        if handed and quantizes_x(tiling, shards, fp8_dot):
+            return lambda x: fp8_linear(handed[id(x)], *projection.fp8, tiling=tiling,
+                                        fp8_dot=fp8_dot, shard_sizes=shards)
         return lambda x: fp8_linear(x, *projection.fp8, tiling=tiling, fp8_dot=fp8_dot,
                                     shard_sizes=shards)
     return lambda x: awq_linear(x, *projection.awq, tiling=tiling)
+
+
+# the projections whose rows the engine's fused norms and SiLU·mul hand over quantized
+HANDED_ROWS = ("qkv", "gate_up", "down")
+
+
+def handed_rows(xs: list[torch.Tensor]) -> dict:
+    """id(x) -> x quantized as the fused kernels hand it to an FP8 product (`Fp8Rows`)."""
+    from jupyter_qwen.model.kernels.quant_linear import _quantize_x
+    from jupyter_qwen.model.quant.fp8 import Fp8Rows
+
+    return {id(x): Fp8Rows(*_quantize_x(x), x.dtype) for x in xs}
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -323,14 +345,14 @@ def bench_ms(run, xs: list[torch.Tensor], graphs: bool) -> float:
 
 
 def sweep_point(fmt: str, projection: Projection, m: int, xs, candidates, fp8_dot: bool,
-                failed: set, graphs: bool) -> list[dict]:
+                failed: set, graphs: bool, handed: dict | None = None) -> list[dict]:
     """Check then time each candidate at M rows; returns one record per candidate timed."""
     x = xs[0]
     n = projection.weight.shape[0]
     ref = x.float() @ projection.dequantized[fmt].float().T
     records = []
     for tiling in candidates:
-        run = launcher(fmt, projection, tiling, fp8_dot)
+        run = launcher(fmt, projection, tiling, fp8_dot, handed)
         tolerance = FP8_DOT_TOLERANCE if fmt == "fp8" and fp8_dot and tiling.fp8_dot \
             else TOLERANCE
         try:
@@ -367,7 +389,8 @@ def sweep(args) -> dict:
             projection = make_projection(n, k, generator)
             for m in args.m:
                 points.append(sweep_rows(args, projection, m, generator, fp8_dot, failed,
-                                         winners) | {"model": model, "projection": name})
+                                         winners, name in HANDED_ROWS)
+                              | {"model": model, "projection": name})
                 say(progress(points[-1]))
             projection = None
             torch.cuda.empty_cache()
@@ -375,8 +398,9 @@ def sweep(args) -> dict:
 
 
 def sweep_rows(args, projection: Projection, m: int, generator, fp8_dot: bool, failed: set,
-               winners: dict[str, set]) -> dict:
-    """bf16 and every format's candidates at M rows of one projection."""
+               winners: dict[str, set], fused_input: bool) -> dict:
+    """bf16 and every format's candidates at M rows of one projection (`fused_input`: its
+    rows come from a fused norm or SiLU·mul, quantized there for FP8 products)."""
     n, k = projection.weight.shape
     xs = [torch.randn(m, k, generator=generator, device="cuda", dtype=torch.bfloat16)
           for _ in range(2)]
@@ -390,7 +414,9 @@ def sweep_rows(args, projection: Projection, m: int, generator, fp8_dot: bool, f
         default = DEFAULT_LARGE_M[fmt]
         candidates = [t for t in grid(fmt, args.quick) if fits(t, m) and (fmt, t) not in failed
                       and (not late or t == default or t in winners[fmt])]
-        records = sweep_point(fmt, projection, m, xs, candidates, fp8_dot, failed, graphs)
+        handed = handed_rows(xs) if fmt == "fp8" and fused_input and fp8_dot else None
+        records = sweep_point(fmt, projection, m, xs, candidates, fp8_dot, failed, graphs,
+                              handed)
         point["formats"][fmt] = records
         if records:
             winners[fmt].add(T(**min(records, key=lambda r: r["ms"])["tiling"]))

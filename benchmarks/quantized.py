@@ -18,6 +18,7 @@ Checkpoints are reused from $TMPDIR/jupyter_qwen_bench_<shape>[_<format>].
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -41,13 +42,15 @@ from throughput import (
     warmup_workload,
 )
 
-FORMATS = ("bf16", "fp8", "awq", "fp8-online")
+FORMATS = ("bf16", "fp8", "awq", "fp8-online", "fp8-own-x")
+# "fp8-own-x": the FP8 checkpoint with every FP8 product quantizing its activations in a
+# launch of its own (none handed over quantized by the fused norms and SiLU·mul)
 
 
 def checkpoint(shape: str, fmt: str, layers: int | None) -> Path:
     from jupyter_qwen.testing import make_tiny_qwen3
 
-    method = {"fp8": "fp8", "awq": "awq"}.get(fmt)
+    method = {"fp8": "fp8", "awq": "awq", "fp8-own-x": "fp8"}.get(fmt)
     suffix = f"_{method}" if method else ""
     depth = f"_{layers}l" if layers else ""
     folder = Path(tempfile.gettempdir()) / f"jupyter_qwen_bench_{shape}{depth}{suffix}"
@@ -65,6 +68,25 @@ def weights_bytes(llm) -> int:
 
 
 def run_format(shape: str, fmt: str, args, workloads: dict, warmup) -> dict:
+    with products_quantize_their_rows(fmt == "fp8-own-x"):
+        return run_engine(shape, fmt, args, workloads, warmup)
+
+
+@contextlib.contextmanager
+def products_quantize_their_rows(own: bool):
+    """With `own`, no FP8 projection takes its rows quantized beforehand (`Fp8Rows`)."""
+    from jupyter_qwen.model.quant.linear import QuantLinear
+
+    original = QuantLinear.takes_fp8_rows
+    if own:
+        QuantLinear.takes_fp8_rows = lambda self, m: False
+    try:
+        yield
+    finally:
+        QuantLinear.takes_fp8_rows = original
+
+
+def run_engine(shape: str, fmt: str, args, workloads: dict, warmup) -> dict:
     from jupyter_qwen.llm import LLM
 
     options = {"quantization": "fp8"} if fmt == "fp8-online" else {}

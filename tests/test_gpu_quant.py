@@ -24,6 +24,7 @@ from test_gpu import (
 )
 
 from jupyter_qwen import LLM, SamplingParams
+from jupyter_qwen.model.quant.fp8 import Fp8Rows
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
                                                   reason="needs a CUDA GPU")]
@@ -135,6 +136,28 @@ def test_triton_path_computes_what_the_reference_path_does(method, prompts, monk
     assert after == before and after_graphs == before
 
 
+def test_rows_quantized_where_they_are_made_change_no_bits(prompts, monkeypatch):
+    """The fused norms and SiLU·mul hand FP8 projections their rows quantized (`Fp8Rows`)
+    where the product would quantize them in a launch of its own (the table's `quantize_x`
+    tilings of Qwen3-0.6B's shapes, from 256 rows): the first-token logits are those of
+    products that quantize the rows themselves, bit for bit."""
+    from jupyter_qwen.model.kernels import fused_ops
+    from jupyter_qwen.model.quant.linear import QuantLinear
+
+    folder = quantized_checkpoint("fp8")
+    handed = []
+    make = fused_ops._fp8_outputs
+    monkeypatch.setattr(fused_ops, "_fp8_outputs", lambda *a: handed.append(a[:2]) or make(*a))
+    _, fused, _, _ = run_engine(folder, prompts, attention_backend="triton", enforce_eager=True)
+    assert handed, "no rows were handed over quantized"
+    monkeypatch.setattr(QuantLinear, "takes_fp8_rows", lambda self, m: False)
+    count = len(handed)
+    _, own, _, _ = run_engine(folder, prompts, attention_backend="triton", enforce_eager=True)
+    assert len(handed) == count
+    for prompt, a, b in zip(prompts, fused, own, strict=True):
+        assert torch.equal(a, b), len(prompt)
+
+
 def cpu_first_logits(folder: Path, prompts: list[list[int]]) -> list[torch.Tensor]:
     """The fp32 reference path's first-token logits on the CPU, one prompt at a time."""
     llm = LLM(str(folder), dtype="float32", device="cpu", max_model_len=4096,
@@ -203,6 +226,7 @@ def test_cublas_block_scaled_product_computes_what_the_fp8_kernel_does(m):
     tilings, so the same product up to summation order; rows padded to 16 where needed."""
     from jupyter_qwen.model.kernels.quant_linear import (
         QuantTiling,
+        _quantize_x,
         block_scaled_mm,
         block_scaled_mm_works,
         fp8_linear,
@@ -223,6 +247,9 @@ def test_cublas_block_scaled_product_computes_what_the_fp8_kernel_does(m):
                         tiling=QuantTiling(64, 128, 128, quantize_x=True))
     cublas = block_scaled_mm(x, weight, scale_inv)
     assert cublas.shape == (m, n) and cublas.dtype == torch.bfloat16
+    # rows a fused norm handed over quantized: the same product, bit for bit
+    assert torch.equal(block_scaled_mm(Fp8Rows(*_quantize_x(x), x.dtype), weight, scale_inv),
+                       cublas)
     assert relative_error(cublas.float(), kernel.float()) < 5e-3
     assert relative_error(cublas.float(), reference) < 5e-2
 

@@ -173,3 +173,91 @@ def test_quantized_products_replay_in_cuda_graphs_bitwise(generator):
     graph.replay()
     torch.cuda.synchronize()
     assert all(torch.equal(a, b) for a, b in zip(eager, captured, strict=True))
+
+
+def quantized_rows(rows: torch.Tensor):
+    """`rows` quantized as an FP8 product quantizes them in a launch of its own."""
+    from jupyter_qwen.model.kernels.quant_linear import _quantize_x
+
+    return _quantize_x(rows)
+
+
+def same_fp8_rows(fused: fp8.Fp8Rows, rows: torch.Tensor) -> None:
+    values, scales = quantized_rows(rows)
+    assert fused.dtype == rows.dtype and fused.values.dtype == torch.float8_e4m3fn
+    assert torch.equal(fused.scales.cpu(), scales.cpu())
+    assert torch.equal(fused.values.view(torch.uint8).cpu(), values.view(torch.uint8).cpu())
+
+
+@pytest.mark.parametrize("rows", [1, 5, 70])
+@pytest.mark.parametrize("residual", [False, True])
+def test_fused_norm_hands_rows_over_quantized_as_the_product_would(mode, generator, rows,
+                                                                   residual):
+    """`rms_norm` / `add_rms_norm` with fp8=True: the e4m3 values and scales the FP8
+    product's own quantizing launch makes from the bf16 norm's rows, bit for bit, and the
+    same sum; widths a power of two and not (the last scale group partial, some masked)."""
+    from jupyter_qwen.model.kernels import fused_ops
+
+    for size in mode.pick([256, 384, 200], [1024, 2560]):
+        x = (torch.randn(rows, size, generator=generator) * 3).to(torch.bfloat16)
+        added = torch.randn(rows, size, generator=generator).to(torch.bfloat16)
+        weight = torch.rand(size, generator=generator).to(torch.bfloat16) + 0.5
+        x, added, weight = (t.to(mode.device) for t in (x, added, weight))
+        if residual:
+            plain, plain_sum = fused_ops.add_rms_norm(x, added, weight, 1e-6)
+            fused, fused_sum = fused_ops.add_rms_norm(x, added, weight, 1e-6, fp8=True)
+            assert torch.equal(fused_sum, plain_sum)
+        else:
+            plain = fused_ops.rms_norm(x, weight, 1e-6)
+            fused = fused_ops.rms_norm(x, weight, 1e-6, fp8=True)
+        same_fp8_rows(fused, plain)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_fused_silu_mul_hands_rows_over_quantized_as_the_product_would(mode, generator,
+                                                                       rows):
+    """`silu_and_mul(fp8=True)`: the FP8 product's quantization of the bf16 SiLU·mul rows,
+    bit for bit; widths over several programs a row, the last partial."""
+    from jupyter_qwen.model.kernels import fused_ops
+
+    for width in mode.pick([256, 640, 200], [3072, 9728]):
+        gate_up = (torch.randn(rows, 2 * width, generator=generator) * 4).to(torch.bfloat16)
+        gate_up = gate_up.to(mode.device)
+        same_fp8_rows(fused_ops.silu_and_mul(gate_up, fp8=True),
+                      fused_ops.silu_and_mul(gate_up))
+
+
+def test_fused_kernels_refuse_rows_too_narrow_to_quantize(mode):
+    from jupyter_qwen.model.kernels import fused_ops
+
+    x = torch.ones(2, 64, dtype=torch.bfloat16, device=mode.device)
+    with pytest.raises(ValueError, match="too narrow"):
+        fused_ops.rms_norm(x, x[0], 1e-6, fp8=True)
+
+
+@pytest.mark.parametrize("rows", [37, 70])
+def test_fp8_products_take_rows_quantized_beforehand(mode, generator, rows):
+    """A `quantize_x` tiling given `Fp8Rows` computes the bits it computes from the rows
+    themselves (plain and `tile_scale`); a tiling that quantizes inside its K loop refuses
+    them, and `quantizes_x` says which is which."""
+    from jupyter_qwen.model.kernels.quant_linear import fp8_linear, quantizes_x
+    from jupyter_qwen.model.kernels.quant_tiles import QuantTiling
+
+    n, k = mode.pick((256, 384), (4096, 1024))
+    values, scales, scale_rows = (t.to(mode.device) for t in fp8_case(generator, n, k))
+    x = torch.randn(rows, k, generator=generator).to(torch.bfloat16).to(mode.device)
+    given = fp8.Fp8Rows(*quantized_rows(x), x.dtype)
+    for tiling in (QuantTiling(32, 64, 128, quantize_x=True),
+                   QuantTiling(32, 128, 128, quantize_x=True, tile_scale=True)):
+        assert quantizes_x(tiling, [n], fp8_dot=True)
+        assert not quantizes_x(tiling, [n], fp8_dot=False)
+        own = fp8_linear(x, values, scales, scale_rows, tiling=tiling, fp8_dot=True,
+                         shard_sizes=[n])
+        taken = fp8_linear(given, values, scales, scale_rows, tiling=tiling, fp8_dot=True,
+                           shard_sizes=[n])
+        assert taken.dtype == x.dtype and torch.equal(taken, own)
+    inside = QuantTiling(32, 64, 128)
+    assert not quantizes_x(inside, [n], fp8_dot=True)
+    with pytest.raises(ValueError, match="quantizes_x"):
+        fp8_linear(given, values, scales, scale_rows, tiling=inside, fp8_dot=True,
+                   shard_sizes=[n])

@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 
 from jupyter_qwen.model.attention import AttentionBackend, TorchAttention
+from jupyter_qwen.model.quant.fp8 import Fp8Rows
 from jupyter_qwen.model.quant.linear import QuantKernels, QuantLinear
 
 
@@ -35,10 +36,13 @@ class KernelChoices(Protocol):
 class LayerKernels(Protocol):
     """Fused kernels for the decoder layers (`kernels.layer_ops.TritonLayerKernels`)."""
 
-    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor: ...
+    # fp8: the normalised rows (or SiLU·mul's) come quantized for an FP8 product (`Fp8Rows`)
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float, *,
+                 fp8: bool = False) -> torch.Tensor | Fp8Rows: ...
 
     def add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                     eps: float) -> tuple[torch.Tensor, torch.Tensor]: ...
+                     eps: float, *, fp8: bool = False,
+                     ) -> tuple[torch.Tensor | Fp8Rows, torch.Tensor]: ...
 
     def qk_norm_rope_store(self, qkv: torch.Tensor, positions: torch.Tensor,
                            slot_mapping: torch.Tensor, q_weight: torch.Tensor,
@@ -46,7 +50,8 @@ class LayerKernels(Protocol):
                            sin_cache: torch.Tensor, k_cache: torch.Tensor,
                            v_cache: torch.Tensor) -> torch.Tensor: ...
 
-    def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor: ...
+    def silu_and_mul(self, gate_up: torch.Tensor, *, fp8: bool = False,
+                     ) -> torch.Tensor | Fp8Rows: ...
 
     def use_small_m(self, m: int, n: int, k: int) -> bool: ...
 

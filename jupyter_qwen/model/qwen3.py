@@ -11,6 +11,7 @@ from torch import nn
 from jupyter_qwen.model.attention import AttentionBackend, AttentionMetadata
 from jupyter_qwen.model.config import Qwen3Config
 from jupyter_qwen.model.ops import LayerKernels, ModelOps
+from jupyter_qwen.model.quant.fp8 import Fp8Rows
 from jupyter_qwen.model.quant.linear import QuantLinear
 
 
@@ -23,11 +24,16 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
         self.fused: LayerKernels | None = None
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, *,
+                fp8: bool = False):
+        """`fp8` (fused kernels only): the normalised rows come quantized for an FP8
+        product (`Fp8Rows`)."""
         if self.fused is not None:
             if residual is None:
-                return self.fused.rms_norm(x, self.weight, self.eps)
-            return self.fused.add_rms_norm(x, residual, self.weight, self.eps)
+                return self.fused.rms_norm(x, self.weight, self.eps, fp8=fp8)
+            return self.fused.add_rms_norm(x, residual, self.weight, self.eps, fp8=fp8)
+        if fp8:
+            raise ValueError("only the fused RMS norm quantizes its rows (fp8=True)")
         if residual is not None:
             x = x + residual
             return self._normalise(x), x
@@ -127,9 +133,11 @@ class Qwen3MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.fused: LayerKernels | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Fp8Rows) -> torch.Tensor:
         if self.fused is not None:
-            return self.down_proj(self.fused.silu_and_mul(self.gate_up_proj(x)))
+            gate_up = self.gate_up_proj(x)
+            fp8 = takes_fp8_rows(self.down_proj, gate_up.shape[0])
+            return self.down_proj(self.fused.silu_and_mul(gate_up, fp8=fp8))
         gate, up = split_linear(x, self.gate_up_proj, [self.intermediate_size] * 2)
         return self.down_proj(F.silu(gate) * up)
 
@@ -155,12 +163,17 @@ class Qwen3DecoderLayer(nn.Module):
     def forward(self, positions, hidden, residual, meta) -> tuple[torch.Tensor, torch.Tensor]:
         if self.gemv is not None and self.gemv.use_small_m(hidden.shape[0], *self._qkv_shape):
             return self._forward_few_tokens(positions, hidden, residual, meta)
+        rows = hidden.shape[0]
+        fp8 = self.input_layernorm.fused is not None and takes_fp8_rows(
+            self.self_attn.qkv_proj, rows)
         if residual is None:
-            hidden, residual = self.input_layernorm(hidden), hidden
+            hidden, residual = self.input_layernorm(hidden, fp8=fp8), hidden
         else:
-            hidden, residual = self.input_layernorm(hidden, residual)
+            hidden, residual = self.input_layernorm(hidden, residual, fp8=fp8)
         hidden = self.self_attn(positions, hidden, meta)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        fp8 = self.post_attention_layernorm.fused is not None and takes_fp8_rows(
+            self.mlp.gate_up_proj, rows)
+        hidden, residual = self.post_attention_layernorm(hidden, residual, fp8=fp8)
         return self.mlp(hidden), residual
 
     @property
@@ -184,6 +197,13 @@ class Qwen3DecoderLayer(nn.Module):
         gate_up, residual = gemv.rms_norm_linear(hidden, self.post_attention_layernorm.weight,
                                                  eps, product(mlp.gate_up_proj), residual)
         return gemv.silu_mul_linear(gate_up, product(mlp.down_proj)), residual
+
+
+def takes_fp8_rows(projection: nn.Module, rows: int) -> bool:
+    """Whether the kernel making a projection's input rows should hand them over quantized
+    (`Fp8Rows`): an FP8 projection whose product at this many rows would quantize them in a
+    launch of its own (`QuantLinear.takes_fp8_rows`)."""
+    return isinstance(projection, QuantLinear) and projection.takes_fp8_rows(rows)
 
 
 def product(projection: nn.Module) -> torch.Tensor | QuantLinear:

@@ -5,7 +5,10 @@
 - `apply_rope_(positions, q, k, cos_cache, sin_cache)`: rotates q and k in place
   (caches as in `RotaryEmbedding`: [max_positions, head_dim], halves repeated);
 - `silu_and_mul(gate_up)`: silu(gate) * up for gate_up = [gate | up].
-All arithmetic is fp32 inside, rounded once to the input dtype.
+All arithmetic is fp32 inside, rounded once to the input dtype. The norms and SiLU·mul
+take `fp8=True` for rows an FP8 product will read: they then return them quantized
+(`Fp8Rows`: e4m3 values and one scale per row and 128 columns, from the rounded rows,
+exactly what the product's own quantizing launch would make) instead of in the dtype.
 """
 
 from __future__ import annotations
@@ -15,14 +18,28 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from jupyter_qwen.model.quant.fp8 import Fp8Rows
+
 ELEMENTS_PER_PROGRAM = 4096
+FP8_GROUP = 128  # columns an activation scale covers (Qwen's FP8 block)
+
+
+@triton.jit
+def _fp8_groups(values, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """values [ROWS, BLOCK] (fp32, each already rounded to the rows' dtype) -> (e4m3 values,
+    fp32 scales [ROWS, BLOCK / 128]): each 128 columns divided by their largest magnitude
+    / 448, as quant_linear's `_quantize_x_kernel` does."""
+    groups = tl.reshape(values, (ROWS, BLOCK // 128, 128))
+    a_scale = tl.maximum(tl.max(tl.abs(groups), 2), 1e-12) / 448.0
+    quantized = tl.reshape(groups / a_scale[:, :, None], (ROWS, BLOCK))
+    return quantized.to(tl.float8e4nv), a_scale
 
 
 @triton.jit(do_not_specialize=["num_rows"])
-def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, sum_ptr, num_rows, eps,
-                     x_stride, residual_stride, out_stride, sum_stride,
+def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, sum_ptr, scale_ptr, num_rows,
+                     eps, x_stride, residual_stride, out_stride, sum_stride,
                      N: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr,
-                     ADD: tl.constexpr):
+                     ADD: tl.constexpr, FP8: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
     mask = (rows[:, None] < num_rows) & (cols[None, :] < N)
@@ -37,43 +54,73 @@ def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, sum_ptr, num_rows
     inverse_rms = tl.rsqrt(tl.sum(x * x, 1) / N + eps)
     weight = tl.load(weight_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
     out = x * inverse_rms[:, None] * weight[None, :]
-    tl.store(out_ptr + rows[:, None] * out_stride + cols[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=mask)
+    if FP8:  # out_ptr: e4m3 [num_rows, N]; scale_ptr: fp32 [num_rows, cdiv(N, 128)]
+        rounded = out.to(x_ptr.dtype.element_ty).to(tl.float32)
+        quantized, a_scale = _fp8_groups(rounded, ROWS, BLOCK)
+        tl.store(out_ptr + rows[:, None] * out_stride + cols[None, :], quantized, mask=mask)
+        groups = tl.arange(0, BLOCK // 128)
+        tl.store(scale_ptr + rows[:, None] * tl.cdiv(N, 128) + groups[None, :], a_scale,
+                 mask=(rows[:, None] < num_rows) & (groups[None, :] < tl.cdiv(N, 128)))
+    else:
+        tl.store(out_ptr + rows[:, None] * out_stride + cols[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return _launch_rms_norm(x, None, weight, eps)[0]
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, *, fp8: bool = False,
+             ) -> torch.Tensor | Fp8Rows:
+    """rms_norm(x); `fp8`: returned quantized for an FP8 product (`Fp8Rows`)."""
+    return _launch_rms_norm(x, None, weight, eps, fp8)[0]
 
 
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rms_norm(x + residual), x + residual)."""
-    return _launch_rms_norm(x, residual, weight, eps)
+                 eps: float, *, fp8: bool = False,
+                 ) -> tuple[torch.Tensor | Fp8Rows, torch.Tensor]:
+    """(rms_norm(x + residual), x + residual); `fp8`: the first quantized (`Fp8Rows`)."""
+    return _launch_rms_norm(x, residual, weight, eps, fp8)
 
 
 def _launch_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
-                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+                     eps: float, fp8: bool = False,
+                     ) -> tuple[torch.Tensor | Fp8Rows, torch.Tensor]:
     size = x.shape[-1]
     rows_in = x.reshape(-1, size)
     if rows_in.stride(-1) != 1:
         rows_in = rows_in.contiguous()
     num_rows = rows_in.shape[0]
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    summed = torch.empty_like(out) if residual is not None else out
+    block = triton.next_power_of_2(size)
+    if fp8:
+        out, scales = _fp8_outputs(num_rows, size, block, x.device)
+    else:
+        out = scales = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    # without a residual there is no sum: the kernel writes none (rms_norm returns [0] only)
+    summed = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None \
+        else rows_in
+    result = Fp8Rows(out, scales, x.dtype) if fp8 else out
     if num_rows == 0:
-        return out, summed
+        return result, summed
     residual_rows = rows_in if residual is None else residual.reshape(-1, size)
     if residual_rows.stride(-1) != 1:
         residual_rows = residual_rows.contiguous()
-    block = triton.next_power_of_2(size)
     rows = max(1, min(64, ELEMENTS_PER_PROGRAM // block))
     _rms_norm_kernel[(triton.cdiv(num_rows, rows),)](
-        rows_in, residual_rows, weight, out, summed, num_rows, eps,
+        rows_in, residual_rows, weight, out, summed, scales, num_rows, eps,
         rows_in.stride(0), residual_rows.stride(0), size, size,
-        N=size, BLOCK=block, ROWS=rows, ADD=residual is not None,
+        N=size, BLOCK=block, ROWS=rows, ADD=residual is not None, FP8=fp8,
         num_warps=4 if rows * block <= 4096 else 8,
     )
-    return out, summed
+    return result, summed
+
+
+def _fp8_outputs(num_rows: int, size: int, block: int, device: torch.device,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The e4m3 values [num_rows, size] and fp32 scales [num_rows, cdiv(size, 128)] a fused
+    kernel quantizes its rows into (`block`: its columns a program, 128 of them at least)."""
+    if block < FP8_GROUP:
+        raise ValueError(f"rows of {size} columns are too narrow to quantize per "
+                         f"{FP8_GROUP} columns")
+    return (torch.empty((num_rows, size), dtype=torch.float8_e4m3fn, device=device),
+            torch.empty((num_rows, triton.cdiv(size, FP8_GROUP)), dtype=torch.float32,
+                        device=device))
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -143,8 +190,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _silu_and_mul_kernel(gate_up_ptr, out_ptr, width, in_stride, out_stride,
-                         BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(gate_up_ptr, out_ptr, scale_ptr, width, in_stride, out_stride,
+                         BLOCK: tl.constexpr, FP8: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < width
@@ -152,23 +199,39 @@ def _silu_and_mul_kernel(gate_up_ptr, out_ptr, width, in_stride, out_stride,
     up = tl.load(gate_up_ptr + row * in_stride + width + cols, mask=mask,
                  other=0.0).to(tl.float32)
     out = gate / (1.0 + tl.exp(-gate)) * up
-    tl.store(out_ptr + row * out_stride + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
+    if FP8:  # out_ptr: e4m3 [rows, width]; scale_ptr: fp32 [rows, cdiv(width, 128)]
+        rounded = out.to(gate_up_ptr.dtype.element_ty).to(tl.float32)
+        quantized, a_scale = _fp8_groups(rounded[None, :], 1, BLOCK)
+        tl.store(out_ptr + row * out_stride + cols[None, :], quantized, mask=mask[None, :])
+        groups = tl.program_id(1) * (BLOCK // 128) + tl.arange(0, BLOCK // 128)
+        tl.store(scale_ptr + row * tl.cdiv(width, 128) + groups[None, :], a_scale,
+                 mask=groups[None, :] < tl.cdiv(width, 128))
+    else:
+        tl.store(out_ptr + row * out_stride + cols, out.to(out_ptr.dtype.element_ty),
+                 mask=mask)
 
 
-def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """gate_up [..., 2 * width] -> silu(gate) * up, [..., width]."""
+def silu_and_mul(gate_up: torch.Tensor, *, fp8: bool = False) -> torch.Tensor | Fp8Rows:
+    """gate_up [..., 2 * width] -> silu(gate) * up, [..., width]; `fp8`: quantized for an
+    FP8 product (`Fp8Rows` of [rows, width])."""
     width = gate_up.shape[-1] // 2
     rows_in = gate_up.reshape(-1, 2 * width)
     if rows_in.stride(-1) != 1:
         rows_in = rows_in.contiguous()
-    out = torch.empty((*gate_up.shape[:-1], width), dtype=gate_up.dtype, device=gate_up.device)
-    if rows_in.shape[0] == 0:
-        return out
     block = min(2048, triton.next_power_of_2(width))
+    if fp8:
+        out, scales = _fp8_outputs(rows_in.shape[0], width, block, gate_up.device)
+    else:
+        out = scales = torch.empty((*gate_up.shape[:-1], width), dtype=gate_up.dtype,
+                                   device=gate_up.device)
+    result = Fp8Rows(out, scales, gate_up.dtype) if fp8 else out
+    if rows_in.shape[0] == 0:
+        return result
     _silu_and_mul_kernel[(rows_in.shape[0], triton.cdiv(width, block))](
-        rows_in, out, width, rows_in.stride(0), width, BLOCK=block, num_warps=4,
+        rows_in, out, scales, width, rows_in.stride(0), width, BLOCK=block, FP8=fp8,
+        num_warps=4,
     )
-    return out
+    return result
 
 
 def silu_and_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:

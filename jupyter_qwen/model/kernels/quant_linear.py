@@ -18,7 +18,9 @@ only) the FP8 product runs on FP8 tensor cores: each row's 128-wide K step of x 
 quantized to e4m3 with its own scale (dynamic per-token-group activations, as Qwen's
 FP8 checkpoints are meant to run), and the step adds `dot(a8, w) * a_scale[m] * s[n]`;
 a tiling with `quantize_x` quantizes x once in a separate launch (`_quantize_x_kernel`,
-the same arithmetic) instead of in every N tile's loop. A tiling with `chain` (where every
+the same arithmetic) instead of in every N tile's loop, or takes x quantized beforehand
+(`Fp8Rows`, from the fused norm or SiLU·mul that made the rows: `quantizes_x`,
+`TritonQuantKernels.takes_fp8_rows`). A tiling with `chain` (where every
 N tile reads one weight scale row: `chains`) folds that row into x instead,
 x'[m, k] = x[m, k] * s[k // 128], quantizes x' with one scale per row over all of K (from
 each row's maxima per 128 columns, `_row_block_max_kernel`, and the tile's scale row), runs
@@ -56,6 +58,7 @@ F.linear (`model/quant/linear.py`).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -70,6 +73,7 @@ from jupyter_qwen.model.kernels.quant_tiles import (
     QuantTiling,
     large_m_tiling,
 )
+from jupyter_qwen.model.quant.fp8 import Fp8Rows
 
 __all__ = ["QuantTiling", "TritonQuantKernels", "awq_dequantize", "awq_linear", "fp8_linear",
            "quant_tiling"]
@@ -354,43 +358,48 @@ def _grid(m: int, n: int, tiling: QuantTiling) -> tuple[int, int]:
     return triton.cdiv(n, tiling.block_n), triton.cdiv(m, tiling.block_m)
 
 
-def _precision(x: torch.Tensor) -> str:
-    return "ieee" if x.dtype == torch.float32 else "tf32"
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
+def fp8_linear(x: torch.Tensor | Fp8Rows, weight: torch.Tensor, scale_inv: torch.Tensor,
                scale_rows: torch.Tensor, *, tiling: QuantTiling | None = None,
                fp8_dot: bool = False, shard_sizes: Sequence[int] | None = None,
                ) -> torch.Tensor:
     """x [..., K] @ dequantized(weight).T -> [..., N] in x's dtype. `fp8_dot` (the device
     has FP8 tensor cores; prefill tilings whose `fp8_dot` is set): activations quantized per
     row and 128 columns, FP8 tensor cores. `shard_sizes` (the rows of each shard packed in
-    weight, as `scale_rows` was built): lets a `chain` tiling run chained (`chains`)."""
+    weight, as `scale_rows` was built): lets a `chain` tiling run chained (`chains`). x may
+    come quantized (`Fp8Rows`, rows [M, K]) where `quantizes_x` holds for the tiling."""
     k, n = x.shape[-1], weight.shape[0]
-    rows = _rows(x, k)
+    rows = x.values if isinstance(x, Fp8Rows) else _rows(x, k)
     m = rows.shape[0]
-    y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
+    y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=rows.device)
     if m == 0:
         return y
     tiling = tiling or quant_tiling(m, n, k=k)
     if FP8_BLOCK % tiling.block_k:
         raise ValueError(f"block_k {tiling.block_k} must divide the scale block {FP8_BLOCK}")
+    x_fp8 = quantizes_x(tiling, shard_sizes, fp8_dot)
+    if isinstance(x, Fp8Rows) and not x_fp8:
+        raise ValueError(f"{tiling} does not take rows quantized beforehand (quantizes_x)")
     if swaps(tiling, shard_sizes):
         _fp8_swap_kernel[_grid(m, n, tiling)](
             rows, weight, scale_inv, scale_rows, y.view(-1, n), m, n, k, rows.stride(0),
             weight.stride(0), scale_inv.stride(0), n, BLOCK_M=tiling.block_m,
-            BLOCK_N=tiling.block_n, GROUP_M=tiling.group_m, PRECISION=_precision(x),
+            BLOCK_N=tiling.block_n, GROUP_M=tiling.group_m, PRECISION=_precision(x.dtype),
             num_warps=tiling.num_warps, num_stages=tiling.num_stages)
         return y
     use_fp8_dot = (fp8_dot and tiling.fp8_dot and tiling.block_m > SMALL_M
                    and tiling.block_k == FP8_BLOCK)
     chain = use_fp8_dot and chains(tiling, shard_sizes)
-    x_fp8 = use_fp8_dot and tiling.quantize_x and not chain
     tile_scale = x_fp8 and tiling.tile_scale and one_scale_row(tiling.block_n, shard_sizes)
     x_scales = rows  # not read unless the activations are quantized beforehand
     if chain:
         x_scales = _row_block_max(rows)
-    elif use_fp8_dot and tiling.quantize_x:
+    elif isinstance(x, Fp8Rows):
+        x_scales = x.scales
+    elif x_fp8:
         rows, x_scales = _quantize_x(rows)
     if x_fp8 and runs_wgmma(tiling, shard_sizes, weight):
         from .fp8_wgmma import fp8_wgmma_product
@@ -404,9 +413,19 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor,
         BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k, GROUP_M=tiling.group_m,
         FP8_DOT=use_fp8_dot, X_FP8=x_fp8, CHAIN=chain,
         PROMOTE_K=tiling.promote_k if chain else 0, TILE_SCALE=tile_scale,
-        PRECISION=_precision(x),
+        PRECISION=_precision(x.dtype),
         num_warps=tiling.num_warps, num_stages=tiling.num_stages)
     return y
+
+
+def quantizes_x(tiling: QuantTiling, shard_sizes: Sequence[int] | None, fp8_dot: bool,
+                ) -> bool:
+    """Whether `fp8_linear` on `tiling` quantizes its rows to e4m3 in a launch of their own
+    before the product (`_quantize_x`), so that it can take them quantized by the kernel
+    that makes them (`Fp8Rows`) instead: a `quantize_x` tiling on FP8 tensor cores that
+    does not run swapped."""
+    return (fp8_dot and tiling.fp8_dot and tiling.quantize_x and tiling.block_m > SMALL_M
+            and tiling.block_k == FP8_BLOCK and not swaps(tiling, shard_sizes))
 
 
 def swaps(tiling: QuantTiling, shard_sizes: Sequence[int] | None) -> bool:
@@ -474,19 +493,27 @@ BLOCK_SCALED_MIN_M = 2048  # run 49 (H100): from here cuBLAS's block-scaled FP8 
 ROW_MULTIPLE = 16  # rows padded to this for cuBLAS's FP8 product
 
 
-def block_scaled_mm(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor
+def block_scaled_mm(x: torch.Tensor | Fp8Rows, weight: torch.Tensor, scale_inv: torch.Tensor,
                     ) -> torch.Tensor:
     """`fp8_linear`'s product by cuBLAS (torch._scaled_mm's block-wise scaling): x quantized
-    per row and 128 columns (`_quantize_x`, scales laid out column-major as cuBLAS reads
-    them), the weight's e4m3 values and its [N / 128, K / 128] block scales as stored. Rows
-    are padded to a multiple of 16 (zeros, scale 1) where needed."""
+    per row and 128 columns (`_quantize_x`, or beforehand: `Fp8Rows`; the scales laid out
+    column-major as cuBLAS reads them), the weight's e4m3 values and its [N / 128, K / 128]
+    block scales as stored. Rows are padded to a multiple of 16 where needed (zeros)."""
     k, n = x.shape[-1], weight.shape[0]
-    rows = _rows(x, k)
-    m = rows.shape[0]
-    padded = -m % ROW_MULTIPLE
-    if padded:
-        rows = torch.nn.functional.pad(rows, (0, 0, 0, padded))
-    x8, x_scales = _quantize_x(rows)
+    if isinstance(x, Fp8Rows):
+        x8, x_scales = x.values, x.scales
+        m = x8.shape[0]
+        padded = -m % ROW_MULTIPLE
+        if padded:
+            x8 = torch.cat([x8, x8.new_zeros(padded, k)])
+            x_scales = torch.cat([x_scales, x_scales.new_ones(padded, x_scales.shape[1])])
+    else:
+        rows = _rows(x, k)
+        m = rows.shape[0]
+        padded = -m % ROW_MULTIPLE
+        if padded:
+            rows = torch.nn.functional.pad(rows, (0, 0, 0, padded))
+        x8, x_scales = _quantize_x(rows)
     y = torch._scaled_mm(x8, weight.t(), scale_a=x_scales.t().contiguous().t(),
                          scale_b=scale_inv.float().t(), out_dtype=x.dtype)
     return y[:m].view(*x.shape[:-1], n)
@@ -548,7 +575,7 @@ def awq_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
         qweight.stride(0), qzeros.stride(0), scales.stride(0), n, GROUP=group_size,
         BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
         GROUP_M=tiling.group_m, SWAP_AB=tiling.swap_ab and tiling.block_m > 1,
-        PRECISION=_precision(x), num_warps=tiling.num_warps, num_stages=tiling.num_stages)
+        PRECISION=_precision(x.dtype), num_warps=tiling.num_warps, num_stages=tiling.num_stages)
     return y
 
 
@@ -585,16 +612,29 @@ class TritonQuantKernels:
         self.device = device
         self.block_scaled: dict[tuple[int, int], bool] = {}  # (N, K): checked once
 
-    def linear(self, x: torch.Tensor, layer) -> torch.Tensor:
+    def linear(self, x: torch.Tensor | Fp8Rows, layer) -> torch.Tensor:
         if hasattr(layer, "weight_scale_inv"):
             if not self.fp8_kernels:
                 return torch.nn.functional.linear(x, layer.dequantize(x.dtype))
-            if (takes_block_scaled(layer, x.numel() // x.shape[-1])
-                    and self._block_scaled_works(layer)):
+            if self._block_scaled(layer, math.prod(x.shape[:-1])):
                 return block_scaled_mm(x, layer.weight, layer.weight_scale_inv)
             return fp8_linear(x, layer.weight, layer.weight_scale_inv, layer.scale_rows,
                               fp8_dot=self.fp8_dot, shard_sizes=layer.shard_sizes)
         return awq_linear(x, layer.qweight, layer.qzeros, layer.scales, layer.group_size)
+
+    def takes_fp8_rows(self, layer, m: int) -> bool:
+        """Whether `linear` on m rows of this projection would quantize them to e4m3 in a
+        launch of their own (cuBLAS's block-scaled product, or a `quantizes_x` tiling), so
+        that the kernel making the rows should hand them over quantized (`Fp8Rows`)."""
+        if not hasattr(layer, "weight_scale_inv") or not self.fp8_kernels:
+            return False
+        if self._block_scaled(layer, m):
+            return True
+        n, k = layer.weight.shape
+        return quantizes_x(quant_tiling(m, n, k=k), layer.shard_sizes, self.fp8_dot)
+
+    def _block_scaled(self, layer, m: int) -> bool:
+        return takes_block_scaled(layer, m) and self._block_scaled_works(layer)
 
     def _block_scaled_works(self, layer) -> bool:
         """`block_scaled_mm_works` for this layer's shape, checked on the first layer of

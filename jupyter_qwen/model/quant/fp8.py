@@ -5,6 +5,8 @@ checkpoint writer and the online `quantization="fp8"` option both use."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 FP8_DTYPE = torch.float8_e4m3fn
@@ -57,3 +59,20 @@ def dequantize_fp8_blocks(values: torch.Tensor, scale_inv: torch.Tensor,
     per_row = scale_inv[scale_rows.long()]
     per_value = per_row.repeat_interleave(block_columns, dim=1)[:, :columns]
     return values.float() * per_value
+
+
+@dataclass(frozen=True, slots=True)
+class Fp8Rows:
+    """Activation rows already quantized for an FP8 product by the kernel that made them (a
+    fused RMS norm or SiLU·mul): `values` e4m3 [M, K], `scales` float32 [M, ceil(K / 128)]
+    (each row's 128 columns divided by their largest magnitude / 448, that magnitude taken
+    after rounding to `dtype`), and `dtype`, the rows' own dtype, which the product's output
+    takes. What the FP8 product would otherwise make from the rows in a launch of its own."""
+
+    values: torch.Tensor
+    scales: torch.Tensor
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.values.shape

@@ -15,6 +15,7 @@ from torch import nn
 from jupyter_qwen.model.quant.awq import PACK, quantize_awq
 from jupyter_qwen.model.quant.fp8 import (
     FP8_DTYPE,
+    Fp8Rows,
     blocks,
     dequantize_fp8_blocks,
     quantize_fp8_blocks,
@@ -25,7 +26,10 @@ from jupyter_qwen.model.quant.fp8 import (
 class QuantKernels(Protocol):
     """Products of quantized projections on the GPU (`kernels.quant_linear`)."""
 
-    def linear(self, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor: ...
+    def linear(self, x: torch.Tensor | Fp8Rows, layer: QuantLinear) -> torch.Tensor: ...
+
+    def takes_fp8_rows(self, layer: QuantLinear, m: int) -> bool:
+        """Whether `linear` takes m rows for this projection as `Fp8Rows`."""
 
 
 class QuantLinear(nn.Module):
@@ -45,10 +49,16 @@ class QuantLinear(nn.Module):
         self.bias = None
         self.kernels: QuantKernels | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Fp8Rows) -> torch.Tensor:
         if self.kernels is not None:
             return self.kernels.linear(x, self)
         return F.linear(x, self.dequantize(x.dtype))
+
+    def takes_fp8_rows(self, m: int) -> bool:
+        """Whether its product of m rows takes them quantized to e4m3 by the kernel that
+        makes them (`Fp8Rows`: a fused norm or SiLU·mul) instead of quantizing them in a
+        launch of its own; only its kernels do (never the reference)."""
+        return self.kernels is not None and self.kernels.takes_fp8_rows(self, m)
 
     def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
         """W [out_features, in_features] in `dtype` (rounded once from float32)."""
