@@ -318,7 +318,7 @@ def fp8_tensor_cores() -> bool:
 # ---------------------------------------------------------------- the sweep
 
 
-def bench_ms(run, xs: list[torch.Tensor], graphs: bool) -> float:
+def bench_ms(run, xs: list[torch.Tensor], graphs: bool = False) -> float:
     """Median ms of run(x), x taking each of `xs` in turn. `graphs`: each run(x) captured in
     a CUDA graph once and replayed, as decode steps run (the GPU's time alone); else
     launched from Python, as prefill runs (a product whose launch costs the host more than
