@@ -261,3 +261,49 @@ def test_fp8_products_take_rows_quantized_beforehand(mode, generator, rows):
     with pytest.raises(ValueError, match="quantizes_x"):
         fp8_linear(given, values, scales, scale_rows, tiling=inside, fp8_dot=True,
                    shard_sizes=[n])
+
+
+def test_an_fp8_mlp_takes_its_rows_quantized_where_they_are_made(mode, generator,
+                                                                  monkeypatch):
+    """Qwen3's MLP with FP8 gate/up and down projections on the Triton kernels, at a batch
+    whose table tilings quantize their rows in a launch of their own: SiLU·mul hands down
+    its rows quantized (`Fp8Rows`), and the output is the bits of the MLP whose products
+    quantize them themselves; the reference norm refuses fp8=True."""
+    from jupyter_qwen.model.config import Qwen3Config
+    from jupyter_qwen.model.kernels import fused_ops, quant_tiles
+    from jupyter_qwen.model.kernels.layer_ops import TritonLayerKernels
+    from jupyter_qwen.model.kernels.quant_linear import TritonQuantKernels
+    from jupyter_qwen.model.quant.linear import Fp8Linear, QuantLinear
+    from jupyter_qwen.model.qwen3 import Qwen3MLP, RMSNorm
+
+    hidden, inner, rows = mode.pick((256, 384, 40), (1024, 3072, 200))
+    config = Qwen3Config(vocab_size=8, hidden_size=hidden, intermediate_size=inner,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         head_dim=128, max_position_embeddings=64)
+    device = torch.device(mode.device)
+    kernels = TritonQuantKernels(device)
+    kernels.fp8_dot = True  # the interpreter runs the FP8 tensor-core path on the CPU
+    mlp = Qwen3MLP(config)
+    mlp.gate_up_proj = Fp8Linear(hidden, [inner, inner], online=True)
+    mlp.down_proj = Fp8Linear(inner, [hidden], online=True)
+    for projection, shards in ((mlp.gate_up_proj, [inner, inner]), (mlp.down_proj, [hidden])):
+        for shard, size in enumerate(shards):
+            weight = torch.randn(size, projection.in_features, generator=generator)
+            projection.load("weight", shard, weight.to(torch.bfloat16))
+        projection.kernels = kernels
+    mlp = mlp.to(device)
+    mlp.fused = TritonLayerKernels()
+    tiling = quant_tiles.QuantTiling(32, 64, 128, quantize_x=True)
+    bucket = quant_tiles.m_bucket(rows)
+    monkeypatch.setattr(quant_tiles, "LARGE_M_TILES", {
+        ("fp8", bucket, 2 * inner, hidden): tiling, ("fp8", bucket, hidden, inner): tiling})
+    handed = []
+    make = fused_ops._fp8_outputs
+    monkeypatch.setattr(fused_ops, "_fp8_outputs", lambda *a: handed.append(a[:2]) or make(*a))
+    x = torch.randn(rows, hidden, generator=generator).to(torch.bfloat16).to(device)
+    fused = mlp(x)
+    assert handed == [(rows, inner)]
+    monkeypatch.setattr(QuantLinear, "takes_fp8_rows", lambda self, m: False)
+    assert torch.equal(mlp(x), fused) and len(handed) == 1
+    with pytest.raises(ValueError, match="fp8"):
+        RMSNorm(hidden, 1e-6)(x.cpu(), fp8=True)
