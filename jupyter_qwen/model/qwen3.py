@@ -164,15 +164,13 @@ class Qwen3DecoderLayer(nn.Module):
         if self.gemv is not None and self.gemv.use_small_m(hidden.shape[0], *self._qkv_shape):
             return self._forward_few_tokens(positions, hidden, residual, meta)
         rows = hidden.shape[0]
-        fp8 = self.input_layernorm.fused is not None and takes_fp8_rows(
-            self.self_attn.qkv_proj, rows)
+        fp8 = takes_fp8_rows(self.self_attn.qkv_proj, rows)  # only with the fused kernels
         if residual is None:
             hidden, residual = self.input_layernorm(hidden, fp8=fp8), hidden
         else:
             hidden, residual = self.input_layernorm(hidden, residual, fp8=fp8)
         hidden = self.self_attn(positions, hidden, meta)
-        fp8 = self.post_attention_layernorm.fused is not None and takes_fp8_rows(
-            self.mlp.gate_up_proj, rows)
+        fp8 = takes_fp8_rows(self.mlp.gate_up_proj, rows)
         hidden, residual = self.post_attention_layernorm(hidden, residual, fp8=fp8)
         return self.mlp(hidden), residual
 

@@ -500,20 +500,13 @@ def block_scaled_mm(x: torch.Tensor | Fp8Rows, weight: torch.Tensor, scale_inv: 
     column-major as cuBLAS reads them), the weight's e4m3 values and its [N / 128, K / 128]
     block scales as stored. Rows are padded to a multiple of 16 where needed (zeros)."""
     k, n = x.shape[-1], weight.shape[0]
-    if isinstance(x, Fp8Rows):
-        x8, x_scales = x.values, x.scales
-        m = x8.shape[0]
-        padded = -m % ROW_MULTIPLE
-        if padded:
-            x8 = torch.cat([x8, x8.new_zeros(padded, k)])
-            x_scales = torch.cat([x_scales, x_scales.new_ones(padded, x_scales.shape[1])])
-    else:
-        rows = _rows(x, k)
-        m = rows.shape[0]
-        padded = -m % ROW_MULTIPLE
-        if padded:
-            rows = torch.nn.functional.pad(rows, (0, 0, 0, padded))
-        x8, x_scales = _quantize_x(rows)
+    x8, x_scales = (x.values, x.scales) if isinstance(x, Fp8Rows) else _quantize_x(_rows(x, k))
+    m = x8.shape[0]
+    padded = -m % ROW_MULTIPLE
+    if padded:  # zero rows (as bytes: e4m3's zero is 0x00), scale 1; their outputs dropped
+        x8 = torch.cat([x8.view(torch.uint8), x8.new_zeros(padded, k, dtype=torch.uint8)]
+                       ).view(x8.dtype)
+        x_scales = torch.cat([x_scales, x_scales.new_ones(padded, x_scales.shape[1])])
     y = torch._scaled_mm(x8, weight.t(), scale_a=x_scales.t().contiguous().t(),
                          scale_b=scale_inv.float().t(), out_dtype=x.dtype)
     return y[:m].view(*x.shape[:-1], n)
