@@ -25,14 +25,22 @@ FP8_GROUP = 128  # columns an activation scale covers (Qwen's FP8 block)
 
 
 @triton.jit
+def e4m3_rows(values):
+    """values [R, C] fp32 -> (e4m3 values, fp32 scales [R]): each row divided by its largest
+    magnitude / 448 (at least 1e-12 / 448). The one home of FP8 activation quantization
+    (per token and 128 columns, as Qwen's FP8 checkpoints run): quant_linear's quantizing
+    launch and K loop, and the fused kernels below."""
+    a_scale = tl.maximum(tl.max(tl.abs(values), 1), 1e-12) / 448.0
+    return (values / a_scale[:, None]).to(tl.float8e4nv), a_scale
+
+
+@triton.jit
 def _fp8_groups(values, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     """values [ROWS, BLOCK] (fp32, each already rounded to the rows' dtype) -> (e4m3 values,
-    fp32 scales [ROWS, BLOCK / 128]): each 128 columns divided by their largest magnitude
-    / 448, as quant_linear's `_quantize_x_kernel` does."""
-    groups = tl.reshape(values, (ROWS, BLOCK // 128, 128))
-    a_scale = tl.maximum(tl.max(tl.abs(groups), 2), 1e-12) / 448.0
-    quantized = tl.reshape(groups / a_scale[:, :, None], (ROWS, BLOCK))
-    return quantized.to(tl.float8e4nv), a_scale
+    fp32 scales [ROWS, BLOCK / 128]): `e4m3_rows` of each row's 128-column groups."""
+    quantized, a_scale = e4m3_rows(tl.reshape(values, (ROWS * (BLOCK // 128), 128)))
+    return (tl.reshape(quantized, (ROWS, BLOCK)),
+            tl.reshape(a_scale, (ROWS, BLOCK // 128)))
 
 
 @triton.jit(do_not_specialize=["num_rows"])

@@ -65,6 +65,7 @@ import torch
 import triton
 import triton.language as tl
 
+from jupyter_qwen.model.kernels.fused_ops import e4m3_rows
 from jupyter_qwen.model.kernels.quant_gemv import folds
 from jupyter_qwen.model.kernels.quant_tiles import (
     AWQ_GROUP,
@@ -123,10 +124,8 @@ def _quantize_x_kernel(x_ptr, q_ptr, s_ptr, M, K, x_stride, s_stride,
     ks = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     ok = (ms < M)[:, None] & (ks < K)[None, :]
     a = tl.load(x_ptr + ms[:, None] * x_stride + ks[None, :], mask=ok, other=0.0)
-    a32 = a.to(tl.float32)
-    a_scale = tl.maximum(tl.max(tl.abs(a32), 1), 1e-12) / 448.0
-    tl.store(q_ptr + ms[:, None] * K + ks[None, :], (a32 / a_scale[:, None]).to(tl.float8e4nv),
-             mask=ok)
+    a8, a_scale = e4m3_rows(a.to(tl.float32))
+    tl.store(q_ptr + ms[:, None] * K + ks[None, :], a8, mask=ok)
     tl.store(s_ptr + ms * s_stride + tl.program_id(1), a_scale, mask=ms < M)
 
 
@@ -219,9 +218,7 @@ def _fp8_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride,
                 a_scale = tl.load(xs_ptr + ms * xs_stride + k0 // 128, mask=m_ok, other=1.0)
                 part = tl.dot(a, tl.trans(w)) * a_scale[:, None]
             elif FP8_DOT:
-                a32 = a.to(tl.float32)
-                a_scale = tl.maximum(tl.max(tl.abs(a32), 1), 1e-12) / 448.0
-                a8 = (a32 / a_scale[:, None]).to(tl.float8e4nv)
+                a8, a_scale = e4m3_rows(a.to(tl.float32))
                 part = tl.dot(a8, tl.trans(w)) * a_scale[:, None]
             elif BLOCK_M == 1:
                 part = tl.sum(a.to(tl.float32) * w.to(tl.float32), 1)[None, :]
