@@ -343,6 +343,24 @@ def test_the_stop_report_counts_the_servers_own_memory(monitor, reply, expected)
     assert expected in panel.static_text()
 
 
+def test_a_failed_server_keeps_its_error_when_the_monitor_thread_samples_it_first(
+        monitor, monkeypatch):
+    # The monitor thread may sample a finished server between the panel's watch() and the
+    # panel's own sample, and unwatch it; the panel must still read the server's figures.
+    server = StandInServer("failed", figures={"error": "weights missing", "hint": "look"})
+    watch = monitor.watch
+
+    def watch_then_thread_samples(watched):
+        watch(watched)
+        monitor.sample()
+
+    monkeypatch.setattr(monitor, "watch", watch_then_thread_samples)
+    panel = ServerPanel(server, monitor=monitor)
+    assert server not in monitor.watched()
+    assert (panel.error, panel.hint) == ("weights missing", "look")
+    panel.close()
+
+
 def test_a_failed_server_shows_one_line_a_hint_and_the_full_text(monitor):
     server = StandInServer("failed", figures={
         "error": "Qwen/Qwen3-0.6B is not in the local Hugging Face cache",

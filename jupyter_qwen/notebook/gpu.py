@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,13 +182,15 @@ class GpuMonitor:
         with self._lock:
             return self._samples[-1] if self._samples else None
 
-    def sample(self) -> Sample:
-        """Take one sample now (also what the thread does), and keep it."""
+    def sample(self, also: Iterable[Any] = ()) -> Sample:
+        """Take one sample now (also what the thread does), and keep it. ``also``: servers
+        to sample even when not watched (a finished server is unwatched by whichever sample
+        sees it first, which may be the thread's)."""
         gpus, reason = sample_gpus()
         allocated, reserved = memory.torch_memory()
         sample = Sample(time=time.time(), rss=memory.process_rss(), has_gpu=not reason,
                         gpu_reason=reason, gpus=gpus, torch_allocated=allocated,
-                        torch_reserved=reserved, servers=self._sample_servers())
+                        torch_reserved=reserved, servers=self._sample_servers(also))
         self.has_gpu, self.gpu_reason = sample.has_gpu, reason
         with self._lock:
             self._samples.append(sample)
@@ -212,9 +214,10 @@ class GpuMonitor:
                                         daemon=True)
         self._thread.start()
 
-    def _sample_servers(self) -> dict[str, ServerSample]:
+    def _sample_servers(self, also: Iterable[Any] = ()) -> dict[str, ServerSample]:
         figures = {}
-        for server in self.watched():
+        watched = self.watched()
+        for server in watched + [s for s in also if s not in watched]:
             try:
                 figures[server_key(server)] = sample_server(server)
             except Exception as error:

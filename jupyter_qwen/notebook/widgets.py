@@ -140,9 +140,9 @@ class GpuDashboard(SavedView, _MonitorWidget):
     def __init__(self, monitor: GpuMonitor | None = None, **kwargs: Any):
         super().__init__(monitor, kind="gpu", **kwargs)
         self._watching: weakref.WeakSet = weakref.WeakSet()
-        self._watch_servers()
+        servers = self._watch_servers()
         self.on_msg(self._on_custom_msg)
-        self.refresh(self.monitor.sample())
+        self.refresh(self.monitor.sample(also=servers))
         self.monitor.subscribe(self._on_sample)
 
     def close(self) -> None:
@@ -258,7 +258,7 @@ class ServerPanel(SavedView, _MonitorWidget):
         self.on_msg(self._on_custom_msg)
         _PANELS.add(self)
         self.monitor.watch(server)  # a finished server is dropped by the next sample
-        self.refresh(self.monitor.sample())
+        self.refresh(self.monitor.sample(also=[server]))
         if not self.finished:
             self.monitor.subscribe(self._on_sample)
 
