@@ -28,8 +28,8 @@ from jupyter_qwen.model.kernels.quant_tiles import QuantTiling
 
 REGISTERS_PER_SM = 65536
 SHARED_PER_SM = 227 * 1024
-POINTERS = ("x_ptr", "xs_ptr", "w_ptr", "s_ptr", "srow_ptr", "y_ptr")
-HINTED = (*POINTERS, "N", "K", "x_stride", "w_stride", "y_stride")
+POINTERS = ("x_ptr", "xs_ptr", "w_ptr", "s_ptr", "srow_ptr", "y_ptr", "part_ptr", "count_ptr")
+HINTED = (*POINTERS, "N", "K", "K_CHUNK", "x_stride", "w_stride", "y_stride")
 
 
 @dataclass(slots=True)
@@ -55,13 +55,15 @@ def signature(tiling: QuantTiling) -> tuple[dict, dict]:
         return types | dict.fromkeys(constants, "constexpr"), constants
     x_fp8 = tiling.fp8_dot and tiling.quantize_x
     types = {"x_ptr": "*fp8e4nv" if x_fp8 else "*bf16", "xs_ptr": "*fp32",
-             "w_ptr": "*fp8e4nv", "s_ptr": "*fp32", "srow_ptr": "*i32", "y_ptr": "*bf16"}
-    types |= {name: "i32" for name in ("M", "N", "K", "x_stride", "xs_stride", "w_stride",
-                                       "s_stride", "y_stride")}
+             "w_ptr": "*fp8e4nv", "s_ptr": "*fp32", "srow_ptr": "*i32", "y_ptr": "*bf16",
+             "part_ptr": "*fp32", "count_ptr": "*i32"}
+    types |= {name: "i32" for name in ("M", "N", "K", "K_CHUNK", "SPLITS", "x_stride",
+                                       "xs_stride", "w_stride", "s_stride", "y_stride")}
     constants = dict(BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
                      GROUP_M=tiling.group_m, FP8_DOT=tiling.fp8_dot, X_FP8=x_fp8,
                      CHAIN=tiling.chain, PROMOTE_K=tiling.promote_k,
-                     TILE_SCALE=x_fp8 and tiling.tile_scale, PRECISION="tf32")
+                     TILE_SCALE=x_fp8 and tiling.tile_scale, SPLIT=tiling.split_k > 1,
+                     PRECISION="tf32")
     return types | dict.fromkeys(constants, "constexpr"), constants
 
 

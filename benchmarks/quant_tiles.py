@@ -114,7 +114,14 @@ def fp8_grid() -> list[QuantTiling]:
              # chunks of 8 steps (K a multiple of 1,024): half as many drains; the 128-wide
              # tiles spill at 8 (eight steps' scales held a chunk ahead), the 64-wide do not
              T(64, 64, 128, 4, 4, quantize_x=True, wgmma=True, wgmma_chunk=8)]
-    return [*dot, *quantized, *one_scale, *upcast, *swapped, *wgmma]
+    # K split over programs (not yet measured): products with too few output tiles for
+    # every SM, as Qwen3-0.6B's o and down (1,024 outputs: 16 N tiles of 64)
+    split = [T(32, 64, 128, 4, 4, quantize_x=True, tile_scale=True, split_k=2),
+             T(64, 64, 128, quantize_x=True, tile_scale=True, split_k=2),
+             T(64, 64, 128, quantize_x=True, tile_scale=True, split_k=4),
+             T(64, 128, 128, quantize_x=True, tile_scale=True, split_k=2),
+             T(64, 128, 128, 4, 4, quantize_x=True, tile_scale=True, split_k=4)]
+    return [*dot, *quantized, *one_scale, *upcast, *swapped, *wgmma, *split]
 
 
 def awq_grid() -> list[QuantTiling]:
@@ -170,6 +177,8 @@ def label(tiling: QuantTiling) -> str:
         text += " ts"
     if tiling.wgmma:
         text += " wgmma" if tiling.wgmma_chunk == 4 else f" wgmma c{tiling.wgmma_chunk}"
+    if tiling.split_k > 1:
+        text += f" k{tiling.split_k}"
     return text
 
 
@@ -208,12 +217,18 @@ def launcher(fmt: str, projection: Projection, tiling: QuantTiling, fp8_dot: boo
     from jupyter_qwen.model.kernels.quant_linear import awq_linear, fp8_linear, quantizes_x
 
     if fmt == "fp8":  # one shard: every N tile of a chain tiling reads one scale row
-        shards = (projection.weight.shape[0],)
+        n = projection.weight.shape[0]
+        shards = (n,)
+        counts = None  # a split_k tiling's counters, kept across calls as a layer keeps them
+        if tiling.split_k > 1:
+            tiles = -(-M_BUCKETS[-1] // tiling.block_m) * -(-n // tiling.block_n)
+            counts = torch.zeros(tiles, dtype=torch.int32, device=projection.weight.device)
         if handed and quantizes_x(tiling, shards, fp8_dot):
             return lambda x: fp8_linear(handed[id(x)], *projection.fp8, tiling=tiling,
-                                        fp8_dot=fp8_dot, shard_sizes=shards)
+                                        fp8_dot=fp8_dot, shard_sizes=shards,
+                                        split_counts=counts)
         return lambda x: fp8_linear(x, *projection.fp8, tiling=tiling, fp8_dot=fp8_dot,
-                                    shard_sizes=shards)
+                                    shard_sizes=shards, split_counts=counts)
     return lambda x: awq_linear(x, *projection.awq, tiling=tiling)
 
 

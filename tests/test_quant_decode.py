@@ -311,7 +311,7 @@ def test_awq_lop3_one_launch_sums_as_the_second_launch_and_resets_its_counts(mod
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="needs triton")
 def test_awq_split_k_chunks_cover_k_in_whole_steps():
-    from jupyter_qwen.model.kernels.awq_split import chunk_of
+    from jupyter_qwen.model.kernels.quant_tiles import chunk_of
 
     for k in (100, 128, 200, 640, 2560, 9728):
         for block_k in (128, 256, 512):

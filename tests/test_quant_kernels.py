@@ -263,6 +263,99 @@ def test_fp8_products_take_rows_quantized_beforehand(mode, generator, rows):
                    shard_sizes=[n])
 
 
+@pytest.mark.parametrize("split_k", [2, 3])
+def test_fp8_products_split_over_k_add_the_splits_and_leave_their_counts_zero(
+        mode, generator, split_k):
+    """K split over programs (`split_k`): in fp32 the product of the unsplit tiling up to
+    the order of the sums, the same bits on a second launch with the same counters (each
+    launch sets them back to 0); counters too few for the grid are not used. In bf16 with
+    rows quantized beforehand (the engine's form), the unsplit product to bf16 rounding."""
+    from jupyter_qwen.model.kernels.quant_linear import fp8_linear
+    from jupyter_qwen.model.kernels.quant_tiles import QuantTiling
+
+    n, k, rows = mode.pick((160, 640, 70), (1024, 3072, 256))
+    values, scales, scale_rows = (t.to(mode.device) for t in fp8_case(generator, n, k))
+    x = torch.randn(rows, k, generator=generator).to(mode.device)
+    plain = QuantTiling(32, 64, 128, fp8_dot=False)
+    split = QuantTiling(32, 64, 128, fp8_dot=False, split_k=split_k)
+    counts = torch.zeros(-(-rows // 32) * -(-n // 64), dtype=torch.int32, device=mode.device)
+    whole = fp8_linear(x, values, scales, scale_rows, tiling=plain)
+    first = fp8_linear(x, values, scales, scale_rows, tiling=split, split_counts=counts)
+    assert torch.equal(counts, torch.zeros_like(counts))
+    second = fp8_linear(x, values, scales, scale_rows, tiling=split, split_counts=counts)
+    assert torch.equal(first, second) and not torch.equal(first, torch.zeros_like(first))
+    assert relative_error(first.cpu(), whole.cpu()) < 1e-6
+    too_few = torch.zeros(1, dtype=torch.int32, device=mode.device)
+    assert torch.equal(fp8_linear(x, values, scales, scale_rows, tiling=split,
+                                  split_counts=too_few), first)
+
+    x = x.to(torch.bfloat16)
+    given = fp8.Fp8Rows(*quantized_rows(x), x.dtype)
+    engine = QuantTiling(64, 64, 128, quantize_x=True, tile_scale=True)
+    whole = fp8_linear(given, values, scales, scale_rows, tiling=engine, fp8_dot=True,
+                       shard_sizes=[n])
+    parts = fp8_linear(given, values, scales, scale_rows, fp8_dot=True, shard_sizes=[n],
+                       tiling=QuantTiling(64, 64, 128, quantize_x=True, tile_scale=True,
+                                          split_k=split_k))
+    assert relative_error(parts.float().cpu(), whole.float().cpu()) < 1e-2
+
+
+def test_an_fp8_projection_keeps_its_split_counters(mode, generator, monkeypatch):
+    """`TritonQuantKernels` hands a `split_k` tiling the projection's own counters
+    (`split_counts_for`, made once, zero after every launch) and none to a tiling that
+    does not split K; the product is the reference's."""
+    from jupyter_qwen.model.kernels import quant_tiles
+    from jupyter_qwen.model.kernels.quant_linear import TritonQuantKernels, split_counts_for
+    from jupyter_qwen.model.quant.linear import Fp8Linear
+
+    n, k, rows = mode.pick((128, 384, 40), (1024, 2048, 256))
+    layer = Fp8Linear(k, [n], online=True)
+    weight = torch.randn(n, k, generator=generator).to(torch.bfloat16)
+    layer.load("weight", 0, weight)
+    layer = layer.to(mode.device)
+    layer.kernels = TritonQuantKernels(torch.device(mode.device))
+    x = torch.randn(rows, k, generator=generator).to(torch.bfloat16).to(mode.device)
+    assert split_counts_for(layer, rows) is None
+    split = quant_tiles.QuantTiling(32, 64, 128, fp8_dot=False, split_k=3)
+    monkeypatch.setattr(quant_tiles, "LARGE_M_TILES",
+                        {("fp8", quant_tiles.m_bucket(rows), n, k): split})
+    counts = split_counts_for(layer, rows)
+    assert counts is split_counts_for(layer, rows) and int(counts.abs().sum()) == 0
+    y = layer.kernels.linear(x, layer)
+    assert layer._split_counts is counts and int(counts.abs().sum()) == 0
+    error = relative_error(y.float().cpu(), reference(x, layer.dequantize(x.dtype)).float().cpu())
+    assert error < TOLERANCE[torch.bfloat16], f"relative error {error:.2e}"
+
+
+@COMPILED_ONLY
+@pytest.mark.gpu
+def test_split_k_products_give_the_same_bits_every_launch_and_replay(generator):
+    """The last split of each tile to finish adds the partials in split order, whichever
+    it is: 20 launches and a CUDA-graph replay give one result."""
+    from jupyter_qwen.model.kernels.quant_linear import fp8_linear
+    from jupyter_qwen.model.kernels.quant_tiles import QuantTiling
+
+    values, scales, scale_rows = (t.cuda() for t in fp8_case(generator, 1024, 3072))
+    x = torch.randn(256, 3072, generator=generator).to(torch.bfloat16).cuda()
+    tiling = QuantTiling(64, 64, 128, quantize_x=True, tile_scale=True, split_k=4)
+    counts = torch.zeros(64, dtype=torch.int32, device="cuda")
+
+    def product():
+        return fp8_linear(x, values, scales, scale_rows, tiling=tiling, fp8_dot=True,
+                          shard_sizes=[1024], split_counts=counts)
+
+    first = product()
+    assert all(torch.equal(product(), first) for _ in range(20))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = product()
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured, first)
+    assert int(counts.abs().sum()) == 0
+
+
 def test_an_fp8_mlp_takes_its_rows_quantized_where_they_are_made(mode, generator,
                                                                   monkeypatch):
     """Qwen3's MLP with FP8 gate/up and down projections on the Triton kernels, at a batch

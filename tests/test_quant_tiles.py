@@ -83,6 +83,10 @@ def test_table_defaults_and_sweep_grids_hold_valid_tilings():
     ("fp8", QuantTiling(64, 256, 128, fp8_dot=False, swap_ab=True)),  # two scale rows
     ("fp8", QuantTiling(64, 128, 64, fp8_dot=False, swap_ab=True)),  # half a scale block
     ("fp8", QuantTiling(64, 128, 128, quantize_x=True, swap_ab=True)),
+    ("fp8", QuantTiling(64, 128, 128, split_k=0)),
+    ("awq", QuantTiling(64, 128, 64, split_k=2)),  # K splits on the FP8 kernel only
+    ("fp8", QuantTiling(64, 128, 128, fp8_dot=False, swap_ab=True, split_k=2)),
+    ("fp8", QuantTiling(64, 128, 128, 4, 3, quantize_x=True, wgmma=True, split_k=2)),
 ])
 def test_tiling_problem_names_what_the_kernels_refuse(fmt, tiling):
     assert tiling_problem(fmt, tiling) is not None

@@ -1,7 +1,7 @@
 """The AWQ small-M product with nibble pairs unpacked by one `lop3` each
 (`DecodeTiling(..., unpack="lop3")`, launched by quant_gemv): K split over programs as
-awq_split.py does (its `chunk_of` split bookkeeping and its `_sum_splits_kernel`, a fixed-order
-sum of the splits' fp32 partials), one group (128 input rows) a step.
+awq_split.py does (quant_tiles.py's `chunk_of` split bookkeeping, its `_sum_splits_kernel`,
+a fixed-order sum of the splits' fp32 partials), one group (128 input rows) a step.
 
 Per step a program holds a [128 k, BLOCK_N] tile as REPEAT = 4 [LANES = 32, WORDS] tiles of
 qweight words (rows k0 + 32 r + l; a thread keeps the same lanes and words in all four, so the
@@ -33,10 +33,10 @@ from jupyter_qwen.model.kernels.awq_split import (
     SUM_TILE,
     _columns_in_order,
     _sum_splits_kernel,
-    chunk_of,
     split_lanes,
 )
 from jupyter_qwen.model.kernels.gemv import _inv_rms, _operand
+from jupyter_qwen.model.kernels.quant_tiles import chunk_of
 
 LANES = 32  # rows of a [LANES, WORDS] tile; REPEAT = 128 / LANES tiles a step
 

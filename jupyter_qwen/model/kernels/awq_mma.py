@@ -1,5 +1,5 @@
 """The AWQ small-M product on the tensor cores (`DecodeTiling(..., unpack="mma")`, launched
-by quant_gemv): K split over programs as the lop3 kernel does (awq_split.py's `chunk_of`, the
+by quant_gemv): K split over programs as the lop3 kernel does (quant_tiles.py's `chunk_of`, the
 lop3 kernel's fixed-order sums of the splits' fp32 partials), one group (128 input rows) a
 step.
 

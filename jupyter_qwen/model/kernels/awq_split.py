@@ -32,6 +32,7 @@ import triton.language as tl
 
 from jupyter_qwen.model.kernels import pdl
 from jupyter_qwen.model.kernels.gemv import _inv_rms, _operand
+from jupyter_qwen.model.kernels.quant_tiles import chunk_of
 
 GROUP = 128
 SUM_TILE = 4096  # elements of partials one program of the sum adds per row of x
@@ -191,12 +192,6 @@ def split_lanes(words: int, num_warps: int) -> int:
     contiguous words (4 words, 16 bytes, a thread; as quant_gemv.planes_lanes)."""
     across_words = min(32, max(1, words // 4))
     return min(GROUP, 32 // across_words * num_warps)
-
-
-def chunk_of(k: int, block_k: int, split_k: int) -> int:
-    """Input rows per split: whole steps of block_k, about k / split_k."""
-    steps = triton.cdiv(k, block_k)
-    return triton.cdiv(steps, max(1, min(split_k, steps))) * block_k
 
 
 def launch(args: dict, layer, tiling, m: int, k: int, groups: int, norm_block: int) -> None:

@@ -36,7 +36,10 @@ cores with no scaling of the sums and no FP8 activations. AWQ's `swap_ab` tiling
 make the dequantized tile the left operand (y.T = W @ x.T), where the plain form waits for
 every step's tensor-core product. A `wgmma` tiling (with `quantize_x`) on a Hopper GPU runs
 `fp8_wgmma.py`'s Gluon kernel instead of `_fp8_kernel` where `runs_wgmma` allows: the same
-arithmetic with each step's scaling done while the next step's product runs.
+arithmetic with each step's scaling done while the next step's product runs. A `split_k`
+tiling splits `_fp8_kernel`'s K loop over programs (a third grid axis); the last program of
+each output tile to finish adds the fp32 partials in split order (`_store_tile`), with
+counters that every launch leaves zero (`split_counts_for` keeps them on the layer).
 
 From `AWQ_VIA_BF16_MIN_M` rows (quant_tiles.py) an AWQ product dequantizes W once into a
 scratch [N, K] tensor of x's dtype (`awq_dequantize`: the reference's arithmetic, one pass
@@ -72,6 +75,7 @@ from jupyter_qwen.model.kernels.quant_tiles import (
     AWQ_VIA_BF16_MIN_M,
     FP8_BLOCK,
     QuantTiling,
+    chunk_of,
     large_m_tiling,
 )
 from jupyter_qwen.model.quant.fp8 import Fp8Rows
@@ -113,6 +117,34 @@ def _tile_of_program(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         pid_m = first_m + (pid % per_group) % rows_in_group
         pid_n = (pid % per_group) // rows_in_group
     return pid_n, pid_m
+
+
+@triton.jit
+def _store_tile(acc, y_ptr, part_ptr, count_ptr, ms, ns, M, N, y_stride, tile, SPLITS,
+                SPLIT: tl.constexpr):
+    """Store the fp32 [BLOCK_M, BLOCK_N] tile `acc` of y (rows ms, columns ns) in y's dtype.
+    SPLIT (K split over the tile's SPLITS programs, this one program_id(2)): store the
+    partial sums (part_ptr: [SPLITS, M, N] fp32), count them in (release: every thread's
+    stores first; count_ptr + tile), and the last of the tile's programs (acquire) adds the
+    partials in split order, stores y and sets the count back to 0 for the next launch or
+    graph replay: the same bits whichever program finishes last."""
+    mask = (ms < M)[:, None] & (ns < N)[None, :]
+    if SPLIT:
+        at = ms[:, None] * N + ns[None, :]
+        tl.store(part_ptr + tl.program_id(2) * M * N + at, acc, mask=mask)
+        tl.debug_barrier()
+        done = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
+        if done == SPLITS - 1:
+            total = tl.load(part_ptr + at, mask=mask, other=0.0, cache_modifier=".cg")
+            for split in range(1, SPLITS):
+                total += tl.load(part_ptr + split * M * N + at, mask=mask, other=0.0,
+                                 cache_modifier=".cg")
+            tl.store(y_ptr + ms[:, None] * y_stride + ns[None, :],
+                     total.to(y_ptr.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed", scope="gpu")
+    else:
+        tl.store(y_ptr + ms[:, None] * y_stride + ns[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=mask)
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -173,19 +205,28 @@ def _fp8_step_tiles(x_ptr, w_ptr, ms, m_ok, rows, k0, K, x_stride, w_stride,
     return a, w
 
 
-@triton.jit(do_not_specialize=["M"])
-def _fp8_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride, xs_stride,
-                w_stride, s_stride, y_stride, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, FP8_DOT: tl.constexpr,
-                X_FP8: tl.constexpr, CHAIN: tl.constexpr, PROMOTE_K: tl.constexpr,
-                TILE_SCALE: tl.constexpr, PRECISION: tl.constexpr):
+@triton.jit(do_not_specialize=["M", "SPLITS"])
+def _fp8_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, part_ptr, count_ptr, M, N, K,
+                K_CHUNK, SPLITS, x_stride, xs_stride, w_stride, s_stride, y_stride,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                GROUP_M: tl.constexpr, FP8_DOT: tl.constexpr, X_FP8: tl.constexpr,
+                CHAIN: tl.constexpr, PROMOTE_K: tl.constexpr, TILE_SCALE: tl.constexpr,
+                SPLIT: tl.constexpr, PRECISION: tl.constexpr):
     """X_FP8: x is already e4m3 with its scales at xs_ptr (`_quantize_x_kernel`). CHAIN
     (every row of the N tile reads one scale row): xs_ptr holds x's row-block maxima
     (`_row_block_max_kernel`); the loop chains the FP8 dots and the epilogue scales;
     PROMOTE_K > 0: the dots' sums are promoted to fp32 every PROMOTE_K columns. TILE_SCALE
     (with X_FP8, one scale row per N tile): each step's dot is scaled by the vector
-    a_scale[m] * s, one FMA per accumulator element."""
+    a_scale[m] * s, one FMA per accumulator element. SPLIT: program_id(2) of SPLITS takes
+    input columns [K_CHUNK * split, K_CHUNK * (split + 1)) and `_store_tile` sums the
+    splits."""
     pid_n, pid_m = _tile_of_program(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    if SPLIT:
+        k_begin = tl.program_id(2) * K_CHUNK
+        k_end = tl.minimum(K, k_begin + K_CHUNK)
+    else:
+        k_begin = 0
+        k_end = K
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(ns, N - 1)  # the tail re-reads row N - 1 rather than masking
     ms = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -198,7 +239,7 @@ def _fp8_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride,
         row_scale = _chain_row_scale(xs_ptr, xs_stride, tile_scale_at, ms, m_ok, K, BLOCK_M,
                                      16)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_begin, k_end, BLOCK_K):
         a, w = _fp8_step_tiles(x_ptr, w_ptr, ms, m_ok, rows, k0, K, x_stride, w_stride,
                                BLOCK_K)
         if CHAIN:  # x' = x * s[k // 128] / row_scale, in e4m3; no scaling of the sum
@@ -227,9 +268,8 @@ def _fp8_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, M, N, K, x_stride,
             acc += part * scale[None, :]
     if CHAIN:
         acc = acc * row_scale[:, None]
-    mask = m_ok[:, None] & (ns < N)[None, :]
-    tl.store(y_ptr + ms[:, None] * y_stride + ns[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=mask)
+    _store_tile(acc, y_ptr, part_ptr, count_ptr, ms, ns, M, N, y_stride,
+                pid_m * tl.cdiv(N, BLOCK_N) + pid_n, SPLITS, SPLIT)
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -362,12 +402,14 @@ def _precision(dtype: torch.dtype) -> str:
 def fp8_linear(x: torch.Tensor | Fp8Rows, weight: torch.Tensor, scale_inv: torch.Tensor,
                scale_rows: torch.Tensor, *, tiling: QuantTiling | None = None,
                fp8_dot: bool = False, shard_sizes: Sequence[int] | None = None,
-               ) -> torch.Tensor:
+               split_counts: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ dequantized(weight).T -> [..., N] in x's dtype. `fp8_dot` (the device
     has FP8 tensor cores; prefill tilings whose `fp8_dot` is set): activations quantized per
     row and 128 columns, FP8 tensor cores. `shard_sizes` (the rows of each shard packed in
     weight, as `scale_rows` was built): lets a `chain` tiling run chained (`chains`). x may
-    come quantized (`Fp8Rows`, rows [M, K]) where `quantizes_x` holds for the tiling."""
+    come quantized (`Fp8Rows`, rows [M, K]) where `quantizes_x` holds for the tiling.
+    `split_counts`: zeroed int32 counters, one an output tile, that a `split_k` tiling's
+    launches leave zero (`split_counts_for`); without them (or too few) it makes its own."""
     k, n = x.shape[-1], weight.shape[0]
     rows = x.values if isinstance(x, Fp8Rows) else _rows(x, k)
     m = rows.shape[0]
@@ -404,15 +446,43 @@ def fp8_linear(x: torch.Tensor | Fp8Rows, weight: torch.Tensor, scale_inv: torch
         fp8_wgmma_product(rows, x_scales, weight, scale_inv, scale_rows, y.view(-1, n),
                           tiling.block_m, tiling.block_n, tiling.num_stages, tiling.wgmma_chunk)
         return y
-    _fp8_kernel[_grid(m, n, tiling)](
-        rows, x_scales, weight, scale_inv, scale_rows, y.view(-1, n), m, n, k, rows.stride(0),
-        x_scales.stride(0), weight.stride(0), scale_inv.stride(0), n, BLOCK_M=tiling.block_m,
-        BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k, GROUP_M=tiling.group_m,
-        FP8_DOT=use_fp8_dot, X_FP8=x_fp8, CHAIN=chain,
-        PROMOTE_K=tiling.promote_k if chain else 0, TILE_SCALE=tile_scale,
-        PRECISION=_precision(x.dtype),
+    chunk = chunk_of(k, tiling.block_k, tiling.split_k)
+    splits = triton.cdiv(k, chunk)
+    partials = counts = y  # not read unless K is split
+    if splits > 1:
+        partials = torch.empty((splits, m, n), dtype=torch.float32, device=rows.device)
+        tiles = math.prod(_grid(m, n, tiling))
+        counts = split_counts if split_counts is not None and split_counts.numel() >= tiles \
+            else torch.zeros(tiles, dtype=torch.int32, device=rows.device)
+    _fp8_kernel[(*_grid(m, n, tiling), splits)](
+        rows, x_scales, weight, scale_inv, scale_rows, y.view(-1, n), partials, counts, m, n,
+        k, chunk, splits, rows.stride(0), x_scales.stride(0), weight.stride(0),
+        scale_inv.stride(0), n, BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n,
+        BLOCK_K=tiling.block_k, GROUP_M=tiling.group_m, FP8_DOT=use_fp8_dot, X_FP8=x_fp8,
+        CHAIN=chain, PROMOTE_K=tiling.promote_k if chain else 0, TILE_SCALE=tile_scale,
+        SPLIT=splits > 1, PRECISION=_precision(x.dtype),
         num_warps=tiling.num_warps, num_stages=tiling.num_stages)
     return y
+
+
+SPLIT_COUNTS_ROWS = 512  # a layer's split counters cover tiles of >= 32 x 32 up to this M
+
+
+def split_counts_for(layer, m: int) -> torch.Tensor | None:
+    """The counters a `split_k` tiling of this FP8 projection at m rows needs, kept on the
+    layer (`_split_counts`, zeros; every launch leaves them zero): one int32 per 32 x 32
+    tile of SPLIT_COUNTS_ROWS rows, enough for any tiling the sweep has. None where the
+    table's tiling does not split K. Made on the first launch; if that launch is being
+    captured, the zeros are a captured memset that every replay repeats, as correct."""
+    n, k = layer.weight.shape
+    if quant_tiling(m, n, k=k).split_k == 1:
+        return None
+    counts = getattr(layer, "_split_counts", None)
+    if counts is None:
+        counts = torch.zeros(SPLIT_COUNTS_ROWS // 32 * triton.cdiv(n, 32), dtype=torch.int32,
+                             device=layer.weight.device)
+        layer._split_counts = counts
+    return counts
 
 
 def quantizes_x(tiling: QuantTiling, shard_sizes: Sequence[int] | None, fp8_dot: bool,
@@ -609,7 +679,8 @@ class TritonQuantKernels:
             if self._block_scaled(layer, math.prod(x.shape[:-1])):
                 return block_scaled_mm(x, layer.weight, layer.weight_scale_inv)
             return fp8_linear(x, layer.weight, layer.weight_scale_inv, layer.scale_rows,
-                              fp8_dot=self.fp8_dot, shard_sizes=layer.shard_sizes)
+                              fp8_dot=self.fp8_dot, shard_sizes=layer.shard_sizes,
+                              split_counts=split_counts_for(layer, math.prod(x.shape[:-1])))
         return awq_linear(x, layer.qweight, layer.qzeros, layer.scales, layer.group_size)
 
     def takes_fp8_rows(self, layer, m: int) -> bool:

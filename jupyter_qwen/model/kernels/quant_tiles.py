@@ -59,7 +59,13 @@ class QuantTiling:
       (`quant_linear.runs_wgmma`), the product runs in `fp8_wgmma.py` (Gluon): each step's
       wgmma issued asynchronously and the one before it scaled while it runs, `num_stages`
       TMA slots, K in chunks of `wgmma_chunk` steps of straight-line code (2, 4 or 8; each
-      chunk's last scaling runs alone); elsewhere as without `wgmma`."""
+      chunk's last scaling runs alone); elsewhere as without `wgmma`;
+    - `split_k` (FP8 on the Triton kernel, `_fp8_kernel`: not with `swap_ab` or `wgmma`):
+      K split over about `split_k` programs of each output tile, in whole K steps
+      (`chunk_of`); each stores its fp32 partial sums and the last of a tile's programs to
+      finish adds them in split order and writes y (the same bits whichever finishes last).
+      For short-N products (Qwen3-0.6B's o and down: 1,024 outputs) whose tiles are too few
+      to occupy every SM."""
 
     block_m: int
     block_n: int
@@ -75,6 +81,7 @@ class QuantTiling:
     swap_ab: bool = False
     wgmma: bool = False
     wgmma_chunk: int = 4
+    split_k: int = 1
 
 
 DEFAULT_LARGE_M = {"fp8": QuantTiling(64, 128, 128), "awq": QuantTiling(64, 128, 64)}
@@ -173,6 +180,13 @@ LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
 }
 
 
+def chunk_of(k: int, block_k: int, split_k: int) -> int:
+    """Input rows per split when K is split over about `split_k` programs: whole steps of
+    block_k, about k / split_k (uneven splits, never an empty one)."""
+    steps = -(-k // block_k)
+    return -(-steps // max(1, min(split_k, steps))) * block_k
+
+
 def m_bucket(m: int) -> int:
     return M_BUCKETS[min(bisect.bisect_left(M_BUCKETS, m), len(M_BUCKETS) - 1)]
 
@@ -195,7 +209,8 @@ def tiling_problem(fmt: str, tiling: QuantTiling) -> str | None:
     """Why `tiling` cannot run `fmt`'s kernel, or None: the K step stays inside one scale
     block / group, AWQ's N tile holds whole packed words, tiles are powers of two that
     tl.dot takes (>= 16), group_m >= 1, `chain`'s, `tile_scale`'s and `swap_ab`'s N tile
-    inside one scale row, `wgmma`'s tiles those its kernel takes."""
+    inside one scale row, `wgmma`'s tiles those its kernel takes, `split_k` on FP8's Triton
+    kernel only."""
     sizes = (tiling.block_m, tiling.block_n, tiling.block_k)
     if any(size < 16 or size & (size - 1) for size in sizes):
         return f"tile {sizes} must be powers of two >= 16"
@@ -228,6 +243,10 @@ def tiling_problem(fmt: str, tiling: QuantTiling) -> str | None:
                              and tiling.wgmma_chunk in (2, 4, 8)):
         return ("wgmma takes FP8 with quantize_x, block_k 128, block_m 64 or 128 on "
                 "block_m / 16 warps, block_n 64 or 128, group_m 1, wgmma_chunk 2, 4 or 8")
+    splits_elsewhere = fmt != "fp8" or tiling.swap_ab or tiling.wgmma
+    if tiling.split_k < 1 or (tiling.split_k > 1 and splits_elsewhere):
+        return (f"split_k {tiling.split_k}: at least 1, and above 1 only on the Triton FP8 "
+                "kernel (not swap_ab or wgmma)")
     if tiling.wgmma_chunk != 4 and not tiling.wgmma:
         return "wgmma_chunk is read by wgmma tilings only"
     if tiling.group_m < 1 or tiling.num_warps not in (1, 2, 4, 8, 16) or tiling.num_stages < 1:
