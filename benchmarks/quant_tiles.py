@@ -135,7 +135,9 @@ def awq_grid() -> list[QuantTiling]:
             # the tile as the dot's left operand (not yet measured)
             *(replace(t, swap_ab=True) for t in (
                 T(16, 128, 64), T(32, 128, 64), T(64, 128, 64), T(64, 64, 128, 4, 4),
-                T(128, 128, 64, 8, 3, group_m=8), T(64, 128, 64, 4, 4, group_m=8)))]
+                T(128, 128, 64, 8, 3, group_m=8), T(64, 128, 64, 4, 4, group_m=8))),
+            # K split over programs (not yet measured): few output tiles, long K
+            T(32, 64, 128, split_k=4), T(64, 64, 128, split_k=2), T(64, 64, 128, split_k=4)]
 
 
 QUICK_PICKS = {"fp8": (0, 1, 8, 12, 15, 17, 21, 24), "awq": (0, 1, 13, 14, 19, 18, 24, 26)}

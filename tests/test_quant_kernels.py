@@ -300,6 +300,27 @@ def test_fp8_products_split_over_k_add_the_splits_and_leave_their_counts_zero(
     assert relative_error(parts.float().cpu(), whole.float().cpu()) < 1e-2
 
 
+def test_awq_products_split_over_k_add_the_splits_and_leave_their_counts_zero(mode,
+                                                                              generator):
+    """AWQ's `split_k` tilings as FP8's: in fp32 the unsplit product up to the order of the
+    sums, the same bits again, counters back at 0; swap_ab tilings refuse to split."""
+    from jupyter_qwen.model.kernels.quant_linear import awq_linear
+    from jupyter_qwen.model.kernels.quant_tiles import QuantTiling
+
+    n, k, rows = mode.pick((160, 640, 70), (2560, 9728, 128))
+    packed = [t.to(mode.device) for t in awq.quantize_awq(torch.randn(n, k, generator=generator))]
+    x = torch.randn(rows, k, generator=generator).to(mode.device)
+    counts = torch.zeros(-(-rows // 32) * -(-n // 64), dtype=torch.int32, device=mode.device)
+    split = QuantTiling(32, 64, 128, split_k=3)
+    whole = awq_linear(x, *packed, tiling=QuantTiling(32, 64, 128))
+    first = awq_linear(x, *packed, tiling=split, split_counts=counts)
+    second = awq_linear(x, *packed, tiling=split, split_counts=counts)
+    assert torch.equal(first, second) and torch.equal(counts, torch.zeros_like(counts))
+    assert relative_error(first.cpu(), whole.cpu()) < 1e-6
+    with pytest.raises(ValueError, match="swap_ab"):
+        awq_linear(x, *packed, tiling=QuantTiling(32, 64, 128, swap_ab=True, split_k=2))
+
+
 def test_an_fp8_projection_keeps_its_split_counters(mode, generator, monkeypatch):
     """`TritonQuantKernels` hands a `split_k` tiling the projection's own counters
     (`split_counts_for`, made once, zero after every launch) and none to a tiling that
@@ -315,12 +336,12 @@ def test_an_fp8_projection_keeps_its_split_counters(mode, generator, monkeypatch
     layer = layer.to(mode.device)
     layer.kernels = TritonQuantKernels(torch.device(mode.device))
     x = torch.randn(rows, k, generator=generator).to(torch.bfloat16).to(mode.device)
-    assert split_counts_for(layer, rows) is None
+    assert split_counts_for(layer, rows, x.device) is None
     split = quant_tiles.QuantTiling(32, 64, 128, fp8_dot=False, split_k=3)
     monkeypatch.setattr(quant_tiles, "LARGE_M_TILES",
                         {("fp8", quant_tiles.m_bucket(rows), n, k): split})
-    counts = split_counts_for(layer, rows)
-    assert counts is split_counts_for(layer, rows) and int(counts.abs().sum()) == 0
+    counts = split_counts_for(layer, rows, x.device)
+    assert counts is split_counts_for(layer, rows, x.device) and int(counts.abs().sum()) == 0
     y = layer.kernels.linear(x, layer)
     assert layer._split_counts is counts and int(counts.abs().sum()) == 0
     error = relative_error(y.float().cpu(), reference(x, layer.dequantize(x.dtype)).float().cpu())

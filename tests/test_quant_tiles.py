@@ -84,7 +84,7 @@ def test_table_defaults_and_sweep_grids_hold_valid_tilings():
     ("fp8", QuantTiling(64, 128, 64, fp8_dot=False, swap_ab=True)),  # half a scale block
     ("fp8", QuantTiling(64, 128, 128, quantize_x=True, swap_ab=True)),
     ("fp8", QuantTiling(64, 128, 128, split_k=0)),
-    ("awq", QuantTiling(64, 128, 64, split_k=2)),  # K splits on the FP8 kernel only
+    ("awq", QuantTiling(64, 128, 64, swap_ab=True, split_k=2)),
     ("fp8", QuantTiling(64, 128, 128, fp8_dot=False, swap_ab=True, split_k=2)),
     ("fp8", QuantTiling(64, 128, 128, 4, 3, quantize_x=True, wgmma=True, split_k=2)),
 ])

@@ -334,15 +334,23 @@ def _awq_tile(qw_ptr, qz_ptr, sc_ptr, k0, ns, words, words_ok, shifts, K, N, qw_
     return ((q - z).to(tl.float32) * s[None, :]).to(dtype)
 
 
-@triton.jit(do_not_specialize=["M"])
-def _awq_kernel(x_ptr, qw_ptr, qz_ptr, sc_ptr, y_ptr, M, N, K, x_stride, qw_stride, qz_stride,
-                sc_stride, y_stride, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                SWAP_AB: tl.constexpr, PRECISION: tl.constexpr):
+@triton.jit(do_not_specialize=["M", "SPLITS"])
+def _awq_kernel(x_ptr, qw_ptr, qz_ptr, sc_ptr, y_ptr, part_ptr, count_ptr, M, N, K, K_CHUNK,
+                SPLITS, x_stride, qw_stride, qz_stride, sc_stride, y_stride,
+                GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SWAP_AB: tl.constexpr,
+                SPLIT: tl.constexpr, PRECISION: tl.constexpr):
     """SWAP_AB: y.T tiles = W @ x.T, the dequantized tile the dot's left operand (made in
     registers) and x's the right one (shared memory), so the tensor cores' K chain runs
-    asynchronously; else y = x @ W.T with the tile as the right operand."""
+    asynchronously; else y = x @ W.T with the tile as the right operand. SPLIT (not with
+    SWAP_AB): K split over programs as `_fp8_kernel` does."""
     pid_n, pid_m = _tile_of_program(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    if SPLIT:
+        k_begin = tl.program_id(2) * K_CHUNK
+        k_end = tl.minimum(K, k_begin + K_CHUNK)
+    else:
+        k_begin = 0
+        k_end = K
     ns, words, words_ok, shifts = _awq_columns(pid_n, N, BLOCK_N)
     ms = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = ms < M
@@ -351,7 +359,7 @@ def _awq_kernel(x_ptr, qw_ptr, qz_ptr, sc_ptr, y_ptr, M, N, K, x_stride, qw_stri
         acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_begin, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         a = tl.load(x_ptr + ms[:, None] * x_stride + ks[None, :],
                     mask=m_ok[:, None] & (ks < K)[None, :], other=0.0)
@@ -367,8 +375,8 @@ def _awq_kernel(x_ptr, qw_ptr, qz_ptr, sc_ptr, y_ptr, M, N, K, x_stride, qw_stri
         tl.store(y_ptr + ms[None, :] * y_stride + ns[:, None],
                  acc.to(y_ptr.dtype.element_ty), mask=(ns < N)[:, None] & m_ok[None, :])
     else:
-        tl.store(y_ptr + ms[:, None] * y_stride + ns[None, :],
-                 acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (ns < N)[None, :])
+        _store_tile(acc, y_ptr, part_ptr, count_ptr, ms, ns, M, N, y_stride,
+                    pid_m * tl.cdiv(N, BLOCK_N) + pid_n, SPLITS, SPLIT)
 
 
 @triton.jit
@@ -446,14 +454,7 @@ def fp8_linear(x: torch.Tensor | Fp8Rows, weight: torch.Tensor, scale_inv: torch
         fp8_wgmma_product(rows, x_scales, weight, scale_inv, scale_rows, y.view(-1, n),
                           tiling.block_m, tiling.block_n, tiling.num_stages, tiling.wgmma_chunk)
         return y
-    chunk = chunk_of(k, tiling.block_k, tiling.split_k)
-    splits = triton.cdiv(k, chunk)
-    partials = counts = y  # not read unless K is split
-    if splits > 1:
-        partials = torch.empty((splits, m, n), dtype=torch.float32, device=rows.device)
-        tiles = math.prod(_grid(m, n, tiling))
-        counts = split_counts if split_counts is not None and split_counts.numel() >= tiles \
-            else torch.zeros(tiles, dtype=torch.int32, device=rows.device)
+    chunk, splits, partials, counts = _split_buffers(y.view(-1, n), k, tiling, split_counts)
     _fp8_kernel[(*_grid(m, n, tiling), splits)](
         rows, x_scales, weight, scale_inv, scale_rows, y.view(-1, n), partials, counts, m, n,
         k, chunk, splits, rows.stride(0), x_scales.stride(0), weight.stride(0),
@@ -465,22 +466,39 @@ def fp8_linear(x: torch.Tensor | Fp8Rows, weight: torch.Tensor, scale_inv: torch
     return y
 
 
+def _split_buffers(y: torch.Tensor, k: int, tiling: QuantTiling,
+                   split_counts: torch.Tensor | None):
+    """K of a `split_k` tiling split for y [M, N]: (input columns a split, splits, fp32
+    partials [splits, M, N], the counters: `split_counts` where they cover every output
+    tile, else zeroed ones of this call's own). One split: y stands in for both (unread)."""
+    m, n = y.shape
+    chunk = chunk_of(k, tiling.block_k, tiling.split_k)
+    splits = triton.cdiv(k, chunk)
+    if splits == 1:
+        return chunk, splits, y, y
+    partials = torch.empty((splits, m, n), dtype=torch.float32, device=y.device)
+    tiles = math.prod(_grid(m, n, tiling))
+    if split_counts is None or split_counts.numel() < tiles:
+        split_counts = torch.zeros(tiles, dtype=torch.int32, device=y.device)
+    return chunk, splits, partials, split_counts
+
+
 SPLIT_COUNTS_ROWS = 512  # a layer's split counters cover tiles of >= 32 x 32 up to this M
 
 
-def split_counts_for(layer, m: int) -> torch.Tensor | None:
-    """The counters a `split_k` tiling of this FP8 projection at m rows needs, kept on the
-    layer (`_split_counts`, zeros; every launch leaves them zero): one int32 per 32 x 32
-    tile of SPLIT_COUNTS_ROWS rows, enough for any tiling the sweep has. None where the
-    table's tiling does not split K. Made on the first launch; if that launch is being
-    captured, the zeros are a captured memset that every replay repeats, as correct."""
-    n, k = layer.weight.shape
-    if quant_tiling(m, n, k=k).split_k == 1:
+def split_counts_for(layer, m: int, device: torch.device) -> torch.Tensor | None:
+    """The counters a `split_k` tiling of this projection (FP8 or AWQ) at m rows needs,
+    kept on the layer (`_split_counts`, zeros; every launch leaves them zero): one int32
+    per 32 x 32 tile of SPLIT_COUNTS_ROWS rows, enough for any tiling the sweep has. None
+    where the table's tiling does not split K. Made on the first launch; if that launch is
+    being captured, the zeros are a captured memset that every replay repeats, as correct."""
+    n, k = layer.out_features, layer.in_features
+    if quant_tiling(m, n, awq=not hasattr(layer, "weight_scale_inv"), k=k).split_k == 1:
         return None
     counts = getattr(layer, "_split_counts", None)
     if counts is None:
         counts = torch.zeros(SPLIT_COUNTS_ROWS // 32 * triton.cdiv(n, 32), dtype=torch.int32,
-                             device=layer.weight.device)
+                             device=device)
         layer._split_counts = counts
     return counts
 
@@ -614,9 +632,11 @@ def block_scaled_mm_works(device: torch.device, weight: torch.Tensor,
 
 def awq_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
                scales: torch.Tensor, group_size: int = AWQ_GROUP, *,
-               tiling: QuantTiling | None = None) -> torch.Tensor:
+               tiling: QuantTiling | None = None,
+               split_counts: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ W -> [..., N] for AWQ's packed W.T (qweight [K, N / 8]); from
-    AWQ_VIA_BF16_MIN_M rows (no tiling given) F.linear on `awq_dequantize`'s W."""
+    AWQ_VIA_BF16_MIN_M rows (no tiling given) F.linear on `awq_dequantize`'s W.
+    `split_counts` as for `fp8_linear`."""
     k, n = x.shape[-1], scales.shape[1]
     rows = _rows(x, k)
     m = rows.shape[0]
@@ -630,11 +650,15 @@ def awq_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
     if group_size % tiling.block_k or tiling.block_n % 8:
         raise ValueError(f"block_k {tiling.block_k} must divide the group size {group_size} "
                          f"and block_n {tiling.block_n} be a multiple of 8")
-    _awq_kernel[_grid(m, n, tiling)](
-        rows, qweight, qzeros, scales, y.view(-1, n), m, n, k, rows.stride(0),
-        qweight.stride(0), qzeros.stride(0), scales.stride(0), n, GROUP=group_size,
-        BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
-        GROUP_M=tiling.group_m, SWAP_AB=tiling.swap_ab and tiling.block_m > 1,
+    swap_ab = tiling.swap_ab and tiling.block_m > 1
+    if swap_ab and tiling.split_k > 1:
+        raise ValueError(f"{tiling}: swap_ab tilings do not split K")
+    chunk, splits, partials, counts = _split_buffers(y.view(-1, n), k, tiling, split_counts)
+    _awq_kernel[(*_grid(m, n, tiling), splits)](
+        rows, qweight, qzeros, scales, y.view(-1, n), partials, counts, m, n, k, chunk, splits,
+        rows.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), n,
+        GROUP=group_size, BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n,
+        BLOCK_K=tiling.block_k, GROUP_M=tiling.group_m, SWAP_AB=swap_ab, SPLIT=splits > 1,
         PRECISION=_precision(x.dtype), num_warps=tiling.num_warps, num_stages=tiling.num_stages)
     return y
 
@@ -673,15 +697,17 @@ class TritonQuantKernels:
         self.block_scaled: dict[tuple[int, int], bool] = {}  # (N, K): checked once
 
     def linear(self, x: torch.Tensor | Fp8Rows, layer) -> torch.Tensor:
+        m = math.prod(x.shape[:-1])
         if hasattr(layer, "weight_scale_inv"):
             if not self.fp8_kernels:
                 return torch.nn.functional.linear(x, layer.dequantize(x.dtype))
-            if self._block_scaled(layer, math.prod(x.shape[:-1])):
+            if self._block_scaled(layer, m):
                 return block_scaled_mm(x, layer.weight, layer.weight_scale_inv)
             return fp8_linear(x, layer.weight, layer.weight_scale_inv, layer.scale_rows,
                               fp8_dot=self.fp8_dot, shard_sizes=layer.shard_sizes,
-                              split_counts=split_counts_for(layer, math.prod(x.shape[:-1])))
-        return awq_linear(x, layer.qweight, layer.qzeros, layer.scales, layer.group_size)
+                              split_counts=split_counts_for(layer, m, self.device))
+        return awq_linear(x, layer.qweight, layer.qzeros, layer.scales, layer.group_size,
+                          split_counts=split_counts_for(layer, m, self.device))
 
     def takes_fp8_rows(self, layer, m: int) -> bool:
         """Whether `linear` on m rows of this projection would quantize them to e4m3 in a

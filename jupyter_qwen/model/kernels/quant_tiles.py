@@ -60,12 +60,12 @@ class QuantTiling:
       wgmma issued asynchronously and the one before it scaled while it runs, `num_stages`
       TMA slots, K in chunks of `wgmma_chunk` steps of straight-line code (2, 4 or 8; each
       chunk's last scaling runs alone); elsewhere as without `wgmma`;
-    - `split_k` (FP8 on the Triton kernel, `_fp8_kernel`: not with `swap_ab` or `wgmma`):
-      K split over about `split_k` programs of each output tile, in whole K steps
-      (`chunk_of`); each stores its fp32 partial sums and the last of a tile's programs to
-      finish adds them in split order and writes y (the same bits whichever finishes last).
-      For short-N products (Qwen3-0.6B's o and down: 1,024 outputs) whose tiles are too few
-      to occupy every SM."""
+    - `split_k` (the Triton kernels `_fp8_kernel` and `_awq_kernel`: not with `swap_ab` or
+      `wgmma`): K split over about `split_k` programs of each output tile, in whole K
+      steps (`chunk_of`); each stores its fp32 partial sums and the last of a tile's
+      programs to finish adds them in split order and writes y (the same bits whichever
+      finishes last). For products whose output tiles are too few to occupy every SM
+      (Qwen3-0.6B's o and down: 1,024 outputs; Qwen3-4B's down: K of 9,728)."""
 
     block_m: int
     block_n: int
@@ -209,8 +209,8 @@ def tiling_problem(fmt: str, tiling: QuantTiling) -> str | None:
     """Why `tiling` cannot run `fmt`'s kernel, or None: the K step stays inside one scale
     block / group, AWQ's N tile holds whole packed words, tiles are powers of two that
     tl.dot takes (>= 16), group_m >= 1, `chain`'s, `tile_scale`'s and `swap_ab`'s N tile
-    inside one scale row, `wgmma`'s tiles those its kernel takes, `split_k` on FP8's Triton
-    kernel only."""
+    inside one scale row, `wgmma`'s tiles those its kernel takes, `split_k` on the Triton
+    kernels only (not `swap_ab` or `wgmma`)."""
     sizes = (tiling.block_m, tiling.block_n, tiling.block_k)
     if any(size < 16 or size & (size - 1) for size in sizes):
         return f"tile {sizes} must be powers of two >= 16"
@@ -243,10 +243,8 @@ def tiling_problem(fmt: str, tiling: QuantTiling) -> str | None:
                              and tiling.wgmma_chunk in (2, 4, 8)):
         return ("wgmma takes FP8 with quantize_x, block_k 128, block_m 64 or 128 on "
                 "block_m / 16 warps, block_n 64 or 128, group_m 1, wgmma_chunk 2, 4 or 8")
-    splits_elsewhere = fmt != "fp8" or tiling.swap_ab or tiling.wgmma
-    if tiling.split_k < 1 or (tiling.split_k > 1 and splits_elsewhere):
-        return (f"split_k {tiling.split_k}: at least 1, and above 1 only on the Triton FP8 "
-                "kernel (not swap_ab or wgmma)")
+    if tiling.split_k < 1 or (tiling.split_k > 1 and (tiling.swap_ab or tiling.wgmma)):
+        return f"split_k {tiling.split_k}: at least 1, and 1 with swap_ab or wgmma"
     if tiling.wgmma_chunk != 4 and not tiling.wgmma:
         return "wgmma_chunk is read by wgmma tilings only"
     if tiling.group_m < 1 or tiling.num_warps not in (1, 2, 4, 8, 16) or tiling.num_stages < 1:
