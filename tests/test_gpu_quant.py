@@ -137,10 +137,10 @@ def test_triton_path_computes_what_the_reference_path_does(method, prompts, monk
 
 
 def test_rows_quantized_where_they_are_made_change_no_bits(prompts, monkeypatch):
-    """The fused norms and SiLU·mul hand FP8 projections their rows quantized (`Fp8Rows`)
-    where the product would quantize them in a launch of its own (the table's `quantize_x`
-    tilings of Qwen3-0.6B's shapes, from 256 rows): the first-token logits are those of
-    products that quantize the rows themselves, bit for bit."""
+    """The fused norms, attention and SiLU·mul hand FP8 projections their rows quantized
+    (`Fp8Rows`) where the product would quantize them in a launch of its own (the table's
+    `quantize_x` tilings of Qwen3-0.6B's shapes, from 256 rows): the first-token logits are
+    those of products that quantize the rows themselves, bit for bit."""
     from jupyter_qwen.model.kernels import fused_ops
     from jupyter_qwen.model.quant.linear import QuantLinear
 

@@ -206,6 +206,41 @@ def test_backend_store_then_attend_matches_torch_backend(mode, generator):
         assert_close(out, reference(case), torch.bfloat16)
 
 
+@pytest.mark.parametrize("q_lens", [[1, 1, 1], [9, 1, 30]], ids=["decode", "mixed"])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_attention_hands_its_rows_over_quantized_as_the_o_product_would(mode, generator, q_lens,
+                                                                         num_splits,
+                                                                         monkeypatch):
+    """fp8=True: the output rows [T, heads * 128] quantized per head (`Fp8Rows`) are the
+    bits the FP8 o product's quantizing launch makes from the plain output, for decode
+    steps (one split, written directly, or several and the merge) and mixed steps (the
+    varlen kernel and flash-decoding writing one output); the torch reference and heads
+    of other sizes refuse."""
+    from jupyter_qwen.model.kernels import backend as backend_module
+    from jupyter_qwen.model.kernels.backend import TritonAttention
+    from jupyter_qwen.model.kernels.fused_ops import fp8_head_outputs
+    from jupyter_qwen.model.kernels.quant_linear import _quantize_x
+    from jupyter_qwen.model.quant.fp8 import Fp8Rows
+
+    decode = backend_module.decode_attention
+    monkeypatch.setattr(backend_module, "decode_attention",
+                        lambda *a, **k: decode(*a, **k, num_splits=num_splits))
+    case = random_paged_case(q_lens, [40, 170, 90], 4, 2, 128, 16, torch.bfloat16,
+                             mode.device, generator=generator)
+    backend = TritonAttention()
+    plain = backend.attend(case.query, case.k_cache, case.v_cache, case.meta, SCALE)
+    rows = backend.attend(case.query, case.k_cache, case.v_cache, case.meta, SCALE, fp8=True)
+    assert isinstance(rows, Fp8Rows) and rows.dtype == torch.bfloat16
+    values, scales = _quantize_x(plain.reshape(plain.shape[0], -1))
+    assert torch.equal(rows.scales.cpu(), scales.cpu())
+    assert torch.equal(rows.values.view(torch.uint8).cpu(), values.view(torch.uint8).cpu())
+    with pytest.raises(ValueError, match="quantize"):
+        TorchAttention().attend(case.query, case.k_cache, case.v_cache, case.meta, SCALE,
+                                fp8=True)
+    with pytest.raises(ValueError, match="head_dim 64"):
+        fp8_head_outputs(3, 4, 64, torch.bfloat16, torch.device(mode.device))
+
+
 @pytest.mark.gpu
 @COMPILED_ONLY
 def test_decode_replays_in_cuda_graph_with_new_lengths():

@@ -421,3 +421,52 @@ def test_an_fp8_mlp_takes_its_rows_quantized_where_they_are_made(mode, generator
     assert torch.equal(mlp(x), fused) and len(handed) == 1
     with pytest.raises(ValueError, match="fp8"):
         RMSNorm(hidden, 1e-6)(x.cpu(), fp8=True)
+
+
+def test_fp8_attention_hands_its_o_projection_rows_quantized(mode, generator, monkeypatch):
+    """Qwen3's attention with an FP8 o projection on the Triton kernels, at a batch whose
+    table tiling quantizes its rows in a launch of its own: the attention kernels hand the
+    product its rows quantized (`Fp8Rows`), and the output is the bits of the layer whose
+    o product quantizes them itself."""
+    from kernel_cases import random_paged_case
+
+    from jupyter_qwen.model.config import Qwen3Config
+    from jupyter_qwen.model.kernels import fused_ops, quant_tiles
+    from jupyter_qwen.model.kernels.backend import TritonAttention
+    from jupyter_qwen.model.kernels.layer_ops import TritonLayerKernels
+    from jupyter_qwen.model.kernels.quant_linear import TritonQuantKernels
+    from jupyter_qwen.model.quant.linear import Fp8Linear, QuantLinear
+    from jupyter_qwen.model.qwen3 import Qwen3Attention, RotaryEmbedding
+
+    hidden, heads, kv_heads = 256, 4, 2
+    config = Qwen3Config(vocab_size=8, hidden_size=hidden, intermediate_size=384,
+                         num_hidden_layers=1, num_attention_heads=heads,
+                         num_key_value_heads=kv_heads, head_dim=128, max_position_embeddings=512)
+    device = torch.device(mode.device)
+    with torch.device(device):
+        attn = Qwen3Attention(config, RotaryEmbedding(128, 512, 1e6)).to(torch.bfloat16)
+    kernels = TritonQuantKernels(device)
+    kernels.fp8_dot = True  # the interpreter runs the FP8 tensor-core path on the CPU
+    attn.o_proj = Fp8Linear(heads * 128, [hidden], online=True)
+    attn.o_proj.load("weight", 0, torch.randn(hidden, heads * 128, generator=generator)
+                     .to(torch.bfloat16))
+    attn = attn.to(device)
+    attn.o_proj.kernels, attn.fused, attn.backend = kernels, TritonLayerKernels(), TritonAttention()
+    case = random_paged_case([30, 1, 9], [30, 120, 60], heads, kv_heads, 128, 16,
+                             torch.bfloat16, device, generator=generator)
+    attn.k_cache, attn.v_cache = case.k_cache, case.v_cache
+    rows = case.query.shape[0]
+    positions = torch.cat([torch.arange(n - q, n) for q, n in ((30, 30), (1, 120), (9, 60))])
+    monkeypatch.setattr(quant_tiles, "LARGE_M_TILES", {
+        ("fp8", quant_tiles.m_bucket(rows), hidden, heads * 128):
+            quant_tiles.QuantTiling(32, 64, 128, quantize_x=True)})
+    handed = []
+    make = fused_ops._fp8_outputs
+    monkeypatch.setattr(fused_ops, "_fp8_outputs", lambda *a: handed.append(a[:2]) or make(*a))
+    x = torch.randn(rows, hidden, generator=generator).to(torch.bfloat16).to(device)
+    caches = (case.k_cache.clone(), case.v_cache.clone())
+    fused = attn(positions.to(device), x, case.meta)
+    assert handed == [(rows, heads * 128)]
+    monkeypatch.setattr(QuantLinear, "takes_fp8_rows", lambda self, m: False)
+    attn.k_cache, attn.v_cache = caches
+    assert torch.equal(attn(positions.to(device), x, case.meta), fused) and len(handed) == 1

@@ -17,6 +17,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from jupyter_qwen.model.quant.fp8 import Fp8Rows
+
 
 @dataclass(slots=True)
 class AttentionMetadata:
@@ -43,7 +45,12 @@ class AttentionBackend(Protocol):
                  v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None: ...
 
     def attend(self, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-               meta: AttentionMetadata, scale: float) -> torch.Tensor: ...
+               meta: AttentionMetadata, scale: float, fp8: bool = False,
+               ) -> torch.Tensor | Fp8Rows:
+        """The attention output like query; `fp8` (head_dim 128, backends that quantize):
+        its rows [T, heads * head_dim] quantized per head for an FP8 o projection
+        (`Fp8Rows`)."""
+        ...
 
     def fuses_decode_step(self, meta: AttentionMetadata, head_dim: int) -> bool:
         """Whether `attend_decode_step` runs this step (from the qkv projection)."""
@@ -62,7 +69,9 @@ class TorchAttention:
     def store_kv(self, key, value, k_cache, v_cache, slot_mapping) -> None:
         store_kv_reference(key, value, k_cache, v_cache, slot_mapping)
 
-    def attend(self, query, k_cache, v_cache, meta, scale) -> torch.Tensor:
+    def attend(self, query, k_cache, v_cache, meta, scale, fp8: bool = False) -> torch.Tensor:
+        if fp8:
+            raise ValueError("the torch reference attention does not quantize its output")
         return paged_attention_reference(query, k_cache, v_cache, meta, scale)
 
     def fuses_decode_step(self, meta: AttentionMetadata, head_dim: int) -> bool:

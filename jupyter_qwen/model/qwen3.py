@@ -11,7 +11,7 @@ from torch import nn
 from jupyter_qwen.model.attention import AttentionBackend, AttentionMetadata
 from jupyter_qwen.model.config import Qwen3Config
 from jupyter_qwen.model.ops import LayerKernels, ModelOps
-from jupyter_qwen.model.quant.fp8 import Fp8Rows
+from jupyter_qwen.model.quant.fp8 import ROW_GROUP, Fp8Rows
 from jupyter_qwen.model.quant.linear import QuantLinear
 
 
@@ -94,13 +94,18 @@ class Qwen3Attention(nn.Module):
 
     def forward(self, positions, hidden, meta: AttentionMetadata) -> torch.Tensor:
         if self.fused is not None:
-            return self.o_proj(self.attend_projected(positions, self.qkv_proj(hidden), meta))
+            fp8 = self.head_dim == ROW_GROUP and takes_fp8_rows(self.o_proj, hidden.shape[0])
+            return self.o_proj(self.attend_projected(positions, self.qkv_proj(hidden), meta,
+                                                     fp8=fp8))
         q = self._store_and_rotate(positions, hidden, meta)
         out = self.backend.attend(q, self.k_cache, self.v_cache, meta, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))
 
-    def attend_projected(self, positions, qkv, meta: AttentionMetadata) -> torch.Tensor:
-        """Attention from a qkv projection, up to (not including) the output projection."""
+    def attend_projected(self, positions, qkv, meta: AttentionMetadata, fp8: bool = False,
+                         ) -> torch.Tensor | Fp8Rows:
+        """Attention from a qkv projection, up to (not including) the output projection.
+        `fp8`: its rows quantized for the FP8 o projection (`Fp8Rows`), except on the
+        one-launch decode step (a few sequences: o's product quantizes nothing there)."""
         if self.backend.fuses_decode_step(meta, self.head_dim):
             out = self.backend.attend_decode_step(
                 qkv, positions, meta, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps,
@@ -111,8 +116,8 @@ class Qwen3Attention(nn.Module):
             qkv, positions, meta.slot_mapping, self.q_norm.weight, self.k_norm.weight,
             self.q_norm.eps, self.rotary.cos_cache, self.rotary.sin_cache, self.k_cache,
             self.v_cache)
-        out = self.backend.attend(q, self.k_cache, self.v_cache, meta, self.scale)
-        return out.reshape(-1, self.q_size)
+        out = self.backend.attend(q, self.k_cache, self.v_cache, meta, self.scale, fp8=fp8)
+        return out if fp8 else out.reshape(-1, self.q_size)
 
     def _store_and_rotate(self, positions, hidden, meta: AttentionMetadata) -> torch.Tensor:
         """The reference path: q, k and v projected one by one, exactly as transformers does."""

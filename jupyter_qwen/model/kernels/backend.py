@@ -12,8 +12,10 @@ from jupyter_qwen.model.kernels.decode_step import (
     DecodeStepWorkspace,
     decode_step_attention,
 )
+from jupyter_qwen.model.kernels.fused_ops import fp8_head_outputs
 from jupyter_qwen.model.kernels.prefill_attention import prefill_attention
 from jupyter_qwen.model.kernels.store_kv import store_kv
+from jupyter_qwen.model.quant.fp8 import Fp8Rows
 
 
 class TritonAttention:
@@ -39,17 +41,28 @@ class TritonAttention:
         store_kv(key, value, k_cache, v_cache, slot_mapping)
 
     def attend(self, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-               meta: AttentionMetadata, scale: float) -> torch.Tensor:
+               meta: AttentionMetadata, scale: float, fp8: bool = False,
+               ) -> torch.Tensor | Fp8Rows:
+        """query [T, heads, head_dim] -> out like it; `fp8`: the output rows [T, heads *
+        head_dim] quantized for an FP8 o projection as it would quantize them (`Fp8Rows`,
+        one scale a head; head_dim 128)."""
+        num_tokens, num_heads, head_dim = query.shape
+        rows = fp8_head_outputs(num_tokens, num_heads, head_dim, query.dtype, query.device) \
+            if fp8 else None
+        out = rows.values.view(query.shape) if fp8 else None
+        scales = rows.scales if fp8 else None
         if meta.is_decode:
-            return decode_attention(query, k_cache, v_cache, meta.block_tables, meta.seq_lens,
-                                    scale)
+            out = decode_attention(query, k_cache, v_cache, meta.block_tables, meta.seq_lens,
+                                   scale, out=out, out_scales=scales)
+            return rows if fp8 else out
         mixed = meta.num_seqs > 1
         out = prefill_attention(query, k_cache, v_cache, meta.block_tables, meta.seq_lens,
-                                meta.query_start_loc, scale, skip_single=mixed)
+                                meta.query_start_loc, scale, out=out, skip_single=mixed,
+                                out_scales=scales)
         if mixed:
             decode_attention(query, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale,
-                             out=out, query_start_loc=meta.query_start_loc)
-        return out
+                             out=out, query_start_loc=meta.query_start_loc, out_scales=scales)
+        return rows if fp8 else out
 
     def fuses_decode_step(self, meta: AttentionMetadata, head_dim: int) -> bool:
         return (meta.is_decode and meta.num_seqs <= self.decode_step_max_batch

@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from jupyter_qwen.model.kernels.fused_ops import TL_DTYPES, store_rows
 from jupyter_qwen.model.kernels.store_kv import check_cache_pair
 
 LOG2_E = 1.4426950408889634
@@ -75,13 +76,14 @@ def attend_cache(q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, table, head
 
 @triton.jit(do_not_specialize=["table_stride", "num_splits"])
 def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
-                         query_start_loc_ptr, out_ptr, part_acc_ptr, part_max_ptr,
-                         part_sum_ptr, scale_log2,
+                         query_start_loc_ptr, out_ptr, out_scale_ptr, part_acc_ptr,
+                         part_max_ptr, part_sum_ptr, scale_log2,
                          q_stride_t, q_stride_h, out_stride_t, out_stride_h, table_stride,
                          cache_stride_b, cache_stride_s, cache_stride_h, num_heads, num_splits,
                          GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                          BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, DIRECT: tl.constexpr,
-                         MIXED: tl.constexpr, PRECISION: tl.constexpr):
+                         MIXED: tl.constexpr, PRECISION: tl.constexpr,
+                         ROWS_DTYPE: tl.constexpr, FP8: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -111,8 +113,8 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_
     if DIRECT:
         out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]
         out_at = row * out_stride_t + heads[:, None] * out_stride_h + dims[None, :]
-        tl.store(out_ptr + out_at, out.to(out_ptr.dtype.element_ty),
-                 mask=row_ok[:, None] & single)
+        store_rows(out_ptr, out_scale_ptr, out, out_at, row * num_heads + heads,
+                   row_ok & single, ROWS_DTYPE, FP8)
     else:
         part = (seq * num_heads + heads).to(tl.int64) * num_splits + split
         written = row_ok & (start < seq_len)
@@ -123,10 +125,11 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_
 
 
 @triton.jit(do_not_specialize=["num_splits"])
-def _decode_merge_kernel(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, seq_lens_ptr,
-                         query_start_loc_ptr, out_stride_t, out_stride_h, num_heads, num_splits,
-                         HEAD_DIM: tl.constexpr, SPLIT_TILE: tl.constexpr, BLOCK_N: tl.constexpr,
-                         MIXED: tl.constexpr):
+def _decode_merge_kernel(out_ptr, out_scale_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
+                         seq_lens_ptr, query_start_loc_ptr, out_stride_t, out_stride_h,
+                         num_heads, num_splits, HEAD_DIM: tl.constexpr,
+                         SPLIT_TILE: tl.constexpr, BLOCK_N: tl.constexpr,
+                         MIXED: tl.constexpr, ROWS_DTYPE: tl.constexpr, FP8: tl.constexpr):
     seq = tl.program_id(0)
     head = tl.program_id(1)
     row, seq_len, single = _decode_row(query_start_loc_ptr, seq, tl.load(seq_lens_ptr + seq),
@@ -154,17 +157,22 @@ def _decode_merge_kernel(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, seq_
         top = new_top
     out = acc / tl.where(total > 0, total, 1.0)
     out_at = row * out_stride_t + head * out_stride_h + dims
-    tl.store(out_ptr + out_at, out.to(out_ptr.dtype.element_ty), mask=single & (dims >= 0))
+    one = tl.arange(0, 1)  # the head's output as a row of one
+    store_rows(out_ptr, out_scale_ptr, out[None, :], out_at[None, :],
+               row * num_heads + head + one, single & (one == 0), ROWS_DTYPE, FP8)
 
 
 def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                      num_splits: int | None = None, out: torch.Tensor | None = None,
                      query_start_loc: torch.Tensor | None = None, block_n: int = BLOCK_N,
-                     num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
+                     num_warps: int = 4, num_stages: int = 3,
+                     out_scales: torch.Tensor | None = None) -> torch.Tensor:
     """query [B, heads, head_dim], one token per sequence -> out like query (or into `out`).
 
-    With `query_start_loc`, computes only the one-token sequences of a mixed batch.
+    With `query_start_loc`, computes only the one-token sequences of a mixed batch. With
+    `out_scales` (fp32 [B, heads], contiguous), `out` is e4m3 and each head's output row is
+    quantized into it, its scale into `out_scales` (`fused_ops.store_rows`).
     """
     num_heads, head_dim = query.shape[1:]
     mixed = query_start_loc is not None
@@ -186,23 +194,25 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     part_max = query.new_empty(part_shape, dtype=torch.float32)
     part_sum = torch.empty_like(part_max)
     part_acc = query.new_empty((*part_shape, head_dim), dtype=torch.float32)
+    fp8 = out_scales is not None
+    rows_dtype = TL_DTYPES[query.dtype]
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
-        query, k_cache, v_cache, block_tables, seq_lens, starts, out, part_acc, part_max,
-        part_sum,
+        query, k_cache, v_cache, block_tables, seq_lens, starts, out,
+        out_scales if fp8 else out, part_acc, part_max, part_sum,
         scale * LOG2_E, query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         block_tables.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         num_heads, num_splits,
         GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
         BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, DIRECT=direct,
-        MIXED=mixed, PRECISION=dot_precision(k_cache), num_warps=num_warps,
-        num_stages=num_stages,
+        MIXED=mixed, PRECISION=dot_precision(k_cache), ROWS_DTYPE=rows_dtype, FP8=fp8,
+        num_warps=num_warps, num_stages=num_stages,
     )
     if not direct:
         _decode_merge_kernel[(batch, num_heads)](
-            out, part_acc, part_max, part_sum, seq_lens, starts, out.stride(0), out.stride(1),
-            num_heads, num_splits, HEAD_DIM=head_dim,
+            out, out_scales if fp8 else out, part_acc, part_max, part_sum, seq_lens, starts,
+            out.stride(0), out.stride(1), num_heads, num_splits, HEAD_DIM=head_dim,
             SPLIT_TILE=MERGE_SPLIT_TILE, BLOCK_N=block_n, MIXED=mixed,
-            num_warps=4,
+            ROWS_DTYPE=rows_dtype, FP8=fp8, num_warps=4,
         )
     return out
 

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from jupyter_qwen.model.quant.fp8 import Fp8Rows
+from jupyter_qwen.model.quant.fp8 import ROW_GROUP, Fp8Rows
 
 ELEMENTS_PER_PROGRAM = 4096
-FP8_GROUP = 128  # columns an activation scale covers (Qwen's FP8 block)
+FP8_GROUP = ROW_GROUP
 
 
 @triton.jit
@@ -32,6 +32,35 @@ def e4m3_rows(values):
     launch and K loop, and the fused kernels below."""
     a_scale = tl.maximum(tl.max(tl.abs(values), 1), 1e-12) / 448.0
     return (values / a_scale[:, None]).to(tl.float8e4nv), a_scale
+
+
+@triton.jit
+def store_rows(out_ptr, scale_ptr, rows, out_at, scale_at, row_ok, ROWS_DTYPE: tl.constexpr,
+               FP8: tl.constexpr):
+    """Store fp32 rows [R, C] at out_at in out_ptr's dtype, or FP8 (C = 128, one scale group
+    a row, as an attention head's output is): rounded to the rows' dtype, then e4m3 with
+    each row's scale at scale_at (`e4m3_rows`), the bits a quantizing launch would make."""
+    if FP8:
+        values, scales = e4m3_rows(rows.to(ROWS_DTYPE).to(tl.float32))
+        tl.store(out_ptr + out_at, values, mask=row_ok[:, None])
+        tl.store(scale_ptr + scale_at, scales, mask=row_ok)
+    else:
+        tl.store(out_ptr + out_at, rows.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+
+
+def fp8_head_outputs(num_rows: int, num_heads: int, head_dim: int, dtype: torch.dtype,
+                     device: torch.device) -> Fp8Rows:
+    """Where an attention kernel writes its output quantized for an FP8 o projection: e4m3
+    values [num_rows, num_heads * head_dim] and one scale a head (head_dim must be the FP8
+    group, 128: Qwen3's)."""
+    if head_dim != FP8_GROUP:
+        raise ValueError(f"attention output of head_dim {head_dim} is not quantized per head: "
+                         f"FP8 groups are {FP8_GROUP} columns")
+    values, scales = _fp8_outputs(num_rows, num_heads * head_dim, head_dim, device)
+    return Fp8Rows(values, scales, dtype)
 
 
 @triton.jit

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from jupyter_qwen.model.kernels.decode_attention import LOG2_E, dot_precision
+from jupyter_qwen.model.kernels.fused_ops import TL_DTYPES, store_rows
 from jupyter_qwen.model.kernels.store_kv import check_cache_pair
 
 BLOCK_M = 64
@@ -70,14 +71,14 @@ def _attend_tile(q, k_cache_ptr, v_cache_ptr, table, head_at, n0, cache_stride_b
 
 
 @triton.jit(do_not_specialize=["num_seqs", "table_stride"])
-def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, seq_lens_ptr,
-                    query_start_loc_ptr, scale_log2, num_seqs,
+def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, out_scale_ptr, block_tables_ptr,
+                    seq_lens_ptr, query_start_loc_ptr, scale_log2, num_seqs,
                     q_stride_t, q_stride_h, out_stride_t, out_stride_h, table_stride,
-                    cache_stride_b, cache_stride_s, cache_stride_h,
+                    cache_stride_b, cache_stride_s, cache_stride_h, num_heads,
                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                     BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     SEQ_SCAN: tl.constexpr, SKIP_SINGLE: tl.constexpr,
-                    PRECISION: tl.constexpr):
+                    PRECISION: tl.constexpr, ROWS_DTYPE: tl.constexpr, FP8: tl.constexpr):
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
     seq = _find_sequence(query_start_loc_ptr, num_seqs, tile, BLOCK_Q, SEQ_SCAN)
@@ -120,7 +121,8 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, 
 
     out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]
     out_at = (q_rows * out_stride_t + heads * out_stride_h)[:, None] + dims[None, :]
-    tl.store(out_ptr + out_at, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+    store_rows(out_ptr, out_scale_ptr, out, out_at, q_rows * num_heads + heads, row_ok,
+               ROWS_DTYPE, FP8)
 
 
 def prefill_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -128,10 +130,12 @@ def prefill_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
                       query_start_loc: torch.Tensor, scale: float,
                       out: torch.Tensor | None = None, skip_single: bool = False,
                       block_m: int = BLOCK_M, block_n: int = BLOCK_N, num_warps: int = 4,
-                      num_stages: int = 2) -> torch.Tensor:
+                      num_stages: int = 2, out_scales: torch.Tensor | None = None,
+                      ) -> torch.Tensor:
     """query [T, heads, head_dim] of several sequences -> out like query (or into `out`).
 
-    With `skip_single`, sequences with one new token are left to the decode kernel.
+    With `skip_single`, sequences with one new token are left to the decode kernel. With
+    `out_scales`, `out` is e4m3 as `decode_attention` says.
     """
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
@@ -146,14 +150,15 @@ def prefill_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     block_m = max(block_m, triton.next_power_of_2(group))
     block_q = block_m // group
     grid = (num_tokens // block_q + num_seqs, num_kv_heads)
+    fp8 = out_scales is not None
     _prefill_kernel[grid](
-        query, k_cache, v_cache, out, block_tables, seq_lens, query_start_loc,
-        scale * LOG2_E, num_seqs, query.stride(0), query.stride(1), out.stride(0),
-        out.stride(1), block_tables.stride(0), k_cache.stride(0), k_cache.stride(1),
-        k_cache.stride(2),
+        query, k_cache, v_cache, out, out_scales if fp8 else out, block_tables, seq_lens,
+        query_start_loc, scale * LOG2_E, num_seqs, query.stride(0), query.stride(1),
+        out.stride(0), out.stride(1), block_tables.stride(0), k_cache.stride(0),
+        k_cache.stride(1), k_cache.stride(2), num_heads,
         GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_Q=block_q,
         BLOCK_M=block_m, BLOCK_N=block_n, SEQ_SCAN=SEQ_SCAN, SKIP_SINGLE=skip_single,
-        PRECISION=dot_precision(k_cache),
+        PRECISION=dot_precision(k_cache), ROWS_DTYPE=TL_DTYPES[query.dtype], FP8=fp8,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

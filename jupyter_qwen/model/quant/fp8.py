@@ -61,13 +61,17 @@ def dequantize_fp8_blocks(values: torch.Tensor, scale_inv: torch.Tensor,
     return values.float() * per_value
 
 
+ROW_GROUP = 128  # the columns one activation scale of `Fp8Rows` covers (Qwen's FP8 block)
+
+
 @dataclass(frozen=True, slots=True)
 class Fp8Rows:
     """Activation rows already quantized for an FP8 product by the kernel that made them (a
-    fused RMS norm or SiLU·mul): `values` e4m3 [M, K], `scales` float32 [M, ceil(K / 128)]
-    (each row's 128 columns divided by their largest magnitude / 448, that magnitude taken
-    after rounding to `dtype`), and `dtype`, the rows' own dtype, which the product's output
-    takes. What the FP8 product would otherwise make from the rows in a launch of its own."""
+    fused RMS norm, SiLU·mul or the attention kernels): `values` e4m3 [M, K], `scales`
+    float32 [M, ceil(K / 128)] (each row's 128 columns divided by their largest magnitude /
+    448, that magnitude taken after rounding to `dtype`), and `dtype`, the rows' own dtype,
+    which the product's output takes. What the FP8 product would otherwise make from the
+    rows in a launch of its own."""
 
     values: torch.Tensor
     scales: torch.Tensor
