@@ -120,19 +120,22 @@ def _tile_of_program(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 
 
 @triton.jit
-def _store_tile(acc, y_ptr, part_ptr, count_ptr, ms, ns, M, N, y_stride, tile, SPLITS,
-                SPLIT: tl.constexpr):
-    """Store the fp32 [BLOCK_M, BLOCK_N] tile `acc` of y (rows ms, columns ns) in y's dtype.
+def _store_tile(acc, y_ptr, part_ptr, count_ptr, pid_n, pid_m, M, N, y_stride, SPLITS,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
+    """Store the fp32 [BLOCK_M, BLOCK_N] tile `acc` of y (tile pid_m, pid_n) in y's dtype.
     SPLIT (K split over the tile's SPLITS programs, this one program_id(2)): store the
     partial sums (part_ptr: [SPLITS, M, N] fp32), count them in (release: every thread's
-    stores first; count_ptr + tile), and the last of the tile's programs (acquire) adds the
-    partials in split order, stores y and sets the count back to 0 for the next launch or
-    graph replay: the same bits whichever program finishes last."""
+    stores first; one counter a tile at count_ptr), and the last of the tile's programs
+    (acquire) adds the partials in split order, stores y and sets the count back to 0 for
+    the next launch or graph replay: the same bits whichever program finishes last."""
+    ms = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (ms < M)[:, None] & (ns < N)[None, :]
     if SPLIT:
         at = ms[:, None] * N + ns[None, :]
         tl.store(part_ptr + tl.program_id(2) * M * N + at, acc, mask=mask)
         tl.debug_barrier()
+        tile = pid_m * tl.cdiv(N, BLOCK_N) + pid_n
         done = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
         if done == SPLITS - 1:
             total = tl.load(part_ptr + at, mask=mask, other=0.0, cache_modifier=".cg")
@@ -268,8 +271,8 @@ def _fp8_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, part_ptr, count_pt
             acc += part * scale[None, :]
     if CHAIN:
         acc = acc * row_scale[:, None]
-    _store_tile(acc, y_ptr, part_ptr, count_ptr, ms, ns, M, N, y_stride,
-                pid_m * tl.cdiv(N, BLOCK_N) + pid_n, SPLITS, SPLIT)
+    _store_tile(acc, y_ptr, part_ptr, count_ptr, pid_n, pid_m, M, N, y_stride, SPLITS,
+                BLOCK_M, BLOCK_N, SPLIT)
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -375,8 +378,8 @@ def _awq_kernel(x_ptr, qw_ptr, qz_ptr, sc_ptr, y_ptr, part_ptr, count_ptr, M, N,
         tl.store(y_ptr + ms[None, :] * y_stride + ns[:, None],
                  acc.to(y_ptr.dtype.element_ty), mask=(ns < N)[:, None] & m_ok[None, :])
     else:
-        _store_tile(acc, y_ptr, part_ptr, count_ptr, ms, ns, M, N, y_stride,
-                    pid_m * tl.cdiv(N, BLOCK_N) + pid_n, SPLITS, SPLIT)
+        _store_tile(acc, y_ptr, part_ptr, count_ptr, pid_n, pid_m, M, N, y_stride, SPLITS,
+                    BLOCK_M, BLOCK_N, SPLIT)
 
 
 @triton.jit
@@ -468,7 +471,7 @@ def fp8_linear(x: torch.Tensor | Fp8Rows, weight: torch.Tensor, scale_inv: torch
 
 def _split_buffers(y: torch.Tensor, k: int, tiling: QuantTiling,
                    split_counts: torch.Tensor | None):
-    """K of a `split_k` tiling split for y [M, N]: (input columns a split, splits, fp32
+    """How a `split_k` tiling splits K for y [M, N]: (input columns a split, splits, fp32
     partials [splits, M, N], the counters: `split_counts` where they cover every output
     tile, else zeroed ones of this call's own). One split: y stands in for both (unread)."""
     m, n = y.shape
