@@ -46,15 +46,14 @@ class TritonAttention:
         """query [T, heads, head_dim] -> out like it; `fp8`: the output rows [T, heads *
         head_dim] quantized for an FP8 o projection as it would quantize them (`Fp8Rows`,
         one scale a head; head_dim 128)."""
-        num_tokens, num_heads, head_dim = query.shape
-        rows = fp8_head_outputs(num_tokens, num_heads, head_dim, query.dtype, query.device) \
-            if fp8 else None
-        out = rows.values.view(query.shape) if fp8 else None
-        scales = rows.scales if fp8 else None
+        rows = out = scales = None
+        if fp8:
+            rows = fp8_head_outputs(*query.shape, query.dtype, query.device)
+            out, scales = rows.values.view(query.shape), rows.scales
         if meta.is_decode:
             out = decode_attention(query, k_cache, v_cache, meta.block_tables, meta.seq_lens,
                                    scale, out=out, out_scales=scales)
-            return rows if fp8 else out
+            return out if rows is None else rows
         mixed = meta.num_seqs > 1
         out = prefill_attention(query, k_cache, v_cache, meta.block_tables, meta.seq_lens,
                                 meta.query_start_loc, scale, out=out, skip_single=mixed,
@@ -62,7 +61,7 @@ class TritonAttention:
         if mixed:
             decode_attention(query, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale,
                              out=out, query_start_loc=meta.query_start_loc, out_scales=scales)
-        return rows if fp8 else out
+        return out if rows is None else rows
 
     def fuses_decode_step(self, meta: AttentionMetadata, head_dim: int) -> bool:
         return (meta.is_decode and meta.num_seqs <= self.decode_step_max_batch
