@@ -24,9 +24,8 @@ the engine's decode steps, which replay CUDA graphs) are timed as graph replays,
 time alone; larger ones (prefill, launched from Python) as Python launches: a product whose
 launch costs the host more than the L2 clear takes is timed host-bound there, as it runs
 (`benchmarks/fp8_host_cost.py`: ~60-110 us for the FP8 paths). As in the engine, the
-`quantize_x` tilings of qkv, gate_up and down take their rows already quantized (the fused
-norms and SiLU·mul make them so, `Fp8Rows`; quantized before the timing); o's quantize in
-a launch of their own.
+`quantize_x` tilings take their rows already quantized (the fused norms, the attention
+kernels and SiLU·mul make them so, `Fp8Rows`; quantized before the timing).
 
 Every kernel variant is compiled first in parallel worker processes (Triton's disk cache),
 and the compile count and time are printed (compiles in this process, too: a kernel its
@@ -37,15 +36,20 @@ Printed last: per (shape, M) the best tiling of each format, its time and speed 
 (bf16 time / format time: >= 1 is faster); per model and M the sum over the four
 projections (best tilings and today's default); and the `LARGE_M_TILES` literal for
 quant_tiles.py (entries whose winner beats the default by more than --min-gain). Full
-numbers: $OUT/quant_tiles.json.
+numbers: $OUT/quant_tiles.json. `--apply` also writes the measured entries into
+jupyter_qwen/model/kernels/quant_tiles.py: each measured (format, M bucket, N, K) takes
+its winner, or loses its entry where the default stays; entries not measured are kept
+(its prose comment, which says where the figures come from, is for the reader to update).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -234,8 +238,9 @@ def launcher(fmt: str, projection: Projection, tiling: QuantTiling, fp8_dot: boo
     return lambda x: awq_linear(x, *projection.awq, tiling=tiling)
 
 
-# the projections whose rows the engine's fused norms and SiLU·mul hand over quantized
-HANDED_ROWS = ("qkv", "gate_up", "down")
+# the projections whose rows the engine's fused norms, attention and SiLU·mul hand over
+# quantized: all four
+HANDED_ROWS = ("qkv", "o", "gate_up", "down")
 
 
 def handed_rows(xs: list[torch.Tensor]) -> dict:
@@ -505,26 +510,64 @@ def layer_table(points: list[dict], formats: list[str]) -> list[str]:
     return lines
 
 
-def table_literal(points: list[dict], formats: list[str], min_gain: float) -> list[str]:
-    """LARGE_M_TILES entries: each point's winner where it beats today's default by more
-    than min_gain (else the default stays, one compile fewer). AWQ points whose bucket
-    serves only batches of AWQ_VIA_BF16_MIN_M rows or more are left out: those batches
-    multiply a dequantized copy and never read the table."""
-    entries = []
+def table_entries(points: list[dict], formats: list[str], min_gain: float,
+                  ) -> tuple[dict[tuple, str], set[tuple]]:
+    """(LARGE_M_TILES entries, key -> source line: each point's winner where it beats
+    today's default by more than min_gain, else none and the default stays, one compile
+    fewer; the keys measured). AWQ points whose bucket serves only batches of
+    AWQ_VIA_BF16_MIN_M rows or more are left out: those batches multiply a dequantized
+    copy and never read the table."""
+    entries, measured = {}, set()
     for point in points:
         for fmt in formats:
             if fmt == "awq" and point["m"] > AWQ_VIA_BF16_MIN_M:
                 continue
+            key = (fmt, point["m"], point["n"], point["k"])
             best, default = best_of(point, fmt), default_of(point, fmt)
-            if best is None or (default and best["ms"] * (1 + min_gain) >= default["ms"]):
+            if best is None:
                 continue
+            measured.add(key)
             tiling = T(**best["tiling"])
-            if tiling_problem(fmt, tiling) is None:
-                entries.append(f"    ({fmt!r}, {point['m']}, {point['n']}, {point['k']}): "
-                               f"{tiling_source(tiling)},")
+            beats = not default or best["ms"] * (1 + min_gain) < default["ms"]
+            if beats and tiling_problem(fmt, tiling) is None:
+                entries[key] = f"    {key!r}: {tiling_source(tiling)},"
+    return entries, measured
+
+
+def table_literal(points: list[dict], formats: list[str], min_gain: float) -> list[str]:
+    """The `LARGE_M_TILES` literal of `table_entries`."""
+    entries = list(table_entries(points, formats, min_gain)[0].values())
     distinct = {line.split(": ", 1)[1] for line in entries}
     return ["LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {", *entries, "}",
             f"# {len(entries)} entries, {len(distinct)} distinct tilings beside the defaults"]
+
+
+TABLE_SOURCE = Path(__file__).resolve().parents[1] / "jupyter_qwen/model/kernels/quant_tiles.py"
+TABLE_ENTRY = re.compile(r"^    (\('(?:fp8|awq)', \d+, \d+, \d+\)): QuantTiling\(.*\),$")
+
+
+def apply_table(points: list[dict], formats: list[str], min_gain: float,
+                path: Path = TABLE_SOURCE) -> tuple[int, int]:
+    """Write the measured entries into `LARGE_M_TILES` in `path` (quant_tiles.py): each
+    measured key takes its winner's line, or loses its line where the default stays; other
+    lines are kept. Returns (entries written, entries dropped for the default)."""
+    entries, measured = table_entries(points, formats, min_gain)
+    if any(key[1] not in M_BUCKETS for key in measured):
+        raise SystemExit(f"--apply writes whole M buckets: --m must be among {M_BUCKETS}")
+    lines = path.read_text().split("\n")
+    start = lines.index("LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {")
+    end = lines.index("}", start)
+    kept, replaced = [], set()
+    for line in lines[start + 1:end]:
+        match = TABLE_ENTRY.match(line)
+        key = ast.literal_eval(match.group(1)) if match else None
+        if key in measured:
+            replaced.add(key)
+        else:
+            kept.append(line)
+    lines[start + 1:end] = [*kept, *entries.values()]
+    path.write_text("\n".join(lines))
+    return len(entries), len(replaced - entries.keys())
 
 
 def tiling_source(tiling: QuantTiling) -> str:
@@ -553,6 +596,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "engine's decode steps); larger ones launched from Python")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-precompile", action="store_true")
+    parser.add_argument("--apply", action="store_true",
+                        help="write the measured entries into quant_tiles.py's LARGE_M_TILES")
     args = parser.parse_args(argv)
     args.formats = [f for f in args.formats.split(",") if f]
     if set(args.formats) - set(FORMATS):
@@ -598,6 +643,10 @@ def main(argv: list[str] | None = None) -> dict:
                  *point_table(results["points"], args.formats), "",
                  *layer_table(results["points"], args.formats)]:
         print(line)
+    if args.apply:
+        written, dropped = apply_table(results["points"], args.formats, args.min_gain)
+        say(f"LARGE_M_TILES: {written} entries written, {dropped} measured ones dropped "
+            f"(the default stays there), in {TABLE_SOURCE}")
     say("done")
     return results
 

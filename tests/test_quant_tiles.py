@@ -376,6 +376,43 @@ def test_the_sweep_prints_a_table_literal_that_quant_tiles_reads():
     assert "QuantTiling(" not in "\n".join(SWEEP.table_literal(close, list(GRIDS), 0.05))
 
 
+def test_the_sweep_applies_its_measured_entries_to_the_table_source(tmp_path, monkeypatch):
+    """`--apply` on a copy of quant_tiles.py: a measured key whose winner beats the default
+    takes it (replacing the old line), a measured key where the default stays loses its
+    line, an entry not measured is kept; the file still imports, and M values that are not
+    buckets are refused."""
+    path = tmp_path / "quant_tiles.py"
+    path.write_text(Path(quant_tiles.__file__).read_text())
+    qkv_06b, o_06b = SWEEP.SHAPES["0.6B"]["qkv"], SWEEP.SHAPES["0.6B"]["o"]
+    old_qkv, old_o = (LARGE_M_TILES[("fp8", 256, *shape)] for shape in (qkv_06b, o_06b))
+    kept = {key: tiling for key, tiling in LARGE_M_TILES.items() if key[1] != 256}
+    assert kept and old_qkv and old_o
+
+    def wins(point, fmt, index):  # the last tiling wins everywhere but the 0.6B o product
+        if (point["n"], point["k"]) == o_06b:
+            return 1.0 if index else 0.9
+        return 0.9 if index == len(GRIDS[fmt]) - 1 else 1.0
+
+    points = synthetic_points(lambda fmt, index: 1.0, 256)
+    for point in points:
+        for fmt, records in point["formats"].items():
+            for index, record in enumerate(records):
+                record["ms"] = wins(point, fmt, index)
+    written, dropped = SWEEP.apply_table(points, ["fp8"], 0.03, path)
+    spec = importlib.util.spec_from_file_location("applied_tiles", path)
+    applied = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, applied)  # dataclasses look it up there
+    spec.loader.exec_module(applied)
+    table = {key: QuantTiling(**asdict(t)) for key, t in applied.LARGE_M_TILES.items()}
+    assert written == len(points) - 1 and dropped == 1
+    assert table[("fp8", 256, *qkv_06b)] == GRIDS["fp8"][-1] != old_qkv
+    assert ("fp8", 256, *o_06b) not in table  # the default won there
+    assert {key: table[key] for key in kept} == kept
+    assert all(key in table for key in LARGE_M_TILES if key[0] == "awq")
+    with pytest.raises(SystemExit, match="M buckets"):
+        SWEEP.apply_table(synthetic_points(lambda fmt, index: 1.0, 300), ["fp8"], 0.03, path)
+
+
 def test_the_layer_table_sums_the_four_projections():
     points = synthetic_points(lambda fmt, index: 0.5 if fmt == "fp8" else 2.0 + index)
     lines = SWEEP.layer_table(points, ["fp8", "awq"])

@@ -2,7 +2,7 @@
 
 `QuantTiling` is one launch configuration; `LARGE_M_TILES` maps (format, M bucket, N, K)
 to the tiling measured fastest there by `benchmarks/quant_tiles.py` (which prints this
-table's literal); `large_m_tiling` looks it up and falls back to `DEFAULT_LARGE_M` for
+table's literal, and with --apply writes its measured entries here); `large_m_tiling` looks it up and falls back to `DEFAULT_LARGE_M` for
 shapes and buckets the table does not name. M buckets: a batch of M rows takes the first
 bucket >= M (past the last, the last), so every batch size of a bucket shares one compile.
 Each distinct tiling in the table is one more kernel to compile at start-up: the engine's
