@@ -120,6 +120,18 @@ def _tile_of_program(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 
 
 @triton.jit
+def _k_range(K, K_CHUNK, SPLIT: tl.constexpr):
+    """The input columns this program sums: all of K, or with SPLIT program_id(2)'s chunk,
+    [K_CHUNK * split, K_CHUNK * (split + 1)) within K."""
+    k_begin = 0
+    k_end = K
+    if SPLIT:
+        k_begin = tl.program_id(2) * K_CHUNK
+        k_end = tl.minimum(K, k_begin + K_CHUNK)
+    return k_begin, k_end
+
+
+@triton.jit
 def _store_tile(acc, y_ptr, part_ptr, count_ptr, pid_n, pid_m, M, N, y_stride, SPLITS,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
     """Store the fp32 [BLOCK_M, BLOCK_N] tile `acc` of y (tile pid_m, pid_n) in y's dtype.
@@ -224,12 +236,7 @@ def _fp8_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, srow_ptr, y_ptr, part_ptr, count_pt
     input columns [K_CHUNK * split, K_CHUNK * (split + 1)) and `_store_tile` sums the
     splits."""
     pid_n, pid_m = _tile_of_program(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    if SPLIT:
-        k_begin = tl.program_id(2) * K_CHUNK
-        k_end = tl.minimum(K, k_begin + K_CHUNK)
-    else:
-        k_begin = 0
-        k_end = K
+    k_begin, k_end = _k_range(K, K_CHUNK, SPLIT)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(ns, N - 1)  # the tail re-reads row N - 1 rather than masking
     ms = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -348,12 +355,7 @@ def _awq_kernel(x_ptr, qw_ptr, qz_ptr, sc_ptr, y_ptr, part_ptr, count_ptr, M, N,
     asynchronously; else y = x @ W.T with the tile as the right operand. SPLIT (not with
     SWAP_AB): K split over programs as `_fp8_kernel` does."""
     pid_n, pid_m = _tile_of_program(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    if SPLIT:
-        k_begin = tl.program_id(2) * K_CHUNK
-        k_end = tl.minimum(K, k_begin + K_CHUNK)
-    else:
-        k_begin = 0
-        k_end = K
+    k_begin, k_end = _k_range(K, K_CHUNK, SPLIT)
     ns, words, words_ok, shifts = _awq_columns(pid_n, N, BLOCK_N)
     ms = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = ms < M
