@@ -15,7 +15,8 @@ from typing import Protocol
 
 import torch
 
-from jupyter_qwen.model.attention import AttentionBackend, TorchAttention
+from jupyter_qwen.model.attention import AttentionBackend, AttentionMetadata, TorchAttention
+from jupyter_qwen.model.layer_weights import LayerShape, LayerWeights
 from jupyter_qwen.model.quant.fp8 import Fp8Rows
 from jupyter_qwen.model.quant.linear import QuantKernels, QuantLinear
 
@@ -31,6 +32,9 @@ class KernelChoices(Protocol):
 
     @property
     def decode_step_min_chunk(self) -> int | None: ...
+
+    @property
+    def persistent_layers(self) -> bool: ...
 
 
 class LayerKernels(Protocol):
@@ -68,6 +72,18 @@ class LayerKernels(Protocol):
 
     def silu_mul_linear(self, gate_up: torch.Tensor, weight: torch.Tensor | QuantLinear,
                         ) -> torch.Tensor: ...
+
+    def takes_whole_layer(self, weights: LayerWeights, shape: LayerShape) -> bool:
+        """Whether `decode_layer` runs a layer of these weights (never where not asked for)."""
+
+    def decode_layer(self, hidden: torch.Tensor, residual: torch.Tensor | None,
+                     weights: LayerWeights, shape: LayerShape, positions: torch.Tensor,
+                     meta: AttentionMetadata, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     cos_cache: torch.Tensor, sin_cache: torch.Tensor, scale: float,
+                     workspace: object, min_chunk: int | None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole decoder layer of a pure decode step in one launch -> (the down
+        projection's rows, the residual after attention); `workspace`: the attention's."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +129,8 @@ def triton_ops(device: torch.device, options: KernelChoices) -> ModelOps:
     pdl = options.pdl and supported(device)
     attention = TritonAttention(decode_step_max_batch=options.decode_step_max_batch, pdl=pdl,
                                 min_chunk=options.decode_step_min_chunk)
-    return ModelOps(attention=attention, layers=TritonLayerKernels(pdl=pdl), compiled=True,
+    layers = TritonLayerKernels(pdl=pdl, persistent=options.persistent_layers)
+    return ModelOps(attention=attention, layers=layers, compiled=True,
                     quant=TritonQuantKernels(device))
 
 
