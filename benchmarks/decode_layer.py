@@ -2,6 +2,7 @@
 
     python benchmarks/decode_layer.py [--shape 0.6B] [--formats bf16,fp8] [--layers 28]
                                       [--context 600] [--rows 1] [--warps 4,8]
+                                      [--prefetch 0,1,2]
 
 For each format, --layers decoder layers of random weights of the shape (each its own
 weights, as a model's are: nothing stays in L2 from one layer to the next) over a paged KV
@@ -12,8 +13,10 @@ two ways, the median replay reported per layer (us):
   default tilings, `decode_step_attention`; programmatic dependent launches where the GPU
   has them);
 - `persistent w<N>`: `decode_layer.decode_layer` with N warps a program (one cooperative
-  launch a layer, as many programs as the GPU holds at once), `... x1` with one program an
-  SM, and `... plain` as many programs in an ordinary launch (no cooperative attribute).
+  launch a layer, as many programs as the GPU holds at once), `... p1` / `... p2` with its
+  L2 prefetch of the next product's tiles (the first / all of a program's), and for the
+  first --warps `... x1` with one program an SM and `... plain` in an ordinary launch (no
+  cooperative attribute).
 
 Also printed: each layer's floor (its weight bytes and KV bytes over the device-to-device
 copy rate measured here), and the largest relative error of the persistent layers' last
@@ -107,6 +110,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=600)
     parser.add_argument("--rows", type=int, default=1)
     parser.add_argument("--warps", default="4,8")
+    parser.add_argument("--prefetch", default="0,1,2")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("decode_layer.py times GPU kernels: it needs a CUDA GPU")
@@ -170,7 +174,7 @@ def main() -> None:
             outputs["five"] = x
 
         def persistent(warps: int, programs: int | None, label: str, cooperative: bool,
-                       weights=weights, outputs=outputs):
+                       prefetch: int, weights=weights, outputs=outputs):
             def run():
                 x, residual = hidden, None
                 for w, (k_cache, v_cache) in zip(weights, caches, strict=True):
@@ -178,23 +182,27 @@ def main() -> None:
                         x, residual, w, shape, positions, slots, block_tables, seq_lens,
                         k_cache, v_cache, rotary.cos_cache, rotary.sin_cache, scale,
                         buffers=buffers, workspace=workspace, num_splits=num_splits,
-                        num_warps=warps, programs=programs, cooperative=cooperative)
+                        num_warps=warps, programs=programs, cooperative=cooperative,
+                        prefetch=prefetch)
                 outputs[label] = x
             return run
 
         floor_us = (weight_bytes(weights[0]) + kv_bytes) / rate * 1e6
         timings = {"five": graph_us(five) / layers}
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-        for warps in (int(w) for w in args.warps.split(",")):
-            for programs, label, cooperative in (
-                    (None, f"persistent w{warps}", True), (sms, f"persistent w{warps} x1", True),
-                    (None, f"persistent w{warps} plain", False)):
-                try:
-                    step = persistent(warps, programs, label, cooperative)
-                    timings[label] = graph_us(step) / layers
-                except Exception as error:  # reported, and the other variants still run
-                    print(f"  {label}: {type(error).__name__}: {error}"[:300])
-                    torch.cuda.synchronize()
+        variants = [(warps, None, f"persistent w{warps}{f' p{fetch}' if fetch else ''}", True,
+                     fetch)
+                    for warps in (int(w) for w in args.warps.split(","))
+                    for fetch in (int(p) for p in args.prefetch.split(","))]
+        first = int(args.warps.split(",")[0])
+        variants += [(first, sms, f"persistent w{first} x1", True, 0),
+                     (first, None, f"persistent w{first} plain", False, 0)]
+        for variant in variants:
+            try:
+                timings[variant[2]] = graph_us(persistent(*variant)) / layers
+            except Exception as error:  # reported, and the other variants still run
+                print(f"  {variant[2]}: {type(error).__name__}: {error}"[:300])
+                torch.cuda.synchronize()
         reference = outputs["five"].float()
         errors = {label: float((out.float() - reference).norm() / reference.norm())
                   for label, out in outputs.items() if label != "five"}

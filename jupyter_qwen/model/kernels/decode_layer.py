@@ -58,6 +58,31 @@ def grid_barrier(counter_ptr, target):
     tl.debug_barrier()
 
 
+@triton.constexpr_function
+def _power_of_two_at_least(n):
+    return triton.next_power_of_2(n)
+
+
+@triton.jit
+def _prefetch_tiles(w_ptr, w_stride, pid, programs, N: tl.constexpr, K: tl.constexpr,
+                    BLOCK_N: tl.constexpr, FP8: tl.constexpr, PREFETCH: tl.constexpr):
+    """Ask L2 for the weights of this program's tiles of a product phase (PREFETCH 1: its
+    first tile, 2: all of them), one `prefetch.global.L2` a 128-byte line, so that the
+    phase's loads after the next barrier find them there. GPU builds only."""
+    if PREFETCH > 0:
+        LINE: tl.constexpr = 32 if FP8 else 64  # elements of a 128-byte line (words, bf16)
+        LINES: tl.constexpr = (K // 4 if FP8 else K) // LINE
+        last: tl.constexpr = N - 1
+        lines = tl.minimum(tl.arange(0, _power_of_two_at_least(LINES)), LINES - 1)[None, :]
+        tiles = tl.cdiv(N, BLOCK_N)
+        end = tl.minimum(pid + 1, tiles) if PREFETCH == 1 else tiles
+        for tile in range(pid, end, programs):
+            rows = tl.minimum(tile * BLOCK_N + tl.arange(0, BLOCK_N), last)[:, None]
+            tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l",
+                                      [w_ptr + rows * w_stride + lines * LINE],
+                                      dtype=tl.int32, is_pure=False, pack=1)
+
+
 @triton.jit
 def _product_tile(tile, x_ptr, res_ptr, norm_ptr, xq_ptr, resq_ptr, normq_ptr, w_ptr, s_ptr,
                   srow_ptr, y_ptr, res_out_ptr, M, N, K, eps, x_stride, res_stride, xq_stride,
@@ -110,9 +135,11 @@ def _decode_layer_kernel(
         GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
         BLOCK_H: tl.constexpr, ATTN_BN: tl.constexpr, BLOCK_G: tl.constexpr,
         SPLIT_TILE: tl.constexpr, PRECISION: tl.constexpr, ASM: tl.constexpr,
-        FIRST_PHASE: tl.constexpr, LAST_PHASE: tl.constexpr):
+        PREFETCH: tl.constexpr, FIRST_PHASE: tl.constexpr, LAST_PHASE: tl.constexpr):
     """Phases FIRST_PHASE..LAST_PHASE of the layer (QKV, ATTEND, O, GATE_UP, DOWN), grid
-    barriers between them. Rows are M <= BLOCK_M sequences, one new token each."""
+    barriers between them. Rows are M <= BLOCK_M sequences, one new token each. PREFETCH
+    (GPU only): before each barrier a program asks L2 for its tiles of the next product
+    phase still ahead (o before the attention, gate/up, down; 1: the first, 2: all)."""
     pid = tl.program_id(0)
     q_size: tl.constexpr = Q_HEADS * HEAD_DIM
     if FIRST_PHASE <= 0 and LAST_PHASE >= 0:  # qkv = rms_norm(hidden + res) @ W_qkv
@@ -124,6 +151,8 @@ def _decode_layer_kernel(
                           FP8, BLOCK_M, QKV_BN, QKV_BK, QKV_N % QKV_BN == 0,
                           HIDDEN % QKV_BK == 0, QKV_NORM_BLOCK, ASM)
         if LAST_PHASE > 0:
+            _prefetch_tiles(o_w_ptr, o_w_stride, pid, programs, HIDDEN, q_size, O_BN, FP8,
+                            PREFETCH)
             grid_barrier(counters_ptr, programs)
     if FIRST_PHASE <= 1 and LAST_PHASE >= 1:  # attention over the paged cache
         units = M * KV_HEADS * num_splits
@@ -138,6 +167,8 @@ def _decode_layer_kernel(
                 GROUP, HEAD_DIM, HEAD_DIM // 2, BLOCK_SIZE, BLOCK_H, ATTN_BN, BLOCK_G,
                 SPLIT_TILE, PRECISION, False)
         if LAST_PHASE > 1:
+            _prefetch_tiles(gu_w_ptr, gu_w_stride, pid, programs, 2 * INTERMEDIATE, HIDDEN,
+                            GU_BN, FP8, PREFETCH)
             grid_barrier(counters_ptr, 2 * programs)
     if FIRST_PHASE <= 2 and LAST_PHASE >= 2:  # o = attn @ W_o
         for tile in range(pid, tl.cdiv(HIDDEN, O_BN), programs):
@@ -147,6 +178,8 @@ def _decode_layer_kernel(
                           HIDDEN, 0, 0, FP8, BLOCK_M, O_BN, O_BK, HIDDEN % O_BN == 0,
                           q_size % O_BK == 0, O_BK, ASM)
         if LAST_PHASE > 2:
+            _prefetch_tiles(down_w_ptr, down_w_stride, pid, programs, HIDDEN, INTERMEDIATE,
+                            DOWN_BN, FP8, PREFETCH)
             grid_barrier(counters_ptr, 3 * programs)
     if FIRST_PHASE <= 3 and LAST_PHASE >= 3:  # gate_up = rms_norm(o + mid_res) @ W_gu
         for tile in range(pid, tl.cdiv(2 * INTERMEDIATE, GU_BN), programs):
@@ -277,13 +310,14 @@ def decode_layer(hidden: torch.Tensor, residual: torch.Tensor | None, weights: L
                  scale: float, *, buffers: LayerBuffers, workspace: DecodeStepWorkspace,
                  num_splits: int | None = None, min_chunk: int | None = None,
                  num_warps: int = 4, programs: int | None = None, cooperative: bool = True,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 prefetch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """One decoder layer of a pure decode step (row i: the one new token of sequence i),
     as the small-batch path computes it -> (the down projection's rows, the residual
     stream after attention: hidden + residual + o). The new k and v land in the cache.
     hidden and residual: bf16 [M, hidden] with contiguous rows (residual None at the first
     layer). `programs`: the launch's programs (default: as many as the GPU holds at once);
-    `cooperative`: launched as a cooperative grid (the driver checks that they all fit)."""
+    `cooperative`: launched as a cooperative grid (the driver checks that they all fit);
+    `prefetch`: the kernel's PREFETCH (0: none; the interpreter takes none)."""
     m = hidden.shape[0]
     device = hidden.device
     check_layer(weights, shape, m)
@@ -342,7 +376,7 @@ def decode_layer(hidden: torch.Tensor, residual: torch.Tensor | None, weights: L
         BLOCK_G=triton.next_power_of_2(group),
         SPLIT_TILE=max(1, MERGE_TILE_ELEMENTS // (triton.next_power_of_2(group) * head_dim)),
         PRECISION=dot_precision(k_cache), ASM=fp8 and device.type == "cuda",
-        num_warps=num_warps, num_stages=1)
+        PREFETCH=prefetch if device.type == "cuda" else 0, num_warps=num_warps, num_stages=1)
     if device.type != "cuda":  # the interpreter: one launch a phase, no barriers
         for phase in range(PHASES):
             _decode_layer_kernel[(programs or 4,)](programs=programs or 4, FIRST_PHASE=phase,
