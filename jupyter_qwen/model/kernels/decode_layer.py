@@ -8,7 +8,8 @@ once: a cooperative launch) work through each phase's tiles, `tile = pid, pid + 
 ...`, and meet at a grid barrier before the next phase reads what the last one wrote. A
 phase's tile is exactly what one program of the separate kernel computes (`gemv.small_m_tile`
 for bf16 products, `fp8_words.fp8_words_tile` for FP8 ones, `decode_step.decode_step_program`
-for the attention), so the layer gives the same bits either way.
+for the attention), so the layer gives the same bits either way wherever the warps that
+share a tile's sums are the same.
 
 The barrier (`grid_barrier`): every program, once all its threads are past their stores,
 adds one to the launch's counter with release semantics and spins on an acquire read until
@@ -44,6 +45,7 @@ from jupyter_qwen.model.layer_weights import LayerShape, LayerWeights
 
 PHASES = 5  # qkv, attention, o, gate_up, down
 REGISTERS_PER_SM = 65536  # sm_80 to sm_90
+_WORDS_VEC = tl.constexpr(fp8_words.VEC)
 
 
 @triton.jit
@@ -91,13 +93,13 @@ def _product_tile(tile, x_ptr, res_ptr, norm_ptr, xq_ptr, resq_ptr, normq_ptr, w
                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr,
                   EVEN_K: tl.constexpr, NORM_BLOCK: tl.constexpr, ASM: tl.constexpr):
     """One tile of a product: bf16 weights (`gemv`, register prefetch, FMAs at one row and
-    the tensor cores above) or FP8 words (`fp8_words`, BLOCK_K = 8 x its lanes)."""
+    the tensor cores above) or FP8 words (`fp8_words`, BLOCK_K = 4 x VEC x its lanes)."""
     if FP8:
         fp8_words_tile(tile, x_ptr, res_ptr, norm_ptr, xq_ptr, resq_ptr, normq_ptr, w_ptr,
                        s_ptr, srow_ptr, y_ptr, res_out_ptr, M, N, K, eps, x_stride,
                        res_stride, xq_stride, resq_stride, w_stride, s_stride, y_stride,
-                       res_out_stride, PROLOGUE, BLOCK_M, BLOCK_N, BLOCK_K // 8, 2, EVEN_N,
-                       EVEN_K, NORM_BLOCK, False, ASM)
+                       res_out_stride, PROLOGUE, BLOCK_M, BLOCK_N, BLOCK_K // (4 * _WORDS_VEC),
+                       _WORDS_VEC, EVEN_N, EVEN_K, NORM_BLOCK, False, ASM)
     else:
         small_m_tile(tile, x_ptr, res_ptr, norm_ptr, w_ptr, x_ptr, y_ptr, res_out_ptr, M, N,
                      K, eps, x_stride, res_stride, w_stride, y_stride, res_out_stride,
@@ -136,10 +138,11 @@ def _decode_layer_kernel(
         BLOCK_H: tl.constexpr, ATTN_BN: tl.constexpr, BLOCK_G: tl.constexpr,
         SPLIT_TILE: tl.constexpr, PRECISION: tl.constexpr, ASM: tl.constexpr,
         PREFETCH: tl.constexpr, FIRST_PHASE: tl.constexpr, LAST_PHASE: tl.constexpr):
-    """Phases FIRST_PHASE..LAST_PHASE of the layer (QKV, ATTEND, O, GATE_UP, DOWN), grid
-    barriers between them. Rows are M <= BLOCK_M sequences, one new token each. PREFETCH
-    (GPU only): before each barrier a program asks L2 for its tiles of the next product
-    phase still ahead (o before the attention, gate/up, down; 1: the first, 2: all)."""
+    """Phases FIRST_PHASE..LAST_PHASE of the layer (0 qkv, 1 attention, 2 o, 3 gate/up,
+    4 down), grid barriers between them. Rows are M <= BLOCK_M sequences, one new token
+    each. PREFETCH (GPU only): before each barrier a program asks L2 for its tiles of the
+    next product phase still ahead (o before the attention, gate/up, down; 1: the first,
+    2: all)."""
     pid = tl.program_id(0)
     q_size: tl.constexpr = Q_HEADS * HEAD_DIM
     if FIRST_PHASE <= 0 and LAST_PHASE >= 0:  # qkv = rms_norm(hidden + res) @ W_qkv
@@ -369,8 +372,8 @@ def decode_layer(hidden: torch.Tensor, residual: torch.Tensor | None, weights: L
         PROLOGUE=gemv.RMS_NORM if residual is None else gemv.ADD_RMS_NORM, FP8=fp8,
         BLOCK_M=block_m, QKV_BN=qkv_bn, QKV_BK=qkv_bk, O_BN=o_bn, O_BK=o_bk, GU_BN=gu_bn,
         GU_BK=gu_bk, DOWN_BN=down_bn, DOWN_BK=down_bk,
-        QKV_NORM_BLOCK=_norm_block(shape.hidden, qkv_bk, block_m, num_warps),
-        GU_NORM_BLOCK=_norm_block(shape.hidden, gu_bk, block_m, num_warps),
+        QKV_NORM_BLOCK=quant_gemv.norm_block(shape.hidden, qkv_bk, block_m, num_warps),
+        GU_NORM_BLOCK=quant_gemv.norm_block(shape.hidden, gu_bk, block_m, num_warps),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
         BLOCK_H=max(16, triton.next_power_of_2(group)), ATTN_BN=ATTENTION_BLOCK_N,
         BLOCK_G=triton.next_power_of_2(group),
@@ -388,10 +391,6 @@ def decode_layer(hidden: torch.Tensor, residual: torch.Tensor | None, weights: L
         programs = _resident(whole, device)
     _decode_layer_kernel[(programs,)](programs=programs, **whole)
     return y, out_residual
-
-
-def _norm_block(k: int, block_k: int, block_m: int, num_warps: int) -> int:
-    return min(triton.next_power_of_2(k), max(block_k, 2048 * num_warps // block_m))
 
 
 def _resident(args: dict, device: torch.device) -> int:
