@@ -35,37 +35,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.kernels import graph_micros_per_call, measure_copy_gbps
+
 SHAPES = {  # hidden, q heads, kv heads, head_dim, intermediate
     "0.6B": (1024, 16, 8, 128, 3072),
     "4B": (2560, 32, 8, 128, 9728),
 }
 BLOCK_SIZE = 16
-
-
-def graph_us(run, replays: int = 30) -> float:
-    """Median time of one replay of `run` captured in a CUDA graph, in us."""
-    run()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000)
-    return sorted(times)[len(times) // 2]
-
-
-def copy_rate() -> float:
-    """Device-to-device copy bytes (read + write) per second, 1 GiB."""
-    source = torch.empty(1 << 29, dtype=torch.int16, device="cuda")
-    target = torch.empty_like(source)
-    seconds = graph_us(lambda: target.copy_(source), replays=10) / 1e6
-    return 2 * source.numel() * 2 / seconds
 
 
 def make_layer(shape, fmt: str, device: torch.device):
@@ -148,7 +124,7 @@ def main() -> None:
     buffers = LayerBuffers.allocate(rows, shape, torch.bfloat16, device)
     hidden = torch.randn(rows, shape.hidden, device=device, dtype=torch.bfloat16)
     use_pdl = pdl.supported(device)
-    rate = copy_rate()
+    rate = measure_copy_gbps() * 1e9
     kv_bytes = 2 * rows * args.context * shape.kv_heads * shape.head_dim * 2
     results = {"device": torch.cuda.get_device_name(), "shape": args.shape, "rows": rows,
                "context": args.context, "layers": layers, "copy_rate_gbs": rate / 1e9,
@@ -188,7 +164,7 @@ def main() -> None:
             return run
 
         floor_us = (weight_bytes(weights[0]) + kv_bytes) / rate * 1e6
-        timings = {"five": graph_us(five) / layers}
+        timings = {"five": graph_micros_per_call([five]) / layers}
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         variants = [(warps, None, f"persistent w{warps}{f' p{fetch}' if fetch else ''}", True,
                      fetch)
@@ -199,7 +175,7 @@ def main() -> None:
                      (first, None, f"persistent w{first} plain", False, 0)]
         for variant in variants:
             try:
-                timings[variant[2]] = graph_us(persistent(*variant)) / layers
+                timings[variant[2]] = graph_micros_per_call([persistent(*variant)]) / layers
             except Exception as error:  # reported, and the other variants still run
                 print(f"  {variant[2]}: {type(error).__name__}: {error}"[:300])
                 torch.cuda.synchronize()

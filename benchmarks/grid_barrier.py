@@ -34,6 +34,7 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.kernels import graph_micros_per_call
 from jupyter_qwen.model.kernels import pdl
 
 
@@ -64,23 +65,6 @@ def _rounds_kernel(values_ptr, counter_ptr, rounds, programs):
         value = value + neighbour * 0.0
 
 
-def graph_us(run, replays: int = 20) -> float:
-    """Median time of one replay of `run` captured in a CUDA graph, in us."""
-    run()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000)
-    return sorted(times)[len(times) // 2]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=140)
@@ -107,9 +91,10 @@ def main() -> None:
             _rounds_kernel[(programs,)](values, counter, rounds, programs)
         return run
 
-    launch = graph_us(chain(False)) / args.steps
-    launch_pdl = graph_us(chain(True)) / args.steps if use_gdc else None
-    barrier = (graph_us(persistent(args.steps)) - graph_us(persistent(0))) / args.steps
+    launch = graph_micros_per_call([chain(False)]) / args.steps
+    launch_pdl = graph_micros_per_call([chain(True)]) / args.steps if use_gdc else None
+    rounds = graph_micros_per_call([persistent(args.steps)])
+    barrier = (rounds - graph_micros_per_call([persistent(0)])) / args.steps
     before = values.clone()
     persistent(3)()
     torch.cuda.synchronize()
