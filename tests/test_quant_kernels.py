@@ -316,7 +316,9 @@ def test_awq_products_split_over_k_add_the_splits_and_leave_their_counts_zero(mo
     first = awq_linear(x, *packed, tiling=split, split_counts=counts)
     second = awq_linear(x, *packed, tiling=split, split_counts=counts)
     assert torch.equal(first, second) and torch.equal(counts, torch.zeros_like(counts))
-    assert relative_error(first.cpu(), whole.cpu()) < 1e-6
+    # fp32 sums of the same products in another order: 1.7e-6 on an H100 (K = 9728, 76
+    # groups, each scaled before it is added); a split lost or added twice is ~0.3
+    assert relative_error(first.cpu(), whole.cpu()) < 1e-5
     with pytest.raises(ValueError, match="swap_ab"):
         awq_linear(x, *packed, tiling=QuantTiling(32, 64, 128, swap_ab=True, split_k=2))
 

@@ -103,8 +103,8 @@ def test_quant_tiling_reads_the_table_by_m_bucket(monkeypatch):
     assert quant_tiling(400, 4096, awq=True, k=1024) == DEFAULT_LARGE_M["awq"]
     assert quant_tiling(400, 4096, k=2048) == DEFAULT_LARGE_M["fp8"]
     assert quant_tiling(16, 4096, k=1024).block_m == 16  # decode tilings are not the table's
-    assert quant_tiles.bucket_rows(1024) == [512]
-    assert quant_tiles.bucket_rows(300) == [300]
+    assert quant_tiles.bucket_rows(1024) == [257, 512]
+    assert quant_tiles.bucket_rows(300) == [257, 300]
     assert quant_tiles.bucket_rows(256) == []
     assert quant_tiles.m_bucket(10**6) == M_BUCKETS[-1]
 
@@ -423,21 +423,86 @@ def test_the_layer_table_sums_the_four_projections():
         assert (fp8_x, fp8_default, awq_x, awq_default) == ("2.00", "2.00", "0.50", "0.50")
 
 
-def test_start_up_reaches_every_m_bucket_the_table_names(monkeypatch):
-    """ModelRunner's start-up compile steps include a prefill in each bucket of the table
-    that the scheduler can produce, split into sequences no longer than max_model_len."""
+def start_up_steps(monkeypatch, max_num_batched_tokens: int, max_model_len: int,
+                   max_num_seqs: int) -> list[tuple[list[int], list[int]]]:
+    """The (query_lens, context_lens) of a quantized model's start-up compile steps."""
     from types import SimpleNamespace
 
-    from jupyter_qwen.engine.model_runner import ModelRunner
+    from jupyter_qwen.engine.model_runner import COMPILE_STEPS, ModelRunner
 
+    steps = [(list(q), list(c)) for q, c in COMPILE_STEPS]
+    runner = SimpleNamespace(max_num_batched_tokens=max_num_batched_tokens,
+                             max_model_len=max_model_len,
+                             config=SimpleNamespace(max_num_seqs=max_num_seqs),
+                             _dummy_step=lambda q, c: steps.append((q, c)))
+    ModelRunner._compile_quant_tilings(runner)
+    return steps
+
+
+def test_start_up_reaches_every_m_bucket_the_table_names(monkeypatch):
+    """ModelRunner's start-up compile steps include a prefill at both ends of each bucket of
+    the table that the scheduler can produce and of the decode tilings' rows, split into
+    sequences no longer than max_model_len, and mixed and decode steps of as many rows."""
     monkeypatch.setattr(quant_tiles, "LARGE_M_TILES", {
         ("awq", bucket, 4096, 1024): DEFAULT_LARGE_M["awq"] for bucket in (64, 2048, 8192)})
-    steps = []
-    runner = SimpleNamespace(max_num_batched_tokens=4096, max_model_len=1024,
-                             config=SimpleNamespace(max_num_seqs=8),
-                             _dummy_step=steps.append)
-    ModelRunner._compile_quant_tilings(runner)
-    assert steps == [[64], [1024, 1024], [1024] * 4]  # 2049-4096 rows: the 8192 bucket
+    steps = start_up_steps(monkeypatch, 4096, 1024, 32)[7:]
+    prefills = [q for q, c in steps if q == c]
+    assert prefills == [[16], [33], [64], [513], [1024, 1024], [683] * 3, [1024] * 4]
+    assert all(max(context_lens) <= 1024 for _, context_lens in steps)
+    mixed_64 = [(q, c) for q, c in steps if sum(q) == 64 and len(q) == 2]
+    assert mixed_64 == [([63, 1], [63, 40]), ([63, 1], [63, 1024])]
+    decodes = [(len(q), c[-1]) for q, c in steps if set(q) == {1}]
+    assert decodes == [(16, 40), (16, 1024)]  # 33 and more rows: more than 32 sequences
+
+
+def step_form(query_lens: list[int]) -> str:
+    """Which attention kernels a step runs: a decode step (one row a sequence), a prefill of
+    one sequence, or the mixed form (several sequences, one-row ones to the decode kernel)."""
+    if set(query_lens) == {1}:
+        return "decode"
+    return "prefill" if len(query_lens) == 1 else "mixed"
+
+
+@pytest.mark.parametrize("shape", ["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b"])
+@pytest.mark.parametrize("block_scaled", [True, False])
+def test_start_up_compiles_every_hand_over_a_step_can_ask_for(monkeypatch, shape, block_scaled):
+    """With the table as it is: every (form of step, which of the four FP8 products take
+    their rows quantized) that a step of the engine's defaults can meet, start-up meets
+    too, so that no norm, SiLU·mul or attention kernel compiles while serving (with or
+    without cuBLAS's block-scaled product)."""
+    from types import SimpleNamespace
+
+    from jupyter_qwen.config import EngineConfig
+    from jupyter_qwen.model.kernels.quant_linear import TritonQuantKernels
+    from jupyter_qwen.testing import SHAPES
+
+    config = SHAPES[shape]
+    defaults = EngineConfig(model="unused").resolved(config.max_position_embeddings)
+    q_width, kv_width = (config.num_attention_heads * config.head_dim,
+                         config.num_key_value_heads * config.head_dim)
+    hidden, inter = config.hidden_size, config.intermediate_size
+    projections = [SimpleNamespace(weight=torch.empty(sum(shards), k, device="meta"),
+                                   weight_scale_inv=None, shard_sizes=shards)
+                   for shards, k in (([q_width, kv_width, kv_width], hidden),
+                                     ([hidden], q_width), ([inter, inter], hidden),
+                                     ([hidden], inter))]
+    kernels = TritonQuantKernels(torch.device("cpu"))
+    kernels.fp8_dot = True  # as on an H100 or H200
+    monkeypatch.setattr(kernels, "_block_scaled_works", lambda layer: block_scaled)
+
+    def hand_overs(rows: int) -> tuple[bool, ...]:
+        return tuple(kernels.takes_fp8_rows(layer, rows) for layer in projections)
+
+    most, model_len = defaults.max_num_batched_tokens, defaults.max_model_len
+    met = set()
+    for rows in range(1, most + 1):
+        met.add(("prefill", hand_overs(rows)) if rows <= model_len else None)
+        met.add(("mixed", hand_overs(rows)) if rows > 1 else None)
+        met.add(("decode", hand_overs(rows)) if rows <= defaults.max_num_seqs else None)
+    met.discard(None)
+    steps = start_up_steps(monkeypatch, most, model_len, defaults.max_num_seqs)
+    compiled = {(step_form(q), hand_overs(sum(q))) for q, _ in steps}
+    assert met - compiled == set()
 
 
 def test_only_large_batches_of_whole_scale_blocks_go_to_cublas():

@@ -36,6 +36,13 @@ from jupyter_qwen.model.loader import Progress, load_model, resolve_dtype
 from jupyter_qwen.model.ops import build_ops
 
 GPU_HEADROOM_BYTES = 512 << 20
+# (query_lens, context_lens) of the start-up steps that compile every kernel variant of a
+# bf16 model (`ModelRunner._compile_kernels`)
+COMPILE_STEPS = (([37], [37]), ([5] * 17, [90] * 17), ([1], [40]), ([1, 1], [40, 2000]),
+                 ([1] * 3, [30] * 3), ([16, 1, 1], [48, 17, 64]), ([128, 1], [128, 2000]))
+# quantized models' start-up steps (`bucket_steps`): contexts of a decode row that its
+# attention kernels take whole and split over programs
+SHORT_CONTEXT, LONG_CONTEXT = 40, 2000
 
 
 @dataclass(slots=True)
@@ -195,9 +202,7 @@ class ModelRunner:
         a compile: prefill of one and of many sequences; decode of one sequence, and of
         several with their contexts split across programs or not; mixed steps likewise; and the
         sampler's one-kernel window draws and penalties."""
-        for query_lens, context_lens in (([37], [37]), ([5] * 17, [90] * 17), ([1], [40]),
-                                         ([1, 1], [40, 2000]), ([1] * 3, [30] * 3),
-                                         ([16, 1, 1], [48, 17, 64]), ([128, 1], [128, 2000])):
+        for query_lens, context_lens in COMPILE_STEPS:
             self._dummy_step(query_lens, context_lens)
         if self.model.quantization is not None:
             self._compile_quant_tilings()
@@ -210,13 +215,19 @@ class ModelRunner:
         torch.cuda.synchronize(self.device)
 
     def _compile_quant_tilings(self) -> None:
-        """A prefill in each M bucket that the quantized products' table of tilings names
-        (`model/kernels/quant_tiles.py`): each may pick its own tiling, one compile each."""
+        """Steps in each M bucket that the quantized products' table of tilings names
+        (`model/kernels/quant_tiles.py`), and in the decode tilings' rows below them: each
+        bucket may pick its own tilings, and with them whether the norm, SiLU·mul and
+        attention kernels hand their rows over quantized (`takes_fp8_rows`), which the
+        attention kernels of a prefill, a mixed and a decode step each compile apart."""
+        from jupyter_qwen.model.kernels.quant_linear import SMALL_M
         from jupyter_qwen.model.kernels.quant_tiles import bucket_rows
 
         most = min(self.max_num_batched_tokens, self.config.max_num_seqs * self.max_model_len)
-        for rows in bucket_rows(most):
-            self._dummy_step(_split_evenly(rows, -(-rows // self.max_model_len)))
+        for rows in (min(SMALL_M, most), *bucket_rows(most)):
+            for query_lens, context_lens in bucket_steps(rows, self.max_model_len,
+                                                         self.config.max_num_seqs):
+                self._dummy_step(query_lens, context_lens)
 
     @property
     def max_num_batched_tokens(self) -> int:
@@ -358,6 +369,23 @@ def release_cublas_workspaces() -> None:
     clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
     if clear is not None:
         clear()
+
+
+def bucket_steps(rows: int, max_model_len: int, max_num_seqs: int,
+                 ) -> list[tuple[list[int], list[int]]]:
+    """(query_lens, context_lens) of start-up steps of `rows` tokens: a prefill of whole
+    sequences (one, unless rows > max_model_len), a mixed step (a prefill and one decode
+    row) with a short and a long context, and where `rows` sequences can run at once a
+    decode step of them, short and long (the attention kernels' split and unsplit forms)."""
+    short, long = min(SHORT_CONTEXT, max_model_len), min(LONG_CONTEXT, max_model_len)
+    whole = _split_evenly(rows, -(-rows // max_model_len))
+    steps = [(whole, whole)]
+    if rows > 1:
+        prefill = _split_evenly(rows - 1, -(-(rows - 1) // max_model_len))
+        steps += [([*prefill, 1], [*prefill, context]) for context in (short, long)]
+    if 1 < rows <= max_num_seqs:
+        steps += [([1] * rows, [short] * (rows - 1) + [context]) for context in (short, long)]
+    return steps
 
 
 def _split_evenly(total: int, parts: int) -> list[int]:
