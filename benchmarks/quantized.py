@@ -10,10 +10,8 @@ CUDA graphs, defaults otherwise), the workloads of throughput.py: batch1 (one re
 prompt and 512 output tokens; decode tok/s after the first token) and w256 (nano-vllm's 256
 requests). Reported per format: the weights' bytes on the device (the model's parameters and
 buffers), the KV blocks the same memory budget gives, and each workload's tok/s with its
-ratio to bf16. --persistent-layers: every engine of the run, bf16's too, runs the layers
-of its one-sequence decode steps as one persistent launch each. Must-show (issue #18,
-H200): batch1 decode FP8 >= 1.4x and AWQ (4B) >= 1.8x bf16; w256 FP8 >= 1.0x bf16.
-Writes quantized.json and quantized.md to $OUT (or --out).
+ratio to bf16. Must-show (issue #18, H200): batch1 decode FP8 >= 1.4x and AWQ (4B) >= 1.8x
+bf16; w256 FP8 >= 1.0x bf16. Writes quantized.json and quantized.md to $OUT (or --out).
 Checkpoints are reused from $TMPDIR/jupyter_qwen_bench_<shape>[_<format>].
 """
 
@@ -89,12 +87,9 @@ def products_quantize_their_rows(own: bool):
 
 
 def run_engine(shape: str, fmt: str, args, workloads: dict, warmup) -> dict:
-    from jupyter_qwen.config import KernelOptions
     from jupyter_qwen.llm import LLM
 
     options = {"quantization": "fp8"} if fmt == "fp8-online" else {}
-    if args.persistent_layers:
-        options["kernels"] = KernelOptions(persistent_layers=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         options |= {"dtype": "bfloat16", "gpu_memory_utilization": args.gpu_memory_utilization}
@@ -151,9 +146,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workloads", default="batch1,w256")
     parser.add_argument("--layers", type=int, default=None, help="fewer layers (smoke runs)")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    parser.add_argument("--persistent-layers", action="store_true",
-                        help="every engine (bf16 too) runs its one-sequence decode steps' "
-                             "layers as one persistent launch each (KernelOptions)")
     parser.add_argument("--quick", action="store_true", help="small sizes (CPU smoke run)")
     parser.add_argument("--out", default=None)
     return parser.parse_args(argv)

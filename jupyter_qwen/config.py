@@ -125,12 +125,10 @@ class KernelOptions:
     `fused_decode_step`: pure decode steps of at most `fused_decode_step_max_batch`
     sequences run their attention in one launch (q/k norm, RoPE, KV store, split attention
     and merge) instead of three kernels; on an H200 that is faster at batch 1 and not at 8
-    or 64 (benchmarks/KERNEL_NOTES.md). `persistent_layers`: in those steps each decoder
-    layer runs as one persistent launch (`kernels/decode_layer.py`). `pdl`: kernels launch
-    with programmatic dependent launch on Hopper and later GPUs; the default comes from the
-    environment variable `JUPYTER_QWEN_PDL` (0 turns it off), read when the options are
-    made. `sampled_draw`: which kernels the captured sampled draws use
-    (`graph_sampling.GraphSampler`).
+    or 64 (benchmarks/KERNEL_NOTES.md). `pdl`: kernels launch with programmatic dependent
+    launch on Hopper and later GPUs; the default comes from the environment variable
+    `JUPYTER_QWEN_PDL` (0 turns it off), read when the options are made. `sampled_draw`:
+    which kernels the captured sampled draws use (`graph_sampling.GraphSampler`).
     """
 
     fused_decode_step: bool = option(True, "one-launch attention for small decode steps",
@@ -143,9 +141,6 @@ class KernelOptions:
     decode_step_min_chunk: int | None = option(
         None, "the fewest KV positions one split of the one-launch attention takes",
         default_text="the kernel's", low=1, high=1 << 20, cli=False)
-    persistent_layers: bool = option(
-        False, "one persistent launch a decoder layer in the steps that run the one-launch "
-        "attention (bf16 or FP8 layers; grid barriers between its five phases)", cli=False)
     sampled_draw: str = option(
         "threshold", "how a captured sampled draw runs: torch steps around the window kernel "
         "(split), one kernel after the window (fused), or that over a threshold top-W "

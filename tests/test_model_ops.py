@@ -85,11 +85,7 @@ def tiny_decoder(attention_bias: bool = False):
 
 
 class MarkerKernels:
-    """Stands in for the Triton layer kernels: only its identity is checked (and it would
-    run every layer whole)."""
-
-    def takes_whole_layer(self, weights, shape) -> bool:
-        return True
+    """Stands in for the Triton layer kernels: only its identity is checked."""
 
 
 @pytest.mark.parametrize("attention_bias", [False, True])
@@ -105,12 +101,10 @@ def test_use_ops_hands_every_module_its_kernels(attention_bias):
                if isinstance(m, RMSNorm | Qwen3Attention | Qwen3MLP))
     small_batch = None if attention_bias else layers
     assert all(m.gemv is small_batch for m in modules if isinstance(m, Qwen3DecoderLayer))
-    assert all((m.whole_layer is not None) == (small_batch is not None)
-               for m in modules if isinstance(m, Qwen3DecoderLayer))
     assert model.gemv is layers
     model.use_ops(None)
     assert all(getattr(m, name, None) is None for m in modules
-               for name in ("backend", "fused", "gemv", "whole_layer"))
+               for name in ("backend", "fused", "gemv"))
 
 
 def test_reference_ops_run_the_model_on_cpu():

@@ -62,18 +62,6 @@ class AttentionBackend(Protocol):
                            sin_cache: torch.Tensor, k_cache: torch.Tensor,
                            v_cache: torch.Tensor, scale: float) -> torch.Tensor: ...
 
-    def decode_step_workspace(self, batch: int, num_q_heads: int, num_kv_heads: int,
-                              head_dim: int, device: torch.device) -> object:
-        """The one-launch attention's workspace for such a step (a kernel that runs that
-        attention inside a larger launch takes it too: `kernels/decode_layer.py`)."""
-        ...
-
-    @property
-    def decode_step_min_chunk(self) -> int | None:
-        """The fewest KV positions one split of the one-launch attention takes (None: the
-        kernel's own floor)."""
-        ...
-
 
 class TorchAttention:
     """Reference backend: plain torch, one sequence at a time. Runs on CPU and GPU."""
@@ -91,13 +79,6 @@ class TorchAttention:
 
     def attend_decode_step(self, *args, **kwargs) -> torch.Tensor:
         raise NotImplementedError("the torch reference has no one-launch decode step")
-
-    def decode_step_workspace(self, *args, **kwargs) -> object:
-        raise NotImplementedError("the torch reference has no one-launch decode step")
-
-    @property
-    def decode_step_min_chunk(self) -> int | None:
-        return None
 
 
 def store_kv_reference(key, value, k_cache, v_cache, slot_mapping) -> None:

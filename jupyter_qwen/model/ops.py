@@ -15,8 +15,7 @@ from typing import Protocol
 
 import torch
 
-from jupyter_qwen.model.attention import AttentionBackend, AttentionMetadata, TorchAttention
-from jupyter_qwen.model.layer_weights import LayerShape, LayerWeights
+from jupyter_qwen.model.attention import AttentionBackend, TorchAttention
 from jupyter_qwen.model.quant.fp8 import Fp8Rows
 from jupyter_qwen.model.quant.linear import QuantKernels, QuantLinear
 
@@ -32,9 +31,6 @@ class KernelChoices(Protocol):
 
     @property
     def decode_step_min_chunk(self) -> int | None: ...
-
-    @property
-    def persistent_layers(self) -> bool: ...
 
 
 class LayerKernels(Protocol):
@@ -72,18 +68,6 @@ class LayerKernels(Protocol):
 
     def silu_mul_linear(self, gate_up: torch.Tensor, weight: torch.Tensor | QuantLinear,
                         ) -> torch.Tensor: ...
-
-    def takes_whole_layer(self, weights: LayerWeights, shape: LayerShape) -> bool:
-        """Whether `decode_layer` runs a layer of these weights (never where not asked for)."""
-
-    def decode_layer(self, hidden: torch.Tensor, residual: torch.Tensor | None,
-                     weights: LayerWeights, shape: LayerShape, positions: torch.Tensor,
-                     meta: AttentionMetadata, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                     cos_cache: torch.Tensor, sin_cache: torch.Tensor, scale: float,
-                     workspace: object, min_chunk: int | None,
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A whole decoder layer of a pure decode step in one launch -> (the down
-        projection's rows, the residual after attention); `workspace`: the attention's."""
 
 
 @dataclass(frozen=True)
@@ -129,8 +113,7 @@ def triton_ops(device: torch.device, options: KernelChoices) -> ModelOps:
     pdl = options.pdl and supported(device)
     attention = TritonAttention(decode_step_max_batch=options.decode_step_max_batch, pdl=pdl,
                                 min_chunk=options.decode_step_min_chunk)
-    layers = TritonLayerKernels(pdl=pdl, persistent=options.persistent_layers)
-    return ModelOps(attention=attention, layers=layers, compiled=True,
+    return ModelOps(attention=attention, layers=TritonLayerKernels(pdl=pdl), compiled=True,
                     quant=TritonQuantKernels(device))
 
 

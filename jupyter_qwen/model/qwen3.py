@@ -10,7 +10,6 @@ from torch import nn
 
 from jupyter_qwen.model.attention import AttentionBackend, AttentionMetadata
 from jupyter_qwen.model.config import Qwen3Config
-from jupyter_qwen.model.layer_weights import LayerShape, LayerWeights
 from jupyter_qwen.model.ops import LayerKernels, ModelOps
 from jupyter_qwen.model.quant.fp8 import ROW_GROUP, Fp8Rows
 from jupyter_qwen.model.quant.linear import QuantLinear
@@ -165,11 +164,6 @@ class Qwen3DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.gemv: LayerKernels | None = None
-        self.shape = LayerShape(config.hidden_size, config.num_attention_heads,
-                                config.num_key_value_heads, config.head_dim,
-                                config.intermediate_size)
-        self.whole_layer: LayerWeights | None = None
-        """Set where `gemv` runs this layer's one-launch-attention steps as one launch."""
 
     def forward(self, positions, hidden, residual, meta) -> tuple[torch.Tensor, torch.Tensor]:
         if self.gemv is not None and self.gemv.use_small_m(hidden.shape[0], *self._qkv_shape):
@@ -195,28 +189,9 @@ class Qwen3DecoderLayer(nn.Module):
         attn, mlp = self.self_attn, self.mlp
         return [attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj]
 
-    def layer_weights(self) -> LayerWeights:
-        attn, mlp = self.self_attn, self.mlp
-        return LayerWeights(
-            input_norm=self.input_layernorm.weight,
-            post_attention_norm=self.post_attention_layernorm.weight,
-            q_norm=attn.q_norm.weight, k_norm=attn.k_norm.weight, eps=self.input_layernorm.eps,
-            qkv=product(attn.qkv_proj), o=product(attn.o_proj),
-            gate_up=product(mlp.gate_up_proj), down=product(mlp.down_proj))
-
     def _forward_few_tokens(self, positions, hidden, residual, meta):
-        """Decode steps of a few sequences: each norm rides in the product that follows it;
-        in one-launch-attention steps, the whole layer may be one launch."""
+        """Decode steps of a few sequences: each norm rides in the product that follows it."""
         gemv, attn, mlp = self.gemv, self.self_attn, self.mlp
-        if self.whole_layer is not None and attn.backend.fuses_decode_step(meta, attn.head_dim):
-            backend, rotary = attn.backend, attn.rotary
-            workspace = backend.decode_step_workspace(hidden.shape[0], attn.num_heads,
-                                                      attn.num_kv_heads, attn.head_dim,
-                                                      hidden.device)
-            return gemv.decode_layer(hidden, residual, self.whole_layer, self.shape, positions,
-                                     meta, attn.k_cache, attn.v_cache, rotary.cos_cache,
-                                     rotary.sin_cache, attn.scale, workspace,
-                                     backend.decode_step_min_chunk)
         eps = self.input_layernorm.eps
         qkv, residual = gemv.rms_norm_linear(hidden, self.input_layernorm.weight, eps,
                                              product(attn.qkv_proj), residual)
@@ -301,6 +276,3 @@ class Qwen3ForCausalLM(nn.Module):
                 takes = layers is not None and all(layers.takes(p) for p in module.projections()
                                                    if isinstance(p, QuantLinear))
                 module.gemv = layers if takes else None
-                weights = module.layer_weights() if takes else None
-                whole = weights is not None and layers.takes_whole_layer(weights, module.shape)
-                module.whole_layer = weights if whole else None

@@ -75,19 +75,15 @@ class TritonAttention:
         """A pure decode step from the qkv projection: stores k and v, returns [B, Hq, D]."""
         _, _, num_kv_heads, head_dim = k_cache.shape
         num_q_heads = qkv.shape[1] // head_dim - 2 * num_kv_heads
-        workspace = self.decode_step_workspace(qkv.shape[0], num_q_heads, num_kv_heads,
-                                               head_dim, qkv.device)
+        workspace = self._decode_workspace(qkv.shape[0], num_q_heads, num_kv_heads, head_dim,
+                                           qkv.device)
         return decode_step_attention(qkv, positions, meta.slot_mapping, q_weight, k_weight, eps,
                                      cos_cache, sin_cache, k_cache, v_cache, meta.block_tables,
                                      meta.seq_lens, scale, workspace=workspace,
                                      launch_pdl=self.pdl, min_chunk=self.min_chunk)
 
-    @property
-    def decode_step_min_chunk(self) -> int | None:
-        return self.min_chunk
-
-    def decode_step_workspace(self, batch: int, num_q_heads: int, num_kv_heads: int,
-                              head_dim: int, device: torch.device) -> DecodeStepWorkspace:
+    def _decode_workspace(self, batch: int, num_q_heads: int, num_kv_heads: int,
+                          head_dim: int, device: torch.device) -> DecodeStepWorkspace:
         """One workspace for every layer; grown only outside graph capture and before any
         captured graph holds its address (graphs capture their largest batch first)."""
         capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()

@@ -113,8 +113,7 @@ def decode_step_program(seq, kv_head, split, qkv_ptr, positions_ptr, slots_ptr, 
                         BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_G: tl.constexpr, SPLIT_TILE: tl.constexpr,
                         PRECISION: tl.constexpr, USE_GDC: tl.constexpr):
-    """Program (seq, kv_head, split) of the launch (also a tile of a persistent kernel's
-    phase, `decode_layer.py`)."""
+    """Program (seq, kv_head, split) of the launch."""
     dtype = k_cache_ptr.dtype.element_ty
     seq_len = tl.load(seq_lens_ptr + seq)
     position = tl.load(positions_ptr + seq).to(tl.int64)

@@ -148,8 +148,7 @@ def fp8_words_tile(pid, x_ptr, res_ptr, norm_w_ptr, xq_ptr, resq_ptr, normq_ptr,
                    LANES: tl.constexpr, VEC: tl.constexpr, EVEN_N: tl.constexpr,
                    EVEN_K: tl.constexpr, NORM_BLOCK: tl.constexpr, USE_GDC: tl.constexpr,
                    ASM: tl.constexpr):
-    """Outputs pid * BLOCK_N ... of every row (what program `pid` of the launch computes;
-    also a tile of a persistent kernel's phase, `decode_layer.py`)."""
+    """Outputs pid * BLOCK_N ... of every row (what program `pid` of the launch computes)."""
     STEP: tl.constexpr = 4 * VEC * LANES
     ns = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     w_rows = ns if EVEN_N else tl.minimum(ns, N - 1)

@@ -140,8 +140,7 @@ def small_m_tile(pid, x_ptr, res_ptr, norm_w_ptr, w_ptr, bias_ptr, y_ptr, res_ou
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
                  EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
                  REG_PREFETCH: tl.constexpr, NORM_BLOCK: tl.constexpr, USE_GDC: tl.constexpr):
-    """Outputs pid * BLOCK_N ... of every row (what program `pid` of the launch computes;
-    also a tile of a persistent kernel's phase, `decode_layer.py`)."""
+    """Outputs pid * BLOCK_N ... of every row (what program `pid` of the launch computes)."""
     ns = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     # (the tail program re-reads row N - 1 rather than masking its loads)
     w_rows = ns if EVEN_N else tl.minimum(ns, N - 1)

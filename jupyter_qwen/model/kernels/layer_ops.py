@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from jupyter_qwen.model.attention import AttentionMetadata
-from jupyter_qwen.model.kernels import decode_layer, fused_ops, gemv, quant_gemv
-from jupyter_qwen.model.layer_weights import LayerShape, LayerWeights
+from jupyter_qwen.model.kernels import fused_ops, gemv, quant_gemv
 
 
 class TritonLayerKernels:
     """Fused norms, q/k norm with RoPE and the KV store, SiLU·mul, and the small-batch
     products of decode steps (norms and SiLU·mul fused in); `pdl`: the products launch as
-    programmatic dependent kernels; `persistent`: whole layers of one-launch-attention
-    steps run as one persistent launch each (`decode_layer`). A product's weight is a
-    tensor (bf16, `gemv`) or a quantized projection (`Fp8Linear`, `AwqLinear`:
-    `quant_gemv`)."""
+    programmatic dependent kernels. A product's weight is a tensor (bf16, `gemv`) or a
+    quantized projection (`Fp8Linear`, `AwqLinear`: `quant_gemv`)."""
 
     rms_norm = staticmethod(fused_ops.rms_norm)
     add_rms_norm = staticmethod(fused_ops.add_rms_norm)
@@ -23,10 +19,8 @@ class TritonLayerKernels:
     silu_and_mul = staticmethod(fused_ops.silu_and_mul)
     use_small_m = staticmethod(gemv.use_small_m)
 
-    def __init__(self, *, pdl: bool = False, persistent: bool = False) -> None:
+    def __init__(self, *, pdl: bool = False) -> None:
         self.pdl = pdl
-        self.persistent = persistent
-        self.layer_buffers: dict[tuple, decode_layer.LayerBuffers] = {}
 
     def takes(self, projection: torch.nn.Module) -> bool:
         """Whether the small-batch products run this projection: any plain one; a quantized
@@ -53,36 +47,3 @@ class TritonLayerKernels:
         if isinstance(weight, torch.Tensor):
             return gemv.silu_mul_linear(gate_up, weight, launch_pdl=self.pdl)
         return quant_gemv.silu_mul_linear(gate_up, weight, launch_pdl=self.pdl)
-
-    def takes_whole_layer(self, weights: LayerWeights, shape: LayerShape) -> bool:
-        if not self.persistent:
-            return False
-        try:
-            decode_layer.check_layer(weights, shape, 1)
-        except ValueError:
-            return False
-        return True
-
-    def decode_layer(self, hidden: torch.Tensor, residual: torch.Tensor | None,
-                     weights: LayerWeights, shape: LayerShape, positions: torch.Tensor,
-                     meta: AttentionMetadata, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                     cos_cache: torch.Tensor, sin_cache: torch.Tensor, scale: float,
-                     workspace, min_chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        return decode_layer.decode_layer(
-            hidden, residual, weights, shape, positions, meta.slot_mapping, meta.block_tables,
-            meta.seq_lens, k_cache, v_cache, cos_cache, sin_cache, scale,
-            buffers=self._buffers(shape, hidden.dtype, hidden.device), workspace=workspace,
-            min_chunk=min_chunk)
-
-    def _buffers(self, shape: LayerShape, dtype: torch.dtype,
-                 device: torch.device) -> decode_layer.LayerBuffers:
-        """One set for every layer of that shape, for up to gemv.MAX_M rows; made outside
-        CUDA-graph capture (the engine runs each batch eagerly before capturing it)."""
-        key = (shape, dtype, device)
-        if key not in self.layer_buffers:
-            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-                raise RuntimeError("the persistent layer's buffers must be made before "
-                                   "CUDA-graph capture")
-            self.layer_buffers[key] = decode_layer.LayerBuffers.allocate(gemv.MAX_M, shape,
-                                                                         dtype, device)
-        return self.layer_buffers[key]
