@@ -92,28 +92,9 @@ def _decode_step_kernel(qkv_ptr, positions_ptr, slots_ptr, q_weight_ptr, k_weigh
                         HALF: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr,
                         BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, SPLIT_TILE: tl.constexpr,
                         PRECISION: tl.constexpr, USE_GDC: tl.constexpr):
-    decode_step_program(
-        tl.program_id(0), tl.program_id(1), tl.program_id(2), qkv_ptr, positions_ptr,
-        slots_ptr, q_weight_ptr, k_weight_ptr, cos_ptr, sin_ptr, k_cache_ptr, v_cache_ptr,
-        block_tables_ptr, seq_lens_ptr, out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
-        tickets_ptr, eps, scale_log2, qkv_stride, rope_stride, table_stride, cache_stride_b,
-        cache_stride_s, cache_stride_h, num_q_heads, num_kv_heads, num_splits, min_chunk,
-        GROUP, HEAD_DIM, HALF, BLOCK_SIZE, BLOCK_H, BLOCK_N, BLOCK_G, SPLIT_TILE, PRECISION,
-        USE_GDC)
-
-
-@triton.jit
-def decode_step_program(seq, kv_head, split, qkv_ptr, positions_ptr, slots_ptr, q_weight_ptr,
-                        k_weight_ptr, cos_ptr, sin_ptr, k_cache_ptr, v_cache_ptr,
-                        block_tables_ptr, seq_lens_ptr, out_ptr, part_acc_ptr, part_max_ptr,
-                        part_sum_ptr, tickets_ptr, eps, scale_log2, qkv_stride, rope_stride,
-                        table_stride, cache_stride_b, cache_stride_s, cache_stride_h,
-                        num_q_heads, num_kv_heads, num_splits, min_chunk,
-                        GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, HALF: tl.constexpr,
-                        BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_G: tl.constexpr, SPLIT_TILE: tl.constexpr,
-                        PRECISION: tl.constexpr, USE_GDC: tl.constexpr):
-    """Program (seq, kv_head, split) of the launch."""
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
     dtype = k_cache_ptr.dtype.element_ty
     seq_len = tl.load(seq_lens_ptr + seq)
     position = tl.load(positions_ptr + seq).to(tl.int64)

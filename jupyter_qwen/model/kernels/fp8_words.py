@@ -133,23 +133,8 @@ def _fp8_words_kernel(x_ptr, res_ptr, norm_w_ptr, xq_ptr, resq_ptr, normq_ptr, w
     quads; x_ptr, res_ptr, norm_w_ptr the same memory as bf16, for the norm pass); s_ptr /
     srow_ptr: the block scales and each weight row's scale row (one per program:
     quant_gemv.folds)."""
-    fp8_words_tile(tl.program_id(0), x_ptr, res_ptr, norm_w_ptr, xq_ptr, resq_ptr, normq_ptr,
-                   w_ptr, s_ptr, srow_ptr, y_ptr, res_out_ptr, M, N, K, eps, x_stride,
-                   res_stride, xq_stride, resq_stride, w_stride, s_stride, y_stride,
-                   res_out_stride, PROLOGUE, BLOCK_M, BLOCK_N, LANES, VEC, EVEN_N, EVEN_K,
-                   NORM_BLOCK, USE_GDC, ASM)
-
-
-@triton.jit
-def fp8_words_tile(pid, x_ptr, res_ptr, norm_w_ptr, xq_ptr, resq_ptr, normq_ptr, w_ptr, s_ptr,
-                   srow_ptr, y_ptr, res_out_ptr, M, N, K, eps, x_stride, res_stride,
-                   xq_stride, resq_stride, w_stride, s_stride, y_stride, res_out_stride,
-                   PROLOGUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   LANES: tl.constexpr, VEC: tl.constexpr, EVEN_N: tl.constexpr,
-                   EVEN_K: tl.constexpr, NORM_BLOCK: tl.constexpr, USE_GDC: tl.constexpr,
-                   ASM: tl.constexpr):
-    """Outputs pid * BLOCK_N ... of every row (what program `pid` of the launch computes)."""
     STEP: tl.constexpr = 4 * VEC * LANES
+    pid = tl.program_id(0)
     ns = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     w_rows = ns if EVEN_N else tl.minimum(ns, N - 1)
     # every tile is 4-d ([lanes, weight rows, rows of x, words]; lanes first, so that the

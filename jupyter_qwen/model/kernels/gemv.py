@@ -127,20 +127,7 @@ def _small_m_kernel(x_ptr, res_ptr, norm_w_ptr, w_ptr, bias_ptr, y_ptr, res_out_
                     EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
                     REG_PREFETCH: tl.constexpr, NORM_BLOCK: tl.constexpr,
                     USE_GDC: tl.constexpr):
-    small_m_tile(tl.program_id(0), x_ptr, res_ptr, norm_w_ptr, w_ptr, bias_ptr, y_ptr,
-                 res_out_ptr, M, N, K, eps, x_stride, res_stride, w_stride, y_stride,
-                 res_out_stride, PROLOGUE, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, USE_DOT,
-                 EVEN_N, EVEN_K, PRECISION, REG_PREFETCH, NORM_BLOCK, USE_GDC)
-
-
-@triton.jit
-def small_m_tile(pid, x_ptr, res_ptr, norm_w_ptr, w_ptr, bias_ptr, y_ptr, res_out_ptr,
-                 M, N, K, eps, x_stride, res_stride, w_stride, y_stride, res_out_stride,
-                 PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
-                 EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
-                 REG_PREFETCH: tl.constexpr, NORM_BLOCK: tl.constexpr, USE_GDC: tl.constexpr):
-    """Outputs pid * BLOCK_N ... of every row (what program `pid` of the launch computes)."""
+    pid = tl.program_id(0)
     ns = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     # (the tail program re-reads row N - 1 rather than masking its loads)
     w_rows = ns if EVEN_N else tl.minimum(ns, N - 1)

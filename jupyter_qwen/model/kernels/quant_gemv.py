@@ -455,8 +455,7 @@ def _load_plane_words(q_base, ks, stride, K, EVEN_K: tl.constexpr):
                    other=0)
 
 
-def norm_block(k: int, block_k: int, block_m: int, num_warps: int) -> int:
-    """Columns a norm prologue sums at a time (as `gemv._launch` takes them)."""
+def _norm_block(k: int, block_k: int, block_m: int, num_warps: int) -> int:
     return min(triton.next_power_of_2(k), max(block_k, 2048 * num_warps // block_m))
 
 
@@ -500,7 +499,7 @@ def _launch_fp8(grid, args: dict, layer, tiling: DecodeTiling, dtype: torch.dtyp
         quads = fp8_words.operand_quads(args)
         if (quads is not None and k % 4 == 0 and layer.weight.stride(0) % 4 == 0
                 and folds(tuple(layer.shard_sizes), tiling.block_n)):
-            fp8_words.launch(args, layer, tiling, k, norm_block(
+            fp8_words.launch(args, layer, tiling, k, _norm_block(
                 k, tiling.block_k, args["BLOCK_M"], tiling.num_warps), quads)
             return
         tiling = guess_tiling("fp8", m, layer.out_features, k)
@@ -519,7 +518,7 @@ def _launch_fp8(grid, args: dict, layer, tiling: DecodeTiling, dtype: torch.dtyp
         EVEN_N=n % tiling.block_n == 0, EVEN_K=k % block_k == 0,
         FOLD=folds(tuple(layer.shard_sizes), tiling.block_n),
         PRECISION="ieee" if dtype == torch.float32 else "tf32",
-        NORM_BLOCK=norm_block(k, block_k, args["BLOCK_M"] if use_dot else 1,
+        NORM_BLOCK=_norm_block(k, block_k, args["BLOCK_M"] if use_dot else 1,
                                tiling.num_warps),
         **args)
 
@@ -542,15 +541,15 @@ def _launch_awq(grid, args: dict, layer, tiling: DecodeTiling, m: int, k: int) -
         _launch_awq_planes(grid, args, layer, tiling, groups, k)
         return
     if tiling.unpack == "split":
-        awq_split.launch(args, layer, tiling, m, k, groups, norm_block(
+        awq_split.launch(args, layer, tiling, m, k, groups, _norm_block(
             k, groups * AWQ_GROUP, args["BLOCK_M"], tiling.num_warps))
         return
     if tiling.unpack in ("lop3", "lop3_one"):
-        awq_lop3.launch(args, layer, tiling, m, k, norm_block(
+        awq_lop3.launch(args, layer, tiling, m, k, _norm_block(
             k, AWQ_GROUP, args["BLOCK_M"], tiling.num_warps))
         return
     if tiling.unpack == "mma":
-        awq_mma.launch(args, layer, tiling, m, k, norm_block(
+        awq_mma.launch(args, layer, tiling, m, k, _norm_block(
             k, AWQ_GROUP, awq_mma.prologue_rows(m), tiling.num_warps))
         return
     if tiling.unpack != "interleave":
@@ -561,7 +560,7 @@ def _launch_awq(grid, args: dict, layer, tiling: DecodeTiling, m: int, k: int) -
         qw_stride=layer.qweight.stride(0), qz_stride=layer.qzeros.stride(0),
         sc_stride=layer.scales.stride(0), BLOCK_N=tiling.block_n, GROUPS=groups,
         EVEN_K=k % (groups * AWQ_GROUP) == 0,
-        NORM_BLOCK=norm_block(k, groups * AWQ_GROUP, args["BLOCK_M"], tiling.num_warps),
+        NORM_BLOCK=_norm_block(k, groups * AWQ_GROUP, args["BLOCK_M"], tiling.num_warps),
         **args)
 
 
@@ -577,7 +576,7 @@ def _launch_awq_planes(grid, args: dict, layer, tiling: DecodeTiling, groups: in
         LANES=planes_lanes(words, tiling.num_warps),
         EVEN_N=layer.out_features % tiling.block_n == 0,
         EVEN_K=k % (groups * AWQ_GROUP) == 0,
-        NORM_BLOCK=norm_block(k, groups * AWQ_GROUP, args["BLOCK_M"], tiling.num_warps),
+        NORM_BLOCK=_norm_block(k, groups * AWQ_GROUP, args["BLOCK_M"], tiling.num_warps),
         **args)
 
 
