@@ -36,13 +36,13 @@ from jupyter_qwen.model.loader import Progress, load_model, resolve_dtype
 from jupyter_qwen.model.ops import build_ops
 
 GPU_HEADROOM_BYTES = 512 << 20
-# (query_lens, context_lens) of the start-up steps that compile every kernel variant of a
-# bf16 model (`ModelRunner._compile_kernels`)
-COMPILE_STEPS = (([37], [37]), ([5] * 17, [90] * 17), ([1], [40]), ([1, 1], [40, 2000]),
-                 ([1] * 3, [30] * 3), ([16, 1, 1], [48, 17, 64]), ([128, 1], [128, 2000]))
-# quantized models' start-up steps (`bucket_steps`): contexts of a decode row that its
-# attention kernels take whole and split over programs
+# contexts of a decode row that its attention kernels take whole and split over programs
 SHORT_CONTEXT, LONG_CONTEXT = 40, 2000
+# (query_lens, context_lens) of the start-up steps that compile every kernel variant of a
+# bf16 model (`ModelRunner._compile_kernels`; quantized models add `bucket_steps`)
+COMPILE_STEPS = (([37], [37]), ([5] * 17, [90] * 17), ([1], [SHORT_CONTEXT]),
+                 ([1, 1], [SHORT_CONTEXT, LONG_CONTEXT]), ([1] * 3, [30] * 3),
+                 ([16, 1, 1], [48, 17, 64]), ([128, 1], [128, LONG_CONTEXT]))
 
 
 @dataclass(slots=True)
