@@ -48,10 +48,12 @@ class Spec:
     num_warps: int
     m: int = 1
     prologue: str = "plain"
+    max_registers: int = 0  # ptxas's cap (DecodeTiling.max_registers; 0: none)
 
     def label(self) -> str:
+        cap = f" r{self.max_registers}" if self.max_registers else ""
         return (f"{self.kernel} n{self.block_n} k{self.block_k} w{self.num_warps} M{self.m} "
-                f"{self.prologue}")
+                f"{self.prologue}{cap}")
 
 
 @dataclass(slots=True)
@@ -156,7 +158,7 @@ def loop_counts(sass: str) -> tuple[Counter, int]:
 
 
 def compile_sm90(kernel, types: dict, constants: dict, hinted: list[str], num_warps: int,
-                 cubin: Path, num_stages: int = 1):
+                 cubin: Path, num_stages: int = 1, max_registers: int = 0):
     """`kernel` compiled for sm_90 with `hinted` arguments divisible by 16 (as at run time),
     its cubin written to `cubin`: (the compiled kernel, registers, stack bytes, SASS)."""
     from triton.backends.compiler import GPUTarget
@@ -166,7 +168,8 @@ def compile_sm90(kernel, types: dict, constants: dict, hinted: list[str], num_wa
     compiled = compile(ASTSource(kernel, types | dict.fromkeys(constants, "constexpr"),
                                  constexprs=constants, attrs=hints),
                        target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": num_warps, "num_stages": num_stages})
+                       options={"num_warps": num_warps, "num_stages": num_stages,
+                                **({"maxnreg": max_registers} if max_registers else {})})
     cubin.write_bytes(compiled.asm["cubin"])
     usage = subprocess.run([_tool("cuobjdump"), "-res-usage", str(cubin)], capture_output=True,
                            text=True, check=True).stdout
@@ -184,7 +187,8 @@ def build(spec: Spec, out: Path | None) -> Build:
                     "res_stride", "K_CHUNK", "part_stride") if a in types]
     name = spec.label().replace(" ", "_")
     compiled, registers, stack, sass = compile_sm90(
-        kernel, types, constants, hinted, spec.num_warps, (out or Path("/tmp")) / f"{name}.cubin")
+        kernel, types, constants, hinted, spec.num_warps, (out or Path("/tmp")) / f"{name}.cubin",
+        max_registers=spec.max_registers)
     if out:
         (out / f"{name}.ptx").write_text(compiled.asm["ptx"])
         (out / f"{name}.sass").write_text(sass)
@@ -215,6 +219,11 @@ SPECS = (
     Spec("mma", 64, 128, 4), Spec("mma", 128, 128, 4), Spec("mma", 128, 128, 8),
     Spec("mma", 256, 128, 8), Spec("mma", 128, 128, 4, prologue="silu"),
     Spec("mma", 128, 128, 4, prologue="add_norm"),
+    Spec("lop3_one", 128, 128, 4, prologue="add_norm"),
+    Spec("lop3_one", 128, 128, 4, prologue="add_norm", max_registers=168),
+    Spec("lop3_one", 128, 128, 4, prologue="silu", max_registers=168),
+    Spec("lop3_one", 64, 128, 2, prologue="add_norm"),
+    Spec("lop3_one", 64, 128, 2, prologue="add_norm", max_registers=168),
 )
 
 

@@ -4,6 +4,8 @@ the bf16 ones (gemv.py, the model's path for bf16 checkpoints), one GPU call (<=
     python benchmarks/quant_decode.py       # table on stdout; $OUT/quant_decode.json if OUT
     python benchmarks/quant_decode.py --formats bf16,awq --models 4B   # a part of it
     python benchmarks/quant_decode.py --formats bf16,awq --awq-kernels lop3,lop3_one,split
+    python benchmarks/quant_decode.py --formats bf16,awq --models 4B --rows 1 \
+        --awq-kernels lop3,lop3_one,mma --awq-cap-registers   # lop3 with and without caps
 
 For Qwen3-0.6B's and Qwen3-4B's decoder layer at M = 1 and 2 rows (bf16 activations), the
 four products as the model runs them: qkv with the RMS norm, o plain, gate_up with add +
@@ -73,13 +75,17 @@ AWQ_SPLIT_WAVES = (4, 8)
 # "AWQ decode by lop3 pairs"); "lop3_one" sums the splits in the product's last program (one
 # launch); n64 at 1 leaves 4B gate_up's K unsplit: one launch, no partials
 AWQ_LOP3 = ([("lop3", 128, 4, (2,)), ("lop3_one", 128, 4, (2,)), ("lop3_one", 256, 8, (2,))],
-            [("lop3", 128, 4, (3,)), ("lop3_one", 128, 4, (3,)),
+            [("lop3", 128, 4, (3,)), ("lop3_one", 128, 4, (2, 3)),
              ("lop3_one", 64, 2, (1, 6))])
 # the tensor-core kernel's tiles, the same form (awq_mma.py; KERNEL_NOTES "AWQ decode on the
 # tensor cores"): one 16-row dot a group, so M = 1 and 2 take the same tiles
 AWQ_MMA = [("mma", 64, 4, (2, 4)), ("mma", 128, 4, (2, 4)), ("mma", 128, 8, (2,)),
            ("mma", 256, 8, (1, 2))]
 AWQ_KERNELS_ENV = "QUANT_DECODE_AWQ_KERNELS"
+# --awq-cap-registers: the lop3 tilings again with ptxas's registers capped so that the
+# tile's programs per SM fit (`DecodeTiling.max_registers`; KERNEL_NOTES "AWQ decode: bytes
+# in flight")
+AWQ_CAP_ENV = "QUANT_DECODE_AWQ_CAP"
 # the FP8 words kernel's tiles (block_n, block_k, warps), [M > 1] and [M = 1]; two words a
 # thread, so block_k = 256 x warps. Its Triton 3.6 sm_90 build (benchmarks/fp8_words_build.py):
 # n8 w4 72 registers, n16 w4 168, n16 w2 M = 2 200; n32 spills
@@ -137,20 +143,30 @@ def split_candidates(m: int, n: int, k: int) -> list:
 
 def lop3_candidates(m: int, n: int, k: int) -> list:
     """The lop3 and mma tilings: each tile of AWQ_LOP3 and AWQ_MMA with K split for about
-    its programs per SM (at most one split per step of 128 rows)."""
+    its programs per SM (at most one split per step of 128 rows); with --awq-cap-registers
+    the lop3 ones again with registers capped for those programs per SM."""
     from jupyter_qwen.model.kernels import quant_gemv
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
+    capped = os.environ.get(AWQ_CAP_ENV) == "1"
     out = []
     for unpack, block_n, warps, waves in AWQ_LOP3[m == 1] + AWQ_MMA:
         tiles, steps = math.ceil(n / block_n), math.ceil(k / 128)
         for wave in waves:
             split_k = max(1, min(steps, round(wave * sms / tiles)))
-            tiling = quant_gemv.DecodeTiling(block_n, 128, warps, unpack=unpack,
-                                             split_k=split_k)
-            if tiling not in out:
-                out.append(tiling)
+            caps = [0, register_cap(max(waves), warps)] if capped and unpack != "mma" else [0]
+            for cap in caps:
+                tiling = quant_gemv.DecodeTiling(block_n, 128, warps, unpack=unpack,
+                                                 split_k=split_k, max_registers=cap)
+                if tiling not in out:
+                    out.append(tiling)
     return out
+
+
+def register_cap(programs: int, warps: int) -> int:
+    """The most registers a thread (a multiple of 8) that lets `programs` programs of
+    `warps` warps share an SM's 65,536."""
+    return min(255, 65536 // (programs * 32 * warps)) // 8 * 8
 
 
 def random_layer(fmt: str, n: int, k: int, shards: list[int]):
@@ -231,12 +247,12 @@ def precompile_job(job: tuple) -> str:
     return ""
 
 
-def precompile(models: list[str], formats: list[str]) -> None:
+def precompile(models: list[str], formats: list[str], rows: list[int]) -> None:
     jobs = {}
     for model in models:
         for n, k, _, prologue in MODELS[model].values():
             for fmt in formats:
-                for m in ROWS:
+                for m in rows:
                     for tiling in candidates(fmt, m, n, k):
                         jobs.setdefault((fmt, prologue, m, k, tiling),
                                         (fmt, prologue, m, k, tiling))
@@ -247,7 +263,8 @@ def copies_for(nbytes: int, most: int = 64) -> int:
     return max(2, min(most, math.ceil(ROTATION_BYTES / nbytes)))
 
 
-def sweep(model: str, fmt: str, m: int, began: float, rows: list[dict]) -> dict:
+def sweep(model: str, fmt: str, m: int, began: float, rows: list[dict],
+          budget_s: float = BUDGET_S) -> dict:
     """Each product's candidates, checked then timed over rotated copies; the best tiling
     of each product (None where every candidate failed)."""
     best = {}
@@ -258,7 +275,7 @@ def sweep(model: str, fmt: str, m: int, began: float, rows: list[dict]) -> dict:
         inputs = Inputs(m, k)
         ref = reference(prologue, layers[0], inputs)
         tilings = candidates(fmt, m, n, k)
-        if time.perf_counter() - began > BUDGET_S:
+        if time.perf_counter() - began > budget_s:
             tilings = tilings[:1]
         timed = []
         for tiling in tilings:
@@ -316,9 +333,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="comma-separated unpack kinds (interleave, planes, split, lop3, "
                              "lop3_one, mma): "
                              "only these AWQ candidates besides the default tiling")
+    parser.add_argument("--budget", type=float, default=BUDGET_S,
+                        help="seconds from the start past which a product's sweep keeps only "
+                             "its default tiling")
+    parser.add_argument("--rows", default=",".join(map(str, ROWS)),
+                        help="comma-separated rows of x (M) to sweep")
+    parser.add_argument("--awq-cap-registers", action="store_true",
+                        help="the lop3 candidates again with registers capped for their "
+                             "programs per SM")
     args = parser.parse_args(argv)
     if args.awq_kernels:
         os.environ[AWQ_KERNELS_ENV] = args.awq_kernels
+    os.environ[AWQ_CAP_ENV] = "1" if args.awq_cap_registers else "0"
+    args.rows = [int(m) for m in args.rows.split(",") if m]
     args.formats = ["bf16"] + [f for f in args.formats.split(",") if f and f != "bf16"]
     args.models = [m for m in args.models.split(",") if m]
     for name, known in (("format", FORMATS), ("model", MODELS)):
@@ -334,13 +361,13 @@ def main(argv: list[str] | None = None) -> int:
     say(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; pdl {launch_pdl()}")
     say(f"copy bandwidth {measure_copy_gbps():.0f} GB/s (read + write)")
     torch.cuda.empty_cache()
-    precompile(args.models, args.formats)
+    precompile(args.models, args.formats, args.rows)
     rows, layers = [], []
     for model in args.models:
-        for m in ROWS:
+        for m in args.rows:
             for fmt in args.formats:
                 try:
-                    best = sweep(model, fmt, m, began, rows)
+                    best = sweep(model, fmt, m, began, rows, args.budget)
                     chosen = {name: t for name, t in best.items() if t is not None}
                     entry = dict(model=model, m=m, fmt=fmt,
                                  best={k: _name(t) for k, t in chosen.items()},

@@ -309,6 +309,24 @@ def test_awq_lop3_one_launch_sums_as_the_second_launch_and_resets_its_counts(mod
     assert torch.equal(layer._lop3_counts, torch.zeros_like(layer._lop3_counts))
 
 
+@pytest.mark.parametrize("unpack", ["lop3", "lop3_one", "mma"])
+def test_awq_register_caps_change_no_bits(mode, generator, unpack):
+    """A tiling whose registers are capped (`max_registers`: ptxas's maxnreg on the GPU,
+    spilling if it must) gives the bits of the same tiling without, K in splits of 2, 2
+    and 1 groups."""
+    from jupyter_qwen.model.kernels import quant_gemv
+
+    layer = awq_layer(generator, 640, [96, 64]).to(mode.device)
+    x = torch.randn(2, 640, generator=generator).to(device=mode.device, dtype=torch.bfloat16)
+    tiling = dict(block_n=64, block_k=128, num_warps=2 if unpack != "mma" else 4, split_k=3,
+                  unpack=unpack)
+    plain = quant_gemv.linear_small_m(x, layer, tiling=quant_gemv.DecodeTiling(**tiling))
+    for cap in (168, 96):
+        got = quant_gemv.linear_small_m(x, layer, tiling=quant_gemv.DecodeTiling(
+            **tiling, max_registers=cap))
+        assert torch.equal(got, plain), cap
+
+
 @pytest.mark.skipif(not HAVE_TRITON, reason="needs triton")
 def test_awq_split_k_chunks_cover_k_in_whole_steps():
     from jupyter_qwen.model.kernels.quant_tiles import chunk_of

@@ -506,8 +506,10 @@ def test_start_up_compiles_every_hand_over_a_step_can_ask_for(monkeypatch, shape
 
 
 def test_only_large_batches_of_whole_scale_blocks_go_to_cublas():
-    """`takes_block_scaled`: from BLOCK_SCALED_MIN_M rows, and only where every shard is
-    whole 128-row scale blocks (else the scale rows are not the weight's rows // 128)."""
+    """`takes_block_scaled`: from BLOCK_SCALED_MIN_M rows, or the rows BLOCK_SCALED_FROM_M
+    names for a shape measured otherwise (never for Qwen3-0.6B's qkv, gate_up only from
+    8,192), and only where every shard is whole 128-row scale blocks (else the scale rows
+    are not the weight's rows // 128)."""
     from types import SimpleNamespace
 
     from jupyter_qwen.model.kernels.quant_linear import (
@@ -516,12 +518,15 @@ def test_only_large_batches_of_whole_scale_blocks_go_to_cublas():
         takes_block_scaled,
     )
 
-    def layer(shards, k=1024):
+    def layer(shards, k=2560):
         return SimpleNamespace(weight=torch.empty(sum(shards), k), shard_sizes=list(shards))
 
-    whole = layer([2048, 1024, 1024])
+    whole = layer([4096, 1024, 1024])  # Qwen3-4B's qkv
     assert takes_block_scaled(whole, BLOCK_SCALED_MIN_M)
     assert not takes_block_scaled(whole, BLOCK_SCALED_MIN_M - 1)
-    assert not takes_block_scaled(layer([2048 + 64, 1024 - 64]), BLOCK_SCALED_MIN_M)
+    assert not takes_block_scaled(layer([4096 + 64, 1024 - 64]), BLOCK_SCALED_MIN_M)
     assert not takes_block_scaled(layer([1024], k=1000), BLOCK_SCALED_MIN_M)
+    assert not takes_block_scaled(layer([2048, 1024, 1024], k=1024), 8192)  # 0.6B qkv
+    gate_up = layer([3072, 3072], k=1024)  # 0.6B's
+    assert not takes_block_scaled(gate_up, 8191) and takes_block_scaled(gate_up, 8192)
     assert not block_scaled_mm_works(torch.device("cpu"), whole.weight, torch.ones(32, 8))

@@ -274,6 +274,13 @@ def uses_asm(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def register_cap(tiling, device: torch.device) -> dict:
+    """The launch's `maxnreg` where the tiling caps ptxas's registers (GPU builds only)."""
+    if tiling.max_registers and device.type == "cuda":
+        return {"maxnreg": tiling.max_registers}
+    return {}
+
+
 def check_tiling(tiling) -> None:
     """What the lop3 kernel takes: one group a step, 32 lanes (4 rows of words a thread)."""
     words = tiling.block_n // 8
@@ -329,7 +336,7 @@ def launch(args: dict, layer, tiling, m: int, k: int, norm_block: int) -> None:
         count_ptr=_counts(layer, y.device) if last_sums else partials, SPLITS=splits,
         BLOCK_N=tiling.block_n, EVEN_N=n % tiling.block_n == 0, NORM_BLOCK=norm_block,
         ASM=uses_asm(y.device), LAST_SUMS=last_sums,
-        SPLITS_P2=splits_p2 if last_sums else 1, **args)
+        SPLITS_P2=splits_p2 if last_sums else 1, **register_cap(tiling, y.device), **args)
     if splits == 1 or last_sums:
         return
     block = max(32, min(1024, SUM_TILE // splits_p2))

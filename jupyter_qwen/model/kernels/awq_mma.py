@@ -35,6 +35,7 @@ from jupyter_qwen.model.kernels.awq_lop3 import (
     _pair,
     _sum_if_last,
     _zero_pair,
+    register_cap,
     split_partials,
     uses_asm,
 )
@@ -185,6 +186,7 @@ def launch(args: dict, layer, tiling, m: int, k: int, norm_block: int) -> None:
         count_ptr=_counts(layer, y.device) if last_sums else partials, SPLITS=splits,
         BLOCK_N=tiling.block_n, NORM_BLOCK=norm_block, ASM=uses_asm(y.device),
         LAST_SUMS=last_sums, SPLITS_P2=splits_p2 if last_sums else 1, PRECISION=precision,
+        **register_cap(tiling, y.device),
         **{**args, "BLOCK_M": prologue_rows(m)})
 
 

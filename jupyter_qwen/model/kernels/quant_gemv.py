@@ -112,11 +112,13 @@ class DecodeTiling:
     # "mma"; FP8: "interleave", "words"
     split_k: int = 1  # AWQ "split", "lop3*", "mma": K splits per N tile (fewer where K has fewer
     # steps)
+    max_registers: int = 0  # AWQ "lop3*", "mma": ptxas's cap a thread (0: its own choice)
 
     def name(self) -> str:
         if self.unpack in ("split", "lop3", "lop3_one", "mma"):
+            cap = f" r{self.max_registers}" if self.max_registers else ""
             return (f"{self.unpack} n{self.block_n} k{self.block_k} s{self.split_k} "
-                    f"w{self.num_warps}")
+                    f"w{self.num_warps}{cap}")
         if self.unpack == "words":
             return f"words n{self.block_n} k{self.block_k} w{self.num_warps}"
         kind = "planes" if self.unpack == "planes" else ("dot" if self.dot else "fma")
@@ -127,7 +129,7 @@ class DecodeTiling:
 # benchmarks/quant_decode.py. Shapes not listed take `guess_tiling`.
 # benchmarks/quant_decode.py, fastest per product: FP8 on an H200 (2026-12-06, run 51, with
 # the FP8 words kernel among the candidates), AWQ on an H100 (2026-12-06, run 55, with the
-# lop3 and mma kernels)
+# lop3 and mma kernels; Qwen3-4B at M = 1 from run 66, 2026-12-07, with register caps)
 TUNED: dict[tuple[str, int, int, int], DecodeTiling] = {
     ('fp8', 1, 4096, 1024): DecodeTiling(16, 1024, 4, dot=False, unpack='words'),
     ('fp8', 1, 1024, 2048): DecodeTiling(8, 2048, 8, dot=False, unpack='words'),
@@ -149,9 +151,12 @@ TUNED: dict[tuple[str, int, int, int], DecodeTiling] = {
     ('fp8', 1, 2560, 4096): DecodeTiling(8, 2048, 8, dot=False, unpack='words'),
     ('fp8', 1, 19456, 2560): DecodeTiling(16, 512, 2, dot=False, unpack='words'),
     ('fp8', 1, 2560, 9728): DecodeTiling(8, 2048, 8, dot=False, unpack='words'),
-    ('awq', 1, 6144, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=8),
-    ('awq', 1, 2560, 4096): DecodeTiling(64, 128, 2, dot=False, unpack='lop3_one', split_k=20),
-    ('awq', 1, 19456, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='lop3', split_k=3),
+    ('awq', 1, 6144, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=8,
+                                         max_registers=168),
+    ('awq', 1, 2560, 4096): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=20,
+                                         max_registers=168),
+    ('awq', 1, 19456, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=2,
+                                          max_registers=168),
     ('awq', 1, 2560, 9728): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=20),
     ('fp8', 2, 6144, 2560): DecodeTiling(8, 512, 2, dot=False, unpack='words'),
     ('fp8', 2, 2560, 4096): DecodeTiling(8, 1024, 4, dot=False, unpack='words'),

@@ -46,7 +46,8 @@ scratch [N, K] tensor of x's dtype (`awq_dequantize`: the reference's arithmetic
 over the packed words) and runs F.linear on it, as the reference path does: for batches
 this large cuBLAS's bf16 product plus the pass beats the dequantizing GEMM.
 
-From `BLOCK_SCALED_MIN_M` rows on a Hopper GPU (compute capability 9.0), FP8 projections
+From `BLOCK_SCALED_MIN_M` rows (or the rows `BLOCK_SCALED_FROM_M` names for shapes measured
+otherwise) on a Hopper GPU (compute capability 9.0), FP8 projections
 whose shards are whole 128-row blocks go to cuBLAS's block-scaled FP8 product instead
 (`block_scaled_mm`: torch._scaled_mm with x's per-row, per-128-column scales and the
 weight's 128 x 128 block scales, the same arithmetic as the kernel's `quantize_x`
@@ -580,6 +581,14 @@ def _quantize_x(rows: torch.Tensor, block_m: int = 32) -> tuple[torch.Tensor, to
 
 
 BLOCK_SCALED_MIN_M = 2048  # run 49 (H100): from here cuBLAS's block-scaled FP8 beat bf16
+# (N, K) measured otherwise: the rows from which cuBLAS's product beats the table's Triton
+# tiling, None for never. Runs 66 and 68 (H100, 2,048 and 8,192 rows;
+# benchmarks/fp8_scaled_mm.py and quant_tiles.py): Qwen3-0.6B's products take 121-140 us in
+# cuBLAS at either size (0.14-0.50x bf16) against 0.90-1.22x for the tilings; only gate_up
+# at 8,192 rows wins there (1.13x against 1.00x).
+BLOCK_SCALED_FROM_M: dict[tuple[int, int], int | None] = {
+    (4096, 1024): None, (1024, 2048): None, (6144, 1024): 8192, (1024, 3072): None,
+}
 ROW_MULTIPLE = 16  # rows padded to this for cuBLAS's FP8 product
 
 
@@ -603,11 +612,18 @@ def block_scaled_mm(x: torch.Tensor | Fp8Rows, weight: torch.Tensor, scale_inv: 
 
 
 def takes_block_scaled(layer, m: int) -> bool:
-    """Whether a projection of m rows goes to `block_scaled_mm`: enough rows, and its scale
-    rows are the weight's rows // 128 (every shard whole 128-row blocks, K too)."""
+    """Whether a projection of m rows goes to `block_scaled_mm`: enough rows for its shape
+    (`block_scaled_from`), and its scale rows are the weight's rows // 128 (every shard
+    whole 128-row blocks, K too)."""
     n, k = layer.weight.shape
-    return (m >= BLOCK_SCALED_MIN_M and n % FP8_BLOCK == 0 and k % FP8_BLOCK == 0
+    first = block_scaled_from(n, k)
+    return (first is not None and m >= first and n % FP8_BLOCK == 0 and k % FP8_BLOCK == 0
             and one_scale_row(FP8_BLOCK, layer.shard_sizes))
+
+
+def block_scaled_from(n: int, k: int) -> int | None:
+    """The rows from which an N x K FP8 projection goes to cuBLAS (None: never)."""
+    return BLOCK_SCALED_FROM_M.get((n, k), BLOCK_SCALED_MIN_M)
 
 
 def block_scaled_mm_works(device: torch.device, weight: torch.Tensor,

@@ -87,35 +87,29 @@ class QuantTiling:
 DEFAULT_LARGE_M = {"fp8": QuantTiling(64, 128, 128), "awq": QuantTiling(64, 128, 64)}
 
 # (format, M bucket, N, K) -> the fastest tiling of benchmarks/quant_tiles.py's sweep,
-# printed by the script and pasted here: FP8 at 256, 512 and 2,048 rows from run 58 (H100,
-# 2026-12-06, with the `wgmma` tilings), the other FP8 buckets from run 45 (H100), AWQ from
-# runs 51-52 (H200). AWQ batches of AWQ_VIA_BF16_MIN_M rows and more take the dequantized
-# copy, so no AWQ entry names a bucket past 256.
+# printed by the script and pasted here: FP8 at 32-512 rows from run 61 (H100, 2026-12-07,
+# with the split-K tilings), Qwen3-0.6B's at 2,048 and 8,192 rows from run 68 (H100,
+# 2026-12-07), Qwen3-4B's at 2,048 from run 58 (H100, with the `wgmma` tilings), the other
+# FP8 buckets from run 45 (H100), AWQ from runs 51-52 (H200). AWQ batches of
+# AWQ_VIA_BF16_MIN_M rows and more take the dequantized copy, so no AWQ entry names a bucket
+# past 256.
 LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
     ('awq', 32, 4096, 1024): QuantTiling(32, 64, 128),
     ('awq', 64, 4096, 1024): QuantTiling(64, 64, 128),
     ('awq', 128, 4096, 1024): QuantTiling(128, 64, 64),
     ('awq', 256, 4096, 1024): QuantTiling(128, 64, 64),
-    ('fp8', 2048, 4096, 1024): QuantTiling(64, 128, 128, group_m=8, quantize_x=True, tile_scale=True),
-    ('fp8', 8192, 4096, 1024): QuantTiling(64, 128, 128, quantize_x=True),
     ('awq', 32, 1024, 2048): QuantTiling(32, 64, 64),
     ('awq', 64, 1024, 2048): QuantTiling(64, 128, 64, num_warps=8),
     ('awq', 128, 1024, 2048): QuantTiling(64, 64, 128),
     ('awq', 256, 1024, 2048): QuantTiling(32, 64, 128),
-    ('fp8', 2048, 1024, 2048): QuantTiling(64, 128, 128, group_m=8, quantize_x=True, tile_scale=True),
-    ('fp8', 8192, 1024, 2048): QuantTiling(64, 128, 128, quantize_x=True),
     ('awq', 32, 6144, 1024): QuantTiling(32, 64, 128),
     ('awq', 64, 6144, 1024): QuantTiling(64, 64, 128),
     ('awq', 128, 6144, 1024): QuantTiling(128, 64, 64),
     ('awq', 256, 6144, 1024): QuantTiling(128, 128, 128, num_warps=8),
-    ('fp8', 2048, 6144, 1024): QuantTiling(64, 128, 128, group_m=8, quantize_x=True, tile_scale=True),
-    ('fp8', 8192, 6144, 1024): QuantTiling(64, 128, 128, quantize_x=True),
     ('awq', 32, 1024, 3072): QuantTiling(32, 64, 128),
     ('awq', 64, 1024, 3072): QuantTiling(64, 64, 128),
     ('awq', 128, 1024, 3072): QuantTiling(64, 64, 128),
     ('awq', 256, 1024, 3072): QuantTiling(64, 64, 128),
-    ('fp8', 2048, 1024, 3072): QuantTiling(64, 128, 128, group_m=8, quantize_x=True, tile_scale=True),
-    ('fp8', 8192, 1024, 3072): QuantTiling(64, 128, 128, quantize_x=True),
     ('awq', 32, 6144, 2560): QuantTiling(32, 64, 128),
     ('awq', 64, 6144, 2560): QuantTiling(64, 64, 128),
     ('awq', 128, 6144, 2560): QuantTiling(64, 64, 128),
@@ -180,6 +174,14 @@ LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {
     ('fp8', 128, 1024, 3072): QuantTiling(64, 64, 128, num_stages=4, quantize_x=True, wgmma=True),
     ('fp8', 256, 1024, 3072): QuantTiling(64, 64, 128, num_stages=4, quantize_x=True, wgmma=True),
     ('fp8', 512, 1024, 3072): QuantTiling(64, 64, 128, num_stages=4, quantize_x=True, wgmma=True),
+    ('fp8', 2048, 4096, 1024): QuantTiling(64, 128, 128, group_m=8, quantize_x=True, tile_scale=True),
+    ('fp8', 8192, 4096, 1024): QuantTiling(64, 128, 128, quantize_x=True, tile_scale=True),
+    ('fp8', 2048, 1024, 2048): QuantTiling(64, 128, 128, num_stages=4, quantize_x=True, tile_scale=True),
+    ('fp8', 8192, 1024, 2048): QuantTiling(64, 128, 128, group_m=8, quantize_x=True, tile_scale=True),
+    ('fp8', 2048, 6144, 1024): QuantTiling(64, 128, 128, quantize_x=True, tile_scale=True),
+    ('fp8', 8192, 6144, 1024): QuantTiling(64, 128, 128, group_m=8, quantize_x=True, tile_scale=True),
+    ('fp8', 2048, 1024, 3072): QuantTiling(64, 128, 128, num_stages=4, quantize_x=True, wgmma=True),
+    ('fp8', 8192, 1024, 3072): QuantTiling(64, 128, 128, group_m=8, quantize_x=True, tile_scale=True),
 }
 
 
