@@ -5,7 +5,7 @@ the bf16 ones (gemv.py, the model's path for bf16 checkpoints), one GPU call (<=
     python benchmarks/quant_decode.py --formats bf16,awq --models 4B   # a part of it
     python benchmarks/quant_decode.py --formats bf16,awq --awq-kernels lop3,lop3_one,split
     python benchmarks/quant_decode.py --formats bf16,awq --models 4B --rows 1 \
-        --awq-kernels lop3,lop3_one,mma --awq-cap-registers   # lop3 with and without caps
+        --awq-kernels lop3,lop3_one,mma --awq-cap-warps 12,16   # with and without caps
 
 For Qwen3-0.6B's and Qwen3-4B's decoder layer at M = 1 and 2 rows (bf16 activations), the
 four products as the model runs them: qkv with the RMS norm, o plain, gate_up with add +
@@ -75,16 +75,16 @@ AWQ_SPLIT_WAVES = (4, 8)
 # "AWQ decode by lop3 pairs"); "lop3_one" sums the splits in the product's last program (one
 # launch); n64 at 1 leaves 4B gate_up's K unsplit: one launch, no partials
 AWQ_LOP3 = ([("lop3", 128, 4, (2,)), ("lop3_one", 128, 4, (2,)), ("lop3_one", 256, 8, (2,))],
-            [("lop3", 128, 4, (3,)), ("lop3_one", 128, 4, (2, 3)),
-             ("lop3_one", 64, 2, (1, 6))])
+            [("lop3", 128, 4, (3,)), ("lop3_one", 128, 4, (2, 3, 4)),
+             ("lop3_one", 64, 2, (1, 6, 8))])
 # the tensor-core kernel's tiles, the same form (awq_mma.py; KERNEL_NOTES "AWQ decode on the
 # tensor cores"): one 16-row dot a group, so M = 1 and 2 take the same tiles
 AWQ_MMA = [("mma", 64, 4, (2, 4)), ("mma", 128, 4, (2, 4)), ("mma", 128, 8, (2,)),
            ("mma", 256, 8, (1, 2))]
 AWQ_KERNELS_ENV = "QUANT_DECODE_AWQ_KERNELS"
-# --awq-cap-registers: the lop3 tilings again with ptxas's registers capped so that the
-# tile's programs per SM fit (`DecodeTiling.max_registers`; KERNEL_NOTES "AWQ decode: bytes
-# in flight")
+# --awq-cap-warps: the lop3 and mma tilings again with ptxas's registers capped so that
+# that many warps fit an SM (`DecodeTiling.max_registers`; 12: 168 registers, 3 programs of
+# 4 warps; 16: 128; KERNEL_NOTES "AWQ decode: bytes in flight")
 AWQ_CAP_ENV = "QUANT_DECODE_AWQ_CAP"
 # the FP8 words kernel's tiles (block_n, block_k, warps), [M > 1] and [M = 1]; two words a
 # thread, so block_k = 256 x warps. Its Triton 3.6 sm_90 build (benchmarks/fp8_words_build.py):
@@ -143,18 +143,18 @@ def split_candidates(m: int, n: int, k: int) -> list:
 
 def lop3_candidates(m: int, n: int, k: int) -> list:
     """The lop3 and mma tilings: each tile of AWQ_LOP3 and AWQ_MMA with K split for about
-    its programs per SM (at most one split per step of 128 rows); with --awq-cap-registers
-    the lop3 ones again with registers capped for those programs per SM."""
+    its programs per SM (at most one split per step of 128 rows); with --awq-cap-warps each
+    again with registers capped for that many warps an SM."""
     from jupyter_qwen.model.kernels import quant_gemv
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    capped = os.environ.get(AWQ_CAP_ENV) == "1"
+    warps_per_sm = [int(w) for w in os.environ.get(AWQ_CAP_ENV, "").split(",") if w]
     out = []
     for unpack, block_n, warps, waves in AWQ_LOP3[m == 1] + AWQ_MMA:
         tiles, steps = math.ceil(n / block_n), math.ceil(k / 128)
         for wave in waves:
             split_k = max(1, min(steps, round(wave * sms / tiles)))
-            caps = [0, register_cap(max(waves), warps)] if capped and unpack != "mma" else [0]
+            caps = [0, *(register_cap(w) for w in warps_per_sm)]
             for cap in caps:
                 tiling = quant_gemv.DecodeTiling(block_n, 128, warps, unpack=unpack,
                                                  split_k=split_k, max_registers=cap)
@@ -163,10 +163,10 @@ def lop3_candidates(m: int, n: int, k: int) -> list:
     return out
 
 
-def register_cap(programs: int, warps: int) -> int:
-    """The most registers a thread (a multiple of 8) that lets `programs` programs of
-    `warps` warps share an SM's 65,536."""
-    return min(255, 65536 // (programs * 32 * warps)) // 8 * 8
+def register_cap(warps: int) -> int:
+    """The most registers a thread (a multiple of 8) that lets `warps` warps share an SM's
+    65,536."""
+    return min(255, 65536 // (warps * 32)) // 8 * 8
 
 
 def random_layer(fmt: str, n: int, k: int, shards: list[int]):
@@ -338,13 +338,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "its default tiling")
     parser.add_argument("--rows", default=",".join(map(str, ROWS)),
                         help="comma-separated rows of x (M) to sweep")
-    parser.add_argument("--awq-cap-registers", action="store_true",
-                        help="the lop3 candidates again with registers capped for their "
-                             "programs per SM")
+    parser.add_argument("--awq-cap-warps", default="",
+                        help="comma-separated warps per SM: the lop3 and mma candidates "
+                             "again with registers capped for each (e.g. 12,16)")
     args = parser.parse_args(argv)
     if args.awq_kernels:
         os.environ[AWQ_KERNELS_ENV] = args.awq_kernels
-    os.environ[AWQ_CAP_ENV] = "1" if args.awq_cap_registers else "0"
+    os.environ[AWQ_CAP_ENV] = args.awq_cap_warps
     args.rows = [int(m) for m in args.rows.split(",") if m]
     args.formats = ["bf16"] + [f for f in args.formats.split(",") if f and f != "bf16"]
     args.models = [m for m in args.models.split(",") if m]
