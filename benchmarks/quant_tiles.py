@@ -72,6 +72,8 @@ START = time.perf_counter()
 SHAPES = {  # model: projection: (N, K)
     "0.6B": {"qkv": (4096, 1024), "o": (1024, 2048), "gate_up": (6144, 1024),
              "down": (1024, 3072)},
+    "1.7B": {"qkv": (4096, 2048), "o": (2048, 2048), "gate_up": (12288, 2048),
+             "down": (2048, 6144)},
     "4B": {"qkv": (6144, 2560), "o": (2560, 4096), "gate_up": (19456, 2560),
            "down": (2560, 9728)},
 }
@@ -584,7 +586,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--shapes", default=",".join(SHAPES),
-                        help="models (0.6B, 4B) or model:projection, comma-separated")
+                        help="models (0.6B, 1.7B, 4B) or model:projection, comma-separated")
     parser.add_argument("--m", default=None, help="batch sizes, comma-separated")
     parser.add_argument("--quick", action="store_true",
                         help="6-8 tilings a format (QUICK_PICKS), 3 sizes")
