@@ -204,8 +204,8 @@ def large_m_tiling(fmt: str, m: int, n: int, k: int) -> QuantTiling:
 def bucket_rows(max_rows: int) -> list[int]:
     """Both ends of each M bucket that the table names and a batch of at most `max_rows`
     rows can fall in (its first row and its top, or `max_rows` inside it: a bucket may
-    cross a threshold of its own, as quant_linear.BLOCK_SCALED_MIN_M): start-up steps of these sizes
-    compile every tiling a prefill can pick."""
+    cross a threshold of its own, as quant_linear's rows for cuBLAS, `block_scaled_from`):
+    start-up steps of these sizes compile every tiling a prefill can pick."""
     named = sorted({bucket for _, bucket, _, _ in LARGE_M_TILES})
     below = dict(zip(M_BUCKETS, (0, *M_BUCKETS[:-1]), strict=True))
     ends = (end for bucket in named if below[bucket] < max_rows
