@@ -390,6 +390,9 @@ def test_small_m_products_refuse_what_they_cannot_take(mode, generator):
                                       tiling=bad)
     with pytest.raises(TypeError):
         quant_gemv.format_of(torch.nn.Linear(4, 4))
+    for unpack, cap in (("split", 168), ("words", 168), ("lop3", 16), ("mma", 256)):
+        with pytest.raises(ValueError, match="max_registers"):
+            quant_gemv.DecodeTiling(128, 128, unpack=unpack, max_registers=cap)
 
 
 @pytest.fixture(scope="module")

@@ -114,6 +114,12 @@ class DecodeTiling:
     # steps)
     max_registers: int = 0  # AWQ "lop3*", "mma": ptxas's cap a thread (0: its own choice)
 
+    def __post_init__(self) -> None:
+        if self.max_registers and (self.unpack not in ("lop3", "lop3_one", "mma")
+                                   or not 32 <= self.max_registers <= 255):
+            raise ValueError(f"max_registers is 0 or 32-255, for the AWQ lop3, lop3_one and "
+                             f"mma kernels only, not {self}")
+
     def name(self) -> str:
         if self.unpack in ("split", "lop3", "lop3_one", "mma"):
             cap = f" r{self.max_registers}" if self.max_registers else ""
