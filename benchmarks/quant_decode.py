@@ -148,13 +148,13 @@ def lop3_candidates(m: int, n: int, k: int) -> list:
     from jupyter_qwen.model.kernels import quant_gemv
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    warps_per_sm = [int(w) for w in os.environ.get(AWQ_CAP_ENV, "").split(",") if w]
+    caps = [0, *(register_cap(int(w)) for w in os.environ.get(AWQ_CAP_ENV, "").split(",")
+                 if w)]
     out = []
     for unpack, block_n, warps, waves in AWQ_LOP3[m == 1] + AWQ_MMA:
         tiles, steps = math.ceil(n / block_n), math.ceil(k / 128)
         for wave in waves:
             split_k = max(1, min(steps, round(wave * sms / tiles)))
-            caps = [0, *(register_cap(w) for w in warps_per_sm)]
             for cap in caps:
                 tiling = quant_gemv.DecodeTiling(block_n, 128, warps, unpack=unpack,
                                                  split_k=split_k, max_registers=cap)
