@@ -42,7 +42,7 @@ CATEGORIES = ("ldg128", "ldg64", "ldg32", "ldg16", "local", "lds", "sts", "bar",
 
 @dataclass(frozen=True, slots=True)
 class Spec:
-    kernel: str  # "interleave", "planes", "split", "lop3", "lop3_one" or "mma"
+    kernel: str  # "interleave", "planes", "split", "mma" or awq_lop3.KINDS
     block_n: int
     block_k: int
     num_warps: int
@@ -76,7 +76,7 @@ def _types(spec: Spec) -> dict:
     if spec.kernel == "split":
         del types["y_ptr"], types["y_stride"]
         types = {**types, "part_ptr": "*fp32", "K_CHUNK": "i32"}
-    if spec.kernel.startswith("lop3"):  # the scales as int32 pairs; partials, split counts
+    if spec.kernel.startswith(("lop3", "half2")):  # scales as int32 pairs; partials, counts
         types = {**types, "sc_ptr": "*i32", "part_ptr": "*fp32", "K_CHUNK": "i32",
                  "part_stride": "i32", "count_ptr": "*i32", "SPLITS": "i32"}
     if spec.kernel == "mma":  # partials, split counts
@@ -98,11 +98,12 @@ def _kernel_and_constants(spec: Spec):
         lanes = quant_gemv.planes_lanes(words, spec.num_warps)
         return quant_gemv._awq_planes_kernel, constants | dict(LANES=lanes, EVEN_N=True,
                                                                 EVEN_K=True)
-    if spec.kernel.startswith("lop3"):  # "lop3_one": the last split sums (16 splits)
+    if spec.kernel in awq_lop3.KINDS:  # the ONE_LAUNCH kinds: the last split sums (16 splits)
         del constants["GROUPS"]
-        one = spec.kernel == "lop3_one"
+        one = spec.kernel in awq_lop3.ONE_LAUNCH
         return awq_lop3._awq_lop3_kernel, constants | dict(
-            EVEN_N=True, ASM=True, LAST_SUMS=one, SPLITS_P2=16 if one else 1)
+            EVEN_N=True, ASM=True, LAST_SUMS=one, SPLITS_P2=16 if one else 1,
+            HALF2=spec.kernel.startswith("half2"))
     if spec.kernel == "mma":  # the last split sums (16 splits); 16 rows in the dot
         del constants["GROUPS"]
         return awq_mma._awq_mma_kernel, constants | dict(
@@ -224,6 +225,10 @@ SPECS = (
     Spec("lop3_one", 128, 128, 4, prologue="silu", max_registers=168),
     Spec("lop3_one", 64, 128, 2, prologue="add_norm"),
     Spec("lop3_one", 64, 128, 2, prologue="add_norm", max_registers=168),
+    Spec("half2_one", 128, 128, 4), Spec("half2_one", 128, 128, 4, prologue="norm"),
+    Spec("half2_one", 128, 128, 4, prologue="add_norm"),
+    Spec("half2_one", 128, 128, 4, prologue="silu"), Spec("half2_one", 64, 128, 2),
+    Spec("half2_one", 128, 128, 4, m=2), Spec("half2_one", 256, 128, 8, m=2),
 )
 
 

@@ -6,6 +6,8 @@ the bf16 ones (gemv.py, the model's path for bf16 checkpoints), one GPU call (<=
     python benchmarks/quant_decode.py --formats bf16,awq --awq-kernels lop3,lop3_one,split
     python benchmarks/quant_decode.py --formats bf16,awq --models 4B --rows 1 \
         --awq-kernels lop3,lop3_one,mma --awq-cap-warps 12,16   # with and without caps
+    python benchmarks/quant_decode.py --formats bf16,awq --models 4B --rows 1 \
+        --awq-kernels lop3_one,half2_one --awq-cap-warps 12,16   # f16x2 sums
 
 For Qwen3-0.6B's and Qwen3-4B's decoder layer at M = 1 and 2 rows (bf16 activations), the
 four products as the model runs them: qkv with the RMS norm, o plain, gate_up with add +
@@ -18,7 +20,8 @@ as the engine launches. Weights are random bits of each format (FP8 values, AWQ 
 scales and zeros), which is all the kernels' speed depends on. AWQ sweeps its five
 decode kernels: interleaving, nibble planes, planes with K split across programs
 (tiles x split counts for about 4 and 8 programs an SM, `split_candidates`), nibble pairs
-by lop3 with K split and the tensor-core kernel (`lop3_candidates`); FP8 sweeps its first
+by lop3 with K split (sums in fp32 or f16x2) and the tensor-core kernel
+(`lop3_candidates`); FP8 sweeps its first
 kernel's tilings and the int32-word kernel's (`FP8_WORDS`, fp8_words.py). Kernels are
 compiled first in parallel worker processes (Triton's disk cache). Printed last: the
 per-product sweep, TUNED lines for quant_gemv.py, and the layer table with speed-ups over
@@ -28,9 +31,11 @@ bf16.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -73,10 +78,14 @@ AWQ_SPLIT_WAVES = (4, 8)
 # [M > 1] and [M = 1], K split for about that many programs per SM (its Triton 3.6 sm_90
 # build: n128 w4 M = 1 167 registers, 3 programs an SM; n64 w2 6; M = 2 255; KERNEL_NOTES.md
 # "AWQ decode by lop3 pairs"); "lop3_one" sums the splits in the product's last program (one
-# launch); n64 at 1 leaves 4B gate_up's K unsplit: one launch, no partials
-AWQ_LOP3 = ([("lop3", 128, 4, (2,)), ("lop3_one", 128, 4, (2,)), ("lop3_one", 256, 8, (2,))],
+# launch); n64 at 1 leaves 4B gate_up's K unsplit: one launch, no partials. "half2_one" sums
+# a thread's four rows of a group in f16x2 (n128 w4 M = 1 128-139 registers, 463-532
+# instructions a step against lop3_one's 675-738; KERNEL_NOTES "AWQ decode in f16x2 sums")
+AWQ_LOP3 = ([("lop3", 128, 4, (2,)), ("lop3_one", 128, 4, (2,)), ("lop3_one", 256, 8, (2,)),
+             ("half2_one", 128, 4, (2,)), ("half2_one", 256, 8, (2,))],
             [("lop3", 128, 4, (3,)), ("lop3_one", 128, 4, (2, 3, 4)),
-             ("lop3_one", 64, 2, (1, 6, 8))])
+             ("lop3_one", 64, 2, (1, 6, 8)), ("half2_one", 128, 4, (2, 3, 4)),
+             ("half2_one", 64, 2, (1, 6, 8))])
 # the tensor-core kernel's tiles, the same form (awq_mma.py; KERNEL_NOTES "AWQ decode on the
 # tensor cores"): one 16-row dot a group, so M = 1 and 2 take the same tiles
 AWQ_MMA = [("mma", 64, 4, (2, 4)), ("mma", 128, 4, (2, 4)), ("mma", 128, 8, (2,)),
@@ -331,13 +340,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         + ", ".join(MODELS))
     parser.add_argument("--awq-kernels", default="",
                         help="comma-separated unpack kinds (interleave, planes, split, lop3, "
-                             "lop3_one, mma): "
+                             "lop3_one, half2, half2_one, mma): "
                              "only these AWQ candidates besides the default tiling")
     parser.add_argument("--budget", type=float, default=BUDGET_S,
                         help="seconds from the start past which a product's sweep keeps only "
                              "its default tiling")
     parser.add_argument("--rows", default=",".join(map(str, ROWS)),
                         help="comma-separated rows of x (M) to sweep")
+    parser.add_argument("--apply", action="store_true",
+                        help="write each swept product's fastest tiling into quant_gemv.py's "
+                             "TUNED (other entries kept)")
     parser.add_argument("--awq-cap-warps", default="",
                         help="comma-separated warps per SM: the lop3 and mma candidates "
                              "again with registers capped for each (e.g. 12,16)")
@@ -371,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                     chosen = {name: t for name, t in best.items() if t is not None}
                     entry = dict(model=model, m=m, fmt=fmt,
                                  best={k: _name(t) for k, t in chosen.items()},
-                                 best_code={k: repr(t) for k, t in chosen.items()},
+                                 best_code={k: tiling_source(t) for k, t in chosen.items()},
                                  best_us=layer_micros(model, fmt, m, chosen),
                                  default_us=layer_micros(model, fmt, m, {}))
                 except Exception:
@@ -381,12 +393,69 @@ def main(argv: list[str] | None = None) -> int:
                 layers.append(entry)
     compiled = compiled_awq_kernels()
     report(rows, layers)
+    if args.apply:
+        say(f"\n--apply: {apply_tuned(layers)} TUNED entries written to {TUNED_SOURCE}")
     say(f"total {time.perf_counter() - began:.0f} s")
     out = os.environ.get("OUT")
     if out:
         Path(out, "quant_decode.json").write_text(json.dumps(
             dict(products=rows, layers=layers, compiled=compiled, log=LOG), indent=1))
     return 0
+
+
+TUNED_SOURCE = Path(__file__).resolve().parents[1] / "jupyter_qwen/model/kernels/quant_gemv.py"
+TUNED_KEY = re.compile(r"^    (\('\w+', \d+, \d+, \d+\)): ")
+LINE_LENGTH = 100  # ruff's, for quant_gemv.py
+
+
+def tiling_source(tiling) -> str:
+    """A DecodeTiling as TUNED writes it: block_n, block_k, warps, then what is set."""
+    extra = [f"dot={tiling.dot}"]
+    if tiling.unpack != "interleave":
+        extra.append(f"unpack={tiling.unpack!r}")
+    if tiling.split_k != 1:
+        extra.append(f"split_k={tiling.split_k}")
+    if tiling.max_registers:
+        extra.append(f"max_registers={tiling.max_registers}")
+    return (f"DecodeTiling({tiling.block_n}, {tiling.block_k}, {tiling.num_warps}, "
+            f"{', '.join(extra)})")
+
+
+def tuned_lines(key: tuple, source: str) -> list[str]:
+    """One TUNED entry, its arguments wrapped under the first where the line is too long."""
+    head = f"    {key!r}: "
+    line = f"{head}{source},"
+    if len(line) <= LINE_LENGTH:
+        return [line]
+    cut = source.rindex(", ", 0, LINE_LENGTH - len(head) - 1)
+    return [head + source[:cut + 1],
+            " " * (len(head) + len("DecodeTiling(")) + source[cut + 2:] + ","]
+
+
+def apply_tuned(layers: list[dict], path: Path = TUNED_SOURCE) -> int:
+    """Write each measured product's fastest tiling into TUNED in `path` (quant_gemv.py),
+    replacing that key's entry; other entries are kept. Returns the entries written."""
+    entries = {}
+    for entry in layers:
+        if entry["fmt"] == "bf16":
+            continue
+        for name, source in entry.get("best_code", {}).items():
+            n, k, _, _ = MODELS[entry["model"]][name]
+            entries[(entry["fmt"], entry["m"], n, k)] = source
+    lines = path.read_text().split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("TUNED: dict["))
+    end = lines.index("}", start)
+    kept, replacing = [], False
+    for line in lines[start + 1:end]:
+        match = TUNED_KEY.match(line)
+        if match:  # an entry's first line; its continuation lines follow it
+            replacing = ast.literal_eval(match.group(1)) in entries
+        if not replacing:
+            kept.append(line)
+    lines[start + 1:end] = kept + [line for key, source in entries.items()
+                                   for line in tuned_lines(key, source)]
+    path.write_text("\n".join(lines))
+    return len(entries)
 
 
 def compiled_awq_kernels() -> list[dict]:

@@ -19,6 +19,17 @@ for CPU tensors (Triton's interpreter cannot run PTX) the same arithmetic in tl 
 subtraction of the two exact halves: the same values). Everything else is the same code, so
 the CPU tests check the arithmetic the GPU runs; the asm path itself is checked only in the
 sm_90 build (benchmarks/awq_sm90_build.py) until a GPU runs it.
+
+`unpack="half2"` (and "half2_one") sums the four rows a thread holds of each group in f16x2
+instead (KERNEL_NOTES "AWQ decode in f16x2 sums"): `w & 0x000F000F | 0x64006400` is fp16
+(1024 + q, 1024 + q') and `w & 0x00F000F0 | 0x64006400` (1024 + 16 q, ...), so one shift
+serves four pairs; one f16x2 add of -(1024 + z), or FMA by 1/16 with -(64 + z), leaves q - z
+exactly, and one `fma.rn.f16x2` a pair and row of x adds (q - z) x' for the operand x' = x /
+64 in fp16 (exact for |x| from 2**-8 to 2**21 in bf16, no overflow below |x| = 69,000). The
+four-row sums widen to fp32 once a group, the scale multiplies them there, and the 64 comes
+back after the loop: 13 instructions a word where lop3 issues 27, the group's sums rounded
+to fp16 (11 bits) where the reference rounds every weight to bf16 (8). Under the
+interpreter the same bit patterns in tl ops and each f16x2 operation as fp32 rounded to fp16.
 """
 
 from __future__ import annotations
@@ -39,6 +50,9 @@ from jupyter_qwen.model.kernels.gemv import _inv_rms, _operand
 from jupyter_qwen.model.kernels.quant_tiles import chunk_of
 
 LANES = 32  # rows of a [LANES, WORDS] tile; REPEAT = 128 / LANES tiles a step
+KINDS = ("lop3", "lop3_one", "half2", "half2_one")  # the unpack kinds this kernel runs
+ONE_LAUNCH = ("lop3_one", "half2_one")  # the last split of each N tile sums the partials
+HALF2_X = tl.constexpr(64.0)  # the half2 kinds multiply x / HALF2_X (exact: a power of 2)
 
 
 @triton.jit
@@ -82,7 +96,7 @@ def _pair(packed, zero_pair, S: tl.constexpr, ASM: tl.constexpr):
 
 @triton.jit
 def _scale_pair(pair):
-    """fp32 (low fp16, high fp16) of an int32 holding two scales."""
+    """fp32 (low fp16, high fp16) of an int32 holding two fp16 (scales, f16x2 sums)."""
     low = (pair & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
     high = (pair >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
     return low, high
@@ -108,6 +122,126 @@ def _tile_sums(q0, q1, q2, q3, zw, a0, a1, a2, a3, S: tl.constexpr, ASM: tl.cons
 
 
 @triton.jit
+def _half2_zeros(zw, P: tl.constexpr, ASM: tl.constexpr):
+    """f16x2 -(1024 + z) of nibbles 2 P and 2 P + 4 (0xE400 is -1024, its last 4 bits z)
+    and -(64 + z) of nibbles 2 P + 1 and 2 P + 5 (0xD400 is -64, ulp 1/16: z in bits 4-7);
+    one lop3 each on the GPU."""
+    z = zw >> (8 * P)
+    if ASM:
+        even, odd = tl.inline_asm_elementwise(
+            "lop3.b32 $0, $2, 0x000F000F, 0xE400E400, 0xEA; "
+            "lop3.b32 $1, $2, 0x00F000F0, 0xD400D400, 0xEA;",
+            "=r,=r,r", [z], dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
+    else:
+        even, odd = (z & 0x000F000F) | -469703680, (z & 0x00F000F0) | -738143232
+    return even, odd
+
+
+@triton.jit
+def _f16_halves(pair, ASM: tl.constexpr):
+    """fp32 (low, high) of an int32 holding two fp16: on the GPU one conversion each, which
+    reads its half in place."""
+    if ASM:
+        low, high = tl.inline_asm_elementwise(
+            "{ .reg .f16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }",
+            "=f,=f,r", [pair], dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+    else:
+        low, high = _scale_pair(pair)
+    return low, high
+
+
+@triton.jit
+def _half2_operand(a, ASM: tl.constexpr):
+    """x / HALF2_X in fp16: on the GPU its bits twice in an int32 (f16x2), else the fp16."""
+    h = (a * (1.0 / HALF2_X)).to(tl.float16)
+    if ASM:
+        bits = h.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        h = bits | (bits << 16)
+    return h
+
+
+@triton.jit
+def _half2_diffs(shifted, zero_even, zero_odd):
+    """f16x2 q - z of nibble pairs (0, 4) and (1, 5) of each shifted word, exactly."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .b32 e, o, h; mov.b32 h, 0x2C002C00; "
+        "lop3.b32 e, $2, 0x000F000F, 0x64006400, 0xEA; "
+        "lop3.b32 o, $2, 0x00F000F0, 0x64006400, 0xEA; "
+        "add.rn.f16x2 $0, e, $3; fma.rn.f16x2 $1, o, h, $4; }",
+        "=r,=r,r,r,r", [shifted, zero_even, zero_odd], dtype=(tl.int32, tl.int32),
+        is_pure=True, pack=1)
+
+
+@triton.jit
+def _half2_fma(diff, x2, acc):
+    return tl.inline_asm_elementwise("fma.rn.f16x2 $0, $1, $2, $3;", "=r,r,r,r",
+                                     [diff, x2, acc], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _half2_mul(diff, x2):
+    return tl.inline_asm_elementwise("mul.rn.f16x2 $0, $1, $2;", "=r,r,r", [diff, x2],
+                                     dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _f16_diffs(shifted, zero_even, zero_odd):
+    """The interpreter's `_half2_diffs`: the same bit patterns, their halves in fp32 (exact)
+    as (even low, even high, odd low, odd high)."""
+    e_lo, e_hi = _scale_pair((shifted & 0x000F000F) | 0x64006400)
+    o_lo, o_hi = _scale_pair((shifted & 0x00F000F0) | 0x64006400)
+    ze_lo, ze_hi = _scale_pair(zero_even)
+    zo_lo, zo_hi = _scale_pair(zero_odd)
+    return e_lo + ze_lo, e_hi + ze_hi, o_lo * 0.0625 + zo_lo, o_hi * 0.0625 + zo_hi
+
+
+@triton.jit
+def _f16_fma(diff, x, acc):
+    """fma.rn.f16x2 of one half: the product is exact in fp32, the sum rounds to fp16."""
+    return (diff * x.to(tl.float32) + acc.to(tl.float32)).to(tl.float16)
+
+
+@triton.jit
+def _half2_sums(q0, q1, q2, q3, zw, a0, a1, a2, a3, P: tl.constexpr, ASM: tl.constexpr):
+    """The step's [BLOCK_M, LANES, WORDS] sums of (q - z) x', fp32, of columns 4 P, 4 P + 1
+    (nibbles 2 P, 2 P + 4) and 4 P + 2, 4 P + 3 (2 P + 1, 2 P + 5): the four rows summed in
+    f16x2 (a0..a3: `_half2_operand`)."""
+    zero_even, zero_odd = _half2_zeros(zw, P, ASM)
+    if ASM:
+        e, o = _half2_diffs(q0 >> (8 * P), zero_even, zero_odd)
+        sum_e = _half2_mul(e, a0)
+        sum_o = _half2_mul(o, a0)
+        e, o = _half2_diffs(q1 >> (8 * P), zero_even, zero_odd)
+        sum_e = _half2_fma(e, a1, sum_e)
+        sum_o = _half2_fma(o, a1, sum_o)
+        e, o = _half2_diffs(q2 >> (8 * P), zero_even, zero_odd)
+        sum_e = _half2_fma(e, a2, sum_e)
+        sum_o = _half2_fma(o, a2, sum_o)
+        e, o = _half2_diffs(q3 >> (8 * P), zero_even, zero_odd)
+        sum_e = _half2_fma(e, a3, sum_e)
+        sum_o = _half2_fma(o, a3, sum_o)
+        e_lo, e_hi = _f16_halves(sum_e, ASM)
+        o_lo, o_hi = _f16_halves(sum_o, ASM)
+    else:
+        zero = (a0 * 0).to(tl.float16)
+        e_lo, e_hi, o_lo, o_hi = _f16_diffs(q0 >> (8 * P), zero_even, zero_odd)
+        s0, s1 = _f16_fma(e_lo, a0, zero), _f16_fma(e_hi, a0, zero)
+        s2, s3 = _f16_fma(o_lo, a0, zero), _f16_fma(o_hi, a0, zero)
+        e_lo, e_hi, o_lo, o_hi = _f16_diffs(q1 >> (8 * P), zero_even, zero_odd)
+        s0, s1 = _f16_fma(e_lo, a1, s0), _f16_fma(e_hi, a1, s1)
+        s2, s3 = _f16_fma(o_lo, a1, s2), _f16_fma(o_hi, a1, s3)
+        e_lo, e_hi, o_lo, o_hi = _f16_diffs(q2 >> (8 * P), zero_even, zero_odd)
+        s0, s1 = _f16_fma(e_lo, a2, s0), _f16_fma(e_hi, a2, s1)
+        s2, s3 = _f16_fma(o_lo, a2, s2), _f16_fma(o_hi, a2, s3)
+        e_lo, e_hi, o_lo, o_hi = _f16_diffs(q3 >> (8 * P), zero_even, zero_odd)
+        s0, s1 = _f16_fma(e_lo, a3, s0), _f16_fma(e_hi, a3, s1)
+        s2, s3 = _f16_fma(o_lo, a3, s2), _f16_fma(o_hi, a3, s3)
+        e_lo, e_hi = s0.to(tl.float32), s1.to(tl.float32)
+        o_lo, o_hi = s2.to(tl.float32), s3.to(tl.float32)
+    return e_lo, e_hi, o_lo, o_hi
+
+
+@triton.jit
 def _load_words(q_base, k0, lanes, stride, k_end):
     """[1, LANES, WORDS] words of rows k0 + lanes (q_base: [1, 1, WORDS])."""
     ks = k0 + lanes
@@ -130,12 +264,13 @@ def _awq_lop3_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, part_pt
                      count_ptr, SPLITS, PROLOGUE: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
                      NORM_BLOCK: tl.constexpr, USE_GDC: tl.constexpr, ASM: tl.constexpr,
-                     LAST_SUMS: tl.constexpr, SPLITS_P2: tl.constexpr):
+                     LAST_SUMS: tl.constexpr, SPLITS_P2: tl.constexpr, HALF2: tl.constexpr):
     """sc_ptr: the scales as int32 pairs ([groups, N / 2], sc_stride in int32 words);
     part_ptr: partials [splits, M, N] fp32 (part_stride N), or y itself (in its dtype, its
     row stride) where there is one split. LAST_SUMS: the last of an N tile's SPLITS programs
     to finish (count_ptr[pid_n], an int32 that it resets to 0) adds the tile's partials up
-    in a fixed order and writes y (no second launch)."""
+    in a fixed order and writes y (no second launch). HALF2: the four rows of a group a
+    thread holds summed in f16x2 (`_half2_sums`)."""
     WORDS: tl.constexpr = BLOCK_N // 8
     L: tl.constexpr = 32
     STEP: tl.constexpr = 128
@@ -186,6 +321,9 @@ def _awq_lop3_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, part_pt
                        row_ok2, k_end, inv_rms, K, PROLOGUE)
     a3 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin + 3 * L, lanes,
                        row_ok2, k_end, inv_rms, K, PROLOGUE)
+    if HALF2:
+        a0, a1 = _half2_operand(a0, ASM), _half2_operand(a1, ASM)
+        a2, a3 = _half2_operand(a2, ASM), _half2_operand(a3, ASM)
     acc0 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
     acc1 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
     acc2 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
@@ -220,26 +358,40 @@ def _awq_lop3_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, part_pt
         a3 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ahead + 3 * L, lanes,
                            row_ok2, k_end, inv_rms, K, PROLOGUE)
 
-        lo, hi = _tile_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 0, ASM)
-        s_lo, s_hi = _scale_pair(t01)
+        if HALF2:
+            a0, a1 = _half2_operand(a0, ASM), _half2_operand(a1, ASM)
+            a2, a3 = _half2_operand(a2, ASM), _half2_operand(a3, ASM)
+            lo, hi, lo2, hi2 = _half2_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 0, ASM)
+            s_lo, s_hi = _f16_halves(t01, ASM)
+            s_lo2, s_hi2 = _f16_halves(t23, ASM)
+        else:
+            lo, hi = _tile_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 0, ASM)
+            lo2, hi2 = _tile_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 1, ASM)
+            s_lo, s_hi = _scale_pair(t01)
+            s_lo2, s_hi2 = _scale_pair(t23)
         acc0 += s_lo * lo
         acc1 += s_hi * hi
-        lo, hi = _tile_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 1, ASM)
-        s_lo, s_hi = _scale_pair(t23)
-        acc2 += s_lo * lo
-        acc3 += s_hi * hi
-        lo, hi = _tile_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 2, ASM)
-        s_lo, s_hi = _scale_pair(t45)
+        acc2 += s_lo2 * lo2
+        acc3 += s_hi2 * hi2
+        if HALF2:
+            lo, hi, lo2, hi2 = _half2_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 1, ASM)
+            s_lo, s_hi = _f16_halves(t45, ASM)
+            s_lo2, s_hi2 = _f16_halves(t67, ASM)
+        else:
+            lo, hi = _tile_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 2, ASM)
+            lo2, hi2 = _tile_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 3, ASM)
+            s_lo, s_hi = _scale_pair(t45)
+            s_lo2, s_hi2 = _scale_pair(t67)
         acc4 += s_lo * lo
         acc5 += s_hi * hi
-        lo, hi = _tile_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 3, ASM)
-        s_lo, s_hi = _scale_pair(t67)
-        acc6 += s_lo * lo
-        acc7 += s_hi * hi
+        acc6 += s_lo2 * lo2
+        acc7 += s_hi2 * hi2
 
     sums = _columns_in_order(tl.sum(acc0, 1), tl.sum(acc1, 1), tl.sum(acc2, 1),
                              tl.sum(acc3, 1), tl.sum(acc4, 1), tl.sum(acc5, 1),
                              tl.sum(acc6, 1), tl.sum(acc7, 1))  # [BLOCK_M, BLOCK_N]
+    if HALF2:
+        sums *= HALF2_X
     columns = first * 8 + tl.arange(0, BLOCK_N)
     store_ok = row_ok[:, None] & ((columns >= pid_n * BLOCK_N) & (columns < N))[None, :]
     tl.store(part_ptr + split * M * N + rows[:, None] * part_stride + columns[None, :],
@@ -321,13 +473,13 @@ def split_partials(y: torch.Tensor, m: int, n: int, k: int, split_k: int):
 
 def launch(args: dict, layer, tiling, m: int, k: int, norm_block: int) -> None:
     """The lop3 product then the sum of its splits (one launch where K is not split: the
-    product writes y; "lop3_one": the last split of each N tile sums it); args as
+    product writes y; the ONE_LAUNCH kinds: the last split of each N tile sums it); args as
     quant_gemv._launch builds them."""
     check_tiling(tiling)
     n, y = layer.out_features, args["y_ptr"]
     chunk, splits, partials, part_stride = split_partials(y, m, n, k, tiling.split_k)
     scales = layer.scales.view(torch.int32)
-    last_sums = splits > 1 and tiling.unpack == "lop3_one"
+    last_sums = splits > 1 and tiling.unpack in ONE_LAUNCH
     splits_p2 = triton.next_power_of_2(splits)
     _awq_lop3_kernel[(triton.cdiv(n, tiling.block_n), splits)](
         qw_ptr=layer.qweight, qz_ptr=layer.qzeros, sc_ptr=scales, part_ptr=partials,
@@ -336,7 +488,8 @@ def launch(args: dict, layer, tiling, m: int, k: int, norm_block: int) -> None:
         count_ptr=_counts(layer, y.device) if last_sums else partials, SPLITS=splits,
         BLOCK_N=tiling.block_n, EVEN_N=n % tiling.block_n == 0, NORM_BLOCK=norm_block,
         ASM=uses_asm(y.device), LAST_SUMS=last_sums,
-        SPLITS_P2=splits_p2 if last_sums else 1, **register_cap(tiling, y.device), **args)
+        SPLITS_P2=splits_p2 if last_sums else 1, HALF2=tiling.unpack.startswith("half2"),
+        **register_cap(tiling, y.device), **args)
     if splits == 1 or last_sums:
         return
     block = max(32, min(1024, SUM_TILE // splits_p2))

@@ -100,7 +100,9 @@ class DecodeTiling:
     (awq_split.py; BLOCK_N a power of two >= 32), "lop3" splits K the same way with one
     group a step and nibble pairs unpacked by one lop3 each (awq_lop3.py; BLOCK_K 128,
     32 threads along K: n32 w1, n64 w2, n128 w4, n256 w8); "lop3_one" is lop3 with the last
-    split of each N tile adding the partials up (one launch); "mma" splits K likewise and
+    split of each N tile adding the partials up (one launch); "half2" and "half2_one" are
+    lop3 and lop3_one with each thread's four rows of a group summed in f16x2 FMAs (13
+    instructions a word rather than 27; awq_lop3.py); "mma" splits K likewise and
     multiplies on the tensor cores, the tile unpacked to bf16 q - z (awq_mma.py; BLOCK_K
     128, BLOCK_N a power of two >= 32, the last split summing as lop3_one does)."""
 
@@ -108,20 +110,20 @@ class DecodeTiling:
     block_k: int
     num_warps: int = 4
     dot: bool = False
-    unpack: str = "interleave"  # AWQ: "interleave", "planes", "split", "lop3", "lop3_one",
-    # "mma"; FP8: "interleave", "words"
-    split_k: int = 1  # AWQ "split", "lop3*", "mma": K splits per N tile (fewer where K has fewer
-    # steps)
-    max_registers: int = 0  # AWQ "lop3*", "mma": ptxas's cap a thread (0: its own choice)
+    unpack: str = "interleave"  # AWQ: "interleave", "planes", "split", "mma" and
+    # awq_lop3.KINDS ("lop3", "lop3_one", "half2", "half2_one"); FP8: "interleave", "words"
+    split_k: int = 1  # AWQ "split", awq_lop3.KINDS, "mma": K splits per N tile (fewer where K
+    # has fewer steps)
+    max_registers: int = 0  # AWQ awq_lop3.KINDS, "mma": ptxas's cap a thread (0: its own)
 
     def __post_init__(self) -> None:
-        if self.max_registers and (self.unpack not in ("lop3", "lop3_one", "mma")
+        if self.max_registers and (self.unpack not in (*awq_lop3.KINDS, "mma")
                                    or not 32 <= self.max_registers <= 255):
-            raise ValueError(f"max_registers is 0 or 32-255, for the AWQ lop3, lop3_one and "
-                             f"mma kernels only, not {self}")
+            raise ValueError(f"max_registers is 0 or 32-255, for the AWQ "
+                             f"{', '.join(awq_lop3.KINDS)} and mma kernels only, not {self}")
 
     def name(self) -> str:
-        if self.unpack in ("split", "lop3", "lop3_one", "mma"):
+        if self.unpack in ("split", *awq_lop3.KINDS, "mma"):
             cap = f" r{self.max_registers}" if self.max_registers else ""
             return (f"{self.unpack} n{self.block_n} k{self.block_k} s{self.split_k} "
                     f"w{self.num_warps}{cap}")
@@ -555,7 +557,7 @@ def _launch_awq(grid, args: dict, layer, tiling: DecodeTiling, m: int, k: int) -
         awq_split.launch(args, layer, tiling, m, k, groups, _norm_block(
             k, groups * AWQ_GROUP, args["BLOCK_M"], tiling.num_warps))
         return
-    if tiling.unpack in ("lop3", "lop3_one"):
+    if tiling.unpack in awq_lop3.KINDS:
         awq_lop3.launch(args, layer, tiling, m, k, _norm_block(
             k, AWQ_GROUP, args["BLOCK_M"], tiling.num_warps))
         return
@@ -564,8 +566,8 @@ def _launch_awq(grid, args: dict, layer, tiling: DecodeTiling, m: int, k: int) -
             k, AWQ_GROUP, awq_mma.prologue_rows(m), tiling.num_warps))
         return
     if tiling.unpack != "interleave":
-        raise ValueError(f"AWQ unpack is 'interleave', 'planes', 'split', 'lop3', "
-                         f"'lop3_one' or 'mma', not {tiling.unpack!r}")
+        raise ValueError(f"AWQ unpack is 'interleave', 'planes', 'split', 'mma' or one of "
+                         f"{awq_lop3.KINDS}, not {tiling.unpack!r}")
     _awq_kernel[grid](
         qw_ptr=layer.qweight, qz_ptr=layer.qzeros, sc_ptr=layer.scales,
         qw_stride=layer.qweight.stride(0), qz_stride=layer.qzeros.stride(0),
