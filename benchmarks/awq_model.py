@@ -3,6 +3,7 @@ each measured AWQ product of a quant_decode.json, predicted from its sm_90 build
 
     python benchmarks/awq_model.py /path/to/quant_decode.json [--m 1]
     python benchmarks/awq_model.py --lop3 [--m 1]   # the lop3 kernel's predicted products
+                                                    # (its f16x2 kinds as well)
 
 Per K step a program costs max(pipes, chain, L) cycles:
 - pipes: the SM's issue slots and pipes shared by the P programs resident on it,
@@ -47,12 +48,14 @@ SHAPES = {"4B": {"qkv": (6144, 2560, "norm"), "o": (2560, 4096, "plain"),
                    "gate_up": (6144, 1024, "add_norm"), "down": (1024, 3072, "silu")}}
 # kernels whose steps wait on loads they issued themselves (lop3 loads everything a step ahead)
 IN_STEP_LOADS = {"interleave": True, "planes": True, "split": True, "lop3": False,
-                 "lop3_one": False}
+                 "lop3_one": False, "half2": False, "half2_one": False}
+TWO_LAUNCHES = ("split", "lop3", "half2")  # a second launch sums the K splits
 
 
 def parse(name: str, m: int, prologue: str) -> tuple[Spec, int]:
     """(Spec, split_k) of a tiling name as quant_decode.py prints it."""
-    found = re.match(r"(fma|planes|split|lop3_one|lop3) n(\d+) k(\d+)(?: s(\d+))? w(\d+)", name)
+    found = re.match(r"(fma|planes|split|lop3_one|lop3|half2_one|half2) n(\d+) k(\d+)"
+                     r"(?: s(\d+))? w(\d+)", name)
     kind, n, k, splits, warps = found.groups()
     kernel = "interleave" if kind == "fma" else kind
     return Spec(kernel, int(n), int(k), int(warps), m, prologue), int(splits or 1)
@@ -81,12 +84,13 @@ def step_cycles(spec: Spec, per_sm: int) -> tuple[float, str]:
 def predict_us(spec: Spec, n: int, k: int, split_k: int) -> tuple[float, str]:
     tiles = math.ceil(n / spec.block_n)
     steps = math.ceil(k / spec.block_k)
-    if spec.kernel in ("split", "lop3", "lop3_one"):
+    if spec.kernel in ("split", "lop3", "lop3_one", "half2", "half2_one"):
         per_split = math.ceil(steps / max(1, min(split_k, steps)))
         splits = math.ceil(steps / per_split)
         programs, steps = tiles * splits, per_split
         # lop3: no sum launch if unsplit; lop3_one: never (the last split sums)
-        launches = 2 if spec.kernel == "split" or (splits > 1 and spec.kernel == "lop3") else 1
+        launches = 2 if spec.kernel == "split" or (
+            splits > 1 and spec.kernel in TWO_LAUNCHES) else 1
     else:
         programs, launches = tiles, 1
     slots = SMS * facts(spec).per_sm
@@ -114,7 +118,7 @@ def predict_lop3(m: int) -> None:
 
     print(f"{'model':<6}{'product':<9}{'tiling':<26}{'pred us':>8}{'pred GB/s':>10}  bound")
     for model, products in SHAPES.items():
-        layer = dict.fromkeys(("lop3", "lop3_one"), 0.0)
+        layer = dict.fromkeys(("lop3", "lop3_one", "half2_one"), 0.0)
         for product, (n, k, prologue) in products.items():
             best = dict.fromkeys(layer, math.inf)
             for (block_n, warps), wave, unpack in itertools.product(
