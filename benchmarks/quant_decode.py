@@ -409,7 +409,12 @@ LINE_LENGTH = 100  # ruff's, for quant_gemv.py
 
 
 def tiling_source(tiling) -> str:
-    """A DecodeTiling as TUNED writes it: block_n, block_k, warps, then what is set."""
+    """A DecodeTiling as TUNED writes it: block_n, block_k, warps, then what is set (bf16's
+    gemv tilings as repr gives them)."""
+    from jupyter_qwen.model.kernels.quant_gemv import DecodeTiling
+
+    if not isinstance(tiling, DecodeTiling):
+        return repr(tiling)
     extra = [f"dot={tiling.dot}"]
     if tiling.unpack != "interleave":
         extra.append(f"unpack={tiling.unpack!r}")

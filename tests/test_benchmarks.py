@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -306,3 +307,37 @@ def test_structured_benchmark_schemas_are_distinct_and_twenty_fields_wide():
     params = load_throughput().sampling_params("structured", 8, 5)
     assert params.temperature == 0 and params.ignore_eos
     assert params.structured_outputs.json == request_schema(5)
+
+
+def test_quant_decode_applies_its_fastest_tilings_to_tuned(tmp_path, monkeypatch):
+    """`quant_decode.py --apply` on a copy of quant_gemv.py: each swept product's fastest
+    tiling replaces its TUNED entry (a long one wrapped under ruff's line length), bf16's
+    layers write nothing, other entries are kept, and the file still imports."""
+    from jupyter_qwen.model.kernels import gemv, quant_gemv
+    from jupyter_qwen.model.kernels.quant_gemv import TUNED, DecodeTiling
+
+    sweep = load_benchmark("quant_decode")
+    path = tmp_path / "quant_gemv.py"
+    path.write_text(Path(quant_gemv.__file__).read_text())
+    chosen = {"qkv": DecodeTiling(128, 128, 4, unpack="half2_one", split_k=11,
+                                  max_registers=128),
+              "o": DecodeTiling(64, 128, 2, unpack="half2", split_k=20),
+              "gate_up": DecodeTiling(16, 512, 2, dot=True),
+              "down": DecodeTiling(128, 128, 4, unpack="lop3_one", split_k=26)}
+    layers = [dict(model="4B", m=1, fmt="awq",
+                   best_code={name: sweep.tiling_source(t) for name, t in chosen.items()}),
+              dict(model="4B", m=1, fmt="bf16",
+                   best_code={"qkv": sweep.tiling_source(gemv.default_tiling(1, 6144, 2560))}),
+              dict(model="4B", m=2, fmt="awq", best_us=float("nan"))]  # a failed sweep
+    assert sweep.apply_tuned(layers, path) == 4
+    assert max(len(line) for line in path.read_text().split("\n")) <= sweep.LINE_LENGTH
+    spec = importlib.util.spec_from_file_location("applied_quant_gemv", path)
+    applied = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, applied)  # dataclasses look it up there
+    spec.loader.exec_module(applied)
+    table = {key: DecodeTiling(**asdict(t)) for key, t in applied.TUNED.items()}
+    for name, tiling in chosen.items():
+        n, k, _, _ = sweep.MODELS["4B"][name]
+        assert table.pop(("awq", 1, n, k)) == tiling
+    assert table == {key: t for key, t in TUNED.items() if key[:2] != ("awq", 1)
+                     or key[2:] not in [sweep.MODELS["4B"][p][:2] for p in chosen]}

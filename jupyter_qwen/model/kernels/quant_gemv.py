@@ -137,7 +137,8 @@ class DecodeTiling:
 # benchmarks/quant_decode.py. Shapes not listed take `guess_tiling`.
 # benchmarks/quant_decode.py, fastest per product: FP8 on an H200 (2026-12-06, run 51, with
 # the FP8 words kernel among the candidates), AWQ on an H100 (2026-12-06, run 55, with the
-# lop3 and mma kernels; Qwen3-4B at M = 1 from run 66, 2026-12-07, with register caps)
+# lop3 and mma kernels; Qwen3-4B at M = 1 from run 72, 2026-12-07, the half2 kinds and
+# register caps among the candidates; `quant_decode.py --apply` writes these lines)
 TUNED: dict[tuple[str, int, int, int], DecodeTiling] = {
     ('fp8', 1, 4096, 1024): DecodeTiling(16, 1024, 4, dot=False, unpack='words'),
     ('fp8', 1, 1024, 2048): DecodeTiling(8, 2048, 8, dot=False, unpack='words'),
@@ -159,13 +160,6 @@ TUNED: dict[tuple[str, int, int, int], DecodeTiling] = {
     ('fp8', 1, 2560, 4096): DecodeTiling(8, 2048, 8, dot=False, unpack='words'),
     ('fp8', 1, 19456, 2560): DecodeTiling(16, 512, 2, dot=False, unpack='words'),
     ('fp8', 1, 2560, 9728): DecodeTiling(8, 2048, 8, dot=False, unpack='words'),
-    ('awq', 1, 6144, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=8,
-                                         max_registers=168),
-    ('awq', 1, 2560, 4096): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=20,
-                                         max_registers=168),
-    ('awq', 1, 19456, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=2,
-                                          max_registers=168),
-    ('awq', 1, 2560, 9728): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=20),
     ('fp8', 2, 6144, 2560): DecodeTiling(8, 512, 2, dot=False, unpack='words'),
     ('fp8', 2, 2560, 4096): DecodeTiling(8, 1024, 4, dot=False, unpack='words'),
     ('fp8', 2, 19456, 2560): DecodeTiling(16, 512, 2, dot=False, unpack='words'),
@@ -174,6 +168,13 @@ TUNED: dict[tuple[str, int, int, int], DecodeTiling] = {
     ('awq', 2, 2560, 4096): DecodeTiling(64, 128, 4, dot=False, unpack='mma', split_k=13),
     ('awq', 2, 19456, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='lop3', split_k=2),
     ('awq', 2, 2560, 9728): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=13),
+    ('awq', 1, 6144, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='half2_one', split_k=11,
+                                         max_registers=128),
+    ('awq', 1, 2560, 4096): DecodeTiling(128, 128, 4, dot=False, unpack='half2_one', split_k=13),
+    ('awq', 1, 19456, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='half2_one', split_k=3,
+                                          max_registers=128),
+    ('awq', 1, 2560, 9728): DecodeTiling(128, 128, 4, dot=False, unpack='half2_one', split_k=26,
+                                         max_registers=128),
 }
 
 
