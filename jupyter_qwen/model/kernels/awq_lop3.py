@@ -17,15 +17,16 @@ FMA per row of x; the group's scale multiplies the step's [rows, lanes, words] s
 `ASM` picks how the pair is taken: on the GPU one `tl.inline_asm_elementwise` (lop3 + sub),
 for CPU tensors (Triton's interpreter cannot run PTX) the same arithmetic in tl ops (fp32
 subtraction of the two exact halves: the same values). Everything else is the same code, so
-the CPU tests check the arithmetic the GPU runs; the asm path itself is checked only in the
-sm_90 build (benchmarks/awq_sm90_build.py) until a GPU runs it.
+the CPU tests check the arithmetic the GPU runs; the asm itself is checked by the GPU tests
+(`pytest -m gpu tests/test_quant_decode.py`) and its build by benchmarks/awq_sm90_build.py.
 
 `unpack="half2"` (and "half2_one") sums the four rows a thread holds of each group in f16x2
 instead (KERNEL_NOTES "AWQ decode in f16x2 sums"): `w & 0x000F000F | 0x64006400` is fp16
 (1024 + q, 1024 + q') and `w & 0x00F000F0 | 0x64006400` (1024 + 16 q, ...), so one shift
 serves four pairs; one f16x2 add of -(1024 + z), or FMA by 1/16 with -(64 + z), leaves q - z
 exactly, and one `fma.rn.f16x2` a pair and row of x adds (q - z) x' for the operand x' = x /
-64 in fp16 (exact for |x| from 2**-8 to 2**21 in bf16, no overflow below |x| = 69,000). The
+64 in fp16 (exact for bf16 |x| from 2**-8 up; a four-row sum overflows only for |x| near
+70,000, where 4 x 15 x |x| / 64 reaches fp16's 65,504). The
 four-row sums widen to fp32 once a group, the scale multiplies them there, and the 64 comes
 back after the loop: 13 instructions a word where lop3 issues 27, the group's sums rounded
 to fp16 (11 bits) where the reference rounds every weight to bf16 (8). Under the
@@ -197,7 +198,8 @@ def _f16_diffs(shifted, zero_even, zero_odd):
 
 @triton.jit
 def _f16_fma(diff, x, acc):
-    """fma.rn.f16x2 of one half: the product is exact in fp32, the sum rounds to fp16."""
+    """fma.rn.f16x2 of one half: the product is exact in fp32 and the sum rounds to fp16
+    (through fp32: in rare near-ties one fp16 ulp from the fused operation)."""
     return (diff * x.to(tl.float32) + acc.to(tl.float32)).to(tl.float16)
 
 
