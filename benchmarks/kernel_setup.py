@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import ast
 import multiprocessing
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +23,32 @@ if str(ROOT / "tests") not in sys.path:
 
 from kernel_cases import PagedCase, random_paged_case, relative_error  # noqa: E402
 
-__all__ = ["PagedCase", "launch_pdl", "random_paged_case", "relative_error"]
+__all__ = ["PagedCase", "launch_pdl", "random_paged_case", "relative_error", "rewrite_table"]
+
+TABLE_KEY = re.compile(r"^    (\('\w+', \d+, \d+, \d+\)): ")  # a table entry's first line
+
+
+def rewrite_table(path: Path, header: str, measured: set, new_lines: list[str]) -> set:
+    """Rewrite the dict literal of `path` that opens on the line starting with `header`
+    (TUNED in quant_gemv.py, LARGE_M_TILES in quant_tiles.py): the entries of `measured`
+    keys go, with their continuation lines; the other lines stay, in order, and `new_lines`
+    follow them. Returns the measured keys that had an entry."""
+    lines = path.read_text().split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    end = lines.index("}", start)
+    kept, replaced, dropping = [], set(), False
+    for line in lines[start + 1:end]:
+        match = TABLE_KEY.match(line)
+        if match:  # an entry's first line; its continuation lines follow it
+            key = ast.literal_eval(match.group(1))
+            dropping = key in measured
+            if dropping:
+                replaced.add(key)
+        if not dropping:
+            kept.append(line)
+    lines[start + 1:end] = [*kept, *new_lines]
+    path.write_text("\n".join(lines))
+    return replaced
 
 
 @lru_cache

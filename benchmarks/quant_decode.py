@@ -31,11 +31,9 @@ bf16.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import math
 import os
-import re
 import sys
 import time
 import traceback
@@ -45,7 +43,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.kernel_setup import compile_in_workers, launch_pdl, relative_error
+from benchmarks.kernel_setup import (
+    compile_in_workers,
+    launch_pdl,
+    relative_error,
+    rewrite_table,
+)
 from benchmarks.kernels import LOG, graph_micros_per_call, measure_copy_gbps, say
 
 DTYPE = torch.bfloat16
@@ -404,7 +407,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 TUNED_SOURCE = Path(__file__).resolve().parents[1] / "jupyter_qwen/model/kernels/quant_gemv.py"
-TUNED_KEY = re.compile(r"^    (\('\w+', \d+, \d+, \d+\)): ")
 LINE_LENGTH = 100  # ruff's, for quant_gemv.py
 
 
@@ -447,19 +449,8 @@ def apply_tuned(layers: list[dict], path: Path = TUNED_SOURCE) -> int:
         for name, source in entry.get("best_code", {}).items():
             n, k, _, _ = MODELS[entry["model"]][name]
             entries[(entry["fmt"], entry["m"], n, k)] = source
-    lines = path.read_text().split("\n")
-    start = next(i for i, line in enumerate(lines) if line.startswith("TUNED: dict["))
-    end = lines.index("}", start)
-    kept, replacing = [], False
-    for line in lines[start + 1:end]:
-        match = TUNED_KEY.match(line)
-        if match:  # an entry's first line; its continuation lines follow it
-            replacing = ast.literal_eval(match.group(1)) in entries
-        if not replacing:
-            kept.append(line)
-    lines[start + 1:end] = kept + [line for key, source in entries.items()
-                                   for line in tuned_lines(key, source)]
-    path.write_text("\n".join(lines))
+    rewrite_table(path, "TUNED: dict[", set(entries),
+                  [line for key, source in entries.items() for line in tuned_lines(key, source)])
     return len(entries)
 
 

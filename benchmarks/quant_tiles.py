@@ -45,11 +45,9 @@ its winner, or loses its entry where the default stays; entries not measured are
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import multiprocessing
 import os
-import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -60,6 +58,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.kernel_setup import rewrite_table
 from jupyter_qwen.model.kernels.quant_tiles import (
     AWQ_VIA_BF16_MIN_M,
     DEFAULT_LARGE_M,
@@ -545,7 +544,6 @@ def table_literal(points: list[dict], formats: list[str], min_gain: float) -> li
 
 
 TABLE_SOURCE = Path(__file__).resolve().parents[1] / "jupyter_qwen/model/kernels/quant_tiles.py"
-TABLE_ENTRY = re.compile(r"^    (\('(?:fp8|awq)', \d+, \d+, \d+\)): QuantTiling\(.*\),$")
 
 
 def apply_table(points: list[dict], formats: list[str], min_gain: float,
@@ -556,19 +554,7 @@ def apply_table(points: list[dict], formats: list[str], min_gain: float,
     entries, measured = table_entries(points, formats, min_gain)
     if any(key[1] not in M_BUCKETS for key in measured):
         raise SystemExit(f"--apply writes whole M buckets: --m must be among {M_BUCKETS}")
-    lines = path.read_text().split("\n")
-    start = lines.index("LARGE_M_TILES: dict[tuple[str, int, int, int], QuantTiling] = {")
-    end = lines.index("}", start)
-    kept, replaced = [], set()
-    for line in lines[start + 1:end]:
-        match = TABLE_ENTRY.match(line)
-        key = ast.literal_eval(match.group(1)) if match else None
-        if key in measured:
-            replaced.add(key)
-        else:
-            kept.append(line)
-    lines[start + 1:end] = [*kept, *entries.values()]
-    path.write_text("\n".join(lines))
+    replaced = rewrite_table(path, "LARGE_M_TILES: dict[", measured, [*entries.values()])
     return len(entries), len(replaced - entries.keys())
 
 

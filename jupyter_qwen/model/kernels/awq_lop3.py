@@ -244,6 +244,24 @@ def _half2_sums(q0, q1, q2, q3, zw, a0, a1, a2, a3, P: tl.constexpr, ASM: tl.con
 
 
 @triton.jit
+def _scaled_sums(q0, q1, q2, q3, zw, a0, a1, a2, a3, scales_a, scales_b, P: tl.constexpr,
+                 HALF2: tl.constexpr, ASM: tl.constexpr):
+    """The step's scaled sums s (q - z) a of columns 4 P .. 4 P + 3 (scales_a: the int32
+    pair of columns 4 P, 4 P + 1; scales_b: 4 P + 2, 4 P + 3), in f16x2 four-row sums
+    (HALF2) or in fp32 (`_tile_sums`)."""
+    if HALF2:
+        lo, hi, lo2, hi2 = _half2_sums(q0, q1, q2, q3, zw, a0, a1, a2, a3, P, ASM)
+        s_lo, s_hi = _f16_halves(scales_a, ASM)
+        s_lo2, s_hi2 = _f16_halves(scales_b, ASM)
+    else:
+        lo, hi = _tile_sums(q0, q1, q2, q3, zw, a0, a1, a2, a3, 2 * P, ASM)
+        lo2, hi2 = _tile_sums(q0, q1, q2, q3, zw, a0, a1, a2, a3, 2 * P + 1, ASM)
+        s_lo, s_hi = _scale_pair(scales_a)
+        s_lo2, s_hi2 = _scale_pair(scales_b)
+    return s_lo * lo, s_hi * hi, s_lo2 * lo2, s_hi2 * hi2
+
+
+@triton.jit
 def _load_words(q_base, k0, lanes, stride, k_end):
     """[1, LANES, WORDS] words of rows k0 + lanes (q_base: [1, 1, WORDS])."""
     ks = k0 + lanes
@@ -363,31 +381,18 @@ def _awq_lop3_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, part_pt
         if HALF2:
             a0, a1 = _half2_operand(a0, ASM), _half2_operand(a1, ASM)
             a2, a3 = _half2_operand(a2, ASM), _half2_operand(a3, ASM)
-            lo, hi, lo2, hi2 = _half2_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 0, ASM)
-            s_lo, s_hi = _f16_halves(t01, ASM)
-            s_lo2, s_hi2 = _f16_halves(t23, ASM)
-        else:
-            lo, hi = _tile_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 0, ASM)
-            lo2, hi2 = _tile_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 1, ASM)
-            s_lo, s_hi = _scale_pair(t01)
-            s_lo2, s_hi2 = _scale_pair(t23)
-        acc0 += s_lo * lo
-        acc1 += s_hi * hi
-        acc2 += s_lo2 * lo2
-        acc3 += s_hi2 * hi2
-        if HALF2:
-            lo, hi, lo2, hi2 = _half2_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 1, ASM)
-            s_lo, s_hi = _f16_halves(t45, ASM)
-            s_lo2, s_hi2 = _f16_halves(t67, ASM)
-        else:
-            lo, hi = _tile_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 2, ASM)
-            lo2, hi2 = _tile_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, 3, ASM)
-            s_lo, s_hi = _scale_pair(t45)
-            s_lo2, s_hi2 = _scale_pair(t67)
-        acc4 += s_lo * lo
-        acc5 += s_hi * hi
-        acc6 += s_lo2 * lo2
-        acc7 += s_hi2 * hi2
+        d0, d1, d2, d3 = _scaled_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, t01, t23, 0,
+                                      HALF2, ASM)
+        acc0 += d0
+        acc1 += d1
+        acc2 += d2
+        acc3 += d3
+        d0, d1, d2, d3 = _scaled_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, t45, t67, 1,
+                                      HALF2, ASM)
+        acc4 += d0
+        acc5 += d1
+        acc6 += d2
+        acc7 += d3
 
     sums = _columns_in_order(tl.sum(acc0, 1), tl.sum(acc1, 1), tl.sum(acc2, 1),
                              tl.sum(acc3, 1), tl.sum(acc4, 1), tl.sum(acc5, 1),
