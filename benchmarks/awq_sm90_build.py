@@ -103,7 +103,7 @@ def _kernel_and_constants(spec: Spec):
         one = spec.kernel in awq_lop3.ONE_LAUNCH
         return awq_lop3._awq_lop3_kernel, constants | dict(
             EVEN_N=True, ASM=True, LAST_SUMS=one, SPLITS_P2=16 if one else 1,
-            HALF2=spec.kernel.startswith("half2"))
+            HALF2=spec.kernel.startswith("half2"), EVEN_K=True)
     if spec.kernel == "mma":  # the last split sums (16 splits); 16 rows in the dot
         del constants["GROUPS"]
         return awq_mma._awq_mma_kernel, constants | dict(

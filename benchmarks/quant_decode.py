@@ -85,9 +85,9 @@ AWQ_SPLIT_WAVES = (4, 8)
 # a thread's four rows of a group in f16x2 (n128 w4 M = 1 128-139 registers, 463-532
 # instructions a step against lop3_one's 675-738; KERNEL_NOTES "AWQ decode in f16x2 sums")
 AWQ_LOP3 = ([("lop3", 128, 4, (2,)), ("lop3_one", 128, 4, (2,)), ("lop3_one", 256, 8, (2,)),
-             ("half2_one", 128, 4, (2,)), ("half2_one", 256, 8, (2,))],
+             ("half2_one", 128, 4, (2, 4)), ("half2_one", 256, 8, (2,))],
             [("lop3", 128, 4, (3,)), ("lop3_one", 128, 4, (2, 3, 4)),
-             ("lop3_one", 64, 2, (1, 6, 8)), ("half2_one", 128, 4, (2, 3, 4)),
+             ("lop3_one", 64, 2, (1, 6, 8)), ("half2_one", 128, 4, (2, 3, 4, 5)),
              ("half2_one", 64, 2, (1, 6, 8))])
 # the tensor-core kernel's tiles, the same form (awq_mma.py; KERNEL_NOTES "AWQ decode on the
 # tensor cores"): one 16-row dot a group, so M = 1 and 2 take the same tiles

@@ -26,11 +26,16 @@ instead (KERNEL_NOTES "AWQ decode in f16x2 sums"): `w & 0x000F000F | 0x64006400`
 serves four pairs; one f16x2 add of -(1024 + z), or FMA by 1/16 with -(64 + z), leaves q - z
 exactly, and one `fma.rn.f16x2` a pair and row of x adds (q - z) x' for the operand x' = x /
 64 in fp16 (exact for bf16 |x| from 2**-8 up; a four-row sum overflows only for |x| near
-70,000, where 4 x 15 x |x| / 64 reaches fp16's 65,504). The
-four-row sums widen to fp32 once a group, the scale multiplies them there, and the 64 comes
-back after the loop: 13 instructions a word where lop3 issues 27, the group's sums rounded
-to fp16 (11 bits) where the reference rounds every weight to bf16 (8). Under the
-interpreter the same bit patterns in tl ops and each f16x2 operation as fp32 rounded to fp16.
+70,000, where 4 x 15 x |x| / 64 reaches fp16's 65,504). One
+more `fma.rn.f16x2` a pair and group adds the four-row sums times the group's scale pair
+into the program's f16x2 sums, which widen to fp32 once, after the loop (with the 64 back):
+14 instructions a word where lop3 issues 27, every step's sums rounded to fp16 (11 bits)
+where the reference rounds every weight to bf16 (8). Under the interpreter the same bit
+patterns in tl ops and each f16x2 operation as fp32 rounded to fp16.
+
+Where K is whole groups (Qwen3's shapes; `EVEN_K`) no load is masked: the loads one step
+ahead of a split's last step re-read that step instead of reading past the split. The norm
+prologues issue the first step's operand loads before the norm pass, so the two overlap.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from jupyter_qwen.model.kernels.awq_split import (
     _sum_splits_kernel,
     split_lanes,
 )
-from jupyter_qwen.model.kernels.gemv import _inv_rms, _operand
+from jupyter_qwen.model.kernels.gemv import _inv_rms, _load_h, _operand
 from jupyter_qwen.model.kernels.quant_tiles import chunk_of
 
 LANES = 32  # rows of a [LANES, WORDS] tile; REPEAT = 128 / LANES tiles a step
@@ -204,77 +209,145 @@ def _f16_fma(diff, x, acc):
 
 
 @triton.jit
-def _half2_sums(q0, q1, q2, q3, zw, a0, a1, a2, a3, P: tl.constexpr, ASM: tl.constexpr):
-    """The step's [BLOCK_M, LANES, WORDS] sums of (q - z) x', fp32, of columns 4 P, 4 P + 1
-    (nibbles 2 P, 2 P + 4) and 4 P + 2, 4 P + 3 (2 P + 1, 2 P + 5): the four rows summed in
-    f16x2 (a0..a3: `_half2_operand`)."""
-    zero_even, zero_odd = _half2_zeros(zw, P, ASM)
-    if ASM:
-        e, o = _half2_diffs(q0 >> (8 * P), zero_even, zero_odd)
-        sum_e = _half2_mul(e, a0)
-        sum_o = _half2_mul(o, a0)
-        e, o = _half2_diffs(q1 >> (8 * P), zero_even, zero_odd)
-        sum_e = _half2_fma(e, a1, sum_e)
-        sum_o = _half2_fma(o, a1, sum_o)
-        e, o = _half2_diffs(q2 >> (8 * P), zero_even, zero_odd)
-        sum_e = _half2_fma(e, a2, sum_e)
-        sum_o = _half2_fma(o, a2, sum_o)
-        e, o = _half2_diffs(q3 >> (8 * P), zero_even, zero_odd)
-        sum_e = _half2_fma(e, a3, sum_e)
-        sum_o = _half2_fma(o, a3, sum_o)
-        e_lo, e_hi = _f16_halves(sum_e, ASM)
-        o_lo, o_hi = _f16_halves(sum_o, ASM)
-    else:
-        zero = (a0 * 0).to(tl.float16)
-        e_lo, e_hi, o_lo, o_hi = _f16_diffs(q0 >> (8 * P), zero_even, zero_odd)
-        s0, s1 = _f16_fma(e_lo, a0, zero), _f16_fma(e_hi, a0, zero)
-        s2, s3 = _f16_fma(o_lo, a0, zero), _f16_fma(o_hi, a0, zero)
-        e_lo, e_hi, o_lo, o_hi = _f16_diffs(q1 >> (8 * P), zero_even, zero_odd)
-        s0, s1 = _f16_fma(e_lo, a1, s0), _f16_fma(e_hi, a1, s1)
-        s2, s3 = _f16_fma(o_lo, a1, s2), _f16_fma(o_hi, a1, s3)
-        e_lo, e_hi, o_lo, o_hi = _f16_diffs(q2 >> (8 * P), zero_even, zero_odd)
-        s0, s1 = _f16_fma(e_lo, a2, s0), _f16_fma(e_hi, a2, s1)
-        s2, s3 = _f16_fma(o_lo, a2, s2), _f16_fma(o_hi, a2, s3)
-        e_lo, e_hi, o_lo, o_hi = _f16_diffs(q3 >> (8 * P), zero_even, zero_odd)
-        s0, s1 = _f16_fma(e_lo, a3, s0), _f16_fma(e_hi, a3, s1)
-        s2, s3 = _f16_fma(o_lo, a3, s2), _f16_fma(o_hi, a3, s3)
-        e_lo, e_hi = s0.to(tl.float32), s1.to(tl.float32)
-        o_lo, o_hi = s2.to(tl.float32), s3.to(tl.float32)
-    return e_lo, e_hi, o_lo, o_hi
+def _half2_sums(q0, q1, q2, q3, zw, a0, a1, a2, a3, P: tl.constexpr):
+    """The step's f16x2 four-row sums of (q - z) x' (a0..a3: `_half2_operand`): columns
+    4 P, 4 P + 1 (nibbles 2 P, 2 P + 4) and 4 P + 2, 4 P + 3 (2 P + 1, 2 P + 5)."""
+    zero_even, zero_odd = _half2_zeros(zw, P, True)
+    e, o = _half2_diffs(q0 >> (8 * P), zero_even, zero_odd)
+    sum_e = _half2_mul(e, a0)
+    sum_o = _half2_mul(o, a0)
+    e, o = _half2_diffs(q1 >> (8 * P), zero_even, zero_odd)
+    sum_e = _half2_fma(e, a1, sum_e)
+    sum_o = _half2_fma(o, a1, sum_o)
+    e, o = _half2_diffs(q2 >> (8 * P), zero_even, zero_odd)
+    sum_e = _half2_fma(e, a2, sum_e)
+    sum_o = _half2_fma(o, a2, sum_o)
+    e, o = _half2_diffs(q3 >> (8 * P), zero_even, zero_odd)
+    sum_e = _half2_fma(e, a3, sum_e)
+    sum_o = _half2_fma(o, a3, sum_o)
+    return sum_e, sum_o
 
 
 @triton.jit
-def _scaled_sums(q0, q1, q2, q3, zw, a0, a1, a2, a3, scales_a, scales_b, P: tl.constexpr,
-                 HALF2: tl.constexpr, ASM: tl.constexpr):
-    """The step's scaled sums s (q - z) a of columns 4 P .. 4 P + 3 (scales_a: the int32
-    pair of columns 4 P, 4 P + 1; scales_b: 4 P + 2, 4 P + 3), in f16x2 four-row sums
-    (HALF2) or in fp32 (`_tile_sums`)."""
+def _f16_sums(q0, q1, q2, q3, zw, a0, a1, a2, a3, P: tl.constexpr):
+    """The interpreter's `_half2_sums`: the same sums, each half an fp16 tensor."""
+    zero_even, zero_odd = _half2_zeros(zw, P, False)
+    zero = (a0 * 0).to(tl.float16)
+    e_lo, e_hi, o_lo, o_hi = _f16_diffs(q0 >> (8 * P), zero_even, zero_odd)
+    s0, s1 = _f16_fma(e_lo, a0, zero), _f16_fma(e_hi, a0, zero)
+    s2, s3 = _f16_fma(o_lo, a0, zero), _f16_fma(o_hi, a0, zero)
+    e_lo, e_hi, o_lo, o_hi = _f16_diffs(q1 >> (8 * P), zero_even, zero_odd)
+    s0, s1 = _f16_fma(e_lo, a1, s0), _f16_fma(e_hi, a1, s1)
+    s2, s3 = _f16_fma(o_lo, a1, s2), _f16_fma(o_hi, a1, s3)
+    e_lo, e_hi, o_lo, o_hi = _f16_diffs(q2 >> (8 * P), zero_even, zero_odd)
+    s0, s1 = _f16_fma(e_lo, a2, s0), _f16_fma(e_hi, a2, s1)
+    s2, s3 = _f16_fma(o_lo, a2, s2), _f16_fma(o_hi, a2, s3)
+    e_lo, e_hi, o_lo, o_hi = _f16_diffs(q3 >> (8 * P), zero_even, zero_odd)
+    s0, s1 = _f16_fma(e_lo, a3, s0), _f16_fma(e_hi, a3, s1)
+    s2, s3 = _f16_fma(o_lo, a3, s2), _f16_fma(o_hi, a3, s3)
+    return s0, s1, s2, s3
+
+
+@triton.jit
+def _add_step(q0, q1, q2, q3, zw, a0, a1, a2, a3, scales_a, scales_b, acc0, acc1, acc2, acc3,
+              P: tl.constexpr, HALF2: tl.constexpr, ASM: tl.constexpr):
+    """acc0..acc3 (columns 4 P .. 4 P + 3) plus the step's scaled sums s (q - z) a
+    (scales_a: the int32 pair of columns 4 P, 4 P + 1; scales_b: 4 P + 2, 4 P + 3).
+    lop3 kinds: fp32 sums (`_tile_sums`) scaled in fp32. HALF2: the four-row sums times the
+    scale pair added in f16x2 (`fma.rn.f16x2`: acc0 holds columns 4 P, 4 P + 1 and acc1
+    4 P + 2, 4 P + 3; acc2, acc3 unused), under the interpreter in fp16 halves."""
     if HALF2:
-        lo, hi, lo2, hi2 = _half2_sums(q0, q1, q2, q3, zw, a0, a1, a2, a3, P, ASM)
-        s_lo, s_hi = _f16_halves(scales_a, ASM)
-        s_lo2, s_hi2 = _f16_halves(scales_b, ASM)
+        if ASM:
+            sum_e, sum_o = _half2_sums(q0, q1, q2, q3, zw, a0, a1, a2, a3, P)
+            acc0 = _half2_fma(sum_e, scales_a, acc0)
+            acc1 = _half2_fma(sum_o, scales_b, acc1)
+        else:
+            lo, hi, lo2, hi2 = _f16_sums(q0, q1, q2, q3, zw, a0, a1, a2, a3, P)
+            s_lo, s_hi = _scale_pair(scales_a)
+            s_lo2, s_hi2 = _scale_pair(scales_b)
+            acc0, acc1 = _f16_fma(lo, s_lo, acc0), _f16_fma(hi, s_hi, acc1)
+            acc2, acc3 = _f16_fma(lo2, s_lo2, acc2), _f16_fma(hi2, s_hi2, acc3)
     else:
         lo, hi = _tile_sums(q0, q1, q2, q3, zw, a0, a1, a2, a3, 2 * P, ASM)
         lo2, hi2 = _tile_sums(q0, q1, q2, q3, zw, a0, a1, a2, a3, 2 * P + 1, ASM)
         s_lo, s_hi = _scale_pair(scales_a)
         s_lo2, s_hi2 = _scale_pair(scales_b)
-    return s_lo * lo, s_hi * hi, s_lo2 * lo2, s_hi2 * hi2
+        acc0 += s_lo * lo
+        acc1 += s_hi * hi
+        acc2 += s_lo2 * lo2
+        acc3 += s_hi2 * hi2
+    return acc0, acc1, acc2, acc3
 
 
 @triton.jit
-def _load_words(q_base, k0, lanes, stride, k_end):
-    """[1, LANES, WORDS] words of rows k0 + lanes (q_base: [1, 1, WORDS])."""
+def _zero_sums(BLOCK_M: tl.constexpr, L: tl.constexpr, WORDS: tl.constexpr,
+               HALF2: tl.constexpr, ASM: tl.constexpr):
+    """A program's starting sums: fp32, or (HALF2) f16x2 pairs in int32 / fp16 halves."""
+    if HALF2:
+        if ASM:
+            zeros = tl.zeros([BLOCK_M, L, WORDS], tl.int32)
+        else:
+            zeros = tl.zeros([BLOCK_M, L, WORDS], tl.float16)
+    else:
+        zeros = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
+    return zeros
+
+
+@triton.jit
+def _widen_sums(acc0, acc1, acc2, acc3, ASM: tl.constexpr):
+    """The HALF2 sums of columns 4 P .. 4 P + 3 in fp32 (`_add_step`'s layout)."""
+    if ASM:
+        lo, hi = _f16_halves(acc0, ASM)
+        lo2, hi2 = _f16_halves(acc1, ASM)
+    else:
+        lo, hi = acc0.to(tl.float32), acc1.to(tl.float32)
+        lo2, hi2 = acc2.to(tl.float32), acc3.to(tl.float32)
+    return lo, hi, lo2, hi2
+
+
+@triton.jit
+def _load_words(q_base, k0, lanes, stride, k_end, EVEN_K: tl.constexpr):
+    """[1, LANES, WORDS] words of rows k0 + lanes (q_base: [1, 1, WORDS]); rows from k_end
+    on read as 0, unmasked where K is whole groups (every split's rows exist then)."""
     ks = k0 + lanes
-    return tl.load(q_base + ks * stride, mask=ks < k_end, other=0)
+    if EVEN_K:
+        words = tl.load(q_base + ks * stride)
+    else:
+        words = tl.load(q_base + ks * stride, mask=ks < k_end, other=0)
+    return words
 
 
 @triton.jit
 def _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k0, lanes, row_ok, k_end, inv_rms,
-                  K, PROLOGUE: tl.constexpr):
-    """[BLOCK_M, LANES, 1] operand of rows k0 + lanes (lanes: [1, LANES, 1])."""
+                  K, PROLOGUE: tl.constexpr, EVEN_K: tl.constexpr):
+    """[BLOCK_M, LANES, 1] operand of columns k0 + lanes (lanes: [1, LANES, 1]); columns from
+    k_end on read as 0 (no column mask where K is whole groups)."""
     ks = k0 + lanes
-    return _operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ks, row_ok & (ks < k_end),
-                    inv_rms, K, PROLOGUE).to(tl.float32)
+    mask = row_ok
+    if not EVEN_K:
+        mask = mask & (ks < k_end)
+    return _operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ks, mask, inv_rms, K,
+                    PROLOGUE).to(tl.float32)
+
+
+@triton.jit
+def _early_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k0, lanes, row_ok, k_end, K,
+                   PROLOGUE: tl.constexpr, EVEN_K: tl.constexpr):
+    """The norm prologues' `_load_operand` loads, issued before the norm pass so that they
+    overlap it: fp32 h = x (+ residual) and the norm weight (`_normed` finishes them)."""
+    ks = k0 + lanes
+    mask = row_ok
+    if not EVEN_K:
+        mask = mask & (ks < k_end)
+    h = _load_h(x_ptr, res_ptr, x_at, res_at, ks, mask, PROLOGUE).to(tl.float32)
+    weight = tl.load(norm_w_ptr + ks, mask=ks < K, other=0.0).to(tl.float32)
+    return h, weight
+
+
+@triton.jit
+def _normed(h, weight, inv_rms, dtype: tl.constexpr):
+    """`_early_operand`'s parts as `_load_operand` gives them (the same bits)."""
+    return (h * inv_rms * weight).to(dtype).to(tl.float32)
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -284,7 +357,8 @@ def _awq_lop3_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, part_pt
                      count_ptr, SPLITS, PROLOGUE: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
                      NORM_BLOCK: tl.constexpr, USE_GDC: tl.constexpr, ASM: tl.constexpr,
-                     LAST_SUMS: tl.constexpr, SPLITS_P2: tl.constexpr, HALF2: tl.constexpr):
+                     LAST_SUMS: tl.constexpr, SPLITS_P2: tl.constexpr, HALF2: tl.constexpr,
+                     EVEN_K: tl.constexpr):
     """sc_ptr: the scales as int32 pairs ([groups, N / 2], sc_stride in int32 words);
     part_ptr: partials [splits, M, N] fp32 (part_stride N), or y itself (in its dtype, its
     row stride) where there is one split. LAST_SUMS: the last of an N tile's SPLITS programs
@@ -317,10 +391,10 @@ def _awq_lop3_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, part_pt
     res_at = rows[:, None, None] * res_stride
 
     # the first step's words, zeros and scales (weights only: before the previous kernel ends)
-    q0 = _load_words(q_base, k_begin, lanes, qw_stride, k_end)
-    q1 = _load_words(q_base, k_begin + L, lanes, qw_stride, k_end)
-    q2 = _load_words(q_base, k_begin + 2 * L, lanes, qw_stride, k_end)
-    q3 = _load_words(q_base, k_begin + 3 * L, lanes, qw_stride, k_end)
+    q0 = _load_words(q_base, k_begin, lanes, qw_stride, k_end, EVEN_K)
+    q1 = _load_words(q_base, k_begin + L, lanes, qw_stride, k_end, EVEN_K)
+    q2 = _load_words(q_base, k_begin + 2 * L, lanes, qw_stride, k_end, EVEN_K)
+    q3 = _load_words(q_base, k_begin + 3 * L, lanes, qw_stride, k_end, EVEN_K)
     g = k_begin // STEP
     zw = tl.load(z_base + g * qz_stride)
     s01 = tl.load(s_base + g * sc_stride)
@@ -328,72 +402,84 @@ def _awq_lop3_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, part_pt
     s45 = tl.load(s_base + g * sc_stride + 2)
     s67 = tl.load(s_base + g * sc_stride + 3)
     pdl.after_previous_kernel(USE_GDC)
-    inv_rms = _inv_rms(x_ptr, res_ptr, res_out_ptr, rows, rows[:, None] * x_stride,
-                       rows[:, None] * res_stride, res_out_stride, M, K,
-                       eps, (pid_n == 0) & (split == 0), PROLOGUE, BLOCK_M,
-                       NORM_BLOCK)[:, None, None]
     row_ok2 = row_ok[:, None, None]
-    a0 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin, lanes, row_ok2,
-                       k_end, inv_rms, K, PROLOGUE)
-    a1 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin + L, lanes, row_ok2,
-                       k_end, inv_rms, K, PROLOGUE)
-    a2 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin + 2 * L, lanes,
-                       row_ok2, k_end, inv_rms, K, PROLOGUE)
-    a3 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin + 3 * L, lanes,
-                       row_ok2, k_end, inv_rms, K, PROLOGUE)
+    x_rows = rows[:, None] * x_stride
+    res_rows = rows[:, None] * res_stride
+    first_residual = (pid_n == 0) & (split == 0)
+    if PROLOGUE == 1 or PROLOGUE == 2:  # the first operand's loads, then the norm pass
+        h0, w0 = _early_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin, lanes,
+                                row_ok2, k_end, K, PROLOGUE, EVEN_K)
+        h1, w1 = _early_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin + L, lanes,
+                                row_ok2, k_end, K, PROLOGUE, EVEN_K)
+        h2, w2 = _early_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin + 2 * L,
+                                lanes, row_ok2, k_end, K, PROLOGUE, EVEN_K)
+        h3, w3 = _early_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin + 3 * L,
+                                lanes, row_ok2, k_end, K, PROLOGUE, EVEN_K)
+        inv_rms = _inv_rms(x_ptr, res_ptr, res_out_ptr, rows, x_rows, res_rows,
+                           res_out_stride, M, K, eps, first_residual, PROLOGUE, BLOCK_M,
+                           NORM_BLOCK)[:, None, None]
+        dtype = x_ptr.dtype.element_ty
+        a0, a1 = _normed(h0, w0, inv_rms, dtype), _normed(h1, w1, inv_rms, dtype)
+        a2, a3 = _normed(h2, w2, inv_rms, dtype), _normed(h3, w3, inv_rms, dtype)
+    else:
+        inv_rms = _inv_rms(x_ptr, res_ptr, res_out_ptr, rows, x_rows, res_rows,
+                           res_out_stride, M, K, eps, first_residual, PROLOGUE, BLOCK_M,
+                           NORM_BLOCK)[:, None, None]
+        a0 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin, lanes, row_ok2,
+                           k_end, inv_rms, K, PROLOGUE, EVEN_K)
+        a1 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin + L, lanes,
+                           row_ok2, k_end, inv_rms, K, PROLOGUE, EVEN_K)
+        a2 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin + 2 * L, lanes,
+                           row_ok2, k_end, inv_rms, K, PROLOGUE, EVEN_K)
+        a3 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin + 3 * L, lanes,
+                           row_ok2, k_end, inv_rms, K, PROLOGUE, EVEN_K)
     if HALF2:
         a0, a1 = _half2_operand(a0, ASM), _half2_operand(a1, ASM)
         a2, a3 = _half2_operand(a2, ASM), _half2_operand(a3, ASM)
-    acc0 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
-    acc1 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
-    acc2 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
-    acc3 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
-    acc4 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
-    acc5 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
-    acc6 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
-    acc7 = tl.zeros([BLOCK_M, L, WORDS], tl.float32)
+    acc0 = _zero_sums(BLOCK_M, L, WORDS, HALF2, ASM)
+    acc1 = _zero_sums(BLOCK_M, L, WORDS, HALF2, ASM)
+    acc2 = _zero_sums(BLOCK_M, L, WORDS, HALF2, ASM)
+    acc3 = _zero_sums(BLOCK_M, L, WORDS, HALF2, ASM)
+    acc4 = _zero_sums(BLOCK_M, L, WORDS, HALF2, ASM)
+    acc5 = _zero_sums(BLOCK_M, L, WORDS, HALF2, ASM)
+    acc6 = _zero_sums(BLOCK_M, L, WORDS, HALF2, ASM)
+    acc7 = _zero_sums(BLOCK_M, L, WORDS, HALF2, ASM)
+    # the split's last step (the loads ahead of it re-read it: no row past the split's end)
+    last = k_begin + (k_end - 1 - k_begin) // STEP * STEP
     for k0 in range(k_begin, k_end, STEP):
         # this step's tiles; the next step's requested before any arithmetic
         c0, c1, c2, c3, czw = q0, q1, q2, q3, zw
         b0, b1, b2, b3 = a0, a1, a2, a3
         t01, t23, t45, t67 = s01, s23, s45, s67
-        ahead = k0 + STEP
-        q0 = _load_words(q_base, ahead, lanes, qw_stride, k_end)
-        q1 = _load_words(q_base, ahead + L, lanes, qw_stride, k_end)
-        q2 = _load_words(q_base, ahead + 2 * L, lanes, qw_stride, k_end)
-        q3 = _load_words(q_base, ahead + 3 * L, lanes, qw_stride, k_end)
+        ahead = tl.minimum(k0 + STEP, last)
+        q0 = _load_words(q_base, ahead, lanes, qw_stride, k_end, EVEN_K)
+        q1 = _load_words(q_base, ahead + L, lanes, qw_stride, k_end, EVEN_K)
+        q2 = _load_words(q_base, ahead + 2 * L, lanes, qw_stride, k_end, EVEN_K)
+        q3 = _load_words(q_base, ahead + 3 * L, lanes, qw_stride, k_end, EVEN_K)
         g_next = ahead // STEP
-        more = ahead < k_end
-        zw = tl.load(z_base + g_next * qz_stride, mask=more, other=0)
-        s01 = tl.load(s_base + g_next * sc_stride, mask=more, other=0)
-        s23 = tl.load(s_base + g_next * sc_stride + 1, mask=more, other=0)
-        s45 = tl.load(s_base + g_next * sc_stride + 2, mask=more, other=0)
-        s67 = tl.load(s_base + g_next * sc_stride + 3, mask=more, other=0)
+        zw = tl.load(z_base + g_next * qz_stride)
+        s01 = tl.load(s_base + g_next * sc_stride)
+        s23 = tl.load(s_base + g_next * sc_stride + 1)
+        s45 = tl.load(s_base + g_next * sc_stride + 2)
+        s67 = tl.load(s_base + g_next * sc_stride + 3)
         a0 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ahead, lanes, row_ok2,
-                           k_end, inv_rms, K, PROLOGUE)
+                           k_end, inv_rms, K, PROLOGUE, EVEN_K)
         a1 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ahead + L, lanes,
-                           row_ok2, k_end, inv_rms, K, PROLOGUE)
+                           row_ok2, k_end, inv_rms, K, PROLOGUE, EVEN_K)
         a2 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ahead + 2 * L, lanes,
-                           row_ok2, k_end, inv_rms, K, PROLOGUE)
+                           row_ok2, k_end, inv_rms, K, PROLOGUE, EVEN_K)
         a3 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ahead + 3 * L, lanes,
-                           row_ok2, k_end, inv_rms, K, PROLOGUE)
-
+                           row_ok2, k_end, inv_rms, K, PROLOGUE, EVEN_K)
         if HALF2:
             a0, a1 = _half2_operand(a0, ASM), _half2_operand(a1, ASM)
             a2, a3 = _half2_operand(a2, ASM), _half2_operand(a3, ASM)
-        d0, d1, d2, d3 = _scaled_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, t01, t23, 0,
-                                      HALF2, ASM)
-        acc0 += d0
-        acc1 += d1
-        acc2 += d2
-        acc3 += d3
-        d0, d1, d2, d3 = _scaled_sums(c0, c1, c2, c3, czw, b0, b1, b2, b3, t45, t67, 1,
-                                      HALF2, ASM)
-        acc4 += d0
-        acc5 += d1
-        acc6 += d2
-        acc7 += d3
-
+        acc0, acc1, acc2, acc3 = _add_step(c0, c1, c2, c3, czw, b0, b1, b2, b3, t01, t23,
+                                           acc0, acc1, acc2, acc3, 0, HALF2, ASM)
+        acc4, acc5, acc6, acc7 = _add_step(c0, c1, c2, c3, czw, b0, b1, b2, b3, t45, t67,
+                                           acc4, acc5, acc6, acc7, 1, HALF2, ASM)
+    if HALF2:
+        acc0, acc1, acc2, acc3 = _widen_sums(acc0, acc1, acc2, acc3, ASM)
+        acc4, acc5, acc6, acc7 = _widen_sums(acc4, acc5, acc6, acc7, ASM)
     sums = _columns_in_order(tl.sum(acc0, 1), tl.sum(acc1, 1), tl.sum(acc2, 1),
                              tl.sum(acc3, 1), tl.sum(acc4, 1), tl.sum(acc5, 1),
                              tl.sum(acc6, 1), tl.sum(acc7, 1))  # [BLOCK_M, BLOCK_N]
@@ -496,6 +582,7 @@ def launch(args: dict, layer, tiling, m: int, k: int, norm_block: int) -> None:
         BLOCK_N=tiling.block_n, EVEN_N=n % tiling.block_n == 0, NORM_BLOCK=norm_block,
         ASM=uses_asm(y.device), LAST_SUMS=last_sums,
         SPLITS_P2=splits_p2 if last_sums else 1, HALF2=tiling.unpack.startswith("half2"),
+        EVEN_K=k % GROUP == 0,
         **register_cap(tiling, y.device), **args)
     if splits == 1 or last_sums:
         return

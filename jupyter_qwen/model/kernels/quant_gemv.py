@@ -101,8 +101,8 @@ class DecodeTiling:
     group a step and nibble pairs unpacked by one lop3 each (awq_lop3.py; BLOCK_K 128,
     32 threads along K: n32 w1, n64 w2, n128 w4, n256 w8); "lop3_one" is lop3 with the last
     split of each N tile adding the partials up (one launch); "half2" and "half2_one" are
-    lop3 and lop3_one with each thread's four rows of a group summed in f16x2 FMAs (13
-    instructions a word rather than 27; awq_lop3.py); "mma" splits K likewise and
+    lop3 and lop3_one with each thread's four rows of a group summed, scaled and added up
+    in f16x2 FMAs (14 instructions a word rather than 27; awq_lop3.py); "mma" splits K likewise and
     multiplies on the tensor cores, the tile unpacked to bf16 q - z (awq_mma.py; BLOCK_K
     128, BLOCK_N a power of two >= 32, the last split summing as lop3_one does)."""
 
@@ -137,8 +137,9 @@ class DecodeTiling:
 # benchmarks/quant_decode.py. Shapes not listed take `guess_tiling`.
 # benchmarks/quant_decode.py, fastest per product: FP8 on an H200 (2026-12-06, run 51, with
 # the FP8 words kernel among the candidates), AWQ on an H100 (2026-12-06, run 55, with the
-# lop3 and mma kernels; Qwen3-4B at M = 1 from run 72, 2026-12-07, the half2 kinds and
-# register caps among the candidates; `quant_decode.py --apply` writes these lines)
+# lop3 and mma kernels; Qwen3-4B at M = 1 from run 77, 2026-12-07, the half2 kinds with
+# f16x2 group sums and register caps among the candidates; `quant_decode.py --apply` writes
+# these lines)
 TUNED: dict[tuple[str, int, int, int], DecodeTiling] = {
     ('fp8', 1, 4096, 1024): DecodeTiling(16, 1024, 4, dot=False, unpack='words'),
     ('fp8', 1, 1024, 2048): DecodeTiling(8, 2048, 8, dot=False, unpack='words'),
@@ -168,13 +169,13 @@ TUNED: dict[tuple[str, int, int, int], DecodeTiling] = {
     ('awq', 2, 2560, 4096): DecodeTiling(64, 128, 4, dot=False, unpack='mma', split_k=13),
     ('awq', 2, 19456, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='lop3', split_k=2),
     ('awq', 2, 2560, 9728): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=13),
-    ('awq', 1, 6144, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='half2_one', split_k=11,
+    ('awq', 1, 6144, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='half2_one', split_k=14,
                                          max_registers=128),
-    ('awq', 1, 2560, 4096): DecodeTiling(128, 128, 4, dot=False, unpack='half2_one', split_k=13),
+    ('awq', 1, 2560, 4096): DecodeTiling(128, 128, 4, dot=False, unpack='half2_one', split_k=13,
+                                         max_registers=128),
     ('awq', 1, 19456, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='half2_one', split_k=3,
                                           max_registers=128),
-    ('awq', 1, 2560, 9728): DecodeTiling(128, 128, 4, dot=False, unpack='half2_one', split_k=26,
-                                         max_registers=128),
+    ('awq', 1, 2560, 9728): DecodeTiling(128, 128, 4, dot=False, unpack='half2_one', split_k=33),
 }
 
 
