@@ -48,7 +48,6 @@ from jupyter_qwen.model.kernels import pdl
 from jupyter_qwen.model.kernels.awq_split import (
     GROUP,
     SUM_TILE,
-    _columns_in_order,
     _sum_splits_kernel,
     split_lanes,
 )
@@ -331,6 +330,17 @@ def _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k0, lanes, row_ok, k
 
 
 @triton.jit
+def _lanes_in_order(s0, s1, s2, s3, s4, s5, s6, s7):
+    """[BLOCK_M, LANES, WORDS] sums of columns 8 w + j (s_j) -> [BLOCK_M, LANES, 8 WORDS] in
+    column order (`_columns_in_order` before the sum over lanes: the joins stay in each
+    thread's registers)."""
+    low = tl.join(tl.join(s0, s4), tl.join(s2, s6))  # c = 0: j = 0, 4, 2, 6
+    high = tl.join(tl.join(s1, s5), tl.join(s3, s7))  # c = 1: j = 1, 5, 3, 7
+    joined = tl.join(low, high)  # [BLOCK_M, LANES, WORDS, 2 (a), 2 (b), 2 (c)]
+    return tl.reshape(joined, [s0.shape[0], s0.shape[1], s0.shape[2] * 8])
+
+
+@triton.jit
 def _early_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k0, lanes, row_ok, k_end, K,
                    PROLOGUE: tl.constexpr, EVEN_K: tl.constexpr):
     """The norm prologues' `_load_operand` loads, issued before the norm pass so that they
@@ -480,9 +490,8 @@ def _awq_lop3_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, part_pt
     if HALF2:
         acc0, acc1, acc2, acc3 = _widen_sums(acc0, acc1, acc2, acc3, ASM)
         acc4, acc5, acc6, acc7 = _widen_sums(acc4, acc5, acc6, acc7, ASM)
-    sums = _columns_in_order(tl.sum(acc0, 1), tl.sum(acc1, 1), tl.sum(acc2, 1),
-                             tl.sum(acc3, 1), tl.sum(acc4, 1), tl.sum(acc5, 1),
-                             tl.sum(acc6, 1), tl.sum(acc7, 1))  # [BLOCK_M, BLOCK_N]
+    # the columns in order first, then one sum over the lanes (one cross-warp exchange)
+    sums = tl.sum(_lanes_in_order(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7), 1)
     if HALF2:
         sums *= HALF2_X
     columns = first * 8 + tl.arange(0, BLOCK_N)
