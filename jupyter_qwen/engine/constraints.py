@@ -32,6 +32,11 @@ from jupyter_qwen.sampling_params import SamplingParams, StructuredOutputs
 DEFAULT_COMPILE_TIMEOUT = 5.0
 DEFAULT_CACHE_SIZE = 256
 COMPILE_WORKERS = 2
+# xgrammar (0.2.8, 0.2.9) writes the characters of a string with minLength / maxLength as
+# `[^"\\\r\n]`, which lets raw control characters (invalid in JSON) through; its other
+# strings take JSON's own class, which this puts in their place
+LENGTH_STRING_CHARACTERS = r'[^\"\\\r\n]'
+JSON_STRING_CHARACTERS = r'[^\0-\x1f\"\\\r\n]'
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_SEPARATOR = "\n\n"  # what Qwen3 writes between `</think>` and the answer
 # What Qwen's documentation inserts when a thinking budget runs out, then the answer follows.
@@ -121,7 +126,7 @@ class GrammarCache:
 
 def compile_constraint(compiler, kind: str, text: str) -> Any:
     if kind == "json":
-        return compiler.compile_json_schema(text, any_whitespace=False)
+        return compiler.compile_grammar(json_schema_grammar(text))
     if kind == "json_object":  # compact, as json.dumps writes it: no runs of white space
         return compiler.compile_json_schema('{"type": "object"}', any_whitespace=False)
     if kind == "regex":
@@ -133,6 +138,15 @@ def compile_constraint(compiler, kind: str, text: str) -> Any:
     if kind == "structural_tag":
         return compiler.compile_structural_tag(text)
     raise ConstraintError(f"unknown constraint kind {kind!r}", param=kind)
+
+
+def json_schema_grammar(schema: str) -> str:
+    """The EBNF of a JSON schema (compact separators), with no raw control character allowed
+    in any string (`LENGTH_STRING_CHARACTERS`)."""
+    import xgrammar
+
+    grammar = str(xgrammar.Grammar.from_json_schema(schema, any_whitespace=False))
+    return grammar.replace(LENGTH_STRING_CHARACTERS, JSON_STRING_CHARACTERS)
 
 
 def _compile_grammar(compiler, text: str) -> Any:

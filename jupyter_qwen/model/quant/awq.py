@@ -60,8 +60,9 @@ def quantize_awq(weight: torch.Tensor, group_size: int = 128,
 
 def dequantize_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
                    group_size: int = 128) -> torch.Tensor:
-    """float32 W [N, K] (out, in) from the packed transpose."""
+    """float32 W [N, K] (out, in) from the packed transpose, contiguous (so that products
+    with it take the same kernels, and sum in the same order, as with a plain weight)."""
     q = unpack_awq(qweight)
     group = torch.arange(q.shape[0], device=q.device) // group_size
     zeros = unpack_awq(qzeros)[group]
-    return ((q - zeros).float() * scales.float()[group]).T
+    return ((q - zeros).float() * scales.float()[group]).T.contiguous()
