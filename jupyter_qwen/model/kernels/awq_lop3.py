@@ -374,7 +374,8 @@ def _awq_lop3_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, part_pt
     row stride) where there is one split. LAST_SUMS: the last of an N tile's SPLITS programs
     to finish (count_ptr[pid_n], an int32 that it resets to 0) adds the tile's partials up
     in a fixed order and writes y (no second launch). HALF2: the four rows of a group a
-    thread holds summed in f16x2 (`_half2_sums`)."""
+    thread holds summed, scaled and added up in f16x2 (`_add_step`). EVEN_K: K is whole
+    groups (no masked load)."""
     WORDS: tl.constexpr = BLOCK_N // 8
     L: tl.constexpr = 32
     STEP: tl.constexpr = 128
