@@ -286,6 +286,23 @@ def test_json_strings_never_take_a_raw_control_character(grammars, string):
         assert xgrammar.GrammarMatcher(compiled).accept_string(text) is valid, (text, string)
 
 
+def test_tool_arguments_never_take_a_raw_control_character(grammars):
+    """The same for a forced tool call's arguments (the structural tag of `tool_choice`)."""
+    import xgrammar
+
+    from jupyter_qwen.server.protocol import Tool
+    from jupyter_qwen.server.structured import tools_constraint
+
+    tool = Tool.model_validate({"type": "function", "function": {
+        "name": "get_weather", "parameters": {
+            "type": "object", "required": ["city"],
+            "properties": {"city": {"type": "string", "maxLength": 12}}}}})
+    compiled = grammars.compile(tools_constraint([tool], "required", parallel=False))
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "%s"}}\n</tool_call>'
+    assert xgrammar.GrammarMatcher(compiled).accept_string(call % "Paris")
+    assert not xgrammar.GrammarMatcher(compiled).accept_string(call % "Par\x07is")
+
+
 def test_a_compile_past_the_limit_is_an_error_not_a_stall(grammars):
     grammars.timeout = 0.001
     try:

@@ -136,7 +136,7 @@ def compile_constraint(compiler, kind: str, text: str) -> Any:
     if kind == "grammar":
         return _compile_grammar(compiler, text)
     if kind == "structural_tag":
-        return compiler.compile_structural_tag(text)
+        return compiler.compile_grammar(structural_tag_grammar(text))
     raise ConstraintError(f"unknown constraint kind {kind!r}", param=kind)
 
 
@@ -146,6 +146,15 @@ def json_schema_grammar(schema: str) -> str:
     import xgrammar
 
     grammar = str(xgrammar.Grammar.from_json_schema(schema, any_whitespace=False))
+    return grammar.replace(LENGTH_STRING_CHARACTERS, JSON_STRING_CHARACTERS)
+
+
+def structural_tag_grammar(tag: str) -> str:
+    """The EBNF of a structural tag (the tool calls' format), its JSON schemas' strings held
+    to JSON's characters as `json_schema_grammar` does."""
+    import xgrammar
+
+    grammar = str(xgrammar.Grammar.from_structural_tag(tag))
     return grammar.replace(LENGTH_STRING_CHARACTERS, JSON_STRING_CHARACTERS)
 
 
