@@ -90,12 +90,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-bf16", action="store_true")
     args = parser.parse_args(argv)
     say(f"{torch.cuda.get_device_name()}; steps {STEPS}, {SPLITS} splits of 20 tiles")
-    plan = [("awq", kind, shape, prologue) for prologue in args.prologues.split(",")
-            for kind in args.kinds.split(",") for shape in ("split", "whole")
-            if not (shape == "whole" and kind != args.kinds.split(",")[0])]
-    if not args.no_bf16:
-        plan += [("bf16", "gemv", shape, prologue) for prologue in args.prologues.split(",")
-                 for shape in ("split", "whole")]
+    kinds, prologues = args.kinds.split(","), args.prologues.split(",")
+    plan = []
+    for prologue in prologues:  # "whole" has no splits to sum: once, on the first kind
+        plan += [("awq", kind, "split", prologue) for kind in kinds]
+        plan.append(("awq", kinds[0], "whole", prologue))
+        if not args.no_bf16:
+            plan += [("bf16", "gemv", shape, prologue) for shape in ("split", "whole")]
     results = []
     say(f"{'format':<6}{'kind':<11}{'shape':<7}{'prologue':<10}"
         + "".join(f"{'G=' + str(s):>8}" for s in STEPS) + f"{'a us':>8}{'b us':>8}")

@@ -145,8 +145,7 @@ def json_schema_grammar(schema: str) -> str:
     in any string (`LENGTH_STRING_CHARACTERS`)."""
     import xgrammar
 
-    grammar = str(xgrammar.Grammar.from_json_schema(schema, any_whitespace=False))
-    return grammar.replace(LENGTH_STRING_CHARACTERS, JSON_STRING_CHARACTERS)
+    return _json_strings(xgrammar.Grammar.from_json_schema(schema, any_whitespace=False))
 
 
 def structural_tag_grammar(tag: str) -> str:
@@ -154,8 +153,12 @@ def structural_tag_grammar(tag: str) -> str:
     to JSON's characters as `json_schema_grammar` does."""
     import xgrammar
 
-    grammar = str(xgrammar.Grammar.from_structural_tag(tag))
-    return grammar.replace(LENGTH_STRING_CHARACTERS, JSON_STRING_CHARACTERS)
+    return _json_strings(xgrammar.Grammar.from_structural_tag(tag))
+
+
+def _json_strings(grammar) -> str:
+    """`grammar`'s EBNF with JSON's string characters where the library wrote its own."""
+    return str(grammar).replace(LENGTH_STRING_CHARACTERS, JSON_STRING_CHARACTERS)
 
 
 def _compile_grammar(compiler, text: str) -> Any:

@@ -330,6 +330,50 @@ def _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k0, lanes, row_ok, k
 
 
 @triton.jit
+def _step_words(q_base, k0, lanes, stride, k_end, EVEN_K: tl.constexpr):
+    """The four [1, LANES, WORDS] word tiles of the step at k0 (rows k0 + 32 r + lanes)."""
+    L: tl.constexpr = 32
+    return (_load_words(q_base, k0, lanes, stride, k_end, EVEN_K),
+            _load_words(q_base, k0 + L, lanes, stride, k_end, EVEN_K),
+            _load_words(q_base, k0 + 2 * L, lanes, stride, k_end, EVEN_K),
+            _load_words(q_base, k0 + 3 * L, lanes, stride, k_end, EVEN_K))
+
+
+@triton.jit
+def _group_scales(z_base, s_base, g, qz_stride, sc_stride):
+    """Group g's zero words and its scales as four int32 pairs a word."""
+    at = s_base + g * sc_stride
+    return (tl.load(z_base + g * qz_stride), tl.load(at), tl.load(at + 1), tl.load(at + 2),
+            tl.load(at + 3))
+
+
+@triton.jit
+def _step_operands(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k0, lanes, row_ok, k_end,
+                   inv_rms, K, PROLOGUE: tl.constexpr, EVEN_K: tl.constexpr,
+                   HALF2: tl.constexpr, ASM: tl.constexpr):
+    """The four operand tiles of the step at k0, as the step's sums take them."""
+    L: tl.constexpr = 32
+    a0 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k0, lanes, row_ok, k_end,
+                       inv_rms, K, PROLOGUE, EVEN_K)
+    a1 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k0 + L, lanes, row_ok, k_end,
+                       inv_rms, K, PROLOGUE, EVEN_K)
+    a2 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k0 + 2 * L, lanes, row_ok,
+                       k_end, inv_rms, K, PROLOGUE, EVEN_K)
+    a3 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k0 + 3 * L, lanes, row_ok,
+                       k_end, inv_rms, K, PROLOGUE, EVEN_K)
+    return _step_operand_form(a0, a1, a2, a3, HALF2, ASM)
+
+
+@triton.jit
+def _step_operand_form(a0, a1, a2, a3, HALF2: tl.constexpr, ASM: tl.constexpr):
+    """fp32 operand tiles as the step's sums take them (`_half2_operand` for HALF2)."""
+    if HALF2:
+        a0, a1 = _half2_operand(a0, ASM), _half2_operand(a1, ASM)
+        a2, a3 = _half2_operand(a2, ASM), _half2_operand(a3, ASM)
+    return a0, a1, a2, a3
+
+
+@triton.jit
 def _lanes_in_order(s0, s1, s2, s3, s4, s5, s6, s7):
     """[BLOCK_M, LANES, WORDS] sums of columns 8 w + j (s_j) -> [BLOCK_M, LANES, 8 WORDS] in
     column order (`_columns_in_order` before the sum over lanes: the joins stay in each
@@ -402,22 +446,13 @@ def _awq_lop3_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, part_pt
     res_at = rows[:, None, None] * res_stride
 
     # the first step's words, zeros and scales (weights only: before the previous kernel ends)
-    q0 = _load_words(q_base, k_begin, lanes, qw_stride, k_end, EVEN_K)
-    q1 = _load_words(q_base, k_begin + L, lanes, qw_stride, k_end, EVEN_K)
-    q2 = _load_words(q_base, k_begin + 2 * L, lanes, qw_stride, k_end, EVEN_K)
-    q3 = _load_words(q_base, k_begin + 3 * L, lanes, qw_stride, k_end, EVEN_K)
-    g = k_begin // STEP
-    zw = tl.load(z_base + g * qz_stride)
-    s01 = tl.load(s_base + g * sc_stride)
-    s23 = tl.load(s_base + g * sc_stride + 1)
-    s45 = tl.load(s_base + g * sc_stride + 2)
-    s67 = tl.load(s_base + g * sc_stride + 3)
+    q0, q1, q2, q3 = _step_words(q_base, k_begin, lanes, qw_stride, k_end, EVEN_K)
+    zw, s01, s23, s45, s67 = _group_scales(z_base, s_base, k_begin // STEP, qz_stride,
+                                           sc_stride)
     pdl.after_previous_kernel(USE_GDC)
     row_ok2 = row_ok[:, None, None]
-    x_rows = rows[:, None] * x_stride
-    res_rows = rows[:, None] * res_stride
-    first_residual = (pid_n == 0) & (split == 0)
-    if PROLOGUE == 1 or PROLOGUE == 2:  # the first operand's loads, then the norm pass
+    NORM: tl.constexpr = PROLOGUE == 1 or PROLOGUE == 2
+    if NORM:  # the first operand's loads before the norm pass, so that they overlap it
         h0, w0 = _early_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin, lanes,
                                 row_ok2, k_end, K, PROLOGUE, EVEN_K)
         h1, w1 = _early_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin + L, lanes,
@@ -426,27 +461,19 @@ def _awq_lop3_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, part_pt
                                 lanes, row_ok2, k_end, K, PROLOGUE, EVEN_K)
         h3, w3 = _early_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin + 3 * L,
                                 lanes, row_ok2, k_end, K, PROLOGUE, EVEN_K)
-        inv_rms = _inv_rms(x_ptr, res_ptr, res_out_ptr, rows, x_rows, res_rows,
-                           res_out_stride, M, K, eps, first_residual, PROLOGUE, BLOCK_M,
-                           NORM_BLOCK)[:, None, None]
+    inv_rms = _inv_rms(x_ptr, res_ptr, res_out_ptr, rows, rows[:, None] * x_stride,
+                       rows[:, None] * res_stride, res_out_stride, M, K, eps,
+                       (pid_n == 0) & (split == 0), PROLOGUE, BLOCK_M,
+                       NORM_BLOCK)[:, None, None]
+    if NORM:
         dtype = x_ptr.dtype.element_ty
-        a0, a1 = _normed(h0, w0, inv_rms, dtype), _normed(h1, w1, inv_rms, dtype)
-        a2, a3 = _normed(h2, w2, inv_rms, dtype), _normed(h3, w3, inv_rms, dtype)
+        a0, a1, a2, a3 = _step_operand_form(
+            _normed(h0, w0, inv_rms, dtype), _normed(h1, w1, inv_rms, dtype),
+            _normed(h2, w2, inv_rms, dtype), _normed(h3, w3, inv_rms, dtype), HALF2, ASM)
     else:
-        inv_rms = _inv_rms(x_ptr, res_ptr, res_out_ptr, rows, x_rows, res_rows,
-                           res_out_stride, M, K, eps, first_residual, PROLOGUE, BLOCK_M,
-                           NORM_BLOCK)[:, None, None]
-        a0 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin, lanes, row_ok2,
-                           k_end, inv_rms, K, PROLOGUE, EVEN_K)
-        a1 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin + L, lanes,
-                           row_ok2, k_end, inv_rms, K, PROLOGUE, EVEN_K)
-        a2 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin + 2 * L, lanes,
-                           row_ok2, k_end, inv_rms, K, PROLOGUE, EVEN_K)
-        a3 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin + 3 * L, lanes,
-                           row_ok2, k_end, inv_rms, K, PROLOGUE, EVEN_K)
-    if HALF2:
-        a0, a1 = _half2_operand(a0, ASM), _half2_operand(a1, ASM)
-        a2, a3 = _half2_operand(a2, ASM), _half2_operand(a3, ASM)
+        a0, a1, a2, a3 = _step_operands(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, k_begin,
+                                        lanes, row_ok2, k_end, inv_rms, K, PROLOGUE, EVEN_K,
+                                        HALF2, ASM)
     acc0 = _zero_sums(BLOCK_M, L, WORDS, HALF2, ASM)
     acc1 = _zero_sums(BLOCK_M, L, WORDS, HALF2, ASM)
     acc2 = _zero_sums(BLOCK_M, L, WORDS, HALF2, ASM)
@@ -463,27 +490,12 @@ def _awq_lop3_kernel(x_ptr, res_ptr, norm_w_ptr, qw_ptr, qz_ptr, sc_ptr, part_pt
         b0, b1, b2, b3 = a0, a1, a2, a3
         t01, t23, t45, t67 = s01, s23, s45, s67
         ahead = tl.minimum(k0 + STEP, last)
-        q0 = _load_words(q_base, ahead, lanes, qw_stride, k_end, EVEN_K)
-        q1 = _load_words(q_base, ahead + L, lanes, qw_stride, k_end, EVEN_K)
-        q2 = _load_words(q_base, ahead + 2 * L, lanes, qw_stride, k_end, EVEN_K)
-        q3 = _load_words(q_base, ahead + 3 * L, lanes, qw_stride, k_end, EVEN_K)
-        g_next = ahead // STEP
-        zw = tl.load(z_base + g_next * qz_stride)
-        s01 = tl.load(s_base + g_next * sc_stride)
-        s23 = tl.load(s_base + g_next * sc_stride + 1)
-        s45 = tl.load(s_base + g_next * sc_stride + 2)
-        s67 = tl.load(s_base + g_next * sc_stride + 3)
-        a0 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ahead, lanes, row_ok2,
-                           k_end, inv_rms, K, PROLOGUE, EVEN_K)
-        a1 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ahead + L, lanes,
-                           row_ok2, k_end, inv_rms, K, PROLOGUE, EVEN_K)
-        a2 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ahead + 2 * L, lanes,
-                           row_ok2, k_end, inv_rms, K, PROLOGUE, EVEN_K)
-        a3 = _load_operand(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ahead + 3 * L, lanes,
-                           row_ok2, k_end, inv_rms, K, PROLOGUE, EVEN_K)
-        if HALF2:
-            a0, a1 = _half2_operand(a0, ASM), _half2_operand(a1, ASM)
-            a2, a3 = _half2_operand(a2, ASM), _half2_operand(a3, ASM)
+        q0, q1, q2, q3 = _step_words(q_base, ahead, lanes, qw_stride, k_end, EVEN_K)
+        zw, s01, s23, s45, s67 = _group_scales(z_base, s_base, ahead // STEP, qz_stride,
+                                               sc_stride)
+        a0, a1, a2, a3 = _step_operands(x_ptr, res_ptr, norm_w_ptr, x_at, res_at, ahead,
+                                        lanes, row_ok2, k_end, inv_rms, K, PROLOGUE, EVEN_K,
+                                        HALF2, ASM)
         acc0, acc1, acc2, acc3 = _add_step(c0, c1, c2, c3, czw, b0, b1, b2, b3, t01, t23,
                                            acc0, acc1, acc2, acc3, 0, HALF2, ASM)
         acc4, acc5, acc6, acc7 = _add_step(c0, c1, c2, c3, czw, b0, b1, b2, b3, t45, t67,
