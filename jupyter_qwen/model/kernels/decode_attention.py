@@ -40,19 +40,27 @@ def _decode_row(query_start_loc_ptr, seq, seq_len, MIXED: tl.constexpr):
 
 
 @triton.jit
-def _attend_tile(q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, block, positions, key_ok,
-                 head_at, scale_log2, cache_stride_b, cache_stride_s, HEAD_DIM: tl.constexpr,
-                 BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):
+def cache_tile(k_cache_ptr, v_cache_ptr, table, positions, key_ok, head_at, cache_stride_b,
+               cache_stride_s, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    """The K and V rows [len(positions), HEAD_DIM] of cache positions (zeros where not
+    key_ok), through the sequence's block table."""
+    block = tl.load(table + positions // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
     token_at = block * cache_stride_b + (positions % BLOCK_SIZE) * cache_stride_s + head_at
     tile_at = token_at[:, None] + tl.arange(0, HEAD_DIM)[None, :]
     k = tl.load(k_cache_ptr + tile_at, mask=key_ok[:, None], other=0.0)
+    v = tl.load(v_cache_ptr + tile_at, mask=key_ok[:, None], other=0.0)
+    return k, v
+
+
+@triton.jit
+def attend_tile(q, row_max, row_sum, acc, k, v, key_ok, scale_log2, PRECISION: tl.constexpr):
+    """One online-softmax update of (row_max, row_sum, acc) by a tile of keys and values."""
     scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
     scores = tl.where(key_ok[None, :], scores, float("-inf"))
     new_max = tl.maximum(row_max, tl.max(scores, 1))
     probs = tl.exp2(scores - new_max[:, None])
     rescale = tl.exp2(row_max - new_max)
     row_sum = row_sum * rescale + tl.sum(probs, 1)
-    v = tl.load(v_cache_ptr + tile_at, mask=key_ok[:, None], other=0.0)
     acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v, input_precision=PRECISION)
     return new_max, row_sum, acc
 
@@ -66,11 +74,10 @@ def attend_cache(q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, table, head
     for n0 in range(start, end, BLOCK_N):
         positions = n0 + tl.arange(0, BLOCK_N)
         key_ok = positions < end
-        block = tl.load(table + positions // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
-        row_max, row_sum, acc = _attend_tile(
-            q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, block, positions, key_ok,
-            head_at, scale_log2, cache_stride_b, cache_stride_s, HEAD_DIM, BLOCK_SIZE,
-            PRECISION)
+        k, v = cache_tile(k_cache_ptr, v_cache_ptr, table, positions, key_ok, head_at,
+                          cache_stride_b, cache_stride_s, HEAD_DIM, BLOCK_SIZE)
+        row_max, row_sum, acc = attend_tile(q, row_max, row_sum, acc, k, v, key_ok,
+                                            scale_log2, PRECISION)
     return row_max, row_sum, acc
 
 

@@ -12,9 +12,10 @@ Splits merge inside the launch. A sequence with one live split writes its output
 otherwise each live split writes its partial (max, sum, acc) to the workspace and takes a
 ticket from its (seq, kv_head) counter, and the last one merges the partials, writes the
 output rows and resets the counter to 0 for the next launch. Grid and workspace depend on
-shapes only and nothing is read on the host: CUDA-graph safe. On Hopper the launch is a
-programmatic dependent one (`pdl`): the step inputs, norm weights and RoPE rows are read
-before waiting for the kernel that wrote qkv.
+shapes only and nothing is read on the host: CUDA-graph safe; a split past the sequence's
+live ones ends at once. On Hopper the launch is a programmatic dependent one (`pdl`): the
+step inputs, norm weights, RoPE rows and the split's first tile of earlier tokens' keys and
+values are read before waiting for the kernel that wrote qkv.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from jupyter_qwen.model.kernels.decode_attention import (
     BLOCK_N,
     LOG2_E,
     attend_cache,
+    attend_tile,
+    cache_tile,
     decode_num_splits,
     dot_precision,
 )
@@ -95,44 +98,52 @@ def _decode_step_kernel(qkv_ptr, positions_ptr, slots_ptr, q_weight_ptr, k_weigh
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    dtype = k_cache_ptr.dtype.element_ty
     seq_len = tl.load(seq_lens_ptr + seq)
-    position = tl.load(positions_ptr + seq).to(tl.int64)
-    slot = tl.load(slots_ptr + seq).to(tl.int64)
-    dims = tl.arange(0, HEAD_DIM)[None, :]
-    partner = (dims + HALF) % HEAD_DIM
-    q_weight = tl.load(q_weight_ptr + dims).to(tl.float32)
-    q_weight_partner = tl.load(q_weight_ptr + partner).to(tl.float32)
-    k_weight = tl.load(k_weight_ptr + dims).to(tl.float32)
-    k_weight_partner = tl.load(k_weight_ptr + partner).to(tl.float32)
-    cos = tl.load(cos_ptr + position * rope_stride + dims).to(tl.float32)
-    sin = tl.load(sin_ptr + position * rope_stride + dims).to(tl.float32)
-    pdl.after_previous_kernel(USE_GDC)
-
-    row = qkv_ptr + seq.to(tl.int64) * qkv_stride
-    group_rows = tl.arange(0, BLOCK_H)[:, None]
-    head_ok = group_rows < GROUP
-    q_at = row + (kv_head * GROUP + group_rows) * HEAD_DIM
-    q_x = tl.load(q_at + dims, mask=head_ok, other=0.0).to(tl.float32)
-    q_partner = tl.load(q_at + partner, mask=head_ok, other=0.0).to(tl.float32)
-    k_at = row + (num_q_heads + kv_head) * HEAD_DIM
-    k_x = tl.load(k_at + dims).to(tl.float32)
-    k_partner = tl.load(k_at + partner).to(tl.float32)
-    v_new = tl.load(row + (num_q_heads + num_kv_heads + kv_head) * HEAD_DIM + dims).to(dtype)
-
     chunk = tl.maximum(tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N, min_chunk)
     num_live = tl.maximum(tl.cdiv(seq_len, chunk), 1)
-    if split < num_live:
+    if split < num_live:  # the others end here: no wait, no write
+        dtype = k_cache_ptr.dtype.element_ty
+        position = tl.load(positions_ptr + seq).to(tl.int64)
+        slot = tl.load(slots_ptr + seq).to(tl.int64)
+        dims = tl.arange(0, HEAD_DIM)[None, :]
+        partner = (dims + HALF) % HEAD_DIM
+        q_weight = tl.load(q_weight_ptr + dims).to(tl.float32)
+        q_weight_partner = tl.load(q_weight_ptr + partner).to(tl.float32)
+        k_weight = tl.load(k_weight_ptr + dims).to(tl.float32)
+        k_weight_partner = tl.load(k_weight_ptr + partner).to(tl.float32)
+        cos = tl.load(cos_ptr + position * rope_stride + dims).to(tl.float32)
+        sin = tl.load(sin_ptr + position * rope_stride + dims).to(tl.float32)
         table = block_tables_ptr + seq.to(tl.int64) * table_stride
         start = split * chunk
         end = tl.minimum(start + chunk, seq_len - 1)
+        head_at = kv_head * cache_stride_h
+        # the split's first tile of earlier tokens' keys and values (no kernel of this step
+        # writes them), requested before the wait so that it overlaps the kernel before
+        first = start + tl.arange(0, BLOCK_N)
+        first_ok = first < end
+        k_first, v_first = cache_tile(k_cache_ptr, v_cache_ptr, table, first, first_ok,
+                                      head_at, cache_stride_b, cache_stride_s, HEAD_DIM,
+                                      BLOCK_SIZE)
+        pdl.after_previous_kernel(USE_GDC)
+
+        row = qkv_ptr + seq.to(tl.int64) * qkv_stride
+        group_rows = tl.arange(0, BLOCK_H)[:, None]
+        head_ok = group_rows < GROUP
+        q_at = row + (kv_head * GROUP + group_rows) * HEAD_DIM
+        q_x = tl.load(q_at + dims, mask=head_ok, other=0.0).to(tl.float32)
+        q_partner = tl.load(q_at + partner, mask=head_ok, other=0.0).to(tl.float32)
+        k_at = row + (num_q_heads + kv_head) * HEAD_DIM
+        k_x = tl.load(k_at + dims).to(tl.float32)
+        k_partner = tl.load(k_at + partner).to(tl.float32)
+        v_new = tl.load(row + (num_q_heads + num_kv_heads + kv_head) * HEAD_DIM
+                        + dims).to(dtype)
+
         sign = tl.where(dims < HALF, -1.0, 1.0)
         q = _norm_rope(q_x, q_partner, q_weight, q_weight_partner, cos, sin, sign, eps,
                        HEAD_DIM).to(dtype)
         k_new = _norm_rope(k_x, k_partner, k_weight, k_weight_partner, cos, sin, sign, eps,
                            HEAD_DIM).to(dtype)
         owner = (split == num_live - 1) & (seq_len > 0)
-        head_at = kv_head * cache_stride_h
         if owner & (slot >= 0):
             at = (slot // BLOCK_SIZE) * cache_stride_b + (slot % BLOCK_SIZE) * cache_stride_s
             tl.store(k_cache_ptr + at + head_at + dims, k_new)
@@ -142,10 +153,13 @@ def _decode_step_kernel(qkv_ptr, positions_ptr, slots_ptr, q_weight_ptr, k_weigh
         row_sum = tl.where(owner, 1.0, 0.0) + tl.zeros([BLOCK_H], tl.float32)
         acc = tl.where(owner, v_new.to(tl.float32), 0.0) + tl.zeros([BLOCK_H, HEAD_DIM],
                                                                      tl.float32)
+        if start < end:  # a padding row (seq_len 0) has no earlier token to attend
+            row_max, row_sum, acc = attend_tile(q, row_max, row_sum, acc, k_first, v_first,
+                                                first_ok, scale_log2, PRECISION)
         row_max, row_sum, acc = attend_cache(
-            q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, table, head_at, start, end,
-            scale_log2, cache_stride_b, cache_stride_s, HEAD_DIM, BLOCK_SIZE, BLOCK_N,
-            PRECISION)
+            q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, table, head_at,
+            start + BLOCK_N, end, scale_log2, cache_stride_b, cache_stride_s, HEAD_DIM,
+            BLOCK_SIZE, BLOCK_N, PRECISION)
 
         out_at = (seq.to(tl.int64) * num_q_heads + kv_head * GROUP) * HEAD_DIM
         if num_live == 1:

@@ -169,13 +169,14 @@ TUNED: dict[tuple[str, int, int, int], DecodeTiling] = {
     ('awq', 2, 2560, 4096): DecodeTiling(64, 128, 4, dot=False, unpack='mma', split_k=13),
     ('awq', 2, 19456, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='lop3', split_k=2),
     ('awq', 2, 2560, 9728): DecodeTiling(128, 128, 4, dot=False, unpack='lop3_one', split_k=13),
-    ('awq', 1, 6144, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='half2_one', split_k=14,
+    ('awq', 1, 6144, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='half2_one', split_k=6,
                                          max_registers=128),
     ('awq', 1, 2560, 4096): DecodeTiling(128, 128, 4, dot=False, unpack='half2_one', split_k=13,
                                          max_registers=128),
     ('awq', 1, 19456, 2560): DecodeTiling(128, 128, 4, dot=False, unpack='half2_one', split_k=3,
                                           max_registers=128),
-    ('awq', 1, 2560, 9728): DecodeTiling(128, 128, 4, dot=False, unpack='half2_one', split_k=33),
+    ('awq', 1, 2560, 9728): DecodeTiling(128, 128, 4, dot=False, unpack='half2_one', split_k=26,
+                                         max_registers=128),
 }
 
 
