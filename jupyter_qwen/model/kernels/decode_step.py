@@ -153,7 +153,7 @@ def _decode_step_kernel(qkv_ptr, positions_ptr, slots_ptr, q_weight_ptr, k_weigh
         row_sum = tl.where(owner, 1.0, 0.0) + tl.zeros([BLOCK_H], tl.float32)
         acc = tl.where(owner, v_new.to(tl.float32), 0.0) + tl.zeros([BLOCK_H, HEAD_DIM],
                                                                      tl.float32)
-        if start < end:  # a padding row (seq_len 0) has no earlier token to attend
+        if start < end:  # else no earlier token here (a padding row, or only the new one)
             row_max, row_sum, acc = attend_tile(q, row_max, row_sum, acc, k_first, v_first,
                                                 first_ok, scale_log2, PRECISION)
         row_max, row_sum, acc = attend_cache(
