@@ -347,9 +347,12 @@ def rows_product(prologue: str, weights: RowsWeights, x: torch.Tensor, *,
     return y
 
 
-# (block_n, groups, warps) measured in run 81 near the best of each product, each with a
-# program a row tile (0) and with programs looping over tiles (4 or 8 an SM)
-TILES = [(4, 4, 1), (4, 8, 1), (8, 4, 1), (8, 8, 2), (16, 4, 2), (16, 8, 4)]
+# (block_n, groups, warps): 8 groups a step put all 32 lanes of a warp along a row's words,
+# so x's pair tiles ([1, 128 words]) take the words' layout (each warp computes them) and no
+# step converts a tile through shared memory; with 4 groups only one warp does (run 81's
+# multi-warp tilings of 4 groups converted every step's words). Each with a program a row
+# tile (0) and with programs looping over tiles (4 or 8 an SM).
+TILES = [(4, 8, 1), (8, 8, 2), (16, 8, 4), (8, 8, 4), (4, 4, 1), (8, 4, 1)]
 CANDIDATES = [RowsTiling(n, g, w, p) for n, g, w in TILES for p in (0, 4, 8)]
 
 
