@@ -356,6 +356,17 @@ TILES = [(4, 8, 1), (8, 8, 2), (16, 8, 4), (8, 8, 4), (4, 4, 1), (8, 4, 1)]
 CANDIDATES = [RowsTiling(n, g, w, p) for n, g, w in TILES for p in (0, 4, 8)]
 
 
+# down again with a plain operand: what it would take if gate_up's epilogue made SiLU·mul
+# (its gate and up rows of the same index in one tile), as this layout would want
+EXTRA = {"4B": {"down_plain": (2560, 9728, [2560], "plain")},
+         "0.6B": {"down_plain": (1024, 3072, [1024], "plain")}}
+
+
+def products(model: str) -> dict:
+    """quant_decode's products of the model's layer, then EXTRA's."""
+    return {**_quant_decode().MODELS[model], **EXTRA.get(model, {})}
+
+
 def _quant_decode():
     from benchmarks import quant_decode
 
@@ -395,7 +406,7 @@ def sweep_rows(model: str, results: list[dict]) -> dict:
 
     qd = _quant_decode()
     best = {}
-    for name, (n, k, shards, prologue) in qd.MODELS[model].items():
+    for name, (n, k, shards, prologue) in products(model).items():
         layers = [qd.random_layer("awq", n, k, shards)]
         rows = [repack(layers[0].qweight, layers[0].qzeros, layers[0].scales)]
         for _ in range(qd.copies_for(rows[0].nbytes) - 1):
@@ -436,7 +447,7 @@ def today_micros(model: str, fmt: str) -> dict:
 
     qd = _quant_decode()
     out = {}
-    for name, (n, k, shards, prologue) in qd.MODELS[model].items():
+    for name, (n, k, shards, prologue) in products(model).items():
         layers = [qd.random_layer(fmt, n, k, shards)]
         layers += [qd.random_layer(fmt, n, k, shards)
                    for _ in range(qd.copies_for(qd.weight_bytes(layers[0])) - 1)]
@@ -497,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; pdl {launch_pdl()}")
     say(f"copy bandwidth {measure_copy_gbps():.0f} GB/s (read + write)")
     jobs = sorted({(prologue, k, t) for model in models
-                   for _, k, _, prologue in qd.MODELS[model].values() for t in CANDIDATES},
+                   for _, k, _, prologue in products(model).values() for t in CANDIDATES},
                   key=str)
     say(compile_in_workers(precompile_job, jobs, most=14))
     results, layers = [], []
