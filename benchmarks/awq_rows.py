@@ -58,11 +58,9 @@ class RowsTiling:
     block_n: int  # output rows a program
     groups: int  # groups (128 k) a step
     num_warps: int
-    programs_per_sm: int = 0  # 0: a program a row tile; else at most this many an SM
 
     def name(self) -> str:
-        loop = f" p{self.programs_per_sm}" if self.programs_per_sm else ""
-        return f"rows n{self.block_n} g{self.groups} w{self.num_warps}{loop}"
+        return f"rows n{self.block_n} g{self.groups} w{self.num_warps}"
 
 
 @dataclass
@@ -248,37 +246,25 @@ def _rounded(value):
     return value.to(tl.float16).to(tl.float32)
 
 
-@triton.jit
-def _tile_weights(w_ptr, meta_ptr, tile, g0, N, G, w_stride, meta_stride, columns, groups,
-                  BLOCK_N: tl.constexpr, EVEN_G: tl.constexpr):
-    """`_step_weights` of row tile `tile` (rows past N re-read row N - 1)."""
-    rows = tl.minimum(tile * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)
-    w_base = w_ptr + rows[:, None] * w_stride + columns
-    m_base = meta_ptr + rows[:, None, None] * meta_stride + groups
-    return _step_weights(w_base, m_base, g0, G, columns, groups, EVEN_G)
-
-
-@triton.jit(do_not_specialize=["M", "N", "TILES"])
+@triton.jit(do_not_specialize=["M", "N"])
 def _rows_kernel(x_ptr, res_ptr, norm_w_ptr, xi_ptr, ri_ptr, nwi_ptr, w_ptr, meta_ptr, y_ptr,
-                 res_out_ptr, M, N, K, G, TILES, eps, w_stride, meta_stride, res_out_stride,
+                 res_out_ptr, M, N, K, G, eps, w_stride, meta_stride, res_out_stride,
                  PROLOGUE: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr,
                  EVEN_G: tl.constexpr, NORM_BLOCK: tl.constexpr, USE_GDC: tl.constexpr,
                  ASM: tl.constexpr):
-    """y[0, n] for one row of x: x_ptr / res_ptr / norm_w_ptr bf16 (the norm pass), xi_ptr
-    / ri_ptr / nwi_ptr the same as int32 pairs; G groups of 128 k. Program p takes the row
-    tiles p, p + grid, ... (TILES of BLOCK_N rows) in one loop over (tile, step), each next
-    step's words and operand requested before this one's arithmetic, across tiles too; the
-    norm pass once a program."""
+    """y[0, n] for one row of x and BLOCK_N rows of W: x_ptr / res_ptr / norm_w_ptr bf16 (the
+    norm pass), xi_ptr / ri_ptr / nwi_ptr the same as int32 pairs; G groups of 128 k. Each
+    next step's words, meta and operand are requested before this step's arithmetic."""
     pid = tl.program_id(0)
-    grid = tl.num_programs(0)
-    steps = tl.cdiv(G, GROUPS)
-    total = (TILES - pid + grid - 1) // grid * steps
+    ns = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.minimum(ns, N - 1)
     groups = tl.arange(0, GROUPS)[None, :, None]
     columns = tl.arange(0, GROUPS * 16)[None, :]
+    w_base = w_ptr + rows[:, None] * w_stride + columns
+    m_base = meta_ptr + rows[:, None, None] * meta_stride + groups
     pairs = columns // 16 * 64 + columns % 16
 
-    w_next, m_next = _tile_weights(w_ptr, meta_ptr, pid, 0, N, G, w_stride, meta_stride,
-                                   columns, groups, BLOCK_N, EVEN_G)
+    w_next, m_next = _step_weights(w_base, m_base, 0, G, columns, groups, EVEN_G)
     pdl.after_previous_kernel(USE_GDC)
     one = tl.arange(0, 1)
     inv_rms = tl.sum(_inv_rms(x_ptr, res_ptr, res_out_ptr, one, one[:, None] * 0,
@@ -286,34 +272,21 @@ def _rows_kernel(x_ptr, res_ptr, norm_w_ptr, xi_ptr, ri_ptr, nwi_ptr, w_ptr, met
                               PROLOGUE, 1, NORM_BLOCK), 0)
     x0, x1, x2, x3 = _step_operands(xi_ptr, ri_ptr, nwi_ptr, pairs, 0, G, inv_rms, K,
                                     PROLOGUE, EVEN_G, ASM)
-    acc = tl.zeros([BLOCK_N, GROUPS, 4], tl.float32)
-    for it in range(0, total):
+    acc = tl.zeros([BLOCK_N, GROUPS, 16], tl.float32)
+    last = (G - 1) // GROUPS * GROUPS
+    for g0 in range(0, G, GROUPS):
         w, meta = w_next, m_next
         a0, a1, a2, a3 = x0, x1, x2, x3
-        ahead = tl.minimum(it + 1, total - 1)  # the last step re-reads itself
-        g_ahead = ahead % steps * GROUPS
-        w_next, m_next = _tile_weights(w_ptr, meta_ptr, pid + ahead // steps * grid, g_ahead,
-                                       N, G, w_stride, meta_stride, columns, groups, BLOCK_N,
-                                       EVEN_G)
-        x0, x1, x2, x3 = _step_operands(xi_ptr, ri_ptr, nwi_ptr, pairs, g_ahead, G, inv_rms,
+        ahead = tl.minimum(g0 + GROUPS, last)  # the last step re-reads itself
+        w_next, m_next = _step_weights(w_base, m_base, ahead, G, columns, groups, EVEN_G)
+        x0, x1, x2, x3 = _step_operands(xi_ptr, ri_ptr, nwi_ptr, pairs, ahead, G, inv_rms,
                                         K, PROLOGUE, EVEN_G, ASM)
         zero_even, zero_odd = _zeros_of(meta)
         low, high = _word_sums(w, zero_even, zero_odd, a0, a1, a2, a3, ASM)
         scale = (meta & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        # a thread's four words of a group summed in its registers, then scaled
-        words_sum = tl.sum(tl.reshape(low + high, [BLOCK_N, GROUPS, 4, 4]), 3)
-        acc += words_sum * scale
-        if it % steps == steps - 1:  # the tile's last step: its rows are summed
-            ns = (pid + it // steps * grid) * BLOCK_N + tl.arange(0, BLOCK_N)
-            y = tl.sum(tl.sum(acc, 2), 1) * HALF2_X
-            tl.store(y_ptr + ns, y.to(y_ptr.dtype.element_ty), mask=ns < N)
-            acc = tl.zeros([BLOCK_N, GROUPS, 4], tl.float32)
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 2  # the interpreter: a few programs, so that each takes several tiles
-    return torch.cuda.get_device_properties(device).multi_processor_count
+        acc += (low + high) * scale
+    y = tl.sum(tl.sum(acc, 2), 1) * HALF2_X
+    tl.store(y_ptr + ns, y.to(y_ptr.dtype.element_ty), mask=ns < N)
 
 
 def rows_product(prologue: str, weights: RowsWeights, x: torch.Tensor, *,
@@ -331,13 +304,9 @@ def rows_product(prologue: str, weights: RowsWeights, x: torch.Tensor, *,
     res = residual if residual is not None else x
     nw = norm_weight if norm_weight is not None else x
     res_out = torch.empty_like(x) if code == ADD_RMS_NORM else y
-    tiles = triton.cdiv(n, tiling.block_n)
-    grid = tiles
-    if tiling.programs_per_sm:
-        grid = min(tiles, tiling.programs_per_sm * _sm_count(x.device))
-    _rows_kernel[(grid,)](
+    _rows_kernel[(triton.cdiv(n, tiling.block_n),)](
         x, res, nw, x.view(torch.int32), res.view(torch.int32), nw.view(torch.int32),
-        weights.words, weights.meta, y, res_out, 1, n, k, groups, tiles, eps,
+        weights.words, weights.meta, y, res_out, 1, n, k, groups, eps,
         weights.words.stride(0),
         weights.meta.stride(0), res_out.stride(0), PROLOGUE=code, BLOCK_N=tiling.block_n,
         GROUPS=tiling.groups, EVEN_G=groups % tiling.groups == 0,
@@ -347,13 +316,13 @@ def rows_product(prologue: str, weights: RowsWeights, x: torch.Tensor, *,
     return y
 
 
-# (block_n, groups, warps): 8 groups a step put all 32 lanes of a warp along a row's words,
-# so x's pair tiles ([1, 128 words]) take the words' layout (each warp computes them) and no
-# step converts a tile through shared memory; with 4 groups only one warp does (run 81's
-# multi-warp tilings of 4 groups converted every step's words). Each with a program a row
-# tile (0) and with programs looping over tiles (4 or 8 an SM).
-TILES = [(4, 8, 1), (8, 8, 2), (16, 8, 4), (8, 8, 4), (4, 4, 1), (8, 4, 1)]
-CANDIDATES = [RowsTiling(n, g, w, p) for n, g, w in TILES for p in (0, 4, 8)]
+# (block_n, groups, warps), the fastest of runs 81-82 and their neighbours: with 8 groups a
+# step all 32 lanes of a warp lie along a row's words, so x's pair tiles ([1, 128 words])
+# take the words' layout (each warp computes them) and no step converts a tile through
+# shared memory; with 4 groups only one warp does (run 81's tilings of 4 groups and 2-4
+# warps converted every step's words)
+CANDIDATES = [RowsTiling(n, g, w) for n, g, w in
+              [(4, 8, 1), (8, 8, 2), (16, 8, 4), (4, 4, 1), (8, 4, 1)]]
 
 
 # down again with a plain operand: what it would take if gate_up's epilogue made SiLU·mul
