@@ -21,8 +21,10 @@ row at k = 128 g + 2 (16 p + j) + h in nibble p + 4 h (pair p = 0..3, h = 0 low,
 
 Every product is checked against the dequantizing reference of the same layer in AWQ's
 layout, then timed (CUDA graph over rotated copies, PDL as the engine launches), beside the
-bf16 product and the current AWQ product (quant_gemv, TUNED) of the same shapes, then each
-layer's four products on their fastest tilings. M = 1 only: the question is the intercept.
+bf16 product and the current AWQ product (quant_gemv, TUNED) of the same shapes, then a
+layer's four products in one graph: all in this layout on their fastest tilings, and each in
+the layout whose product was faster alone (one copy of the weights either way). M = 1 only:
+the question is the intercept.
 """
 
 from __future__ import annotations
@@ -291,7 +293,7 @@ def _rows_kernel(x_ptr, res_ptr, norm_w_ptr, xi_ptr, ri_ptr, nwi_ptr, w_ptr, met
 
 def rows_product(prologue: str, weights: RowsWeights, x: torch.Tensor, *,
                  residual: torch.Tensor | None = None, norm_weight: torch.Tensor | None = None,
-                 eps: float = 1e-6, tiling: RowsTiling = RowsTiling(16, 4, 4),
+                 eps: float = 1e-6, tiling: RowsTiling = RowsTiling(8, 4, 1),
                  launch_pdl: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
     """One row of x ([1, K], or [1, 2K] gate | up for "silu") times the rows-layout weights,
     with the prologue; returns y [1, N] (bf16)."""
@@ -306,8 +308,7 @@ def rows_product(prologue: str, weights: RowsWeights, x: torch.Tensor, *,
     res_out = torch.empty_like(x) if code == ADD_RMS_NORM else y
     _rows_kernel[(triton.cdiv(n, tiling.block_n),)](
         x, res, nw, x.view(torch.int32), res.view(torch.int32), nw.view(torch.int32),
-        weights.words, weights.meta, y, res_out, 1, n, k, groups, eps,
-        weights.words.stride(0),
+        weights.words, weights.meta, y, res_out, 1, n, k, groups, eps, weights.words.stride(0),
         weights.meta.stride(0), res_out.stride(0), PROLOGUE=code, BLOCK_N=tiling.block_n,
         GROUPS=tiling.groups, EVEN_G=groups % tiling.groups == 0,
         NORM_BLOCK=min(triton.next_power_of_2(k), 4096), USE_GDC=launch_pdl,
@@ -316,7 +317,7 @@ def rows_product(prologue: str, weights: RowsWeights, x: torch.Tensor, *,
     return y
 
 
-# (block_n, groups, warps), the fastest of runs 81-82 and their neighbours: with 8 groups a
+# (block_n, groups, warps), the fastest of runs 81-82 and two neighbours: with 8 groups a
 # step all 32 lanes of a warp lie along a row's words, so x's pair tiles ([1, 128 words])
 # take the words' layout (each warp computes them) and no step converts a tile through
 # shared memory; with 4 groups only one warp does (run 81's tilings of 4 groups and 2-4
@@ -326,7 +327,7 @@ CANDIDATES = [RowsTiling(n, g, w) for n, g, w in
 
 
 # down again with a plain operand: what it would take if gate_up's epilogue made SiLU·mul
-# (its gate and up rows of the same index in one tile), as this layout would want
+# (its gate and up rows of the same index in one tile; run 82: level with today's down)
 EXTRA = {"4B": {"down_plain": (2560, 9728, [2560], "plain")},
          "0.6B": {"down_plain": (1024, 3072, [1024], "plain")}}
 
