@@ -45,13 +45,17 @@ import triton.language as tl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jupyter_qwen.model.kernels import pdl
-from jupyter_qwen.model.kernels.awq_lop3 import _f16_halves, _scale_pair
-from jupyter_qwen.model.kernels.gemv import _inv_rms
+from jupyter_qwen.model.kernels.awq_lop3 import (
+    HALF2_X,
+    _f16_halves,
+    _high_half,
+    _low_half,
+    _scale_pair,
+)
+from jupyter_qwen.model.kernels.awq_split import GROUP
+from jupyter_qwen.model.kernels.gemv import ADD_RMS_NORM, PLAIN, RMS_NORM, SILU_MUL, _inv_rms
 
-GROUP = 128
 WORDS = 16  # words a row and group
-HALF2_X = tl.constexpr(64.0)  # x / 64 in fp16 (as awq_lop3's half2 kinds)
-PLAIN, RMS_NORM, ADD_RMS_NORM, SILU_MUL = 0, 1, 2, 3
 PROLOGUES = {"plain": PLAIN, "norm": RMS_NORM, "add_norm": ADD_RMS_NORM, "silu": SILU_MUL}
 
 
@@ -110,8 +114,7 @@ def dequantize_rows(weights: RowsWeights) -> torch.Tensor:
 @triton.jit
 def _bf16_pair(bits):
     """fp32 (low, high) of an int32 holding two bf16."""
-    return (bits << 16).to(tl.float32, bitcast=True), (bits & -65536).to(tl.float32,
-                                                                         bitcast=True)
+    return _low_half(bits), _high_half(bits)
 
 
 @triton.jit

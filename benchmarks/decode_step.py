@@ -177,10 +177,6 @@ def kernel_table(batches: list[int], contexts: list[int], variants: list[Variant
     return best
 
 
-def greedy_tokens(llm, prompt: list[int], greedy) -> list[int]:
-    return llm.generate([prompt], greedy)[0].token_ids
-
-
 def engine_table(model_dir: str, context: int, variants: list[Variant | None]) -> None:
     """`None` in variants: the three-kernel path."""
     from benchmarks.profile_step import profile
@@ -198,7 +194,7 @@ def engine_table(model_dir: str, context: int, variants: list[Variant | None]) -
         name = "three" if variant is None else f"fused {variant}"
         with LLM(model_dir, max_num_seqs=64, gpu_memory_utilization=0.8,
                  kernels=kernels) as llm:
-            tokens = greedy_tokens(llm, prompt, greedy)
+            tokens = llm.generate([prompt], greedy)[0].token_ids
             for batch in (1, 8):
                 row = profile(llm, batch, context)
                 print(f"    {name:<12} batch {batch:>2}: graph {row['graph_ms']:.3f} ms,"
