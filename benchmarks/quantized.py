@@ -42,15 +42,17 @@ from throughput import (
     warmup_workload,
 )
 
-FORMATS = ("bf16", "fp8", "awq", "fp8-online", "fp8-own-x")
+FORMATS = ("bf16", "fp8", "awq", "fp8-online", "fp8-own-x", "awq-own-layout")
 # "fp8-own-x": the FP8 checkpoint with every FP8 product quantizing its activations in a
-# launch of its own (none handed over quantized by the fused norms and SiLU·mul)
+# launch of its own (none handed over quantized by the fused norms and SiLU·mul);
+# "awq-own-layout": the AWQ checkpoint with every projection kept in AWQ's layout (none
+# repacked into the rows layout, model/kernels/awq_rows.py)
 
 
 def checkpoint(shape: str, fmt: str, layers: int | None) -> Path:
     from jupyter_qwen.testing import make_tiny_qwen3
 
-    method = {"fp8": "fp8", "awq": "awq", "fp8-own-x": "fp8"}.get(fmt)
+    method = {"fp8": "fp8", "awq": "awq", "fp8-own-x": "fp8", "awq-own-layout": "awq"}.get(fmt)
     suffix = f"_{method}" if method else ""
     depth = f"_{layers}l" if layers else ""
     folder = Path(tempfile.gettempdir()) / f"jupyter_qwen_bench_{shape}{depth}{suffix}"
@@ -68,8 +70,23 @@ def weights_bytes(llm) -> int:
 
 
 def run_format(shape: str, fmt: str, args, workloads: dict, warmup) -> dict:
-    with products_quantize_their_rows(fmt == "fp8-own-x"):
+    with products_quantize_their_rows(fmt == "fp8-own-x"), awq_kept_in_its_layout(
+            fmt == "awq-own-layout"):
         return run_engine(shape, fmt, args, workloads, warmup)
+
+
+@contextlib.contextmanager
+def awq_kept_in_its_layout(own: bool):
+    """With `own`, no AWQ projection is repacked into the rows layout (no shape prefers it)."""
+    from jupyter_qwen.model.kernels import awq_rows
+
+    original = dict(awq_rows.ROWS_TUNED)
+    if own:
+        awq_rows.ROWS_TUNED.clear()
+    try:
+        yield
+    finally:
+        awq_rows.ROWS_TUNED.update(original)
 
 
 @contextlib.contextmanager

@@ -35,15 +35,22 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 # apply the scales to fp32 sums); FP8 prefill quantizes activations to e4m3 per token and
 # 128 columns (3 mantissa bits against bf16's 7), ~4.7x the bf16 path's distance on an
 # H100 (run 55). A wrong kernel strays by O(1) a prompt.
-TRITON_ERROR_BUDGET = {"fp8": 8.0, "awq": 2.0, "fp8-wgmma": 8.0}
+TRITON_ERROR_BUDGET = {"fp8": 8.0, "awq": 2.0, "awq-own-layout": 2.0, "fp8-wgmma": 8.0}
 # "fp8-wgmma": the FP8 checkpoint with every FP8 table entry on the Gluon kernel
-# (`fp8_wgmma.py`), which the measured table picks only for Qwen3-4B's products.
-METHODS = ["fp8", "awq", "fp8-wgmma"]
+# (`fp8_wgmma.py`), which the measured table picks only for Qwen3-4B's products;
+# "awq-own-layout": the AWQ checkpoint with no projection repacked into the rows layout
+# (`awq_rows.ROWS_TUNED` emptied; "awq" repacks the Qwen3-0.6B shapes it names).
+METHODS = ["fp8", "awq", "awq-own-layout", "fp8-wgmma"]
 
 
 def serve_method(method: str, monkeypatch) -> Path:
     """The checkpoint of `method`; for "fp8-wgmma" the larger FP8 batches (the table's
-    entries) go to the Gluon kernel, on a Hopper GPU."""
+    entries) go to the Gluon kernel, on a Hopper GPU; for "awq-own-layout" every AWQ
+    projection stays in AWQ's layout."""
+    if method == "awq-own-layout":
+        from jupyter_qwen.model.kernels import awq_rows
+
+        monkeypatch.setattr(awq_rows, "ROWS_TUNED", {})
     if method == "fp8-wgmma":
         from jupyter_qwen.model.kernels import quant_tiles
         from jupyter_qwen.model.kernels.quant_linear import hopper

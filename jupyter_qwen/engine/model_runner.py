@@ -74,9 +74,9 @@ class ModelRunner:
         torch.manual_seed(config.seed)
         self.model = load_model(model_path, self.dtype, self.device, self.progress,
                                 config.quantization)
-        self.weights_bytes = module_bytes(self.model)
         self.ops = build_ops(config.attention_backend, self.device, config.kernels)
-        self.model.use_ops(self.ops)
+        self.model.use_ops(self.ops)  # quantized weights may be repacked for the kernels
+        self.weights_bytes = module_bytes(self.model)
         self.block_size = config.block_size
         self.activation_bytes: int | None = None  # measured on a GPU (_kv_budget_on_gpu)
         self.penalty_state = PenaltyState(self.model_config.vocab_size, self.device)

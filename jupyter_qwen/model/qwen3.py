@@ -261,12 +261,15 @@ class Qwen3ForCausalLM(nn.Module):
         has them, its fused layer kernels and small-batch products (not with biased q/k/v
         projections; for quantized projections where the ops take their format, else those
         layers run unfused), and its quantized products for quantized projections (outside
-        the small-batch path). None detaches them (the model then runs no more steps)."""
+        the small-batch path), which may repack their weights for those kernels (`prepare`).
+        None detaches them (the model then runs no more steps)."""
         layers = ops.layers if ops is not None else None
         self.gemv = layers
         for module in self.modules():
             if isinstance(module, QuantLinear):
                 module.kernels = ops.quant if ops is not None else None
+                if module.kernels is not None:
+                    module.kernels.prepare(module)
             if isinstance(module, RMSNorm | Qwen3MLP):
                 module.fused = layers
             if isinstance(module, Qwen3Attention):

@@ -43,6 +43,11 @@ a step, loads the step's scales, zeros and operand one step ahead with its words
 nibbles in pairs (one lop3 and one bf16x2 subtract of the zero each, inline asm on the GPU),
 applying the group's scale to the fp32 sums of (q - z) * a.
 
+An AWQ projection repacked into the rows layout at start-up (`AwqLinear.to_rows`, for the
+shapes `awq_rows.ROWS_TUNED` names) runs awq_rows.py's kernels instead: a program owns a
+few output rows of one row of x and streams their K, as the bf16 products do (no K split,
+no partials); tilings there are `awq_rows.RowsTiling`.
+
 FP8 has a second kernel too, `unpack="words"` (fp8_words.py; the default at M = 1 and 2
 since run 51): the
 weights read as int32 words of four e4m3 each, two words of each of the BLOCK_N rows a
@@ -67,7 +72,7 @@ import torch
 import triton
 import triton.language as tl
 
-from jupyter_qwen.model.kernels import awq_lop3, awq_mma, awq_split, fp8_words, pdl
+from jupyter_qwen.model.kernels import awq_lop3, awq_mma, awq_rows, awq_split, fp8_words, pdl
 from jupyter_qwen.model.kernels.awq_split import _awq_plane
 from jupyter_qwen.model.kernels.gemv import (
     ADD_RMS_NORM,
@@ -198,18 +203,21 @@ def default_tiling(fmt: str, m: int, n: int, k: int) -> DecodeTiling:
 
 
 def format_of(layer) -> str:
-    """"fp8" or "awq", from the projection's buffers."""
+    """"fp8", "awq" or "awq_rows" (AWQ repacked into the rows layout, awq_rows.py), from
+    the projection's buffers."""
     if hasattr(layer, "weight_scale_inv"):
         return "fp8"
     if hasattr(layer, "qweight"):
         return "awq"
+    if hasattr(layer, "words"):
+        return "awq_rows"
     raise TypeError(f"{type(layer).__name__} is not a quantized projection")
 
 
 def takes(layer, device: torch.device) -> bool:
     """Whether these kernels run `layer` on `device`: AWQ anywhere; FP8 where Triton has
     e4m3 (compute capability 8.9 and later, or the CPU interpreter)."""
-    if format_of(layer) == "awq":
+    if format_of(layer) != "fp8":
         return layer.group_size == AWQ_GROUP
     return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 9)
 
@@ -479,7 +487,8 @@ def _launch(prologue: int, x: torch.Tensor, layer, k: int, y: torch.Tensor,
             residual: torch.Tensor | None = None, res_out: torch.Tensor | None = None,
             norm_weight: torch.Tensor | None = None, eps: float = 0.0,
             tiling: DecodeTiling | None = None, launch_pdl: bool = False) -> None:
-    """x: [M, K] ([M, 2K] for SILU_MUL) with contiguous rows; y: [M, N]."""
+    """x: [M, K] ([M, 2K] for SILU_MUL) with contiguous rows; y: [M, N]; `tiling` an
+    `awq_rows.RowsTiling` for a projection in the rows layout."""
     fmt = format_of(layer)
     m, n = x.shape[0], layer.out_features
     if layer.in_features != k:
@@ -487,6 +496,11 @@ def _launch(prologue: int, x: torch.Tensor, layer, k: int, y: torch.Tensor,
     if m > MAX_M:
         raise ValueError(f"{m} rows: the small-M kernels take at most {MAX_M} (see use_small_m)")
     if m == 0 or n == 0:
+        return
+    if fmt == "awq_rows":
+        awq_rows.launch_small_m(prologue, x, layer, y, residual=residual, res_out=res_out,
+                                norm_weight=norm_weight, eps=eps, tiling=tiling,
+                                launch_pdl=launch_pdl)
         return
     tiling = tiling or default_tiling(fmt, m, n, k)
     block_m = triton.next_power_of_2(m)

@@ -41,6 +41,9 @@ tiling splits `_fp8_kernel`'s K loop over programs (a third grid axis); the last
 each output tile to finish adds the fp32 partials in split order (`_store_tile`), with
 counters that every launch leaves zero (`split_counts_for` keeps them on the layer).
 
+An AWQ projection repacked into the rows layout (`TritonQuantKernels.prepare`, for the shapes
+whose decode product is faster so: awq_rows.py) multiplies through `awq_rows.rows_linear`.
+
 From `AWQ_VIA_BF16_MIN_M` rows (quant_tiles.py) an AWQ product dequantizes W once into a
 scratch [N, K] tensor of x's dtype (`awq_dequantize`: the reference's arithmetic, one pass
 over the packed words) and runs F.linear on it, as the reference path does: for batches
@@ -69,6 +72,7 @@ import torch
 import triton
 import triton.language as tl
 
+from jupyter_qwen.model.kernels import awq_rows
 from jupyter_qwen.model.kernels.fused_ops import e4m3_rows
 from jupyter_qwen.model.kernels.quant_gemv import folds
 from jupyter_qwen.model.kernels.quant_tiles import (
@@ -727,8 +731,17 @@ class TritonQuantKernels:
             return fp8_linear(x, layer.weight, layer.weight_scale_inv, layer.scale_rows,
                               fp8_dot=self.fp8_dot, shard_sizes=layer.shard_sizes,
                               split_counts=split_counts_for(layer, m, self.device))
+        if layer.rows:
+            return awq_rows.rows_linear(x, layer.words, layer.meta)
         return awq_linear(x, layer.qweight, layer.qzeros, layer.scales, layer.group_size,
                           split_counts=split_counts_for(layer, m, self.device))
+
+    def prepare(self, layer) -> None:
+        """AWQ projections whose shape runs faster in the rows layout (`awq_rows.ROWS_TUNED`)
+        are repacked into it (once; the same values)."""
+        if (hasattr(layer, "qweight") and layer.group_size == AWQ_GROUP
+                and awq_rows.prefers_rows(layer.out_features, layer.in_features)):
+            layer.to_rows()
 
     def takes_fp8_rows(self, layer, m: int) -> bool:
         """Whether `linear` on m rows of this projection would quantize them to e4m3 in a

@@ -66,3 +66,51 @@ def dequantize_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Te
     group = torch.arange(q.shape[0], device=q.device) // group_size
     zeros = unpack_awq(qzeros)[group]
     return ((q - zeros).float() * scales.float()[group]).T.contiguous()
+
+
+# The rows layout: the same 4-bit values repacked along K for small-batch decode kernels
+# that stream each output row's K (model/kernels/awq_rows.py). Word j (0..15) of row n and
+# group g holds q[n, 128 g + 32 p + 2 j + h] in nibble p + 4 h (p = 0..3, h = 0..1): the
+# nibble pairs (p, p + 4) are two consecutive k, one int32 of bf16 x. `meta` holds each
+# row's group as one int32: the fp16 scale's bits, the zero << 16.
+ROWS_GROUP = 128
+ROWS_WORDS = ROWS_GROUP // PACK  # words a row and group
+
+
+def repack_rows(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """AWQ's qweight [K, N / 8], qzeros [K / 128, N / 8], scales [K / 128, N] (groups of
+    128, K a multiple of 128) -> (words int32 [N, K / 8], meta int32 [N, K / 128])."""
+    q = unpack_awq(qweight).T.to(torch.int64)  # [N, K]
+    n, k = q.shape
+    if k % ROWS_GROUP or scales.shape != (k // ROWS_GROUP, n):
+        raise ValueError(f"the rows layout takes whole groups of {ROWS_GROUP} inputs, not "
+                         f"K = {k} with scales {tuple(scales.shape)}")
+    groups = k // ROWS_GROUP
+    slots = q.reshape(n, groups, 4, ROWS_WORDS, 2).permute(0, 1, 3, 4, 2).reshape(
+        n, groups, ROWS_WORDS, PACK)  # [N, G, j, p + 4 h]
+    words = (slots << (4 * torch.arange(PACK, device=q.device))).sum(-1)
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    zeros = unpack_awq(qzeros).T.to(torch.int32)  # [N, G]
+    scale_bits = scales.T.contiguous().view(torch.int16).to(torch.int32) & 0xFFFF
+    return (words.reshape(n, groups * ROWS_WORDS).contiguous(),
+            (scale_bits | (zeros << 16)).contiguous())
+
+
+def unpack_rows(words: torch.Tensor) -> torch.Tensor:
+    """int32 q [N, K] in k order from the rows layout's words [N, K / 8]."""
+    n, groups = words.shape[0], words.shape[1] // ROWS_WORDS
+    shifts = 4 * torch.arange(PACK, device=words.device, dtype=torch.int32)
+    slots = (words.view(n, groups, ROWS_WORDS, 1) >> shifts) & MAX_Q  # [N, G, j, p + 4 h]
+    return slots.view(n, groups, ROWS_WORDS, 2, 4).permute(0, 1, 4, 2, 3).reshape(
+        n, groups * ROWS_GROUP)
+
+
+def dequantize_rows(words: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    """float32 W [N, K] (out, in) from the rows layout: the same values as `dequantize_awq`
+    of the tensors `repack_rows` took."""
+    n, groups = meta.shape
+    q = unpack_rows(words).view(n, groups, ROWS_GROUP)
+    zeros = (meta >> 16) & MAX_Q
+    scales = (meta & 0xFFFF).to(torch.int16).view(torch.float16).float()
+    return ((q - zeros[..., None]).float() * scales[..., None]).view(n, groups * ROWS_GROUP)

@@ -31,6 +31,10 @@ class QuantKernels(Protocol):
     def takes_fp8_rows(self, layer: QuantLinear, m: int) -> bool:
         """Whether `linear` takes m rows for this projection as `Fp8Rows`."""
 
+    def prepare(self, layer: QuantLinear) -> None:
+        """Put the loaded projection's weights in the layout these kernels read fastest
+        (once, when the model takes them; the values stay the same)."""
+
 
 class QuantLinear(nn.Module):
     """y = x @ W.T for a W of `shard_sizes` output rows per shard and `in_features` columns,
@@ -131,10 +135,13 @@ class Fp8Linear(QuantLinear):
 
 class AwqLinear(QuantLinear):
     """`qweight` int32 [K, N / 8], `qzeros` int32 [ceil(K / 128), N / 8], `scales` fp16
-    [ceil(K / 128), N]: the shards' packed columns side by side."""
+    [ceil(K / 128), N]: the shards' packed columns side by side, as loaded. `to_rows`
+    repacks them once loaded into the rows layout (`words` int32 [N, K / 8], `meta` int32
+    [N, K / 128]; model/quant/awq.py), which replaces them (`rows`: whether it did)."""
 
     suffixes = tensors = ("qweight", "qzeros", "scales")
     group_size = 128
+    rows = False
 
     def __init__(self, in_features: int, shard_sizes: list[int]):
         super().__init__(in_features, shard_sizes)
@@ -146,11 +153,30 @@ class AwqLinear(QuantLinear):
         self.register_buffer("scales", torch.empty(groups, n, dtype=torch.float16))
 
     def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
-        from jupyter_qwen.model.quant.awq import dequantize_awq
+        from jupyter_qwen.model.quant.awq import dequantize_awq, dequantize_rows
 
+        if self.rows:
+            return dequantize_rows(self.words, self.meta).to(dtype)
         return dequantize_awq(self.qweight, self.qzeros, self.scales, self.group_size).to(dtype)
 
+    def to_rows(self) -> None:
+        """Repack the loaded weights into the rows layout, in place of AWQ's (once; the
+        same values, so every product computes what it did)."""
+        from jupyter_qwen.model.quant.awq import repack_rows
+
+        if self.rows:
+            return
+        words, meta = repack_rows(self.qweight, self.qzeros, self.scales)
+        for name in self.tensors:
+            delattr(self, name)
+        self.register_buffer("words", words)
+        self.register_buffer("meta", meta)
+        self.rows = True
+
     def load(self, suffix: str, shard: int, tensor: torch.Tensor) -> list[str]:
+        if self.rows:
+            raise ValueError("this AWQ projection was repacked into the rows layout; "
+                             "load checkpoint tensors before `to_rows`")
         columns, first = self.shard_sizes[shard], self._row_offset(shard)
         target = getattr(self, suffix, None) if suffix in self.suffixes else None
         if target is None:
