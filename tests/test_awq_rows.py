@@ -93,6 +93,20 @@ def test_rows_linear_matches_the_dequantized_product(mode: Mode, generator, rows
         assert relative_error(y.cpu(), ref.cpu()) < TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("tiles", [(16, 16, 32, 4), (32, 16, 64, 4), (16, 32, 128, 2)])
+def test_rows_linear_takes_every_k_step(mode: Mode, generator, tiles, monkeypatch):
+    """Steps of a quarter, half or whole group (the AWQ table's block_k for the tiles)."""
+    from jupyter_qwen.model.kernels import awq_rows
+
+    monkeypatch.setattr(awq_rows, "dot_tiles", lambda m, n, k: tiles)
+    k, shards = mode.pick((384, [24, 16]), (2560, [4096, 1024, 1024]))
+    layer, weight = rows_layer(generator, k, shards, mode.device)
+    x = torch.randn(20, k, generator=generator).to(mode.device, torch.bfloat16)
+    y = awq_rows.rows_linear(x, layer.words, layer.meta)
+    ref = x.double() @ weight.to(torch.bfloat16).double().T
+    assert relative_error(y.cpu(), ref.cpu()) < TOLERANCE[torch.bfloat16]
+
+
 def reference(prologue: str, layer, inputs: dict, dtype: torch.dtype) -> torch.Tensor:
     from jupyter_qwen.model.kernels import gemv
 

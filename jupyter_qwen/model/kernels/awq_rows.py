@@ -279,34 +279,38 @@ def _rows_kernel(x_ptr, res_ptr, norm_w_ptr, xi_ptr, ri_ptr, nwi_ptr, w_ptr, met
 
 
 @triton.jit
-def _group_tile(w_ptr, meta_ptr, w_rows, g, w_stride, meta_stride, dtype: tl.constexpr):
-    """W's [BLOCK_N, 128] tile of group g in `dtype` ((q - z) * s in fp32, rounded once as
-    the reference), in k order: k = 32 p + 2 j + h is nibble p + 4 h of word j, so the
-    words shifted by 4 p + 16 h as [BLOCK_N, p, j, h] are that order."""
+def _group_tile(w_ptr, meta_ptr, w_rows, g, p0, w_stride, meta_stride, PAIRS: tl.constexpr,
+                dtype: tl.constexpr):
+    """W's [BLOCK_N, 32 PAIRS] tile of group g from k = 32 p0 on, in `dtype` ((q - z) * s in
+    fp32, rounded once as the reference), in k order: k = 32 p + 2 j + h is nibble p + 4 h
+    of word j, so the words shifted by 4 p + 16 h as [BLOCK_N, p, j, h] are that order."""
     words = tl.load(w_ptr + w_rows[:, None] * w_stride + g * 16 + tl.arange(0, 16)[None, :])
-    shifts = (4 * tl.arange(0, 4)[:, None, None] + 16 * tl.arange(0, 2)[None, None, :])
+    pairs = p0 + tl.arange(0, PAIRS)
+    shifts = 4 * pairs[:, None, None] + 16 * tl.arange(0, 2)[None, None, :]
     q = (words[:, None, :, None] >> shifts[None, :, :, :]) & 0xF
-    q = tl.reshape(q, [w_rows.shape[0], GROUP_K])
+    q = tl.reshape(q, [w_rows.shape[0], 32 * PAIRS])
     meta = tl.load(meta_ptr + w_rows * meta_stride + g)[:, None]
     scale = (meta & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
     return ((q - ((meta >> 16) & 0xF)).to(tl.float32) * scale).to(dtype)
 
 
 @triton.jit(do_not_specialize=["M"])
-def _rows_dot_kernel(x_ptr, w_ptr, meta_ptr, y_ptr, M, N, G, x_stride, w_stride, meta_stride,
+def _rows_dot_kernel(x_ptr, w_ptr, meta_ptr, y_ptr, M, N, K, x_stride, w_stride, meta_stride,
                      y_stride, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     PRECISION: tl.constexpr):
-    """y [M, N] = x [M, 128 G] @ W.T, a [BLOCK_M, BLOCK_N] tile a program (grid: N tiles,
-    M tiles), one group a step."""
+                     BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """y [M, N] = x [M, K] @ W.T, a [BLOCK_M, BLOCK_N] tile a program (grid: N tiles, M
+    tiles), BLOCK_K (32, 64 or 128) inputs of one group a step."""
+    PAIRS: tl.constexpr = BLOCK_K // 32
     ns = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     ms = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     w_rows = tl.minimum(ns, N - 1)
     m_ok = ms < M
-    x_base = x_ptr + ms[:, None] * x_stride + tl.arange(0, GROUP_K)[None, :]
+    x_base = x_ptr + ms[:, None] * x_stride + tl.arange(0, BLOCK_K)[None, :]
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for g in range(0, G):
-        a = tl.load(x_base + g * GROUP_K, mask=m_ok[:, None], other=0.0)
-        w = _group_tile(w_ptr, meta_ptr, w_rows, g, w_stride, meta_stride, a.dtype)
+    for k0 in range(0, K, BLOCK_K):
+        a = tl.load(x_base + k0, mask=m_ok[:, None], other=0.0)
+        w = _group_tile(w_ptr, meta_ptr, w_rows, k0 // 128, k0 % 128 // 32, w_stride,
+                        meta_stride, PAIRS, a.dtype)
         acc = tl.dot(a, tl.trans(w), acc, input_precision=PRECISION)
     tl.store(y_ptr + ms[:, None] * y_stride + ns[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=m_ok[:, None] & (ns < N)[None, :])
@@ -318,7 +322,7 @@ def _rows_dequantize_kernel(w_ptr, meta_ptr, out_ptr, N, w_stride, meta_stride, 
     """W [N, K] in out's dtype: group program_id(1) of BLOCK_N rows a program."""
     ns = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     g = tl.program_id(1)
-    w = _group_tile(w_ptr, meta_ptr, tl.minimum(ns, N - 1), g, w_stride, meta_stride,
+    w = _group_tile(w_ptr, meta_ptr, tl.minimum(ns, N - 1), g, 0, w_stride, meta_stride, 4,
                     out_ptr.dtype.element_ty)
     ks = g * GROUP_K + tl.arange(0, GROUP_K)
     tl.store(out_ptr + ns[:, None] * out_stride + ks[None, :], w, mask=(ns < N)[:, None])
@@ -339,13 +343,14 @@ def rows_dequantize(words: torch.Tensor, meta: torch.Tensor,
     return weight
 
 
-def dot_tiles(m: int, n: int, k: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps) of `_rows_dot_kernel` at m rows: 16 x 32-64 for decode
-    batches (~128 programs or more), else the AWQ table's tiles for the shape."""
+def dot_tiles(m: int, n: int, k: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) of `_rows_dot_kernel` at m rows: 16 x 32-64 x
+    128 for decode batches (~128 programs or more, as AWQ's own kernel), else the AWQ
+    table's tiles for the shape (BLOCK_K at least 32)."""
     if m <= 16:
-        return 16, next((b for b in (64, 32) if triton.cdiv(n, b) >= 128), 16), 4
+        return 16, next((b for b in (64, 32) if triton.cdiv(n, b) >= 128), 16), GROUP, 4
     tiling = large_m_tiling("awq", m, n, k)
-    return tiling.block_m, tiling.block_n, tiling.num_warps
+    return tiling.block_m, tiling.block_n, max(32, tiling.block_k), tiling.num_warps
 
 
 def rows_linear(x: torch.Tensor, words: torch.Tensor, meta: torch.Tensor, *,
@@ -368,11 +373,11 @@ def rows_linear(x: torch.Tensor, words: torch.Tensor, meta: torch.Tensor, *,
                                                 device=x.device)
     if m == 0 or n == 0:
         return y
-    block_m, block_n, num_warps = dot_tiles(m, n, k)
+    block_m, block_n, block_k, num_warps = dot_tiles(m, n, k)
     y_rows = y.view(-1, n)
     _rows_dot_kernel[(triton.cdiv(n, block_n), triton.cdiv(m, block_m))](
-        rows, words, meta, y_rows, m, n, groups, rows.stride(0), words.stride(0),
-        meta.stride(0), y_rows.stride(0), BLOCK_M=block_m, BLOCK_N=block_n,
+        rows, words, meta, y_rows, m, n, k, rows.stride(0), words.stride(0),
+        meta.stride(0), y_rows.stride(0), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         PRECISION=_precision(x.dtype), num_warps=num_warps, num_stages=3)
     return y
 
