@@ -12,10 +12,10 @@ and group: fp16 scale bits | zero << 16; model/quant/awq.py).
   multiplies that in fp32. The next step's words, meta and operand are requested before
   this step's arithmetic. Larger batches, or x in another dtype, take the prologue from
   fused_ops and then `rows_linear`.
-- `rows_linear`: any batch: `_rows_dot_kernel` (a [BLOCK_N, 128] tile of W dequantized to
-  x's dtype a step, as the reference rounds it, times x's columns gathered in the words'
-  k order, on the tensor cores), or from AWQ_VIA_BF16_MIN_M rows `rows_dequantize` (W in
-  x's dtype, one pass) and F.linear, as AWQ's own layout does.
+- `rows_linear`: any batch: `_rows_dot_kernel` (a [BLOCK_N, BLOCK_K] tile of one group a
+  step, unpacked in k order and dequantized to x's dtype as the reference rounds it, times
+  x's columns on the tensor cores), or from AWQ_VIA_BF16_MIN_M rows `rows_dequantize` (W
+  in x's dtype, one pass) and F.linear, as AWQ's own layout does.
 
 `ROWS_TUNED` names the projection shapes (N, K) whose batch-1 product is faster in this
 layout than in AWQ's (benchmarks/awq_rows.py) and the tiling of each: `TritonQuantKernels`
