@@ -13,24 +13,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_cases import as_kernel_rounds, exact_sum, relative_error
+from kernel_cases import as_kernel_rounds, relative_error
 from kernel_modes import COMPILED_ONLY, HAVE_TRITON, INTERPRET, TOLERANCE, Mode
+from test_quant_decode import awq_layer, greedy_decode, run_case
 
 from jupyter_qwen.model.quant.awq import dequantize_awq, dequantize_rows, quantize_awq, repack_rows
-from jupyter_qwen.model.quant.linear import AwqLinear, quantized_tensors
+from jupyter_qwen.model.quant.linear import AwqLinear
 
 EPS = 1e-6
 HALF2_TOLERANCE = 1e-3
 PROLOGUES = ["plain", "norm", "add_norm", "silu"]
-
-
-def awq_layer(generator: torch.Generator, k: int, shards: list[int]) -> AwqLinear:
-    layer = AwqLinear(k, shards)
-    for index, rows in enumerate(shards):
-        for suffix, tensor in quantized_tensors("awq", torch.randn(rows, k, generator=generator)
-                                                ).items():
-            layer.load(suffix, index, tensor)
-    return layer
 
 
 def rows_layer(generator: torch.Generator, k: int, shards: list[int], device: str):
@@ -107,33 +99,6 @@ def test_rows_linear_takes_every_k_step(mode: Mode, generator, tiles, monkeypatc
     assert relative_error(y.cpu(), ref.cpu()) < TOLERANCE[torch.bfloat16]
 
 
-def reference(prologue: str, layer, inputs: dict, dtype: torch.dtype) -> torch.Tensor:
-    from jupyter_qwen.model.kernels import gemv
-
-    weight = layer.dequantize(dtype)
-    if prologue == "plain":
-        return gemv.linear_reference(inputs["x"], weight)
-    if prologue == "silu":
-        return gemv.silu_mul_linear_reference(inputs["gate_up"], weight)
-    residual = inputs["residual"] if prologue == "add_norm" else None
-    return gemv.rms_norm_linear_reference(inputs["x"], inputs["norm_weight"], EPS, weight,
-                                          residual)[0]
-
-
-def small_m(prologue: str, layer, inputs: dict, tiling=None):
-    """(y, the new residual or None) of quant_gemv's product as the model calls it."""
-    from jupyter_qwen.model.kernels import quant_gemv
-
-    if prologue == "plain":
-        return quant_gemv.linear_small_m(inputs["x"], layer, tiling=tiling), None
-    if prologue == "silu":
-        return quant_gemv.silu_mul_linear(inputs["gate_up"], layer, tiling=tiling), None
-    residual = inputs["residual"] if prologue == "add_norm" else None
-    y, summed = quant_gemv.rms_norm_linear(inputs["x"], inputs["norm_weight"], EPS, layer,
-                                           residual, tiling=tiling)
-    return y, summed if residual is not None else None
-
-
 @pytest.mark.parametrize("prologue", PROLOGUES)
 @pytest.mark.parametrize("rows", [1, 2, 5])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -142,23 +107,14 @@ def test_small_m_products_match_the_dequantized_product(mode: Mode, generator, p
     """Up to GRID_ROWS_MAX_M rows of bf16 x: `_rows_kernel` (interpreter: 2 groups a step
     over 3 groups, N = 40 over tiles of 8 and 16); more rows, or fp32: fused_ops' prologue
     then the tensor-core kernel."""
-    from jupyter_qwen.model.kernels.awq_rows import RowsTiling, takes_rows_kernel
+    from jupyter_qwen.model.kernels.awq_rows import GRID_ROWS_MAX_M, RowsTiling
 
     k, shards, tiling = mode.pick((384, [24, 16], RowsTiling(16, 2, 1)),
                                   (2560, [4096, 1024, 1024], None))
     layer, _ = rows_layer(generator, k, shards, mode.device)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator).to(mode.device, dtype)
-
-    inputs = dict(x=rand(rows, k), residual=rand(rows, k), norm_weight=1 + 0.1 * rand(k),
-                  gate_up=rand(rows, 2 * k))
-    fused = takes_rows_kernel(inputs["x"], rows)
-    y, summed = small_m(prologue, layer, inputs, tiling if fused else None)
-    tolerance = TOLERANCE[dtype] + (HALF2_TOLERANCE if fused else 0.0)
-    assert relative_error(y.cpu(), reference(prologue, layer, inputs, dtype).cpu()) < tolerance
-    if summed is not None:
-        assert torch.equal(summed, exact_sum(inputs["x"], inputs["residual"], mode))
+    fused = dtype == torch.bfloat16 and rows <= GRID_ROWS_MAX_M
+    run_case(mode, generator, layer, prologue, rows, dtype, tiling if fused else None,
+             TOLERANCE[dtype] + HALF2_TOLERANCE if fused else 0.0)
 
 
 def test_small_m_products_refuse_an_awq_tiling(mode: Mode, generator):
@@ -196,7 +152,6 @@ def test_tiny_model_in_the_rows_layout_decodes_the_reference_tokens(tiny_awq, mo
     if not (HAVE_TRITON and INTERPRET):
         pytest.skip("set TRITON_INTERPRET=1 to run the kernels on the CPU")
     from kernel_cases import fix_interpreter
-    from test_quant_decode import greedy_decode
 
     from jupyter_qwen.model.attention import TorchAttention
     from jupyter_qwen.model.kernels import awq_rows
